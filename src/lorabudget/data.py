@@ -1,0 +1,295 @@
+"""Loading labelled and unlabelled text data from the hub or local files.
+
+Supported inputs (see README "Data formats"):
+
+* ``ag_news`` (or ``ag_news:test``): the Hugging Face dataset, train split by default.
+* CSV: the original AG News corpus layout (no header; class 1..4, title, description), Kaggle's
+  (header ``Class Index,Title,Description``, class 1..4), two columns ``text,label`` (label 0..C-1,
+  with or without a header), or any file with a header naming ``text`` (or ``title`` and
+  ``description``) and optionally ``label``.
+* JSON Lines (``.jsonl``/``.json``) and Parquet with the same column names.
+* Pickle (``.pkl``/``.pickle``): a pickled ``datasets.Dataset`` or pandas DataFrame with a ``text``
+  column, as the competition's unlabelled test file. Unpickling runs code: only load files you trust.
+
+Title and description are joined with one space. Labels may also be given as class names.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import LorabudgetError
+
+HUB_DATASETS = {"ag_news": "fancyzhx/ag_news", "fancyzhx/ag_news": "fancyzhx/ag_news"}
+TEXT_NAMES = ("text", "content", "sentence")
+LABEL_NAMES = ("label", "labels", "class index", "class", "category")
+TITLE_NAMES = ("title",)
+DESCRIPTION_NAMES = ("description", "desc")
+CSV_SUFFIXES = {".csv", ".tsv", ".txt"}
+JSON_SUFFIXES = {".jsonl", ".json", ".ndjson"}
+PICKLE_SUFFIXES = {".pkl", ".pickle"}
+PARQUET_SUFFIXES = {".parquet", ".pq"}
+
+
+@dataclass
+class TextData:
+    """Texts with optional integer labels, in the input's row order.
+
+    ``rows`` holds each text's 0-based row number in the source (data rows, header excluded), so
+    messages can point at the user's file even after empty rows were dropped.
+    """
+
+    texts: list[str]
+    labels: Optional[np.ndarray]  # int64 [n] in 0..num_labels-1, or None when unlabelled
+    rows: np.ndarray  # int64 [n]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: Sequence[int]) -> "TextData":
+        idx = np.asarray(indices, dtype=np.int64)
+        return TextData(
+            texts=[self.texts[i] for i in idx],
+            labels=None if self.labels is None else self.labels[idx],
+            rows=self.rows[idx],
+            source=self.source,
+        )
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _find(columns: Sequence[str], names: Sequence[str]) -> Optional[str]:
+    lowered = {str(c).strip().lower(): c for c in columns}
+    for name in names:
+        if name in lowered:
+            return lowered[name]
+    return None
+
+
+def _is_int(value: object) -> bool:
+    try:
+        int(str(value).strip())
+        return True
+    except ValueError:
+        return False
+
+
+def _read_csv(path: Path) -> tuple[pd.DataFrame, int]:
+    """Read a CSV in any supported layout; return named columns and the label base (0 or 1)."""
+    sep = "\t" if path.suffix == ".tsv" else ","
+    try:
+        raw = pd.read_csv(path, header=None, dtype=str, keep_default_na=False, sep=sep)
+    except pd.errors.EmptyDataError:
+        raise LorabudgetError(f"{path}: the file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise LorabudgetError(f"{path}: not a readable CSV file ({str(err).splitlines()[0]})") from None
+    first = [str(v).strip().lower() for v in raw.iloc[0]] if len(raw) else []
+    known = set(TEXT_NAMES + LABEL_NAMES + TITLE_NAMES + DESCRIPTION_NAMES + ("id",))
+    if any(cell in known for cell in first):
+        frame = raw.iloc[1:].reset_index(drop=True)
+        frame.columns = [str(v).strip() for v in raw.iloc[0]]
+        label_col = _find(frame.columns, LABEL_NAMES)
+        # Kaggle's layout (Class Index, Title, Description) numbers classes from 1.
+        one_based = label_col is not None and str(label_col).strip().lower() == "class index"
+        return frame, 1 if one_based else 0
+    ncols = raw.shape[1]
+    if ncols == 3:  # the original corpus: class 1..4, title, description
+        raw.columns = ["label", "title", "description"]
+        return raw, 1
+    if ncols == 2:  # text,label (or label,text): the label column is the all-integer one
+        ints = [raw[c].map(_is_int).all() for c in raw.columns]
+        raw.columns = ["label", "text"] if ints[0] and not ints[1] else ["text", "label"]
+        return raw, 0
+    if ncols == 1:
+        raw.columns = ["text"]
+        return raw, 0
+    raise LorabudgetError(
+        f"{path}: cannot tell the layout of a {ncols}-column CSV without a header; add a header row "
+        "naming the 'text' (or 'title' and 'description') and 'label' columns"
+    )
+
+
+def _read_pickle(path: Path) -> pd.DataFrame:
+    try:
+        with open(path, "rb") as fh:
+            obj = pickle.load(fh)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same to the user
+        raise LorabudgetError(f"{path}: not a readable pickle ({type(err).__name__}: {err})") from None
+    if isinstance(obj, pd.DataFrame):
+        return obj
+    if hasattr(obj, "to_pandas"):  # datasets.Dataset
+        return obj.to_pandas()
+    if isinstance(obj, dict):
+        return pd.DataFrame(obj)
+    raise LorabudgetError(
+        f"{path}: the pickle holds a {type(obj).__name__}; expected a datasets.Dataset or pandas DataFrame "
+        "with a 'text' column"
+    )
+
+
+def _load_hub(name: str) -> tuple[pd.DataFrame, int]:
+    from .modeling import hub_reachable
+
+    dataset, _, split = name.partition(":")
+    split = split or "train"
+    repo = HUB_DATASETS[dataset]
+    try:
+        import datasets
+
+        if not hub_reachable():
+            # The hub is not reachable: only a copy in the local cache can serve the request.
+            datasets.config.HF_HUB_OFFLINE = True  # type: ignore[attr-defined]
+        ds = datasets.load_dataset(repo, split=split)
+    except Exception as err:  # noqa: BLE001 - datasets raises many types for "not available"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LorabudgetError(
+            f"cannot load dataset '{name}' from the Hugging Face hub ({first}). When offline, pass a local "
+            "file instead, e.g. --set data.train=train.csv (CSV, JSON Lines, Parquet or pickle)"
+        ) from None
+    return ds.to_pandas(), 0
+
+
+def read_table(source: str) -> tuple[pd.DataFrame, int]:
+    """Read ``source`` into a DataFrame with its own column names; return it and the label base."""
+    if source.split(":")[0] in HUB_DATASETS and not Path(source).exists():
+        return _load_hub(source)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise LorabudgetError(f"data file not found: {source}")
+    if path.is_dir():
+        raise LorabudgetError(f"{source} is a folder; pass a data file (CSV, JSON Lines, Parquet or pickle)")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in CSV_SUFFIXES:
+            return _read_csv(path)
+        if suffix in JSON_SUFFIXES:
+            try:
+                return pd.read_json(path, lines=True), 0
+            except ValueError:
+                return pd.read_json(path), 0
+        if suffix in PARQUET_SUFFIXES:
+            return pd.read_parquet(path), 0
+        if suffix in PICKLE_SUFFIXES:
+            return _read_pickle(path), 0
+    except LorabudgetError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a corrupt file in any reader
+        raise LorabudgetError(f"{source}: cannot read the file ({type(err).__name__}: {err})".splitlines()[0]) from None
+    raise LorabudgetError(
+        f"{source}: unknown data format '{suffix or '(no extension)'}'; supported: "
+        + ", ".join(sorted(CSV_SUFFIXES | JSON_SUFFIXES | PARQUET_SUFFIXES | PICKLE_SUFFIXES))
+    )
+
+
+def _texts_from(frame: pd.DataFrame, source: str) -> pd.Series:
+    text_col = _find(frame.columns, TEXT_NAMES)
+    if text_col is not None:
+        return frame[text_col]
+    title_col = _find(frame.columns, TITLE_NAMES)
+    desc_col = _find(frame.columns, DESCRIPTION_NAMES)
+    if title_col is not None and desc_col is not None:
+        def join(title: object, desc: object) -> object:
+            parts = [p.strip() for p in (title, desc) if isinstance(p, str) and p.strip()]
+            return " ".join(parts) if parts else None
+
+        return pd.Series([join(t, d) for t, d in zip(frame[title_col], frame[desc_col])], index=frame.index)
+    raise LorabudgetError(
+        f"{source}: no text column; expected 'text' (or 'title' and 'description'), found: "
+        + ", ".join(str(c) for c in frame.columns)
+    )
+
+
+def _labels_from(frame: pd.DataFrame, source: str, base: int, class_names: Sequence[str]) -> np.ndarray:
+    label_col = _find(frame.columns, LABEL_NAMES)
+    if label_col is None:
+        raise LorabudgetError(
+            f"{source}: no label column; expected one of {', '.join(LABEL_NAMES)}, found: "
+            + ", ".join(str(c) for c in frame.columns)
+        )
+    by_name = {name.lower(): i for i, name in enumerate(class_names)}
+    num = len(class_names)
+    labels = np.empty(len(frame), dtype=np.int64)
+    for row, value in enumerate(frame[label_col].tolist()):
+        text = str(value).strip()
+        if _is_int(text):
+            label = int(text) - base
+        elif text.lower() in by_name:
+            label = by_name[text.lower()]
+        else:
+            label = -1
+        if not 0 <= label < num:
+            allowed = f"{base}..{base + num - 1}"
+            raise LorabudgetError(
+                f"{source}: row {row}: label {value!r} is outside the class set "
+                f"(this layout uses {allowed}, or the class names {', '.join(class_names)})"
+            )
+        labels[row] = label
+    return labels
+
+
+def _empty_mask(texts: pd.Series) -> np.ndarray:
+    return np.array([not (isinstance(t, str) and t.strip()) for t in texts], dtype=bool)
+
+
+def _row_list(rows: np.ndarray, limit: int = 5) -> str:
+    shown = ", ".join(str(r) for r in rows[:limit])
+    return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
+def load_labelled(source: str, class_names: Sequence[str]) -> TextData:
+    """Texts and labels for training or evaluation. Empty or non-text rows are dropped, with a warning."""
+    frame, base = read_table(source)
+    texts = _texts_from(frame, source)
+    labels = _labels_from(frame, source, base, class_names)
+    empty = _empty_mask(texts)
+    rows = np.arange(len(frame), dtype=np.int64)
+    if empty.any():
+        warn(f"{source}: dropped {int(empty.sum())} empty or non-text rows (rows {_row_list(rows[empty])})")
+    keep = ~empty
+    if not keep.any():
+        raise LorabudgetError(f"{source}: no rows with text")
+    return TextData(
+        texts=[t.strip() for t in texts[keep]], labels=labels[keep], rows=rows[keep], source=source
+    )
+
+
+def load_unlabelled(source: str) -> TextData:
+    """Texts for prediction, every row kept so output IDs match input rows.
+
+    Empty or non-text rows are predicted from an empty string and reported in a warning.
+    """
+    frame, _ = read_table(source)
+    texts = _texts_from(frame, source)
+    empty = _empty_mask(texts)
+    rows = np.arange(len(frame), dtype=np.int64)
+    if len(frame) == 0:
+        raise LorabudgetError(f"{source}: no rows")
+    if empty.any():
+        warn(
+            f"{source}: {int(empty.sum())} empty or non-text rows (rows {_row_list(rows[empty])}) are "
+            "predicted from an empty text so that every input row keeps its ID"
+        )
+    cleaned = ["" if e else t.strip() for t, e in zip(texts, empty)]
+    return TextData(texts=cleaned, labels=None, rows=rows, source=source)
+
+
+def split_validation(data: TextData, size: float | int, seed: int) -> tuple[TextData, TextData]:
+    """A deterministic split: ``size`` rows (int) or fraction (float) go to validation."""
+    n = len(data)
+    n_val = int(size) if isinstance(size, int) else int(round(n * size))
+    if not 0 < n_val < n:
+        raise LorabudgetError(
+            f"data.validation_size={size} leaves no training or no validation rows out of {n}"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    return data.subset(np.sort(order[n_val:])), data.subset(np.sort(order[:n_val]))

@@ -1,0 +1,70 @@
+"""Classification metrics (scikit-learn) in one JSON-ready dict."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``logits`` [n, classes] in float64."""
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    probs = softmax(logits)
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro P/R/F1, per-class table, confusion matrix (rows: true, columns: predicted)."""
+    preds = logits.argmax(axis=1)
+    classes = list(range(len(class_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, preds, labels=classes, zero_division=0
+    )
+    macro = precision_recall_fscore_support(labels, preds, labels=classes, average="macro", zero_division=0)
+    return {
+        "rows": int(len(labels)),
+        "accuracy": float(accuracy_score(labels, preds)),
+        "macro_precision": float(macro[0]),
+        "macro_recall": float(macro[1]),
+        "macro_f1": float(macro[2]),
+        "loss": cross_entropy(logits, labels),
+        "per_class": [
+            {
+                "class": name,
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(class_names)
+        ],
+        "confusion_matrix": confusion_matrix(labels, preds, labels=classes).tolist(),
+        "class_names": list(class_names),
+    }
+
+
+def format_metrics(m: dict[str, Any]) -> str:
+    names = m["class_names"]
+    width = max(10, *(len(n) + 2 for n in names))
+    lines = [
+        f"rows {m['rows']:,}   accuracy {m['accuracy']:.4f}   macro P {m['macro_precision']:.4f}   "
+        f"macro R {m['macro_recall']:.4f}   macro F1 {m['macro_f1']:.4f}   loss {m['loss']:.4f}",
+        "",
+        f"{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
+    ]
+    for row in m["per_class"]:
+        lines.append(
+            f"{row['class']:<{width}}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}{row['support']:>10,}"
+        )
+    lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
+    lines.append(" " * width + "".join(f"{n[:width - 1]:>{width}}" for n in names))
+    for name, row in zip(names, m["confusion_matrix"]):
+        lines.append(f"{name:<{width}}" + "".join(f"{v:>{width},}" for v in row))
+    return "\n".join(lines)

