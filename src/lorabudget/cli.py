@@ -58,6 +58,56 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.overwrite:
         clear_run_dir(run_dir)
     train(cfg, run_dir, log=_say)
+    _report(run_dir, args)
+    return 0
+
+
+def _report(run_dir: Path, args: argparse.Namespace) -> None:
+    if getattr(args, "no_report", False):
+        return
+    from .report import write_report
+
+    print(f"report: {write_report(run_dir)}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .runs import read_run_config
+
+    read_run_config(Path(args.run))  # a clear error for a folder that is not a run
+    from .report import write_report
+
+    print(f"report: {write_report(Path(args.run))}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report import write_comparison
+
+    for run in args.runs:
+        if not Path(run).is_dir():
+            raise LorabudgetError(f"run directory not found: {run}")
+    path = write_comparison([Path(r) for r in args.runs], Path(args.output))
+    print(path.read_text(encoding="utf-8"))
+    print(f"written: {path}")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .distill import distill
+    from .train import clear_run_dir
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.train={args.data}")
+    cfg = load_config(args.config, overrides)
+    run_dir = _run_dir(cfg, args.output)
+    if run_dir.exists() and not args.overwrite:
+        raise LorabudgetError(f"run directory {run_dir} exists; pass --overwrite or choose --output")
+    if args.overwrite:
+        clear_run_dir(run_dir)
+    distill(cfg, run_dir, teacher=args.teacher, unlabelled=args.unlabelled or (), log=_say)
+    _report(run_dir, args)
     return 0
 
 
@@ -68,9 +118,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     run = load_run(Path(args.run), threads=args.threads)
     metrics = evaluate_run(run, args.data)
-    write_eval(run.run_dir, metrics, args.data)
+    write_eval(run.run_dir, metrics, args.data, "evaluate")
     print(format_metrics(metrics))
     print(f"written: {run.run_dir / 'eval.json'}")
+    _report(run.run_dir, args)
     return 0
 
 
@@ -82,6 +133,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     summary = predict_file(run, args.input, output, probabilities=args.probabilities)
     counts = ", ".join(f"{k} {v:,}" for k, v in summary["counts"].items())
     print(f"wrote {summary['rows']:,} predictions to {output} ({counts}; {summary['samples_per_s']:.1f} rows/s)")
+    _report(run.run_dir, args)
     return 0
 
 
@@ -119,7 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="training data file (shortcut for --set data.train=FILE)")
     p.add_argument("--output", help="run directory (default: runs/<config name>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--no-report", action="store_true", help="do not write report.md and figures at the end")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="train a student config with knowledge distillation from a teacher")
+    _add_config_args(p)
+    p.add_argument("--teacher", help="teacher run directory, or a config/preset trained first (default: distill.teacher)")
+    p.add_argument("--unlabelled", action="append", metavar="FILE",
+                   help="extra texts (no labels) taught by the teacher's soft labels only (repeatable)")
+    p.add_argument("--data", help="training data file (shortcut for --set data.train=FILE)")
+    p.add_argument("--output", help="student run directory (default: runs/<config name>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing student run directory")
+    p.add_argument("--no-report", action="store_true", help="do not write report.md and figures at the end")
+    p.set_defaults(func=cmd_distill)
 
     def run_parser(name: str, help_text: str) -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=help_text)
@@ -129,17 +193,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = run_parser("evaluate", "accuracy, macro P/R/F1, per-class table and confusion matrix on labelled data")
     p.add_argument("--data", required=True, help="labelled data file (or ag_news:test)")
+    p.add_argument("--no-report", action="store_true", help="do not rewrite report.md and figures")
     p.set_defaults(func=cmd_evaluate)
 
     p = run_parser("predict", "write ID,Label predictions for an unlabelled file")
     p.add_argument("--input", required=True, help="texts to label: CSV, JSON Lines, Parquet or pickle")
     p.add_argument("--output", help="CSV to write (default: RUN/predictions.csv)")
     p.add_argument("--probabilities", action="store_true", help="add one probability column per class")
+    p.add_argument("--no-report", action="store_true", help="do not rewrite report.md and figures")
     p.set_defaults(func=cmd_predict)
 
     p = run_parser("classify", "print class and probability for texts given on the command line")
     p.add_argument("texts", nargs="+", help="texts to classify ('-' reads one text per line from stdin)")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("report", help="write figures and report.md for a run directory")
+    p.add_argument("run", help="run directory")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="results table and accuracy-vs-parameters plot across runs")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--output", default="runs/compare", help="folder for compare.md and the plot (default runs/compare)")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

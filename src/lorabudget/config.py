@@ -160,6 +160,22 @@ class BudgetConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation (``lorabudget distill``); ignored by ``train``."""
+
+    teacher: Optional[str] = None
+    """A finished run directory (any size, never counted against the budget) or a config/preset that
+    is trained first, on the student's data settings."""
+    temperature: float = 4.0
+    """Softmax temperature T of the KL term (scaled by T²)."""
+    alpha: float = 0.3
+    """λ: loss = (1 - λ)·CE(gold) + λ·T²·KL(teacher ‖ student). λ=0 is plain training."""
+    unlabelled: list[str] = field(default_factory=list)
+    """Extra text files (no labels needed) added to the student's training rows, taught by the
+    teacher's soft labels only."""
+
+
+@dataclass
 class RunConfig:
     """A complete run configuration."""
 
@@ -171,6 +187,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     @property
     def num_labels(self) -> int:
@@ -340,6 +357,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     if t.threads is not None:
         _check_positive("training.threads", t.threads)
     _check_positive("budget.max_trainable_params", cfg.budget.max_trainable_params)
+    _check_positive("distill.temperature", cfg.distill.temperature)
+    if not 0 <= cfg.distill.alpha <= 1:
+        raise LorabudgetError(f"config key 'distill.alpha': must be in [0, 1], got {cfg.distill.alpha}")
     return cfg
 
 

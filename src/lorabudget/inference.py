@@ -43,7 +43,11 @@ def predict_logits(
         ).logits.float()
         index = batch["index"].to(device)
         if accelerator is not None and accelerator.num_processes > 1:
+            # Shards may hold batches of different sizes: pad to a common size (index -1 marks padding).
+            logits = accelerator.pad_across_processes(logits, dim=0)
+            index = accelerator.pad_across_processes(index, dim=0, pad_index=-1)
             logits, index = accelerator.gather((logits, index))
+            logits, index = logits[index >= 0], index[index >= 0]
         logits_np, index_np = logits.cpu().numpy(), index.cpu().numpy()
         if out is None:
             out = np.zeros((len(tokens), logits_np.shape[1]), dtype=np.float32)

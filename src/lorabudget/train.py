@@ -47,7 +47,8 @@ def make_accelerator(cfg: RunConfig):
     precision = cfg.training.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(mixed_precision=precision)
+    # cpu=True on machines without a GPU: it is what makes Accelerate pick gloo for multi-process CPU runs.
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
 
 
 def seed_everything(seed: int) -> None:
@@ -147,6 +148,7 @@ def train(
     loss_fn: LossFn = cross_entropy_loss,
     data: Optional[PreparedData] = None,
     log: Callable[[str], None] = print,
+    extra_summary: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` and return the run summary (also written to summary.json)."""
     accelerator = make_accelerator(cfg)
@@ -197,6 +199,7 @@ def train(
     loss_sum = torch.zeros((), device=accelerator.device)
     token_sum = torch.zeros((), device=accelerator.device, dtype=torch.long)
     loss_count = window_rows = 0
+    positions_seen = 0  # padded token positions fed to the model (numel is known on the host: no sync)
     window_start = start = time.perf_counter()
     progress = tqdm(total=total_steps, desc=f"train {cfg.name}", disable=not main, unit="step", dynamic_ncols=True)
     stop = False
@@ -211,6 +214,7 @@ def train(
             token_sum += batch["attention_mask"].sum()
             loss_count += 1
             window_rows += batch["input_ids"].shape[0]
+            positions_seen += batch["input_ids"].numel()
             epoch_end = micro + 1 == len(loader)
             if (micro + 1) % t.gradient_accumulation and not epoch_end:
                 continue
@@ -245,7 +249,10 @@ def train(
             due = step % t.eval_every == 0 if t.eval_every else epoch_end
             if due or step == total_steps:
                 result = evaluate_during_training(model, data, cfg, accelerator)
-                improved = result["accuracy"] > best["accuracy"]
+                # Ties in accuracy (common on small validation sets) go to the lower validation loss.
+                improved = result["accuracy"] > best["accuracy"] or (
+                    result["accuracy"] == best["accuracy"] and result["loss"] < best["metrics"]["loss"]
+                )
                 metrics.write(
                     type="eval", step=step, epoch=epoch_pos, accuracy=result["accuracy"],
                     macro_f1=result["macro_f1"], loss=result["loss"], best=improved,
@@ -299,12 +306,16 @@ def train(
         "train_time_s": train_time,
         "samples_per_s": rows_seen / train_time if train_time > 0 else None,
         "tokens_per_s": tokens_seen / train_time if tokens_seen and train_time > 0 else None,
+        "padded_fraction": 1 - tokens_seen / (positions_seen * accelerator.num_processes) if positions_seen else None,
         "processes": accelerator.num_processes,
         "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,
+        "class_names": list(cfg.model.labels),
+        "train_label_distribution": label_distribution(data.train.labels, cfg.num_labels),
+        **(extra_summary or {}),
     }
     if main:
-        write_eval(run_dir, best["metrics"], f"validation ({cfg.data.validation or 'split of ' + cfg.data.train})")
+        write_eval(run_dir, best["metrics"], f"validation ({cfg.data.validation or 'split of ' + cfg.data.train})", "validation")
         atomic_write_json(run_dir / "summary.json", summary)
         log(format_metrics(best["metrics"]))
         log(
@@ -313,6 +324,12 @@ def train(
         )
     accelerator.wait_for_everyone()
     return summary
+
+
+def label_distribution(labels: np.ndarray, num_labels: int) -> list[float]:
+    """Share of each class among the labelled rows (rows labelled -1 have no gold label)."""
+    gold = labels[labels >= 0]
+    return (np.bincount(gold, minlength=num_labels) / max(len(gold), 1)).tolist()
 
 
 def make_scheduler(optimizer, name: str, warmup: int, total: int):
@@ -341,9 +358,12 @@ def budget_json(b: budget_mod.Breakdown, cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-def write_eval(run_dir: Path, metrics: dict[str, Any], data_name: str) -> None:
-    """``eval.json`` holds the latest evaluation; ``evals/`` keeps one file per evaluated data set."""
-    record = dict(metrics, data=data_name, time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+def write_eval(run_dir: Path, metrics: dict[str, Any], data_name: str, kind: str) -> None:
+    """``eval.json`` holds the latest evaluation; ``evals/`` keeps one file per evaluated data set.
+
+    ``kind`` is ``validation`` (written by training) or ``evaluate`` (a labelled set the user evaluated).
+    """
+    record = dict(metrics, data=data_name, kind=kind, time=time.strftime("%Y-%m-%dT%H:%M:%S"))
     atomic_write_json(run_dir / "eval.json", record)
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in data_name)[:80]
     atomic_write_json(run_dir / "evals" / f"{slug}.json", record)

@@ -1,0 +1,20 @@
+"""The speed benchmark runs end to end in its tiny mode (this proves it works; it times nothing)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_speed_benchmark_tiny_mode(tmp_path, tiny_roberta, data_dir):
+    out = tmp_path / "bench.md"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--tiny", "--data", str(data_dir / "train.csv"),
+         "--tokenizer", str(tiny_roberta), "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    text = out.read_text()
+    assert "training samples/s" in text and "inference samples/s" in text and "Machine:" in text
+    assert "<!-- speed:tiny -->" in text and text.count("x** |") == 2

@@ -1,0 +1,187 @@
+"""Distillation: the KD loss, the teacher-logits cache, pairing under shuffling, and the CLI."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from lorabudget.batching import tokenize, train_loader
+from lorabudget.cli import main
+from lorabudget.config import from_dict
+from lorabudget.distill import TeacherLogitsCache, kd_loss, teacher_fingerprint, teacher_logits
+from lorabudget.runs import load_run
+
+
+def test_kd_loss_matches_hand_computation():
+    s = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
+    t = torch.tensor([[1.0, 1.0, 0.0], [-2.0, 0.5, 2.5]])
+    y = torch.tensor([0, 2])
+    T, lam = 2.0, 0.3
+
+    def softmax(v):
+        e = [math.exp(x) for x in v]
+        return [x / sum(e) for x in e]
+
+    ce = sum(-math.log(softmax(row.tolist())[label]) for row, label in zip(s, y)) / 2
+    kl = 0.0
+    for srow, trow in zip(s, t):
+        p = softmax((trow / T).tolist())
+        q = softmax((srow / T).tolist())
+        kl += sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q))
+    kl /= 2
+    expected = (1 - lam) * ce + lam * T * T * kl
+    assert kd_loss(s, t, y, T, lam).item() == pytest.approx(expected, rel=1e-6)
+    # rows without gold labels (-1) contribute only the KL term
+    y2 = torch.tensor([0, -1])
+    ce0 = -math.log(softmax(s[0].tolist())[0])
+    assert kd_loss(s, t, y2, T, lam).item() == pytest.approx((1 - lam) * ce0 + lam * T * T * kl, rel=1e-6)
+    # lambda = 0 is exactly cross-entropy
+    assert torch.equal(kd_loss(s, t, y, T, 0.0), torch.nn.functional.cross_entropy(s, y))
+
+
+def _write(tmp_path, name, values):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory, tiny_roberta, data_dir):
+    tmp = tmp_path_factory.mktemp("teacher")
+    cfg = _write(tmp, "teacher", {
+        "name": "teacher",
+        "model": {"name": str(tiny_roberta), "max_length": 64},
+        "head": {"type": "linear", "pooling": "mean"},
+        "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "modules": ["query", "key", "value", "output"]},
+        "data": {"train": str(data_dir / "train.csv"), "validation_size": 40, "cache_dir": str(tmp / "cache")},
+        "training": {"epochs": 4, "batch_size": 16, "learning_rate": 2e-2, "log_every": 5},
+        "budget": {"max_trainable_params": 10_000_000},
+    })
+    assert main(["train", str(cfg), "--output", str(tmp / "teacher"), "--no-report"]) == 0
+    return tmp / "teacher"
+
+
+def _student(tiny_roberta, data_dir, cache, **distill):
+    return {
+        "name": "student",
+        "model": {"name": str(tiny_roberta), "max_length": 64},
+        "head": {"type": "linear", "pooling": "mean"},
+        "adapter": {"r": 2, "alpha": 4, "dropout": 0.0, "modules": ["query", "value"]},
+        "data": {"train": str(data_dir / "train.csv"), "validation_size": 40, "cache_dir": str(cache)},
+        "training": {"epochs": 2, "batch_size": 16, "learning_rate": 2e-2, "log_every": 2, "eval_every": 6, "seed": 3},
+        "distill": distill,
+    }
+
+
+def test_cached_logits_equal_live_teacher_under_shuffling(teacher_run, data_dir, tmp_path):
+    from lorabudget.data import load_labelled
+
+    data = load_labelled(str(data_dir / "train.csv"), ["World", "Sports", "Business", "Sci/Tech"])
+    cache = TeacherLogitsCache(tmp_path)
+    logs = []
+    table = teacher_logits(teacher_run, data.texts, cache, logs.append)
+    assert "computed once" in logs[-1]
+    again = teacher_logits(teacher_run, data.texts, cache, logs.append)
+    assert "from cache" in logs[-1] and np.array_equal(table, again)
+
+    run = load_run(teacher_run)
+    tokens = tokenize(run.tokenizer, data.texts, run.cfg.model.max_length)
+    loader = train_loader(tokens, data.labels, run.pad_id, batch_size=16, seed=5, length_grouping=True)
+    loader.batch_sampler.set_epoch(1)
+    with torch.no_grad():
+        for batch in loader:
+            live = run.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            torch.testing.assert_close(torch.from_numpy(table[batch["index"].numpy()]), live, rtol=1e-4, atol=1e-5)
+
+
+def test_cache_invalidation_and_truncation(teacher_run, tmp_path):
+    texts = ["the team won the game", "stocks fell"]
+    cache = TeacherLogitsCache(tmp_path)
+    fp = teacher_fingerprint(teacher_run)
+    key = cache.key(fp, texts)
+    teacher_logits(teacher_run, texts, cache, print)
+    assert cache.load(key, 2) is not None
+    # other data: other key; another teacher (changed adapter weights): other fingerprint
+    assert cache.key(fp, texts + ["x"]) != key and cache.key(fp, texts[::-1]) != key
+    other = tmp_path / "other-teacher"
+    import shutil
+
+    shutil.copytree(teacher_run, other)
+    weights = other / "adapter" / "adapter_model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 0xFF
+    weights.write_bytes(bytes(blob))
+    assert teacher_fingerprint(other) != fp
+    # a truncated file is detected and rebuilt
+    path = cache.path(key)
+    path.write_bytes(path.read_bytes()[:40])
+    assert cache.load(key, 2) is None
+    logs = []
+    teacher_logits(teacher_run, texts, cache, logs.append)
+    assert any("rebuilding" in l for l in logs) and cache.load(key, 2) is not None
+    # a file holding another key's logits is not trusted
+    shutil.copy(path, cache.path("a-b"))
+    assert cache.load("a-b", 2) is None
+
+
+def test_lambda_zero_reproduces_plain_training(teacher_run, tiny_roberta, data_dir, tmp_path):
+    plain = _write(tmp_path, "plain", _student(tiny_roberta, data_dir, tmp_path / "cache"))
+    kd0 = _write(tmp_path, "kd0", _student(tiny_roberta, data_dir, tmp_path / "cache", alpha=0.0, temperature=3.0))
+    assert main(["train", str(plain), "--output", str(tmp_path / "plain"), "--no-report"]) == 0
+    assert main(["distill", str(kd0), "--teacher", str(teacher_run), "--output", str(tmp_path / "kd0"), "--no-report"]) == 0
+
+    def read(name):
+        lines = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [(l["step"], l.get("loss"), l.get("accuracy")) for l in lines]
+
+    assert read("plain") == read("kd0")
+
+
+def test_distill_end_to_end_with_config_teacher_and_unlabelled(tiny_roberta, data_dir, tmp_path, monkeypatch, capsys):
+    teacher_cfg = _write(tmp_path, "tcfg", {
+        "name": "tiny-teacher",
+        "model": {"name": str(tiny_roberta), "max_length": 64},
+        "head": {"type": "linear", "pooling": "mean"},
+        "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "modules": ["query", "value", "output"]},
+        "training": {"epochs": 3, "batch_size": 16, "learning_rate": 2e-2},
+        "budget": {"max_trainable_params": 10_000_000},
+    })
+    student = _write(tmp_path, "student", _student(tiny_roberta, data_dir, tmp_path / "cache", alpha=0.5, temperature=2.0))
+    runs = tmp_path / "runs"
+    argv = ["distill", str(student), "--teacher", str(teacher_cfg), "--unlabelled", str(data_dir / "unlabelled.csv"),
+            "--output", str(runs / "student")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "teacher validation accuracy" in out and "teacher: training config" in out
+    assert "adding 80 unlabelled texts" in out
+    summary = json.loads((runs / "student" / "summary.json").read_text())
+    assert summary["unlabelled_rows"] == 80 and summary["train_rows"] == 200 + 80
+    assert summary["method"].startswith("distill") and 0 <= summary["teacher_validation_accuracy"] <= 1
+    # The teacher trained on the student's data settings: same training rows, same validation rows.
+    teacher_summary = json.loads((runs / "tiny-teacher" / "summary.json").read_text())
+    assert teacher_summary["train_rows"] == 200 and teacher_summary["validation_rows"] == 40
+    assert (runs / "student" / "report.md").is_file()
+
+    # Second student on the same data: teacher reused, logits from the cache, teacher never loaded.
+    import lorabudget.runs
+
+    def no_load(*a, **k):
+        raise AssertionError("the teacher must not be loaded when its logits are cached")
+
+    monkeypatch.setattr(lorabudget.runs, "load_run", no_load)
+    assert main(argv[:-1] + [str(runs / "student2")]) == 0
+    out = capsys.readouterr().out
+    assert "reusing the trained run" in out and out.count("from cache") == 2
+
+
+def test_distill_errors(tiny_roberta, data_dir, tmp_path, capsys):
+    student = _write(tmp_path, "s", _student(tiny_roberta, data_dir, tmp_path / "cache"))
+    assert main(["distill", str(student), "--output", str(tmp_path / "o")]) == 2
+    assert "needs a teacher" in capsys.readouterr().err
+    assert main(["distill", str(student), "--teacher", str(tmp_path), "--output", str(tmp_path / "o2")]) == 2
+    assert "not a finished lorabudget run directory" in capsys.readouterr().err
+    with pytest.raises(Exception, match="distill.alpha"):
+        from_dict({"distill": {"alpha": 1.5}})
