@@ -11,9 +11,6 @@ Usage: python benchmarks/minilm_accuracy.py [--data PATH] [--skip-notebook] [--o
 from __future__ import annotations
 
 import argparse
-import csv
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -24,18 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import notebook_recipe as nb  # noqa: E402
-
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "agnews" / "train_5k.csv"
-
-
-def read_rows(path: Path):
-    with open(path, newline="", encoding="utf-8") as fh:
-        return [(t, int(l)) for t, l in csv.reader(fh)]
+from common import TRAIN_5K, emit, machine, read_rows, split_held_out  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--data", type=Path, default=TRAIN_5K)
     ap.add_argument("--preset", default="minilm-cpu")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--skip-notebook", action="store_true")
@@ -51,13 +42,10 @@ def main() -> int:
     from lorabudget.runs import evaluate_run, load_run
     from lorabudget.train import train
 
-    rows = read_rows(args.data)
-    train_rows, test_rows = rows[:-1000], rows[-1000:]
     tmp = Path(tempfile.mkdtemp())
-    with open(tmp / "train.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows(train_rows)
-    with open(tmp / "test.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows(test_rows)
+    train_csv, test_csv = split_held_out(args.data, tmp)
+    train_rows = [(t, int(l)) for t, l in read_rows(train_csv)]
+    test_rows = [(t, int(l)) for t, l in read_rows(test_csv)]
     test_labels = np.array([l for _, l in test_rows])
     results = []
 
@@ -110,12 +98,7 @@ def main() -> int:
             f"Training time ratio (notebook / lorabudget): {results[1]['train_s'] / results[0]['train_s']:.2f}x; "
             f"accuracy difference: {100 * (results[0]['test_acc'] - results[1]['test_acc']):+.2f} points."
         )
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    text = "\n".join(lines) + f"\n\nMachine: {machine}.\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit("\n".join(lines) + f"\n\nMachine: {machine()}.\n", args.out)
     return 0
 
 

@@ -19,7 +19,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"
 sys.path.insert(0, str(HERE))
+from common import machine  # noqa: E402
 
 SIZES = {
     "full": dict(train_rows=192, predict_rows=384),
@@ -110,7 +110,6 @@ def worker_ours_predict(model_dir: str, rows, tmp: Path, batch_size: int, merge:
     import torch
     from lorabudget.batching import tokenize
     from lorabudget.config import from_dict, save_config
-    from lorabudget.inference import predict_logits
     from lorabudget.modeling import build_model
     from lorabudget.runs import load_run
 
@@ -193,20 +192,6 @@ def alternate(pairs, rounds: int = 2):
     for t in totals.values():
         t["samples_per_s"] = t["rows"] / t["seconds"]
     return totals
-
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
 
 
 def update_section(path: Path, key: str, text: str) -> None:

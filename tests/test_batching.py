@@ -1,9 +1,8 @@
 import numpy as np
-import pytest
 import torch
 
 from lorabudget.batching import (
-    LengthGroupedBatchSampler, PadCollator, inference_loader, length_sorted_batches, tokenize,
+    LengthGroupedBatchSampler, PadCollator, length_sorted_batches, tokenize,
 )
 from lorabudget.inference import predict_logits
 

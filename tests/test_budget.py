@@ -1,7 +1,6 @@
 """Exact budgeting: the starting point's published counts, and plan == live == optimizer."""
 
 import pytest
-import torch
 
 from lorabudget.budget import breakdown, check_budget, count_trainable, format_breakdown
 from lorabudget.config import from_dict, load_config

@@ -1,7 +1,4 @@
-from pathlib import Path
-
 import pytest
-import yaml
 
 from lorabudget.config import RunConfig, apply_overrides, from_dict, load_config, presets_dir
 from lorabudget.errors import LorabudgetError

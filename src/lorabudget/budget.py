@@ -63,13 +63,13 @@ def format_breakdown(b: Breakdown, budget: int, title: str = "") -> str:
     modules = [m for m in MODULE_SHORT_NAMES if any(k[1] == m for k in b.lora)]
     layers = sorted({k[0] for k in b.lora})
     if modules:
-        width = max(10, *(len(m) + 2 for m in modules))
+        widths = [max(10, len(m) + 2) for m in modules]
         lines.append("LoRA parameters by layer and module:")
-        lines.append("  layer" + "".join(f"{m:>{width}}" for m in modules) + f"{'layer total':>{width + 2}}")
+        lines.append("  layer" + "".join(f"{m:>{w}}" for m, w in zip(modules, widths)) + f"{'layer total':>13}")
         for layer in layers:
             cells = [b.lora.get((layer, m)) for m in modules]
-            row = "".join(f"{(f'{c:,}' if c else '-'):>{width}}" for c in cells)
-            lines.append(f"  {layer:>5}{row}{sum(c or 0 for c in cells):>{width + 2},}")
+            row = "".join(f"{(f'{c:,}' if c else '-'):>{w}}" for c, w in zip(cells, widths))
+            lines.append(f"  {layer:>5}{row}{sum(c or 0 for c in cells):>13,}")
     else:
         lines.append("LoRA parameters: none")
     lines.append(f"  {'LoRA total':<28}{b.lora_total:>12,}")

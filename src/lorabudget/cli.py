@@ -40,23 +40,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0 if b.total <= cfg.budget.max_trainable_params else 3
 
 
-def _run_dir(cfg, output: Optional[str]) -> Path:
-    return Path(output) if output else Path("runs") / cfg.name
-
-
-def cmd_train(args: argparse.Namespace) -> int:
+def _new_run(args: argparse.Namespace):
+    """Load the config of a train/distill command and make room for its run directory."""
     from .config import load_config
-    from .train import clear_run_dir, train
+    from .train import clear_run_dir
 
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.train={args.data}")
     cfg = load_config(args.config, overrides)
-    run_dir = _run_dir(cfg, args.output)
+    run_dir = Path(args.output) if args.output else Path("runs") / cfg.name
     if run_dir.exists() and not args.overwrite:
         raise LorabudgetError(f"run directory {run_dir} exists; pass --overwrite or choose --output")
     if args.overwrite:
         clear_run_dir(run_dir)
+    return cfg, run_dir
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg, run_dir = _new_run(args)
     train(cfg, run_dir, log=_say)
     _report(run_dir, args)
     return 0
@@ -93,19 +97,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from .config import load_config
     from .distill import distill
-    from .train import clear_run_dir
 
-    overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f"data.train={args.data}")
-    cfg = load_config(args.config, overrides)
-    run_dir = _run_dir(cfg, args.output)
-    if run_dir.exists() and not args.overwrite:
-        raise LorabudgetError(f"run directory {run_dir} exists; pass --overwrite or choose --output")
-    if args.overwrite:
-        clear_run_dir(run_dir)
+    cfg, run_dir = _new_run(args)
     distill(cfg, run_dir, teacher=args.teacher, unlabelled=args.unlabelled or (), log=_say)
     _report(run_dir, args)
     return 0

@@ -50,6 +50,14 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: 
     }
 
 
+def with_calibration(metrics: dict[str, Any], logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Add per-row confidence (max class probability) and correctness, for reliability diagrams."""
+    probs = softmax(logits)
+    metrics["confidence"] = [round(float(c), 5) for c in probs.max(axis=1)]
+    metrics["correct"] = [bool(c) for c in probs.argmax(axis=1) == labels]
+    return metrics
+
+
 def format_metrics(m: dict[str, Any]) -> str:
     names = m["class_names"]
     width = max(10, *(len(n) + 2 for n in names))

@@ -93,18 +93,22 @@ def plot_validation(evals: list[dict], path: Path, title: str) -> None:
     steps = [r["step"] for r in evals]
     ax.plot(steps, [r["accuracy"] for r in evals], marker="o", color="tab:green", label="accuracy")
     ax.plot(steps, [r["macro_f1"] for r in evals], marker="s", color="tab:purple", label="macro F1")
-    best = max(evals, key=lambda r: r["accuracy"])
+    kept = [r for r in evals if r.get("best")]  # the last improvement is the checkpoint training kept
+    best = kept[-1] if kept else max(evals, key=lambda r: r["accuracy"])
     ax.axvline(best["step"], color="gray", linestyle="--", linewidth=1)
-    ax.annotate(f"kept: step {best['step']}\nacc {best['accuracy']:.4f}", (best["step"], best["accuracy"]),
-                textcoords="offset points", xytext=(6, -28), fontsize=9)
+    ax.annotate(f"kept: step {best['step']}, acc {best['accuracy']:.4f}", (best["step"], best["accuracy"]),
+                textcoords="offset points", xytext=(6, -14), fontsize=9)
     ax.set(title=f"Validation: {title}", xlabel="optimizer step", ylabel="accuracy / macro F1 (fraction)")
     ax.grid(alpha=0.3)
     ax2 = ax.twinx()
     ax2.plot(steps, [r["loss"] for r in evals], marker="^", color="tab:red", alpha=0.7, label="loss")
     ax2.set_ylabel("validation loss (nats)")
+    scores = [r["accuracy"] for r in evals] + [r["macro_f1"] for r in evals]
+    ax.set_ylim(max(0.0, min(scores) - 0.03), min(1.0, max(scores) + 0.03))
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower right")
+    # Below the axes, so the legend never covers a curve.
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
     _save(fig, path)
 
 

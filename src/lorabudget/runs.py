@@ -23,7 +23,7 @@ from .data import load_labelled, load_unlabelled
 from .errors import LorabudgetError
 from .inference import predict_logits
 from .io import atomic_path, atomic_write_json
-from .metrics import classification_metrics, softmax
+from .metrics import classification_metrics, softmax, with_calibration
 from .modeling import load_tokenizer, load_trained_model
 
 
@@ -74,12 +74,7 @@ def load_run(run_dir: Path, merge: bool = True, threads: Optional[int] = None) -
 def evaluate_run(run: LoadedRun, data_source: str) -> dict[str, Any]:
     data = load_labelled(data_source, run.cfg.model.labels)
     logits = run.logits(data.texts, progress="evaluate")
-    metrics = classification_metrics(logits, data.labels, run.cfg.model.labels)
-    probs = softmax(logits)
-    # Confidence and correctness per row, for calibration plots (reliability diagram).
-    metrics["confidence"] = [round(float(c), 5) for c in probs.max(axis=1)]
-    metrics["correct"] = [bool(c) for c in probs.argmax(axis=1) == data.labels]
-    return metrics
+    return with_calibration(classification_metrics(logits, data.labels, run.cfg.model.labels), logits, data.labels)
 
 
 def predictions_csv(logits: np.ndarray, class_names: Sequence[str], probabilities: bool) -> str:

@@ -29,8 +29,8 @@ from .config import RunConfig, save_config
 from .data import TextData, load_labelled, split_validation
 from .errors import LorabudgetError
 from .inference import predict_logits
-from .io import atomic_dir, atomic_write_json, atomic_write_text
-from .metrics import classification_metrics, format_metrics
+from .io import atomic_dir, atomic_write_json
+from .metrics import classification_metrics, format_metrics, with_calibration
 from .modeling import build_model, load_tokenizer
 
 # A loss on one batch: (student logits [B, C], batch dict) -> scalar. Distillation plugs in here.
@@ -199,6 +199,7 @@ def train(
     loss_sum = torch.zeros((), device=accelerator.device)
     token_sum = torch.zeros((), device=accelerator.device, dtype=torch.long)
     loss_count = window_rows = 0
+    eval_seconds = 0.0
     positions_seen = 0  # padded token positions fed to the model (numel is known on the host: no sync)
     window_start = start = time.perf_counter()
     progress = tqdm(total=total_steps, desc=f"train {cfg.name}", disable=not main, unit="step", dynamic_ncols=True)
@@ -248,6 +249,7 @@ def train(
 
             due = step % t.eval_every == 0 if t.eval_every else epoch_end
             if due or step == total_steps:
+                eval_start = time.perf_counter()
                 result = evaluate_during_training(model, data, cfg, accelerator)
                 # Ties in accuracy (common on small validation sets) go to the lower validation loss.
                 improved = result["accuracy"] > best["accuracy"] or (
@@ -275,6 +277,9 @@ def train(
                     if t.early_stopping_patience and evals_without_gain >= t.early_stopping_patience:
                         log(f"early stopping: no gain in validation accuracy for {evals_without_gain} evaluations")
                         stop = True
+                eval_duration = time.perf_counter() - eval_start
+                eval_seconds += eval_duration
+                window_start += eval_duration  # logged throughput counts training time only
             if step >= total_steps:
                 stop = True
             if stop:
@@ -303,9 +308,11 @@ def train(
         "validation_rows": len(data.validation),
         "validation_accuracy": best["accuracy"],
         "validation_macro_f1": best["metrics"]["macro_f1"],
-        "train_time_s": train_time,
-        "samples_per_s": rows_seen / train_time if train_time > 0 else None,
-        "tokens_per_s": tokens_seen / train_time if tokens_seen and train_time > 0 else None,
+        "train_time_s": train_time,  # wall time of the loop, evaluations and checkpoint saves included
+        "eval_time_s": eval_seconds,
+        # Throughput of the training steps alone (evaluation time taken out).
+        "samples_per_s": rows_seen / (train_time - eval_seconds) if train_time > eval_seconds else None,
+        "tokens_per_s": tokens_seen / (train_time - eval_seconds) if tokens_seen and train_time > eval_seconds else None,
         "padded_fraction": 1 - tokens_seen / (positions_seen * accelerator.num_processes) if positions_seen else None,
         "processes": accelerator.num_processes,
         "device": str(accelerator.device),
@@ -343,7 +350,8 @@ def evaluate_during_training(model, data: PreparedData, cfg: RunConfig, accelera
     logits = predict_logits(
         model, data.validation_tokens, data.pad_id, cfg.training.eval_batch_size, accelerator
     )
-    return classification_metrics(logits, data.validation.labels, cfg.model.labels)
+    labels = data.validation.labels
+    return with_calibration(classification_metrics(logits, labels, cfg.model.labels), logits, labels)
 
 
 def budget_json(b: budget_mod.Breakdown, cfg: RunConfig) -> dict[str, Any]:
