@@ -37,6 +37,7 @@ SIZES = {
     "tiny": dict(train_rows=32, predict_rows=64),
 }
 MAX_LENGTH = 512
+MAP_CHUNK = 1000  # datasets.map's default batch size: the notebook pads each row to its chunk's longest
 
 
 def make_model_dir(out: Path, mode: str, tokenizer_dir: Path) -> Path:
@@ -70,7 +71,7 @@ def peak_rss_mb() -> float:
 # Workers: one measurement per process
 
 
-def worker_ours_train(model_dir: str, rows, tmp: Path, batch_size: int, length_grouping: bool = True) -> dict:
+def worker_ours_train(model_dir: str, rows, pool, tmp: Path, batch_size: int, length_grouping: bool = True) -> dict:
     from lorabudget.config import from_dict
     from lorabudget.train import train
 
@@ -92,12 +93,23 @@ def worker_ours_train(model_dir: str, rows, tmp: Path, batch_size: int, length_g
             "loss": train_line["loss"]}
 
 
-def worker_notebook_train(model_dir: str, rows, tmp: Path, batch_size: int) -> dict:
+def notebook_rows(tok, rows, pool, labelled: bool):
+    """The measured rows as the notebook would see them: tokenized by ``datasets.map`` over the whole
+    data set, so each row is padded to the longest row of its 1,000-row map chunk (``pool`` holds the
+    measured rows first, then the rest of their chunk)."""
+    import notebook_recipe as nb
+
+    texts = [t for t, _ in pool]
+    labels = [l for _, l in pool] if labelled else None
+    return nb.tokenize_like_notebook(tok, texts, labels).select(range(len(rows)))
+
+
+def worker_notebook_train(model_dir: str, rows, pool, tmp: Path, batch_size: int) -> dict:
     import notebook_recipe as nb
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    ds = nb.tokenize_like_notebook(tok, [t for t, _ in rows], [l for _, l in rows])
+    ds = notebook_rows(tok, rows, pool, labelled=True)
     model = nb.build_model(model_dir, 4)
     seconds, _ = nb.train_like_notebook(model, tok, ds, epochs=1, batch_size=batch_size)
     real = sum(sum(m) for m in ds["attention_mask"])
@@ -105,7 +117,8 @@ def worker_notebook_train(model_dir: str, rows, tmp: Path, batch_size: int) -> d
             "padded_fraction": nb.padded_fraction(ds)}
 
 
-def worker_ours_predict(model_dir: str, rows, tmp: Path, batch_size: int, merge: bool = True, sort: bool = True) -> dict:
+def worker_ours_predict(model_dir: str, rows, pool, tmp: Path, batch_size: int, merge: bool = True, sort: bool = True,
+                        precision: str = "fp32") -> dict:
     """lorabudget predict: a trained-state run directory, merged weights, length-sorted batches."""
     import torch
     from lorabudget.batching import tokenize
@@ -120,11 +133,12 @@ def worker_ours_predict(model_dir: str, rows, tmp: Path, batch_size: int, merge:
     run_dir = tmp / "run"
     model.save_pretrained(str(run_dir / "adapter"))
     save_config(cfg, run_dir / "config.yaml")
-    run = load_run(run_dir, merge=merge)
+    run = load_run(run_dir, merge=merge, precision=precision)
     texts = [t for t, _ in rows]
     start = time.perf_counter()
+    predictions = None
     if sort:
-        run.logits(texts)
+        predictions = run.logits(texts).argmax(1).tolist()
     else:  # ablation: input order, so each batch pads to its own longest row only
         tokens = tokenize(run.tokenizer, texts, MAX_LENGTH)
         from lorabudget.batching import PadCollator
@@ -135,15 +149,15 @@ def worker_ours_predict(model_dir: str, rows, tmp: Path, batch_size: int, merge:
                 b = collate(list(range(i, min(i + batch_size, len(texts)))))
                 run.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "rows": len(rows)}
+    return {"seconds": seconds, "rows": len(rows), "predictions": predictions}
 
 
-def worker_notebook_predict(model_dir: str, rows, tmp: Path, batch_size: int) -> dict:
+def worker_notebook_predict(model_dir: str, rows, pool, tmp: Path, batch_size: int) -> dict:
     import notebook_recipe as nb
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    ds = nb.tokenize_like_notebook(tok, [t for t, _ in rows])
+    ds = notebook_rows(tok, rows, pool, labelled=False)
     model = nb.build_model(model_dir, 4)
     start = time.perf_counter()
     nb.predict_like_notebook(model, tok, ds, batch_size=batch_size)
@@ -167,9 +181,10 @@ def run_worker(kind: str, model_dir: Path, data: Path, rows: int, offset: int, *
 
 def worker_main(spec: str) -> None:
     s = json.loads(spec)
-    rows = read_texts(Path(s["data"]), s["offset"] + s["rows"])[s["offset"]:]
+    pool = read_texts(Path(s["data"]), s["offset"] + max(s["rows"], MAP_CHUNK))[s["offset"]:]
+    rows = pool[: s["rows"]]
     with tempfile.TemporaryDirectory() as tmp:
-        result = WORKERS[s["kind"]](s["model_dir"], rows, Path(tmp), **s["kwargs"])
+        result = WORKERS[s["kind"]](s["model_dir"], rows, pool, Path(tmp), **s["kwargs"])
     result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
 
@@ -237,7 +252,12 @@ def main() -> int:
     predict = alternate([
         ("lorabudget", lambda r: run_worker("ours_predict", model_dir, args.data, half_p, 2000 + r * half_p, batch_size=64)),
         ("notebook", lambda r: run_worker("notebook_predict", model_dir, args.data, half_p, 2000 + r * half_p, batch_size=8)),
+        ("lorabudget bf16", lambda r: run_worker("ours_predict", model_dir, args.data, half_p, 2000 + r * half_p,
+                                                 batch_size=64, precision="bf16")),
     ], rounds)
+    fp32_preds = [p for run in predict["lorabudget"]["runs"] for p in run["predictions"]]
+    bf16_preds = [p for run in predict["lorabudget bf16"]["runs"] for p in run["predictions"]]
+    agreement = sum(a == b for a, b in zip(fp32_preds, bf16_preds)) / len(fp32_preds)
 
     def pad(side, key="padded_fraction"):
         vals = [r[key] for r in side["runs"] if r.get(key) is not None]
@@ -260,6 +280,9 @@ def main() -> int:
         f"| inference samples/s (notebook: batch 8, pre-padded, unmerged; lorabudget: batch 64, length-sorted, merged) | "
         f"{predict['notebook']['samples_per_s']:.2f} | {predict['lorabudget']['samples_per_s']:.2f} | "
         f"**{predict['lorabudget']['samples_per_s'] / predict['notebook']['samples_per_s']:.2f}x** |",
+        f"| inference samples/s, lorabudget `--precision bf16` (same predictions as fp32 on {100 * agreement:.1f}% of rows) | "
+        f"{predict['notebook']['samples_per_s']:.2f} | {predict['lorabudget bf16']['samples_per_s']:.2f} | "
+        f"**{predict['lorabudget bf16']['samples_per_s'] / predict['notebook']['samples_per_s']:.2f}x** |",
         f"| inference peak RSS (MB) | {predict['notebook']['peak_rss_mb']:,.0f} | {predict['lorabudget']['peak_rss_mb']:,.0f} | |",
         "",
     ]

@@ -163,3 +163,15 @@ def test_debug_shows_traceback(tmp_path):
 def test_console_script_runs():
     res = subprocess.run([sys.executable, "-m", "lorabudget.cli", "--version"], capture_output=True, text=True)
     assert res.returncode == 0 and "lorabudget" in res.stdout
+
+
+def test_predict_bf16_close_to_fp32(trained_run, data_dir, tmp_path):
+    run, _ = trained_run
+    outs = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"{precision}.csv"
+        assert main(["predict", str(run), "--input", str(data_dir / "unlabelled.csv"), "--output", str(out),
+                     "--probabilities", "--precision", precision, "--no-report"]) == 0
+        outs[precision] = [list(map(float, r[2:])) for r in list(csv.reader(out.open()))[1:]]
+    diffs = [abs(a - b) for ra, rb in zip(outs["fp32"], outs["bf16"]) for a, b in zip(ra, rb)]
+    assert max(diffs) < 0.1 and sum(diffs) > 0  # bf16 really ran, and stayed close

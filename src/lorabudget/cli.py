@@ -110,7 +110,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .runs import evaluate_run, load_run
     from .train import write_eval
 
-    run = load_run(Path(args.run), threads=args.threads)
+    run = load_run(Path(args.run), threads=args.threads, precision=args.precision)
     metrics = evaluate_run(run, args.data)
     write_eval(run.run_dir, metrics, args.data, "evaluate")
     print(format_metrics(metrics))
@@ -122,7 +122,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .runs import load_run, predict_file
 
-    run = load_run(Path(args.run), threads=args.threads)
+    run = load_run(Path(args.run), threads=args.threads, precision=args.precision)
     output = Path(args.output) if args.output else run.run_dir / "predictions.csv"
     summary = predict_file(run, args.input, output, probabilities=args.probabilities)
     counts = ", ".join(f"{k} {v:,}" for k, v in summary["counts"].items())
@@ -139,7 +139,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts or any(not t.strip() for t in texts):
         raise LorabudgetError("classify needs one or more non-empty texts")
-    run = load_run(Path(args.run), threads=args.threads)
+    run = load_run(Path(args.run), threads=args.threads, precision=args.precision)
     for text, (label, prob, _) in zip(texts, classify_texts(run, texts)):
         short = text if len(text) <= 70 else text[:67] + "..."
         print(f"{label}\t{prob:.3f}\t{short}")
@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=help_text)
         q.add_argument("run", help="run directory written by `lorabudget train`")
         q.add_argument("--threads", type=int, help="CPU threads for torch")
+        q.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                       help="forward pass precision: auto = bf16 on a GPU that supports it, else fp32; "
+                       "bf16 on a CPU with native bf16 (AVX512-BF16, AMX) is about 2x faster")
         return q
 
     p = run_parser("evaluate", "accuracy, macro P/R/F1, per-class table and confusion matrix on labelled data")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import numpy as np
@@ -12,6 +13,14 @@ from tqdm.auto import tqdm
 from .batching import TokenizedTexts, inference_loader
 
 
+def resolve_precision(precision: str) -> str:
+    """``auto`` is bf16 on a GPU that supports it and fp32 elsewhere (CPU bf16 is opt-in: it is much
+    faster on CPUs with native bf16 but can flip near-tied predictions)."""
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return precision
+
+
 @torch.inference_mode()
 def predict_logits(
     model: nn.Module,
@@ -20,12 +29,16 @@ def predict_logits(
     batch_size: int,
     accelerator=None,
     progress: Optional[str] = None,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Logits [rows, classes] (float32) for every row of ``tokens``, in input order.
 
     With an ``accelerator`` of several processes each one runs a share of the batches and the
     results are gathered; rows are placed by their ``index``, so padding added to even out the
     shards can neither be counted twice nor shift other rows.
+
+    ``precision="bf16"`` runs the forward pass under bf16 autocast (GPUs, and CPUs with native bf16
+    such as AVX512-BF16/AMX); logits are returned in float32 either way.
     """
     loader = inference_loader(tokens, pad_id, batch_size)
     device = next(model.parameters()).device
@@ -37,10 +50,14 @@ def predict_logits(
     out: Optional[np.ndarray] = None
     seen = np.zeros(len(tokens), dtype=bool)
     show = progress is not None and (accelerator is None or accelerator.is_main_process)
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    )
     for batch in tqdm(loader, desc=progress, disable=not show, unit="batch", leave=False):
-        logits = model(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-        ).logits.float()
+        with autocast:
+            logits = model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).logits.float()
         index = batch["index"].to(device)
         if accelerator is not None and accelerator.num_processes > 1:
             # Shards may hold batches of different sizes: pad to a common size (index -1 marks padding).

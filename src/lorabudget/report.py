@@ -345,6 +345,33 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def place_labels(ax, xs: Sequence[float], ys: Sequence[float], names: Sequence[str], fontsize: int = 8) -> None:
+    """Annotate points, trying a few offsets per label so labels do not cover each other (greedy)."""
+    ax.autoscale_view()
+    fig = ax.figure
+    to_px = ax.transData.transform
+    scale = fig.dpi / 72.0  # offsets are in points; overlap is checked in pixels
+    char_w, line_h = 0.62 * fontsize * scale, 1.3 * fontsize * scale
+    candidates = [(4, 5), (4, -13), (-4, 5), (-4, -13), (4, 16), (4, -24), (-4, 16), (-4, -24)]
+    placed: list[tuple[float, float, float, float]] = []
+    for x, y, name in sorted(zip(xs, ys, names), key=lambda p: (-p[1], p[0])):
+        px, py = to_px((x, y))
+        width = char_w * len(name)
+        choice = candidates[0]
+        for dx, dy in candidates:
+            left = px + dx * scale - (width if dx < 0 else 0)
+            box = (left, py + dy * scale, left + width, py + dy * scale + line_h)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                choice = (dx, dy)
+                placed.append(box)
+                break
+        else:
+            left = px + 4 * scale
+            placed.append((left, py + 5 * scale, left + width, py + 5 * scale + line_h))
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=choice, fontsize=fontsize,
+                    ha="right" if choice[0] < 0 else "left")
+
+
 def write_comparison(run_dirs: Sequence[Path], out_dir: Path) -> Path:
     """Write ``compare.md`` and ``accuracy_vs_params.png`` into ``out_dir``; return the table's path."""
     rows = [run_row(Path(r)) for r in run_dirs]
@@ -374,19 +401,20 @@ def write_comparison(run_dirs: Sequence[Path], out_dir: Path) -> Path:
         tests = [(r["trainable_params"], 100 * r["test_accuracy"]) for r in plotted if r["test_accuracy"] is not None]
         if tests:
             ax.scatter(*zip(*tests), s=40, marker="x", color="tab:orange", zorder=3, label="test accuracy")
-        front = pareto_front(list(zip(xs, ys)))
+        budgets = sorted({r["budget"] for r in plotted if r["budget"]})
+        limit = min(budgets) if budgets else float("inf")
+        within = [i for i, x in enumerate(xs) if x <= limit]
+        front = [within[i] for i in pareto_front([(xs[i], ys[i]) for i in within])]
         ax.plot([xs[i] for i in front], [ys[i] for i in front], color="tab:green", linewidth=1.5, zorder=2,
-                label="Pareto front (validation)")
-        # Labels alternate above and below to stay apart when runs sit close together.
-        for k, (x, y, r) in enumerate(zip(xs, ys, plotted)):
-            ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(4, 6 if k % 2 == 0 else -12), fontsize=8)
-        budgets = {r["budget"] for r in plotted if r["budget"]}
+                label="Pareto front (within budget)")
         for b in budgets:
-            ax.axvline(b, color="red", linestyle="--", linewidth=1, label=f"budget {b:,}")
+            if b <= 1.5 * max(xs):  # a teacher's raised limit far off to the right would squash the plot
+                ax.axvline(b, color="red", linestyle="--", linewidth=1, label=f"budget {b:,}")
+        place_labels(ax, xs, ys, [r["name"] for r in plotted])
         ax.set(xlabel="trainable parameters", ylabel="accuracy (%)", title=f"Accuracy vs trainable parameters ({len(plotted)} runs)")
         ax.xaxis.set_major_formatter(_plt().FuncFormatter(lambda v, _: f"{v / 1e3:,.0f}k"))
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=4, fontsize=8)
         out_dir.mkdir(parents=True, exist_ok=True)
         _save(fig, fig_path)
         text += ["", "![Accuracy vs trainable parameters](accuracy_vs_params.png)"]

@@ -21,7 +21,7 @@ from .batching import default_cache_dir, tokenize
 from .config import RunConfig, from_dict, load_yaml
 from .data import load_labelled, load_unlabelled
 from .errors import LorabudgetError
-from .inference import predict_logits
+from .inference import predict_logits, resolve_precision
 from .io import atomic_path, atomic_write_json
 from .metrics import classification_metrics, softmax, with_calibration
 from .modeling import load_tokenizer, load_trained_model
@@ -33,6 +33,7 @@ class LoadedRun:
     cfg: RunConfig
     model: torch.nn.Module  # adapters merged into the weights, eval mode
     tokenizer: Any
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast) for the forward pass
 
     @property
     def pad_id(self) -> int:
@@ -42,7 +43,8 @@ class LoadedRun:
         """Logits [len(texts), classes] in input order."""
         tokens = tokenize(self.tokenizer, list(texts), self.cfg.model.max_length, default_cache_dir(self.cfg.data.cache_dir))
         return predict_logits(
-            self.model, tokens, self.pad_id, batch_size or self.cfg.training.eval_batch_size, progress=progress
+            self.model, tokens, self.pad_id, batch_size or self.cfg.training.eval_batch_size, progress=progress,
+            precision=self.precision,
         )
 
 
@@ -55,8 +57,11 @@ def read_run_config(run_dir: Path) -> RunConfig:
     return from_dict(load_yaml(run_dir / "config.yaml"))
 
 
-def load_run(run_dir: Path, merge: bool = True, threads: Optional[int] = None) -> LoadedRun:
-    """Load a trained run for inference; adapters are merged into the base weights by default."""
+def load_run(run_dir: Path, merge: bool = True, threads: Optional[int] = None, precision: str = "fp32") -> LoadedRun:
+    """Load a trained run for inference; adapters are merged into the base weights by default.
+
+    ``precision``: ``fp32``, ``bf16`` or ``auto`` (bf16 on a GPU that supports it, else fp32).
+    """
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     if threads:
@@ -68,7 +73,7 @@ def load_run(run_dir: Path, merge: bool = True, threads: Optional[int] = None) -
         model = model.merge_and_unload()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
-    return LoadedRun(run_dir, cfg, model, tokenizer)
+    return LoadedRun(run_dir, cfg, model, tokenizer, resolve_precision(precision))
 
 
 def evaluate_run(run: LoadedRun, data_source: str) -> dict[str, Any]:
