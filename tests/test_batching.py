@@ -76,3 +76,12 @@ def test_inference_restores_input_order():
     assert logits[:, 0].tolist() == tokens.lengths.tolist()
     assert logits[:, 1].tolist() == [tokens.row(i)[1] for i in range(len(texts))]
     assert length_sorted_batches(tokens.lengths, 2)[0] == [3, 1]
+
+
+def test_token_budget_keeps_long_rows_in_small_batches():
+    lengths = np.array([300, 40, 41, 42, 43, 44, 45, 46, 47, 48])
+    batches = length_sorted_batches(lengths, batch_size=4, max_tokens=400)
+    assert batches[0] == [0]  # 300 tokens: a second row would make 600 positions
+    assert sorted(i for b in batches for i in b) == list(range(10))
+    assert all(len(b) <= 4 and len(b) * lengths[b[0]] <= 400 or len(b) == 1 for b in batches)
+    assert length_sorted_batches(lengths, batch_size=4)[0] == [0, 9, 8, 7]

@@ -201,10 +201,26 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             yield batches[b].tolist()
 
 
-def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:
-    """Inference batches over rows sorted longest first (so memory peaks on the first batch)."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+def length_sorted_batches(lengths: np.ndarray, batch_size: int, max_tokens: Optional[int] = None) -> list[list[int]]:
+    """Inference batches over rows sorted longest first (so memory peaks on the first batch).
+
+    A batch holds at most ``batch_size`` rows and, when ``max_tokens`` is set, at most that many
+    padded token positions: the few very long rows then travel in small batches instead of
+    forcing their width on many short rows.
+    """
+    lengths = np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable")
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order.tolist():
+        width = lengths[current[0]] if current else lengths[i]  # the first row of a batch is its longest
+        if current and (len(current) == batch_size or (max_tokens and (len(current) + 1) * width > max_tokens)):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def train_loader(
@@ -231,15 +247,17 @@ def inference_loader(
     batch_size: int,
     labels: Optional[np.ndarray] = None,
     num_workers: int = 0,
+    max_tokens: Optional[int] = None,
 ) -> DataLoader:
     """Batches in length order; each batch carries ``index`` so outputs can be put back in order.
 
     Widths are rounded up to a multiple of 8: fewer distinct shapes lets CPU kernels (oneDNN) reuse
-    what they prepared for an earlier batch.
+    what they prepared for an earlier batch. A batch holds at most ``batch_size`` rows and
+    ``max_tokens`` token positions (default ``batch_size * 64``; 64 is about a typical AG News row).
     """
     return DataLoader(
         RowDataset(len(tokens)),
-        batch_sampler=length_sorted_batches(tokens.lengths, batch_size),
+        batch_sampler=length_sorted_batches(tokens.lengths, batch_size, max_tokens=max_tokens or batch_size * 64),
         collate_fn=PadCollator(tokens, pad_id, labels, pad_to_multiple_of=8),
         num_workers=num_workers,
     )

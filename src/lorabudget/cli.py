@@ -1,4 +1,7 @@
-"""The ``lorabudget`` command line: plan, train, evaluate, predict, classify."""
+"""The ``lorabudget`` command line: plan, train, distill, evaluate, predict, classify, report, compare.
+
+Exit codes: 0 success, 2 bad input (one line on stderr), 3 over budget, 130 interrupted.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
-from .errors import LorabudgetError
+from .errors import BudgetExceededError, LorabudgetError
 
 
 def _say(message: str) -> None:
@@ -225,7 +228,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.debug:
             raise
         print(f"lorabudget {args.command}: error: {err}", file=sys.stderr)
-        return 3 if type(err).__name__ == "BudgetExceededError" else 2
+        return 3 if isinstance(err, BudgetExceededError) else 2
     except KeyboardInterrupt:
         print(f"lorabudget {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -13,6 +13,9 @@ from tqdm.auto import tqdm
 from .batching import TokenizedTexts, inference_loader
 
 
+CPU_TOKENS_PER_BATCH = 1024
+
+
 def resolve_precision(precision: str) -> str:
     """``auto`` is bf16 on a GPU that supports it and fp32 elsewhere (CPU bf16 is opt-in: it is much
     faster on CPUs with native bf16 but can flip near-tied predictions)."""
@@ -40,11 +43,13 @@ def predict_logits(
     ``precision="bf16"`` runs the forward pass under bf16 autocast (GPUs, and CPUs with native bf16
     such as AVX512-BF16/AMX); logits are returned in float32 either way.
     """
-    loader = inference_loader(tokens, pad_id, batch_size)
-    device = next(model.parameters()).device
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    # On a CPU, batches of about 1,024 token positions ran fastest (roberta-base, 2 cores: 13-14 rows/s
+    # against 11 at 2,048-4,096 positions); GPUs want the larger batches.
+    max_tokens = batch_size * 64 if device.type == "cuda" else min(batch_size * 64, CPU_TOKENS_PER_BATCH)
+    loader = inference_loader(tokens, pad_id, batch_size, max_tokens=max_tokens)
     if accelerator is not None:
         loader = accelerator.prepare_data_loader(loader)
-        device = accelerator.device
     was_training = model.training
     model.eval()
     out: Optional[np.ndarray] = None

@@ -145,7 +145,7 @@ def plot_prediction_distribution(pred: dict, names: list[str], expected: Optiona
         for i, share in enumerate(expected):
             ax.hlines(share * total, i - 0.4, i + 0.4, colors="black", linestyles="--", linewidth=1.5,
                       label="expected (training distribution)" if i == 0 else None)
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below the axes: never over a bar
     ax.set_xticks(range(len(names)), names)
     ax.set_ylim(0, max(counts.max(), max(expected or [0]) * total) * 1.2 + 1)
     source = Path(str(pred.get("input", ""))).name
