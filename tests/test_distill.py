@@ -38,6 +38,9 @@ def test_kd_loss_matches_hand_computation():
     y2 = torch.tensor([0, -1])
     ce0 = -math.log(softmax(s[0].tolist())[0])
     assert kd_loss(s, t, y2, T, lam).item() == pytest.approx((1 - lam) * ce0 + lam * T * T * kl, rel=1e-6)
+    # a batch with no gold labels at all: only the KL term, and no NaN
+    none = kd_loss(s, t, torch.tensor([-1, -1]), T, lam)
+    assert none.item() == pytest.approx(lam * T * T * kl, rel=1e-6)
     # lambda = 0 is exactly cross-entropy
     assert torch.equal(kd_loss(s, t, y, T, 0.0), torch.nn.functional.cross_entropy(s, y))
 
@@ -185,3 +188,7 @@ def test_distill_errors(tiny_roberta, data_dir, tmp_path, capsys):
     assert "not a finished lorabudget run directory" in capsys.readouterr().err
     with pytest.raises(Exception, match="distill.alpha"):
         from_dict({"distill": {"alpha": 1.5}})
+    zero = _write(tmp_path, "z", _student(tiny_roberta, data_dir, tmp_path / "cache", alpha=0.0))
+    assert main(["distill", str(zero), "--teacher", str(tmp_path), "--unlabelled", str(data_dir / "unlabelled.csv"),
+                 "--output", str(tmp_path / "o3")]) == 2
+    assert "unlabelled texts would teach nothing" in capsys.readouterr().err

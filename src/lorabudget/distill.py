@@ -45,18 +45,17 @@ def kd_loss(
     """``(1 - weight)·CE + weight·T²·KL(softmax(teacher/T) ‖ softmax(student/T))``.
 
     ``student_logits``, ``teacher_logits`` [B, C]; ``labels`` [B] with -1 for rows without a gold
-    label. CE is the mean over labelled rows (0 when none), KL the mean over all rows.
+    label. CE is the mean over labelled rows (0 when none), KL the mean over all rows. With
+    ``weight`` 0 the loss is plain cross-entropy and every row must be labelled.
     """
     student_logits = student_logits.float()
-    labelled = labels >= 0
-    if bool(labelled.all()):
-        ce = F.cross_entropy(student_logits, labels)
-    elif bool(labelled.any()):
-        ce = F.cross_entropy(student_logits[labelled], labels[labelled])
-    else:
-        ce = student_logits.sum() * 0.0
     if weight == 0:
-        return ce  # exactly plain training (the KL term would add 0.0·KL, but skipping it keeps autograd identical)
+        # Exactly plain training: the same call as lorabudget.train.cross_entropy_loss.
+        return F.cross_entropy(student_logits, labels)
+    # Mean CE over labelled rows, written without data-dependent branches (no host sync per step).
+    labelled = (labels >= 0).to(student_logits.dtype)
+    ce_rows = F.cross_entropy(student_logits, labels.clamp(min=0), reduction="none")
+    ce = (ce_rows * labelled).sum() / labelled.sum().clamp(min=1.0)
     t = temperature
     kl = F.kl_div(
         F.log_softmax(student_logits / t, dim=-1),
@@ -206,6 +205,8 @@ def distill(
     if not teacher:
         raise LorabudgetError("distillation needs a teacher: --teacher RUN_DIR|CONFIG or distill.teacher in the config")
     unlabelled = list(unlabelled) or list(d.unlabelled)
+    if unlabelled and d.alpha == 0:
+        raise LorabudgetError("distill.alpha is 0: unlabelled texts would teach nothing; raise distill.alpha or drop them")
     plan_or_refuse(cfg, log)  # the student is counted and guarded before anything else runs
     run_dir.mkdir(parents=True, exist_ok=True)
     teacher_dir = resolve_teacher(teacher, cfg, run_dir, log)
@@ -229,10 +230,14 @@ def distill(
         tokens = tokenize(data.tokenizer, train_texts, cfg.model.max_length, default_cache_dir(cfg.data.cache_dir))
         data = replace(data, train=merged, train_tokens=tokens)
 
-    table = torch.from_numpy(train_logits)
+    # The whole table moves to the training device once (first step), so looking rows up by their
+    # dataset index needs no host round trip per step.
+    table = {"logits": torch.from_numpy(train_logits)}
 
     def loss_fn(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        teacher_batch = table[batch["index"].cpu()].to(logits.device)
+        if table["logits"].device != logits.device:
+            table["logits"] = table["logits"].to(logits.device)
+        teacher_batch = table["logits"][batch["index"].to(logits.device)]
         return kd_loss(logits, teacher_batch, batch["labels"], d.temperature, d.alpha)
 
     extra_summary = {
