@@ -50,6 +50,10 @@ def test_tokenize_truncates_and_caches(tmp_path):
     tokenize(tok, texts, max_length=8, cache_dir=tmp_path)
     tokenize(tok, ["chip"], max_length=16, cache_dir=tmp_path)
     assert len(list((tmp_path / "tokens").glob("*.npz"))) == 3
+    # concatenation equals tokenizing both lists at once
+    both = first.concat(tokenize(tok, ["chip", "game"], max_length=16))
+    whole = tokenize(tok, texts + ["chip", "game"], max_length=16)
+    assert np.array_equal(both.ids, whole.ids) and np.array_equal(both.offsets, whole.offsets)
     # a truncated cache file is rebuilt, not trusted
     files[0].write_bytes(files[0].read_bytes()[:20])
     rebuilt = tokenize(tok, texts, max_length=16, cache_dir=tmp_path)

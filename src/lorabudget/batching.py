@@ -71,6 +71,12 @@ class TokenizedTexts:
     def row(self, i: int) -> np.ndarray:
         return self.ids[self.offsets[i] : self.offsets[i + 1]]
 
+    def concat(self, other: "TokenizedTexts") -> "TokenizedTexts":
+        """These rows followed by ``other``'s."""
+        return TokenizedTexts(
+            np.concatenate([self.ids, other.ids]), np.concatenate([self.offsets, other.offsets[1:] + self.offsets[-1]])
+        )
+
 
 def tokenize(
     tokenizer, texts: Sequence[str], max_length: int, cache_dir: Optional[Path] = None, chunk: int = 4096

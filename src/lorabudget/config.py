@@ -444,7 +444,12 @@ def load_config(name_or_path: Optional[str], overrides: list[str] = ()) -> RunCo
     return from_dict(apply_overrides(values, list(overrides)))
 
 
+def dump_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML, exactly as ``save_config`` writes it."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
 def save_config(cfg: RunConfig, path: Union[str, Path]) -> None:
     from .io import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(path, dump_yaml(cfg))

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .batching import default_cache_dir, texts_fingerprint, tokenize
-from .config import RunConfig, load_config
+from .config import RunConfig, dump_yaml, load_config
 from .data import TextData, load_unlabelled
 from .errors import LorabudgetError
 from .io import atomic_path
@@ -174,7 +174,7 @@ def resolve_teacher(teacher: str, student: RunConfig, student_run: Path, log: Ca
     if target.resolve() == student_run.resolve():
         raise LorabudgetError(f"the teacher config and the student are both named '{cfg.name}'; rename one")
     if target.exists():
-        if (target / "summary.json").is_file() and (target / "config.yaml").read_text(encoding="utf-8") == _yaml(cfg):
+        if (target / "summary.json").is_file() and (target / "config.yaml").read_text(encoding="utf-8") == dump_yaml(cfg):
             log(f"teacher: reusing the trained run {target}")
             return target
         raise LorabudgetError(
@@ -184,12 +184,6 @@ def resolve_teacher(teacher: str, student: RunConfig, student_run: Path, log: Ca
     log(f"teacher: training config '{teacher}' into {target} (the teacher is not counted against the budget)")
     train(cfg, target, log=log)
     return target
-
-
-def _yaml(cfg: RunConfig) -> str:
-    import yaml
-
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
 def distill(
@@ -227,8 +221,8 @@ def distill(
     if extra_texts:
         labels = np.concatenate([data.train.labels, np.full(len(extra_texts), -1, dtype=np.int64)])
         merged = TextData(train_texts, labels, np.arange(len(train_texts), dtype=np.int64), data.train.source)
-        tokens = tokenize(data.tokenizer, train_texts, cfg.model.max_length, default_cache_dir(cfg.data.cache_dir))
-        data = replace(data, train=merged, train_tokens=tokens)
+        extra_tokens = tokenize(data.tokenizer, extra_texts, cfg.model.max_length, default_cache_dir(cfg.data.cache_dir))
+        data = replace(data, train=merged, train_tokens=data.train_tokens.concat(extra_tokens))
 
     # The whole table moves to the training device once (first step), so looking rows up by their
     # dataset index needs no host round trip per step.

@@ -16,11 +16,15 @@ from .batching import TokenizedTexts, inference_loader
 CPU_TOKENS_PER_BATCH = 1024
 
 
+def gpu_supports_bf16() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
 def resolve_precision(precision: str) -> str:
     """``auto`` is bf16 on a GPU that supports it and fp32 elsewhere (CPU bf16 is opt-in: it is much
     faster on CPUs with native bf16 but can flip near-tied predictions)."""
     if precision == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if gpu_supports_bf16() else "fp32"
     return precision
 
 

@@ -15,14 +15,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    probs = softmax(logits)
+def cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of ``labels`` under class probabilities ``probs`` [n, classes]."""
     return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, macro P/R/F1, per-class table, confusion matrix (rows: true, columns: predicted)."""
-    preds = logits.argmax(axis=1)
+    """Accuracy, macro P/R/F1, loss, per-class table, confusion matrix (rows: true, columns:
+    predicted), and per-row ``confidence`` (max class probability) and ``correct`` for calibration
+    plots (reliability diagram)."""
+    probs = softmax(logits)
+    preds = probs.argmax(axis=1)
     classes = list(range(len(class_names)))
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, preds, labels=classes, zero_division=0
@@ -34,7 +37,7 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: 
         "macro_precision": float(macro[0]),
         "macro_recall": float(macro[1]),
         "macro_f1": float(macro[2]),
-        "loss": cross_entropy(logits, labels),
+        "loss": cross_entropy(probs, labels),
         "per_class": [
             {
                 "class": name,
@@ -47,15 +50,9 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: 
         ],
         "confusion_matrix": confusion_matrix(labels, preds, labels=classes).tolist(),
         "class_names": list(class_names),
+        "confidence": [round(float(c), 5) for c in probs.max(axis=1)],
+        "correct": [bool(c) for c in preds == labels],
     }
-
-
-def with_calibration(metrics: dict[str, Any], logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Add per-row confidence (max class probability) and correctness, for reliability diagrams."""
-    probs = softmax(logits)
-    metrics["confidence"] = [round(float(c), 5) for c in probs.max(axis=1)]
-    metrics["correct"] = [bool(c) for c in probs.argmax(axis=1) == labels]
-    return metrics
 
 
 def format_metrics(m: dict[str, Any]) -> str:

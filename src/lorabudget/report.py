@@ -62,7 +62,10 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
                 record = json.loads(line)
             except ValueError:
                 continue
-            (train if record.get("type") == "train" else evals if record.get("type") == "eval" else []).append(record)
+            if record.get("type") == "train":
+                train.append(record)
+            elif record.get("type") == "eval":
+                evals.append(record)
     return train, evals
 
 

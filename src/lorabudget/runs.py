@@ -23,7 +23,7 @@ from .data import load_labelled, load_unlabelled
 from .errors import LorabudgetError
 from .inference import predict_logits, resolve_precision
 from .io import atomic_path, atomic_write_json
-from .metrics import classification_metrics, softmax, with_calibration
+from .metrics import classification_metrics, softmax
 from .modeling import load_tokenizer, load_trained_model
 
 
@@ -79,17 +79,16 @@ def load_run(run_dir: Path, merge: bool = True, threads: Optional[int] = None, p
 def evaluate_run(run: LoadedRun, data_source: str) -> dict[str, Any]:
     data = load_labelled(data_source, run.cfg.model.labels)
     logits = run.logits(data.texts, progress="evaluate")
-    return with_calibration(classification_metrics(logits, data.labels, run.cfg.model.labels), logits, data.labels)
+    return classification_metrics(logits, data.labels, run.cfg.model.labels)
 
 
-def predictions_csv(logits: np.ndarray, class_names: Sequence[str], probabilities: bool) -> str:
-    """``ID,Label`` rows (ID = input row from 0), optionally followed by one probability column per class."""
+def predictions_csv(preds: np.ndarray, class_names: Sequence[str], probs: Optional[np.ndarray] = None) -> str:
+    """``ID,Label`` rows (ID = input row from 0) for ``preds`` [n]; with ``probs`` [n, classes], one
+    probability column per class follows."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    header = ["ID", "Label"] + ([f"prob_{name}" for name in class_names] if probabilities else [])
+    header = ["ID", "Label"] + ([f"prob_{name}" for name in class_names] if probs is not None else [])
     writer.writerow(header)
-    preds = logits.argmax(axis=1)
-    probs = softmax(logits) if probabilities else None
     for i, label in enumerate(preds):
         row: list[Any] = [i, int(label)]
         if probs is not None:
@@ -103,10 +102,11 @@ def predict_file(run: LoadedRun, input_source: str, output: Path, probabilities:
     start = time.perf_counter()
     logits = run.logits(data.texts, progress="predict")
     elapsed = time.perf_counter() - start
-    with atomic_path(output) as tmp:
-        tmp.write_text(predictions_csv(logits, run.cfg.model.labels, probabilities), encoding="utf-8")
     preds = logits.argmax(axis=1)
     probs = softmax(logits)
+    with atomic_path(output) as tmp:
+        text = predictions_csv(preds, run.cfg.model.labels, probs if probabilities else None)
+        tmp.write_text(text, encoding="utf-8")
     summary = {
         "input": str(input_source),
         "output": str(output),

@@ -28,9 +28,9 @@ from .batching import TokenizedTexts, default_cache_dir, tokenize, train_loader
 from .config import RunConfig, save_config
 from .data import TextData, load_labelled, split_validation
 from .errors import LorabudgetError
-from .inference import predict_logits
+from .inference import gpu_supports_bf16, predict_logits
 from .io import atomic_dir, atomic_write_json
-from .metrics import classification_metrics, format_metrics, with_calibration
+from .metrics import classification_metrics, format_metrics
 from .modeling import build_model, load_tokenizer
 
 # A loss on one batch: (student logits [B, C], batch dict) -> scalar. Distillation plugs in here.
@@ -46,7 +46,7 @@ def make_accelerator(cfg: RunConfig):
 
     precision = cfg.training.mixed_precision
     if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        precision = "bf16" if gpu_supports_bf16() else "no"
     # cpu=True on machines without a GPU: it is what makes Accelerate pick gloo for multi-process CPU runs.
     return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
 
@@ -350,8 +350,7 @@ def evaluate_during_training(model, data: PreparedData, cfg: RunConfig, accelera
     logits = predict_logits(
         model, data.validation_tokens, data.pad_id, cfg.training.eval_batch_size, accelerator
     )
-    labels = data.validation.labels
-    return with_calibration(classification_metrics(logits, labels, cfg.model.labels), logits, labels)
+    return classification_metrics(logits, data.validation.labels, cfg.model.labels)
 
 
 def budget_json(b: budget_mod.Breakdown, cfg: RunConfig) -> dict[str, Any]:
