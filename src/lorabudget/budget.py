@@ -1,93 +1,200 @@
-"""Exact trainable-parameter accounting: a breakdown by layer and module, the head, and the verdict."""
+"""Exact trainable-parameter accounting, for every adapter method: a breakdown by layer, module and
+parameter kind, parameters shared across layers (counted once, with what sharing saved), the head,
+and the verdict against the budget.
+
+A parameter's *kind* is the first name part after the adapted module (``lora_A``, ``vera_lambda_b``,
+``hada_w1_a``, ``ln_tuning_layers``, or ``weight``/``bias`` for a fully trained module), so the
+breakdown needs no per-method table.
+"""
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Optional
 
 from torch import nn
 
-from .config import MODULE_SHORT_NAMES
+from .adapters import LINEAR_PATHS, NORM_PATHS, NORM_SHORT
 from .errors import BudgetExceededError
-from .modeling import MODULE_PATHS
 
+# Full path inside a layer -> the short name shown in the breakdown.
+_PATH_TO_SHORT = {path: short for short, path in LINEAR_PATHS.items()}
+_PATH_TO_SHORT.update({path: NORM_SHORT[short] for short, path in NORM_PATHS.items()})
+SHORT_ORDER = tuple(LINEAR_PATHS) + tuple(NORM_SHORT.values()) + ("other",)
 _SITE_RE = re.compile(
-    r"layer\.(\d+)\.(" + "|".join(re.escape(p) for p in MODULE_PATHS.values()) + r")\.(?:base_layer\.)?lora_"
+    r"layer\.(\d+)\.(" + "|".join(re.escape(p) for p in sorted(_PATH_TO_SHORT, key=len, reverse=True))
+    + r")\.(?:base_layer\.)?([A-Za-z0-9_]+)"
 )
-_PATH_TO_SHORT = {path: short for short, path in MODULE_PATHS.items()}
+# The rest of a layer that no adapted-module path names (under ``full``, e.g. the attention's
+# relative-position tables of some encoders) is grouped per layer as "other".
+_LAYER_RE = re.compile(r"layer\.(\d+)\.")
+
+
+@dataclass
+class Shared:
+    """A trainable tensor used by several adapted modules: counted once."""
+
+    params: int
+    sites: int  # how many adapted modules use it
+    unshared_equivalent: int  # what one copy per user would cost
 
 
 @dataclass
 class Breakdown:
     """Trainable parameters of a model, grouped the way a budget is reasoned about."""
 
-    lora: dict[tuple[int, str], int] = field(default_factory=dict)  # (layer, short module) -> params
+    sites: dict[tuple[int, str, str], int] = field(default_factory=dict)  # (layer, module, kind) -> params
+    shared: dict[str, Shared] = field(default_factory=dict)  # kind -> the shared tensors of that kind
     head: int = 0
     other: dict[str, int] = field(default_factory=dict)  # parameter name -> params
 
     @property
-    def lora_total(self) -> int:
-        return sum(self.lora.values())
+    def lora(self) -> dict[tuple[int, str], int]:
+        """Per-site parameters (kinds summed), keyed (layer, module) in layer order."""
+        by_site: dict[tuple[int, str], int] = defaultdict(int)
+        for (layer, module, _), n in self.sites.items():
+            by_site[(layer, module)] += n
+        return dict(by_site)
+
+    @property
+    def adapter_total(self) -> int:
+        return sum(self.sites.values()) + sum(s.params for s in self.shared.values())
+
+    lora_total = adapter_total  # the name older callers use
 
     @property
     def total(self) -> int:
-        return self.lora_total + self.head + sum(self.other.values())
+        return self.adapter_total + self.head + sum(self.other.values())
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted({k for _, _, k in self.sites})
 
 
 def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    if hasattr(model, "peft_config"):
+        return ()  # PEFT wraps the head as modules_to_save: matched by name below
+    from .modeling import head_module_names
+
+    return tuple(name + "." for name in head_module_names(model))
+
+
+def _site_of(name: str) -> Optional[tuple[int, str, str]]:
+    match = _SITE_RE.search(name)
+    if match:
+        return int(match.group(1)), _PATH_TO_SHORT[match.group(2)], match.group(3)
+    return None
+
+
 def breakdown(model: nn.Module) -> Breakdown:
-    """Group every trainable parameter of a PEFT model: LoRA per (layer, module), head, other."""
-    lora: dict[tuple[int, str], int] = defaultdict(int)
+    """Group every trainable parameter: per (layer, module, kind), shared across sites, head, other."""
+    heads = _head_prefixes(model)
+    # Every name under which each trainable tensor is reachable: a tensor reachable from several
+    # adapted modules (VB-LoRA's bank, TinyLoRA's tied vectors) is shared and counted once.
+    names: dict[int, list[str]] = defaultdict(list)
+    tensors: dict[int, nn.Parameter] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if param.requires_grad:
+            names[id(param)].append(name)
+            tensors[id(param)] = param
+    users = _shared_users(model)
+    sites: dict[tuple[int, str, str], int] = defaultdict(int)
     result = Breakdown()
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        match = _SITE_RE.search(name)
-        if match:
-            lora[(int(match.group(1)), _PATH_TO_SHORT[match.group(2)])] += param.numel()
-        elif ".modules_to_save." in name:
-            result.head += param.numel()
+    for key, param in tensors.items():
+        first = names[key][0]
+        located = {s for s in map(_site_of, names[key]) if s}
+        n = param.numel()
+        if ".modules_to_save." in first or (heads and first.startswith(heads)):
+            result.head += n
+        elif len({(layer, module) for layer, module, _ in located}) > 1:
+            kind = next(iter(located))[2]
+            entry = result.shared.setdefault(kind, Shared(0, 0, 0))
+            entry.params += n
+            entry.sites = max(entry.sites, len(located))
+            entry.unshared_equivalent += n * users.get(key, len(located))
+        elif located:
+            sites[next(iter(located))] += n
         else:
-            result.other[name] = param.numel()
-    result.lora = dict(sorted(lora.items(), key=lambda kv: (kv[0][0], MODULE_SHORT_NAMES.index(kv[0][1]))))
+            match = _LAYER_RE.search(first)
+            if match:
+                sites[(int(match.group(1)), "other", "weight")] += n
+            else:
+                result.other[first] = n
+    result.sites = dict(sorted(sites.items(), key=lambda kv: (kv[0][0], SHORT_ORDER.index(kv[0][1]), kv[0][2])))
     return result
 
 
-def format_breakdown(b: Breakdown, budget: int, title: str = "") -> str:
-    """A human-readable table: LoRA parameters per layer and module, head, total, budget, verdict."""
+def _shared_users(model: nn.Module) -> dict[int, int]:
+    """For tensors held in a model-level dict, how many adapted modules actually use each one.
+
+    TinyLoRA keeps all its vectors in one dict that every adapted module can reach; each module
+    uses only the vector its ``_tinylora_v_key`` names (weight tying decides how many share one).
+    """
+    users: dict[int, int] = defaultdict(int)
+    for module in model.modules():
+        keys = getattr(module, "_tinylora_v_key", None)
+        store = getattr(module, "tinylora_v", None)
+        if not keys or store is None:
+            continue
+        for adapter, v_key in keys.items():
+            users[id(store[adapter][v_key])] += 1
+    return dict(users)
+
+
+def format_budget(budget: Optional[int]) -> str:
+    return "unlimited (teacher)" if budget is None else f"{budget:,}"
+
+
+def format_breakdown(b: Breakdown, budget: Optional[int], title: str = "", method: str = "lora") -> str:
+    """A human-readable table: adapter parameters per layer and module (by kind), shared tensors,
+    head, total, budget, verdict."""
     lines = [title] if title else []
-    modules = [m for m in MODULE_SHORT_NAMES if any(k[1] == m for k in b.lora)]
-    layers = sorted({k[0] for k in b.lora})
+    by_site = b.lora
+    modules = [m for m in SHORT_ORDER if any(k[1] == m for k in by_site)]
+    layers = sorted({k[0] for k in by_site})
     if modules:
         widths = [max(10, len(m) + 2) for m in modules]
-        lines.append("LoRA parameters by layer and module:")
+        lines.append(f"{method} parameters by layer and module (kinds: {', '.join(b.kinds)}):")
         lines.append("  layer" + "".join(f"{m:>{w}}" for m, w in zip(modules, widths)) + f"{'layer total':>13}")
         for layer in layers:
-            cells = [b.lora.get((layer, m)) for m in modules]
+            cells = [by_site.get((layer, m)) for m in modules]
             row = "".join(f"{(f'{c:,}' if c else '-'):>{w}}" for c, w in zip(cells, widths))
             lines.append(f"  {layer:>5}{row}{sum(c or 0 for c in cells):>13,}")
-    else:
-        lines.append("LoRA parameters: none")
-    lines.append(f"  {'LoRA total':<28}{b.lora_total:>12,}")
+    elif not b.shared:
+        lines.append(f"{method} parameters: none per layer")
+    for kind, s in b.shared.items():
+        lines.append(
+            f"  shared across layers: {kind}, {s.params:,} parameters counted once, used by {s.sites} modules "
+            f"(one copy each would cost {s.unshared_equivalent:,}: sharing saves {s.unshared_equivalent - s.params:,})"
+        )
+    lines.append(f"  {method + ' total':<28}{b.adapter_total:>12,}")
     lines.append(f"  {'classification head':<28}{b.head:>12,}")
     for name, n in b.other.items():
         lines.append(f"  {('other: ' + name)[:60]:<28}{n:>12,}")
     lines.append(f"  {'TOTAL trainable':<28}{b.total:>12,}")
-    lines.append(f"  {'budget':<28}{budget:>12,}")
-    if b.total <= budget:
+    lines.append(f"  {'budget':<28}{format_budget(budget):>12}")
+    if budget is None:
+        lines.append("  verdict: no limit (a teacher's budget is never counted)")
+    elif b.total <= budget:
         lines.append(f"  verdict: WITHIN budget ({budget - b.total:,} to spare, {b.total / budget:.1%} used)")
     else:
         lines.append(f"  verdict: OVER budget by {b.total - budget:,} parameters")
     return "\n".join(lines)
 
 
-def check_budget(b: Breakdown, budget: int) -> None:
-    if b.total > budget:
+def check_budget(b: Breakdown, budget: Optional[int]) -> None:
+    if budget is not None and b.total > budget:
         raise BudgetExceededError(
             f"{b.total:,} trainable parameters exceed the budget of {budget:,} by {b.total - budget:,}; "
             "lower adapter ranks, adapt fewer modules or layers, or use `head: linear`"
         )
+
+
+def within_budget(b: Breakdown, budget: Optional[int]) -> bool:
+    return budget is None or b.total <= budget

@@ -34,13 +34,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .config import load_config
     from .modeling import build_model
 
+    from .adapters import get_method
+    from .budget import within_budget
+
     cfg = load_config(args.config, args.overrides)
     built = build_model(cfg, weights=False)
     b = breakdown(built.model)
+    method = get_method(cfg.adapter.method)
+    where = "every weight" if method.placement == "model" else f"{len(built.sites)} adapted modules"
     print(f"plan for {cfg.name}: model {cfg.model.name} ({built.config_source}), head {cfg.head.type}, "
-          f"{len(built.sites)} adapted modules, {cfg.num_labels} classes")
-    print(format_breakdown(b, cfg.budget.max_trainable_params))
-    return 0 if b.total <= cfg.budget.max_trainable_params else 3
+          f"method {method.name}, {where}, {cfg.num_labels} classes")
+    if cfg.model.quantization != "none":
+        print(f"  base quantized to {cfg.model.quantization} (bitsandbytes) for training: frozen weights only, "
+              "the trainable count is unchanged")
+    if method.note:
+        print(f"  note: {method.note}")
+    print(format_breakdown(b, cfg.budget.max_trainable_params, method=method.name))
+    return 0 if within_budget(b, cfg.budget.max_trainable_params) else 3
 
 
 def _new_run(args: argparse.Namespace):

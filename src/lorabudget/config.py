@@ -19,7 +19,7 @@ import yaml
 from .errors import LorabudgetError
 
 AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
-# Short names of the linear layers an adapter can be placed on (see placement.py).
+# Short names of the linear layers an adapter can be placed on (see adapters.py).
 MODULE_SHORT_NAMES = ("query", "key", "value", "attention_output", "intermediate", "output")
 
 
@@ -34,6 +34,9 @@ class ModelConfig:
     """Class names, in label-id order (label 0 is the first name)."""
     max_length: int = 256
     """Tokens per row after truncation (special tokens included)."""
+    quantization: Literal["none", "nf4", "int8"] = "none"
+    """Quantized frozen base (QLoRA) through bitsandbytes: ``nf4`` (4-bit NormalFloat) or ``int8``;
+    the head and the adapters stay in full precision and the trainable count does not change."""
 
 
 @dataclass
@@ -65,16 +68,27 @@ class PlacementConfig:
 
 @dataclass
 class AdapterConfig:
-    """LoRA adapters (implemented by PEFT) and where they go."""
+    """How the budget is spent (the adapter method, implemented by PEFT) and where it goes."""
 
-    r: int = 8
-    """Default LoRA rank."""
-    alpha: float = 16.0
-    """Default LoRA alpha (scaling is alpha/r, or alpha/sqrt(r) with rslora)."""
+    method: Literal[
+        "lora", "adalora", "vera", "vblora", "tinylora", "fourierft", "ia3", "loha", "lokr", "bitfit",
+        "ln_tuning", "full",
+    ] = "lora"
+    """The adapter method (see ``lorabudget.adapters`` and the README's table). ``full`` trains every
+    weight and is allowed only with an unlimited budget (teachers)."""
+    r: Optional[int] = None
+    """Rank: LoRA/AdaLoRA(initial)/LoHa/LoKr rank, VeRA/VB-LoRA rank, TinyLoRA's SVD rank; ignored by
+    the others. ``null`` takes the method's default (lora 8, adalora 12, vera 256, vblora 4,
+    tinylora 2, loha/lokr 4)."""
+    alpha: Optional[float] = None
+    """Alpha (scaling alpha/r, or alpha/sqrt(r) with rslora) for lora, adalora, loha, lokr;
+    ``null`` means 2·r."""
     dropout: float = 0.1
-    """Dropout on the adapter input."""
-    modules: list[str] = field(default_factory=lambda: ["query", "value"])
-    """Module short names adapted on every layer in ``layers`` (ignored when ``placements`` is set)."""
+    """Dropout on the adapter input (lora, adalora, vera, vblora, tinylora)."""
+    modules: Optional[list[str]] = None
+    """Module short names adapted on every layer in ``layers`` (ignored when ``placements`` is set).
+    ``null`` takes the method's default (most: query+value; ia3: key+value+output; bitfit: all six;
+    ln_tuning: attention_output+output, meaning the LayerNorms closing those sublayers)."""
     layers: Optional[list[int]] = None
     """Layers for ``modules``; ``null`` means all layers (ignored when ``placements`` is set)."""
     placements: list[PlacementConfig] = field(default_factory=list)
@@ -87,6 +101,10 @@ class AdapterConfig:
     """Rank-stabilised scaling alpha/sqrt(r) (PEFT ``use_rslora``)."""
     use_dora: bool = False
     """Weight-decomposed LoRA (PEFT ``use_dora``); adds one magnitude vector per adapted module."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments of the method's PEFT config class, e.g. ``{n_frequency: 500}`` for
+    fourierft, ``{num_vectors: 32, vector_length: 64}`` for vblora, ``{u: 64, weight_tying: 1.0}``
+    for tinylora. Fields lorabudget sets from the placement are refused."""
 
 
 @dataclass
@@ -121,10 +139,11 @@ class TrainingConfig:
     """Forward passes per optimizer step."""
     eval_batch_size: int = 128
     """Rows per forward pass at evaluation and prediction."""
-    learning_rate: float = 5e-4
-    """Peak learning rate of the adapters."""
+    learning_rate: Optional[float] = None
+    """Peak learning rate of the adapters; ``null`` takes the method's measured default (lora 5e-4;
+    see the README's method table)."""
     head_learning_rate: Optional[float] = None
-    """Peak learning rate of the head; ``null`` uses ``learning_rate``."""
+    """Peak learning rate of the head; ``null`` takes the method's default, else ``learning_rate``."""
     weight_decay: float = 0.01
     """AdamW weight decay (not applied to biases and norms)."""
     warmup_ratio: float = 0.06
@@ -155,8 +174,9 @@ class TrainingConfig:
 class BudgetConfig:
     """The hard limit on trainable parameters."""
 
-    max_trainable_params: int = 1_000_000
-    """Trainable parameters allowed, the head included; ``train`` refuses to start above it."""
+    max_trainable_params: Optional[int] = 1_000_000
+    """Trainable parameters allowed, the head included; ``train`` refuses to start above it.
+    ``null`` means unlimited: for teachers, which are never counted against a student's budget."""
 
 
 @dataclass
@@ -217,6 +237,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     bad = LorabudgetError(f"config key '{key}': {value!r} is not {_type_name(tp)}")
+    if tp is Any:
+        return value
     if origin is Union:
         if value is None and type(None) in args:
             return None
@@ -315,6 +337,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     if len(set(cfg.model.labels)) != len(cfg.model.labels):
         raise LorabudgetError("config key 'model.labels': class names must be distinct")
     _check_positive("model.max_length", cfg.model.max_length)
+    from .adapters import check_config, resolve_defaults
+
+    resolve_defaults(cfg)  # the method fills what the user left null (rank, modules, learning rates)
     a = cfg.adapter
     _check_positive("adapter.r", a.r)
     _check_positive("adapter.alpha", a.alpha)
@@ -327,7 +352,7 @@ def validate(cfg: RunConfig) -> RunConfig:
                 _check_positive(f"adapter.placements[{i}].r", p.r)
             if p.alpha is not None:
                 _check_positive(f"adapter.placements[{i}].alpha", p.alpha)
-    else:
+    elif a.method != "full":
         _check_modules("adapter.modules", a.modules)
     for key, pattern in (("adapter.rank_pattern", a.rank_pattern), ("adapter.alpha_pattern", a.alpha_pattern)):
         _check_modules(key, list(pattern) or ["query"])
@@ -356,7 +381,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise LorabudgetError(f"config key 'training.warmup_ratio': must be in [0, 1), got {t.warmup_ratio}")
     if t.threads is not None:
         _check_positive("training.threads", t.threads)
-    _check_positive("budget.max_trainable_params", cfg.budget.max_trainable_params)
+    if cfg.budget.max_trainable_params is not None:
+        _check_positive("budget.max_trainable_params", cfg.budget.max_trainable_params)
+    check_config(cfg)
+    if cfg.model.quantization != "none" and a.method == "full":
+        raise LorabudgetError("model.quantization: a quantized base cannot be fully fine-tuned; use an adapter method")
     _check_positive("distill.temperature", cfg.distill.temperature)
     if not 0 <= cfg.distill.alpha <= 1:
         raise LorabudgetError(f"config key 'distill.alpha': must be in [0, 1], got {cfg.distill.alpha}")

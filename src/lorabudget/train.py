@@ -23,15 +23,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import adapters
 from . import budget as budget_mod
 from .batching import TokenizedTexts, default_cache_dir, tokenize, train_loader
 from .config import RunConfig, save_config
 from .data import TextData, load_labelled, split_validation
 from .errors import LorabudgetError
 from .inference import gpu_supports_bf16, predict_logits
-from .io import atomic_dir, atomic_write_json
+from .io import atomic_write_json
 from .metrics import classification_metrics, format_metrics
-from .modeling import build_model, load_tokenizer
+from .modeling import build_model, load_tokenizer, save_trained
 
 # A loss on one batch: (student logits [B, C], batch dict) -> scalar. Distillation plugs in here.
 LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
@@ -94,21 +95,27 @@ def prepare_data(cfg: RunConfig, log: Callable[[str], None] = print) -> Prepared
 def plan_or_refuse(cfg: RunConfig, log: Callable[[str], None] = print) -> budget_mod.Breakdown:
     """Count trainable parameters from the config alone; raise before any weights load if over budget."""
     planned = budget_mod.breakdown(build_model(cfg, weights=False).model)
-    if planned.total > cfg.budget.max_trainable_params:
-        log(budget_mod.format_breakdown(planned, cfg.budget.max_trainable_params, f"plan for {cfg.name}:"))
+    if not budget_mod.within_budget(planned, cfg.budget.max_trainable_params):
+        log(budget_mod.format_breakdown(planned, cfg.budget.max_trainable_params, f"plan for {cfg.name}:",
+                                        cfg.adapter.method))
     budget_mod.check_budget(planned, cfg.budget.max_trainable_params)
     return planned
 
 
 def param_groups(model: torch.nn.Module, cfg: RunConfig) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on biases, norms and DoRA magnitudes; the head may have its own LR."""
+    """AdamW groups: no weight decay on 1-D tensors and the method's scale-like kinds (DoRA
+    magnitudes, IA3 scales); the head may have its own LR."""
+    from .modeling import head_module_names
+
     t = cfg.training
+    # A fully fine-tuned model has no PEFT wrapper: its head is found by module name.
+    head_prefixes = () if hasattr(model, "peft_config") else tuple(n + "." for n in head_module_names(model))
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        no_decay = param.ndim < 2 or "magnitude" in name
-        is_head = ".modules_to_save." in name
+        no_decay = adapters.no_weight_decay(cfg.adapter.method, name, param)
+        is_head = ".modules_to_save." in name or bool(head_prefixes and name.startswith(head_prefixes))
         groups.setdefault((is_head, no_decay), []).append(param)
     return [
         {
@@ -138,8 +145,7 @@ class MetricsLog:
 
 
 def save_adapter(model: torch.nn.Module, path: Path) -> None:
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(str(tmp))
+    save_trained(model, path)
 
 
 def train(
@@ -159,12 +165,17 @@ def train(
         torch.set_num_threads(cfg.training.threads)
 
     planned = plan_or_refuse(cfg, log)
-    log(budget_mod.format_breakdown(planned, cfg.budget.max_trainable_params, f"plan for {cfg.name}:"))
+    log(budget_mod.format_breakdown(planned, cfg.budget.max_trainable_params, f"plan for {cfg.name}:",
+                                    cfg.adapter.method))
     if data is None:
         data = prepare_data(cfg, log)
 
-    seed_everything(cfg.training.seed)
-    model = build_model(cfg, weights=True).model
+    t = cfg.training
+    seed_everything(t.seed)
+    # The loader's length fixes the training length, which AdaLoRA's rank schedule needs at build time.
+    batches = math.ceil(len(data.train) / (t.batch_size * accelerator.num_processes))
+    planned_steps = t.max_steps or max(1, math.ceil(t.epochs * math.ceil(batches / t.gradient_accumulation)))
+    model = build_model(cfg, weights=True, total_steps=planned_steps).model
     live = budget_mod.breakdown(model)
     if live.total != planned.total:  # would be a bug in planning: never train on an unchecked count
         raise RuntimeError(f"live trainable count {live.total:,} differs from the plan {planned.total:,}")
@@ -176,7 +187,6 @@ def train(
         data.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     accelerator.wait_for_everyone()
 
-    t = cfg.training
     loader = train_loader(
         data.train_tokens, data.train.labels, data.pad_id, t.batch_size, t.seed, t.length_grouping, t.num_workers
     )
@@ -222,6 +232,7 @@ def train(
             if t.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
             optimizer.step()
+            adapters.after_backward(accelerator.unwrap_model(model), cfg.adapter.method, step)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -297,10 +308,11 @@ def train(
                 param.copy_(best_state[name].to(param.device))
     summary = {
         "name": cfg.name,
-        "method": "lora",
+        "method": cfg.adapter.method,
+        "quantization": cfg.model.quantization,
         "trainable_params": live.total,
         "head_params": live.head,
-        "lora_params": live.lora_total,
+        "adapter_params": live.adapter_total,
         "budget": cfg.budget.max_trainable_params,
         "best_step": best["step"],
         "steps": step,
@@ -355,13 +367,20 @@ def evaluate_during_training(model, data: PreparedData, cfg: RunConfig, accelera
 
 def budget_json(b: budget_mod.Breakdown, cfg: RunConfig) -> dict[str, Any]:
     return {
+        "method": cfg.adapter.method,
         "trainable_params": b.total,
-        "lora_params": b.lora_total,
+        "adapter_params": b.adapter_total,
         "head_params": b.head,
         "other_params": b.other,
-        "budget": cfg.budget.max_trainable_params,
-        "within_budget": b.total <= cfg.budget.max_trainable_params,
-        "lora_by_site": [{"layer": layer, "module": module, "params": n} for (layer, module), n in b.lora.items()],
+        "budget": cfg.budget.max_trainable_params,  # null: unlimited (a teacher)
+        "within_budget": budget_mod.within_budget(b, cfg.budget.max_trainable_params),
+        "by_site": [
+            {"layer": layer, "module": module, "kind": kind, "params": n} for (layer, module, kind), n in b.sites.items()
+        ],
+        "shared": [
+            {"kind": kind, "params": s.params, "modules": s.sites, "unshared_equivalent": s.unshared_equivalent}
+            for kind, s in b.shared.items()
+        ],
     }
 
 

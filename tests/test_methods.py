@@ -1,0 +1,250 @@
+"""Every adapter method, table-driven: plan == live == optimizer count, identity at init where the
+method guarantees it, frozen weights unchanged by a step, merged equals unmerged, save -> reload in
+a fresh process gives the same logits, placement errors, quantized bases (QLoRA)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lorabudget import adapters
+from lorabudget.budget import breakdown
+from lorabudget.config import from_dict
+from lorabudget.errors import LorabudgetError
+from lorabudget.modeling import build_model, merge_adapters, save_trained
+from lorabudget.train import param_groups
+
+# Settings small enough for the tiny models (hidden 32, 3 layers); every method with its own knobs.
+METHOD_SETTINGS = {
+    "lora": {"r": 4, "modules": ["query", "value", "output"]},
+    "adalora": {"r": 4, "modules": ["query", "value"]},
+    "vera": {"r": 16, "modules": ["query", "value", "intermediate"]},
+    "vblora": {"r": 2, "modules": ["query", "value"], "options": {"num_vectors": 8, "vector_length": 16}},
+    "tinylora": {"r": 2, "modules": ["query", "value"], "options": {"u": 8, "weight_tying": 0.5}},
+    "fourierft": {"modules": ["query", "value"], "options": {"n_frequency": 20}},
+    "ia3": {"modules": ["key", "value", "output"]},
+    "loha": {"r": 2, "modules": ["query", "value"]},
+    "lokr": {"r": 2, "modules": ["query", "value"]},
+    "bitfit": {"modules": ["query", "attention_output", "output"]},
+    "ln_tuning": {"modules": ["attention_output", "output"]},
+    "full": {},
+}
+# Methods whose update is zero at initialisation (PEFT's defaults): the adapted model is the base.
+IDENTITY_AT_INIT = {"lora", "adalora", "vera", "ia3", "loha", "lokr", "bitfit", "ln_tuning"}
+# Methods PEFT can fold into the base weights (bitfit runs unmerged: see adapters.can_merge).
+MERGEABLE = {"lora", "adalora", "vera", "vblora", "tinylora", "fourierft", "ia3", "loha", "lokr", "ln_tuning"}
+
+
+def method_cfg(path, method, head="full", pooling="first", **extra):
+    adapter = {"method": method, "dropout": 0.0, **METHOD_SETTINGS[method]}
+    values = {"model": {"name": str(path)}, "head": {"type": head, "pooling": pooling}, "adapter": adapter, **extra}
+    if method == "full":
+        values["budget"] = {"max_trainable_params": None}
+    return from_dict(values)
+
+
+def _batch(seed=0, vocab=40):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (4, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    mask[3, 5:] = 0
+    return ids, mask
+
+
+def _perturb(model, scale=0.05, seed=1):
+    """Make every trainable tensor non-trivial, as training would."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * scale)
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_roberta", "tiny_bert"])
+@pytest.mark.parametrize("head", ["full", "linear"])
+@pytest.mark.parametrize("method", list(METHOD_SETTINGS))
+def test_plan_equals_live_equals_optimizer(request, method, model_fixture, head):
+    cfg = method_cfg(request.getfixturevalue(model_fixture), method, head)
+    planned = breakdown(build_model(cfg, weights=False).model)
+    model = build_model(cfg, weights=True).model
+    live = breakdown(model)
+    in_optimizer = sum(p.numel() for g in param_groups(model, cfg) for p in g["params"])
+    requires_grad = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert planned.total == live.total == in_optimizer == requires_grad > 0
+    assert planned.sites == live.sites and planned.head == live.head
+    assert live.head > 0 and (live.adapter_total > 0 or method == "full")
+
+
+@pytest.mark.parametrize("method", sorted(IDENTITY_AT_INIT))
+@pytest.mark.parametrize("model_fixture", ["tiny_roberta", "tiny_bert"])
+def test_equals_base_at_init(request, method, model_fixture):
+    model = build_model(method_cfg(request.getfixturevalue(model_fixture), method, "linear")).model.eval()
+    ids, mask = _batch()
+    with torch.no_grad():
+        adapted = model(input_ids=ids, attention_mask=mask).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(adapted, base, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", [m for m in METHOD_SETTINGS if m != "full"])
+def test_frozen_weights_unchanged_after_a_step(tiny_bert, method):
+    cfg = method_cfg(tiny_bert, method, "full")
+    model = build_model(cfg).model
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    opt = torch.optim.AdamW(param_groups(model, cfg))
+    ids, mask = _batch()
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+    opt.step()
+    adapters.after_backward(model, method, 1)
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+    changed = [n for n, p in model.named_parameters() if n in trainable and not torch.equal(p, trainable[n])]
+    assert any("modules_to_save" in n for n in changed)
+    assert any("modules_to_save" not in n for n in changed), "no adapter tensor moved"
+
+
+@pytest.mark.parametrize("method", sorted(MERGEABLE))
+@pytest.mark.parametrize("head", ["full", "linear"])
+def test_merged_equals_unmerged(tiny_roberta, method, head):
+    assert adapters.can_merge(method, quantized=False)
+    model = build_model(method_cfg(tiny_roberta, method, head)).model
+    _perturb(model)
+    model.eval()
+    ids, mask = _batch(3)
+    with torch.no_grad():
+        unmerged = model(input_ids=ids, attention_mask=mask).logits
+        merged = merge_adapters(model)(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-4)
+
+
+_RELOAD = """
+import json, sys, torch
+from lorabudget.config import from_dict
+from lorabudget.modeling import load_trained_model
+cases = json.loads(sys.argv[1])
+ids = torch.tensor(cases["ids"]); mask = torch.tensor(cases["mask"])
+out = {}
+for name, case in cases["runs"].items():
+    model = load_trained_model(case["dir"], from_dict(case["cfg"])).eval()
+    with torch.no_grad():
+        out[name] = model(input_ids=ids, attention_mask=mask).logits.tolist()
+print(json.dumps(out))
+"""
+
+
+def test_save_reload_in_fresh_process_same_logits(tiny_bert, tmp_path):
+    """Each method's trained state, saved as a run's adapter folder, reloads in a new process
+    (one process for all methods: imports dominate the cost) to the same logits."""
+    ids, mask = _batch(5)
+    runs, expected = {}, {}
+    for method in METHOD_SETTINGS:
+        for head, pooling in (("full", "first"), ("linear", "mean")):
+            cfg = method_cfg(tiny_bert, method, head, pooling)
+            model = build_model(cfg).model
+            _perturb(model)
+            model.eval()
+            with torch.no_grad():
+                expected[f"{method}-{head}"] = model(input_ids=ids, attention_mask=mask).logits
+            run_dir = tmp_path / f"{method}-{head}"
+            save_trained(model, run_dir / "adapter")
+            runs[f"{method}-{head}"] = {"dir": str(run_dir), "cfg": cfg.to_dict()}
+    payload = json.dumps({"ids": ids.tolist(), "mask": mask.tolist(), "runs": runs})
+    src = Path(__file__).resolve().parents[1] / "src"
+    result = subprocess.run([sys.executable, "-c", _RELOAD, payload], capture_output=True, text=True,
+                            env={"PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    reloaded = json.loads(result.stdout.strip().splitlines()[-1])
+    for name, logits in expected.items():
+        torch.testing.assert_close(torch.tensor(reloaded[name]), logits, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_shared_parameters_counted_once_with_saving(tiny_roberta):
+    b = breakdown(build_model(method_cfg(tiny_roberta, "vblora"), weights=False).model)
+    bank = b.shared["vblora_vector_bank"]
+    assert bank.params == 8 * 16 and bank.sites == 6  # query+value on 3 layers
+    assert bank.unshared_equivalent == 6 * bank.params
+    assert b.adapter_total == bank.params + sum(b.sites.values())
+    tied = breakdown(build_model(method_cfg(tiny_roberta, "tinylora"), weights=False).model)
+    vectors = tied.shared["tinylora_v"]
+    # weight_tying 0.5 over 6 modules: 3 vectors of u=8, each used by 2 modules.
+    assert vectors.params == 3 * 8 and vectors.unshared_equivalent == 6 * 8
+
+
+@pytest.mark.parametrize(
+    "adapter, budget, message",
+    [
+        ({"method": "full"}, 1_000_000, "set budget.max_trainable_params: null"),
+        ({"method": "vera", "rank_pattern": {"query": 4}}, 1_000_000, "cannot give modules different ranks"),
+        ({"method": "ln_tuning", "modules": ["query"]}, 1_000_000, "tunes LayerNorms"),
+        ({"method": "fourierft", "options": {"bogus": 1}}, 1_000_000, "unknown config key 'adapter.options.bogus'"),
+        ({"method": "vera", "options": {"target_modules": ["x"]}}, 1_000_000, "set by lorabudget"),
+        ({"method": "ia3", "use_dora": True}, 1_000_000, "LoRA switches"),
+        ({"method": "lora", "options": {"r": 3}}, 1_000_000, "set by lorabudget"),
+        ({"method": "sparse"}, 1_000_000, "'sparse' is not allowed"),
+    ],
+)
+def test_placement_and_option_errors(tiny_roberta, adapter, budget, message):
+    with pytest.raises(LorabudgetError, match=message):
+        from_dict({"model": {"name": str(tiny_roberta)}, "adapter": adapter, "budget": {"max_trainable_params": budget}})
+
+
+def test_method_defaults_fill_nulls(tiny_roberta):
+    cfg = from_dict({"model": {"name": str(tiny_roberta)}, "adapter": {"method": "vera"}})
+    assert cfg.adapter.r == 256 and cfg.training.learning_rate == adapters.METHODS["vera"].learning_rate
+    cfg = from_dict({"model": {"name": str(tiny_roberta)}, "adapter": {"method": "ia3"}})
+    assert cfg.adapter.modules == ["key", "value", "output"]
+    cfg = from_dict({"model": {"name": str(tiny_roberta)}})
+    assert (cfg.adapter.method, cfg.adapter.r, cfg.adapter.alpha, cfg.training.learning_rate) == ("lora", 8, 16.0, 5e-4)
+
+
+def test_ia3_scales_get_no_weight_decay(tiny_roberta):
+    cfg = method_cfg(tiny_roberta, "ia3")
+    model = build_model(cfg).model
+    decayed = {id(p) for g in param_groups(model, cfg) if g["weight_decay"] > 0 for p in g["params"]}
+    ia3 = [p for n, p in model.named_parameters() if "ia3_l" in n]
+    assert ia3 and not any(id(p) in decayed for p in ia3)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
+@pytest.mark.parametrize("quantization", ["nf4", "int8"])
+def test_quantized_base_trains_with_falling_loss(tmp_path_factory, quantization):
+    import warnings
+
+    from transformers import BertConfig, BertModel
+
+    warnings.simplefilter("ignore")
+    # bitsandbytes quantizes in blocks of 64 values: the shared tiny models (hidden 32) are too small.
+    model_dir = tmp_path_factory.mktemp("bert64")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=128, max_position_embeddings=64)).save_pretrained(str(model_dir))
+    cfg = from_dict({"model": {"name": str(model_dir), "quantization": quantization}, "head": {"type": "linear"},
+                     "adapter": {"r": 4, "dropout": 0.0, "modules": ["query", "value", "intermediate"]}})
+    planned = breakdown(build_model(cfg, weights=False).model).total
+    model = build_model(cfg).model
+    assert breakdown(model).total == planned
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert ("Linear4bit" if quantization == "nf4" else "Linear8bitLt") in kinds
+    opt = torch.optim.AdamW(param_groups(model, cfg), lr=2e-2)
+    ids, mask = _batch(7)
+    labels = torch.tensor([0, 1, 2, 3])
+    losses = []
+    for _ in range(8):
+        loss = torch.nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask).logits, labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1, losses
+    assert not adapters.can_merge("lora", quantized=True)
