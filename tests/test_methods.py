@@ -248,3 +248,42 @@ def test_quantized_base_trains_with_falling_loss(tmp_path_factory, quantization)
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.1, losses
     assert not adapters.can_merge("lora", quantized=True)
+
+
+@pytest.mark.parametrize(
+    "method, adapter, budget",
+    [
+        ("adalora", {"r": 4, "modules": ["query", "value"]}, 1_000_000),  # the rank-allocation hook runs in the loop
+        ("vera", {"r": 32, "modules": ["query", "value"]}, 1_000_000),
+        ("ln_tuning", {}, 1_000_000),
+        ("full", {}, None),  # a teacher: unlimited budget, every weight saved and reloaded
+    ],
+)
+def test_train_predict_end_to_end(tmp_path, tiny_roberta, data_dir, method, adapter, budget):
+    import yaml
+
+    from lorabudget.cli import main
+
+    values = {
+        "name": f"tiny-{method}",
+        "model": {"name": str(tiny_roberta), "max_length": 64},
+        "head": {"type": "linear", "pooling": "mean"},
+        "adapter": {"method": method, "dropout": 0.0, **adapter},
+        "data": {"train": str(data_dir / "train.csv"), "validation_size": 40, "cache_dir": str(tmp_path / "cache")},
+        "training": {"epochs": 2, "batch_size": 16, "log_every": 2, "seed": 7},
+        "budget": {"max_trainable_params": budget},
+    }
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(values))
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--output", str(run), "--no-report"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    budget_json = json.loads((run / "budget.json").read_text())
+    assert summary["method"] == budget_json["method"] == method
+    assert summary["trainable_params"] == budget_json["trainable_params"]
+    assert budget_json["budget"] == budget
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(run), "--input", str(data_dir / "unlabelled.csv"), "--output", str(out), "--no-report"]) == 0
+    assert len(out.read_text().splitlines()) == 81
+    assert main(["report", str(run)]) == 0
+    assert f"method {method}" in (run / "report.md").read_text()
