@@ -179,6 +179,9 @@ def test_shared_parameters_counted_once_with_saving(tiny_roberta):
     vectors = tied.shared["tinylora_v"]
     # weight_tying 0.5 over 6 modules: 3 vectors of u=8, each used by 2 modules.
     assert vectors.params == 3 * 8 and vectors.unshared_equivalent == 6 * 8
+    vera = breakdown(build_model(method_cfg(tiny_roberta, "vera"), weights=False).model)
+    assert not vera.shared and set(vera.frozen_shared) == {"vera_A", "vera_B"}
+    assert vera.frozen_shared["vera_A"].sites == 9  # query, value, intermediate on 3 layers
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,7 @@ class Breakdown:
 
     sites: dict[tuple[int, str, str], int] = field(default_factory=dict)  # (layer, module, kind) -> params
     shared: dict[str, Shared] = field(default_factory=dict)  # kind -> the shared tensors of that kind
+    frozen_shared: dict[str, Shared] = field(default_factory=dict)  # e.g. VeRA's projections: not counted
     head: int = 0
     other: dict[str, int] = field(default_factory=dict)  # parameter name -> params
 
@@ -126,7 +127,31 @@ def breakdown(model: nn.Module) -> Breakdown:
                 sites[(int(match.group(1)), "other", "weight")] += n
             else:
                 result.other[first] = n
+    result.frozen_shared = _frozen_shared(model)
     result.sites = dict(sorted(sites.items(), key=lambda kv: (kv[0][0], SHORT_ORDER.index(kv[0][1]), kv[0][2])))
+    return result
+
+
+def _frozen_shared(model: nn.Module) -> dict[str, Shared]:
+    """Frozen tensors (buffers or non-trainable parameters) used by several adapted modules, such as
+    VeRA's random projections: they cost no budget, and one copy per module would cost memory."""
+    located: dict[int, set] = defaultdict(set)
+    sizes: dict[int, tuple[str, int]] = {}
+    tensors = list(model.named_buffers(remove_duplicate=False))
+    tensors += [(n, p) for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad]
+    for name, tensor in tensors:
+        site = _site_of(name)
+        if site:
+            located[id(tensor)].add(site[:2])
+            sizes[id(tensor)] = (site[2], tensor.numel())
+    result: dict[str, Shared] = {}
+    for key, users in located.items():
+        if len(users) > 1:
+            kind, n = sizes[key]
+            entry = result.setdefault(kind, Shared(0, 0, 0))
+            entry.params += n
+            entry.sites = max(entry.sites, len(users))
+            entry.unshared_equivalent += n * len(users)
     return result
 
 
@@ -172,6 +197,11 @@ def format_breakdown(b: Breakdown, budget: Optional[int], title: str = "", metho
         lines.append(
             f"  shared across layers: {kind}, {s.params:,} parameters counted once, used by {s.sites} modules "
             f"(one copy each would cost {s.unshared_equivalent:,}: sharing saves {s.unshared_equivalent - s.params:,})"
+        )
+    for kind, s in b.frozen_shared.items():
+        lines.append(
+            f"  frozen, shared across layers: {kind}, {s.params:,} values used by {s.sites} modules (not trained, "
+            f"not counted; one copy each would hold {s.unshared_equivalent:,})"
         )
     lines.append(f"  {method + ' total':<28}{b.adapter_total:>12,}")
     lines.append(f"  {'classification head':<28}{b.head:>12,}")

@@ -381,6 +381,9 @@ def budget_json(b: budget_mod.Breakdown, cfg: RunConfig) -> dict[str, Any]:
             {"kind": kind, "params": s.params, "modules": s.sites, "unshared_equivalent": s.unshared_equivalent}
             for kind, s in b.shared.items()
         ],
+        "frozen_shared": [
+            {"kind": kind, "values": s.params, "modules": s.sites} for kind, s in b.frozen_shared.items()
+        ],
     }
 
 
