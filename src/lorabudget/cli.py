@@ -93,9 +93,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for run in args.runs:
         if not Path(run).is_dir():
             raise LorabudgetError(f"run directory not found: {run}")
-    path = write_comparison([Path(r) for r in args.runs], Path(args.output))
+    path = write_comparison([Path(r) for r in args.runs], Path(args.output), names=args.names or ())
     print(path.read_text(encoding="utf-8"))
-    print(f"written: {path}")
+    print(f"written: {path}, {path.with_name('compare.csv')}")
     return 0
 
 
@@ -213,7 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="results table and accuracy-vs-parameters plot across runs")
     p.add_argument("runs", nargs="+", help="run directories")
-    p.add_argument("--output", default="runs/compare", help="folder for compare.md and the plot (default runs/compare)")
+    p.add_argument("--output", default="runs/compare",
+                   help="folder for compare.md, compare.csv and the plot (default runs/compare)")
+    p.add_argument("--name", dest="names", action="append", metavar="NAME",
+                   help="display name of the next run, in the order the runs are given (repeatable; "
+                   "default: the run directory's name)")
     p.set_defaults(func=cmd_compare)
     return parser
 
