@@ -103,7 +103,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from .distill import distill
 
     cfg, run_dir = _new_run(args)
-    distill(cfg, run_dir, teacher=args.teacher, unlabelled=args.unlabelled or (), log=_say)
+    distill(cfg, run_dir, teacher=args.teacher, unlabelled=args.unlabelled or (), log=_say,
+            transfer_fraction=args.transfer_fraction)
     _report(run_dir, args)
     return 0
 
@@ -173,7 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="train a student config with knowledge distillation from a teacher")
     _add_config_args(p)
-    p.add_argument("--teacher", help="teacher run directory, or a config/preset trained first (default: distill.teacher)")
+    p.add_argument("--teacher", action="append", metavar="RUN|CONFIG",
+                   help="teacher run directory, or a config/preset trained first (default: distill.teacher); "
+                   "repeat for an ensemble whose class probabilities are averaged")
+    p.add_argument("--transfer-from-train-fraction", dest="transfer_fraction", type=float, metavar="F",
+                   help="use this share of the labelled training rows without their labels, taught by the "
+                   "teacher's soft labels only (default: distill.transfer_fraction)")
     p.add_argument("--unlabelled", action="append", metavar="FILE",
                    help="extra texts (no labels) taught by the teacher's soft labels only (repeatable)")
     p.add_argument("--data", help="training data file (shortcut for --set data.train=FILE)")

@@ -368,7 +368,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "run": str(run_dir),
         "name": run_dir.name,
         "config_name": summary.get("name"),
-        "method": summary.get("method"),
+        "method": summary.get("method") if not summary.get("distill") else f"{summary.get('method')} + KD ({summary['distill']})",
         "trainable_params": trainable,
         "adapter_params": adapter,
         "head_params": head,
