@@ -250,20 +250,21 @@ def resolve_teacher(
     student_run: Path,
     log: Callable[[str], None],
     transfer_fraction: float = 0.0,
+    overrides: Sequence[str] = (),
 ) -> Path:
     """A finished run directory, or a config trained first into ``<runs>/<teacher name>``.
 
     A teacher trained here gets the student's data settings, so it trains on exactly the student's
     training rows and never sees the student's validation rows. With transfer texts it trains on the
     rows that keep their labels only (into ``<teacher name>-without-transfer-<fraction>``), so it has
-    no label the student lacks.
+    no label the student lacks. ``overrides`` (``key=value``) apply to a teacher config.
     """
     path = Path(teacher)
     if path.is_dir():
         if not is_finished_run(path):
             raise LorabudgetError(f"teacher {teacher} is not a finished lorabudget run directory")
         return path
-    cfg = replace(load_config(teacher), data=student.data)
+    cfg = replace(load_config(teacher, list(overrides)), data=student.data)
     seed = cfg.data.split_seed
     marker = {"fraction": transfer_fraction, "seed": seed} if transfer_fraction else None
     target = student_run.parent / (cfg.name + (f"-without-transfer-{transfer_fraction:g}" if marker else ""))
