@@ -162,7 +162,8 @@ def test_distill_end_to_end_with_config_teacher_and_unlabelled(tiny_roberta, dat
     assert "adding 80 unlabelled texts" in out
     summary = json.loads((runs / "student" / "summary.json").read_text())
     assert summary["unlabelled_rows"] == 80 and summary["train_rows"] == 200 + 80
-    assert summary["method"].startswith("distill") and 0 <= summary["teacher_validation_accuracy"] <= 1
+    assert summary["method"] == "lora" and summary["distill"] == "T=2, λ=0.5"  # the adapter method stays the method
+    assert 0 <= summary["teacher_validation_accuracy"] <= 1
     # The teacher trained on the student's data settings: same training rows, same validation rows.
     teacher_summary = json.loads((runs / "tiny-teacher" / "summary.json").read_text())
     assert teacher_summary["train_rows"] == 200 and teacher_summary["validation_rows"] == 40
@@ -192,3 +193,117 @@ def test_distill_errors(tiny_roberta, data_dir, tmp_path, capsys):
     assert main(["distill", str(zero), "--teacher", str(tmp_path), "--unlabelled", str(data_dir / "unlabelled.csv"),
                  "--output", str(tmp_path / "o3")]) == 2
     assert "unlabelled texts would teach nothing" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# Ensembles, transfer texts, confidence filtering
+
+
+def _fake_teacher(path, seed):
+    """A finished-looking run directory whose logits are put in the cache by the test (never loaded)."""
+    (path / "adapter").mkdir(parents=True)
+    (path / "config.yaml").write_text(f"name: t{seed}\n")
+    (path / "summary.json").write_text("{}")
+    (path / "adapter" / "adapter_model.safetensors").write_bytes(bytes([seed]) * 64)
+    (path / "tokenizer").mkdir()
+    (path / "tokenizer" / "tokenizer.json").write_text("{}")
+    return path
+
+
+def test_ensemble_logits_are_the_mean_of_member_probabilities(tmp_path, monkeypatch):
+    import lorabudget.runs
+    from lorabudget.distill import ensemble_fingerprint
+    from lorabudget.metrics import softmax
+
+    def no_load(*a, **k):
+        raise AssertionError("members' logits are cached: no teacher is loaded")
+
+    monkeypatch.setattr(lorabudget.runs, "load_run", no_load)
+    texts = ["a", "b", "c"]
+    cache = TeacherLogitsCache(tmp_path / "cache")
+    t1, t2 = _fake_teacher(tmp_path / "t1", 1), _fake_teacher(tmp_path / "t2", 2)
+    rng = np.random.default_rng(0)
+    m1, m2 = rng.normal(size=(3, 4)).astype(np.float32), 3 * rng.normal(size=(3, 4)).astype(np.float32)
+    cache.save(cache.key(teacher_fingerprint(t1), texts), m1)
+    cache.save(cache.key(teacher_fingerprint(t2), texts), m2)
+    logs = []
+    ens = teacher_logits([t1, t2], texts, cache, logs.append)
+    np.testing.assert_allclose(softmax(ens), (softmax(m1) + softmax(m2)) / 2, rtol=1e-5, atol=1e-7)
+    assert "ensemble of 2 teachers" in logs[-1]
+    # cached like one teacher, under a key of all members: the members' files are not needed again
+    key = cache.key(ensemble_fingerprint([t1, t2]), texts)
+    assert ensemble_fingerprint([t2, t1]) == ensemble_fingerprint([t1, t2])
+    for m in (t1, t2):
+        cache.path(cache.key(teacher_fingerprint(m), texts)).unlink()
+    assert np.array_equal(teacher_logits([t2, t1], texts, cache, logs.append), ens) and "from cache" in logs[-1]
+    # any member changes: another key (members: config or weights)
+    (t2 / "adapter" / "adapter_model.safetensors").write_bytes(bytes([9]) * 64)
+    assert cache.key(ensemble_fingerprint([t1, t2]), texts) != key
+    (t2 / "adapter" / "adapter_model.safetensors").write_bytes(bytes([2]) * 64)
+    assert cache.key(ensemble_fingerprint([t1, t2]), texts) == key
+    (t1 / "config.yaml").write_text("name: t1-changed\n")
+    assert cache.key(ensemble_fingerprint([t1, t2]), texts) != key
+    # a one-member ensemble is keyed exactly like that teacher
+    assert ensemble_fingerprint([t2]) == teacher_fingerprint(t2)
+
+
+def test_fingerprint_covers_any_method_weights_not_tokenizer(tmp_path):
+    run = _fake_teacher(tmp_path / "full", 3)
+    (run / "adapter" / "adapter_model.safetensors").unlink()
+    (run / "model").mkdir()
+    (run / "model" / "model.safetensors").write_bytes(b"full fine-tune weights")
+    (run / "model" / "config.json").write_text("{}")
+    fp = teacher_fingerprint(run)
+    (run / "tokenizer" / "tokenizer.json").write_text('{"changed": 1}')
+    assert teacher_fingerprint(run) == fp
+    (run / "model" / "config.json").write_text('{"changed": 1}')
+    assert teacher_fingerprint(run) != fp
+    empty = tmp_path / "empty"
+    (empty / "adapter").mkdir(parents=True)
+    (empty / "config.yaml").write_text("name: e\n")
+    with pytest.raises(Exception, match="no trained weights"):
+        teacher_fingerprint(empty)
+
+
+def test_transfer_rows_are_seeded_and_tokens_follow():
+    from lorabudget.batching import TokenizedTexts
+    from lorabudget.distill import take_tokens, transfer_indices
+
+    a = transfer_indices(200, 0.25, 42)
+    assert len(a) == 50 and np.array_equal(a, transfer_indices(200, 0.25, 42)) and np.all(np.diff(a) > 0)
+    assert not np.array_equal(a, transfer_indices(200, 0.25, 43))
+    assert len(transfer_indices(200, 0.0, 42)) == 0
+    with pytest.raises(Exception, match="leaves no"):
+        transfer_indices(3, 0.01, 0)
+    tokens = TokenizedTexts(np.arange(10, dtype=np.int32), np.array([0, 2, 5, 6, 10]))
+    taken = take_tokens(tokens, [3, 1])
+    assert [taken.row(0).tolist(), taken.row(1).tolist()] == [[6, 7, 8, 9], [2, 3, 4]]
+
+
+def test_distill_with_transfer_fraction_and_confidence_filter(tiny_roberta, data_dir, tmp_path, capsys):
+    teacher_cfg = _write(tmp_path, "tcfg", {
+        "name": "tiny-teacher",
+        "model": {"name": str(tiny_roberta), "max_length": 64},
+        "head": {"type": "linear", "pooling": "mean"},
+        "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "modules": ["query", "value", "output"]},
+        "training": {"epochs": 2, "batch_size": 16, "learning_rate": 2e-2},
+        "budget": {"max_trainable_params": 10_000_000},
+    })
+    values = _student(tiny_roberta, data_dir, tmp_path / "cache", alpha=0.5, temperature=2.0, min_teacher_confidence=0.4)
+    values["training"].update(epochs=1)
+    student = _write(tmp_path, "student", values)
+    runs = tmp_path / "runs"
+    argv = ["distill", str(student), "--teacher", str(teacher_cfg), "--transfer-from-train-fraction", "0.5",
+            "--output", str(runs / "student"), "--no-report"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "100 of 200 labelled training rows (50%, seed 42) used as transfer texts" in out
+    # the teacher trained here never saw the transfer rows' labels
+    teacher = json.loads((runs / "tiny-teacher-without-transfer-0.5" / "summary.json").read_text())
+    assert teacher["train_rows"] == 100 and teacher["transfer_rows_excluded"] == {"fraction": 0.5, "seed": 42}
+    assert "rows without labels whose teacher confidence is >= 0.4" in out
+    summary = json.loads((runs / "student" / "summary.json").read_text())
+    kept = summary["transfer_rows"]
+    assert f"kept {kept:,} of 100 rows without labels" in out
+    assert summary["train_rows"] == 100 + kept and summary["dropped_unconfident_rows"] == 100 - kept
+    assert summary["unlabelled_rows"] == 0 and summary["transfer_fraction"] == 0.5

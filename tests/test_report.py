@@ -85,24 +85,29 @@ def test_compare_table_reads_the_files(reported_run, tmp_path):
     summary.update(name="other", validation_accuracy=0.123456, trainable_params=5000)
     (other / "summary.json").write_text(json.dumps(summary))
     shutil.rmtree(other / "evals")
+    (other / "eval.json").unlink()
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "cmp"
     assert main(["compare", str(reported_run), str(other), str(empty), "--output", str(out)]) == 0
     table = (out / "compare.md").read_text()
-    row = next(l for l in table.splitlines() if l.startswith("| other"))
-    assert "12.35%" in row and "5,000" in row
-    assert row.split("|")[6].strip() == "–"  # no test evaluation: a dash, not a number
+    # "other" has no test evaluation: ranked on validation accuracy, which all runs with a figure share
+    assert "Ranked by **validation accuracy (40 rows)**" in table
+    row = next(l for l in table.splitlines() if "| other |" in l)
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[1] == "2" and cells[4] == "5,000" and cells[6].startswith("12.35% (")
+    assert cells[7] == "–"  # no test evaluation: a dash, not a number
     ref = run_row(reported_run)
     assert f"{100 * ref['test_accuracy']:.2f}%" in table
-    empty_row = next(l for l in table.splitlines() if l.startswith("| empty"))
-    assert empty_row.count("–") == 6
+    empty_row = next(l for l in table.splitlines() if "| empty |" in l)
+    assert empty_row.count("–") == 7
     _png_size(out / "accuracy_vs_params.png")
+    assert (out / "compare.csv").read_text().splitlines()[0].startswith("rank,name,run,method")
     # change a file, the table changes
     summary["validation_accuracy"] = 0.5
     (other / "summary.json").write_text(json.dumps(summary))
     write_comparison([reported_run, other], out)
-    assert "50.00%" in (out / "compare.md").read_text()
+    assert "50.00% (" in (out / "compare.md").read_text()
 
 
 def test_pareto_front_and_ece():

@@ -103,9 +103,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for run in args.runs:
         if not Path(run).is_dir():
             raise LorabudgetError(f"run directory not found: {run}")
-    path = write_comparison([Path(r) for r in args.runs], Path(args.output))
+    path = write_comparison([Path(r) for r in args.runs], Path(args.output), names=args.names or ())
     print(path.read_text(encoding="utf-8"))
-    print(f"written: {path}")
+    print(f"written: {path}, {path.with_name('compare.csv')}")
     return 0
 
 
@@ -113,7 +113,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from .distill import distill
 
     cfg, run_dir = _new_run(args)
-    distill(cfg, run_dir, teacher=args.teacher, unlabelled=args.unlabelled or (), log=_say)
+    distill(cfg, run_dir, teacher=args.teacher, unlabelled=args.unlabelled or (), log=_say,
+            transfer_fraction=args.transfer_fraction)
     _report(run_dir, args)
     return 0
 
@@ -183,7 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="train a student config with knowledge distillation from a teacher")
     _add_config_args(p)
-    p.add_argument("--teacher", help="teacher run directory, or a config/preset trained first (default: distill.teacher)")
+    p.add_argument("--teacher", action="append", metavar="RUN|CONFIG",
+                   help="teacher run directory, or a config/preset trained first (default: distill.teacher); "
+                   "repeat for an ensemble whose class probabilities are averaged")
+    p.add_argument("--transfer-from-train-fraction", dest="transfer_fraction", type=float, metavar="F",
+                   help="use this share of the labelled training rows without their labels, taught by the "
+                   "teacher's soft labels only (default: distill.transfer_fraction)")
     p.add_argument("--unlabelled", action="append", metavar="FILE",
                    help="extra texts (no labels) taught by the teacher's soft labels only (repeatable)")
     p.add_argument("--data", help="training data file (shortcut for --set data.train=FILE)")
@@ -223,7 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="results table and accuracy-vs-parameters plot across runs")
     p.add_argument("runs", nargs="+", help="run directories")
-    p.add_argument("--output", default="runs/compare", help="folder for compare.md and the plot (default runs/compare)")
+    p.add_argument("--output", default="runs/compare",
+                   help="folder for compare.md, compare.csv and the plot (default runs/compare)")
+    p.add_argument("--name", dest="names", action="append", metavar="NAME",
+                   help="display name of the next run, in the order the runs are given (repeatable; "
+                   "default: the run directory's name)")
     p.set_defaults(func=cmd_compare)
     return parser
 

@@ -183,9 +183,10 @@ class BudgetConfig:
 class DistillConfig:
     """Knowledge distillation (``lorabudget distill``); ignored by ``train``."""
 
-    teacher: Optional[str] = None
+    teacher: Optional[Union[str, list[str]]] = None
     """A finished run directory (any size, never counted against the budget) or a config/preset that
-    is trained first, on the student's data settings."""
+    is trained first, on the student's data settings. A list is an ensemble: the members'
+    probabilities are averaged."""
     temperature: float = 4.0
     """Softmax temperature T of the KL term (scaled by T²)."""
     alpha: float = 0.3
@@ -193,6 +194,13 @@ class DistillConfig:
     unlabelled: list[str] = field(default_factory=list)
     """Extra text files (no labels needed) added to the student's training rows, taught by the
     teacher's soft labels only."""
+    transfer_fraction: float = 0.0
+    """Share of the labelled training rows (chosen with ``data.split_seed``) used without their
+    labels, as transfer texts taught by the teacher's soft labels only; 0 uses every label. A teacher
+    trained here then trains on the remaining labelled rows only."""
+    min_teacher_confidence: float = 0.0
+    """Drop unlabelled and transfer rows whose teacher probability for its top class is below this;
+    0 keeps them all."""
 
 
 @dataclass
@@ -389,6 +397,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check_positive("distill.temperature", cfg.distill.temperature)
     if not 0 <= cfg.distill.alpha <= 1:
         raise LorabudgetError(f"config key 'distill.alpha': must be in [0, 1], got {cfg.distill.alpha}")
+    if not 0 <= cfg.distill.transfer_fraction < 1:
+        raise LorabudgetError(f"config key 'distill.transfer_fraction': must be in [0, 1), got {cfg.distill.transfer_fraction}")
+    if not 0 <= cfg.distill.min_teacher_confidence <= 1:
+        raise LorabudgetError(
+            f"config key 'distill.min_teacher_confidence': must be in [0, 1], got {cfg.distill.min_teacher_confidence}"
+        )
     return cfg
 
 

@@ -1,38 +1,46 @@
 """Knowledge distillation under the budget, with the teacher run once.
 
-1. The teacher is a finished run directory (any size: it is never counted against the budget) or a
-   config that is trained first.
+1. The teacher is a finished run directory (any size and any adapter method or a full fine-tune: it
+   is never counted against the budget), a config that is trained first, or an **ensemble** of
+   several (their class probabilities are averaged).
 2. One inference pass of the teacher over the student's training texts, validation texts and any
    extra unlabelled texts gives logits that are stored in a cache keyed by the teacher's checkpoint
-   and the texts' fingerprint. Every student that trains on the same data reuses them; once the
-   cache exists the teacher is not even loaded. A cache for other data or another teacher is never
-   used, and a corrupt or truncated one is rebuilt.
-3. The student trains on ``(1 - λ)·CE(gold) + λ·T²·KL(teacher_T ‖ student_T)``. Rows from unlabelled
-   files have no gold term: only the teacher's soft labels teach them. The teacher's logits are
-   looked up by each row's dataset index, so length-grouped shuffling keeps every row paired with
-   its own teacher logits.
+   (every member's, for an ensemble) and the texts' fingerprint. Every student that trains on the
+   same data reuses them; once the cache exists the teacher is not even loaded. A cache for other
+   data or another teacher is never used, and a corrupt or truncated one is rebuilt.
+3. The student trains on ``(1 - λ)·CE(gold) + λ·T²·KL(teacher_T ‖ student_T)``. Rows without a gold
+   label (from unlabelled files, or the share of the labelled file used as transfer texts) have no
+   CE term: only the teacher's soft labels teach them, and those the teacher is unsure of can be
+   dropped. The teacher's logits are looked up by each row's dataset index, so length-grouped
+   shuffling keeps every row paired with its own teacher logits.
+
+Nothing here depends on the adapter method: the student trains through the ordinary training loop
+with a different loss.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .batching import default_cache_dir, texts_fingerprint, tokenize
+from .batching import TokenizedTexts, default_cache_dir, texts_fingerprint, tokenize
 from .config import RunConfig, dump_yaml, load_config
 from .data import TextData, load_unlabelled
 from .errors import LorabudgetError
 from .io import atomic_path
-from .metrics import classification_metrics
-from .train import plan_or_refuse, prepare_data, train
+from .metrics import classification_metrics, softmax
+from .train import PreparedData, plan_or_refuse, prepare_data, train
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+NOT_WEIGHTS = {"tokenizer", "figures", "evals"}
 
 
 def kd_loss(
@@ -78,16 +86,45 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def weight_files(run_dir: Path) -> list[Path]:
+    """The trained weights of a run (any method: adapter files, a full model) and the JSON configs
+    beside them; tokenizer, figures, evaluations and temporary folders are not weights."""
+    run_dir = Path(run_dir)
+    found = []
+    for path in sorted(run_dir.rglob("*")):
+        rel = path.relative_to(run_dir).parts
+        if not path.is_file() or rel[0] in NOT_WEIGHTS or any(p.startswith(".") for p in rel) or len(rel) < 2:
+            continue
+        if path.suffix in WEIGHT_SUFFIXES:
+            found.append(path)
+    folders = {p.parent for p in found}
+    found += [p for folder in folders for p in sorted(folder.glob("*.json"))]
+    return sorted(set(found))
+
+
 def teacher_fingerprint(teacher_dir: Path) -> str:
-    """Identity of a trained teacher: its config and adapter weights (no model is loaded)."""
+    """Identity of a trained teacher: its config and trained weights (no model is loaded)."""
     teacher_dir = Path(teacher_dir)
     parts = [CACHE_VERSION, (teacher_dir / "config.yaml").read_text(encoding="utf-8")]
-    adapter = teacher_dir / "adapter"
-    files = sorted(p for p in adapter.glob("*") if p.suffix in (".safetensors", ".bin", ".json") and p.name != "README.md")
+    files = weight_files(teacher_dir)
     if not files:
-        raise LorabudgetError(f"teacher run {teacher_dir} has no trained adapter; train it first")
-    parts += [f"{p.name}:{file_sha256(p)}" for p in files]
+        raise LorabudgetError(f"teacher run {teacher_dir} has no trained weights; train it first")
+    parts += [f"{p.relative_to(teacher_dir).as_posix()}:{file_sha256(p)}" for p in files]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def ensemble_fingerprint(teacher_dirs: Sequence[Path]) -> str:
+    """One teacher's fingerprint, or for an ensemble one made of every member's (order-free)."""
+    fps = sorted(teacher_fingerprint(d) for d in teacher_dirs)
+    if len(fps) == 1:
+        return fps[0]
+    return hashlib.sha256(("ensemble\n" + "\n".join(fps)).encode()).hexdigest()
+
+
+def ensemble_logits(member_logits: Sequence[np.ndarray]) -> np.ndarray:
+    """Logits whose softmax is the mean of the members' class probabilities (log of the mean)."""
+    probs = np.mean([softmax(m) for m in member_logits], axis=0)
+    return np.log(np.clip(probs, 1e-30, None)).astype(np.float32)
 
 
 class TeacherLogitsCache:
@@ -130,23 +167,37 @@ class TeacherLogitsCache:
 
 
 def teacher_logits(
-    teacher_dir: Path,
+    teacher_dir: Union[Path, Sequence[Path]],
     texts: Sequence[str],
     cache: TeacherLogitsCache,
     log: Callable[[str], None] = print,
     what: str = "texts",
 ) -> np.ndarray:
-    """Logits [len(texts), C] of the teacher, from the cache or from one inference pass."""
+    """Logits [len(texts), C] of the teacher (or ensemble of teachers), from the cache or computed once.
+
+    An ensemble's logits are cached under a key made of all its members, so a change to any member
+    gives a new key; each member's own logits are cached too (reused by single-teacher students).
+    """
     from .runs import load_run
 
-    key = cache.key(teacher_fingerprint(teacher_dir), texts)
+    members = [Path(teacher_dir)] if isinstance(teacher_dir, (str, Path)) else [Path(d) for d in teacher_dir]
+    if not members:
+        raise LorabudgetError("distillation needs at least one teacher")
+    key = cache.key(ensemble_fingerprint(members), texts)
     cached = cache.load(key, len(texts))
     if cached is not None:
         log(f"teacher logits for {len(texts):,} {what}: from cache {cache.path(key)}")
         return cached
     if cache.path(key).exists():
         log(f"teacher logits cache {cache.path(key)} is unreadable or does not match: rebuilding it")
-    run = load_run(Path(teacher_dir))
+    if len(members) > 1:
+        ordered = sorted(members, key=teacher_fingerprint)  # the same mean, bit for bit, in any order given
+        logits = ensemble_logits([teacher_logits(m, texts, cache, log, f"{what}, member {m.name}") for m in ordered])
+        path = cache.save(key, logits)
+        log(f"teacher logits for {len(texts):,} {what}: ensemble of {len(members)} teachers "
+            f"(probabilities averaged), cached at {path}")
+        return logits
+    run = load_run(members[0])
     logits = run.logits(texts, progress=f"teacher on {what}")
     del run
     path = cache.save(key, logits)
@@ -155,26 +206,77 @@ def teacher_logits(
 
 
 # --------------------------------------------------------------------------------------------
+# Transfer texts: part of the labelled file used without its labels
+
+
+def transfer_indices(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Sorted positions of ``round(fraction · n)`` training rows chosen by a seeded permutation."""
+    if fraction <= 0:
+        return np.zeros(0, dtype=np.int64)
+    k = int(round(fraction * n))
+    if not 0 < k < n:
+        raise LorabudgetError(f"distill.transfer_fraction={fraction:g} of {n:,} training rows leaves no transfer or no labelled rows")
+    return np.sort(np.random.default_rng(seed).permutation(n)[:k])
+
+
+def take_tokens(tokens: TokenizedTexts, index: Sequence[int]) -> TokenizedTexts:
+    """The rows ``index`` of ``tokens``, in that order."""
+    index = np.asarray(index, dtype=np.int64)
+    lengths = tokens.lengths[index]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = np.concatenate([tokens.row(i) for i in index]) if len(index) else np.zeros(0, dtype=tokens.ids.dtype)
+    return TokenizedTexts(ids.astype(tokens.ids.dtype), offsets)
+
+
+def without_transfer_rows(data: PreparedData, fraction: float, seed: int) -> PreparedData:
+    """The prepared data with the transfer rows removed from training: what a baseline or a teacher
+    that may only see the labels the student sees trains on."""
+    drop = transfer_indices(len(data.train), fraction, seed)
+    keep = np.setdiff1d(np.arange(len(data.train)), drop)
+    return replace(data, train=data.train.subset(keep), train_tokens=take_tokens(data.train_tokens, keep))
+
+
+# --------------------------------------------------------------------------------------------
 # The distill command
 
 
-def resolve_teacher(teacher: str, student: RunConfig, student_run: Path, log: Callable[[str], None]) -> Path:
+def is_finished_run(path: Path) -> bool:
+    return (path / "config.yaml").is_file() and (path / "summary.json").is_file()
+
+
+def resolve_teacher(
+    teacher: str,
+    student: RunConfig,
+    student_run: Path,
+    log: Callable[[str], None],
+    transfer_fraction: float = 0.0,
+    overrides: Sequence[str] = (),
+) -> Path:
     """A finished run directory, or a config trained first into ``<runs>/<teacher name>``.
 
     A teacher trained here gets the student's data settings, so it trains on exactly the student's
-    training rows and never sees the student's validation rows.
+    training rows and never sees the student's validation rows. With transfer texts it trains on the
+    rows that keep their labels only (into ``<teacher name>-without-transfer-<fraction>``), so it has
+    no label the student lacks. ``overrides`` (``key=value``) apply to a teacher config.
     """
     path = Path(teacher)
     if path.is_dir():
-        if not (path / "config.yaml").is_file() or not (path / "adapter" / "adapter_config.json").is_file():
+        if not is_finished_run(path):
             raise LorabudgetError(f"teacher {teacher} is not a finished lorabudget run directory")
         return path
-    cfg = replace(load_config(teacher), data=student.data)
-    target = student_run.parent / cfg.name
+    cfg = replace(load_config(teacher, list(overrides)), data=student.data)
+    seed = cfg.data.split_seed
+    marker = {"fraction": transfer_fraction, "seed": seed} if transfer_fraction else None
+    target = student_run.parent / (cfg.name + (f"-without-transfer-{transfer_fraction:g}" if marker else ""))
     if target.resolve() == student_run.resolve():
-        raise LorabudgetError(f"the teacher config and the student are both named '{cfg.name}'; rename one")
+        raise LorabudgetError(f"the teacher config and the student are both named '{target.name}'; rename one")
     if target.exists():
-        if (target / "summary.json").is_file() and (target / "config.yaml").read_text(encoding="utf-8") == dump_yaml(cfg):
+        summary_path = target / "summary.json"
+        if (
+            summary_path.is_file()
+            and (target / "config.yaml").read_text(encoding="utf-8") == dump_yaml(cfg)
+            and json.loads(summary_path.read_text(encoding="utf-8")).get("transfer_rows_excluded") == marker
+        ):
             log(f"teacher: reusing the trained run {target}")
             return target
         raise LorabudgetError(
@@ -182,51 +284,95 @@ def resolve_teacher(teacher: str, student: RunConfig, student_run: Path, log: Ca
             f"remove it, or pass a finished teacher run directory with --teacher"
         )
     log(f"teacher: training config '{teacher}' into {target} (the teacher is not counted against the budget)")
-    train(cfg, target, log=log)
+    data = None
+    if marker:
+        data = without_transfer_rows(prepare_data(cfg, log), transfer_fraction, seed)
+        log(f"teacher: trains on the {len(data.train):,} rows that keep their labels (transfer rows excluded)")
+    train(cfg, target, data=data, log=log, extra_summary={"transfer_rows_excluded": marker})
     return target
+
+
+def _teacher_list(teacher: Union[None, str, Sequence[str]]) -> list[str]:
+    if not teacher:
+        return []
+    return [teacher] if isinstance(teacher, str) else list(teacher)
 
 
 def distill(
     cfg: RunConfig,
     run_dir: Path,
-    teacher: Optional[str] = None,
+    teacher: Union[None, str, Sequence[str]] = None,
     unlabelled: Sequence[str] = (),
     log: Callable[[str], None] = print,
+    transfer_fraction: Optional[float] = None,
 ) -> dict[str, Any]:
-    """Train the student ``cfg`` with knowledge distillation; returns its summary."""
+    """Train the student ``cfg`` with knowledge distillation; returns its summary.
+
+    ``teacher``: one run directory or config, or several (an ensemble); default ``distill.teacher``.
+    ``transfer_fraction``: default ``distill.transfer_fraction``.
+    """
     d = cfg.distill
-    teacher = teacher or d.teacher
-    if not teacher:
+    teachers = _teacher_list(teacher) or _teacher_list(d.teacher)
+    if not teachers:
         raise LorabudgetError("distillation needs a teacher: --teacher RUN_DIR|CONFIG or distill.teacher in the config")
+    if len(set(teachers)) != len(teachers):
+        raise LorabudgetError("a teacher is listed twice; an ensemble needs distinct members")
+    fraction = d.transfer_fraction if transfer_fraction is None else transfer_fraction
+    if not 0 <= fraction < 1:
+        raise LorabudgetError(f"--transfer-from-train-fraction must be in [0, 1), got {fraction:g}")
     unlabelled = list(unlabelled) or list(d.unlabelled)
-    if unlabelled and d.alpha == 0:
-        raise LorabudgetError("distill.alpha is 0: unlabelled texts would teach nothing; raise distill.alpha or drop them")
+    if (unlabelled or fraction) and d.alpha == 0:
+        what = "unlabelled texts" if unlabelled else "transfer texts"
+        raise LorabudgetError(f"distill.alpha is 0: {what} would teach nothing; raise distill.alpha or drop them")
     plan_or_refuse(cfg, log)  # the student is counted and guarded before anything else runs
     run_dir.mkdir(parents=True, exist_ok=True)
-    teacher_dir = resolve_teacher(teacher, cfg, run_dir, log)
+    teacher_dirs = [resolve_teacher(t, cfg, run_dir, log, fraction) for t in teachers]
 
     data = prepare_data(cfg, log)
+    labels = data.train.labels.copy()
+    transfer = transfer_indices(len(data.train), fraction, cfg.data.split_seed)
+    if len(transfer):
+        labels[transfer] = -1
+        log(f"distill: {len(transfer):,} of {len(labels):,} labelled training rows ({fraction:.0%}, seed "
+            f"{cfg.data.split_seed}) used as transfer texts, without their labels")
     extra = [load_unlabelled(path) for path in unlabelled]
     extra_texts = [t for e in extra for t in e.texts if t]
     if extra_texts:
         log(f"distill: adding {len(extra_texts):,} unlabelled texts taught by the teacher's soft labels only")
     train_texts = data.train.texts + extra_texts
-    cache = TeacherLogitsCache(default_cache_dir(cfg.data.cache_dir))
-    train_logits = teacher_logits(teacher_dir, train_texts, cache, log, "training texts")
-    val_logits = teacher_logits(teacher_dir, data.validation.texts, cache, log, "validation texts")
-    teacher_val = classification_metrics(val_logits, data.validation.labels, cfg.model.labels)
-    log(f"teacher validation accuracy {teacher_val['accuracy']:.4f} (macro F1 {teacher_val['macro_f1']:.4f}) "
-        f"on the student's {len(data.validation):,} validation rows")
-
+    labels = np.concatenate([labels, np.full(len(extra_texts), -1, dtype=np.int64)])
+    tokens = data.train_tokens
     if extra_texts:
-        labels = np.concatenate([data.train.labels, np.full(len(extra_texts), -1, dtype=np.int64)])
-        merged = TextData(train_texts, labels, np.arange(len(train_texts), dtype=np.int64), data.train.source)
-        extra_tokens = tokenize(data.tokenizer, extra_texts, cfg.model.max_length, default_cache_dir(cfg.data.cache_dir))
-        data = replace(data, train=merged, train_tokens=data.train_tokens.concat(extra_tokens))
+        tokens = tokens.concat(tokenize(data.tokenizer, extra_texts, cfg.model.max_length, default_cache_dir(cfg.data.cache_dir)))
+    cache = TeacherLogitsCache(default_cache_dir(cfg.data.cache_dir))
+    train_logits = teacher_logits(teacher_dirs, train_texts, cache, log, "training texts")
+    val_logits = teacher_logits(teacher_dirs, data.validation.texts, cache, log, "validation texts")
+    teacher_val = classification_metrics(val_logits, data.validation.labels, cfg.model.labels)
+    ci = teacher_val["accuracy_ci95"]
+    log(f"teacher validation accuracy {teacher_val['accuracy']:.4f} (95% CI {ci[0]:.4f}–{ci[1]:.4f}, macro F1 "
+        f"{teacher_val['macro_f1']:.4f}) on the student's {len(data.validation):,} validation rows")
+
+    soft = labels < 0
+    is_transfer = np.zeros(len(labels), dtype=bool)
+    is_transfer[transfer] = True
+    keep = np.ones(len(labels), dtype=bool)
+    if d.min_teacher_confidence > 0 and soft.any():
+        confident = softmax(train_logits).max(axis=1) >= d.min_teacher_confidence
+        keep = ~soft | confident
+        log(f"distill: kept {int((soft & keep).sum()):,} of {int(soft.sum()):,} rows without labels whose teacher "
+            f"confidence is >= {d.min_teacher_confidence:g}")
+    transfer_kept = int((keep & is_transfer).sum())
+    unlabelled_kept = int((keep & soft & ~is_transfer).sum())
+    if not keep.all():
+        index = np.flatnonzero(keep)
+        train_texts = [train_texts[i] for i in index]
+        labels, train_logits, tokens = labels[index], train_logits[index], take_tokens(tokens, index)
+    merged = TextData(train_texts, labels, np.arange(len(train_texts), dtype=np.int64), data.train.source)
+    data = replace(data, train=merged, train_tokens=tokens)
 
     # The whole table moves to the training device once (first step), so looking rows up by their
     # dataset index needs no host round trip per step.
-    table = {"logits": torch.from_numpy(train_logits)}
+    table = {"logits": torch.from_numpy(np.ascontiguousarray(train_logits))}
 
     def loss_fn(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if table["logits"].device != logits.device:
@@ -235,12 +381,19 @@ def distill(
         return kd_loss(logits, teacher_batch, batch["labels"], d.temperature, d.alpha)
 
     extra_summary = {
-        "method": f"distill (T={d.temperature:g}, λ={d.alpha:g})",
-        "teacher": str(teacher_dir),
+        # `method` stays the adapter method the training loop reports; distillation is said here.
+        "distill": f"T={d.temperature:g}, λ={d.alpha:g}",
+        "teacher": " + ".join(str(t) for t in teacher_dirs),
+        "teachers": [str(t) for t in teacher_dirs],
         "teacher_validation_accuracy": teacher_val["accuracy"],
+        "teacher_validation_ci95": teacher_val["accuracy_ci95"],
         "distill_temperature": d.temperature,
         "distill_alpha": d.alpha,
-        "unlabelled_rows": len(extra_texts),
+        "unlabelled_rows": unlabelled_kept,
+        "transfer_rows": transfer_kept,
+        "transfer_fraction": fraction,
+        "min_teacher_confidence": d.min_teacher_confidence,
+        "dropped_unconfident_rows": int((~keep).sum()),
     }
     summary = train(cfg, run_dir, loss_fn=loss_fn, data=data, log=log, extra_summary=extra_summary)
     log(

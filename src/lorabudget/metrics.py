@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+from .stats import format_interval, rows_fingerprint, wilson_interval
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -20,20 +22,28 @@ def cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
 
 
-def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, macro P/R/F1, loss, per-class table, confusion matrix (rows: true, columns:
-    predicted), and per-row ``confidence`` (max class probability) and ``correct`` for calibration
-    plots (reliability diagram)."""
+def classification_metrics(
+    logits: np.ndarray, labels: np.ndarray, class_names: Sequence[str], texts: Optional[Sequence[str]] = None
+) -> dict[str, Any]:
+    """Accuracy with its Wilson 95% interval (``accuracy_ci95``) over ``n`` rows, macro P/R/F1, loss,
+    per-class table, confusion matrix (rows: true, columns: predicted), and per row: ``confidence``
+    (max class probability) and ``correct`` for calibration plots, ``predictions`` and gold
+    ``labels`` so two runs evaluated on the same rows (same ``rows_fingerprint``, made from the labels
+    and, when given, the ``texts``) can be compared with a paired test."""
     probs = softmax(logits)
     preds = probs.argmax(axis=1)
+    n = int(len(labels))
+    correct = preds == labels
     classes = list(range(len(class_names)))
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, preds, labels=classes, zero_division=0
     )
     macro = precision_recall_fscore_support(labels, preds, labels=classes, average="macro", zero_division=0)
     return {
-        "rows": int(len(labels)),
+        "rows": n,
+        "n": n,
         "accuracy": float(accuracy_score(labels, preds)),
+        "accuracy_ci95": list(wilson_interval(int(correct.sum()), n)),
         "macro_precision": float(macro[0]),
         "macro_recall": float(macro[1]),
         "macro_f1": float(macro[2]),
@@ -51,15 +61,23 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: 
         "confusion_matrix": confusion_matrix(labels, preds, labels=classes).tolist(),
         "class_names": list(class_names),
         "confidence": [round(float(c), 5) for c in probs.max(axis=1)],
-        "correct": [bool(c) for c in preds == labels],
+        "correct": [bool(c) for c in correct],
+        "predictions": [int(p) for p in preds],
+        "labels": [int(y) for y in labels],
+        "rows_fingerprint": rows_fingerprint(labels, texts),
     }
+
+
+def _ci_text(m: dict[str, Any]) -> str:
+    ci = m.get("accuracy_ci95")
+    return f" (95% CI {format_interval(ci, percent=False)})" if ci else ""
 
 
 def format_metrics(m: dict[str, Any]) -> str:
     names = m["class_names"]
     width = max(10, *(len(n) + 2 for n in names))
     lines = [
-        f"rows {m['rows']:,}   accuracy {m['accuracy']:.4f}   macro P {m['macro_precision']:.4f}   "
+        f"rows {m['rows']:,}   accuracy {m['accuracy']:.4f}{_ci_text(m)}   macro P {m['macro_precision']:.4f}   "
         f"macro R {m['macro_recall']:.4f}   macro F1 {m['macro_f1']:.4f}   loss {m['loss']:.4f}",
         "",
         f"{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",

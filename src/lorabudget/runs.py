@@ -82,7 +82,7 @@ def load_run(run_dir: Path, merge: bool = True, threads: Optional[int] = None, p
 def evaluate_run(run: LoadedRun, data_source: str) -> dict[str, Any]:
     data = load_labelled(data_source, run.cfg.model.labels)
     logits = run.logits(data.texts, progress="evaluate")
-    return classification_metrics(logits, data.labels, run.cfg.model.labels)
+    return classification_metrics(logits, data.labels, run.cfg.model.labels, texts=data.texts)
 
 
 def predictions_csv(preds: np.ndarray, class_names: Sequence[str], probs: Optional[np.ndarray] = None) -> str:

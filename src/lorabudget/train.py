@@ -338,7 +338,8 @@ def train(
         atomic_write_json(run_dir / "summary.json", summary)
         log(format_metrics(best["metrics"]))
         log(
-            f"best validation accuracy {best['accuracy']:.4f} at step {best['step']}; trained {step} steps in "
+            f"best validation accuracy {best['accuracy']:.4f} (95% CI {best['metrics']['accuracy_ci95'][0]:.4f}–"
+            f"{best['metrics']['accuracy_ci95'][1]:.4f} on {best['metrics']['n']:,} rows) at step {best['step']}; trained {step} steps in "
             f"{train_time:.1f}s; run directory: {run_dir}"
         )
     accelerator.wait_for_everyone()
