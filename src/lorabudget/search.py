@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import gc
 import json
-import math
 import multiprocessing
 import os
 import shutil
@@ -28,7 +27,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 from .config import RunConfig, from_dict
 from .errors import BudgetExceededError, LorabudgetError
@@ -568,6 +567,12 @@ def run_search(s: SearchSettings, say: Callable[[str], None] = _say, progress: b
             results.append(worker.run())
         else:
             results = _run_worker_processes(s, study, bar, say)
+    except KeyboardInterrupt:
+        if bar:
+            bar.close()
+            bar = None
+        write_outputs(study, s)  # what finished so far; running the same command again resumes
+        raise
     finally:
         if bar:
             bar.update(study)
@@ -689,10 +694,3 @@ def settings_from_args(args) -> SearchSettings:
         max_rejections=args.max_rejections, trial_overrides=list(args.trial_overrides),
     )
 
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-__all__ = ["SearchSettings", "run_search", "open_storage", "open_study", "trial_kind", "done_count", "TrialPruned",
-           "Union"]

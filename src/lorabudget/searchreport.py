@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -221,5 +220,3 @@ def _safe_url(url: str) -> str:
         return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
     return url
 
-
-__all__ = ["write_outputs", "trial_rows", "best_config_values", "json"]
