@@ -144,22 +144,16 @@ def make_pruner(pruner: Any):
     raise LorabudgetError(f"unknown pruner {pruner!r}; pruners: " + ", ".join(PRUNERS))
 
 
-def _constraint(trial) -> list[float]:
-    """Optuna constraint (<= 0 is feasible): planned trainable parameters minus the budget."""
-    return [float(trial.user_attrs.get("constraint", 1.0))]
-
-
 def make_sampler(s: SearchSettings, worker_index: int = 0):
     import optuna
 
     seed = s.seed + worker_index  # workers draw different startup samples
     if s.multi_objective:
         return optuna.samplers.NSGAIISampler(
-            seed=seed, population_size=max(4, min(50, s.trials // 2)), constraints_func=_constraint
+            seed=seed, population_size=max(4, min(50, s.trials // 2))
         )
     return optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=max(3, min(10, s.trials // 3)), multivariate=True, group=True,
-        constraints_func=_constraint,
+        seed=seed, n_startup_trials=max(3, min(10, s.trials // 3)), multivariate=True, group=True
     )
 
 
@@ -378,7 +372,8 @@ class Worker:
         from optuna.trial import TrialState
 
         trial.set_user_attr("rejected", reason)
-        trial.set_user_attr("constraint", float(constraint))
+        # Optuna constraint (<= 0 feasible), read by TPE and NSGA-II: the sampler moves away from rejections.
+        trial.set_constraint("over_budget", float(constraint))
         self.study.tell(trial, state=TrialState.PRUNED)
         self.say(f"trial {trial.number}: rejected, {reason}")
         return "rejected", reason
@@ -405,7 +400,7 @@ class Worker:
         trial.set_user_attr("trainable_params", planned)
         if planned > s.budget:
             return self._reject(trial, f"over budget: {planned:,} > {s.budget:,} trainable parameters", planned - s.budget)
-        trial.set_user_attr("constraint", float(planned - s.budget))
+        trial.set_constraint("over_budget", float(planned - s.budget))
         if not self._wait_for_slot(trial):
             trial.set_user_attr("surplus", True)
             self.study.tell(trial, state=TrialState.FAIL)
