@@ -151,23 +151,34 @@ def test_over_budget_space_rejects_every_sample(tmp_path, tiny_roberta, data_dir
     assert not (out / "best.yaml").exists()
 
 
-def test_pruning_stops_a_trial(tmp_path, tiny_roberta, data_dir):
+def test_pruning_stops_a_trial_and_a_crash_does_not_stop_the_search(tmp_path, tiny_roberta, data_dir, monkeypatch):
     import optuna
 
+    import lorabudget.train as train_mod
     from lorabudget.search import SearchSettings, load_search_config, run_search
 
+    real_train, calls = train_mod.train, []
+
+    def crash_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom in the training loop")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train", crash_once)
     cfg = _config(tmp_path, tiny_roberta, data_dir, max_steps=6, eval_every=2)
     base, best_base, space, _ = load_search_config(str(cfg), [], [], None)
     # Accuracy can never reach 2.0: the pruner stops each trial at its first evaluation.
     settings = SearchSettings(name="prune", output=tmp_path / "out", base=base, best_base=best_base, space=space,
                               trials=2, pruner=optuna.pruners.ThresholdPruner(lower=2.0))
     summary = run_search(settings, progress=False)
-    assert summary["pruned"] == 2 and summary["complete"] == 0
+    assert summary["pruned"] == 2 and summary["complete"] == 0 and summary["failed"] == 1
     rows = [r for r in _rows(tmp_path / "out") if r["state"] != "rejected"]
-    assert [r["state"] for r in rows] == ["pruned", "pruned"]
-    assert all(r["pruned_at_step"] == "2" for r in rows)  # stopped at step 2 of 6
+    assert [r["state"] for r in rows] == ["failed", "pruned", "pruned"]
+    assert rows[0]["reason"] == "RuntimeError: boom in the training loop"
+    assert all(r["pruned_at_step"] == "2" for r in rows[1:])  # stopped at step 2 of 6
     assert not list((tmp_path / "out" / "trials").glob("t*/adapter"))  # half runs are not kept
-    log = (tmp_path / "out" / "trials" / f"t{int(rows[0]['number']):04d}.log").read_text()
+    log = (tmp_path / "out" / "trials" / f"t{int(rows[1]['number']):04d}.log").read_text()
     assert "step 2:" in log and "step 4:" not in log
 
 

@@ -562,7 +562,7 @@ def run_search(s: SearchSettings, say: Callable[[str], None] = _say, progress: b
             results.append(worker.run())
         else:
             results = _run_worker_processes(s, study, bar, say)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, LorabudgetError):
         if bar:
             bar.close()
             bar = None
@@ -615,6 +615,8 @@ def _run_worker_processes(s: SearchSettings, study, bar: Optional[Progress], say
             say(f"worker {i} exited with code {p.exitcode}" + (f": {tail[0]}" if tail else ""))
             continue
         results.append(WorkerResult(**data))
+    if not results:
+        raise LorabudgetError(f"every worker process failed; their logs are in {logs[0].parent}")
     return results
 
 
