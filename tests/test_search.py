@@ -171,7 +171,9 @@ def test_pruning_stops_a_trial_and_a_crash_does_not_stop_the_search(tmp_path, ti
     # Accuracy can never reach 2.0: the pruner stops each trial at its first evaluation.
     settings = SearchSettings(name="prune", output=tmp_path / "out", base=base, best_base=best_base, space=space,
                               trials=2, pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    before = _live_peft_models()
     summary = run_search(settings, progress=False)
+    assert _live_peft_models() == before  # a pruned trial's model goes with its exception
     assert summary["pruned"] == 2 and summary["complete"] == 0 and summary["failed"] == 1
     rows = [r for r in _rows(tmp_path / "out") if r["state"] != "rejected"]
     assert [r["state"] for r in rows] == ["failed", "pruned", "pruned"]
