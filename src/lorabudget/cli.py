@@ -1,4 +1,4 @@
-"""The ``lorabudget`` command line: plan, train, distill, evaluate, predict, classify, report, compare.
+"""The ``lorabudget`` command line: plan, train, search, distill, evaluate, predict, classify, report, compare.
 
 Exit codes: 0 success, 2 bad input (one line on stderr), 3 over budget, 130 interrupted.
 """
@@ -160,6 +160,41 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from .search import run_search, settings_from_args
+
+    run_search(settings_from_args(args))
+    return 0
+
+
+def _add_search_parser(sub) -> None:
+    p = sub.add_parser("search", help="search method, placement, ranks and settings under the budget (Optuna)")
+    _add_config_args(p)
+    p.add_argument("--trials", type=int, required=True, help="trained trials in total (complete or pruned), all workers together")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--budget", type=int, help="trainable-parameter budget (shortcut for --set budget.max_trainable_params=N)")
+    p.add_argument("--space", help="YAML search space (a `search:` section or the space itself; default: the "
+                   "config's `search:` section, else the built-in space)")
+    p.add_argument("--storage", help="postgresql://USER@HOST/DB, sqlite:///FILE or journal:FILE "
+                   "(default: SQLite in the search directory)")
+    p.add_argument("--study", help="study name (default: <config name>-search); workers with the same "
+                   "--storage and --study join one search")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes sharing the storage (default 1)")
+    p.add_argument("--data", help="training data file (shortcut for --set data.train=FILE)")
+    p.add_argument("--output", help="search directory (default: runs/<study name>)")
+    p.add_argument("--trial-set", dest="trial_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting for the search's trials only, left out of best.yaml (e.g. shorter training)")
+    p.add_argument("--metric", choices=["accuracy", "macro_f1"], default="accuracy", help="validation objective")
+    p.add_argument("--multi-objective", action="store_true",
+                   help="NSGA-II over validation metric and trainable parameters: a Pareto front")
+    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
+                   help="stops hopeless trials at their validation evaluations (default median)")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    p.add_argument("--max-rejections", type=int, default=100,
+                   help="give up after this many over-budget samples in a row (default 100)")
+    p.set_defaults(func=cmd_search)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lorabudget",
@@ -181,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--no-report", action="store_true", help="do not write report.md and figures at the end")
     p.set_defaults(func=cmd_train)
+
+    _add_search_parser(sub)
 
     p = sub.add_parser("distill", help="train a student config with knowledge distillation from a teacher")
     _add_config_args(p)

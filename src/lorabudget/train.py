@@ -155,8 +155,13 @@ def train(
     data: Optional[PreparedData] = None,
     log: Callable[[str], None] = print,
     extra_summary: Optional[dict[str, Any]] = None,
+    on_eval: Optional[Callable[[int, dict[str, Any]], None]] = None,
 ) -> dict[str, Any]:
-    """Train ``cfg`` into ``run_dir`` and return the run summary (also written to summary.json)."""
+    """Train ``cfg`` into ``run_dir`` and return the run summary (also written to summary.json).
+
+    ``on_eval(step, result)`` is called after every validation evaluation; an exception it raises
+    (the search's pruner) ends training and propagates to the caller.
+    """
     accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
     if not main:
@@ -291,6 +296,8 @@ def train(
                 eval_duration = time.perf_counter() - eval_start
                 eval_seconds += eval_duration
                 window_start += eval_duration  # logged throughput counts training time only
+                if on_eval is not None:
+                    on_eval(step, result)
             if step >= total_steps:
                 stop = True
             if stop:

@@ -1,0 +1,693 @@
+"""``lorabudget search``: Optuna over method, placement, ranks and training settings, budget first.
+
+Each trial draws a configuration from the search space (searchspace.py), plans it on the meta device
+and, when it is over the budget, records it as a *rejected* sample (an Optuna trial pruned at no
+training cost, with an infeasible constraint so the sampler learns to avoid that region) and draws
+again; rejected samples do not count toward ``--trials``. A configuration within the budget trains with
+the same ``train()`` as ``lorabudget train``; every validation evaluation is reported to the trial and
+the pruner may stop it. ``--trials N`` is the number of trained trials (complete or pruned) in the
+study, across all workers and restarts: a trial only starts training when fewer than N trials are done
+or ahead of it, so N is never exceeded. A trial whose process died (found on the same host with its
+process gone, or silent for ``STALE_AFTER_S``) is marked failed; a trial that raised is marked failed
+with its error and the search goes on.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import multiprocessing
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .config import RunConfig, from_dict
+from .errors import BudgetExceededError, LorabudgetError
+from .searchspace import SearchSpace, apply_sample, default_space_raw, describe, parse_space, sample
+
+try:  # the training loop's stop signal, where it exists (see train(on_eval=...))
+    from .errors import TrainingStopped as _StopBase  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - depends on the branch
+    _StopBase = Exception
+
+HEARTBEAT_S = 30.0  # a running trial refreshes its `alive_at` attribute this often
+STALE_AFTER_S = 300.0  # a RUNNING trial silent this long belongs to a dead worker
+POLL_S = 1.0
+METRICS = ("accuracy", "macro_f1")
+PRUNERS = ("median", "hyperband", "none")
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class TrialPruned(_StopBase):
+    """Raised from the training loop's evaluation hook when the pruner stops a trial."""
+
+
+@dataclass
+class SearchSettings:
+    """Everything a search (and each of its worker processes) needs; picklable."""
+
+    name: str
+    output: Path
+    base: dict[str, Any]  # resolved base config values every trial starts from (--set and --trial-set applied)
+    best_base: dict[str, Any]  # the same without --trial-set: what best.yaml is built on
+    space: dict[str, Any]  # the raw search space
+    trials: int
+    timeout: Optional[float] = None
+    storage: Optional[str] = None  # URL, journal:PATH, or None for SQLite in the search directory
+    workers: int = 1
+    metric: str = "accuracy"
+    multi_objective: bool = False
+    pruner: Any = "median"  # a name in PRUNERS or an optuna pruner object
+    seed: int = 0
+    max_rejections: int = 100  # consecutive over-budget samples before a worker gives up
+    trial_overrides: list[str] = field(default_factory=list)
+
+    @property
+    def budget(self) -> int:
+        return int(self.base.get("budget", {}).get("max_trainable_params", 1_000_000))
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(Path(self.output) / 'study.db').resolve()}"
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+# --------------------------------------------------------------------------------------------
+# Storage and study
+
+
+def open_storage(url: str):
+    """Optuna storage for ``url``: ``journal:PATH`` (a journal file) or an RDB URL (sqlite://, postgresql://)."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    try:
+        if url.startswith("journal:"):
+            path = Path(url[len("journal:"):]).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        if url.startswith("sqlite:"):
+            # Several local processes share one SQLite file: wait for the write lock instead of failing.
+            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+        if "://" in url:
+            return optuna.storages.RDBStorage(_with_pg_driver(url), engine_kwargs={"pool_pre_ping": True})
+    except Exception as err:  # driver missing, server unreachable, bad URL: one line for the user
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LorabudgetError(f"cannot open the study storage {url!r}: {first}") from err
+    raise LorabudgetError(f"unknown storage {url!r}: give postgresql://..., sqlite:///FILE or journal:FILE")
+
+
+def _with_pg_driver(url: str) -> str:
+    """``postgresql://`` with the driver that is installed: SQLAlchemy 2.1 defaults to psycopg 3, and
+    psycopg2(-binary) is what lorabudget's ``postgres`` extra installs."""
+    import importlib.util
+
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+                return "postgresql+psycopg2://" + url[len(prefix):]
+            return "postgresql://" + url[len(prefix):]
+    return url
+
+
+def study_settings(s: SearchSettings) -> dict[str, Any]:
+    """What every worker of a study must agree on (stored with the study, checked on joining)."""
+    return {"space": s.space, "budget": s.budget, "metric": s.metric, "multi_objective": s.multi_objective,
+            "model": s.base.get("model", {}).get("name")}
+
+
+def make_pruner(pruner: Any):
+    import optuna
+
+    if not isinstance(pruner, str):
+        return pruner
+    if pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
+    if pruner == "none":
+        return optuna.pruners.NopPruner()
+    raise LorabudgetError(f"unknown pruner {pruner!r}; pruners: " + ", ".join(PRUNERS))
+
+
+def make_sampler(s: SearchSettings, worker_index: int = 0):
+    import optuna
+
+    seed = s.seed + worker_index  # workers draw different startup samples
+    if s.multi_objective:
+        return optuna.samplers.NSGAIISampler(
+            seed=seed, population_size=max(4, min(50, s.trials // 2))
+        )
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=max(3, min(10, s.trials // 3)), multivariate=True, group=True
+    )
+
+
+def open_study(s: SearchSettings, worker_index: int = 0):
+    """Create the study or join the existing one of the same name (it must have the same space and budget)."""
+    import optuna
+
+    _quiet_optuna()
+    storage = open_storage(s.storage_url)
+    directions = ["maximize", "minimize"] if s.multi_objective else ["maximize"]
+    try:
+        study = optuna.create_study(
+            storage=storage, study_name=s.name, sampler=make_sampler(s, worker_index),
+            pruner=make_pruner(s.pruner) if not s.multi_objective else optuna.pruners.NopPruner(),
+            directions=directions, load_if_exists=True,
+        )
+    except ValueError as err:  # e.g. an existing study with other directions
+        raise LorabudgetError(f"study '{s.name}' in {s.storage_url}: {err}") from err
+    wanted = json.loads(json.dumps(study_settings(s)))
+    stored = study.user_attrs.get("lorabudget")
+    if stored is None:
+        study.set_user_attr("lorabudget", wanted)
+    elif stored != wanted:
+        diff = [k for k in wanted if stored.get(k) != wanted[k]]
+        raise LorabudgetError(
+            f"study '{s.name}' in {s.storage_url} was started with a different {', '.join(diff)}; "
+            "use the same settings to resume it, or choose another --study / --output"
+        )
+    return study
+
+
+# --------------------------------------------------------------------------------------------
+# Trial states as lorabudget sees them
+
+
+def trial_kind(t) -> str:
+    """complete | pruned | rejected | failed | running | skipped."""
+    from optuna.trial import TrialState
+
+    if t.state == TrialState.COMPLETE:
+        return "complete"
+    if t.state == TrialState.PRUNED:
+        return "rejected" if t.user_attrs.get("rejected") else "pruned"
+    if t.state == TrialState.RUNNING:
+        return "running"
+    if t.state == TrialState.FAIL and t.user_attrs.get("surplus"):
+        return "skipped"
+    return "failed"
+
+
+def done_count(trials) -> int:
+    """Trained trials (complete or pruned by the pruner): what --trials counts."""
+    return sum(trial_kind(t) in ("complete", "pruned") for t in trials)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_trials(study, output: Optional[Path] = None, say: Callable[[str], None] = print) -> int:
+    """Mark RUNNING trials of dead workers as FAIL; return how many."""
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    now = time.time()
+    failed = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = str(t.user_attrs.get("worker", ""))
+        if worker == WORKER_ID:
+            continue
+        w_host, _, w_pid = worker.rpartition(":")
+        alive_at = t.user_attrs.get("alive_at") or (t.datetime_start.timestamp() if t.datetime_start else now)
+        gone = w_host == host and w_pid.isdigit() and not _pid_alive(int(w_pid))
+        if not gone and now - float(alive_at) < STALE_AFTER_S:
+            continue
+        reason = f"worker {worker or '?'} died while it ran" + ("" if gone else f" (silent for {now - alive_at:.0f}s)")
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "error", reason)
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        except Exception:  # another worker finished it first
+            continue
+        failed += 1
+        say(f"trial {t.number}: marked failed ({reason})")
+        if output is not None and w_host == host:
+            shutil.rmtree(Path(output) / "trials" / trial_dir_name(t.number), ignore_errors=True)
+    return failed
+
+
+def trial_dir_name(number: int) -> str:
+    return f"t{number:04d}"
+
+
+# --------------------------------------------------------------------------------------------
+# One worker
+
+
+class DataCache:
+    """Tokenized data per process, keyed on the settings tokenization depends on."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple, Any] = {}
+
+    @staticmethod
+    def key(cfg: RunConfig) -> tuple:
+        d = cfg.data
+        return (cfg.model.name, tuple(cfg.model.labels), cfg.model.max_length, d.train, d.validation,
+                d.validation_size, d.split_seed, d.max_train_rows, d.cache_dir)
+
+    def get(self, cfg: RunConfig, log: Callable[[str], None]):
+        from .train import prepare_data
+
+        key = self.key(cfg)
+        if key not in self.entries:
+            self.entries[key] = prepare_data(cfg, log)
+        return self.entries[key]
+
+
+class Heartbeat:
+    """Refreshes a running trial's ``alive_at`` so other workers can tell it from a dead one."""
+
+    def __init__(self, trial) -> None:
+        self.trial = trial
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop_event.wait(HEARTBEAT_S):
+            try:
+                self.trial.set_user_attr("alive_at", time.time())
+            except Exception:  # the storage hiccuped or the trial finished: the next beat retries
+                pass
+
+    def __enter__(self) -> "Heartbeat":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop_event.set()
+        self.thread.join()
+
+
+@dataclass
+class WorkerResult:
+    trained: int = 0
+    rejected: int = 0
+    failed: int = 0
+    stop_reason: str = ""
+
+
+class Worker:
+    """Runs trials of one study until N are done, the timeout passes, or too many samples in a row fail."""
+
+    def __init__(self, s: SearchSettings, worker_index: int = 0, say: Callable[[str], None] = print,
+                 on_trial: Optional[Callable[[Any], None]] = None):
+        from .modeling import load_model_config
+
+        self.s = s
+        self.say = say
+        self.on_trial = on_trial or (lambda study: None)
+        self.study = open_study(s, worker_index)
+        self.space: SearchSpace = parse_space(s.space)
+        base_cfg = from_dict(copy.deepcopy(s.base))
+        self.num_layers = int(load_model_config(base_cfg, allow_builtin=True)[0].num_hidden_layers)
+        self.base_method = str(s.base.get("adapter", {}).get("method", "lora"))
+        self.data = DataCache()
+        self.result = WorkerResult()
+
+    # -- the loop
+
+    def run(self) -> WorkerResult:
+        fail_dead_trials(self.study, self.s.output, self.say)
+        start = time.time()
+        rejections_in_row = failures_in_row = 0
+        last_error = ""
+        while True:
+            if self.s.timeout is not None and time.time() - start >= self.s.timeout:
+                self.result.stop_reason = "timeout"
+                break
+            if done_count(self.study.get_trials(deepcopy=False)) >= self.s.trials:
+                self.result.stop_reason = "done"
+                break
+            trial = self.study.ask()
+            outcome, detail = self.run_trial(trial)
+            self.on_trial(self.study)
+            if outcome == "rejected":
+                self.result.rejected += 1
+                rejections_in_row += 1
+                if rejections_in_row >= self.s.max_rejections:
+                    self.result.stop_reason = "rejections"
+                    break
+                continue
+            rejections_in_row = 0
+            if outcome == "failed":
+                self.result.failed += 1
+                failures_in_row += 1
+                last_error = detail
+                if failures_in_row >= 3:
+                    raise LorabudgetError(f"3 trials in a row failed; the last with: {last_error}")
+                continue
+            failures_in_row = 0
+            if outcome == "skipped":
+                self.result.stop_reason = "done"
+                break
+            self.result.trained += 1
+        return self.result
+
+    # -- one trial
+
+    def _reject(self, trial, reason: str, constraint: float) -> tuple[str, str]:
+        from optuna.trial import TrialState
+
+        trial.set_user_attr("rejected", reason)
+        # Optuna constraint (<= 0 feasible), read by TPE and NSGA-II: the sampler moves away from rejections.
+        trial.set_constraint("over_budget", float(constraint))
+        self.study.tell(trial, state=TrialState.PRUNED)
+        self.say(f"trial {trial.number}: rejected, {reason}")
+        return "rejected", reason
+
+    def run_trial(self, trial) -> tuple[str, str]:
+        from optuna.trial import TrialState
+
+        from .budget import breakdown
+        from .modeling import build_model
+
+        s = self.s
+        trial.set_user_attr("worker", WORKER_ID)
+        trial.set_user_attr("alive_at", time.time())
+        try:
+            overrides = sample(trial, self.space, self.num_layers, self.base_method)
+            values = apply_sample(s.base, overrides)
+            values["name"] = f"{s.name}-{trial_dir_name(trial.number)}"
+            cfg = from_dict(values)
+            planned = breakdown(build_model(cfg, weights=False).model).total
+        except LorabudgetError as err:
+            return self._reject(trial, f"invalid: {err}", 1.0)
+        trial.set_user_attr("sample", json.loads(json.dumps(overrides)))
+        trial.set_user_attr("description", describe(overrides, self.base_method))
+        trial.set_user_attr("trainable_params", planned)
+        if planned > s.budget:
+            return self._reject(trial, f"over budget: {planned:,} > {s.budget:,} trainable parameters", planned - s.budget)
+        trial.set_constraint("over_budget", float(planned - s.budget))
+        if not self._wait_for_slot(trial):
+            trial.set_user_attr("surplus", True)
+            self.study.tell(trial, state=TrialState.FAIL)
+            return "skipped", ""
+
+        run_dir = Path(s.output) / "trials" / trial_dir_name(trial.number)
+        log_path = Path(s.output) / "trials" / f"{trial_dir_name(trial.number)}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(run_dir, ignore_errors=True)  # a leftover of a worker that died on this number
+
+        def log(message: str) -> None:
+            with open(log_path, "a", encoding="utf-8") as fh:
+                fh.write(message + "\n")
+
+        pruned_at: list[int] = []
+
+        def on_eval(step: int, result: dict[str, Any]) -> None:
+            if s.multi_objective:  # Optuna does not prune multi-objective studies
+                return
+            trial.report(float(result[s.metric]), step)
+            if trial.should_prune():
+                pruned_at.append(step)
+                raise TrialPruned(f"pruned at step {step}")
+
+        self.say(f"trial {trial.number}: {describe(overrides, self.base_method)}; {planned:,} trainable parameters")
+        trial.set_user_attr("run_dir", str(run_dir))
+        started = time.perf_counter()
+        state, values_out, error = TrialState.FAIL, None, ""
+        try:
+            from .train import train
+
+            with Heartbeat(trial):
+                data = self.data.get(cfg, log)
+                summary = train(cfg, run_dir, data=data, log=log, on_eval=on_eval)
+            if pruned_at:  # a training loop that ends gracefully on the stop signal
+                raise TrialPruned(f"pruned at step {pruned_at[0]}")
+            for key in ("validation_accuracy", "validation_macro_f1", "steps", "best_step", "train_time_s"):
+                trial.set_user_attr(key, summary.get(key))
+            value = float(summary[f"validation_{s.metric}"])
+            values_out = [value, float(planned)] if s.multi_objective else value
+            state = TrialState.COMPLETE
+        except TrialPruned:
+            state = TrialState.PRUNED
+            trial.set_user_attr("pruned_at_step", pruned_at[0] if pruned_at else None)
+        except KeyboardInterrupt:
+            trial.set_user_attr("error", "interrupted")
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as err:  # a crashed trial must not stop the others
+            text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            error = f"{type(err).__name__}: {text}" if text else type(err).__name__
+            trial.set_user_attr("error", error)
+            log(f"failed: {error}")
+        finally:
+            summary = None
+            gc.collect()  # the model, optimizer and Accelerator of this trial go now, not trials later
+            _empty_device_cache()
+        seconds = time.perf_counter() - started
+        trial.set_user_attr("seconds", seconds)
+        if state == TrialState.COMPLETE:
+            self.study.tell(trial, values_out)
+            self.say(f"trial {trial.number}: {s.metric} {values_out if not isinstance(values_out, list) else values_out[0]:.4f} "
+                     f"({seconds:.1f}s)")
+            return "trained", ""
+        # Only finished trials keep their run directory; a pruned or crashed one holds half a run.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if state == TrialState.PRUNED:
+            self.study.tell(trial, state=TrialState.PRUNED)
+            self.say(f"trial {trial.number}: pruned at step {pruned_at[0] if pruned_at else '?'} ({seconds:.1f}s)")
+            return "trained", ""
+        self.study.tell(trial, state=TrialState.FAIL)
+        self.say(f"trial {trial.number}: failed: {error} (log: {log_path})")
+        return "failed", error
+
+    def _wait_for_slot(self, trial) -> bool:
+        """True when this trial may train: fewer than N trials are done or running ahead of it.
+
+        Trials ahead (lower numbers) were created before this one, so every worker sees them: two
+        workers never both take the last slot. A trial ahead that ends rejected or failed frees its slot.
+        """
+        from optuna.trial import TrialState
+
+        while True:
+            trials = self.study.get_trials(deepcopy=False)
+            done = done_count(trials)
+            if done >= self.s.trials:
+                return False
+            ahead = sum(1 for t in trials if t.number < trial.number and t.state == TrialState.RUNNING)
+            if done + ahead < self.s.trials:
+                return True
+            fail_dead_trials(self.study, self.s.output, self.say)
+            trial.set_user_attr("alive_at", time.time())
+            time.sleep(POLL_S)
+
+
+def _empty_device_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------
+# The whole search
+
+
+class Progress:
+    """Trials done of N, best so far, rejected and pruned counts, time left (tqdm's estimate or the timeout)."""
+
+    def __init__(self, s: SearchSettings, study):
+        from tqdm.auto import tqdm
+
+        self.s = s
+        self.start = time.time()
+        self.bar = tqdm(total=s.trials, desc=f"search {s.name}", unit="trial", dynamic_ncols=True)
+        self.update(study)
+
+    def update(self, study) -> None:
+        trials = study.get_trials(deepcopy=False)
+        done = min(done_count(trials), self.s.trials)
+        self.bar.n = done
+        kinds = [trial_kind(t) for t in trials]
+        best = [t.values[0] for t in trials if trial_kind(t) == "complete" and t.values]
+        post = {"best": f"{max(best):.4f}" if best else "-", "rejected": kinds.count("rejected"),
+                "pruned": kinds.count("pruned"), "failed": kinds.count("failed")}
+        if self.s.timeout is not None:
+            post["timeout_in"] = f"{max(0.0, self.s.timeout - (time.time() - self.start)) / 60:.1f}min"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _say(message: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(message)
+
+
+def run_search(s: SearchSettings, say: Callable[[str], None] = _say, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume, or join) the search; write its outputs; return a summary."""
+    from .searchreport import write_outputs
+
+    s.output = Path(s.output)
+    s.output.mkdir(parents=True, exist_ok=True)
+    parse_space(s.space)  # bad space: one clear error before anything starts
+    if s.metric not in METRICS:
+        raise LorabudgetError(f"unknown metric {s.metric!r}; metrics: " + ", ".join(METRICS))
+    make_pruner(s.pruner)
+    if s.trials < 1 or s.workers < 1:
+        raise LorabudgetError("--trials and --workers must be at least 1")
+    study = open_study(s)
+    bar = Progress(s, study) if progress else None
+    results: list[WorkerResult] = []
+    try:
+        if s.workers == 1:
+            worker = Worker(s, 0, say=say, on_trial=bar.update if bar else None)
+            results.append(worker.run())
+        else:
+            results = _run_worker_processes(s, study, bar, say)
+    except (KeyboardInterrupt, LorabudgetError):
+        if bar:
+            bar.close()
+            bar = None
+        write_outputs(study, s)  # what finished so far; running the same command again resumes
+        raise
+    finally:
+        if bar:
+            bar.update(study)
+            bar.close()
+    summary = write_outputs(study, s)
+    summary["stop_reasons"] = [r.stop_reason for r in results]
+    say(summary["message"])
+    if summary["trained"] == 0 and any(r.stop_reason == "rejections" for r in results):
+        raise BudgetExceededError(
+            f"every sampled configuration was over the budget of {s.budget:,} trainable parameters "
+            f"({summary['rejected']} rejected, smallest planned {summary['smallest_planned']:,}); nothing was "
+            "trained. Raise --budget or narrow the space (lower ranks, fewer modules or layers, a linear head)"
+        )
+    return summary
+
+
+def _run_worker_processes(s: SearchSettings, study, bar: Optional[Progress], say) -> list[WorkerResult]:
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no torch or Accelerate state forked
+    logs = [s.output / "workers" / f"worker-{i}.log" for i in range(s.workers)]
+    procs = []
+    for i, log_path in enumerate(logs):
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        p = ctx.Process(target=_worker_main, args=(s, i, str(log_path)), name=f"lorabudget-search-{i}")
+        p.start()
+        procs.append(p)
+    say(f"started {s.workers} worker processes; their logs: {logs[0].parent}")
+    try:
+        while any(p.is_alive() for p in procs):
+            for p in procs:
+                p.join(timeout=POLL_S / len(procs))
+            if bar:
+                bar.update(study)
+    except KeyboardInterrupt:
+        for p in procs:  # the workers got the same Ctrl-C; give them time to mark their trials
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
+        raise
+    results = []
+    for i, p in enumerate(procs):
+        result_file = logs[i].with_suffix(".json")
+        data = json.loads(result_file.read_text()) if result_file.is_file() else None
+        if p.exitcode != 0 or data is None:
+            tail = logs[i].read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] if logs[i].is_file() else []
+            say(f"worker {i} exited with code {p.exitcode}" + (f": {tail[0]}" if tail else ""))
+            continue
+        results.append(WorkerResult(**data))
+    if not results:
+        raise LorabudgetError(f"every worker process failed; their logs are in {logs[0].parent}")
+    return results
+
+
+def _worker_main(s: SearchSettings, index: int, log_path: str) -> None:
+    """Entry point of a worker process: output to its log file, a share of the CPU threads."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)
+    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", closefd=False)
+    global WORKER_ID
+    WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not s.base.get("training", {}).get("threads"):
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // s.workers))
+    try:
+        result = Worker(s, index, say=lambda m: print(m, flush=True)).run()
+    except LorabudgetError as err:
+        print(f"lorabudget search: error: {err}", flush=True)
+        sys.exit(2)
+    Path(log_path).with_suffix(".json").write_text(json.dumps(result.__dict__))
+
+
+# --------------------------------------------------------------------------------------------
+# Settings from the command line
+
+
+def load_search_config(
+    config: str, overrides: list[str], trial_overrides: list[str], space_file: Optional[str]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
+    """(trial base values, best.yaml base values, raw space, config name) from a config and a space file.
+
+    The space comes from ``--space`` (a file holding a ``search:`` section or the space itself), else
+    from the config's own ``search:`` section, else the built-in default.
+    """
+    from .config import apply_overrides, load_yaml, resolve_config_path
+
+    path = resolve_config_path(config)
+    values = load_yaml(path)
+    space = values.pop("search", None)
+    values.setdefault("name", Path(config).stem)
+    if space_file:
+        raw = load_yaml(space_file)
+        space = raw.get("search", raw) if isinstance(raw, dict) else raw
+    if space is None:
+        space = default_space_raw()
+    best_values = apply_overrides(copy.deepcopy(values), list(overrides))
+    best_cfg = from_dict(copy.deepcopy(best_values))  # bad keys fail here, before any trial
+    trial_values = apply_overrides(copy.deepcopy(best_values), list(trial_overrides))
+    trial_cfg = from_dict(copy.deepcopy(trial_values))
+    return trial_cfg.to_dict(), best_cfg.to_dict(), space, best_cfg.name
+
+
+def settings_from_args(args) -> SearchSettings:
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.train={args.data}")
+    if args.budget is not None:
+        overrides.append(f"budget.max_trainable_params={args.budget}")
+    base, best_base, space, cfg_name = load_search_config(args.config, overrides, args.trial_overrides, args.space)
+    name = args.study or f"{cfg_name}-search"
+    output = Path(args.output) if args.output else Path("runs") / name
+    storage = args.storage
+    if storage and storage.startswith("journal:"):
+        storage = "journal:" + str(Path(storage[len("journal:"):]).expanduser().resolve())
+    return SearchSettings(
+        name=name, output=output, base=base, best_base=best_base, space=space, trials=args.trials,
+        timeout=args.timeout, storage=storage, workers=args.workers, metric=args.metric,
+        multi_objective=args.multi_objective, pruner=args.pruner, seed=args.seed,
+        max_rejections=args.max_rejections, trial_overrides=list(args.trial_overrides),
+    )
+

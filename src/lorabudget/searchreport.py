@@ -1,0 +1,222 @@
+"""A search's outputs, made from its Optuna study: trials.csv, best.yaml, search.md and figures."""
+
+from __future__ import annotations
+
+import csv
+import io
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+from .config import dump_yaml, from_dict
+from .io import atomic_write_text
+from .searchspace import apply_sample
+
+CSV_FIXED = ["number", "state", "value", "validation_accuracy", "validation_macro_f1", "trainable_params",
+             "steps", "pruned_at_step", "seconds", "description", "reason", "run_dir", "worker"]
+
+
+def trial_rows(study) -> list[dict[str, Any]]:
+    from .search import trial_kind
+
+    rows = []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        kind = trial_kind(t)
+        if kind == "skipped":
+            continue
+        a = t.user_attrs
+        value: Optional[float] = None
+        if t.values:
+            value = t.values[0]
+        elif kind == "pruned" and t.intermediate_values:
+            value = t.intermediate_values[max(t.intermediate_values)]
+        row = {
+            "number": t.number, "state": kind, "value": value,
+            "validation_accuracy": a.get("validation_accuracy"), "validation_macro_f1": a.get("validation_macro_f1"),
+            "trainable_params": a.get("trainable_params"), "steps": a.get("steps"),
+            "pruned_at_step": a.get("pruned_at_step"),
+            "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
+            if t.datetime_complete and t.datetime_start else None,
+            "description": a.get("description", ""), "reason": a.get("rejected") or a.get("error") or "",
+            "run_dir": a.get("run_dir", "") if kind == "complete" else "", "worker": a.get("worker", ""),
+        }
+        row.update({f"param:{k}": v for k, v in sorted(t.params.items())})
+        rows.append(row)
+    return rows
+
+
+def write_trials_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    params = sorted({k for r in rows for k in r if k.startswith("param:")})
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_FIXED + params, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIXED + params})
+    atomic_write_text(path, out.getvalue())
+
+
+def best_trial(study, multi_objective: bool):
+    """The complete trial with the best metric (in multi-objective mode: the most accurate on the front)."""
+    from optuna.trial import TrialState
+
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not complete:
+        return None
+    if multi_objective:
+        return max(study.best_trials, key=lambda t: (t.values[0], -t.values[1]))
+    return study.best_trial
+
+
+def best_config_values(s, trial) -> dict[str, Any]:
+    """best.yaml: the base config (without --trial-set) with the best trial's sample applied."""
+    values = apply_sample(s.best_base, trial.user_attrs.get("sample", {}))
+    values["name"] = f"{s.name}-best"
+    return from_dict(values).to_dict()
+
+
+def _plots(study, s, out_dir: Path, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Figures by file name -> caption; a figure that cannot be made is left out (and said so)."""
+    import optuna.visualization.matplotlib as ovm
+    from optuna.exceptions import ExperimentalWarning
+
+    from .report import _plt, _save, pareto_front
+
+    plt = _plt()
+    made: dict[str, str] = {}
+    complete = [r for r in rows if r["state"] == "complete"]
+    target_name = f"validation {s.metric}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        target = (lambda t: t.values[0]) if s.multi_objective else None
+        if complete:
+            try:
+                ax = ovm.plot_optimization_history(study, target=target, target_name=target_name)
+                _save(ax.figure, out_dir / "optimization_history.png")
+                made["optimization_history.png"] = "Optimization history (complete trials; the line is the best so far)"
+            except Exception:  # noqa: BLE001 - a figure that cannot be made is reported missing
+                plt.close("all")
+        if len(complete) >= 2:
+            try:
+                ax = ovm.plot_param_importances(study, target=target, target_name=target_name)
+                _save(ax.figure, out_dir / "param_importances.png")
+                made["param_importances.png"] = "Parameter importances (fANOVA over the complete trials)"
+            except Exception:  # noqa: BLE001 - e.g. every complete trial has the same value
+                plt.close("all")
+        plotted = [r for r in complete if r["trainable_params"] is not None and r["value"] is not None]
+        if plotted:
+            fig, ax = plt.subplots(figsize=(8, 5))
+            xs = [r["trainable_params"] for r in plotted]
+            ys = [100 * r["value"] for r in plotted]
+            ax.scatter(xs, ys, s=30, color="tab:blue", zorder=3, label="complete trials")
+            front = pareto_front(list(zip(xs, ys)))
+            ax.plot([xs[i] for i in front], [ys[i] for i in front], color="tab:green", marker="o", zorder=4,
+                    label="Pareto front")
+            for i in front:
+                ax.annotate(f"#{plotted[i]['number']}", (xs[i], ys[i]), textcoords="offset points", xytext=(4, 4),
+                            fontsize=8)
+            ax.axvline(s.budget, color="red", linestyle="--", linewidth=1, label=f"budget {s.budget:,}")
+            ax.set(xlabel="trainable parameters", ylabel=f"{target_name} (%)",
+                   title=f"{target_name} vs trainable parameters ({len(plotted)} trials)")
+            ax.grid(alpha=0.3)
+            ax.legend(loc="lower right", fontsize=8)
+            _save(fig, out_dir / "pareto_front.png")
+            made["pareto_front.png"] = "Accuracy vs trainable parameters: complete trials, Pareto front, budget line"
+    return made
+
+
+def _fmt(v: Any, spec: str = "") -> str:
+    if v is None or v == "":
+        return "–"
+    return format(v, spec) if spec else str(v)
+
+
+def write_outputs(study, s) -> dict[str, Any]:
+    """Write trials.csv, best.yaml, search.md and figures into the search directory; return a summary."""
+    out = Path(s.output)
+    rows = trial_rows(study)
+    write_trials_csv(rows, out / "trials.csv")
+    kinds = [r["state"] for r in rows]
+    counts = {k: kinds.count(k) for k in ("complete", "pruned", "rejected", "failed", "running")}
+    planned = [r["trainable_params"] for r in rows if r["trainable_params"] is not None]
+    best = best_trial(study, s.multi_objective)
+    best_path = out / "best.yaml"
+    if best is not None:
+        best_values = best_config_values(s, best)
+        header = (f"# Best trial #{best.number} of search '{s.name}': validation {s.metric} {best.values[0]:.4f}, "
+                  f"{best.user_attrs.get('trainable_params', 0):,} trainable parameters.\n")
+        if s.trial_overrides:
+            header += "# Trials ran with " + " ".join(f"--set {o}" for o in s.trial_overrides) + " (not applied here).\n"
+        header += f"# Train it: lorabudget train {best_path}\n"
+        atomic_write_text(best_path, header + dump_yaml(from_dict(best_values)))
+    figures = _plots(study, s, out / "figures", rows)
+
+    lines = [f"# Search `{s.name}`", ""]
+    lines.append(
+        f"Model `{s.base.get('model', {}).get('name')}`, budget **{s.budget:,}** trainable parameters, objective: "
+        + (f"validation {s.metric} and trainable parameters (NSGA-II, Pareto front)" if s.multi_objective
+           else f"validation {s.metric} (TPE, pruner {s.pruner if isinstance(s.pruner, str) else type(s.pruner).__name__})")
+        + f", seed {s.seed}. Storage: `{_safe_url(s.storage_url)}`, study `{s.name}`."
+    )
+    lines += ["", f"Trials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['rejected']} rejected before "
+              f"training (over budget or invalid), {counts['failed']} failed" +
+              (f", {counts['running']} still running" if counts["running"] else "") + "."]
+    if best is not None:
+        lines += ["", f"**Best trial #{best.number}**: validation {s.metric} {best.values[0]:.4f}, "
+                  f"{best.user_attrs.get('trainable_params', 0):,} trainable parameters "
+                  f"({best.user_attrs.get('trainable_params', 0) / s.budget:.1%} of the budget): "
+                  f"{best.user_attrs.get('description', '')}. Config: [`best.yaml`](best.yaml)."]
+    else:
+        lines += ["", "No trial completed: no best configuration yet."]
+    complete = sorted((r for r in rows if r["state"] == "complete"), key=lambda r: -(r["value"] or 0))
+    if complete:
+        lines += ["", "## Complete trials (best first)", "",
+                  "| trial | validation accuracy | macro F1 | trainable params | time (s) | configuration |",
+                  "|---:|---:|---:|---:|---:|---|"]
+        for r in complete[:20]:
+            lines.append(f"| {r['number']} | {_fmt(r['validation_accuracy'], '.4f')} | {_fmt(r['validation_macro_f1'], '.4f')} | "
+                         f"{_fmt(r['trainable_params'], ',')} | {_fmt(r['seconds'], '.0f')} | {r['description']} |")
+        if len(complete) > 20:
+            lines.append(f"\n{len(complete) - 20} more in [`trials.csv`](trials.csv).")
+        runs = " ".join(r["run_dir"] for r in complete[:8] if r["run_dir"])
+        lines += ["", f"Compare the trial runs: `lorabudget compare {runs}`"]
+    if s.multi_objective and best is not None:
+        lines += ["", "## Pareto front (accuracy vs trainable parameters)", "",
+                  "| trial | validation accuracy | trainable params |", "|---:|---:|---:|"]
+        for t in sorted(study.best_trials, key=lambda t: t.values[1]):
+            lines.append(f"| {t.number} | {t.values[0]:.4f} | {int(t.values[1]):,} |")
+    if figures:
+        lines += ["", "## Figures", ""]
+        for name, caption in figures.items():
+            lines += [f"{caption}:", "", f"![{caption}](figures/{name})", ""]
+    missing = [n for n in ("optimization_history.png", "param_importances.png", "pareto_front.png") if n not in figures]
+    if missing:
+        lines += ["", "Not available: " + ", ".join(missing) + " (too few complete trials, or every trial scored the same)."]
+    lines += ["", "Every trial (parameters, trainable count, state, validation figures, time, rejection reason or "
+              "error): [`trials.csv`](trials.csv)."]
+    atomic_write_text(out / "search.md", "\n".join(lines).rstrip() + "\n")
+
+    message = (f"search {s.name}: {counts['complete'] + counts['pruned']} trials trained ({counts['complete']} complete, "
+               f"{counts['pruned']} pruned), {counts['rejected']} samples rejected before training, "
+               f"{counts['failed']} failed")
+    if best is not None:
+        message += (f"; best #{best.number}: {s.metric} {best.values[0]:.4f} with "
+                    f"{best.user_attrs.get('trainable_params', 0):,} trainable parameters -> {best_path}")
+    message += f"; report: {out / 'search.md'}"
+    return {
+        "message": message, "trained": counts["complete"] + counts["pruned"], **counts,
+        "smallest_planned": min(planned) if planned else 0,
+        "best_number": best.number if best is not None else None,
+        "best_value": best.values[0] if best is not None else None,
+        "best_yaml": str(best_path) if best is not None else None,
+    }
+
+
+def _safe_url(url: str) -> str:
+    """The storage URL without a password."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
+    return url
+

@@ -1,0 +1,385 @@
+"""What ``lorabudget search`` varies: a search space read from YAML, sampled through an Optuna trial.
+
+A space is a mapping (the ``search:`` section of a config, or a ``--space`` file). Every entry is
+optional; what the space leaves out keeps the base config's value. A value is a *distribution*:
+
+- a scalar: fixed (not searched);
+- a list: one of these values (categorical);
+- ``{low, high}`` with optional ``log: true``, ``step`` and ``int: true``: a number in that range
+  (an integer when ``int: true`` or both bounds are integers).
+
+Named entries:
+
+``method``            PEFT method (``adapter.method``): lora, vera, ia3, loha, lokr, fourierft, vblora, ...
+``modules``           module kinds: ``{subsets_of: [query, value, ...]}`` (each kind in or out) or a
+                      list of module lists (one list is chosen)
+``layers``            how layers are chosen, any of: ``all``, ``range`` (a contiguous block),
+                      ``top`` (the last k), ``bottom`` (the first k), ``subset`` (each layer in or out)
+``r``                 rank; ``r_per_module: true`` draws one rank per chosen module kind (rank_pattern)
+``alpha_ratio``       alpha = ratio x rank (per module kind when ranks are); or ``alpha`` itself
+``dropout``, ``learning_rate``, ``head_learning_rate``, ``epochs``   the matching config values
+``head``              ``full``, ``linear-first``, ``linear-mean`` (head.type and head.pooling)
+``options``           per method, a mapping of keyword -> distribution that goes into ``adapter.options``
+``set``               any other config key by its dotted path, e.g. ``training.warmup_ratio: [0.0, 0.06]``
+
+Entries that do not apply to the sampled method (a rank for ``ia3``, placement for ``bitfit``) are not
+sampled for it, so the sampler never spends trials on settings that change nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .config import MODULE_SHORT_NAMES
+from .errors import LorabudgetError
+
+# Methods by what they use. The method seam (adapters.py) defines how each maps onto PEFT; these
+# sets only decide which of the space's entries are sampled for a method.
+KNOWN_METHODS = ("lora", "vera", "vblora", "tinylora", "fourierft", "ia3", "loha", "lokr", "adalora",
+                 "bitfit", "ln_tuning", "full")
+NO_PLACEMENT = {"bitfit", "ln_tuning", "full"}  # no target modules: modules/layers/ranks do not apply
+RANKED = {"lora", "loha", "lokr", "adalora"}  # adapter.r and adapter.alpha apply
+SEARCHABLE_BY_DEFAULT = ("lora", "vera", "ia3", "loha", "lokr", "fourierft", "vblora", "bitfit", "ln_tuning")
+DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
+    "fourierft": {"n_frequency": [200, 500, 1000]},
+    "vblora": {"num_vectors": [64, 128, 256]},
+}
+LAYER_MODES = ("all", "range", "top", "bottom", "subset")
+HEADS = {"full": ("full", None), "linear-first": ("linear", "first"), "linear-mean": ("linear", "mean")}
+NAMED = ("method", "modules", "layers", "r", "r_per_module", "alpha", "alpha_ratio", "dropout", "learning_rate",
+         "head_learning_rate", "epochs", "head", "options", "set")
+SIMPLE_PATHS = {
+    "dropout": "adapter.dropout",
+    "learning_rate": "training.learning_rate",
+    "head_learning_rate": "training.head_learning_rate",
+    "epochs": "training.epochs",
+}
+
+
+@dataclass(frozen=True)
+class Dist:
+    """One searched (or fixed) value."""
+
+    kind: str  # fixed | categorical | int | float
+    value: Any = None
+    choices: tuple = ()
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    step: Optional[float] = None
+
+    def suggest(self, trial, name: str) -> Any:
+        if self.kind == "fixed":
+            return self.value
+        if self.kind == "categorical":
+            return trial.suggest_categorical(name, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+
+    def to_yaml(self) -> Any:
+        if self.kind == "fixed":
+            return self.value
+        if self.kind == "categorical":
+            return list(self.choices)
+        out: dict[str, Any] = {"low": self.low, "high": self.high}
+        if self.log:
+            out["log"] = True
+        if self.step is not None:
+            out["step"] = self.step
+        if self.kind == "int":
+            out["int"] = True
+        return out
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def parse_dist(key: str, spec: Any) -> Dist:
+    """A distribution from its YAML form (see the module docstring)."""
+    if isinstance(spec, list):
+        if not spec:
+            raise LorabudgetError(f"search key '{key}': list at least one value")
+        if not all(isinstance(v, _SCALARS) for v in spec):
+            raise LorabudgetError(f"search key '{key}': choices must be plain values (text, numbers, true/false)")
+        return Dist("categorical", choices=tuple(spec)) if len(spec) > 1 else Dist("fixed", value=spec[0])
+    if isinstance(spec, dict):
+        unknown = set(spec) - {"low", "high", "log", "step", "int"}
+        if unknown or "low" not in spec or "high" not in spec:
+            raise LorabudgetError(
+                f"search key '{key}': a range is {{low, high}} with optional log, step, int; got {spec!r}"
+            )
+        try:
+            low, high = float(spec["low"]), float(spec["high"])
+        except (TypeError, ValueError):
+            raise LorabudgetError(f"search key '{key}': low and high must be numbers, got {spec!r}") from None
+        if not low <= high:
+            raise LorabudgetError(f"search key '{key}': low {low} is above high {high}")
+        log = bool(spec.get("log", False))
+        if log and low <= 0:
+            raise LorabudgetError(f"search key '{key}': a log range needs low > 0")
+        is_int = bool(spec.get("int", False)) or (
+            isinstance(spec["low"], int) and isinstance(spec["high"], int) and not isinstance(spec["low"], bool)
+        )
+        step = spec.get("step")
+        return Dist("int" if is_int else "float", low=low, high=high, log=log,
+                    step=float(step) if step is not None else None)
+    if isinstance(spec, _SCALARS):
+        return Dist("fixed", value=spec)
+    raise LorabudgetError(f"search key '{key}': {spec!r} is not a value, a list of values or a {{low, high}} range")
+
+
+@dataclass
+class SearchSpace:
+    """A parsed space. ``raw`` is what it was read from (stored with the study so workers agree)."""
+
+    raw: dict[str, Any]
+    method: Optional[Dist] = None
+    modules_subsets_of: Optional[tuple[str, ...]] = None
+    modules_choices: Optional[Dist] = None  # categorical over "query+value"-style keys
+    layers: Optional[Dist] = None
+    r: Optional[Dist] = None
+    r_per_module: bool = False
+    alpha: Optional[Dist] = None
+    alpha_ratio: Optional[Dist] = None
+    simple: dict[str, Dist] = field(default_factory=dict)  # config path -> dist
+    head: Optional[Dist] = None
+    options: dict[str, dict[str, Dist]] = field(default_factory=dict)
+
+    def methods(self) -> list[str]:
+        if self.method is None:
+            return []
+        return [self.method.value] if self.method.kind == "fixed" else list(self.method.choices)
+
+
+def parse_space(raw: Any) -> SearchSpace:
+    """Validate a ``search:`` mapping into a :class:`SearchSpace`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise LorabudgetError("the search space must be a mapping (see `lorabudget search --help`)")
+    unknown = [k for k in raw if k not in NAMED]
+    if unknown:
+        raise LorabudgetError(f"unknown search key '{unknown[0]}'; allowed keys: " + ", ".join(NAMED))
+    space = SearchSpace(raw=copy.deepcopy(raw))
+    if "method" in raw:
+        space.method = parse_dist("method", raw["method"])
+        for m in space.methods():
+            if m not in KNOWN_METHODS:
+                raise LorabudgetError(f"search key 'method': unknown method '{m}'; known: " + ", ".join(KNOWN_METHODS))
+    if "modules" in raw:
+        spec = raw["modules"]
+        if isinstance(spec, dict) and set(spec) == {"subsets_of"}:
+            kinds = spec["subsets_of"]
+            _check_modules("modules.subsets_of", kinds)
+            space.modules_subsets_of = tuple(kinds)
+        elif isinstance(spec, list) and spec and all(isinstance(s, list) for s in spec):
+            for i, s in enumerate(spec):
+                _check_modules(f"modules[{i}]", s)
+            keys = ["+".join(s) for s in spec]
+            space.modules_choices = Dist("categorical", choices=tuple(keys)) if len(keys) > 1 else Dist("fixed", value=keys[0])
+        else:
+            raise LorabudgetError(
+                "search key 'modules': give {subsets_of: [query, value, ...]} or a list of module lists"
+            )
+    if "layers" in raw:
+        space.layers = parse_dist("layers", raw["layers"])
+        modes = [space.layers.value] if space.layers.kind == "fixed" else list(space.layers.choices)
+        for mode in modes:
+            if mode not in LAYER_MODES:
+                raise LorabudgetError(f"search key 'layers': unknown mode '{mode}'; modes: " + ", ".join(LAYER_MODES))
+    if "r" in raw:
+        space.r = _positive(parse_dist("r", raw["r"]), "r")
+    space.r_per_module = bool(raw.get("r_per_module", False))
+    if "alpha" in raw and "alpha_ratio" in raw:
+        raise LorabudgetError("search keys 'alpha' and 'alpha_ratio' exclude each other; give one")
+    if "alpha" in raw:
+        space.alpha = _positive(parse_dist("alpha", raw["alpha"]), "alpha")
+    if "alpha_ratio" in raw:
+        space.alpha_ratio = _positive(parse_dist("alpha_ratio", raw["alpha_ratio"]), "alpha_ratio")
+    for key, path in SIMPLE_PATHS.items():
+        if key in raw:
+            space.simple[path] = parse_dist(key, raw[key])
+    if "head" in raw:
+        space.head = parse_dist("head", raw["head"])
+        heads = [space.head.value] if space.head.kind == "fixed" else list(space.head.choices)
+        for h in heads:
+            if h not in HEADS:
+                raise LorabudgetError(f"search key 'head': unknown head '{h}'; heads: " + ", ".join(HEADS))
+    options = raw.get("options") or {}
+    if not isinstance(options, dict):
+        raise LorabudgetError("search key 'options': a mapping of method -> {option: values}")
+    for method, opts in options.items():
+        if method not in KNOWN_METHODS:
+            raise LorabudgetError(f"search key 'options.{method}': unknown method; known: " + ", ".join(KNOWN_METHODS))
+        if not isinstance(opts, dict):
+            raise LorabudgetError(f"search key 'options.{method}': a mapping of option -> values")
+        space.options[method] = {k: parse_dist(f"options.{method}.{k}", v) for k, v in opts.items()}
+    extra = raw.get("set") or {}
+    if not isinstance(extra, dict):
+        raise LorabudgetError("search key 'set': a mapping of dotted config key -> values")
+    for path, spec in extra.items():
+        if "." not in str(path):
+            raise LorabudgetError(f"search key 'set.{path}': give the config key with its section, e.g. training.{path}")
+        space.simple[str(path)] = parse_dist(f"set.{path}", spec)
+    return space
+
+
+def _check_modules(key: str, modules: Any) -> None:
+    if not isinstance(modules, list) or not modules:
+        raise LorabudgetError(f"search key '{key}': list at least one module")
+    for m in modules:
+        if m not in MODULE_SHORT_NAMES:
+            raise LorabudgetError(f"search key '{key}': unknown module '{m}'; modules: " + ", ".join(MODULE_SHORT_NAMES))
+
+
+def _positive(dist: Dist, key: str) -> Dist:
+    values = [dist.value] if dist.kind == "fixed" else list(dist.choices) if dist.kind == "categorical" else [dist.low]
+    if any(not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0 for v in values):
+        raise LorabudgetError(f"search key '{key}': values must be numbers > 0")
+    return dist
+
+
+def available_methods() -> list[str]:
+    """Methods this installation can build: ``lorabudget.adapters.METHODS`` when it exists, else LoRA."""
+    try:
+        from .adapters import METHODS  # type: ignore[attr-defined]
+    except ImportError:
+        return ["lora"]
+    return [m for m in SEARCHABLE_BY_DEFAULT if m in METHODS]
+
+
+def default_space_raw(methods: Optional[list[str]] = None) -> dict[str, Any]:
+    """The built-in space: method, placement, rank and alpha, dropout and learning rates."""
+    methods = methods if methods is not None else available_methods()
+    raw: dict[str, Any] = {
+        "method": methods if len(methods) > 1 else methods[0],
+        "modules": {"subsets_of": list(MODULE_SHORT_NAMES)},
+        "layers": list(LAYER_MODES),
+        "r": [1, 2, 4, 8, 16],
+        "alpha_ratio": [1, 2, 4],
+        "dropout": [0.0, 0.05, 0.1],
+        "learning_rate": {"low": 2.0e-4, "high": 3.0e-3, "log": True},
+        "head_learning_rate": {"low": 5.0e-4, "high": 1.0e-2, "log": True},
+    }
+    options = {m: v for m, v in DEFAULT_OPTIONS.items() if m in methods}
+    if options:
+        raw["options"] = copy.deepcopy(options)
+    return raw
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling
+
+
+def _layers(trial, mode: str, num_layers: int) -> Optional[list[int]]:
+    if mode == "all":
+        return None
+    if mode == "range":
+        # Fixed ranges (not depending on another draw) keep the sampler's model of each value simple.
+        first = trial.suggest_int("layers.first", 0, num_layers - 1)
+        count = trial.suggest_int("layers.count", 1, num_layers)
+        return list(range(first, min(num_layers, first + count)))
+    if mode in ("top", "bottom"):
+        k = trial.suggest_int("layers.k", 1, num_layers)
+        return list(range(num_layers - k, num_layers)) if mode == "top" else list(range(k))
+    return [i for i in range(num_layers) if trial.suggest_categorical(f"layers.{i}", [True, False])]
+
+
+def sample(trial, space: SearchSpace, num_layers: int, base_method: str = "lora") -> dict[str, Any]:
+    """Draw one configuration; return config overrides as {dotted path: value}.
+
+    Raises :class:`LorabudgetError` for a draw that cannot be built (no module or layer chosen); the
+    caller records it as a rejected sample.
+    """
+    out: dict[str, Any] = {}
+    method = space.method.suggest(trial, "method") if space.method else base_method
+    if method != base_method:
+        out["adapter.method"] = method
+    if method not in NO_PLACEMENT:
+        modules: Optional[list[str]] = None
+        if space.modules_subsets_of:
+            modules = [m for m in space.modules_subsets_of if trial.suggest_categorical(f"module.{m}", [True, False])]
+        elif space.modules_choices:
+            modules = space.modules_choices.suggest(trial, "modules").split("+")
+        if modules is not None:
+            if not modules:
+                raise LorabudgetError("no module kind chosen")
+            out["adapter.modules"] = modules
+            out["adapter.placements"] = []
+        if space.layers:
+            layers = _layers(trial, space.layers.suggest(trial, "layers"), num_layers)
+            if layers == []:
+                raise LorabudgetError("no layer chosen")
+            out["adapter.layers"] = layers
+            out["adapter.placements"] = []
+        if method in RANKED and space.r:
+            r = space.r.suggest(trial, "r")
+            out["adapter.r"] = r
+            ranks: dict[str, Any] = {}
+            if space.r_per_module:
+                kinds = modules or list(MODULE_SHORT_NAMES)
+                ranks = {m: space.r.suggest(trial, f"r.{m}") for m in kinds}
+            out["adapter.rank_pattern"] = ranks
+            if space.alpha_ratio:
+                ratio = space.alpha_ratio.suggest(trial, "alpha_ratio")
+                out["adapter.alpha"] = float(ratio * r)
+                out["adapter.alpha_pattern"] = {m: float(ratio * v) for m, v in ranks.items()}
+        if method in RANKED and space.alpha:
+            out["adapter.alpha"] = float(space.alpha.suggest(trial, "alpha"))
+    for path, dist in space.simple.items():
+        if path == "adapter.dropout" and method in NO_PLACEMENT:
+            continue
+        out[path] = dist.suggest(trial, path.split(".", 1)[1] if path in SIMPLE_PATHS.values() else path)
+    if space.head:
+        head_type, pooling = HEADS[space.head.suggest(trial, "head")]
+        out["head.type"] = head_type
+        if pooling:
+            out["head.pooling"] = pooling
+    options = {k: d.suggest(trial, f"{method}.{k}") for k, d in space.options.get(method, {}).items()}
+    if options:
+        out["adapter.options"] = options
+    return out
+
+
+def apply_sample(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of the config dict ``values`` with the dotted-path ``overrides`` applied."""
+    result = copy.deepcopy(values)
+    for path, value in overrides.items():
+        node = result
+        parts = path.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[parts[-1]] = copy.deepcopy(value)
+    return result
+
+
+def describe(overrides: dict[str, Any], base_method: str = "lora") -> str:
+    """A one-line summary of a sample, for logs: method, rank, modules, layers."""
+    parts = [overrides.get("adapter.method", base_method)]
+    if "adapter.r" in overrides:
+        ranks = overrides.get("adapter.rank_pattern") or {}
+        parts.append(f"r={overrides['adapter.r']}" if not ranks else "r=" + "/".join(str(v) for v in ranks.values()))
+    if "adapter.alpha" in overrides:
+        parts.append(f"alpha={overrides['adapter.alpha']:g}")
+    if "adapter.modules" in overrides:
+        parts.append("+".join(overrides["adapter.modules"]))
+    if "adapter.layers" in overrides:
+        layers = overrides["adapter.layers"]
+        parts.append("all layers" if layers is None else "layers " + ",".join(map(str, layers)))
+    for path in ("training.learning_rate", "training.head_learning_rate"):
+        if path in overrides:
+            parts.append(f"{path.split('.')[1].replace('learning_rate', 'lr')}={overrides[path]:.2g}")
+    for path, value in overrides.items():
+        if path not in {"adapter.method", "adapter.r", "adapter.rank_pattern", "adapter.alpha", "adapter.alpha_pattern",
+                        "adapter.modules", "adapter.layers", "adapter.placements", "training.learning_rate",
+                        "training.head_learning_rate"}:
+            parts.append(f"{path.split('.')[-1]}={value:.3g}" if isinstance(value, float) and not math.isnan(value)
+                         else f"{path.split('.')[-1]}={value}")
+    return " ".join(parts)

@@ -1,0 +1,381 @@
+"""`lorabudget search` on the tiny model: budget first, pruning, best.yaml, resume, workers, PostgreSQL."""
+
+from __future__ import annotations
+
+import csv
+import gc
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lorabudget.cli import main
+
+# Tiny RoBERTa (hidden 32, 3 layers): LoRA costs 64*r per module and layer, the linear head 132.
+SPACE = {
+    "r": [1, 2, 4],
+    "modules": {"subsets_of": ["query", "value"]},
+    "layers": ["all", "top"],
+    "learning_rate": {"low": 5.0e-3, "high": 3.0e-2, "log": True},
+}
+
+
+def _config(tmp_path: Path, tiny_roberta, data_dir, budget: int = 600, name: str = "tiny", **training) -> Path:
+    values = {
+        "name": name,
+        "model": {"name": str(tiny_roberta), "max_length": 64},
+        "head": {"type": "linear", "pooling": "mean"},
+        "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"]},
+        "data": {"train": str(data_dir / "train.csv"), "validation_size": 40, "cache_dir": str(tmp_path / "cache")},
+        "training": {"max_steps": 4, "eval_every": 2, "batch_size": 16, "learning_rate": 2e-2, "log_every": 2,
+                     "seed": 7, "threads": 1, **training},
+        "budget": {"max_trainable_params": budget},
+        "search": SPACE,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "trials.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _study(out_or_url, name: str):
+    import optuna
+
+    from lorabudget.search import open_storage
+
+    url = out_or_url if isinstance(out_or_url, str) else f"sqlite:///{Path(out_or_url) / 'study.db'}"
+    return optuna.load_study(study_name=name, storage=open_storage(url))
+
+
+def _live_peft_models() -> int:
+    import peft
+
+    gc.collect()
+    return sum(isinstance(o, peft.PeftModel) for o in gc.get_objects())
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, tiny_roberta, data_dir):
+    """One in-process search of 3 trained trials at a budget some samples exceed."""
+    import lorabudget.train as train_mod
+
+    tmp = tmp_path_factory.mktemp("search")
+    cfg = _config(tmp, tiny_roberta, data_dir)
+    calls = []
+    original = train_mod.prepare_data
+
+    def counting(cfg_, log=print):
+        calls.append(cfg_.model.max_length)
+        return original(cfg_, log)
+
+    train_mod.prepare_data = counting
+    try:
+        before = _live_peft_models()
+        rc = main(["search", str(cfg), "--trials", "3", "--output", str(tmp / "out"), "--seed", "3",
+                   "--trial-set", "training.max_steps=2", "--pruner", "none"])
+        after = _live_peft_models()
+    finally:
+        train_mod.prepare_data = original
+    assert rc == 0
+    return tmp, tmp / "out", calls, before, after
+
+
+def test_search_trains_within_budget_and_writes_outputs(searched):
+    tmp, out, prepare_calls, peft_before, peft_after = searched
+    rows = _rows(out)
+    trained = [r for r in rows if r["state"] in ("complete", "pruned")]
+    assert len(trained) == 3 and all(r["state"] == "complete" for r in trained)
+    for r in rows:
+        if r["reason"] == "invalid: no module kind chosen":  # a draw with no module at all: nothing to plan
+            continue
+        assert int(r["trainable_params"]) > 0  # every planned trial, rejected ones included, reports its count
+        if r["state"] == "rejected":
+            assert int(r["trainable_params"]) > 600 and r["reason"].startswith("over budget")
+        else:
+            summary = json.loads((Path(r["run_dir"]) / "summary.json").read_text())
+            assert summary["trainable_params"] == int(r["trainable_params"]) <= 600
+            assert summary["steps"] == 2  # --trial-set applied to the trials
+            assert float(r["value"]) == pytest.approx(summary["validation_accuracy"])
+    # tokenized once for all trials; no model of a finished trial stays alive
+    assert prepare_calls == [64]
+    assert peft_after == peft_before
+    text = (out / "search.md").read_text()
+    assert "3 complete" in text and "budget **600**" in text
+    for fig in ("optimization_history.png", "pareto_front.png"):
+        assert (out / "figures" / fig).is_file() and f"figures/{fig}" in text
+    # each finished trial's run directory works with `compare`
+    runs = [r["run_dir"] for r in trained]
+    assert main(["compare", *runs, "--output", str(tmp / "compare")]) == 0
+
+
+def test_best_yaml_trains(searched):
+    tmp, out, *_ = searched
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    rows = {int(r["number"]): r for r in _rows(out)}
+    header = (out / "best.yaml").read_text().splitlines()[0]
+    number = int(header.split("#")[2].split()[0])
+    assert rows[number]["state"] == "complete"
+    assert float(rows[number]["value"]) == max(float(r["value"]) for r in rows.values() if r["state"] == "complete")
+    assert best["training"]["max_steps"] == 4  # the trial-only setting is left out
+    assert "search" not in best
+    assert main(["train", str(out / "best.yaml"), "--output", str(tmp / "best-run"), "--no-report"]) == 0
+    summary = json.loads((tmp / "best-run" / "summary.json").read_text())
+    assert summary["trainable_params"] == int(rows[number]["trainable_params"])
+
+
+def test_over_budget_space_rejects_every_sample(tmp_path, tiny_roberta, data_dir, capsys):
+    # The linear head alone is 132 parameters: nothing in the space fits 100.
+    cfg = _config(tmp_path, tiny_roberta, data_dir, budget=100)
+    out = tmp_path / "out"
+    rc = main(["search", str(cfg), "--trials", "2", "--output", str(out), "--max-rejections", "4"])
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert "every sampled configuration was over the budget of 100" in err and "nothing was trained" in err
+    rows = _rows(out)
+    assert len(rows) == 4 and all(r["state"] == "rejected" and int(r["trainable_params"]) > 100 for r in rows)
+    assert not list(out.glob("trials/*/summary.json")) and not list(out.glob("trials/*/adapter"))
+    assert not (out / "best.yaml").exists()
+
+
+def test_pruning_stops_a_trial_and_a_crash_does_not_stop_the_search(tmp_path, tiny_roberta, data_dir, monkeypatch):
+    import optuna
+
+    import lorabudget.train as train_mod
+    from lorabudget.search import SearchSettings, load_search_config, run_search
+
+    real_train, calls = train_mod.train, []
+
+    def crash_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom in the training loop")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train", crash_once)
+    cfg = _config(tmp_path, tiny_roberta, data_dir, max_steps=6, eval_every=2)
+    base, best_base, space, _ = load_search_config(str(cfg), [], [], None)
+    # Accuracy can never reach 2.0: the pruner stops each trial at its first evaluation.
+    settings = SearchSettings(name="prune", output=tmp_path / "out", base=base, best_base=best_base, space=space,
+                              trials=2, pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    before = _live_peft_models()
+    summary = run_search(settings, progress=False)
+    assert _live_peft_models() == before  # a pruned trial's model goes with its exception
+    assert summary["pruned"] == 2 and summary["complete"] == 0 and summary["failed"] == 1
+    rows = [r for r in _rows(tmp_path / "out") if r["state"] != "rejected"]
+    assert [r["state"] for r in rows] == ["failed", "pruned", "pruned"]
+    assert rows[0]["reason"] == "RuntimeError: boom in the training loop"
+    assert all(r["pruned_at_step"] == "2" for r in rows[1:])  # stopped at step 2 of 6
+    assert not list((tmp_path / "out" / "trials").glob("t*/adapter"))  # half runs are not kept
+    log = (tmp_path / "out" / "trials" / f"t{int(rows[1]['number']):04d}.log").read_text()
+    assert "step 2:" in log and "step 4:" not in log
+
+
+def test_same_seed_same_trials(tmp_path, tiny_roberta, data_dir):
+    cfg = _config(tmp_path, tiny_roberta, data_dir, max_steps=2)
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"out{i}"
+        assert main(["search", str(cfg), "--trials", "2", "--output", str(out), "--seed", "11"]) == 0
+        outs.append([(r["state"], r["description"], r["trainable_params"], r["value"]) for r in _rows(out)])
+    assert outs[0] == outs[1]
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_killed_search_resumes(tmp_path, tiny_roberta, data_dir):
+    from lorabudget.search import done_count, trial_kind
+
+    cfg = _config(tmp_path, tiny_roberta, data_dir, max_steps=6)
+    out = tmp_path / "out"
+    journal = tmp_path / "study.journal"
+    args = ["search", str(cfg), "--trials", "4", "--output", str(out), "--storage", f"journal:{journal}",
+            "--pruner", "none"]
+    proc = subprocess.Popen([sys.executable, "-m", "lorabudget.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        def two_done():
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            return journal.exists() and done_count(_study(f"journal:{journal}", "tiny-search").get_trials()) >= 2
+        _wait_for(two_done, 300, "two finished trials")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = {t.number: (trial_kind(t), t.values) for t in _study(f"journal:{journal}", "tiny-search").get_trials()}
+    finished_before = {n: v for n, v in before.items() if v[0] == "complete"}
+    assert len(finished_before) >= 2
+
+    assert main(args) == 0
+    after = _study(f"journal:{journal}", "tiny-search").get_trials()
+    kinds = {t.number: trial_kind(t) for t in after}
+    assert "running" not in kinds.values()
+    assert done_count(after) == 4  # finished trials kept, not repeated, and no more than asked
+    for number, (kind, values) in finished_before.items():
+        assert kinds[number] == "complete" and after[number].values == values
+    for number, (kind, _) in before.items():
+        if kind == "running":  # the trial the kill interrupted
+            assert kinds[number] == "failed" and "died" in after[number].user_attrs["error"]
+    run_dirs = [t.user_attrs["run_dir"] for t in after if trial_kind(t) == "complete"]
+    assert len(set(run_dirs)) == 4 and all((Path(d) / "summary.json").is_file() for d in run_dirs)
+
+
+def _check_workers(out: Path, storage: str, name: str, trials: int) -> None:
+    from lorabudget.search import trial_kind
+
+    all_trials = _study(storage, name).get_trials()
+    kinds = [trial_kind(t) for t in all_trials]
+    assert kinds.count("complete") == trials and "running" not in kinds and "failed" not in kinds
+    assert len({t.user_attrs["worker"] for t in all_trials if trial_kind(t) == "complete"}) == 2
+    run_dirs = [t.user_attrs["run_dir"] for t in all_trials if trial_kind(t) == "complete"]
+    assert len(set(run_dirs)) == trials and all((Path(d) / "summary.json").is_file() for d in run_dirs)
+    assert len([r for r in _rows(out) if r["state"] == "complete"]) == trials
+
+
+def test_two_workers_share_sqlite(tmp_path, tiny_roberta, data_dir):
+    cfg = _config(tmp_path, tiny_roberta, data_dir, max_steps=2)
+    out = tmp_path / "out"
+    assert main(["search", str(cfg), "--trials", "4", "--workers", "2", "--output", str(out), "--pruner", "none"]) == 0
+    _check_workers(out, f"sqlite:///{out / 'study.db'}", "tiny-search", 4)
+
+
+# --------------------------------------------------------------------------------------------
+# A real PostgreSQL server, started by the test
+
+
+def _postgres_bin() -> str | None:
+    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if os.path.isfile(os.path.join(folder, "initdb")) and os.path.isfile(os.path.join(folder, "pg_ctl")):
+            return folder
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/*/bin; "
+                    "install the `postgresql` package")
+    pytest.importorskip("psycopg2", reason="psycopg2 (psycopg2-binary) is needed for Optuna's PostgreSQL storage")
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        import pwd
+
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no `postgres` user to run the server as")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    folder = Path(tempfile.mkdtemp(prefix="lorabudget-pg-"))
+    data = folder / "data"
+    if as_user:
+        os.chown(folder, pw.pw_uid, pw.pw_gid)
+    port = _free_port()
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True, timeout=120)  # noqa: E731
+    try:
+        run(f"{bindir}/initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
+        run(f"{bindir}/pg_ctl", "-D", str(data), "-l", str(folder / "server.log"), "-w", "-t", "60", "-o",
+            f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={folder} -c fsync=off", "start")
+    except subprocess.CalledProcessError as err:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise RuntimeError(f"could not start PostgreSQL: {err.stderr}") from err
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_two_workers_share_postgresql(tmp_path, tiny_roberta, data_dir, postgres_url):
+    cfg = _config(tmp_path, tiny_roberta, data_dir, max_steps=2)
+    out = tmp_path / "out"
+    assert main(["search", str(cfg), "--trials", "4", "--workers", "2", "--output", str(out), "--pruner", "none",
+                 "--storage", postgres_url, "--study", "pg-study"]) == 0
+    _check_workers(out, postgres_url, "pg-study", 4)
+    assert not (out / "study.db").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# The space
+
+
+def test_space_errors_and_default_space():
+    from lorabudget.errors import LorabudgetError
+    from lorabudget.searchspace import available_methods, default_space_raw, parse_space
+
+    space = parse_space(default_space_raw())
+    assert space.methods() and set(space.methods()) <= set(available_methods()) | {"lora"}
+    parse_space({"method": ["lora", "vera", "ia3"], "options": {"vera": {"d_initial": [0.1, 0.5]}}})
+    for bad, words in [
+        ({"rank": [1]}, "unknown search key 'rank'"),
+        ({"method": ["lora", "magic"]}, "unknown method 'magic'"),
+        ({"modules": {"subsets_of": ["query", "nope"]}}, "unknown module 'nope'"),
+        ({"layers": ["all", "middle"]}, "unknown mode 'middle'"),
+        ({"learning_rate": {"low": 0, "high": 1, "log": True}}, "log range needs low > 0"),
+        ({"alpha": [8], "alpha_ratio": [2]}, "exclude each other"),
+        ({"set": {"warmup_ratio": [0.0]}}, "with its section"),
+    ]:
+        with pytest.raises(LorabudgetError, match=words):
+            parse_space(bad)
+
+
+def test_space_samples_method_options_and_placement():
+    import optuna
+
+    from lorabudget.searchspace import apply_sample, parse_space, sample
+
+    space = parse_space({"method": ["lora", "ia3", "bitfit"], "modules": {"subsets_of": ["query", "value"]},
+                         "layers": ["range"], "r": [2, 4], "r_per_module": True, "alpha_ratio": [2],
+                         "options": {"ia3": {"init_ia3_weights": [True]}}, "head": ["linear-mean"]})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        try:
+            out = sample(trial, space, num_layers=3)
+        except Exception:  # an empty module draw is rejected by the caller
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
+        method = out.get("adapter.method", "lora")
+        seen.add(method)
+        if method == "lora":
+            assert set(out["adapter.rank_pattern"]) == set(out["adapter.modules"])
+            assert out["adapter.alpha_pattern"] == {m: 2.0 * r for m, r in out["adapter.rank_pattern"].items()}
+        if method == "ia3":
+            assert out["adapter.options"] == {"init_ia3_weights": True} and "adapter.r" not in out
+        if method == "bitfit":
+            assert "adapter.modules" not in out and "adapter.r" not in out
+        if "adapter.layers" in out:
+            layers = out["adapter.layers"]
+            assert layers == list(range(layers[0], layers[-1] + 1)) and 0 <= layers[0] <= layers[-1] < 3
+        assert out["head.type"] == "linear" and out["head.pooling"] == "mean"
+        values = apply_sample({"adapter": {"r": 8}}, out)
+        assert values["adapter"].get("r", 8) == out.get("adapter.r", 8)
+        study.tell(trial, 0.5)
+    assert seen == {"lora", "ia3", "bitfit"}
