@@ -379,3 +379,42 @@ def test_space_samples_method_options_and_placement():
         assert values["adapter"].get("r", 8) == out.get("adapter.r", 8)
         study.tell(trial, 0.5)
     assert seen == {"lora", "ia3", "bitfit"}
+
+
+def test_default_space_samples_build_for_every_method(tiny_roberta):
+    """Every method the built-in space draws builds on the meta device, with that method's own
+    defaults (not the base config's LoRA rank or learning rate) and a scaled learning rate."""
+    import collections
+    import copy
+
+    import optuna
+
+    from lorabudget.adapters import METHODS
+    from lorabudget.budget import breakdown
+    from lorabudget.config import from_dict
+    from lorabudget.modeling import build_model
+    from lorabudget.search import apply_sample
+    from lorabudget.searchspace import default_space_raw, parse_space, sample
+
+    base = {"name": "x", "model": {"name": str(tiny_roberta)}, "head": {"type": "linear"},
+            "adapter": {"r": 16, "alpha": 32, "modules": ["query", "value"]}, "training": {"learning_rate": 1e-3}}
+    space = parse_space(default_space_raw())
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    built = collections.Counter()
+    for _ in range(40):
+        trial = study.ask()
+        try:
+            overrides = sample(trial, space, 3, "lora")
+        except Exception as err:  # an empty draw is a rejected sample, nothing else is
+            assert "chosen" in str(err)
+            study.tell(trial, 0.0)
+            continue
+        cfg = from_dict(apply_sample(copy.deepcopy(base), overrides))
+        assert breakdown(build_model(cfg, weights=False).model).total > 0
+        method = METHODS[cfg.adapter.method]
+        assert 0.3 * method.learning_rate <= cfg.training.learning_rate <= 3.0 * method.learning_rate
+        if cfg.adapter.method in ("vera", "vblora"):
+            assert cfg.adapter.r == method.default_r
+        built[cfg.adapter.method] += 1
+        study.tell(trial, 0.0)
+    assert len(built) >= 6, built

@@ -482,6 +482,7 @@ def resolve_config_path(name_or_path: str) -> Path:
 def load_config(name_or_path: Optional[str], overrides: list[str] = ()) -> RunConfig:
     """Load a preset or YAML file (or defaults when ``None``), apply overrides, validate."""
     values = load_yaml(resolve_config_path(name_or_path)) if name_or_path else {}
+    values.pop("search", None)  # a search space (lorabudget search) rides along in the same file
     if name_or_path and "name" not in values:
         values["name"] = Path(name_or_path).stem
     return from_dict(apply_overrides(values, list(overrides)))

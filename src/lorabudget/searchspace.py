@@ -18,6 +18,9 @@ Named entries:
 ``r``                 rank; ``r_per_module: true`` draws one rank per chosen module kind (rank_pattern)
 ``alpha_ratio``       alpha = ratio x rank (per module kind when ranks are); or ``alpha`` itself
 ``dropout``, ``learning_rate``, ``head_learning_rate``, ``epochs``   the matching config values
+``lr_scale``, ``head_lr_scale``   multipliers of the sampled method's default learning rates (methods
+                      need very different rates: VeRA's default is 20x LoRA's), used instead of
+                      absolute rates by the built-in space
 ``head``              ``full``, ``linear-first``, ``linear-mean`` (head.type and head.pooling)
 ``options``           per method, a mapping of keyword -> distribution that goes into ``adapter.options``
 ``set``               any other config key by its dotted path, e.g. ``training.warmup_ratio: [0.0, 0.06]``
@@ -40,8 +43,10 @@ from .errors import LorabudgetError
 # sets only decide which of the space's entries are sampled for a method.
 KNOWN_METHODS = ("lora", "vera", "vblora", "tinylora", "fourierft", "ia3", "loha", "lokr", "adalora",
                  "bitfit", "ln_tuning", "full")
-NO_PLACEMENT = {"bitfit", "ln_tuning", "full"}  # no target modules: modules/layers/ranks do not apply
+NO_PLACEMENT = {"full"}  # trains everything: modules/layers/ranks do not apply
+FIXED_MODULES = {"ln_tuning"}  # placed on LayerNorms: layers are searched, module kinds keep the method's
 RANKED = {"lora", "loha", "lokr", "adalora"}  # adapter.r and adapter.alpha apply
+PER_MODULE_RANK = {"lora", "loha", "lokr"}  # rank_pattern / alpha_pattern apply
 SEARCHABLE_BY_DEFAULT = ("lora", "vera", "ia3", "loha", "lokr", "fourierft", "vblora", "bitfit", "ln_tuning")
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "fourierft": {"n_frequency": [200, 500, 1000]},
@@ -50,7 +55,7 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
 LAYER_MODES = ("all", "range", "top", "bottom", "subset")
 HEADS = {"full": ("full", None), "linear-first": ("linear", "first"), "linear-mean": ("linear", "mean")}
 NAMED = ("method", "modules", "layers", "r", "r_per_module", "alpha", "alpha_ratio", "dropout", "learning_rate",
-         "head_learning_rate", "epochs", "head", "options", "set")
+         "head_learning_rate", "lr_scale", "head_lr_scale", "epochs", "head", "options", "set")
 SIMPLE_PATHS = {
     "dropout": "adapter.dropout",
     "learning_rate": "training.learning_rate",
@@ -148,6 +153,8 @@ class SearchSpace:
     simple: dict[str, Dist] = field(default_factory=dict)  # config path -> dist
     head: Optional[Dist] = None
     options: dict[str, dict[str, Dist]] = field(default_factory=dict)
+    lr_scale: Optional[Dist] = None
+    head_lr_scale: Optional[Dist] = None
 
     def methods(self) -> list[str]:
         if self.method is None:
@@ -203,6 +210,11 @@ def parse_space(raw: Any) -> SearchSpace:
     for key, path in SIMPLE_PATHS.items():
         if key in raw:
             space.simple[path] = parse_dist(key, raw[key])
+    for key in ("lr_scale", "head_lr_scale"):
+        if key in raw:
+            if SIMPLE_PATHS[key.replace("lr_scale", "learning_rate")] in space.simple:
+                raise LorabudgetError(f"search keys '{key}' and '{key.replace('lr_scale', 'learning_rate')}' exclude each other")
+            setattr(space, key, _positive(parse_dist(key, raw[key]), key))
     if "head" in raw:
         space.head = parse_dist("head", raw["head"])
         heads = [space.head.value] if space.head.kind == "fixed" else list(space.head.choices)
@@ -262,8 +274,8 @@ def default_space_raw(methods: Optional[list[str]] = None) -> dict[str, Any]:
         "r": [1, 2, 4, 8, 16],
         "alpha_ratio": [1, 2, 4],
         "dropout": [0.0, 0.05, 0.1],
-        "learning_rate": {"low": 2.0e-4, "high": 3.0e-3, "log": True},
-        "head_learning_rate": {"low": 5.0e-4, "high": 1.0e-2, "log": True},
+        "lr_scale": {"low": 0.3, "high": 3.0, "log": True},
+        "head_lr_scale": {"low": 0.3, "high": 3.0, "log": True},
     }
     options = {m: v for m, v in DEFAULT_OPTIONS.items() if m in methods}
     if options:
@@ -299,9 +311,17 @@ def sample(trial, space: SearchSpace, num_layers: int, base_method: str = "lora"
     method = space.method.suggest(trial, "method") if space.method else base_method
     if method != base_method:
         out["adapter.method"] = method
+        # The base config's method-specific values do not carry over: null takes the new method's defaults.
+        out.update({"adapter.r": None, "adapter.alpha": None, "adapter.rank_pattern": {}, "adapter.alpha_pattern": {},
+                    "adapter.options": {}, "adapter.use_rslora": False, "adapter.use_dora": False,
+                    "training.learning_rate": None, "training.head_learning_rate": None})
+        if method in FIXED_MODULES or method in NO_PLACEMENT:
+            out.update({"adapter.modules": None, "adapter.placements": [], "adapter.layers": None})
     if method not in NO_PLACEMENT:
         modules: Optional[list[str]] = None
-        if space.modules_subsets_of:
+        if method in FIXED_MODULES:
+            pass
+        elif space.modules_subsets_of:
             modules = [m for m in space.modules_subsets_of if trial.suggest_categorical(f"module.{m}", [True, False])]
         elif space.modules_choices:
             modules = space.modules_choices.suggest(trial, "modules").split("+")
@@ -320,7 +340,7 @@ def sample(trial, space: SearchSpace, num_layers: int, base_method: str = "lora"
             r = space.r.suggest(trial, "r")
             out["adapter.r"] = r
             ranks: dict[str, Any] = {}
-            if space.r_per_module:
+            if space.r_per_module and method in PER_MODULE_RANK:
                 kinds = modules or list(MODULE_SHORT_NAMES)
                 ranks = {m: space.r.suggest(trial, f"r.{m}") for m in kinds}
             out["adapter.rank_pattern"] = ranks
@@ -334,6 +354,15 @@ def sample(trial, space: SearchSpace, num_layers: int, base_method: str = "lora"
         if path == "adapter.dropout" and method in NO_PLACEMENT:
             continue
         out[path] = dist.suggest(trial, path.split(".", 1)[1] if path in SIMPLE_PATHS.values() else path)
+    if space.lr_scale or space.head_lr_scale:
+        from .adapters import get_method
+
+        spec = get_method(method)
+        if space.lr_scale:
+            out["training.learning_rate"] = spec.learning_rate * space.lr_scale.suggest(trial, "lr_scale")
+        if space.head_lr_scale:
+            head_default = spec.head_learning_rate or spec.learning_rate
+            out["training.head_learning_rate"] = head_default * space.head_lr_scale.suggest(trial, "head_lr_scale")
     if space.head:
         head_type, pooling = HEADS[space.head.suggest(trial, "head")]
         out["head.type"] = head_type
