@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,7 +89,7 @@ def test_reload_in_fresh_process_without_training_data(trained_run, data_dir, tm
     texts = tmp_path / "in.csv"
     texts.write_text((data_dir / "unlabelled.csv").read_text())
     out = tmp_path / "fresh.csv"
-    env = {"HF_HUB_OFFLINE": "1", "PATH": "", "HOME": str(tmp_path)}
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "", "HOME": str(tmp_path), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     code = (
         "import sys; from lorabudget.cli import main; "
         f"sys.exit(main(['predict', {str(run)!r}, '--input', {str(texts)!r}, '--output', {str(out)!r}]))"

@@ -192,8 +192,12 @@ def distill(
     teacher: Optional[str] = None,
     unlabelled: Sequence[str] = (),
     log: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Train the student ``cfg`` with knowledge distillation; returns its summary."""
+    """Train the student ``cfg`` with knowledge distillation; returns its summary.
+
+    ``resume``: continue the student from its last checkpoint (the teacher's logits come from the cache).
+    """
     d = cfg.distill
     teacher = teacher or d.teacher
     if not teacher:
@@ -206,7 +210,7 @@ def distill(
     teacher_dir = resolve_teacher(teacher, cfg, run_dir, log)
 
     data = prepare_data(cfg, log)
-    extra = [load_unlabelled(path) for path in unlabelled]
+    extra = [load_unlabelled(path, trust_pickle=cfg.data.trust_pickle) for path in unlabelled]
     extra_texts = [t for e in extra for t in e.texts if t]
     if extra_texts:
         log(f"distill: adding {len(extra_texts):,} unlabelled texts taught by the teacher's soft labels only")
@@ -242,7 +246,7 @@ def distill(
         "distill_alpha": d.alpha,
         "unlabelled_rows": len(extra_texts),
     }
-    summary = train(cfg, run_dir, loss_fn=loss_fn, data=data, log=log, extra_summary=extra_summary)
+    summary = train(cfg, run_dir, loss_fn=loss_fn, data=data, log=log, extra_summary=extra_summary, resume=resume)
     log(
         f"distillation: teacher {teacher_val['accuracy']:.4f} -> student {summary['validation_accuracy']:.4f} "
         f"validation accuracy with {summary['trainable_params']:,} trainable parameters"
