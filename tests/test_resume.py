@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 from lorabudget.cli import main
@@ -77,3 +78,44 @@ def test_kill_9_and_resume_matches_uninterrupted(tiny_config, tmp_path):
     assert all(abs(a - b) < 1e-4 for m, t in zip(mine, theirs) for a, b in zip(m[2:], t[2:]) if a is not None)
     assert not (run / "checkpoint").exists() and not (run / ".lock").exists()
     assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == (ref / "adapter" / "adapter_model.safetensors").read_bytes()
+
+
+def test_on_eval_stop_checkpoint_every_umask_and_overwrite(tiny_config, tmp_path, monkeypatch):
+    import lorabudget.train as train_mod
+    from lorabudget.config import from_dict
+    from lorabudget.errors import TrainingStopped
+
+    values = tiny_config(training={"max_steps": 12, "eval_every": 4, "checkpoint_every": 3, "log_every": 2})
+    run = tmp_path / "run"
+    saved_at = []
+    save = train_mod.Checkpointer.save
+    monkeypatch.setattr(train_mod.Checkpointer, "save", lambda self, m, o, s, state, *a: (saved_at.append(state.step), save(self, m, o, s, state, *a)))
+
+    def stop_at_8(step, result):
+        assert 0 <= result["accuracy"] <= 1
+        if step == 8:
+            assert (run / "checkpoint" / "state.pt").is_file()  # written before the hook runs
+            raise TrainingStopped("pruned")
+
+    old_mask = os.umask(0o027)
+    try:
+        with pytest.raises(TrainingStopped) as stopped:
+            train_mod.train(from_dict(values), run, on_eval=stop_at_8, log=lambda *_: None)
+    finally:
+        os.umask(old_mask)
+    assert saved_at == [3, 4, 6, 8]
+    summary = json.loads((run / "summary.json").read_text())
+    assert stopped.value.summary["steps"] == summary["steps"] == 8 and summary["stopped_early"] == "pruned"
+    assert not (run / "checkpoint").exists()  # a finished run keeps no checkpoint
+    for path, mode in ((run / "summary.json", 0o640), (run / "eval.json", 0o640), (run / "adapter", 0o750),
+                       (run / "adapter" / "adapter_model.safetensors", 0o640), (run / "metrics.jsonl", 0o640)):
+        assert path.stat().st_mode & 0o777 == mode, path
+
+    # --overwrite swaps the new run in only once it has finished, leaving nothing beside it
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(training={"max_steps": 4, "eval_every": 4})))
+    assert main(["train", str(cfg), "--output", str(run), "--overwrite", "--no-report"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 4 and "stopped_early" not in summary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "cfg.yaml", "run"]
+    assert not (run / ".lock").exists()

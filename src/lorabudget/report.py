@@ -322,6 +322,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "test_accuracy": test.get("accuracy") if test else None,
         "test_data": test.get("data") if test else None,
         "train_time_s": summary.get("train_time_s"),
+        "finished": (run_dir / "summary.json").is_file(),  # no summary: still training, killed or failed
     }
 
 
@@ -384,7 +385,7 @@ def write_comparison(run_dirs: Sequence[Path], out_dir: Path) -> Path:
     ]
     for r in rows:
         lines.append(
-            f"| {r['name']} | {_fmt(r['method'], 'str')} | {_fmt(r['trainable_params'], 'int')} | "
+            f"| {r['name']}{'' if r['finished'] else ' (unfinished)'} | {_fmt(r['method'], 'str')} | {_fmt(r['trainable_params'], 'int')} | "
             f"{_fmt(r['head_params'], 'int')} | {_fmt(r['validation_accuracy'], 'acc')} | "
             f"{_fmt(r['test_accuracy'], 'acc')} | {_fmt(r['train_time_s'], 's')} |"
         )

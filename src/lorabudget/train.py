@@ -450,6 +450,105 @@ def agree(accelerator, value: Any) -> Any:
     return broadcast_object_list([value])[0]
 
 
+@dataclass
+class Session:
+    """What the loop's steps share: the prepared objects and the state that checkpoints save."""
+
+    cfg: RunConfig
+    run_dir: Path
+    accelerator: Any
+    model: Any  # prepared (possibly DDP-wrapped)
+    optimizer: Any
+    scheduler: Any
+    data: PreparedData
+    metrics: MetricsLog
+    checkpoints: Checkpointer
+    log: Callable[[str], None]
+    total_steps: int
+    state: TrainState = field(default_factory=TrainState)
+    best: BestKeeper = field(default_factory=BestKeeper)
+    window: LossWindow = None  # type: ignore[assignment] - set in __post_init__ (needs the device)
+    guard: DivergenceGuard = None  # type: ignore[assignment]
+    start: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.window = LossWindow(self.accelerator.device)
+        self.guard = DivergenceGuard(self.accelerator.device)
+        self.unwrapped = self.accelerator.unwrap_model(self.model)
+
+    def elapsed(self) -> float:
+        """Wall time of all sessions of this run (a resumed run adds its earlier ones)."""
+        return self.state.elapsed_s + time.perf_counter() - self.start
+
+    def check_finite(self) -> None:
+        kept = (
+            f"the best finite adapter (step {self.best.step}) and the last checkpoint are kept in {self.run_dir}"
+            if self.best.metrics else "no evaluation had finished, so no adapter was saved"
+        )
+        self.guard.check(self.accelerator, kept)
+
+    def log_train(self, epoch_pos: float, progress) -> None:
+        self.check_finite()
+        mean_loss, tokens, rows, seconds = self.window.close(self.accelerator)
+        self.metrics.write(
+            type="train", step=self.state.step, epoch=epoch_pos, loss=mean_loss, lr=self.scheduler.get_last_lr()[0],
+            samples_per_s=rows / seconds, tokens_per_s=tokens / seconds, elapsed_s=self.elapsed(),
+        )
+        progress.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{rows / seconds:.1f}")
+        self.state.rows_seen += rows
+        self.state.tokens_seen += tokens
+
+    def evaluate(self, epoch_pos: float) -> dict[str, Any]:
+        """Validate, keep the best adapter, decide early stopping."""
+        self.check_finite()
+        eval_start, step, t = time.perf_counter(), self.state.step, self.cfg.training
+        result = evaluate_during_training(self.model, self.data, self.cfg, self.accelerator)
+        improved = self.best.offer(step, result, self.unwrapped)
+        self.metrics.write(
+            type="eval", step=step, epoch=epoch_pos, accuracy=result["accuracy"],
+            macro_f1=result["macro_f1"], loss=result["loss"], best=improved, elapsed_s=self.elapsed(),
+        )
+        self.log(
+            f"step {step}: validation accuracy {result['accuracy']:.4f}, macro F1 "
+            f"{result['macro_f1']:.4f}, loss {result['loss']:.4f}" + (" (best so far)" if improved else "")
+        )
+        if improved and self.accelerator.is_main_process:
+            save_adapter(self.unwrapped, self.run_dir / "adapter")
+        if self.best.patience_spent(t.early_stopping_patience):
+            self.log(f"early stopping: no gain in validation accuracy for {self.best.evals_without_gain} evaluations")
+            self.state.done = True
+        self.state.eval_seconds += time.perf_counter() - eval_start
+        return result
+
+    def checkpoint(self) -> None:
+        self.check_finite()
+        self.state.elapsed_s, self.start = self.elapsed(), time.perf_counter()
+        self.checkpoints.save(
+            self.model, self.optimizer, self.scheduler, self.state, self.window, self.best, self.metrics.offset()
+        )
+
+
+def start_run(cfg: RunConfig, run_dir: Path, data: Optional[PreparedData], log, accelerator, resumed: bool):
+    """Plan (refusing to start over budget), load data, build the model and check its live count;
+    a new run's config, budget and tokenizer are written. Returns (model, data, live breakdown)."""
+    planned = plan_or_refuse(cfg, log)
+    log(budget_mod.format_breakdown(planned, cfg.budget.max_trainable_params, f"plan for {cfg.name}:"))
+    if data is None:
+        data = prepare_data(cfg, log)
+    seed_everything(cfg.training.seed)
+    model = build_model(cfg, weights=True).model
+    live = budget_mod.breakdown(model)
+    if live.total != planned.total:  # would be a bug in planning: never train on an unchecked count
+        raise RuntimeError(f"live trainable count {live.total:,} differs from the plan {planned.total:,}")
+    if accelerator.is_main_process and not resumed:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        atomic_write_json(run_dir / "budget.json", budget_json(live, cfg))
+        data.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+    accelerator.wait_for_everyone()
+    return model, data, live
+
+
 def train(
     cfg: RunConfig,
     run_dir: Path,
@@ -477,21 +576,7 @@ def train(
         torch.set_num_threads(cfg.training.threads)
     checkpoints = Checkpointer(run_dir, accelerator)
     resumed = checkpoints.load() if resume else None  # before any weights load: a bad checkpoint fails fast
-    planned = plan_or_refuse(cfg, log)
-    log(budget_mod.format_breakdown(planned, cfg.budget.max_trainable_params, f"plan for {cfg.name}:"))
-    if data is None:
-        data = prepare_data(cfg, log)
-    seed_everything(cfg.training.seed)
-    model = build_model(cfg, weights=True).model
-    live = budget_mod.breakdown(model)
-    if live.total != planned.total:  # would be a bug in planning: never train on an unchecked count
-        raise RuntimeError(f"live trainable count {live.total:,} differs from the plan {planned.total:,}")
-    if main and not resumed:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        atomic_write_json(run_dir / "budget.json", budget_json(live, cfg))
-        data.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
-    accelerator.wait_for_everyone()
+    model, data, live = start_run(cfg, run_dir, data, log, accelerator, resumed is not None)
 
     t = cfg.training
     loader = train_loader(
@@ -507,22 +592,16 @@ def train(
     scheduler = make_scheduler(optimizer, t.scheduler, int(t.warmup_ratio * total_steps), total_steps)
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    unwrapped = accelerator.unwrap_model(model)
 
-    state, window, best, guard = TrainState(), LossWindow(accelerator.device), BestKeeper(), DivergenceGuard(accelerator.device)
-    if resumed:
-        checkpoints.restore(resumed, model, optimizer, scheduler, state, window, best)
-        log(f"resuming {run_dir} at step {state.step} of {total_steps} (epoch {state.epoch}, batch {state.micro})")
     metrics = MetricsLog(run_dir / "metrics.jsonl", main, resume_at=resumed["metrics_offset"] if resumed else None)
-    kept = lambda: (  # noqa: E731
-        f"the best finite adapter (step {best.step}) and the last checkpoint are kept in {run_dir}"
-        if best.metrics else "no evaluation had finished, so no adapter was saved"
-    )
+    run = Session(cfg, run_dir, accelerator, model, optimizer, scheduler, data, metrics, checkpoints, log, total_steps)
+    state, guard = run.state, run.guard
+    if resumed:
+        checkpoints.restore(resumed, model, optimizer, scheduler, state, run.window, run.best)
+        log(f"resuming {run_dir} at step {state.step} of {total_steps} (epoch {state.epoch}, batch {state.micro})")
+        set_rng_state(resumed["per_process"][accelerator.process_index]["rng"])  # last: nothing above draws from it
     progress = tqdm(total=total_steps, initial=state.step, desc=f"train {cfg.name}", disable=not main, unit="step", dynamic_ncols=True)
-    if resumed:  # last, so nothing above draws from the restored streams
-        set_rng_state(resumed["per_process"][accelerator.process_index]["rng"])
-    start = time.perf_counter()
-    elapsed = lambda: state.elapsed_s + time.perf_counter() - start  # noqa: E731 - all sessions together
+    run.start = time.perf_counter()
     stopped: Optional[TrainingStopped] = None
     model.train()
     try:
@@ -533,7 +612,7 @@ def train(
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 loss = loss_fn(logits, batch)
                 accelerator.backward(loss / t.gradient_accumulation)
-                window.add(loss, batch)
+                run.window.add(loss, batch)
                 guard.add_loss(loss)
                 state.positions_seen += batch["input_ids"].numel()
                 epoch_end = micro + 1 == len(loader)
@@ -550,54 +629,25 @@ def train(
                 epoch_pos = round(epoch + (micro + 1) / len(loader), 4)
 
                 if state.step % t.log_every == 0 or state.step == total_steps:
-                    guard.check(accelerator, kept())
-                    mean_loss, tokens, rows, seconds = window.close(accelerator)
-                    metrics.write(
-                        type="train", step=state.step, epoch=epoch_pos, loss=mean_loss, lr=scheduler.get_last_lr()[0],
-                        samples_per_s=rows / seconds, tokens_per_s=tokens / seconds, elapsed_s=elapsed(),
-                    )
-                    progress.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{rows / seconds:.1f}")
-                    state.rows_seen += rows
-                    state.tokens_seen += tokens
-
-                due = state.step % t.eval_every == 0 if t.eval_every else epoch_end
+                    run.log_train(epoch_pos, progress)
                 pause_start = time.perf_counter()
-                if due or state.step == total_steps:
-                    guard.check(accelerator, kept())
-                    result = evaluate_during_training(model, data, cfg, accelerator)
-                    improved = best.offer(state.step, result, unwrapped)
-                    metrics.write(
-                        type="eval", step=state.step, epoch=epoch_pos, accuracy=result["accuracy"],
-                        macro_f1=result["macro_f1"], loss=result["loss"], best=improved, elapsed_s=elapsed(),
-                    )
-                    log(
-                        f"step {state.step}: validation accuracy {result['accuracy']:.4f}, macro F1 "
-                        f"{result['macro_f1']:.4f}, loss {result['loss']:.4f}" + (" (best so far)" if improved else "")
-                    )
-                    if improved and main:
-                        save_adapter(unwrapped, run_dir / "adapter")
-                    if best.patience_spent(t.early_stopping_patience):
-                        log(f"early stopping: no gain in validation accuracy for {best.evals_without_gain} evaluations")
-                        state.done = True
-                    state.eval_seconds += time.perf_counter() - pause_start
+                evaluated = (state.step % t.eval_every == 0 if t.eval_every else epoch_end) or state.step == total_steps
+                result = run.evaluate(epoch_pos) if evaluated else None
+                every = bool(t.checkpoint_every) and state.step % t.checkpoint_every == 0
+                if (evaluated or every) and state.step < total_steps and not state.done:
+                    run.checkpoint()
+                if evaluated:
                     stopped = agree(accelerator, run_on_eval(on_eval, state.step, result) if main else None)
                     state.done = state.done or stopped is not None
-                    save_checkpoint = True
-                else:
-                    save_checkpoint = bool(t.checkpoint_every) and state.step % t.checkpoint_every == 0
-                if save_checkpoint and state.step < total_steps and not state.done:
-                    guard.check(accelerator, kept())
-                    state.elapsed_s, start = elapsed(), time.perf_counter()
-                    checkpoints.save(model, optimizer, scheduler, state, window, best, metrics.offset())
-                window.start += time.perf_counter() - pause_start  # logged throughput counts training time only
+                run.window.start += time.perf_counter() - pause_start  # logged throughput counts training time only
                 if state.done or state.step >= total_steps:
                     break
     finally:
         progress.close()
         metrics.close()
-    guard.check(accelerator, kept())
-    best.restore_into(unwrapped)  # what the caller gets matches the saved adapter
-    summary = finish(cfg, run_dir, data, live, state, best, elapsed(), accelerator, extra_summary, stopped, log)
+    run.check_finite()
+    run.best.restore_into(run.unwrapped)  # what the caller gets matches the saved adapter
+    summary = finish(cfg, run_dir, data, live, state, run.best, run.elapsed(), accelerator, extra_summary, stopped, log)
     if stopped is not None:
         stopped.summary = summary
         raise stopped
