@@ -47,7 +47,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _new_run(args: argparse.Namespace):
     """Load the config of a train/distill command and check its run directory before any work."""
     from .config import load_config
-    from .rundir import check_can_create, is_run_dir
+    from .rundir import check_can_create, is_main_launch_process, is_run_dir
 
     overrides = list(args.overrides)
     if args.data:
@@ -58,6 +58,8 @@ def _new_run(args: argparse.Namespace):
     run_dir = Path(args.output) if args.output else Path("runs") / cfg.name
     if args.resume and args.overwrite:
         raise LorabudgetError("--resume continues a run and --overwrite replaces it: pass only one")
+    if not is_main_launch_process():
+        return cfg, run_dir  # the main process checks (and may already have made) the run directory
     if args.resume:
         _check_resumable(cfg, run_dir)
         check_can_create(run_dir / "checkpoint")
@@ -142,9 +144,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report import write_comparison
 
+    from .rundir import check_can_create
+
     for run in args.runs:
         if not Path(run).is_dir():
             raise LorabudgetError(f"run directory not found: {run}")
+    check_can_create(Path(args.output) / "compare.md")
     path = write_comparison([Path(r) for r in args.runs], Path(args.output))
     print(path.read_text(encoding="utf-8"))
     print(f"written: {path}")
@@ -164,9 +169,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import format_metrics
-    from .runs import evaluate_run, load_run
+    from .rundir import check_can_create
+    from .runs import evaluate_run, load_run, read_run_config
     from .train import write_eval
 
+    read_run_config(Path(args.run))
+    check_can_create(Path(args.run) / "eval.json")  # before inference, not after
     run = load_run(Path(args.run), threads=args.threads, precision=args.precision)
     metrics = evaluate_run(run, args.data, trust_pickle=args.trust_pickle)
     write_eval(run.run_dir, metrics, args.data, "evaluate")
