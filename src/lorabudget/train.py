@@ -135,6 +135,8 @@ class MetricsLog:
     def __init__(self, path: Path, enabled: bool, resume_at: Optional[int] = None):
         self.enabled = enabled
         if enabled and resume_at is not None:
+            if not path.is_file() or path.stat().st_size < resume_at:
+                raise LorabudgetError(f"{path} is missing or shorter than at the checkpoint; start again with --overwrite")
             os.truncate(path, resume_at)
         self.fh = open(path, "w" if resume_at is None else "a", encoding="utf-8") if enabled else None
 
