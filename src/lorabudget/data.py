@@ -156,8 +156,13 @@ def _read_json(path: Path) -> pd.DataFrame:
             whole = json.loads(text)
         except ValueError:
             whole = None  # perhaps JSON Lines named .json
-        if isinstance(whole, list) or (isinstance(whole, dict) and all(isinstance(v, list) for v in whole.values())):
+        if isinstance(whole, list):
             return pd.DataFrame(whole)
+        if isinstance(whole, dict):  # columns (lists or index->value mappings), or one record
+            try:
+                return pd.DataFrame(whole)
+            except ValueError:
+                return pd.DataFrame([whole])
     records = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
