@@ -51,7 +51,9 @@ def test_jsonl_parquet_pickle(tmp_path):
     with open(tmp_path / "f.pkl", "wb") as fh:
         pickle.dump(pd.DataFrame({"text": ["x y", "z"]}), fh)
     for name in ("u.pkl", "f.pkl"):
-        assert load_unlabelled(str(tmp_path / name)).texts == ["x y", "z"]
+        assert load_unlabelled(str(tmp_path / name), trust_pickle=True).texts == ["x y", "z"]
+        with pytest.raises(LorabudgetError, match="--trust-pickle"):
+            load_unlabelled(str(tmp_path / name))
 
 
 def test_missing_file_and_unknown_format(tmp_path):
@@ -65,7 +67,7 @@ def test_missing_file_and_unknown_format(tmp_path):
         load_labelled(str(tmp_path / "empty.csv"), NAMES)
     (tmp_path / "bad.pkl").write_bytes(b"not a pickle")
     with pytest.raises(LorabudgetError, match="not a readable pickle"):
-        load_unlabelled(str(tmp_path / "bad.pkl"))
+        load_unlabelled(str(tmp_path / "bad.pkl"), trust_pickle=True)
 
 
 def test_missing_columns(tmp_path):

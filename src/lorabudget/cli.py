@@ -1,6 +1,7 @@
 """The ``lorabudget`` command line: plan, train, search, distill, evaluate, predict, classify, report, compare.
 
-Exit codes: 0 success, 2 bad input (one line on stderr), 3 over budget, 130 interrupted.
+Exit codes: 0 success, 2 bad input (one line on stderr), 3 over budget, 4 training diverged (non-finite
+loss or gradient norm), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -54,27 +55,80 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _new_run(args: argparse.Namespace):
-    """Load the config of a train/distill command and make room for its run directory."""
+    """Load the config of a train/distill command and check its run directory before any work."""
     from .config import load_config
-    from .train import clear_run_dir
+    from .rundir import check_can_create, is_main_launch_process, is_run_dir
 
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.train={args.data}")
+    if args.trust_pickle:
+        overrides.append("data.trust_pickle=true")
     cfg = load_config(args.config, overrides)
     run_dir = Path(args.output) if args.output else Path("runs") / cfg.name
-    if run_dir.exists() and not args.overwrite:
-        raise LorabudgetError(f"run directory {run_dir} exists; pass --overwrite or choose --output")
-    if args.overwrite:
-        clear_run_dir(run_dir)
+    if args.resume and args.overwrite:
+        raise LorabudgetError("--resume continues a run and --overwrite replaces it: pass only one")
+    if not is_main_launch_process():
+        return cfg, run_dir  # the main process checks (and may already have made) the run directory
+    if args.resume:
+        _check_resumable(cfg, run_dir)
+        check_can_create(run_dir / "checkpoint")
+    elif run_dir.exists() and not args.overwrite:
+        raise LorabudgetError(f"run directory {run_dir} exists; pass --overwrite to replace it or --resume to continue it")
+    elif run_dir.exists() and not is_run_dir(run_dir):
+        raise LorabudgetError(f"{run_dir} exists and is not a lorabudget run directory; choose another --output")
+    else:
+        check_can_create(run_dir)
     return cfg, run_dir
+
+
+def _check_resumable(cfg, run_dir: Path) -> None:
+    from .config import load_yaml
+    from .rundir import is_run_dir
+
+    if not is_run_dir(run_dir):
+        raise LorabudgetError(f"nothing to resume: {run_dir} is not a lorabudget run directory")
+    if (run_dir / "summary.json").is_file():
+        raise LorabudgetError(f"{run_dir} has finished training; nothing to resume")
+    saved, given = _flatten(load_yaml(run_dir / "config.yaml")), _flatten(cfg.to_dict())
+    changed = [k for k in sorted(set(saved) | set(given)) if saved.get(k) != given.get(k) and k != "training.threads"]
+    if changed:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {given.get(k)!r}" for k in changed[:3])
+        raise LorabudgetError(
+            f"the config differs from the one {run_dir} was started with ({shown}); resume with the same "
+            "config and --set values"
+        )
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _train_into(run_dir: Path, args: argparse.Namespace, fit) -> None:
+    """Run ``fit(folder)`` in the locked run directory (a sibling one for --overwrite)."""
+    from .errors import TrainingDiverged
+    from .rundir import run_directory
+
+    with run_directory(run_dir, overwrite=args.overwrite, resume=args.resume) as folder:
+        try:
+            fit(folder)
+        except TrainingDiverged as err:
+            if folder != run_dir:
+                err.kept = f"the new run was discarded and {run_dir} is left as it was"
+            raise
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     cfg, run_dir = _new_run(args)
-    train(cfg, run_dir, log=_say)
+    _train_into(run_dir, args, lambda folder: train(cfg, folder, log=_say, resume=args.resume))
     _report(run_dir, args)
     return 0
 
@@ -100,9 +154,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report import write_comparison
 
+    from .rundir import check_can_create
+
     for run in args.runs:
         if not Path(run).is_dir():
             raise LorabudgetError(f"run directory not found: {run}")
+    check_can_create(Path(args.output) / "compare.md")
     path = write_comparison([Path(r) for r in args.runs], Path(args.output), names=args.names or ())
     print(path.read_text(encoding="utf-8"))
     print(f"written: {path}, {path.with_name('compare.csv')}")
@@ -113,19 +170,24 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from .distill import distill
 
     cfg, run_dir = _new_run(args)
-    distill(cfg, run_dir, teacher=args.teacher, unlabelled=args.unlabelled or (), log=_say,
-            transfer_fraction=args.transfer_fraction)
+    _train_into(run_dir, args, lambda folder: distill(
+        cfg, folder, teacher=args.teacher, unlabelled=args.unlabelled or (), log=_say, resume=args.resume,
+        transfer_fraction=args.transfer_fraction,
+    ))
     _report(run_dir, args)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import format_metrics
-    from .runs import evaluate_run, load_run
+    from .rundir import check_can_create
+    from .runs import evaluate_run, load_run, read_run_config
     from .train import write_eval
 
+    read_run_config(Path(args.run))
+    check_can_create(Path(args.run) / "eval.json")  # before inference, not after
     run = load_run(Path(args.run), threads=args.threads, precision=args.precision)
-    metrics = evaluate_run(run, args.data)
+    metrics = evaluate_run(run, args.data, trust_pickle=args.trust_pickle)
     write_eval(run.run_dir, metrics, args.data, "evaluate")
     print(format_metrics(metrics))
     print(f"written: {run.run_dir / 'eval.json'}")
@@ -134,20 +196,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .runs import load_run, predict_file
+    from .runs import check_threads, load_run, predict_file, read_run_config
 
+    read_run_config(Path(args.run))  # a clear error for a folder that is not a run, before anything else
+    check_threads(args.threads)
+    output = Path(args.output) if args.output else Path(args.run) / "predictions.csv"
+    _check_output_file(output, args.input)
     run = load_run(Path(args.run), threads=args.threads, precision=args.precision)
-    output = Path(args.output) if args.output else run.run_dir / "predictions.csv"
-    summary = predict_file(run, args.input, output, probabilities=args.probabilities)
+    summary = predict_file(run, args.input, output, probabilities=args.probabilities, trust_pickle=args.trust_pickle)
     counts = ", ".join(f"{k} {v:,}" for k, v in summary["counts"].items())
     print(f"wrote {summary['rows']:,} predictions to {output} ({counts}; {summary['samples_per_s']:.1f} rows/s)")
     _report(run.run_dir, args)
     return 0
 
 
-def cmd_classify(args: argparse.Namespace) -> int:
-    from .runs import classify_texts, load_run
+def _check_output_file(output: Path, input_source: str) -> None:
+    """Refuse an output that is a folder, is the input, or cannot be written: before any inference runs."""
+    from .rundir import check_can_create
 
+    if output.is_dir():
+        raise LorabudgetError(f"--output {output} is a folder; name the CSV file to write")
+    if Path(input_source).exists() and output.resolve() == Path(input_source).resolve():
+        raise LorabudgetError(f"--output {output} is the input file; choose another file so the input is kept")
+    check_can_create(output)
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from .runs import check_threads, classify_texts, load_run
+
+    check_threads(args.threads)
     texts = list(args.texts)
     if texts == ["-"]:
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
@@ -195,6 +272,17 @@ def _add_search_parser(sub) -> None:
     p.set_defaults(func=cmd_search)
 
 
+def _add_run_dir_args(p: argparse.ArgumentParser, overwrite_help: str) -> None:
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --output from its last checkpoint (same config and --set values)")
+    p.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
+    p.add_argument("--no-report", action="store_true", help="do not write report.md and figures at the end")
+
+
+TRUST_PICKLE_HELP = "allow .pkl/.pickle data files: unpickling runs code from the file, so only for files you trust"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lorabudget",
@@ -213,8 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--data", help="training data file (shortcut for --set data.train=FILE)")
     p.add_argument("--output", help="run directory (default: runs/<config name>)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--no-report", action="store_true", help="do not write report.md and figures at the end")
+    _add_run_dir_args(p, "replace an existing run directory once the new run has finished")
     p.set_defaults(func=cmd_train)
 
     _add_search_parser(sub)
@@ -231,8 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra texts (no labels) taught by the teacher's soft labels only (repeatable)")
     p.add_argument("--data", help="training data file (shortcut for --set data.train=FILE)")
     p.add_argument("--output", help="student run directory (default: runs/<config name>)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing student run directory")
-    p.add_argument("--no-report", action="store_true", help="do not write report.md and figures at the end")
+    _add_run_dir_args(p, "replace an existing student run directory once the new run has finished")
     p.set_defaults(func=cmd_distill)
 
     def run_parser(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -246,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = run_parser("evaluate", "accuracy, macro P/R/F1, per-class table and confusion matrix on labelled data")
     p.add_argument("--data", required=True, help="labelled data file (or ag_news:test)")
+    p.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
     p.add_argument("--no-report", action="store_true", help="do not rewrite report.md and figures")
     p.set_defaults(func=cmd_evaluate)
 
@@ -253,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="texts to label: CSV, JSON Lines, Parquet or pickle")
     p.add_argument("--output", help="CSV to write (default: RUN/predictions.csv)")
     p.add_argument("--probabilities", action="store_true", help="add one probability column per class")
+    p.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
     p.add_argument("--no-report", action="store_true", help="do not rewrite report.md and figures")
     p.set_defaults(func=cmd_predict)
 
@@ -285,7 +373,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.debug:
             raise
         print(f"lorabudget {args.command}: error: {err}", file=sys.stderr)
-        return 3 if isinstance(err, BudgetExceededError) else 2
+        return 3 if isinstance(err, BudgetExceededError) else getattr(err, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"lorabudget {args.command}: interrupted", file=sys.stderr)
         return 130

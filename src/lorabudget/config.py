@@ -8,6 +8,7 @@ bad values raise :class:`~lorabudget.errors.LorabudgetError` naming the key and 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -123,6 +124,9 @@ class DataConfig:
     """Use at most this many training rows (after the split); ``null`` uses all."""
     cache_dir: Optional[str] = None
     """Where tokenized data is cached; ``null`` means ``$LORABUDGET_CACHE`` or ``~/.cache/lorabudget``."""
+    trust_pickle: bool = False
+    """Load ``.pkl``/``.pickle`` data files. Unpickling runs code from the file, so it is refused
+    unless this (or ``--trust-pickle``) says the files are trusted."""
 
 
 @dataclass
@@ -168,6 +172,9 @@ class TrainingConfig:
     """DataLoader worker processes (0: load in the main process)."""
     threads: Optional[int] = None
     """CPU threads for torch; ``null`` keeps torch's default."""
+    checkpoint_every: int = 0
+    """Also write the resumable checkpoint every N optimizer steps (it is always written at each
+    evaluation); 0: at evaluations only."""
 
 
 @dataclass
@@ -288,11 +295,16 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str):
             # YAML 1.1 reads "3e-4" (no dot) as a string; accept what Python reads as a number.
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise bad from None
+            if not math.isfinite(number):
+                raise LorabudgetError(f"config key '{key}': {value!r} is not a finite number")
+            return number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
+        if not math.isfinite(value):
+            raise LorabudgetError(f"config key '{key}': {value!r} is not a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -383,7 +395,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check_positive("training.learning_rate", t.learning_rate)
     if t.head_learning_rate is not None:
         _check_positive("training.head_learning_rate", t.head_learning_rate)
-    for key in ("weight_decay", "max_grad_norm", "eval_every", "early_stopping_patience", "num_workers"):
+    for key in ("weight_decay", "max_grad_norm", "eval_every", "early_stopping_patience", "num_workers", "checkpoint_every"):
         _check_positive(f"training.{key}", getattr(t, key), allow_zero=True)
     if not 0 <= t.warmup_ratio < 1:
         raise LorabudgetError(f"config key 'training.warmup_ratio': must be in [0, 1), got {t.warmup_ratio}")

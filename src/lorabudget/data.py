@@ -9,15 +9,20 @@ Supported inputs (see README "Data formats"):
   ``description``) and optionally ``label``.
 * JSON Lines (``.jsonl``/``.json``) and Parquet with the same column names.
 * Pickle (``.pkl``/``.pickle``): a pickled ``datasets.Dataset`` or pandas DataFrame with a ``text``
-  column, as the competition's unlabelled test file. Unpickling runs code: only load files you trust.
+  column, as the competition's unlabelled test file. Unpickling runs code from the file, so it is
+  refused unless the caller passes ``trust_pickle=True`` (``--trust-pickle``, ``data.trust_pickle``).
 
 Title and description are joined with one space. Labels may also be given as class names.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import pickle
+import re
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -91,7 +96,9 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, int]:
         raw = pd.read_csv(path, header=None, dtype=str, keep_default_na=False, sep=sep)
     except pd.errors.EmptyDataError:
         raise LorabudgetError(f"{path}: the file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+    except pd.errors.ParserError as err:
+        raise LorabudgetError(f"{path}: not a readable CSV file ({_csv_field_count_problem(path, sep) or str(err).splitlines()[0]})") from None
+    except UnicodeDecodeError as err:
         raise LorabudgetError(f"{path}: not a readable CSV file ({str(err).splitlines()[0]})") from None
     first = [str(v).strip().lower() for v in raw.iloc[0]] if len(raw) else []
     known = set(TEXT_NAMES + LABEL_NAMES + TITLE_NAMES + DESCRIPTION_NAMES + ("id",))
@@ -119,7 +126,67 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, int]:
     )
 
 
-def _read_pickle(path: Path) -> pd.DataFrame:
+def _csv_field_count_problem(path: Path, sep: str) -> Optional[str]:
+    """Name the line whose field count differs from most lines (pandas blames the line after a short
+    first row, since it takes the first row's count as the expected one)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh, delimiter=sep)
+            counts = []
+            for record in reader:
+                counts.append((reader.line_num, len(record)))
+    except (csv.Error, UnicodeDecodeError, OSError):
+        return None
+    if not counts:
+        return None
+    usual = Counter(n for _, n in counts).most_common(1)[0][0]
+    odd = next(((line, n) for line, n in counts if n != usual), None)
+    if odd is None:
+        return None
+    return f"line {odd[0]} has {odd[1]} fields, most lines have {usual}"
+
+
+def _read_json(path: Path) -> pd.DataFrame:
+    """A JSON array of records (or a mapping of columns), or JSON Lines: one object per line."""
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise LorabudgetError(f"{path}: the file is empty")
+    if path.suffix.lower() == ".json" and text.lstrip()[:1] in "[{":
+        try:
+            whole = json.loads(text)
+        except ValueError:
+            whole = None  # perhaps JSON Lines named .json
+        if isinstance(whole, list):
+            return pd.DataFrame(whole)
+        if isinstance(whole, dict):  # columns (lists or index->value mappings), or one record
+            try:
+                return pd.DataFrame(whole)
+            except ValueError:
+                return pd.DataFrame([whole])
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as err:
+            raise LorabudgetError(f"{path}: line {number} is not valid JSON ({err})") from None
+        if not isinstance(record, dict):
+            raise LorabudgetError(f"{path}: line {number} is not a JSON object with named fields")
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def _article(word: str) -> str:
+    return "an" if re.match(r"[aeiouAEIOU]", word) else "a"
+
+
+def _read_pickle(path: Path, trust_pickle: bool = False) -> pd.DataFrame:
+    if not trust_pickle:
+        raise LorabudgetError(
+            f"{path}: refusing to unpickle: loading a pickle runs code from the file; if you trust it, "
+            "pass --trust-pickle (or set data.trust_pickle: true)"
+        )
     try:
         with open(path, "rb") as fh:
             obj = pickle.load(fh)
@@ -132,7 +199,7 @@ def _read_pickle(path: Path) -> pd.DataFrame:
     if isinstance(obj, dict):
         return pd.DataFrame(obj)
     raise LorabudgetError(
-        f"{path}: the pickle holds a {type(obj).__name__}; expected a datasets.Dataset or pandas DataFrame "
+        f"{path}: the pickle holds {_article(type(obj).__name__)} {type(obj).__name__}; expected a datasets.Dataset or pandas DataFrame "
         "with a 'text' column"
     )
 
@@ -159,8 +226,11 @@ def _load_hub(name: str) -> tuple[pd.DataFrame, int]:
     return ds.to_pandas(), 0
 
 
-def read_table(source: str) -> tuple[pd.DataFrame, int]:
-    """Read ``source`` into a DataFrame with its own column names; return it and the label base."""
+def read_table(source: str, trust_pickle: bool = False) -> tuple[pd.DataFrame, int]:
+    """Read ``source`` into a DataFrame with its own column names; return it and the label base.
+
+    Pickle files are refused unless ``trust_pickle``: unpickling runs code from the file.
+    """
     if source.split(":")[0] in HUB_DATASETS and not Path(source).exists():
         return _load_hub(source)
     path = Path(source).expanduser()
@@ -173,14 +243,11 @@ def read_table(source: str) -> tuple[pd.DataFrame, int]:
         if suffix in CSV_SUFFIXES:
             return _read_csv(path)
         if suffix in JSON_SUFFIXES:
-            try:
-                return pd.read_json(path, lines=True), 0
-            except ValueError:
-                return pd.read_json(path), 0
+            return _read_json(path), 0
         if suffix in PARQUET_SUFFIXES:
             return pd.read_parquet(path), 0
         if suffix in PICKLE_SUFFIXES:
-            return _read_pickle(path), 0
+            return _read_pickle(path, trust_pickle), 0
     except LorabudgetError:
         raise
     except Exception as err:  # noqa: BLE001 - a corrupt file in any reader
@@ -246,9 +313,9 @@ def _row_list(rows: np.ndarray, limit: int = 5) -> str:
     return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
 
 
-def load_labelled(source: str, class_names: Sequence[str]) -> TextData:
+def load_labelled(source: str, class_names: Sequence[str], trust_pickle: bool = False) -> TextData:
     """Texts and labels for training or evaluation. Empty or non-text rows are dropped, with a warning."""
-    frame, base = read_table(source)
+    frame, base = read_table(source, trust_pickle)
     texts = _texts_from(frame, source)
     labels = _labels_from(frame, source, base, class_names)
     empty = _empty_mask(texts)
@@ -263,12 +330,12 @@ def load_labelled(source: str, class_names: Sequence[str]) -> TextData:
     )
 
 
-def load_unlabelled(source: str) -> TextData:
+def load_unlabelled(source: str, trust_pickle: bool = False) -> TextData:
     """Texts for prediction, every row kept so output IDs match input rows.
 
     Empty or non-text rows are predicted from an empty string and reported in a warning.
     """
-    frame, _ = read_table(source)
+    frame, _ = read_table(source, trust_pickle)
     texts = _texts_from(frame, source)
     empty = _empty_mask(texts)
     rows = np.arange(len(frame), dtype=np.int64)

@@ -305,11 +305,13 @@ def distill(
     unlabelled: Sequence[str] = (),
     log: Callable[[str], None] = print,
     transfer_fraction: Optional[float] = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train the student ``cfg`` with knowledge distillation; returns its summary.
 
     ``teacher``: one run directory or config, or several (an ensemble); default ``distill.teacher``.
     ``transfer_fraction``: default ``distill.transfer_fraction``.
+    ``resume``: continue the student from its last checkpoint (the teacher's logits come from the cache).
     """
     d = cfg.distill
     teachers = _teacher_list(teacher) or _teacher_list(d.teacher)
@@ -335,7 +337,7 @@ def distill(
         labels[transfer] = -1
         log(f"distill: {len(transfer):,} of {len(labels):,} labelled training rows ({fraction:.0%}, seed "
             f"{cfg.data.split_seed}) used as transfer texts, without their labels")
-    extra = [load_unlabelled(path) for path in unlabelled]
+    extra = [load_unlabelled(path, trust_pickle=cfg.data.trust_pickle) for path in unlabelled]
     extra_texts = [t for e in extra for t in e.texts if t]
     if extra_texts:
         log(f"distill: adding {len(extra_texts):,} unlabelled texts taught by the teacher's soft labels only")
@@ -395,7 +397,7 @@ def distill(
         "min_teacher_confidence": d.min_teacher_confidence,
         "dropped_unconfident_rows": int((~keep).sum()),
     }
-    summary = train(cfg, run_dir, loss_fn=loss_fn, data=data, log=log, extra_summary=extra_summary)
+    summary = train(cfg, run_dir, loss_fn=loss_fn, data=data, log=log, extra_summary=extra_summary, resume=resume)
     log(
         f"distillation: teacher {teacher_val['accuracy']:.4f} -> student {summary['validation_accuracy']:.4f} "
         f"validation accuracy with {summary['trainable_params']:,} trainable parameters"

@@ -12,3 +12,33 @@ class LorabudgetError(Exception):
 
 class BudgetExceededError(LorabudgetError):
     """The planned trainable-parameter count is over the configured budget."""
+
+
+class TrainingStopped(LorabudgetError):
+    """Raised by an ``on_eval`` callback of :func:`lorabudget.train.train` to end a run early.
+
+    The run is finished with the best checkpoint so far (adapter, eval.json, summary.json with
+    ``stopped_early``), then the exception is raised again to the caller with ``summary`` set.
+    """
+
+    summary: dict | None = None
+
+
+class TrainingDiverged(LorabudgetError):
+    """A non-finite loss or gradient norm: training stopped, the best finite checkpoint was kept.
+
+    ``kept`` says what was kept (the CLI rewords it when an ``--overwrite`` run is discarded).
+    """
+
+    exit_code = 4
+
+    def __init__(self, step: int, last_finite_loss: float | None, kept: str = ""):
+        super().__init__(step, last_finite_loss, kept)
+        self.step, self.last_finite_loss, self.kept = step, last_finite_loss, kept
+
+    def __str__(self) -> str:
+        last = "none" if self.last_finite_loss is None else f"{self.last_finite_loss:.4f}"
+        return (
+            f"training diverged at step {self.step}: non-finite loss or gradient norm (last finite loss {last}); "
+            f"stopped, {self.kept}; try a lower training.learning_rate"
+        )

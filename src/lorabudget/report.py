@@ -414,6 +414,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "test_accuracy": latest_test["accuracy"] if latest_test else None,
         "test_data": latest_test["data"] if latest_test else None,
         "train_time_s": summary.get("train_time_s"),
+        "finished": (run_dir / "summary.json").is_file(),  # no summary: still training, killed or failed
     }
 
 
@@ -575,7 +576,7 @@ def write_comparison(run_dirs: Sequence[Path], out_dir: Path, names: Sequence[st
         nxt = ranked[ranked.index(i) + 1] if i in ranked and ranked.index(i) + 1 < len(ranked) else None
         versus = short_verdict(score, rows[nxt]["display"], basis["scores"][nxt]) if nxt is not None else ""
         lines.append(
-            f"| {_fmt(rank, 'int')} | {r['display']} | {_fmt(r['method'], 'str')} | {_fmt(r['trainable_params'], 'int')} | "
+            f"| {_fmt(rank, 'int')} | {r['display']}{'' if r['finished'] else ' (unfinished)'} | {_fmt(r['method'], 'str')} | {_fmt(r['trainable_params'], 'int')} | "
             f"{_fmt(r['head_params'], 'int')} | {_fmt_score(score)} | {_fmt_score(other)} | {versus} | "
             f"{_fmt(r['train_time_s'], 's')} |"
         )

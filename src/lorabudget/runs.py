@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,13 +59,64 @@ def read_run_config(run_dir: Path) -> RunConfig:
     return from_dict(load_yaml(run_dir / "config.yaml"))
 
 
+def check_threads(threads: Optional[int]) -> None:
+    if threads is not None and threads < 1:
+        raise LorabudgetError(f"--threads must be a positive number of CPU threads, got {threads}")
+
+
+def verify_adapter(run_dir: Path) -> None:
+    """Check the run's adapter weights before they are used: each file reads back whole, holds only
+    finite values, and matches the sha256 that summary.json recorded when training finished."""
+    from .train import adapter_checksums, weight_files
+
+    run_dir = Path(run_dir)
+    adapter_dir = run_dir / "adapter"
+    summary_path = run_dir / "summary.json"
+    expected: dict[str, str] = {}
+    if summary_path.is_file():
+        try:
+            expected = json.loads(summary_path.read_text(encoding="utf-8")).get("adapter_sha256") or {}
+        except (OSError, ValueError, AttributeError):
+            raise LorabudgetError(f"{summary_path}: not readable JSON") from None
+    files = weight_files(adapter_dir)
+    if not files and (adapter_dir / "adapter_config.json").is_file():
+        raise LorabudgetError(f"{adapter_dir}: no weight file (adapter_model.safetensors is missing)")
+    missing = sorted(set(expected) - {p.name for p in files})
+    if missing:
+        raise LorabudgetError(f"{adapter_dir / missing[0]}: missing (summary.json records it)")
+    actual = adapter_checksums(adapter_dir) if expected else {}
+    for path in files:
+        if path.name in expected and actual[path.name] != expected[path.name]:
+            raise LorabudgetError(
+                f"{path}: sha256 does not match the one summary.json recorded; the file was changed or corrupted"
+            )
+        try:
+            tensors = _read_weights(path)
+        except Exception as err:  # noqa: BLE001 - truncated or corrupt file in any reader
+            raise LorabudgetError(f"{path}: unreadable weights ({type(err).__name__}: {err})".splitlines()[0]) from None
+        for name, tensor in tensors.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise LorabudgetError(f"{path}: tensor {name} holds non-finite values (NaN or inf)")
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_run(run_dir: Path, merge: bool = True, threads: Optional[int] = None, precision: str = "fp32") -> LoadedRun:
     """Load a trained run for inference; adapters are merged into the base weights by default.
 
     ``precision``: ``fp32``, ``bf16`` or ``auto`` (bf16 on a GPU that supports it, else fp32).
+    The adapter weights are checked first (:func:`verify_adapter`).
     """
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
+    check_threads(threads)
+    verify_adapter(run_dir)
     if threads:
         torch.set_num_threads(threads)
     tok_dir = run_dir / "tokenizer"
@@ -79,8 +131,8 @@ def load_run(run_dir: Path, merge: bool = True, threads: Optional[int] = None, p
     return LoadedRun(run_dir, cfg, model, tokenizer, resolve_precision(precision))
 
 
-def evaluate_run(run: LoadedRun, data_source: str) -> dict[str, Any]:
-    data = load_labelled(data_source, run.cfg.model.labels)
+def evaluate_run(run: LoadedRun, data_source: str, trust_pickle: bool = False) -> dict[str, Any]:
+    data = load_labelled(data_source, run.cfg.model.labels, trust_pickle=trust_pickle)
     logits = run.logits(data.texts, progress="evaluate")
     return classification_metrics(logits, data.labels, run.cfg.model.labels, texts=data.texts)
 
@@ -100,8 +152,10 @@ def predictions_csv(preds: np.ndarray, class_names: Sequence[str], probs: Option
     return out.getvalue()
 
 
-def predict_file(run: LoadedRun, input_source: str, output: Path, probabilities: bool = False) -> dict[str, Any]:
-    data = load_unlabelled(input_source)
+def predict_file(
+    run: LoadedRun, input_source: str, output: Path, probabilities: bool = False, trust_pickle: bool = False
+) -> dict[str, Any]:
+    data = load_unlabelled(input_source, trust_pickle=trust_pickle)
     start = time.perf_counter()
     logits = run.logits(data.texts, progress="predict")
     elapsed = time.perf_counter() - start

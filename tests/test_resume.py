@@ -1,0 +1,122 @@
+"""A run killed with SIGKILL and continued with --resume ends exactly like the same run uninterrupted."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from lorabudget.cli import main
+
+# The child stops (sleeps) right after writing the training line of this step: after the checkpoint
+# of the evaluation at step 4 (mid first epoch), with a metrics line past it to be cut back.
+KILL_AFTER_STEP = 6
+
+CHILD = """
+import sys, time
+import lorabudget.train as T
+write = T.MetricsLog.write
+def stalling_write(self, **record):
+    write(self, **record)
+    if record.get("type") == "train" and record.get("step") == {step}:
+        print("KILL ME", flush=True)
+        time.sleep(600)
+T.MetricsLog.write = stalling_write
+from lorabudget.cli import main
+sys.exit(main({argv!r}))
+"""
+
+
+def _lines(run):
+    return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _trajectory(run):
+    return [(l["type"], l["step"], l.get("loss"), l.get("accuracy")) for l in _lines(run)]
+
+
+def test_kill_9_and_resume_matches_uninterrupted(tiny_config, tmp_path):
+    # 96 training rows in batches of 16: 6 steps per epoch, 12 in all, so the resumed part skips into
+    # the middle of an epoch and crosses into the next; dropout on (the tiny encoder's hidden
+    # dropout 0.1), so the restored RNG states matter.
+    values = tiny_config(data={"max_train_rows": 96}, training={"epochs": 2, "eval_every": 4, "log_every": 2})
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(values))
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert main(["train", str(cfg), "--output", str(ref), "--no-report"]) == 0
+
+    argv = ["train", str(cfg), "--output", str(run), "--no-report"]
+    with open(tmp_path / "child.err", "w") as err:
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD.format(step=KILL_AFTER_STEP, argv=argv)],
+            stdout=subprocess.PIPE, stderr=err, text=True, env=dict(os.environ),
+        )
+        deadline = time.time() + 300
+        for line in child.stdout:
+            if "KILL ME" in line or time.time() > deadline:
+                break
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL, (tmp_path / "child.err").read_text()[-2000:]
+    assert (run / "checkpoint" / "state.pt").is_file() and not (run / "summary.json").exists()
+    assert max(l["step"] for l in _lines(run)) == KILL_AFTER_STEP  # lines past the checkpoint exist
+    assert json.loads((run / ".lock").read_text())["pid"] == child.pid  # a stale lock, taken over below
+
+    assert main(argv + ["--resume"]) == 0
+    got, want = json.loads((run / "summary.json").read_text()), json.loads((ref / "summary.json").read_text())
+    assert got["steps"] == want["steps"] == 12
+    assert got["best_step"] == want["best_step"]
+    assert got["validation_accuracy"] == want["validation_accuracy"]
+    final = [l["loss"] for l in _lines(run) if l["type"] == "train"][-1]
+    assert abs(final - [l["loss"] for l in _lines(ref) if l["type"] == "train"][-1]) < 1e-4
+    # every metrics line once, in order, matching the uninterrupted run
+    mine, theirs = _trajectory(run), _trajectory(ref)
+    assert [m[:2] for m in mine] == [t[:2] for t in theirs]
+    assert all(abs(a - b) < 1e-4 for m, t in zip(mine, theirs) for a, b in zip(m[2:], t[2:]) if a is not None)
+    assert not (run / "checkpoint").exists() and not (run / ".lock").exists()
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == (ref / "adapter" / "adapter_model.safetensors").read_bytes()
+
+
+def test_on_eval_stop_checkpoint_every_umask_and_overwrite(tiny_config, tmp_path, monkeypatch):
+    import lorabudget.train as train_mod
+    from lorabudget.config import from_dict
+    from lorabudget.errors import TrainingStopped
+
+    values = tiny_config(training={"max_steps": 12, "eval_every": 4, "checkpoint_every": 3, "log_every": 2})
+    run = tmp_path / "run"
+    saved_at = []
+    save = train_mod.Checkpointer.save
+    monkeypatch.setattr(train_mod.Checkpointer, "save", lambda self, m, o, s, state, *a: (saved_at.append(state.step), save(self, m, o, s, state, *a)))
+
+    def stop_at_8(step, result):
+        assert 0 <= result["accuracy"] <= 1
+        if step == 8:
+            assert (run / "checkpoint" / "state.pt").is_file()  # written before the hook runs
+            raise TrainingStopped("pruned")
+
+    old_mask = os.umask(0o027)
+    try:
+        with pytest.raises(TrainingStopped) as stopped:
+            train_mod.train(from_dict(values), run, on_eval=stop_at_8, log=lambda *_: None)
+    finally:
+        os.umask(old_mask)
+    assert saved_at == [3, 4, 6, 8]
+    summary = json.loads((run / "summary.json").read_text())
+    assert stopped.value.summary["steps"] == summary["steps"] == 8 and summary["stopped_early"] == "pruned"
+    assert not (run / "checkpoint").exists()  # a finished run keeps no checkpoint
+    for path, mode in ((run / "summary.json", 0o640), (run / "eval.json", 0o640), (run / "adapter", 0o750),
+                       (run / "adapter" / "adapter_model.safetensors", 0o640), (run / "metrics.jsonl", 0o640)):
+        assert path.stat().st_mode & 0o777 == mode, path
+
+    # --overwrite swaps the new run in only once it has finished, leaving nothing beside it
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(training={"max_steps": 4, "eval_every": 4})))
+    assert main(["train", str(cfg), "--output", str(run), "--overwrite", "--no-report"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 4 and "stopped_early" not in summary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "cfg.yaml", "run"]
+    assert not (run / ".lock").exists()
