@@ -149,6 +149,9 @@ class TrainingConfig:
     """DataLoader worker processes (0: load in the main process)."""
     threads: Optional[int] = None
     """CPU threads for torch; ``null`` keeps torch's default."""
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers that receive every logged scalar and the resolved config, through
+    Accelerate: ``tensorboard``, ``mlflow``, ``wandb``, ... (see tracking.py); empty: none."""
 
 
 @dataclass

@@ -32,6 +32,7 @@ from .inference import gpu_supports_bf16, predict_logits
 from .io import atomic_dir, atomic_write_json
 from .metrics import classification_metrics, format_metrics
 from .modeling import build_model, load_tokenizer
+from .tracking import accelerator_kwargs, start_trackers
 
 # A loss on one batch: (student logits [B, C], batch dict) -> scalar. Distillation plugs in here.
 LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
@@ -41,14 +42,14 @@ def cross_entropy_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> 
     return F.cross_entropy(logits.float(), batch["labels"])
 
 
-def make_accelerator(cfg: RunConfig):
+def make_accelerator(cfg: RunConfig, run_dir: Optional[Path] = None):
     from accelerate import Accelerator
 
     precision = cfg.training.mixed_precision
     if precision == "auto":
         precision = "bf16" if gpu_supports_bf16() else "no"
     # cpu=True on machines without a GPU: it is what makes Accelerate pick gloo for multi-process CPU runs.
-    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(), **accelerator_kwargs(cfg, run_dir))
 
 
 def seed_everything(seed: int) -> None:
@@ -121,20 +122,29 @@ def param_groups(model: torch.nn.Module, cfg: RunConfig) -> list[dict[str, Any]]
 
 
 class MetricsLog:
-    """``metrics.jsonl``: one JSON object per line, appended and flushed as training goes."""
+    """``metrics.jsonl``: one JSON object per line, appended and flushed as training goes.
 
-    def __init__(self, path: Path, enabled: bool):
+    ``trackers`` (a :class:`~lorabudget.tracking.TrackerSink`) receives every record too.
+    """
+
+    def __init__(self, path: Path, enabled: bool, trackers=None):
         self.enabled = enabled
         self.fh = open(path, "w", encoding="utf-8") if enabled else None
+        self.trackers = trackers if enabled else None
 
     def write(self, **record: Any) -> None:
         if self.fh is not None:
             self.fh.write(json.dumps(record) + "\n")
             self.fh.flush()
+        if self.trackers is not None:
+            self.trackers(record)
 
     def close(self) -> None:
         if self.fh is not None:
             self.fh.close()
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
 
 
 def save_adapter(model: torch.nn.Module, path: Path) -> None:
@@ -151,7 +161,7 @@ def train(
     extra_summary: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` and return the run summary (also written to summary.json)."""
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, run_dir)
     main = accelerator.is_main_process
     if not main:
         log = lambda *_: None  # noqa: E731 - only the main process talks and writes
@@ -189,7 +199,7 @@ def train(
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
-    metrics = MetricsLog(run_dir / "metrics.jsonl", main)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", main, trackers=start_trackers(accelerator, cfg))
     best: dict[str, Any] = {"accuracy": -1.0, "step": 0}
     best_state: dict[str, torch.Tensor] = {}
     evals_without_gain = 0
