@@ -105,6 +105,13 @@ def remote_code_config(encoder_config, cfg: RunConfig):
         "AutoModelForSequenceClassification": f"{module}.LorabudgetForSequenceClassification",
     }
     config.architectures = ["LorabudgetForSequenceClassification"]
+    config.custom_pipelines = {
+        "text-classification": {
+            "impl": f"{module}.LorabudgetTextClassificationPipeline",
+            "pt": ["AutoModelForSequenceClassification"],
+            "type": "text",
+        }
+    }
     return config
 
 

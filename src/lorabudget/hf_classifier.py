@@ -6,6 +6,10 @@
 
     pipeline("text-classification", model=DIR, trust_remote_code=True)
 
+The config also registers :class:`LorabudgetTextClassificationPipeline` (``custom_pipelines``):
+the ``text-classification`` pipeline then cuts texts at the tokenizer's ``model_max_length`` (the
+training ``max_length``) as training did, instead of feeding longer texts whole.
+
 No standard ``*ForSequenceClassification`` class has this head: RoBERTa's puts dense+tanh before
 the output layer, BERT's reads the pooler (dense+tanh on the first token), and mean pooling is in
 neither. This file must import nothing but torch and transformers.
@@ -20,7 +24,7 @@ from typing import Optional
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel, TextClassificationPipeline
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 
@@ -88,3 +92,11 @@ class LorabudgetForSequenceClassification(PreTrainedModel):
         logits = self.head(hidden, attention_mask)
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+class LorabudgetTextClassificationPipeline(TextClassificationPipeline):
+    """The standard text-classification pipeline, truncating by default (``truncation=False`` turns it off)."""
+
+    def _sanitize_parameters(self, **kwargs):
+        kwargs.setdefault("truncation", True)
+        return super()._sanitize_parameters(**kwargs)
