@@ -100,18 +100,23 @@ def _budget_lines(budget: Optional[dict[str, Any]], method: str) -> list[str]:
     return lines
 
 
+def _layers(layers: Optional[list[int]]) -> str:
+    return "all layers" if layers is None else "layers " + ", ".join(map(str, layers))
+
+
 def _method_lines(cfg: RunConfig, method: str) -> list[str]:
     a = cfg.adapter
     placement = a.placements or []
     if placement:
         where = "; ".join(
-            f"{', '.join(p.modules)} on layers {p.layers if p.layers is not None else 'all'}" + (f" (r={p.r})" if p.r else "")
+            f"{', '.join(p.modules)} on {_layers(p.layers)}" + (f" (r={p.r})" if p.r else "")
             for p in placement
         )
     else:
-        where = f"{', '.join(a.modules)} on layers {a.layers if a.layers is not None else 'all'}"
+        where = f"{', '.join(a.modules)} on {_layers(a.layers)}"
     head = "the architecture's own classification head" if cfg.head.type == "full" else (
-        f"one Linear layer on the {'first token' if cfg.head.pooling == 'first' else 'mean of the real tokens'}' final hidden state"
+        "one Linear layer on "
+        + ("the first token's final hidden state" if cfg.head.pooling == "first" else "the mean of the real tokens' final hidden states")
     )
     options = getattr(a, "options", None)
     lines = [
@@ -127,7 +132,8 @@ def _method_lines(cfg: RunConfig, method: str) -> list[str]:
 
 def _data_lines(cfg: RunConfig, summary: dict[str, Any]) -> list[str]:
     d = cfg.data
-    validation = f"`{d.validation}`" if d.validation else f"{d.validation_size} rows split off the training data (seed {d.split_seed})"
+    size = f"{d.validation_size:.0%} of the rows" if isinstance(d.validation_size, float) else f"{d.validation_size:,} rows"
+    validation = f"`{d.validation}`" if d.validation else f"{size} split off the training data (seed {d.split_seed})"
     lines = [f"- training data: `{d.train}`" + (f", {summary['train_rows']:,} rows" if "train_rows" in summary else "")]
     lines.append(f"- validation: {validation}" + (f", {summary['validation_rows']:,} rows" if "validation_rows" in summary else ""))
     lines.append("- classes (label id: name): " + ", ".join(f"{i}: {n}" for i, n in enumerate(cfg.model.labels)))
@@ -182,8 +188,9 @@ def _training_lines(summary: dict[str, Any]) -> list[str]:
 
 def _intended_use(cfg: RunConfig) -> list[str]:
     names = ", ".join(cfg.model.labels)
+    what = "one English news text" if _dataset_name(cfg) else "one text"
     return [
-        f"Classifies one English text into one of {cfg.num_labels} classes ({names}). It was trained on the data "
+        f"Classifies {what} into one of {cfg.num_labels} classes ({names}). It was trained on the data "
         "above only: expect lower accuracy on text from other sources, periods or styles, and no meaningful "
         "answer for text that belongs to none of the classes (it always picks one). Texts are cut to "
         f"{cfg.model.max_length} tokens. Probabilities are softmax outputs, not calibrated guarantees. Any bias of "
@@ -197,7 +204,7 @@ def _py(code: str) -> list[str]:
 
 def load_instructions(cfg: RunConfig, export_format: Optional[str], folder: str) -> list[str]:
     """How to load the model: this folder's format first, then the others."""
-    base = base_model_name(cfg) or "/path/to/base-model"
+    base = base_model_name(cfg) or cfg.model.name  # a local folder: the path the run read
     remote = cfg.head.type == "linear"
     trust = ", trust_remote_code=True" if remote else ""
     labels = json.dumps(dict(enumerate(cfg.model.labels)))
@@ -297,9 +304,10 @@ def model_card(run_dir: Path, cfg: RunConfig, export_format: Optional[str] = Non
         "",
         f"# {cfg.name}",
         "",
-        f"A {cfg.num_labels}-class text classifier fine-tuned from `{base}` with **{method}** under a hard budget of "
-        + (f"**{limit:,}** trainable parameters" if isinstance(limit, int) else "unlimited trainable parameters")
-        + (f" ({total:,} used, head included)" if isinstance(total, int) else "")
+        f"A {cfg.num_labels}-class text classifier fine-tuned from `{base}` with **{method}**"
+        + (f" under a hard budget of **{limit:,}** trainable parameters" if isinstance(limit, int) else "")
+        + (" with no limit on trainable parameters" if budget and limit is None else "")
+        + (f" ({total:,} trained, head included)" if isinstance(total, int) else "")
         + f", trained with lorabudget. This folder is a {what}.",
         "",
         "## Trainable-parameter budget",
