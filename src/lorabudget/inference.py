@@ -95,7 +95,8 @@ def predict_logits_onnx(
     """:func:`predict_logits` for an ONNX Runtime ``InferenceSession`` (inputs ``input_ids`` and
     ``attention_mask``, output ``logits``): the same length-sorted batches, outputs in input order."""
     uses_gpu = "CUDAExecutionProvider" in session.get_providers()
-    loader = inference_loader(tokens, pad_id, batch_size, max_tokens=max_tokens_per_batch("cuda" if uses_gpu else "cpu", batch_size))
+    max_tokens = max_tokens_per_batch("cuda" if uses_gpu else "cpu", batch_size)
+    loader = inference_loader(tokens, pad_id, batch_size, max_tokens=max_tokens)
     out: Optional[np.ndarray] = None
     seen = np.zeros(len(tokens), dtype=bool)
     for batch in tqdm(loader, desc=progress, disable=progress is None, unit="batch", leave=False):

@@ -132,10 +132,15 @@ def _method_lines(cfg: RunConfig, method: str) -> list[str]:
 
 def _data_lines(cfg: RunConfig, summary: dict[str, Any]) -> list[str]:
     d = cfg.data
-    size = f"{d.validation_size:.0%} of the rows" if isinstance(d.validation_size, float) else f"{d.validation_size:,} rows"
-    validation = f"`{d.validation}`" if d.validation else f"{size} split off the training data (seed {d.split_seed})"
+    rows = f", {summary['validation_rows']:,} rows" if "validation_rows" in summary else ""
+    if d.validation:
+        validation = f"`{d.validation}`{rows}"
+    elif isinstance(d.validation_size, float):
+        validation = f"{d.validation_size:.0%} of the rows split off the training data (seed {d.split_seed}){rows}"
+    else:
+        validation = f"{d.validation_size:,} rows split off the training data (seed {d.split_seed})"
     lines = [f"- training data: `{d.train}`" + (f", {summary['train_rows']:,} rows" if "train_rows" in summary else "")]
-    lines.append(f"- validation: {validation}" + (f", {summary['validation_rows']:,} rows" if "validation_rows" in summary else ""))
+    lines.append(f"- validation: {validation}")
     lines.append("- classes (label id: name): " + ", ".join(f"{i}: {n}" for i, n in enumerate(cfg.model.labels)))
     dist = summary.get("train_label_distribution")
     if dist:

@@ -53,10 +53,11 @@ class LoadedRun:
     def logits(self, texts: Sequence[str], batch_size: Optional[int] = None, progress: Optional[str] = None) -> np.ndarray:
         """Logits [len(texts), classes] in input order."""
         tokens = tokenize(self.tokenizer, list(texts), self.cfg.model.max_length, default_cache_dir(self.cfg.data.cache_dir))
+        batch_size = batch_size or self.cfg.training.eval_batch_size
         if self.engine == "onnx":
-            return predict_logits_onnx(self.model, tokens, self.pad_id, batch_size or self.cfg.training.eval_batch_size, progress)
+            return predict_logits_onnx(self.model, tokens, self.pad_id, batch_size, progress)
         return predict_logits(
-            self.model, tokens, self.pad_id, batch_size or self.cfg.training.eval_batch_size, progress=progress,
+            self.model, tokens, self.pad_id, batch_size, progress=progress,
             precision=self.precision,
         )
 
