@@ -10,10 +10,11 @@ benchmarks/minilm_accuracy.py holds out):
 
     python benchmarks/onnx_speed.py runs/minilm-cpu --data held_out.csv --out docs/onnx-speed.md
 
-Everything runs on the CPU (torch too, on a GPU machine). Without --data, the last 1,000 rows of ../shared/data/agnews/train_5k.csv are used: only honest
-for a run that did not train on them.
+Everything runs on the CPU (torch too, on a GPU machine). Without --data, the last 1,000 rows of
+../shared/data/agnews/train_5k.csv are used: only honest for a run that did not train on them.
 
-Usage: python benchmarks/onnx_speed.py RUN [--data CSV] [--rows N] [--repeats R] [--threads T] [--batch-size B] [--out FILE]
+Usage: python benchmarks/onnx_speed.py RUN [--data CSV] [--rows N] [--repeats R] [--threads T]
+                                          [--batch-size B] [--engines LIST] [--out FILE]
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def main() -> int:
 
     reference = results.get("torch fp32", next(iter(results.values())))[0].argmax(axis=1)
     labelled = data.labels >= 0
-    size = {"onnx fp32": (export_dir / ONNX_FILE).stat().st_size, "onnx int8": (export_dir / ONNX_INT8_FILE).stat().st_size}
+    size = {name: (export_dir / file).stat().st_size for name, file in (("onnx fp32", ONNX_FILE), ("onnx int8", ONNX_INT8_FILE))}
     lines = [
         f"<!-- onnx-speed: run {args.run}, data {data_path}, {len(data):,} rows -->",
         f"Run `{args.run}` ({run.cfg.model.name}, head {run.cfg.head.type}/{run.cfg.head.pooling}), {len(data):,} rows "

@@ -122,31 +122,25 @@ def test_hf_export_loads_in_plain_transformers(runs, tmp_path):
             assert (result["pipeline"], result["model"]) == ("LorabudgetTextClassificationPipeline", "LorabudgetForSequenceClassification")
 
 
-def test_peft_export_loads_on_the_base_model(runs, tiny_roberta, tiny_bert, tmp_path):
-    """The loading code of the model card, run as written (base model: the local tiny model)."""
-    from peft import PeftModel
-    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+def _card_code(card: str, heading: str) -> str:
+    """The first Python block under ``heading`` in a model card."""
+    section = card[card.index(heading):]
+    return section[section.index("```python\n") + 10 : section.index("\n```", section.index("```python"))]
 
-    for name, base_dir in (("roberta-full", tiny_roberta), ("bert-linear-mean", tiny_bert)):
+
+def test_peft_export_loads_on_the_base_model(runs, tmp_path, monkeypatch):
+    """The PEFT loading code of the model card, run as written (the base model is the local tiny model)."""
+    monkeypatch.chdir(tmp_path)  # the card names the folder relative to where it is
+    for name in ("roberta-full", "bert-linear-mean"):
         folder = export_run(runs[name], tmp_path / f"{name}-peft", "peft")
-        cfg = load_run(runs[name]).cfg
-        labels = dict(enumerate(cfg.model.labels))
-        if cfg.head.type == "linear":
-            config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-            base = AutoModelForSequenceClassification.from_config(config, trust_remote_code=True)
-            base.backbone = AutoModel.from_pretrained(base_dir, add_pooling_layer=False)
-        else:
-            base = AutoModelForSequenceClassification.from_pretrained(
-                base_dir, num_labels=4, id2label=labels, label2id={v: k for k, v in labels.items()}
-            )
-        model = PeftModel.from_pretrained(base, str(folder)).eval()
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
-        batch = tokenizer(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")
+        card = (folder / "README.md").read_text()
+        assert parse_model_card(card)[0]["library_name"] == "peft"
+        scope: dict = {}
+        exec(_card_code(card, "### PEFT adapter"), scope)  # defines model and tokenizer
+        batch = scope["tokenizer"](TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")
         with torch.no_grad():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.numpy()
-        np.testing.assert_allclose(logits, load_run(runs[name]).logits(TEXTS), atol=1e-4, err_msg=name)
-        card, _ = parse_model_card((folder / "README.md").read_text())
-        assert card["library_name"] == "peft"
+            logits = scope["model"](input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        np.testing.assert_allclose(logits.numpy(), load_run(runs[name]).logits(TEXTS), atol=1e-4, err_msg=name)
 
 
 @pytest.mark.parametrize("name", ["roberta-full", "bert-linear-mean"])
@@ -245,11 +239,16 @@ def test_model_card_parses(tmp_path):
     assert "95% interval" not in plain_body and "0.9033" in plain_body
 
 
-def test_every_export_and_run_gets_a_card(runs, tmp_path, capsys):
+def test_every_export_and_run_gets_a_card(runs, tmp_path, capsys, monkeypatch):
     folder = export_run(runs["bert-full"], tmp_path / "onnx", "onnx")
     meta, body = parse_model_card((folder / "README.md").read_text())
     assert meta["library_name"] == "onnx" and "base_model" not in meta  # a local folder is no hub name
     assert body.index("### ONNX Runtime") < body.index("### transformers")  # this folder's format first
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(_card_code(body, "### ONNX Runtime"), scope)  # the card's ONNX Runtime code, as written
+    expected = load_run(runs["bert-full"]).logits(["Stocks rallied after the earnings report."])
+    np.testing.assert_allclose(scope["logits"], expected, atol=1e-4)
     data = write_csv(tmp_path / "t.csv", [(t,) for t in TEXTS[:3]], header=["text"])
     assert main(["predict", str(runs["bert-full"]), "--input", str(data), "--no-report"]) == 0
     meta, _ = parse_model_card((runs["bert-full"] / "README.md").read_text())

@@ -223,13 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="+", help="texts to classify ('-' reads one text per line from stdin)")
     p.set_defaults(func=cmd_classify)
 
-    p = sub.add_parser("export", help="export a run for transformers (hf), PEFT (peft) or ONNX Runtime (onnx), with a model card")
+    p = sub.add_parser("export", help="export a run for transformers (hf), PEFT (peft) or ONNX Runtime (onnx), "
+                       "with a model card")
     p.add_argument("run", help="run directory written by `lorabudget train`")
     p.add_argument("--format", required=True, choices=["hf", "peft", "onnx"],
                    help="hf: adapters merged, loads with plain transformers; peft: adapter + head for "
                    "PeftModel.from_pretrained; onnx: merged model for ONNX Runtime")
     p.add_argument("--output", required=True, help="folder to write")
-    p.add_argument("--quantize", choices=["int8"], help="onnx only: also write model_int8.onnx (dynamic int8 weights) and use it")
+    p.add_argument("--quantize", choices=["int8"],
+                   help="onnx only: also write model_int8.onnx (dynamic int8 weights) and use it")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.set_defaults(func=cmd_export)
 

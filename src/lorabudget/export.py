@@ -204,7 +204,8 @@ def export_onnx(run, folder: Path, quantize: Optional[str] = None) -> str:
     model = run.model.to("cpu").eval()
     _use_eager_attention(model)
     wrapper = _LogitsOnly(model).eval()
-    sample = run.tokenizer(["a short text", "a somewhat longer text to vary the width"], padding=True, return_tensors="pt")
+    texts = ["a short text", "a somewhat longer text to vary the width"]
+    sample = run.tokenizer(texts, padding=True, return_tensors="pt")
     inputs = (sample["input_ids"], sample["attention_mask"])
     path = folder / ONNX_FILE
     axes = {0: "batch", 1: "sequence"}

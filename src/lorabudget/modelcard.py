@@ -55,7 +55,8 @@ def front_matter(cfg: RunConfig, summary: dict[str, Any], export_format: Optiona
     base = base_model_name(cfg)
     if base:
         meta["base_model"] = base
-    meta["library_name"] = "peft" if export_format in (None, "peft") else ("onnx" if export_format == "onnx" else "transformers")
+    libraries = {None: "peft", "peft": "peft", "onnx": "onnx", "hf": "transformers"}
+    meta["library_name"] = libraries[export_format]
     meta["pipeline_tag"] = "text-classification"
     dataset = _dataset_name(cfg)
     if dataset:
@@ -116,7 +117,8 @@ def _method_lines(cfg: RunConfig, method: str) -> list[str]:
         where = f"{', '.join(a.modules)} on {_layers(a.layers)}"
     head = "the architecture's own classification head" if cfg.head.type == "full" else (
         "one Linear layer on "
-        + ("the first token's final hidden state" if cfg.head.pooling == "first" else "the mean of the real tokens' final hidden states")
+        + ("the first token's final hidden state" if cfg.head.pooling == "first"
+           else "the mean of the real tokens' final hidden states")
     )
     options = getattr(a, "options", None)
     lines = [
@@ -167,20 +169,24 @@ def _results_lines(run_dir: Path, summary: dict[str, Any]) -> list[str]:
         ci = r.get("accuracy_ci95")
         cell = f" [{ci[0]:.4f}, {ci[1]:.4f}] |" if ci else (" — |" if with_ci else "")
         lines.append(
-            f"| {r.get('data', '?')} | {r.get('kind', '?')} | {_fmt_int(r.get('rows'))} | {r.get('accuracy', float('nan')):.4f} |"
+            f"| {r.get('data', '?')} | {r.get('kind', '?')} | {_fmt_int(r.get('rows'))} "
+            f"| {r.get('accuracy', float('nan')):.4f} |"
             f"{cell} {r.get('macro_f1', float('nan')):.4f} |"
         )
     if with_ci:
         lines += ["", "Intervals: Wilson 95% intervals of the accuracy over the evaluated rows."]
     if "best_step" in summary:
-        lines += ["", f"The kept checkpoint is the best validation accuracy, at step {summary['best_step']} of {summary.get('steps')}."]
+        lines += ["", f"The kept checkpoint is the best validation accuracy, at step {summary['best_step']} "
+                  f"of {summary.get('steps')}."]
     return lines
 
 
 def _training_lines(summary: dict[str, Any]) -> list[str]:
     if not summary:
         return ["The run has not finished training (no `summary.json`)."]
-    lines = [f"- training time: {summary['train_time_s']:.1f} s ({summary.get('steps')} optimizer steps, evaluations included)"]
+    lines = [
+        f"- training time: {summary['train_time_s']:.1f} s ({summary.get('steps')} optimizer steps, evaluations included)"
+    ]
     if summary.get("samples_per_s"):
         lines.append(f"- throughput: {summary['samples_per_s']:.1f} training rows/s")
     machine = summary.get("machine")
@@ -212,7 +218,7 @@ def load_instructions(cfg: RunConfig, export_format: Optional[str], folder: str)
     base = base_model_name(cfg) or cfg.model.name  # a local folder: the path the run read
     remote = cfg.head.type == "linear"
     trust = ", trust_remote_code=True" if remote else ""
-    labels = json.dumps(dict(enumerate(cfg.model.labels)))
+    labels = repr(dict(enumerate(cfg.model.labels)))
     sections: dict[Optional[str], list[str]] = {}
     sections["hf"] = ["### transformers (`lorabudget export RUN --format hf --output DIR`)", ""] + _py(f"""
 from transformers import pipeline
@@ -254,7 +260,8 @@ base = AutoModelForSequenceClassification.from_pretrained(
 model = PeftModel.from_pretrained(base, "{peft_dir}").eval()  # adapters and the trained head
 tokenizer = AutoTokenizer.from_pretrained("{peft_dir}")
 """
-    sections["peft"] = ["### PEFT adapter (`lorabudget export RUN --format peft --output DIR`)", ""] + _py(peft_code) + [
+    sections["peft"] = ["### PEFT adapter (`lorabudget export RUN --format peft --output DIR`)", ""]
+    sections["peft"] += _py(peft_code) + [
         "",
         "The adapter folder holds the adapter weights and the trained head (`modules_to_save`); "
         "`model.merge_and_unload()` folds the adapters into the weights. Tokenize with "

@@ -31,7 +31,9 @@ def check_trackers(names: list[str]) -> None:
     available = {str(t) for t in get_available_trackers()}
     for name in names:
         if name not in known:
-            raise LorabudgetError(f"config key 'training.report_to': unknown tracker '{name}'; allowed: " + ", ".join(known))
+            raise LorabudgetError(
+                f"config key 'training.report_to': unknown tracker '{name}'; allowed: " + ", ".join(known)
+            )
         if name not in available:
             raise LorabudgetError(f"training.report_to: tracker '{name}' is not installed (pip install {name})")
 
