@@ -86,8 +86,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .runs import read_run_config
 
     read_run_config(Path(args.run))  # a clear error for a folder that is not a run
+    from .modelcard import write_model_card
     from .report import write_report
 
+    write_model_card(Path(args.run))
     print(f"report: {write_report(Path(args.run))}")
     return 0
 
