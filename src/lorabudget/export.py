@@ -176,17 +176,6 @@ class _LogitsOnly(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
-def _use_eager_attention(model: nn.Module) -> None:
-    """Trace the plain attention code: SDPA's mask handling does not trace into ONNX with dynamic axes."""
-    for module in model.modules():
-        if hasattr(module, "set_attn_implementation") and getattr(module, "config", None) is not None:
-            try:
-                module.set_attn_implementation("eager")
-            except (ValueError, AttributeError):
-                pass
-            return
-
-
 def require_onnx() -> None:
     try:
         import onnx  # noqa: F401 - the quantizer needs it
@@ -201,9 +190,8 @@ def export_onnx(run, folder: Path, quantize: Optional[str] = None) -> str:
 
     require_onnx()
 
-    model = run.model.to("cpu").eval()
-    _use_eager_attention(model)
-    wrapper = _LogitsOnly(model).eval()
+    wrapper = _LogitsOnly(run.model.to("cpu").eval()).eval()
+    # Two lengths, so the traced sample has padding: the attention mask's path is in the graph.
     texts = ["a short text", "a somewhat longer text to vary the width"]
     sample = run.tokenizer(texts, padding=True, return_tensors="pt")
     inputs = (sample["input_ids"], sample["attention_mask"])
