@@ -37,8 +37,8 @@ METHOD_SETTINGS = {
 }
 # Methods whose update is zero at initialisation (PEFT's defaults): the adapted model is the base.
 IDENTITY_AT_INIT = {"lora", "adalora", "vera", "ia3", "loha", "lokr", "bitfit", "ln_tuning"}
-# Methods PEFT can fold into the base weights (bitfit runs unmerged: see adapters.can_merge).
-MERGEABLE = {"lora", "adalora", "vera", "vblora", "tinylora", "fourierft", "ia3", "loha", "lokr", "ln_tuning"}
+# Methods PEFT can fold into the base weights (all but full, which has nothing to merge).
+MERGEABLE = {"lora", "adalora", "vera", "vblora", "tinylora", "fourierft", "ia3", "loha", "lokr", "bitfit", "ln_tuning"}
 
 
 def method_cfg(path, method, head="full", pooling="first", **extra):

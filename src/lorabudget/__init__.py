@@ -1,3 +1,34 @@
-"""lorabudget: LoRA fine-tuning of transformer encoders under a hard trainable-parameter budget."""
+"""lorabudget: LoRA fine-tuning of transformer encoders under a hard trainable-parameter budget.
+
+From Python::
+
+    from lorabudget import load_run
+    run = load_run("runs/minilm-cpu")
+    run.predict(["Stocks rallied after the earnings report."]).labels  # ['Business']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Union
+
+if TYPE_CHECKING:  # importing torch and transformers is left to the first call
+    from .runs import LoadedRun
 
 __version__ = "0.1.0"
+__all__ = ["load_run", "__version__"]
+
+
+def load_run(
+    path: Union[str, Path], engine: str = "torch", threads: Optional[int] = None, precision: str = "fp32"
+) -> "LoadedRun":
+    """Load a run directory (or an ONNX export folder) for prediction.
+
+    ``engine``: ``torch`` (adapters merged into the weights) or ``onnx`` (ONNX Runtime; the run is
+    exported to ``RUN/onnx/`` once). ``precision``: ``fp32``, ``bf16`` or ``auto`` (torch only).
+    The result's ``predict(texts)`` returns :class:`~lorabudget.runs.Predictions` (``labels``,
+    ``label_ids``, ``probabilities``); ``logits(texts)`` returns the raw logits [n, classes].
+    """
+    from .runs import load_run as _load_run
+
+    return _load_run(Path(path), threads=threads, precision=precision, engine=engine)

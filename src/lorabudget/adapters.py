@@ -366,7 +366,6 @@ def can_merge(method_name: str, quantized: bool) -> bool:
     """Whether adapters may be folded into the base weights for inference.
 
     A quantized base would be re-quantized by a merge (outputs change), so it runs unmerged.
-    ``full`` has nothing to merge. ``bitfit`` runs unmerged (one bias add per module) because
-    PEFT 0.21's BEFT unload fails on a model whose head is a wrapped module (the ``full`` head).
+    ``full`` has nothing to merge.
     """
-    return not quantized and method_name not in ("full", "bitfit")
+    return not quantized and method_name != "full"

@@ -1,4 +1,5 @@
-"""The ``lorabudget`` command line: plan, train, search, distill, evaluate, predict, classify, report, compare.
+"""The ``lorabudget`` command line: plan, train, search, distill, evaluate, predict, classify, export, report,
+compare.
 
 Exit codes: 0 success, 2 bad input (one line on stderr), 3 over budget, 4 training diverged (non-finite
 loss or gradient norm), 130 interrupted.
@@ -134,6 +135,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _report(run_dir: Path, args: argparse.Namespace) -> None:
+    if not (run_dir / "config.yaml").is_file():
+        return  # an exported folder (predict on an ONNX export): nothing to report
+    from .modelcard import write_model_card
+
+    write_model_card(run_dir)
     if getattr(args, "no_report", False):
         return
     from .report import write_report
@@ -145,8 +151,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .runs import read_run_config
 
     read_run_config(Path(args.run))  # a clear error for a folder that is not a run
+    from .modelcard import write_model_card
     from .report import write_report
 
+    write_model_card(Path(args.run))
     print(f"report: {write_report(Path(args.run))}")
     return 0
 
@@ -198,15 +206,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .runs import check_threads, load_run, predict_file, read_run_config
 
-    read_run_config(Path(args.run))  # a clear error for a folder that is not a run, before anything else
+    if not (Path(args.run) / "lorabudget_export.json").is_file():  # an ONNX export folder is no run directory
+        read_run_config(Path(args.run))  # a clear error for a folder that is not a run, before anything else
     check_threads(args.threads)
     output = Path(args.output) if args.output else Path(args.run) / "predictions.csv"
     _check_output_file(output, args.input)
-    run = load_run(Path(args.run), threads=args.threads, precision=args.precision)
+    run = load_run(Path(args.run), threads=args.threads, precision=args.precision, engine=args.engine)
     summary = predict_file(run, args.input, output, probabilities=args.probabilities, trust_pickle=args.trust_pickle)
     counts = ", ".join(f"{k} {v:,}" for k, v in summary["counts"].items())
     print(f"wrote {summary['rows']:,} predictions to {output} ({counts}; {summary['samples_per_s']:.1f} rows/s)")
     _report(run.run_dir, args)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    path = export_run(Path(args.run), Path(args.output), args.format, quantize=args.quantize, overwrite=args.overwrite)
+    print(f"exported {args.run} as {args.format} to {path} (model card: {path / 'README.md'})")
     return 0
 
 
@@ -336,7 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="do not rewrite report.md and figures")
     p.set_defaults(func=cmd_evaluate)
 
-    p = run_parser("predict", "write ID,Label predictions for an unlabelled file")
+    p = run_parser("predict", "write ID,Label predictions for an unlabelled file (RUN may be an ONNX export)")
+    p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                   help="torch (default), or onnx: ONNX Runtime on the run exported to RUN/onnx (an ONNX export "
+                   "folder always runs on ONNX Runtime)")
     p.add_argument("--input", required=True, help="texts to label: CSV, JSON Lines, Parquet or pickle")
     p.add_argument("--output", help="CSV to write (default: RUN/predictions.csv)")
     p.add_argument("--probabilities", action="store_true", help="add one probability column per class")
@@ -347,6 +367,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = run_parser("classify", "print class and probability for texts given on the command line")
     p.add_argument("texts", nargs="+", help="texts to classify ('-' reads one text per line from stdin)")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("export", help="export a run for transformers (hf), PEFT (peft) or ONNX Runtime (onnx), "
+                       "with a model card")
+    p.add_argument("run", help="run directory written by `lorabudget train`")
+    p.add_argument("--format", required=True, choices=["hf", "peft", "onnx"],
+                   help="hf: adapters merged, loads with plain transformers; peft: adapter + head for "
+                   "PeftModel.from_pretrained; onnx: merged model for ONNX Runtime")
+    p.add_argument("--output", required=True, help="folder to write")
+    p.add_argument("--quantize", choices=["int8"],
+                   help="onnx only: also write model_int8.onnx (dynamic int8 weights) and use it")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="write figures and report.md for a run directory")
     p.add_argument("run", help="run directory")

@@ -175,6 +175,9 @@ class TrainingConfig:
     checkpoint_every: int = 0
     """Also write the resumable checkpoint every N optimizer steps (it is always written at each
     evaluation); 0: at evaluations only."""
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers that receive every logged scalar and the resolved config, through
+    Accelerate: ``tensorboard``, ``mlflow``, ``wandb``, ... (see tracking.py); empty: none."""
 
 
 @dataclass

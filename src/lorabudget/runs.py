@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -23,19 +23,30 @@ from .batching import default_cache_dir, tokenize
 from .config import RunConfig, from_dict, load_yaml
 from .data import load_labelled, load_unlabelled
 from .errors import LorabudgetError
-from .inference import predict_logits, resolve_precision
+from .inference import predict_logits, predict_logits_onnx, resolve_precision
 from .io import atomic_path, atomic_write_json
 from .metrics import classification_metrics, softmax
 from .modeling import load_tokenizer, load_trained_model, merge_adapters
 
 
 @dataclass
+class Predictions:
+    """What :meth:`LoadedRun.predict` returns for ``n`` texts, in input order."""
+
+    labels: list[str]  # predicted class name per text
+    label_ids: np.ndarray  # [n] int: index into ``class_names``
+    probabilities: np.ndarray  # [n, classes] float: softmax of the logits
+    class_names: list[str]
+
+
+@dataclass
 class LoadedRun:
     run_dir: Path
     cfg: RunConfig
-    model: torch.nn.Module  # adapters merged into the weights, eval mode
+    model: Any  # torch: the model with adapters merged, eval mode; onnx: an onnxruntime.InferenceSession
     tokenizer: Any
     precision: str = "fp32"  # "fp32" or "bf16" (autocast) for the forward pass
+    engine: str = "torch"  # "torch" or "onnx"
 
     @property
     def pad_id(self) -> int:
@@ -44,10 +55,20 @@ class LoadedRun:
     def logits(self, texts: Sequence[str], batch_size: Optional[int] = None, progress: Optional[str] = None) -> np.ndarray:
         """Logits [len(texts), classes] in input order."""
         tokens = tokenize(self.tokenizer, list(texts), self.cfg.model.max_length, default_cache_dir(self.cfg.data.cache_dir))
+        batch_size = batch_size or self.cfg.training.eval_batch_size
+        if self.engine == "onnx":
+            return predict_logits_onnx(self.model, tokens, self.pad_id, batch_size, progress)
         return predict_logits(
-            self.model, tokens, self.pad_id, batch_size or self.cfg.training.eval_batch_size, progress=progress,
+            self.model, tokens, self.pad_id, batch_size, progress=progress,
             precision=self.precision,
         )
+
+    def predict(self, texts: Sequence[str], batch_size: Optional[int] = None) -> Predictions:
+        """Class names and probabilities for ``texts`` (length-sorted batches, results in input order)."""
+        probs = softmax(self.logits(texts, batch_size))
+        ids = probs.argmax(axis=1)
+        names = list(self.cfg.model.labels)
+        return Predictions([names[i] for i in ids], ids, probs, names)
 
 
 def read_run_config(run_dir: Path) -> RunConfig:
@@ -107,15 +128,26 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_run(run_dir: Path, merge: bool = True, threads: Optional[int] = None, precision: str = "fp32") -> LoadedRun:
+def load_run(
+    run_dir: Union[str, Path], merge: bool = True, threads: Optional[int] = None, precision: str = "fp32",
+    engine: str = "torch",
+) -> LoadedRun:
     """Load a trained run for inference; adapters are merged into the base weights by default.
 
     ``precision``: ``fp32``, ``bf16`` or ``auto`` (bf16 on a GPU that supports it, else fp32).
+    ``engine``: ``torch``, or ``onnx`` (ONNX Runtime, fp32; ``run_dir`` may also be a folder written by
+    ``lorabudget export --format onnx``, which always runs on ONNX Runtime).
     The adapter weights are checked first (:func:`verify_adapter`).
     """
     run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
     check_threads(threads)
+    if engine == "onnx" or (run_dir / "lorabudget_export.json").is_file():
+        from .export import load_onnx_run
+
+        if precision == "bf16":
+            raise LorabudgetError("the onnx engine runs in fp32 (or the int8 of an export); drop --precision bf16")
+        return load_onnx_run(run_dir, threads)
+    cfg = read_run_config(run_dir)
     verify_adapter(run_dir)
     if threads:
         torch.set_num_threads(threads)

@@ -37,6 +37,7 @@ from .inference import gpu_supports_bf16, predict_logits
 from .io import atomic_dir, atomic_write_json
 from .metrics import classification_metrics, format_metrics
 from .modeling import build_model, load_tokenizer, save_trained
+from .tracking import accelerator_kwargs, start_trackers
 
 # A loss on one batch: (student logits [B, C], batch dict) -> scalar. Distillation plugs in here.
 LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
@@ -46,14 +47,14 @@ def cross_entropy_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> 
     return F.cross_entropy(logits.float(), batch["labels"])
 
 
-def make_accelerator(cfg: RunConfig):
+def make_accelerator(cfg: RunConfig, run_dir: Optional[Path] = None):
     from accelerate import Accelerator
 
     precision = cfg.training.mixed_precision
     if precision == "auto":
         precision = "bf16" if gpu_supports_bf16() else "no"
     # cpu=True on machines without a GPU: it is what makes Accelerate pick gloo for multi-process CPU runs.
-    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(), **accelerator_kwargs(cfg, run_dir))
 
 
 def seed_everything(seed: int) -> None:
@@ -135,22 +136,26 @@ def param_groups(model: torch.nn.Module, cfg: RunConfig) -> list[dict[str, Any]]
 class MetricsLog:
     """``metrics.jsonl``: one JSON object per line, appended and flushed as training goes.
 
-    Strict JSON: a non-finite number is written as ``null``. ``resume_at`` (a byte offset from a
+    Strict JSON: a non-finite number is written as ``null``. ``trackers`` (a
+    :class:`~lorabudget.tracking.TrackerSink`) receives every record too. ``resume_at`` (a byte offset from a
     checkpoint) cuts the file back to that point and appends from there.
     """
 
-    def __init__(self, path: Path, enabled: bool, resume_at: Optional[int] = None):
+    def __init__(self, path: Path, enabled: bool, resume_at: Optional[int] = None, trackers=None):
         self.enabled = enabled
         if enabled and resume_at is not None:
             if not path.is_file() or path.stat().st_size < resume_at:
                 raise LorabudgetError(f"{path} is missing or shorter than at the checkpoint; start again with --overwrite")
             os.truncate(path, resume_at)
         self.fh = open(path, "w" if resume_at is None else "a", encoding="utf-8") if enabled else None
+        self.trackers = trackers if enabled else None
 
     def write(self, **record: Any) -> None:
         if self.fh is not None:
             self.fh.write(json.dumps(finite_or_none(record), allow_nan=False) + "\n")
             self.fh.flush()
+        if self.trackers is not None:
+            self.trackers(record)
 
     def offset(self) -> int:
         """Bytes written so far: what a checkpoint records, so a resume can cut the file back."""
@@ -159,6 +164,9 @@ class MetricsLog:
     def close(self) -> None:
         if self.fh is not None:
             self.fh.close()
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
 
 
 def finite_or_none(value: Any) -> Any:
@@ -581,7 +589,7 @@ def train(
     ``summary`` set. A non-finite loss or gradient norm raises :class:`TrainingDiverged`, keeping the
     best finite adapter and the last finite checkpoint.
     """
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, run_dir)
     main = accelerator.is_main_process
     if not main:
         log = lambda *_: None  # noqa: E731 - only the main process talks and writes
@@ -606,7 +614,8 @@ def train(
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
-    metrics = MetricsLog(run_dir / "metrics.jsonl", main, resume_at=resumed["metrics_offset"] if resumed else None)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", main, resume_at=resumed["metrics_offset"] if resumed else None,
+                         trackers=start_trackers(accelerator, cfg))
     run = Session(cfg, run_dir, accelerator, model, optimizer, scheduler, data, metrics, checkpoints, log, total_steps)
     state, guard = run.state, run.guard
     if resumed:

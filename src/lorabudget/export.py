@@ -1,0 +1,312 @@
+"""Export a trained run to the ecosystem's formats, and load an ONNX export for prediction.
+
+- ``hf``: adapters merged into the weights, saved with ``save_pretrained``. The ``full`` head is the
+  architecture's own ``*ForSequenceClassification``; the ``linear`` head (either pooling) is shipped
+  as a small model class inside the folder (``modeling_lorabudget.py``, registered through the
+  config's ``auto_map``), because no standard class has a bare Linear layer on the first or mean
+  token state (see :mod:`lorabudget.hf_classifier`).
+- ``peft``: the PEFT adapter folder (adapters and trained head), loaded by ``PeftModel.from_pretrained``
+  on the base model; for the ``linear`` head the folder also holds the model class to build the base.
+- ``onnx``: the merged model traced by ``torch.onnx`` (inputs ``input_ids`` and ``attention_mask``,
+  output ``logits``, dynamic batch and sequence axes), optionally quantized to int8 weights by
+  ONNX Runtime's dynamic quantizer.
+
+Every export holds the tokenizer, a model card (``README.md``) and ``lorabudget_export.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .config import RunConfig, from_dict
+from .errors import LorabudgetError
+from .io import atomic_dir, atomic_write_json
+
+FORMATS = ("hf", "peft", "onnx")
+QUANTIZATIONS = ("int8",)
+EXPORT_META = "lorabudget_export.json"
+REMOTE_CODE_FILE = "modeling_lorabudget.py"
+ONNX_FILE = "model.onnx"
+ONNX_INT8_FILE = "model_int8.onnx"
+ONNX_OPSET = 17
+# Largest |logit| difference accepted between the traced ONNX model and torch (float32 on both sides).
+ONNX_TOLERANCE = 1e-3
+
+
+def read_export_meta(folder: Path) -> Optional[dict[str, Any]]:
+    """The export's metadata, or ``None`` when ``folder`` is not a lorabudget export."""
+    path = Path(folder) / EXPORT_META
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def adapter_digest(run_dir: Path) -> str:
+    """A hash of the run's trained weights (``adapter/``): tells whether a cached export is current."""
+    digest = hashlib.sha256()
+    adapter = Path(run_dir) / "adapter"
+    for path in sorted(p for p in adapter.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(adapter).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _meta(run_dir: Path, cfg: RunConfig, fmt: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "format": fmt,
+        "lorabudget_version": __version__,
+        "source_run": str(Path(run_dir).resolve()),
+        "adapter_digest": adapter_digest(run_dir),
+        **extra,
+        "config": cfg.to_dict(),
+    }
+
+
+def _save_tokenizer(tokenizer, cfg: RunConfig, folder: Path) -> None:
+    # model_max_length = the training max_length: `truncation=True` then cuts rows where lorabudget does.
+    tokenizer.model_max_length = cfg.model.max_length
+    tokenizer.save_pretrained(str(folder))
+
+
+def _label_maps(cfg: RunConfig) -> dict[str, Any]:
+    return dict(
+        num_labels=cfg.num_labels,
+        id2label=dict(enumerate(cfg.model.labels)),
+        label2id={label: i for i, label in enumerate(cfg.model.labels)},
+    )
+
+
+def remote_code_config(encoder_config, cfg: RunConfig):
+    """The ``config.json`` of a ``linear``-head model: the encoder's config, the pooling, the labels,
+    and ``auto_map`` pointing at the model class shipped in the folder."""
+    from .hf_classifier import LorabudgetClassifierConfig
+
+    encoder = encoder_config.to_dict()
+    for key in ("architectures", "id2label", "label2id", "transformers_version", "_name_or_path"):
+        encoder.pop(key, None)
+    config = LorabudgetClassifierConfig(
+        encoder=encoder,
+        pooling=cfg.head.pooling,
+        head_dropout=float(getattr(encoder_config, "hidden_dropout_prob", 0.1)),
+        **_label_maps(cfg),
+    )
+    module = Path(REMOTE_CODE_FILE).stem
+    config.auto_map = {
+        "AutoConfig": f"{module}.LorabudgetClassifierConfig",
+        "AutoModelForSequenceClassification": f"{module}.LorabudgetForSequenceClassification",
+    }
+    config.architectures = ["LorabudgetForSequenceClassification"]
+    config.custom_pipelines = {
+        "text-classification": {
+            "impl": f"{module}.LorabudgetTextClassificationPipeline",
+            "pt": ["AutoModelForSequenceClassification"],
+            "type": "text",
+        }
+    }
+    return config
+
+
+def _copy_remote_code(folder: Path) -> None:
+    shutil.copyfile(Path(__file__).with_name("hf_classifier.py"), folder / REMOTE_CODE_FILE)
+
+
+def to_transformers_model(merged: nn.Module, cfg: RunConfig) -> nn.Module:
+    """A model that plain transformers can save and reload: the ``full`` head's model as it is, the
+    ``linear`` head's as :class:`~lorabudget.hf_classifier.LorabudgetForSequenceClassification`."""
+    from .hf_classifier import LorabudgetForSequenceClassification
+    from .modeling import EncoderWithLinearHead
+
+    if not isinstance(merged, EncoderWithLinearHead):
+        for key, value in _label_maps(cfg).items():
+            setattr(merged.config, key, value)
+        return merged
+    model = LorabudgetForSequenceClassification(remote_code_config(merged.backbone.config, cfg))
+    # Same module names on both sides (backbone.*, head.out_proj.*): strict loading proves the mapping complete.
+    model.load_state_dict(merged.state_dict(), strict=True)
+    return model.eval()
+
+
+def export_hf(run, folder: Path) -> None:
+    model = to_transformers_model(run.model.to("cpu"), run.cfg)
+    if getattr(model.config, "auto_map", None):
+        _copy_remote_code(folder)
+    model.save_pretrained(str(folder))
+    _save_tokenizer(run.tokenizer, run.cfg, folder)
+
+
+def export_peft(run_dir: Path, cfg: RunConfig, tokenizer, folder: Path) -> None:
+    from .modeling import load_model_config
+    from .modelcard import base_model_name
+
+    adapter = Path(run_dir) / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise LorabudgetError(f"{run_dir} has no PEFT adapter ({adapter}); export it with --format hf instead")
+    for path in adapter.iterdir():
+        if path.is_file():
+            shutil.copy2(path, folder / path.name)
+    adapter_config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    # The run recorded wherever the base weights were read from (maybe a local folder): name the public model.
+    adapter_config["base_model_name_or_path"] = base_model_name(cfg) or adapter_config.get("base_model_name_or_path")
+    atomic_write_json(folder / "adapter_config.json", adapter_config)
+    if cfg.head.type == "linear":
+        # PEFT needs the base model built first; for this head that is the class shipped in the folder.
+        model_config, _ = load_model_config(cfg)
+        remote_code_config(model_config, cfg).save_pretrained(str(folder))
+        _copy_remote_code(folder)
+    _save_tokenizer(tokenizer, cfg, folder)
+
+
+class _LogitsOnly(nn.Module):
+    """``(input_ids, attention_mask) -> logits``: the signature traced into the ONNX graph."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401 - the quantizer needs it
+        import onnxruntime  # noqa: F401
+    except ImportError as err:
+        raise LorabudgetError(f"ONNX needs onnx and onnxruntime ({err}); pip install 'lorabudget[onnx]'") from err
+
+
+def export_onnx(run, folder: Path, quantize: Optional[str] = None) -> str:
+    """Write ``model.onnx`` (and ``model_int8.onnx`` with ``quantize="int8"``); returns the file to run."""
+    import warnings
+
+    require_onnx()
+
+    wrapper = _LogitsOnly(run.model.to("cpu").eval()).eval()
+    # Two lengths, so the traced sample has padding: the attention mask's path is in the graph.
+    texts = ["a short text", "a somewhat longer text to vary the width"]
+    sample = run.tokenizer(texts, padding=True, return_tensors="pt")
+    inputs = (sample["input_ids"], sample["attention_mask"])
+    path = folder / ONNX_FILE
+    axes = {0: "batch", 1: "sequence"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        # dynamo=False: the TorchScript exporter needs nothing beyond torch (the dynamo one needs onnxscript).
+        torch.onnx.export(
+            wrapper, inputs, str(path), input_names=["input_ids", "attention_mask"], output_names=["logits"],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": {0: "batch"}},
+            opset_version=ONNX_OPSET, dynamo=False,
+        )
+        expected = wrapper(*inputs).numpy()
+    got = onnx_session(path).run(["logits"], {"input_ids": inputs[0].numpy(), "attention_mask": inputs[1].numpy()})[0]
+    diff = float(np.abs(got - expected).max())
+    if diff > ONNX_TOLERANCE:
+        raise RuntimeError(f"ONNX export differs from torch by {diff:.2e} (> {ONNX_TOLERANCE})")  # a bug
+    if quantize is None:
+        return ONNX_FILE
+    if quantize != "int8":
+        raise LorabudgetError(f"unknown quantization '{quantize}'; allowed: " + ", ".join(QUANTIZATIONS))
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    # The quantizer suggests its pre-processing step on the root logger; on these models it changed
+    # nothing in the output (checked on RoBERTa) and costs seconds, so it is skipped and the hint muted.
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(path), str(folder / ONNX_INT8_FILE), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    return ONNX_INT8_FILE
+
+
+def onnx_session(path: Path, threads: Optional[int] = None):
+    require_onnx()
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def export_run(run_dir: Path, output: Path, fmt: str, quantize: Optional[str] = None, overwrite: bool = False) -> Path:
+    """Export the run in ``run_dir`` to ``output`` (written atomically) in format ``fmt``."""
+    from .modelcard import write_model_card
+    from .runs import load_run, read_run_config
+
+    run_dir, output = Path(run_dir), Path(output)
+    if fmt not in FORMATS:
+        raise LorabudgetError(f"unknown export format '{fmt}'; allowed: " + ", ".join(FORMATS))
+    if quantize and fmt != "onnx":
+        raise LorabudgetError("--quantize applies to --format onnx only")
+    if fmt == "onnx":
+        require_onnx()
+    cfg = read_run_config(run_dir)
+    if fmt != "peft" and cfg.model.quantization != "none":
+        raise LorabudgetError(
+            f"the run's base is quantized ({cfg.model.quantization}): merging adapters into it would re-quantize "
+            "the weights; export it with --format peft"
+        )
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise LorabudgetError(f"output folder {output} exists and is not empty; pass --overwrite or choose another")
+    if output.resolve() in (run_dir.resolve(), (run_dir / "adapter").resolve(), (run_dir / "tokenizer").resolve()):
+        raise LorabudgetError("choose an --output outside the run's own files")
+    extra: dict[str, Any] = {"head": cfg.head.type, "pooling": cfg.head.pooling}
+    with atomic_dir(output) as tmp:
+        if fmt == "peft":
+            from .modeling import load_tokenizer
+
+            tok_dir = run_dir / "tokenizer"
+            export_peft(run_dir, cfg, load_tokenizer(str(tok_dir) if tok_dir.is_dir() else cfg.model.name), tmp)
+        else:
+            run = load_run(run_dir, merge=True)
+            if fmt == "hf":
+                export_hf(run, tmp)
+                extra["trust_remote_code"] = (tmp / REMOTE_CODE_FILE).is_file()
+            else:
+                _save_tokenizer(run.tokenizer, cfg, tmp)
+                extra.update(onnx_file=export_onnx(run, tmp, quantize), quantize=quantize)
+        atomic_write_json(tmp / EXPORT_META, _meta(run_dir, cfg, fmt, **extra))
+        write_model_card(run_dir, tmp, export_format=fmt, folder_name=output.name)
+    return output
+
+
+def load_onnx_run(path: Path, threads: Optional[int] = None):
+    """A :class:`~lorabudget.runs.LoadedRun` on ONNX Runtime, from an ONNX export folder or a run
+    directory (exported once into ``RUN/onnx/`` and re-exported when the run's weights change)."""
+    from .modeling import load_tokenizer
+    from .runs import LoadedRun, read_run_config
+
+    path = Path(path)
+    meta = read_export_meta(path)
+    run_dir = path
+    if meta is not None:
+        if meta.get("format") != "onnx":
+            raise LorabudgetError(
+                f"{path} is a '{meta.get('format')}' export; lorabudget runs ONNX exports and run directories "
+                "(load this one as its README.md shows)"
+            )
+        folder = path
+    else:
+        read_run_config(path)  # a clear error for a folder that is neither
+        folder = path / "onnx"
+        cached = read_export_meta(folder)
+        if cached is None or cached.get("adapter_digest") != adapter_digest(path) or cached.get("quantize"):
+            export_run(path, folder, "onnx", overwrite=True)
+        meta = read_export_meta(folder)
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = from_dict(meta["config"])
+    session = onnx_session(folder / meta["onnx_file"], threads)
+    return LoadedRun(run_dir, cfg, session, load_tokenizer(str(folder)), "fp32", engine="onnx")

@@ -1,0 +1,374 @@
+"""Model cards: ``README.md`` in the Hugging Face layout (YAML metadata, then Markdown).
+
+Written into every run directory (after train, distill, evaluate and predict) and into every export.
+Everything on the card is read from the run's own files (``config.yaml``, ``budget.json``,
+``summary.json``, ``eval.json``, ``evals/``): a figure the run did not record is not shown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .config import RunConfig
+from .io import atomic_write_text
+
+HUB_DATASETS = {"ag_news": "ag_news", "fancyzhx/ag_news": "fancyzhx/ag_news"}
+
+
+def _read_json(path: Path) -> Optional[Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def base_model_name(cfg: RunConfig) -> Optional[str]:
+    """The base model's Hugging Face hub name, or ``None`` when the run used a local folder."""
+    from .modeling import PACKAGED_MODELS
+
+    name = cfg.model.name
+    packaged = PACKAGED_MODELS.get(name.lower())
+    if packaged:
+        return packaged[2]
+    if os.path.isdir(os.path.expanduser(name)):
+        return None
+    return name
+
+
+def _dataset_name(cfg: RunConfig) -> Optional[str]:
+    source = cfg.data.train.split(":", 1)[0]
+    return HUB_DATASETS.get(source)
+
+
+def _method(cfg: RunConfig, summary: dict[str, Any]) -> str:
+    return str(summary.get("method") or getattr(cfg.adapter, "method", None) or "lora")
+
+
+def front_matter(cfg: RunConfig, summary: dict[str, Any], export_format: Optional[str]) -> dict[str, Any]:
+    method = _method(cfg, summary)
+    meta: dict[str, Any] = {}
+    base = base_model_name(cfg)
+    if base:
+        meta["base_model"] = base
+    libraries = {None: "peft", "peft": "peft", "onnx": "onnx", "hf": "transformers"}
+    meta["library_name"] = libraries[export_format]
+    meta["pipeline_tag"] = "text-classification"
+    dataset = _dataset_name(cfg)
+    if dataset:
+        meta["datasets"] = [dataset]
+    meta["metrics"] = ["accuracy", "f1"]
+    meta["tags"] = ["lorabudget", method, "text-classification", "parameter-efficient-fine-tuning"] + (
+        ["onnx"] if export_format == "onnx" else []
+    )
+    return meta
+
+
+def _fmt_int(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "—"
+
+
+def _budget_lines(budget: Optional[dict[str, Any]], method: str) -> list[str]:
+    if not budget:
+        return ["The run has no `budget.json`: no parameter breakdown."]
+    limit = budget.get("budget")
+    total = budget.get("trainable_params")
+    adapters = budget.get("adapter_params", budget.get("lora_params"))
+    lines = ["| part | trainable parameters |", "|---|---:|"]
+    by_module: dict[str, int] = {}
+    layers: dict[str, set] = {}
+    for site in budget.get("adapter_by_site", budget.get("lora_by_site")) or []:
+        by_module[site["module"]] = by_module.get(site["module"], 0) + site["params"]
+        layers.setdefault(site["module"], set()).add(site["layer"])
+    for module, n in by_module.items():
+        lines.append(f"| {method} on {module} (layers {', '.join(map(str, sorted(layers[module])))}) | {n:,} |")
+    if not by_module and adapters is not None:
+        lines.append(f"| {method} adapters | {_fmt_int(adapters)} |")
+    lines.append(f"| classification head | {_fmt_int(budget.get('head_params'))} |")
+    for name, n in (budget.get("other_params") or {}).items():
+        lines.append(f"| other: `{name}` | {_fmt_int(n)} |")
+    lines.append(f"| **total trainable** | **{_fmt_int(total)}** |")
+    if limit is None:
+        lines.append("| budget | unlimited |")
+    else:
+        used = f", {total / limit:.1%} used" if isinstance(total, int) and limit else ""
+        verdict = "within" if isinstance(total, int) and total <= limit else "OVER"
+        lines.append(f"| budget | {limit:,} ({verdict}{used}) |")
+    return lines
+
+
+def _layers(layers: Optional[list[int]]) -> str:
+    return "all layers" if layers is None else "layers " + ", ".join(map(str, layers))
+
+
+def _method_lines(cfg: RunConfig, method: str) -> list[str]:
+    a = cfg.adapter
+    placement = a.placements or []
+    if placement:
+        where = "; ".join(
+            f"{', '.join(p.modules)} on {_layers(p.layers)}" + (f" (r={p.r})" if p.r else "")
+            for p in placement
+        )
+    else:
+        where = f"{', '.join(a.modules)} on {_layers(a.layers)}"
+    head = "the architecture's own classification head" if cfg.head.type == "full" else (
+        "one Linear layer on "
+        + ("the first token's final hidden state" if cfg.head.pooling == "first"
+           else "the mean of the real tokens' final hidden states")
+    )
+    options = getattr(a, "options", None)
+    lines = [
+        f"- method: **{method}** (PEFT), placed on {where}",
+        f"- settings: r={a.r}, alpha={a.alpha}, dropout={a.dropout}"
+        + (", rsLoRA" if a.use_rslora else "") + (", DoRA" if a.use_dora else "")
+        + (f", options {options}" if options else ""),
+        f"- head: `{cfg.head.type}`: {head}; trained in full and counted in the budget",
+        f"- base model: `{base_model_name(cfg) or cfg.model.name}`; max length {cfg.model.max_length} tokens",
+    ]
+    return lines
+
+
+def _data_lines(cfg: RunConfig, summary: dict[str, Any]) -> list[str]:
+    d = cfg.data
+    rows = f", {summary['validation_rows']:,} rows" if "validation_rows" in summary else ""
+    if d.validation:
+        validation = f"`{d.validation}`{rows}"
+    elif isinstance(d.validation_size, float):
+        validation = f"{d.validation_size:.0%} of the rows split off the training data (seed {d.split_seed}){rows}"
+    else:
+        validation = f"{d.validation_size:,} rows split off the training data (seed {d.split_seed})"
+    lines = [f"- training data: `{d.train}`" + (f", {summary['train_rows']:,} rows" if "train_rows" in summary else "")]
+    lines.append(f"- validation: {validation}")
+    lines.append("- classes (label id: name): " + ", ".join(f"{i}: {n}" for i, n in enumerate(cfg.model.labels)))
+    dist = summary.get("train_label_distribution")
+    if dist:
+        lines.append("- training class shares: " + ", ".join(f"{n} {p:.1%}" for n, p in zip(cfg.model.labels, dist)))
+    return lines
+
+
+def _metric_rows(run_dir: Path) -> list[dict[str, Any]]:
+    rows = [r for r in (_read_json(p) for p in sorted((run_dir / "evals").glob("*.json"))) if isinstance(r, dict)]
+    if not rows:
+        latest = _read_json(run_dir / "eval.json")
+        rows = [latest] if isinstance(latest, dict) else []
+    return rows
+
+
+def _results_lines(run_dir: Path, summary: dict[str, Any]) -> list[str]:
+    rows = _metric_rows(run_dir)
+    if not rows:
+        return ["No evaluation recorded yet (`lorabudget evaluate RUN --data FILE` adds one)."]
+    with_ci = any(r.get("accuracy_ci95") for r in rows)
+    header = "| data | kind | rows | accuracy |" + (" 95% interval |" if with_ci else "") + " macro F1 |"
+    lines = [header, "|---|---|---:|---:|" + ("---|" if with_ci else "") + "---:|"]
+    for r in rows:
+        ci = r.get("accuracy_ci95")
+        cell = f" [{ci[0]:.4f}, {ci[1]:.4f}] |" if ci else (" — |" if with_ci else "")
+        lines.append(
+            f"| {r.get('data', '?')} | {r.get('kind', '?')} | {_fmt_int(r.get('rows'))} "
+            f"| {r.get('accuracy', float('nan')):.4f} |"
+            f"{cell} {r.get('macro_f1', float('nan')):.4f} |"
+        )
+    if with_ci:
+        lines += ["", "Intervals: Wilson 95% intervals of the accuracy over the evaluated rows."]
+    if "best_step" in summary:
+        lines += ["", f"The kept checkpoint is the best validation accuracy, at step {summary['best_step']} "
+                  f"of {summary.get('steps')}."]
+    return lines
+
+
+def _training_lines(summary: dict[str, Any]) -> list[str]:
+    if not summary:
+        return ["The run has not finished training (no `summary.json`)."]
+    lines = [
+        f"- training time: {summary['train_time_s']:.1f} s ({summary.get('steps')} optimizer steps, evaluations included)"
+    ]
+    if summary.get("samples_per_s"):
+        lines.append(f"- throughput: {summary['samples_per_s']:.1f} training rows/s")
+    machine = summary.get("machine")
+    lines.append(
+        f"- device: {summary.get('device')} × {summary.get('processes', 1)} process(es), mixed precision "
+        f"{summary.get('mixed_precision')}" + (f"; machine: {machine}" if machine else "")
+    )
+    return lines
+
+
+def _intended_use(cfg: RunConfig) -> list[str]:
+    names = ", ".join(cfg.model.labels)
+    what = "one English news text" if _dataset_name(cfg) else "one text"
+    return [
+        f"Classifies {what} into one of {cfg.num_labels} classes ({names}). It was trained on the data "
+        "above only: expect lower accuracy on text from other sources, periods or styles, and no meaningful "
+        "answer for text that belongs to none of the classes (it always picks one). Texts are cut to "
+        f"{cfg.model.max_length} tokens. Probabilities are softmax outputs, not calibrated guarantees. Any bias of "
+        "the training data and of the base model carries over. Not for decisions about people.",
+    ]
+
+
+def _py(code: str) -> list[str]:
+    return ["```python", code.strip("\n"), "```"]
+
+
+def load_instructions(cfg: RunConfig, export_format: Optional[str], folder: str) -> list[str]:
+    """How to load the model: this folder's format first, then the others."""
+    base = base_model_name(cfg) or cfg.model.name  # a local folder: the path the run read
+    remote = cfg.head.type == "linear"
+    trust = ", trust_remote_code=True" if remote else ""
+    labels = repr(dict(enumerate(cfg.model.labels)))
+    sections: dict[Optional[str], list[str]] = {}
+    sections["hf"] = ["### transformers (`lorabudget export RUN --format hf --output DIR`)", ""] + _py(f"""
+from transformers import pipeline
+
+classifier = pipeline("text-classification", model="{folder if export_format == 'hf' else 'DIR'}"{trust}, truncation=True)
+print(classifier(["Stocks rallied after the earnings report."]))
+""") + [""] + (
+        [
+            "The head is a Linear layer on a pooled token state, which no standard transformers class has, "
+            "so the folder ships it as `modeling_lorabudget.py` (needs only torch and transformers) and "
+            "`trust_remote_code=True` is required. `AutoModelForSequenceClassification.from_pretrained(DIR, "
+            "trust_remote_code=True)` loads the same model.",
+            "",
+        ]
+        if remote
+        else ["`AutoModelForSequenceClassification.from_pretrained(DIR)` loads the same model.", ""]
+    ) + ["`truncation=True` cuts texts where training did (the tokenizer's `model_max_length`).", ""]
+    peft_dir = folder if export_format == "peft" else "DIR"
+    if remote:
+        peft_code = f"""
+from peft import PeftModel
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+config = AutoConfig.from_pretrained("{peft_dir}", trust_remote_code=True)
+base = AutoModelForSequenceClassification.from_config(config, trust_remote_code=True)
+base.backbone = AutoModel.from_pretrained("{base}", add_pooling_layer=False)  # pretrained encoder weights
+model = PeftModel.from_pretrained(base, "{peft_dir}").eval()
+tokenizer = AutoTokenizer.from_pretrained("{peft_dir}")
+"""
+    else:
+        peft_code = f"""
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+labels = {labels}
+base = AutoModelForSequenceClassification.from_pretrained(
+    "{base}", num_labels={cfg.num_labels}, id2label=labels, label2id={{v: k for k, v in labels.items()}}
+)
+model = PeftModel.from_pretrained(base, "{peft_dir}").eval()  # adapters and the trained head
+tokenizer = AutoTokenizer.from_pretrained("{peft_dir}")
+"""
+    sections["peft"] = ["### PEFT adapter (`lorabudget export RUN --format peft --output DIR`)", ""]
+    sections["peft"] += _py(peft_code) + [
+        "",
+        "The adapter folder holds the adapter weights and the trained head (`modules_to_save`); "
+        "`model.merge_and_unload()` folds the adapters into the weights. Tokenize with "
+        f"`truncation=True, max_length={cfg.model.max_length}`.",
+        "",
+    ]
+    onnx_dir = folder if export_format == "onnx" else "DIR"
+    sections["onnx"] = [
+        "### ONNX Runtime (`lorabudget export RUN --format onnx --output DIR [--quantize int8]`)", ""
+    ] + _py(f"""
+import onnxruntime as ort
+from transformers import AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{onnx_dir}")
+session = ort.InferenceSession("{onnx_dir}/model.onnx")  # or model_int8.onnx after --quantize int8
+batch = tokenizer(["Stocks rallied after the earnings report."], padding=True, truncation=True, return_tensors="np")
+logits = session.run(["logits"], {{"input_ids": batch["input_ids"].astype("int64"),
+                                   "attention_mask": batch["attention_mask"].astype("int64")}})[0]
+""") + [
+        "",
+        f"Or `lorabudget predict {onnx_dir} --input texts.csv` (length-sorted batches). Inputs `input_ids` and "
+        "`attention_mask` (int64, [batch, sequence]); output `logits` [batch, classes]; label ids as listed above.",
+        "",
+    ]
+    sections[None] = ["### lorabudget (the run directory)", ""] + _py("""
+from lorabudget import load_run
+
+run = load_run("RUN")  # this run directory; engine="onnx" runs it on ONNX Runtime
+print(run.predict(["Stocks rallied after the earnings report."]).labels)
+""") + [""]
+    order = [export_format] + [k for k in (None, "hf", "peft", "onnx") if k != export_format]
+    lines: list[str] = []
+    for key in order:
+        lines += sections[key]
+    return lines
+
+
+def model_card(run_dir: Path, cfg: RunConfig, export_format: Optional[str] = None, folder_name: str = "DIR") -> str:
+    run_dir = Path(run_dir)
+    summary = _read_json(run_dir / "summary.json") or {}
+    budget = _read_json(run_dir / "budget.json")
+    method = _method(cfg, summary)
+    base = base_model_name(cfg) or f"a local model ({cfg.model.name})"
+    what = {None: "lorabudget run directory", "hf": "transformers model (adapters merged)",
+            "peft": "PEFT adapter", "onnx": "ONNX model (adapters merged)"}[export_format]
+    total = (budget or {}).get("trainable_params")
+    limit = (budget or {}).get("budget")
+    md = [
+        "---",
+        yaml.safe_dump(front_matter(cfg, summary, export_format), sort_keys=False).rstrip("\n"),
+        "---",
+        "",
+        f"# {cfg.name}",
+        "",
+        f"A {cfg.num_labels}-class text classifier fine-tuned from `{base}` with **{method}**"
+        + (f" under a hard budget of **{limit:,}** trainable parameters" if isinstance(limit, int) else "")
+        + (" with no limit on trainable parameters" if budget and limit is None else "")
+        + (f" ({total:,} trained, head included)" if isinstance(total, int) else "")
+        + f", trained with lorabudget. This folder is a {what}.",
+        "",
+        "## Trainable-parameter budget",
+        "",
+        *_budget_lines(budget, method),
+        "",
+        "## Method",
+        "",
+        *_method_lines(cfg, method),
+        "",
+        "## Data",
+        "",
+        *_data_lines(cfg, summary),
+        "",
+        "## Results",
+        "",
+        *_results_lines(run_dir, summary),
+        "",
+        "## Training",
+        "",
+        *_training_lines(summary),
+        "",
+        "## Intended use and limits",
+        "",
+        *_intended_use(cfg),
+        "",
+        "## How to load",
+        "",
+        *load_instructions(cfg, export_format, folder_name),
+    ]
+    return "\n".join(md).rstrip("\n") + "\n"
+
+
+def write_model_card(
+    run_dir: Path, folder: Optional[Path] = None, export_format: Optional[str] = None, folder_name: str = "DIR"
+) -> Path:
+    """Write ``README.md`` into ``folder`` (default: the run directory itself); return its path."""
+    from .runs import read_run_config
+
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    path = Path(folder or run_dir) / "README.md"
+    atomic_write_text(path, model_card(run_dir, cfg, export_format, folder_name))
+    return path
+
+
+def parse_model_card(text: str) -> tuple[dict[str, Any], str]:
+    """``(metadata, markdown body)`` of a model card: the YAML block between the leading ``---`` lines."""
+    if not text.startswith("---\n"):
+        raise ValueError("a model card starts with a '---' line")
+    end = text.index("\n---\n", 4)
+    return yaml.safe_load(text[4:end]) or {}, text[end + 5 :]
