@@ -268,6 +268,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return _convert(value, arg, key)
             except LorabudgetError as err:
                 errors.append(err)
+        if len(errors) == 1:  # Optional[X]: X's own message (e.g. "not a finite number") says more
+            raise errors[0]
         raise bad
     if origin is Literal:
         if value not in args:
