@@ -99,7 +99,7 @@ def test_compare_table_reads_the_files(reported_run, tmp_path):
     assert cells[7] == "–"  # no test evaluation: a dash, not a number
     ref = run_row(reported_run)
     assert f"{100 * ref['test_accuracy']:.2f}%" in table
-    empty_row = next(l for l in table.splitlines() if "| empty |" in l)
+    empty_row = next(l for l in table.splitlines() if "| empty (unfinished) |" in l)  # no summary.json
     assert empty_row.count("–") == 7
     _png_size(out / "accuracy_vs_params.png")
     assert (out / "compare.csv").read_text().splitlines()[0].startswith("rank,name,run,method")
