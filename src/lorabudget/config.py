@@ -142,7 +142,15 @@ class TrainingConfig:
     length_grouping: bool = True
     """Group rows of similar length into batches (shuffled buckets) to cut padding."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    """``auto``: bf16 on a GPU that supports it, else fp32."""
+    """``auto``: bf16 on a GPU that supports it, else fp32 (on a CPU with native bf16, AVX512-BF16 or
+    AMX, bf16 only once measured: see ``precision.CPU_BF16_AUTO``). ``bf16``: autocast with fp32
+    master weights and optimizer state (on CPUs too). ``no``: fp32."""
+    adamw_impl: Literal["default", "foreach", "fused"] = "default"
+    """AdamW kernel: ``default`` lets torch choose (per-tensor loop on CPU, foreach on GPU),
+    ``foreach`` batches the update over all tensors, ``fused`` uses one fused kernel (CPU and GPU)."""
+    compile: bool = False
+    """``torch.compile`` the model (inductor; each encoder layer compiled once and reused). Compiling
+    takes minutes on a CPU and needs a C++ compiler; off unless measured to pay for the run."""
     seed: int = 42
     """Seed of initialisation, dropout and batch order."""
     num_workers: int = 0

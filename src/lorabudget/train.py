@@ -28,7 +28,7 @@ from .batching import TokenizedTexts, default_cache_dir, tokenize, train_loader
 from .config import RunConfig, save_config
 from .data import TextData, load_labelled, split_validation
 from .errors import LorabudgetError
-from .inference import gpu_supports_bf16, predict_logits
+from .inference import predict_logits
 from .io import atomic_dir, atomic_write_json
 from .metrics import classification_metrics, format_metrics
 from .modeling import build_model, load_tokenizer
@@ -41,14 +41,32 @@ def cross_entropy_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> 
     return F.cross_entropy(logits.float(), batch["labels"])
 
 
-def make_accelerator(cfg: RunConfig):
+def make_accelerator(cfg: RunConfig, log: Callable[[str], None] = print):
+    """The Accelerator, with the precision chosen for this hardware (one log line says which and why).
+
+    bf16 is Accelerate's autocast (on CPUs too): weights, gradients and optimizer state stay fp32."""
     from accelerate import Accelerator
 
-    precision = cfg.training.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if gpu_supports_bf16() else "no"
+    from .precision import resolve as resolve_precision
+
+    precision = resolve_precision(cfg.training.mixed_precision)
+    kwargs: dict[str, Any] = {}
+    if cfg.training.compile:
+        from accelerate.utils import TorchDynamoPlugin
+
+        # Regional compilation: one encoder layer is compiled and reused by the others (minutes less).
+        kwargs["dynamo_plugin"] = TorchDynamoPlugin(backend="inductor", use_regional_compilation=True)
     # cpu=True on machines without a GPU: it is what makes Accelerate pick gloo for multi-process CPU runs.
-    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=precision.accelerate_name, cpu=not torch.cuda.is_available(), **kwargs)
+    if accelerator.is_main_process:
+        log(precision.line("training"))
+    return accelerator
+
+
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    """AdamW over :func:`param_groups`, with the kernel chosen by ``training.adamw_impl``."""
+    impl = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[cfg.training.adamw_impl]
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.training.learning_rate, **impl)
 
 
 def seed_everything(seed: int) -> None:
@@ -151,7 +169,7 @@ def train(
     extra_summary: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` and return the run summary (also written to summary.json)."""
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, log)
     main = accelerator.is_main_process
     if not main:
         log = lambda *_: None  # noqa: E731 - only the main process talks and writes
@@ -180,7 +198,7 @@ def train(
     loader = train_loader(
         data.train_tokens, data.train.labels, data.pad_id, t.batch_size, t.seed, t.length_grouping, t.num_workers
     )
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=t.learning_rate)
+    optimizer = make_optimizer(model, cfg)
     sampler = loader.batch_sampler  # kept: prepare() wraps it, and it needs set_epoch each epoch
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = math.ceil(len(loader) / t.gradient_accumulation)
