@@ -230,24 +230,34 @@ class FlopCounter:
 
 def training_summary(
     model: torch.nn.Module,
-    positions: int,
-    positions_sq: int,
-    rows: int,
+    counter: FlopCounter,
     real_tokens: int,
-    real_tokens_sq: float,
+    row_lengths: Any,
     seconds: float,
     precision: str,
     device: Any,
+    processes: int = 1,
     peak_seconds: float = 0.5,
 ) -> dict[str, Any]:
-    """Achieved training FLOP/s (executed on padded positions, and on real tokens), the matmul peak
-    measured now in the same precision, and the fraction of it; fields for summary.json.
+    """Fields for summary.json: achieved training FLOP/s, executed (padded positions) and on real
+    tokens, the matmul peak measured now in the training precision, and the fraction of it.
 
-    ``real_tokens_sq`` is Σ L² over the rows trained on (L: a row's real length)."""
-    shape = encoder_shape(model)
-    coef = training_coefficients(shape)
-    executed = coef.total(positions, positions_sq, rows)
-    useful = coef.total(real_tokens, real_tokens_sq, rows)
+    ``counter`` holds one process's batches (every process runs as many); ``real_tokens`` is the
+    real tokens of all processes; the attention term of real-token FLOPs uses the token-weighted
+    mean length of the training rows ``row_lengths`` (Σ L² / Σ L: exact over whole epochs).
+    Empty when the model is not a BERT-family encoder this module can read."""
+    import numpy as np
+
+    from .errors import LorabudgetError
+
+    try:
+        coef = training_coefficients(encoder_shape(model))
+    except (LorabudgetError, KeyError, AttributeError):
+        return {}
+    lengths = np.asarray(row_lengths, dtype=np.float64)
+    mean_sq = float((lengths**2).sum() / lengths.sum()) if lengths.sum() else 0.0
+    executed = coef.total(counter.positions, counter.positions_sq, counter.rows) * processes
+    useful = coef.total(real_tokens, real_tokens * mean_sq, counter.rows * processes)
     peak = matmul_peak("fp32" if precision in ("no", "fp32") else precision, device, seconds=peak_seconds)
     rate = executed / seconds if seconds > 0 else None
     return {

@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import budget as budget_mod
-from .batching import TokenizedTexts, default_cache_dir, tokenize, train_loader
+from .batching import TokenizedTexts, default_cache_dir, position_cap, split_rows, tokenize, train_loader
 from .config import RunConfig, save_config
 from .data import TextData, load_labelled, split_validation
 from .errors import LorabudgetError
+from .flops import FlopCounter, training_summary as training_flops
 from .inference import predict_logits
 from .io import atomic_dir, atomic_write_json
 from .metrics import classification_metrics, format_metrics
@@ -206,6 +207,8 @@ def train(
     scheduler = make_scheduler(optimizer, t.scheduler, int(t.warmup_ratio * total_steps), total_steps)
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    max_positions = position_cap(t.max_batch_positions, accelerator.device.type)
+    flop_sums = FlopCounter()
 
     metrics = MetricsLog(run_dir / "metrics.jsonl", main)
     best: dict[str, Any] = {"accuracy": -1.0, "step": 0}
@@ -226,10 +229,12 @@ def train(
     for epoch in range(num_epochs):
         sampler.set_epoch(epoch)
         for micro, batch in enumerate(loader):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = loss_fn(logits, batch)
-            accelerator.backward(loss / t.gradient_accumulation)
-            loss_sum += loss.detach()
+            for part, share in split_rows(batch, max_positions):  # row chunks: activation memory cap
+                logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+                loss = loss_fn(logits, part) * share
+                accelerator.backward(loss / t.gradient_accumulation)
+                loss_sum += loss.detach()
+            flop_sums.add(batch["input_ids"].shape[0], batch["input_ids"].shape[1])
             token_sum += batch["attention_mask"].sum()
             loss_count += 1
             window_rows += batch["input_ids"].shape[0]
@@ -335,6 +340,10 @@ def train(
         "processes": accelerator.num_processes,
         "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,
+        **training_flops(
+            accelerator.unwrap_model(model), flop_sums, tokens_seen, data.train_tokens.lengths,
+            train_time - eval_seconds, accelerator.mixed_precision, accelerator.device, accelerator.num_processes,
+        ),
         "class_names": list(cfg.model.labels),
         "train_label_distribution": label_distribution(data.train.labels, cfg.num_labels),
         **(extra_summary or {}),
