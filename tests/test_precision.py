@@ -184,3 +184,20 @@ def test_flops_match_torch_flop_counter(kind, tiny_roberta, tiny_bert):
 def test_matmul_peak_is_positive_and_sane():
     peak = flops.matmul_peak("fp32", "cpu", size=128, seconds=0.05)
     assert 1e6 < peak < 1e15
+
+
+def test_training_summary_reports_flops_and_the_report_shows_them(tiny_config, tmp_path, fresh_accelerate_state):
+    """A tiny run with a position cap small enough to split every batch: it trains, and summary.json
+    carries the executed and real-token FLOP/s and the matmul peak measured in the run."""
+    from lorabudget.report import write_report
+    from lorabudget.train import train
+
+    cfg = from_dict(tiny_config(training={"epochs": 1, "batch_size": 16, "max_batch_positions": 64, "log_every": 1}))
+    lines = []
+    summary = train(cfg, tmp_path / "run", log=lines.append)
+    assert sum(line.startswith("training precision: ") for line in lines) == 1
+    assert summary["train_flops"] > 0 and summary["matmul_peak_flops_per_s"] > 0
+    assert summary["train_real_token_flops_per_s"] < summary["train_flops_per_s"]  # padding is not useful work
+    assert summary["train_peak_fraction"] == pytest.approx(summary["train_flops_per_s"] / summary["matmul_peak_flops_per_s"])
+    report = write_report(tmp_path / "run").read_text()
+    assert "GFLOP/s executed" in report and "fp32 matmul peak" in report
