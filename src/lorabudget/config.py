@@ -151,8 +151,8 @@ class TrainingConfig:
     max_batch_positions: Optional[int] = None
     """Memory cap: a batch wider than this many padded token positions (rows × width) runs forward
     and backward in row chunks within it, gradients accumulated before the one optimizer step (the
-    same update up to float rounding). ``null``: 2,048 on a CPU (keeps the MiniLM main job's peak
-    memory near 1 GB; 32 rows of 128 tokens would save 1.4 GB of activations), no cap on a GPU;
+    same update up to float rounding). ``null``: 768 on a CPU (keeps the MiniLM main job's peak
+    memory under 1.5 GB; 32 rows of 128 tokens would save 1.4 GB of activations), no cap on a GPU;
     0: never split."""
     compile: bool = False
     """``torch.compile`` the model (inductor; each encoder layer compiled once and reused). Compiling
