@@ -192,7 +192,7 @@ def test_training_summary_reports_flops_and_the_report_shows_them(tiny_config, t
     from lorabudget.report import write_report
     from lorabudget.train import train
 
-    cfg = from_dict(tiny_config(training={"epochs": 1, "batch_size": 16, "max_batch_positions": 64, "log_every": 1}))
+    cfg = from_dict(tiny_config(training={"max_steps": 4, "batch_size": 16, "max_batch_positions": 256, "log_every": 1}))
     lines = []
     summary = train(cfg, tmp_path / "run", log=lines.append)
     assert sum(line.startswith("training precision: ") for line in lines) == 1
