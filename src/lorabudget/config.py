@@ -155,8 +155,8 @@ class TrainingConfig:
     memory under 1.5 GB; 32 rows of 128 tokens would save 1.4 GB of activations), no cap on a GPU;
     0: never split."""
     compile: bool = False
-    """``torch.compile`` the model (inductor; each encoder layer compiled once and reused). Compiling
-    takes minutes on a CPU and needs a C++ compiler; off unless measured to pay for the run."""
+    """``torch.compile`` the model (inductor, through Accelerate). Compiling takes minutes on a CPU
+    and needs a C++ compiler; off unless measured to pay for the run."""
     seed: int = 42
     """Seed of initialisation, dropout and batch order."""
     num_workers: int = 0

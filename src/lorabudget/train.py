@@ -55,8 +55,9 @@ def make_accelerator(cfg: RunConfig, log: Callable[[str], None] = print):
     if cfg.training.compile:
         from accelerate.utils import TorchDynamoPlugin
 
-        # Regional compilation: one encoder layer is compiled and reused by the others (minutes less).
-        kwargs["dynamo_plugin"] = TorchDynamoPlugin(backend="inductor", use_regional_compilation=True)
+        # The whole model, wrapped once: unwrap_model() then saves adapters under their plain names
+        # (Accelerate's regional compilation wraps inner modules and leaked "_orig_mod" into them).
+        kwargs["dynamo_plugin"] = TorchDynamoPlugin(backend="inductor")
     # cpu=True on machines without a GPU: it is what makes Accelerate pick gloo for multi-process CPU runs.
     accelerator = Accelerator(mixed_precision=precision.accelerate_name, cpu=not torch.cuda.is_available(), **kwargs)
     if accelerator.is_main_process:
