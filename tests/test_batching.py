@@ -106,6 +106,7 @@ def test_bucket_ladder():
     assert all(b - a <= max(16, a // 4) for a, b in zip(ladder, ladder[1:]))  # at most a quarter more padding
     assert bucket_widths(100) == [16, 32, 48, 64, 80, 96, 100]  # the cap is the longest row, never beyond
     assert bucket_widths(5) == [5]
+    assert bucket_widths(128, 8) == [8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128]  # inference's finer ladder
     assert bucketed(np.array([1, 16, 17, 100, 128]), bucket_widths(128)).tolist() == [16, 16, 32, 112, 128]
 
 
@@ -116,12 +117,12 @@ def test_every_batch_width_is_a_bucket_width():
     rng = np.random.default_rng(3)
     texts = [" ".join(["game"] * int(n)) for n in rng.integers(1, 90, size=300)]
     tokens = tokenize(tok, texts, max_length=70)
-    widths = bucket_widths(int(tokens.lengths.max()))
-    assert widths[-1] == 70
     labels = np.zeros(len(texts), dtype=np.int64)
     seen = set()
     for inference, loader in ((False, train_loader(tokens, labels, tok.pad_token_id, 16, seed=0)),
                               (True, inference_loader(tokens, tok.pad_token_id, 32, max_tokens=512))):
+        widths = bucket_widths(int(tokens.lengths.max()), 8 if inference else 16)
+        assert widths[-1] == 70
         for batch in loader:
             rows, width = batch["input_ids"].shape
             longest = int(batch["attention_mask"].sum(1).max())

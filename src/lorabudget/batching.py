@@ -5,8 +5,8 @@ usual ``max_length`` is 128-256), so every batch here is padded only to about it
 training batches come from length-sorted buckets of shuffled rows, inference runs rows sorted by
 length and puts the outputs back in input order.
 
-Padded widths are rounded up to a short ladder of bucket sizes (multiples of 16, see
-:func:`bucket_widths`) rather than to each batch's exact longest row. Batches of ever-changing
+Padded widths are rounded up to a short ladder of bucket sizes (multiples of 16 in training, of 8
+in inference; see :func:`bucket_widths`) rather than to each batch's exact longest row. Batches of ever-changing
 shapes fragment the C allocator's heap (peak memory of the MiniLM main job was ~4 GB, most of it
 freed-but-unusable blocks); a few fixed shapes let freed activation buffers be reused exactly, suit
 bf16/oneDNN kernels (which like multiples of 16 and reuse what they prepared for a shape seen
@@ -32,21 +32,24 @@ CACHE_VERSION = "1"
 BUCKET_MULTIPLE = 16
 
 
-def bucket_widths(max_width: int) -> list[int]:
+INFERENCE_BUCKET_MULTIPLE = 8
+
+
+def bucket_widths(max_width: int, multiple: int = BUCKET_MULTIPLE) -> list[int]:
     """The padded widths a batch may take, up to ``max_width`` (which is always the last one).
 
-    Multiples of 16 whose step grows with the width (16 below 128, 32 to 256, 64 to 512, ...):
-    16, 32, ..., 128, 160, 192, 224, 256, 320, ..., so rounding up adds at most a quarter of the
-    width. ``max_width`` (the longest row, at most ``max_length``) caps the ladder: no batch is
-    ever padded beyond it, so models never see more positions than truncation allows.
+    Multiples of ``multiple`` whose step grows with the width (for 16: 16 below 128, 32 to 256, 64
+    to 512, ...: 16, 32, ..., 128, 160, 192, 224, 256, 320, ...), so rounding up adds at most a
+    quarter of the width. ``max_width`` (the longest row, at most ``max_length``) caps the ladder:
+    no batch is ever padded beyond it, so models never see more positions than truncation allows.
     """
     if max_width < 1:
         return [max(max_width, 0)]
     widths: list[int] = []
-    w = BUCKET_MULTIPLE
+    w = multiple
     while w < max_width:
         widths.append(w)
-        w += max(BUCKET_MULTIPLE, (1 << (w.bit_length() - 1)) // 4)
+        w += max(multiple, (1 << (w.bit_length() - 1)) // 4 // multiple * multiple)
     widths.append(max_width)
     return widths
 
@@ -344,10 +347,10 @@ def train_loader(
     )
 
 
-def data_widths(tokens: TokenizedTexts) -> list[int]:
+def data_widths(tokens: TokenizedTexts, multiple: int = BUCKET_MULTIPLE) -> list[int]:
     """Bucket widths for these rows: the ladder up to their longest row (never beyond ``max_length``,
     which truncation already applied)."""
-    return bucket_widths(int(tokens.lengths.max()) if len(tokens) else 1)
+    return bucket_widths(int(tokens.lengths.max()) if len(tokens) else 1, multiple)
 
 
 def inference_loader(
@@ -360,12 +363,13 @@ def inference_loader(
 ) -> DataLoader:
     """Batches in length order; each batch carries ``index`` so outputs can be put back in order.
 
-    Widths are rounded up to bucket sizes (:func:`bucket_widths`): few distinct shapes let CPU kernels
-    (oneDNN) and the allocator reuse what they prepared for an earlier batch. A batch holds at most
+    Widths are rounded up to bucket sizes (:func:`bucket_widths`, in steps of 8 below 64 tokens:
+    inference runs near the matmul peak, so every padded position costs): few distinct shapes let
+    CPU kernels (oneDNN) and the allocator reuse what they prepared for an earlier batch. A batch holds at most
     ``batch_size`` rows and ``max_tokens`` padded token positions (default ``batch_size * 64``; 64
     is about a typical AG News row).
     """
-    widths = data_widths(tokens)
+    widths = data_widths(tokens, INFERENCE_BUCKET_MULTIPLE)
     return DataLoader(
         RowDataset(len(tokens)),
         batch_sampler=length_sorted_batches(
