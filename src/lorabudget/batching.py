@@ -289,7 +289,8 @@ def length_sorted_batches(
 
 
 # Peak RSS of the MiniLM main job's first 20 steps (1 thread, glibc malloc): no cap 3.5 GB, 2,048
-# positions 2.4 GB, 1,024: 1.6 GB, 768: 1.36 GB, 512: 1.17 GB, with no measurable CPU-time cost.
+# positions 2.4 GB, 1,024: 1.6 GB, 768: 1.36 GB (also over a whole epoch), 512: 1.17 GB, with no
+# CPU-time cost visible within the noise of a loaded machine (speed is for the lead to measure).
 # Smaller chunks shrink the heap's fragmentation along with the live activations (docs/benchmarks.md).
 CPU_MAX_BATCH_POSITIONS = 768
 

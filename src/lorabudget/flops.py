@@ -28,7 +28,7 @@ Conventions (say what is counted, so achieved GFLOP/s can be compared with a mat
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -220,7 +220,6 @@ class FlopCounter:
     positions: int = 0
     positions_sq: int = 0
     rows: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def add(self, rows: int, width: int) -> None:
         self.rows += rows

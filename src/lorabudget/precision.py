@@ -13,7 +13,6 @@ decide it. Whoever measures flips it here; nothing else changes.
 from __future__ import annotations
 
 import functools
-import platform
 from dataclasses import dataclass
 from typing import Optional
 
@@ -114,8 +113,3 @@ def resolve(requested: str, device_type: Optional[str] = None) -> Precision:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
     return choose(requested, device_type, gpu_bf16=gpu_supports_bf16(), cpu_flags=cpu_bf16_flags())
 
-
-def machine_description() -> str:
-    """One line for benchmark output: the CPU's native-bf16 flags, if any."""
-    flags = cpu_bf16_flags()
-    return f"{platform.machine()}, native bf16: {'/'.join(flags) if flags else 'none'}"
