@@ -51,3 +51,45 @@ def emit(text: str, out: Path | None) -> None:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
+
+
+class ShapeRecorder:
+    """Records the shape and real lengths of every batch a model is called on (a forward pre-hook),
+    so the FLOPs it executed (padded positions) and the useful ones (real tokens) can be counted
+    with :mod:`lorabudget.flops` whatever loop drives the model."""
+
+    def __init__(self, model):
+        self.rows = self.positions = self.positions_sq = 0
+        self.real = self.real_sq = 0
+        self.handle = model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        rows, width = ids.shape
+        self.rows += rows
+        self.positions += rows * width
+        self.positions_sq += rows * width * width
+        lengths = mask.sum(1).double() if mask is not None else ids.new_full((rows,), width).double()
+        self.real += int(lengths.sum())
+        self.real_sq += float((lengths**2).sum())
+
+    def flops(self, coefficients) -> tuple[float, float]:
+        """(executed FLOPs on padded positions, FLOPs on real tokens only)."""
+        return (coefficients.total(self.positions, self.positions_sq, self.rows),
+                coefficients.total(self.real, self.real_sq, self.rows))
+
+
+def matmul_peaks(seconds: float = 1.0) -> dict[str, float]:
+    """This machine's measured matmul FLOP/s in fp32 and bf16 (bf16 left out where the device lacks it)."""
+    import torch
+
+    from lorabudget.flops import matmul_peak
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    peaks = {"fp32": matmul_peak("fp32", device, seconds=seconds)}
+    try:
+        peaks["bf16"] = matmul_peak("bf16", device, seconds=seconds)
+    except RuntimeError:  # a device without bf16 matmuls
+        pass
+    return peaks

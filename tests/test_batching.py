@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from lorabudget.batching import (
@@ -89,3 +90,102 @@ def test_token_budget_keeps_long_rows_in_small_batches():
     assert sorted(i for b in batches for i in b) == list(range(10))
     assert all(len(b) <= 4 and len(b) * lengths[b[0]] <= 400 or len(b) == 1 for b in batches)
     assert length_sorted_batches(lengths, batch_size=4)[0] == [0, 9, 8, 7]
+
+
+# --------------------------------------------------------------------------------------------
+# Bucketed widths and row chunks
+
+
+def test_bucket_ladder():
+    from lorabudget.batching import bucket_widths, bucketed
+
+    assert bucket_widths(128) == [16, 32, 48, 64, 80, 96, 112, 128]
+    ladder = bucket_widths(512)
+    assert ladder[-1] == 512 and ladder[8:] == [160, 192, 224, 256, 320, 384, 448, 512]
+    assert all(w % 16 == 0 for w in ladder) and ladder == sorted(set(ladder))
+    assert all(b - a <= max(16, a // 4) for a, b in zip(ladder, ladder[1:]))  # at most a quarter more padding
+    assert bucket_widths(100) == [16, 32, 48, 64, 80, 96, 100]  # the cap is the longest row, never beyond
+    assert bucket_widths(5) == [5]
+    assert bucket_widths(128, 8) == [8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128]  # inference's finer ladder
+    assert bucketed(np.array([1, 16, 17, 100, 128]), bucket_widths(128)).tolist() == [16, 16, 32, 112, 128]
+
+
+def test_every_batch_width_is_a_bucket_width():
+    from lorabudget.batching import bucket_widths, inference_loader, train_loader
+
+    tok = make_tokenizer("roberta")
+    rng = np.random.default_rng(3)
+    texts = [" ".join(["game"] * int(n)) for n in rng.integers(1, 90, size=300)]
+    tokens = tokenize(tok, texts, max_length=70)
+    labels = np.zeros(len(texts), dtype=np.int64)
+    seen = set()
+    for inference, loader in ((False, train_loader(tokens, labels, tok.pad_token_id, 16, seed=0)),
+                              (True, inference_loader(tokens, tok.pad_token_id, 32, max_tokens=512))):
+        widths = bucket_widths(int(tokens.lengths.max()), 8 if inference else 16)
+        assert widths[-1] == 70
+        for batch in loader:
+            rows, width = batch["input_ids"].shape
+            longest = int(batch["attention_mask"].sum(1).max())
+            assert width in widths and width <= 70 and longest <= width
+            assert width == min(w for w in widths if w >= longest)  # the smallest bucket that holds the batch
+            seen.add(width)
+            if inference:  # the token cap counts the bucketed width
+                assert rows * width <= 512 or rows == 1
+    assert len(seen) > 3
+
+
+@pytest.mark.parametrize("kind", ["roberta", "bert"])
+def test_bucketed_padding_gives_the_same_logits(kind, tiny_roberta, tiny_bert):
+    from lorabudget.config import from_dict
+    from lorabudget.modeling import build_model
+
+    model_dir = tiny_roberta if kind == "roberta" else tiny_bert
+    for head in ("full", "linear"):
+        cfg = from_dict({"model": {"name": str(model_dir)}, "head": {"type": head, "pooling": "mean"},
+                         "adapter": {"r": 4, "alpha": 8, "modules": ["query", "value"]}})
+        model = build_model(cfg).model.eval()
+        tok = make_tokenizer(kind)
+        texts = ["game team score", "the market said stocks rose today", "chip", "a " * 40]
+        tokens = tokenize(tok, texts, max_length=64)
+        tight = PadCollator(tokens, tok.pad_token_id)  # exact longest row
+        with torch.inference_mode():
+            for rows in ([0, 1, 2], [3, 2], [1]):
+                exact = model(**{k: v for k, v in tight(rows).items() if k in ("input_ids", "attention_mask")}).logits
+                padded = predict_logits(model, tokens, tok.pad_token_id, batch_size=4)[rows]
+                np.testing.assert_allclose(padded, exact.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_split_rows_caps_positions_and_keeps_the_gradient(tiny_roberta):
+    from lorabudget.batching import position_cap, split_rows
+    from lorabudget.config import from_dict
+    from lorabudget.modeling import build_model
+
+    tok = make_tokenizer("roberta")
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(["game", "team", "market", "chip", "the"], size=int(n))) for n in rng.integers(3, 30, 10)]
+    tokens = tokenize(tok, texts, max_length=64)
+    batch = PadCollator(tokens, tok.pad_token_id, np.arange(10) % 4, widths=[16, 32])(list(range(10)))
+    assert batch["input_ids"].shape == (10, 32)
+    parts = split_rows(batch, max_positions=100)  # 3 rows of 32 fit: 4 chunks, as even as possible
+    assert [p["input_ids"].shape[0] for p, _ in parts] == [3, 3, 2, 2]
+    assert all(p["input_ids"].numel() <= 100 for p, _ in parts)
+    assert sum(share for _, share in parts) == pytest.approx(1.0)
+    assert torch.equal(torch.cat([p["index"] for p, _ in parts]), batch["index"])
+    assert split_rows(batch, None) == [(batch, 1.0)] and split_rows(batch, 320) == [(batch, 1.0)]
+    assert [p["input_ids"].shape[0] for p, _ in split_rows(batch, 200)] == [5, 5]  # even halves, not 6 + 4
+    assert position_cap(None, "cpu") == 768 and position_cap(None, "cuda") is None and position_cap(0, "cpu") is None
+
+    cfg = from_dict({"model": {"name": str(tiny_roberta)}, "adapter": {"r": 4, "alpha": 8, "dropout": 0.0}})
+    model = build_model(cfg).model.eval()  # eval: no dropout, so both ways compute the same function
+
+    def grads(max_positions):
+        model.zero_grad()
+        for part, share in split_rows(batch, max_positions):
+            logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+            (torch.nn.functional.cross_entropy(logits, part["labels"]) * share).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    whole, chunked = grads(None), grads(100)
+    assert whole.keys() == chunked.keys()
+    for name in whole:
+        torch.testing.assert_close(chunked[name], whole[name], rtol=1e-4, atol=1e-6)

@@ -24,7 +24,7 @@ from torch import nn
 from .errors import LorabudgetError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import AdapterConfig, RunConfig
+    from .config import RunConfig
     from .modeling import AdapterSite
 
 # Where each short module name lives inside one encoder layer of BERT-family models.

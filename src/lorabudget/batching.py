@@ -1,9 +1,17 @@
 """Tokenize once (cached on disk), pad per batch, group by length, and restore input order.
 
 Fixed-length padding wastes most of the compute on AG News (rows average ~54 RoBERTa tokens, the
-usual ``max_length`` is 128-256), so every batch here is padded only to its own longest row:
+usual ``max_length`` is 128-256), so every batch here is padded only to about its own longest row:
 training batches come from length-sorted buckets of shuffled rows, inference runs rows sorted by
 length and puts the outputs back in input order.
+
+Padded widths are rounded up to a short ladder of bucket sizes (multiples of 16 in training, of 8
+in inference; see :func:`bucket_widths`) rather than to each batch's exact longest row. Batches of ever-changing
+shapes fragment the C allocator's heap (peak memory of the MiniLM main job was ~4 GB, most of it
+freed-but-unusable blocks); a few fixed shapes let freed activation buffers be reused exactly, suit
+bf16/oneDNN kernels (which like multiples of 16 and reuse what they prepared for a shape seen
+before), and bound the number of shapes ``torch.compile`` sees. The extra padding is under 16
+tokens a row below 128 and at most a quarter of the width above.
 """
 
 from __future__ import annotations
@@ -21,6 +29,42 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .io import atomic_path
 
 CACHE_VERSION = "1"
+BUCKET_MULTIPLE = 16
+
+
+INFERENCE_BUCKET_MULTIPLE = 8
+
+
+def bucket_widths(max_width: int, multiple: int = BUCKET_MULTIPLE) -> list[int]:
+    """The padded widths a batch may take, up to ``max_width`` (which is always the last one).
+
+    Multiples of ``multiple`` whose step grows with the width (for 16: 16 below 128, 32 to 256, 64
+    to 512, ...: 16, 32, ..., 128, 160, 192, 224, 256, 320, ...), so rounding up adds at most a
+    quarter of the width. ``max_width`` (the longest row, at most ``max_length``) caps the ladder:
+    no batch is ever padded beyond it, so models never see more positions than truncation allows.
+    """
+    if max_width < 1:
+        return [max(max_width, 0)]
+    widths: list[int] = []
+    w = multiple
+    while w < max_width:
+        widths.append(w)
+        w += max(multiple, (1 << (w.bit_length() - 1)) // 4 // multiple * multiple)
+    widths.append(max_width)
+    return widths
+
+
+def bucketed(lengths: np.ndarray, widths: Sequence[int]) -> np.ndarray:
+    """Each length rounded up to the smallest bucket width that holds it (lengths above the last
+    width are rounded up to a multiple of 16: no row is ever cut here)."""
+    lengths = np.asarray(lengths)
+    ladder = np.asarray(widths)
+    pos = np.searchsorted(ladder, lengths, side="left")
+    over = pos >= len(ladder)
+    out = ladder[np.minimum(pos, len(ladder) - 1)]
+    if over.any():
+        out = np.where(over, -(-lengths // BUCKET_MULTIPLE) * BUCKET_MULTIPLE, out)
+    return out
 
 
 def default_cache_dir(configured: Optional[str] = None) -> Path:
@@ -126,7 +170,8 @@ class RowDataset(Dataset):
 
 
 class PadCollator:
-    """Turn a list of row indices into one batch padded to its own longest row.
+    """Turn a list of row indices into one batch padded to its own longest row (rounded up to
+    ``pad_to_multiple_of``, or to the smallest of ``widths`` that holds it when given).
 
     Returns ``input_ids`` [B, T] int64, ``attention_mask`` [B, T] int64, ``index`` [B] int64 (the
     rows' positions in the dataset, which keeps per-row extras such as teacher logits paired with
@@ -134,16 +179,26 @@ class PadCollator:
     """
 
     def __init__(
-        self, tokens: TokenizedTexts, pad_id: int, labels: Optional[np.ndarray] = None, pad_to_multiple_of: int = 1
+        self,
+        tokens: TokenizedTexts,
+        pad_id: int,
+        labels: Optional[np.ndarray] = None,
+        pad_to_multiple_of: int = 1,
+        widths: Optional[Sequence[int]] = None,
     ):
         self.tokens = tokens
         self.pad_id = pad_id
         self.labels = labels
         self.multiple = pad_to_multiple_of
+        self.widths = list(widths) if widths is not None else None
 
     def __call__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         rows = [self.tokens.row(i) for i in indices]
-        width = -(-max(len(r) for r in rows) // self.multiple) * self.multiple
+        longest = max(len(r) for r in rows)
+        if self.widths is not None:
+            width = int(bucketed(np.array([longest]), self.widths)[0])
+        else:
+            width = -(-longest // self.multiple) * self.multiple
         input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
         for j, r in enumerate(rows):
@@ -207,19 +262,23 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             yield batches[b].tolist()
 
 
-def length_sorted_batches(lengths: np.ndarray, batch_size: int, max_tokens: Optional[int] = None) -> list[list[int]]:
+def length_sorted_batches(
+    lengths: np.ndarray, batch_size: int, max_tokens: Optional[int] = None, widths: Optional[Sequence[int]] = None
+) -> list[list[int]]:
     """Inference batches over rows sorted longest first (so memory peaks on the first batch).
 
     A batch holds at most ``batch_size`` rows and, when ``max_tokens`` is set, at most that many
     padded token positions: the few very long rows then travel in small batches instead of
-    forcing their width on many short rows.
+    forcing their width on many short rows. With ``widths`` (bucket sizes) a batch's padded width
+    is its longest row's bucket, and the token cap counts that.
     """
     lengths = np.asarray(lengths)
+    padded = bucketed(lengths, widths) if widths is not None else lengths
     order = np.argsort(-lengths, kind="stable")
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order.tolist():
-        width = lengths[current[0]] if current else lengths[i]  # the first row of a batch is its longest
+        width = padded[current[0]] if current else padded[i]  # the first row of a batch is its longest
         if current and (len(current) == batch_size or (max_tokens and (len(current) + 1) * width > max_tokens)):
             batches.append(current)
             current = []
@@ -227,6 +286,45 @@ def length_sorted_batches(lengths: np.ndarray, batch_size: int, max_tokens: Opti
     if current:
         batches.append(current)
     return batches
+
+
+# Peak RSS of the MiniLM main job's first 20 steps (1 thread, glibc malloc): no cap 3.5 GB, 2,048
+# positions 2.4 GB, 1,024: 1.6 GB, 768: 1.36 GB (also over a whole epoch), 512: 1.17 GB, with no
+# CPU-time cost visible within the noise of a loaded machine (speed is for the lead to measure).
+# Smaller chunks shrink the heap's fragmentation along with the live activations (docs/benchmarks.md).
+CPU_MAX_BATCH_POSITIONS = 768
+
+
+def position_cap(configured: Optional[int], device_type: str) -> Optional[int]:
+    """``training.max_batch_positions`` resolved: ``None`` is 768 on a CPU and no cap elsewhere
+    (GPU memory is rarely the limit for these models, and bigger kernels run faster there); 0 is no cap."""
+    if configured is None:
+        return CPU_MAX_BATCH_POSITIONS if device_type == "cpu" else None
+    return configured or None
+
+
+def split_rows(batch: dict, max_positions: Optional[int]) -> list[tuple[dict, float]]:
+    """Cut a padded batch into row chunks of at most ``max_positions`` padded token positions.
+
+    Returns ``[(chunk, share), ...]`` where ``share`` is the chunk's fraction of the batch's rows,
+    so that ``Σ share · mean_loss(chunk)`` is the batch's mean loss and the accumulated gradients
+    are the full batch's (exactly for a mean over rows, such as cross-entropy). Activation memory
+    then peaks at one chunk instead of one batch: a 32-row batch at width 128 saves about 1.4 GB of
+    activations for MiniLM's backward in fp32, over three times the memory of the whole model and
+    libraries. Chunks are as even as possible (fewer shapes); a chunk has at least one row; no cap
+    (``None`` or 0) or a batch within it gives the batch itself.
+    """
+    rows, width = batch["input_ids"].shape
+    if not max_positions or rows * width <= max_positions:
+        return [(batch, 1.0)]
+    pieces = -(-rows // max(1, max_positions // width))
+    sizes = [rows // pieces + (1 if i < rows % pieces else 0) for i in range(pieces)]
+    out, start = [], 0
+    for size in sizes:
+        chunk = {k: v[start : start + size] if isinstance(v, torch.Tensor) and v.ndim else v for k, v in batch.items()}
+        out.append((chunk, size / rows))
+        start += size
+    return out
 
 
 def train_loader(
@@ -237,14 +335,23 @@ def train_loader(
     seed: int,
     length_grouping: bool = True,
     num_workers: int = 0,
+    bucket: bool = True,
 ) -> DataLoader:
+    """Shuffled, length-grouped training batches, padded to bucket widths (``bucket=False``: to each
+    batch's own longest row)."""
     sampler = LengthGroupedBatchSampler(tokens.lengths, batch_size, seed, length_grouping)
     return DataLoader(
         RowDataset(len(tokens)),
         batch_sampler=sampler,
-        collate_fn=PadCollator(tokens, pad_id, labels),
+        collate_fn=PadCollator(tokens, pad_id, labels, widths=data_widths(tokens) if bucket else None),
         num_workers=num_workers,
     )
+
+
+def data_widths(tokens: TokenizedTexts, multiple: int = BUCKET_MULTIPLE) -> list[int]:
+    """Bucket widths for these rows: the ladder up to their longest row (never beyond ``max_length``,
+    which truncation already applied)."""
+    return bucket_widths(int(tokens.lengths.max()) if len(tokens) else 1, multiple)
 
 
 def inference_loader(
@@ -257,13 +364,18 @@ def inference_loader(
 ) -> DataLoader:
     """Batches in length order; each batch carries ``index`` so outputs can be put back in order.
 
-    Widths are rounded up to a multiple of 8: fewer distinct shapes lets CPU kernels (oneDNN) reuse
-    what they prepared for an earlier batch. A batch holds at most ``batch_size`` rows and
-    ``max_tokens`` token positions (default ``batch_size * 64``; 64 is about a typical AG News row).
+    Widths are rounded up to bucket sizes (:func:`bucket_widths`, in steps of 8 below 64 tokens:
+    inference runs near the matmul peak, so every padded position costs): few distinct shapes let
+    CPU kernels (oneDNN) and the allocator reuse what they prepared for an earlier batch. A batch holds at most
+    ``batch_size`` rows and ``max_tokens`` padded token positions (default ``batch_size * 64``; 64
+    is about a typical AG News row).
     """
+    widths = data_widths(tokens, INFERENCE_BUCKET_MULTIPLE)
     return DataLoader(
         RowDataset(len(tokens)),
-        batch_sampler=length_sorted_batches(tokens.lengths, batch_size, max_tokens=max_tokens or batch_size * 64),
-        collate_fn=PadCollator(tokens, pad_id, labels, pad_to_multiple_of=8),
+        batch_sampler=length_sorted_batches(
+            tokens.lengths, batch_size, max_tokens=max_tokens or batch_size * 64, widths=widths
+        ),
+        collate_fn=PadCollator(tokens, pad_id, labels, widths=widths),
         num_workers=num_workers,
     )

@@ -165,7 +165,21 @@ class TrainingConfig:
     length_grouping: bool = True
     """Group rows of similar length into batches (shuffled buckets) to cut padding."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    """``auto``: bf16 on a GPU that supports it, else fp32."""
+    """``auto``: bf16 on a GPU that supports it, else fp32 (on a CPU with native bf16, AVX512-BF16 or
+    AMX, bf16 only once measured: see ``precision.CPU_BF16_AUTO``). ``bf16``: autocast with fp32
+    master weights and optimizer state (on CPUs too). ``no``: fp32."""
+    adamw_impl: Literal["default", "foreach", "fused"] = "default"
+    """AdamW kernel: ``default`` lets torch choose (per-tensor loop on CPU, foreach on GPU),
+    ``foreach`` batches the update over all tensors, ``fused`` uses one fused kernel (CPU and GPU)."""
+    max_batch_positions: Optional[int] = None
+    """Memory cap: a batch wider than this many padded token positions (rows × width) runs forward
+    and backward in row chunks within it, gradients accumulated before the one optimizer step (the
+    same update up to float rounding). ``null``: 768 on a CPU (keeps the MiniLM main job's peak
+    memory under 1.5 GB; 32 rows of 128 tokens would save 1.4 GB of activations), no cap on a GPU;
+    0: never split."""
+    compile: bool = False
+    """``torch.compile`` the model (inductor, through Accelerate). Compiling takes minutes on a CPU
+    and needs a C++ compiler; off unless measured to pay for the run."""
     seed: int = 42
     """Seed of initialisation, dropout and batch order."""
     num_workers: int = 0
@@ -406,6 +420,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise LorabudgetError(f"config key 'training.warmup_ratio': must be in [0, 1), got {t.warmup_ratio}")
     if t.threads is not None:
         _check_positive("training.threads", t.threads)
+    if t.max_batch_positions is not None:
+        _check_positive("training.max_batch_positions", t.max_batch_positions, allow_zero=True)
     if cfg.budget.max_trainable_params is not None:
         _check_positive("budget.max_trainable_params", cfg.budget.max_trainable_params)
     check_config(cfg)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+import sys
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -11,21 +12,24 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batching import TokenizedTexts, inference_loader
+from .precision import gpu_supports_bf16, resolve as resolve_device_precision  # noqa: F401 - re-exported
 
 
 CPU_TOKENS_PER_BATCH = 1024
 
 
-def gpu_supports_bf16() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
-def resolve_precision(precision: str) -> str:
-    """``auto`` is bf16 on a GPU that supports it and fp32 elsewhere (CPU bf16 is opt-in: it is much
-    faster on CPUs with native bf16 but can flip near-tied predictions)."""
-    if precision == "auto":
-        return "bf16" if gpu_supports_bf16() else "fp32"
-    return precision
+def resolve_precision(precision: str, log: Optional[Callable[[str], None]] = _stderr) -> str:
+    """``auto`` is bf16 on a GPU that supports it and fp32 elsewhere; on a CPU with native bf16 it is
+    bf16 only when ``precision.CPU_BF16_AUTO`` is on (bf16 is much faster there but can flip
+    near-tied predictions). ``auto`` logs one line (stderr by default) saying what runs and why."""
+    chosen = resolve_device_precision(precision)
+    if precision == "auto" and log is not None:
+        log(chosen.line("inference"))
+    return chosen.name
 
 
 def max_tokens_per_batch(device_type: str, batch_size: int) -> int:

@@ -297,6 +297,15 @@ def write_report(run_dir: Path) -> Path:
             f"training took {summary['train_time_s']:.1f} s on {summary.get('device')} "
             f"({summary.get('samples_per_s') or 0:.1f} samples/s)."
         )
+        if summary.get("train_flops_per_s") and summary.get("matmul_peak_flops_per_s"):
+            precision = {"no": "fp32"}.get(summary.get("mixed_precision"), summary.get("mixed_precision") or "fp32")
+            md += ["", (
+                f"Training throughput: {summary.get('samples_per_s') or 0:.1f} samples/s, "
+                f"{summary.get('tokens_per_s') or 0:,.0f} real tokens/s; {summary['train_flops_per_s'] / 1e9:,.1f} GFLOP/s "
+                f"executed ({(summary.get('train_real_token_flops_per_s') or 0) / 1e9:,.1f} on real tokens), "
+                f"{100 * summary['train_peak_fraction']:.0f}% of this machine's {precision} matmul peak "
+                f"({summary['matmul_peak_flops_per_s'] / 1e9:,.0f} GFLOP/s, measured at the end of the run)."
+            )]
     else:
         md.append("summary.json is missing: the run has not finished training.")
     md.append("")

@@ -29,11 +29,12 @@ from tqdm.auto import tqdm
 
 from . import adapters
 from . import budget as budget_mod
-from .batching import TokenizedTexts, default_cache_dir, tokenize, train_loader
+from .batching import TokenizedTexts, default_cache_dir, position_cap, split_rows, tokenize, train_loader
 from .config import RunConfig, save_config
 from .data import TextData, load_labelled, split_validation
 from .errors import LorabudgetError, TrainingDiverged, TrainingStopped
-from .inference import gpu_supports_bf16, predict_logits
+from .flops import FlopCounter, training_summary as training_flops
+from .inference import predict_logits
 from .io import atomic_dir, atomic_write_json
 from .metrics import classification_metrics, format_metrics
 from .modeling import build_model, load_tokenizer, save_trained
@@ -47,14 +48,34 @@ def cross_entropy_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> 
     return F.cross_entropy(logits.float(), batch["labels"])
 
 
-def make_accelerator(cfg: RunConfig, run_dir: Optional[Path] = None):
+def make_accelerator(cfg: RunConfig, run_dir: Optional[Path] = None, log: Callable[[str], None] = print):
+    """The Accelerator, with the precision chosen for this hardware (one log line says which and why)
+    and the run's experiment trackers.
+
+    bf16 is Accelerate's autocast (on CPUs too): weights, gradients and optimizer state stay fp32."""
     from accelerate import Accelerator
 
-    precision = cfg.training.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if gpu_supports_bf16() else "no"
+    from .precision import resolve as resolve_precision
+
+    precision = resolve_precision(cfg.training.mixed_precision)
+    kwargs: dict[str, Any] = {}
+    if cfg.training.compile:
+        from accelerate.utils import TorchDynamoPlugin
+
+        # The whole model, wrapped once: unwrap_model() then saves adapters under their plain names
+        # (Accelerate's regional compilation wraps inner modules and leaked "_orig_mod" into them).
+        kwargs["dynamo_plugin"] = TorchDynamoPlugin(backend="inductor")
     # cpu=True on machines without a GPU: it is what makes Accelerate pick gloo for multi-process CPU runs.
-    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(), **accelerator_kwargs(cfg, run_dir))
+    accelerator = Accelerator(mixed_precision=precision.accelerate_name, cpu=not torch.cuda.is_available(), **kwargs, **accelerator_kwargs(cfg, run_dir))
+    if accelerator.is_main_process:
+        log(precision.line("training"))
+    return accelerator
+
+
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    """AdamW over :func:`param_groups`, with the kernel chosen by ``training.adamw_impl``."""
+    impl = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[cfg.training.adamw_impl]
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.training.learning_rate, **impl)
 
 
 def seed_everything(seed: int) -> None:
@@ -589,7 +610,7 @@ def train(
     ``summary`` set. A non-finite loss or gradient norm raises :class:`TrainingDiverged`, keeping the
     best finite adapter and the last finite checkpoint.
     """
-    accelerator = make_accelerator(cfg, run_dir)
+    accelerator = make_accelerator(cfg, run_dir, log)
     main = accelerator.is_main_process
     if not main:
         log = lambda *_: None  # noqa: E731 - only the main process talks and writes
@@ -603,7 +624,7 @@ def train(
     loader = train_loader(
         data.train_tokens, data.train.labels, data.pad_id, t.batch_size, t.seed, t.length_grouping, t.num_workers
     )
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=t.learning_rate)
+    optimizer = make_optimizer(model, cfg)
     sampler = loader.batch_sampler  # kept: prepare() wraps it, and it needs set_epoch each epoch
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     # The loader's own generator: its per-epoch seed draw then leaves the global RNG (which a resume restores) alone.
@@ -613,6 +634,8 @@ def train(
     scheduler = make_scheduler(optimizer, t.scheduler, int(t.warmup_ratio * total_steps), total_steps)
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    max_positions = position_cap(t.max_batch_positions, accelerator.device.type)
+    flop_sums = FlopCounter()
 
     metrics = MetricsLog(run_dir / "metrics.jsonl", main, resume_at=resumed["metrics_offset"] if resumed else None,
                          trackers=start_trackers(accelerator, cfg))
@@ -631,9 +654,13 @@ def train(
             if state.done or state.step >= total_steps:
                 break
             for micro, batch in epoch_batches(loader, sampler, epoch, state.micro, accelerator):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                loss = loss_fn(logits, batch)
-                accelerator.backward(loss / t.gradient_accumulation)
+                loss = torch.zeros((), device=accelerator.device)
+                for part, share in split_rows(batch, max_positions):  # row chunks: activation memory cap
+                    logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+                    part_loss = loss_fn(logits, part) * share
+                    accelerator.backward(part_loss / t.gradient_accumulation)
+                    loss += part_loss.detach()
+                flop_sums.add(batch["input_ids"].shape[0], batch["input_ids"].shape[1])
                 run.window.add(loss, batch)
                 guard.add_loss(loss)
                 state.positions_seen += batch["input_ids"].numel()
@@ -670,7 +697,8 @@ def train(
         metrics.close()
     run.check_finite()
     run.best.restore_into(run.unwrapped)  # what the caller gets matches the saved adapter
-    summary = finish(cfg, run_dir, data, live, state, run.best, run.elapsed(), accelerator, extra_summary, stopped, log)
+    summary = finish(cfg, run_dir, data, live, state, run.best, run.elapsed(), accelerator, extra_summary, stopped, log,
+                     flops=(run.unwrapped, flop_sums))
     if stopped is not None:
         stopped.summary = summary
         raise stopped
@@ -688,7 +716,8 @@ def run_on_eval(on_eval, step: int, result: dict[str, Any]) -> Optional[Training
     return None
 
 
-def finish(cfg, run_dir, data, live, state, best, train_time, accelerator, extra_summary, stopped, log) -> dict[str, Any]:
+def finish(cfg, run_dir, data, live, state, best, train_time, accelerator, extra_summary, stopped, log,
+           flops=None) -> dict[str, Any]:
     """Write eval.json and summary.json of a run whose best weights are in place; drop its checkpoint."""
     main = accelerator.is_main_process
     eval_seconds, rows_seen, tokens_seen, positions_seen = state.eval_seconds, state.rows_seen, state.tokens_seen, state.positions_seen
@@ -715,6 +744,11 @@ def finish(cfg, run_dir, data, live, state, best, train_time, accelerator, extra
         "processes": accelerator.num_processes,
         "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,
+        # FLOPs of the steps this process ran (after a resume: the resumed part only).
+        **(training_flops(
+            flops[0], flops[1], tokens_seen, data.train_tokens.lengths, train_time - eval_seconds,
+            accelerator.mixed_precision, accelerator.device, accelerator.num_processes,
+        ) if flops else {}),
         "class_names": list(cfg.model.labels),
         "train_label_distribution": label_distribution(data.train.labels, cfg.num_labels),
         **(extra_summary or {}),

@@ -1,0 +1,268 @@
+"""Matmul FLOPs of BERT-family encoders with adapters, and this machine's measured matmul peak.
+
+Conventions (say what is counted, so achieved GFLOP/s can be compared with a matmul peak):
+
+* One multiply-add is 2 FLOPs. Only matrix products are counted: the six linear layers of each
+  encoder layer (query, key, value, attention output, intermediate, output), LoRA's two factors on
+  adapted layers (``2·r·(in + out)`` per token), the two attention products (scores ``Q·Kᵀ`` and
+  ``P·V``: ``2·T·d`` each per token at padded width ``T``, hidden size ``d``, all heads together),
+  and the head's linear layers (once per row: BERT's pooler, RoBERTa's dense + out_proj, or the
+  linear head, on the pooled vector). Embedding look-ups, layer norms, softmax, GELU, dropout,
+  residual adds and LoRA's scaling are elementwise and left out (a few percent of the time on a
+  CPU, none of the FLOPs a matmul peak measures).
+* Backward, exactly, from what autograd computes rather than the usual "backward = 2x forward":
+  a product ``y = x·W`` costs one forward-sized product for the input gradient if and only if ``x``
+  requires grad, and one for the weight gradient if and only if ``W`` is trainable. LoRA with a
+  frozen base therefore has no weight gradient for any frozen weight; its base products still pay
+  the input gradient wherever something below them trains (so the adapted encoder costs about 2x
+  forward, not 3x), and nothing is paid below the lowest trainable parameter (in layer 0 of an
+  adapter-on-every-layer model the frozen query/key/value products get no backward at all, since
+  the embeddings do not require grad). LoRA factors: ``B`` pays its weight and input gradients,
+  ``A`` its weight gradient and its input gradient only where its input requires grad. Attention
+  products pay one gradient per operand that requires grad.
+* Totals are linear in three counts, so a training loop needs only running sums: padded token
+  positions ``Σ B·T``, ``Σ B·T²`` (attention), and rows ``Σ B``. "Real-token" FLOPs use each row's
+  own length instead of the padded width: the useful work, as opposed to the work executed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+SITES = ("query", "key", "value", "attention_output", "intermediate", "output")
+
+
+@dataclass(frozen=True)
+class LinearSite:
+    n_in: int
+    n_out: int
+    weight_trainable: bool = False
+    lora_rank: int = 0  # 0: no LoRA adapter on this linear layer
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    sites: dict[str, LinearSite]  # by short name (SITES)
+    norms_trainable: bool = False  # a trainable LayerNorm makes its output require grad
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    hidden: int
+    layers: tuple[LayerShape, ...]
+    embeddings_trainable: bool = False
+    head: tuple[tuple[int, int], ...] = ()  # (in, out) of each head linear layer, applied once per row
+    head_trainable: bool = True
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    """FLOPs = per_position·ΣB·T + per_position_sq·ΣB·T² + per_row·ΣB."""
+
+    per_position: float
+    per_position_sq: float
+    per_row: float
+
+    def total(self, positions: float, positions_sq: float, rows: float) -> float:
+        return self.per_position * positions + self.per_position_sq * positions_sq + self.per_row * rows
+
+    def batch(self, rows: int, width: int) -> float:
+        return self.total(rows * width, rows * width * width, rows)
+
+    def __add__(self, other: "Coefficients") -> "Coefficients":
+        return Coefficients(
+            self.per_position + other.per_position,
+            self.per_position_sq + other.per_position_sq,
+            self.per_row + other.per_row,
+        )
+
+
+def forward_coefficients(shape: EncoderShape) -> Coefficients:
+    per_position = 0.0
+    for layer in shape.layers:
+        for s in layer.sites.values():
+            per_position += 2 * s.n_in * s.n_out + 2 * s.lora_rank * (s.n_in + s.n_out)
+    per_position_sq = len(shape.layers) * 4 * shape.hidden  # Q·Kᵀ and P·V, 2·T·d each per token
+    per_row = sum(2 * i * o for i, o in shape.head)
+    return Coefficients(per_position, per_position_sq, per_row)
+
+
+def _site_backward(s: LinearSite, input_rg: bool) -> tuple[float, bool]:
+    """Per-token backward FLOPs of one (adapted) linear layer, and whether its output requires grad."""
+    base = 2 * s.n_in * s.n_out
+    flops = (base if input_rg else 0) + (base if s.weight_trainable else 0)
+    if s.lora_rank:
+        r = s.lora_rank
+        flops += 2 * 2 * r * s.n_out  # B: weight gradient + input gradient (A's output requires grad)
+        flops += 2 * s.n_in * r  # A: weight gradient
+        flops += 2 * s.n_in * r if input_rg else 0  # A: input gradient
+    return flops, input_rg or s.weight_trainable or s.lora_rank > 0
+
+
+def backward_coefficients(shape: EncoderShape) -> Coefficients:
+    per_position = per_position_sq = 0.0
+    d = shape.hidden
+    rg = shape.embeddings_trainable  # does the current hidden state require grad?
+    for layer in shape.layers:
+        sites = layer.sites
+        out_rg = {}
+        for name in ("query", "key", "value"):
+            f, out_rg[name] = _site_backward(sites[name], rg)
+            per_position += f
+        q, k, v = out_rg["query"], out_rg["key"], out_rg["value"]
+        p = q or k
+        # scores = Q·Kᵀ: one product per operand that requires grad; ctx = P·V likewise.
+        per_position_sq += 2 * d * (int(q) + int(k)) + 2 * d * (int(p) + int(v))
+        ctx = p or v
+        f, ao = _site_backward(sites["attention_output"], ctx)
+        per_position += f
+        h1 = ao or rg or layer.norms_trainable
+        f, inter = _site_backward(sites["intermediate"], h1)
+        per_position += f
+        f, out = _site_backward(sites["output"], inter)
+        per_position += f
+        rg = out or h1 or layer.norms_trainable
+    per_row = 0.0
+    for i, o in shape.head:
+        per_row += (2 * i * o if shape.head_trainable else 0) + (2 * i * o if rg else 0)
+        rg = rg or shape.head_trainable
+    return Coefficients(per_position, per_position_sq, per_row)
+
+
+def training_coefficients(shape: EncoderShape) -> Coefficients:
+    return forward_coefficients(shape) + backward_coefficients(shape)
+
+
+# --------------------------------------------------------------------------------------------
+# From a live (or meta-device) model
+
+
+def encoder_shape(model: torch.nn.Module) -> EncoderShape:
+    """The shape of a BERT-family model as built by lorabudget (PEFT-wrapped or merged)."""
+    from torch import nn
+
+    from .modeling import MODULE_PATHS, encoder_layer_prefix
+
+    prefix, num_layers = encoder_layer_prefix(model)
+    modules = dict(model.named_modules())
+
+    def trainable(module: nn.Module) -> bool:
+        return any(p.requires_grad for p in module.parameters())
+
+    layers = []
+    for i in range(num_layers):
+        sites = {}
+        for short, path in MODULE_PATHS.items():
+            module = modules[f"{prefix}.{i}.{path}"]
+            base = getattr(module, "base_layer", module)  # PEFT tuner layers wrap the original Linear
+            rank = 0
+            lora_a = getattr(module, "lora_A", None)
+            if lora_a is not None and not getattr(module, "merged", False):
+                active = getattr(module, "active_adapters", list(lora_a.keys()))
+                rank = sum(lora_a[a].out_features for a in active if a in lora_a)
+            sites[short] = LinearSite(base.in_features, base.out_features, base.weight.requires_grad, rank)
+        layer = modules[f"{prefix}.{i}"]
+        norms = any(trainable(m) for m in layer.modules() if isinstance(m, nn.LayerNorm))
+        layers.append(LayerShape(sites, norms))
+    embeddings = [m for n, m in modules.items() if n.endswith("embeddings") and n.count("embeddings") == 1]
+    head, head_trainable = [], False
+    for name, module in modules.items():
+        if not isinstance(module, nn.Linear) or name.startswith(prefix) or "original_module" in name:
+            continue
+        if "encoder.layer" in name or ".lora_" in name:
+            continue
+        head.append((module.in_features, module.out_features))
+        head_trainable = head_trainable or trainable(module)
+    hidden = layers[0].sites["query"].n_in if layers else 0
+    return EncoderShape(
+        hidden, tuple(layers), any(trainable(m) for m in embeddings[:1]), tuple(head), head_trainable
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The machine's matmul peak
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def matmul_peak(precision: str = "fp32", device: Any = "cpu", size: Optional[int] = None, seconds: float = 0.5) -> float:
+    """Measured FLOP/s of a square matmul loop (2048² on a CPU, 8192² on a GPU) in ``precision``."""
+    device = torch.device(device)
+    n = size or (8192 if device.type == "cuda" else 2048)
+    dtype = DTYPES[precision]
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(2):  # warm-up: kernel selection, packing buffers, clocks
+        torch.mm(a, b)
+    sync()
+    count, start = 0, time.perf_counter()
+    while True:
+        torch.mm(a, b)
+        count += 1
+        if count % 4 == 0 or device.type != "cuda":
+            sync()
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                break
+    return 2.0 * n**3 * count / elapsed
+
+
+@dataclass
+class FlopCounter:
+    """Running sums a loop keeps to turn its work into FLOPs (see the module docstring)."""
+
+    positions: int = 0
+    positions_sq: int = 0
+    rows: int = 0
+
+    def add(self, rows: int, width: int) -> None:
+        self.rows += rows
+        self.positions += rows * width
+        self.positions_sq += rows * width * width
+
+
+def training_summary(
+    model: torch.nn.Module,
+    counter: FlopCounter,
+    real_tokens: int,
+    row_lengths: Any,
+    seconds: float,
+    precision: str,
+    device: Any,
+    processes: int = 1,
+    peak_seconds: float = 0.5,
+) -> dict[str, Any]:
+    """Fields for summary.json: achieved training FLOP/s, executed (padded positions) and on real
+    tokens, the matmul peak measured now in the training precision, and the fraction of it.
+
+    ``counter`` holds one process's batches (every process runs as many); ``real_tokens`` is the
+    real tokens of all processes; the attention term of real-token FLOPs uses the token-weighted
+    mean length of the training rows ``row_lengths`` (Σ L² / Σ L: exact over whole epochs).
+    Empty when the model is not a BERT-family encoder this module can read."""
+    import numpy as np
+
+    from .errors import LorabudgetError
+
+    try:
+        coef = training_coefficients(encoder_shape(model))
+    except (LorabudgetError, KeyError, AttributeError):
+        return {}
+    lengths = np.asarray(row_lengths, dtype=np.float64)
+    mean_sq = float((lengths**2).sum() / lengths.sum()) if lengths.sum() else 0.0
+    executed = coef.total(counter.positions, counter.positions_sq, counter.rows) * processes
+    useful = coef.total(real_tokens, real_tokens * mean_sq, counter.rows * processes)
+    peak = matmul_peak("fp32" if precision in ("no", "fp32") else precision, device, seconds=peak_seconds)
+    rate = executed / seconds if seconds > 0 else None
+    return {
+        "train_flops": executed,
+        "train_flops_per_s": rate,
+        "train_real_token_flops_per_s": useful / seconds if seconds > 0 else None,
+        "matmul_peak_flops_per_s": peak,
+        "train_peak_fraction": rate / peak if rate and peak else None,
+    }

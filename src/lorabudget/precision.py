@@ -1,0 +1,115 @@
+"""Which numeric precision training and inference run in, and one line saying why.
+
+bf16 pays only where the hardware computes in it natively: GPUs that support it, and CPUs with
+AVX512-BF16 or AMX (x86) or the BF16 extension (aarch64). Elsewhere torch emulates bf16 matmuls
+and they run slower than fp32, so ``auto`` never picks bf16 there.
+
+On a CPU, ``auto`` picks bf16 only when :data:`CPU_BF16_AUTO` is on. It is off until measurements
+on MiniLM show held-out accuracy of bf16 training (and bf16 ``predict``) within noise of fp32
+(see docs/benchmarks.md): bf16 autocast can flip near-tied predictions, so speed alone does not
+decide it. Whoever measures flips it here; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+CPU_BF16_AUTO = False
+"""Whether ``auto`` picks bf16 on CPUs with native bf16 (training and inference). Off: not yet measured."""
+
+# /proc/cpuinfo flags that mean the CPU multiplies bf16 natively (x86 "flags", aarch64 "Features").
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_flags() -> tuple[str, ...]:
+    """The native-bf16 flags of this CPU (empty when it has none or /proc/cpuinfo is unreadable).
+
+    ``torch.backends.cpu.get_cpu_capability()`` only says "AVX512" (it does not tell AVX512-BF16
+    apart), and oneDNN's bf16 check also accepts plain AVX512 where bf16 is emulated, so the
+    kernel's CPU flags decide.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    present = set(value.split())
+                    return tuple(f for f in NATIVE_BF16_FLAGS if f in present)
+    except OSError:
+        pass
+    return ()
+
+
+def cpu_supports_bf16() -> bool:
+    return bool(cpu_bf16_flags())
+
+
+def gpu_supports_bf16() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str  # "fp32", "bf16" or "fp16"
+    reason: str
+
+    @property
+    def accelerate_name(self) -> str:
+        """The value Accelerate's ``mixed_precision`` takes."""
+        return "no" if self.name == "fp32" else self.name
+
+    def line(self, what: str) -> str:
+        return f"{what} precision: {self.name} ({self.reason})"
+
+
+def choose(
+    requested: str,
+    device_type: str,
+    gpu_bf16: bool = False,
+    cpu_flags: tuple[str, ...] = (),
+    cpu_auto: Optional[bool] = None,
+) -> Precision:
+    """Decide the precision from what was asked and what the hardware has (pure: easy to test).
+
+    ``requested``: ``auto``, ``fp32`` (``no`` is Accelerate's name for it), ``bf16`` or ``fp16``.
+    ``cpu_flags``: the CPU's native-bf16 flags (see :func:`cpu_bf16_flags`).
+    """
+    cpu_auto = CPU_BF16_AUTO if cpu_auto is None else cpu_auto
+    if requested in ("no", "fp32"):
+        return Precision("fp32", "requested")
+    if requested in ("bf16", "fp16"):
+        if device_type == "cpu" and requested == "fp16":
+            # Accelerate silently runs fp32 when fp16 is asked for on a CPU: say so instead.
+            return Precision("fp32", "fp16 was requested, but fp16 mixed precision is not available on CPUs")
+        if device_type == "cpu" and requested == "bf16" and not cpu_flags:
+            return Precision("bf16", "requested; this CPU has no native bf16, so bf16 is emulated and likely slower than fp32")
+        return Precision(requested, "requested")
+    if requested != "auto":
+        raise ValueError(f"unknown precision {requested!r}")  # the config and CLI only allow the values above
+    if device_type == "cuda":
+        if gpu_bf16:
+            return Precision("bf16", "auto: this GPU supports bf16")
+        return Precision("fp32", "auto: this GPU has no bf16 support")
+    if device_type != "cpu":
+        return Precision("fp32", f"auto: fp32 on {device_type}")
+    if not cpu_flags:
+        return Precision("fp32", "auto: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag)")
+    native = "/".join(cpu_flags)
+    if cpu_auto:
+        return Precision("bf16", f"auto: this CPU has native bf16 ({native})")
+    return Precision(
+        "fp32", f"auto: this CPU has native bf16 ({native}) but bf16 is opt-in on CPUs; ask for bf16 to use it"
+    )
+
+
+def resolve(requested: str, device_type: Optional[str] = None) -> Precision:
+    """:func:`choose` for this machine (``device_type`` defaults to cuda when a GPU is visible)."""
+    if device_type is None:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    return choose(requested, device_type, gpu_bf16=gpu_supports_bf16(), cpu_flags=cpu_bf16_flags())
+

@@ -1,0 +1,203 @@
+"""Precision selection (CPU capability mocked), the one line it logs, and the FLOP formulas."""
+
+import sys
+
+import pytest
+import torch
+
+from lorabudget import precision as prec
+from lorabudget import flops
+from lorabudget.config import from_dict, load_config
+
+
+def test_choose_on_cpus_with_and_without_native_bf16():
+    # No native bf16: auto is fp32, and the reason says why.
+    p = prec.choose("auto", "cpu", cpu_flags=())
+    assert p.name == "fp32" and "no native bf16" in p.reason and p.accelerate_name == "no"
+    # Native bf16 but not yet measured: still fp32, the reason names the flag and how to opt in.
+    p = prec.choose("auto", "cpu", cpu_flags=("avx512_bf16",), cpu_auto=False)
+    assert p.name == "fp32" and "avx512_bf16" in p.reason and "opt-in" in p.reason
+    # Once the switch is on, auto picks bf16 on such a CPU (and only there).
+    assert prec.choose("auto", "cpu", cpu_flags=("amx_bf16", "avx512_bf16"), cpu_auto=True).name == "bf16"
+    assert prec.choose("auto", "cpu", cpu_flags=(), cpu_auto=True).name == "fp32"
+    # Explicit requests win; bf16 without native support runs but says it will be slow.
+    assert prec.choose("no", "cpu", cpu_flags=("avx512_bf16",)).name == "fp32"
+    assert prec.choose("fp32", "cuda", gpu_bf16=True).name == "fp32"
+    slow = prec.choose("bf16", "cpu", cpu_flags=())
+    assert slow.name == "bf16" and slow.accelerate_name == "bf16" and "slower" in slow.reason
+    assert "slower" not in prec.choose("bf16", "cpu", cpu_flags=("avx512_bf16",)).reason
+    # fp16 on a CPU would silently be fp32 in Accelerate: say so.
+    assert prec.choose("fp16", "cpu").name == "fp32"
+
+
+def test_choose_on_gpus():
+    assert prec.choose("auto", "cuda", gpu_bf16=True).name == "bf16"
+    assert prec.choose("auto", "cuda", gpu_bf16=False).name == "fp32"
+    assert prec.choose("fp16", "cuda").accelerate_name == "fp16"
+    with pytest.raises(ValueError):
+        prec.choose("int8", "cpu")
+
+
+def test_cpu_flags_read_from_cpuinfo(monkeypatch, tmp_path):
+    import builtins
+
+    real_open = builtins.open
+    info = tmp_path / "cpuinfo"
+
+    def fake_open(path, *args, **kwargs):
+        return real_open(info if path == "/proc/cpuinfo" else path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    for text, expected in [
+        ("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile amx_bf16\n", ("amx_bf16", "avx512_bf16")),
+        ("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n", ()),  # AVX512 alone emulates bf16
+        ("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n", ("bf16",)),
+    ]:
+        info.write_text(text)
+        prec.cpu_bf16_flags.cache_clear()
+        assert prec.cpu_bf16_flags() == expected
+    prec.cpu_bf16_flags.cache_clear()
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state; each Accelerator here needs its own precision."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+    PartialState._reset_state()
+
+
+def test_training_logs_exactly_one_precision_line(monkeypatch, tiny_config, fresh_accelerate_state):
+    from accelerate.state import AcceleratorState
+
+    from lorabudget.train import make_accelerator, make_optimizer
+
+    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ())
+    lines = []
+    cfg = from_dict(tiny_config())
+    accelerator = make_accelerator(cfg, log=lines.append)
+    assert accelerator.mixed_precision == "no"
+    assert lines == ["training precision: fp32 (auto: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag))"]
+    # bf16 asked for: Accelerate really autocasts on a CPU (the linear layer computes in bf16).
+    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ("avx512_bf16",))
+    lines.clear()
+    AcceleratorState._reset_state(True)
+    accelerator = make_accelerator(from_dict(tiny_config(training={"mixed_precision": "bf16"})), log=lines.append)
+    assert lines == ["training precision: bf16 (requested)"] and accelerator.mixed_precision == "bf16"
+    layer = torch.nn.Linear(8, 8)
+    seen = []
+    layer.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    prepared = accelerator.prepare(torch.nn.Sequential(layer))  # outputs of the prepared model come back fp32
+    out = prepared(torch.randn(2, 8))
+    assert seen == [torch.bfloat16] and out.dtype == torch.float32 and layer.weight.dtype == torch.float32
+    # AdamW kernel choice
+    for impl, key in [("foreach", "foreach"), ("fused", "fused")]:
+        opt = make_optimizer(torch.nn.Linear(4, 4), from_dict(tiny_config(training={"adamw_impl": impl})))
+        assert opt.defaults[key] is True
+    assert make_optimizer(torch.nn.Linear(4, 4), cfg).defaults["fused"] in (None, False)
+
+
+def test_inference_auto_logs_one_line(monkeypatch):
+    from lorabudget.inference import resolve_precision
+
+    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ("avx512_bf16",))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    lines = []
+    assert resolve_precision("auto", lines.append) == ("bf16" if prec.CPU_BF16_AUTO else "fp32")
+    assert len(lines) == 1 and lines[0].startswith("inference precision: ")
+    assert resolve_precision("bf16", lines.append) == "bf16" and len(lines) == 1  # explicit: no line
+
+
+# --------------------------------------------------------------------------------------------
+# FLOPs
+
+
+def test_flops_hand_count_of_a_tiny_encoder():
+    """Two layers, hidden 4, intermediate 8, LoRA r=1 on query and value only, a trainable 4->2 head."""
+    q = flops.LinearSite(4, 4, lora_rank=1)
+    plain = flops.LinearSite(4, 4)
+    layer = flops.LayerShape({
+        "query": q, "key": plain, "value": q, "attention_output": plain,
+        "intermediate": flops.LinearSite(4, 8), "output": flops.LinearSite(8, 4),
+    })
+    shape = flops.EncoderShape(hidden=4, layers=(layer, layer), head=((4, 2),))
+    # Forward per token and layer: 4 linears 4x4 (2*16 each = 128) + 4->8 and 8->4 (64 each = 128)
+    # + LoRA r=1 on q and v (2*1*(4+4) = 16 each = 32) = 288; two layers = 576.
+    fwd = flops.forward_coefficients(shape)
+    assert fwd == flops.Coefficients(576, 2 * 4 * 4, 16)  # attention 4*d per layer per T²; head 2*4*2
+    # Backward. Layer 0: its input (embeddings) does not require grad, so base q/k/v pay nothing;
+    # LoRA q and v: B weight+input grads 2*2*1*4 = 16, A weight grad 2*4*1 = 8 -> 24 each = 48.
+    # Q and V require grad, K does not: scores pay grad-Q only (2d), P·V pays grad-P and grad-V (4d).
+    # From attention output on everything requires grad: the 4 remaining linears pay input grads
+    # only (32 + 64 + 64 = 160); no weight gradient anywhere (frozen).  Layer 0 = 208 per token.
+    # Layer 1: input requires grad: base q/k/v input grads 3*32 = 96, LoRA q/v 2*(24 + 8) = 64,
+    # the other three 160 -> 320; attention pays both operands of both products (8d).
+    # Head: weight grad 16 + input grad 16.
+    bwd = flops.backward_coefficients(shape)
+    assert bwd == flops.Coefficients(208 + 320, 6 * 4 + 8 * 4, 32)
+    assert flops.training_coefficients(shape).batch(rows=2, width=3) == pytest.approx(
+        2 * 3 * (576 + 528) + 2 * 9 * (32 + 56) + 2 * (16 + 32)
+    )
+
+
+@pytest.mark.parametrize("kind", ["roberta", "bert"])
+def test_flops_match_torch_flop_counter(kind, tiny_roberta, tiny_bert):
+    """On the real (tiny) models: forward and backward FLOPs equal torch's own count of matmul FLOPs
+    (attention in the math SDPA kernel so that its products are visible to the counter)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lorabudget.modeling import build_model
+
+    model_dir = tiny_roberta if kind == "roberta" else tiny_bert
+    cases = [
+        ("linear", ["query", "value"], None),
+        ("full", ["query", "key", "value", "attention_output", "intermediate", "output"], None),
+        ("full", ["value"], [1, 2]),  # nothing trains below layer 1: layer 0 has no backward
+    ]
+    for head, modules, layers in cases:
+        cfg = from_dict({
+            "model": {"name": str(model_dir)}, "head": {"type": head, "pooling": "mean"},
+            "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "modules": modules, "layers": layers},
+            "budget": {"max_trainable_params": 10**9},
+        })
+        model = build_model(cfg).model.eval()
+        rows, width = 3, 10
+        ids = torch.randint(5, 30, (rows, width))
+        mask = torch.ones(rows, width, dtype=torch.long)
+        shape = flops.encoder_shape(model)
+        with sdpa_kernel(SDPBackend.MATH):
+            with FlopCounterMode(display=False) as forward:
+                logits = model(input_ids=ids, attention_mask=mask).logits
+            with FlopCounterMode(display=False) as backward:
+                logits.sum().backward()
+        assert flops.forward_coefficients(shape).batch(rows, width) == forward.get_total_flops()
+        assert flops.backward_coefficients(shape).batch(rows, width) == backward.get_total_flops()
+        # merged for inference: no LoRA terms, same base products
+        merged = flops.encoder_shape(model.merge_and_unload())
+        assert all(s.lora_rank == 0 for layer in merged.layers for s in layer.sites.values())
+
+
+def test_matmul_peak_is_positive_and_sane():
+    peak = flops.matmul_peak("fp32", "cpu", size=128, seconds=0.05)
+    assert 1e6 < peak < 1e15
+
+
+def test_training_summary_reports_flops_and_the_report_shows_them(tiny_config, tmp_path, fresh_accelerate_state):
+    """A tiny run with a position cap small enough to split every batch: it trains, and summary.json
+    carries the executed and real-token FLOP/s and the matmul peak measured in the run."""
+    from lorabudget.report import write_report
+    from lorabudget.train import train
+
+    cfg = from_dict(tiny_config(training={"max_steps": 4, "batch_size": 16, "max_batch_positions": 256, "log_every": 1}))
+    lines = []
+    summary = train(cfg, tmp_path / "run", log=lines.append)
+    assert sum(line.startswith("training precision: ") for line in lines) == 1
+    assert summary["train_flops"] > 0 and summary["matmul_peak_flops_per_s"] > 0
+    assert summary["train_real_token_flops_per_s"] < summary["train_flops_per_s"]  # padding is not useful work
+    assert summary["train_peak_fraction"] == pytest.approx(summary["train_flops_per_s"] / summary["matmul_peak_flops_per_s"])
+    report = write_report(tmp_path / "run").read_text()
+    assert "GFLOP/s executed" in report and "fp32 matmul peak" in report
