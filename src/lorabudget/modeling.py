@@ -218,10 +218,11 @@ def head_module_names(model: nn.Module) -> list[str]:
     if isinstance(model, EncoderWithLinearHead):
         return ["head"]
     names = ["classifier"]
-    base = getattr(model, model.base_model_prefix, None)
+    prefix = getattr(model, "base_model_prefix", "")  # absent on a bare module: then no pooler either
+    base = getattr(model, prefix, None) if prefix else None
     if getattr(base, "pooler", None) is not None:
         # BERT's classifier reads the pooler's output; a fresh task needs it trained too.
-        names.append(f"{model.base_model_prefix}.pooler")
+        names.append(f"{prefix}.pooler")
     return names
 
 
