@@ -19,6 +19,7 @@ from lorabudget.config import from_dict
 from lorabudget.errors import LorabudgetError
 from lorabudget.modeling import build_model, merge_adapters, save_trained
 from lorabudget.train import param_groups
+from test_lora_invariants import _batch  # noqa: E402 - the same small padded batch
 
 # Settings small enough for the tiny models (hidden 32, 3 layers); every method with its own knobs.
 METHOD_SETTINGS = {
@@ -47,15 +48,6 @@ def method_cfg(path, method, head="full", pooling="first", **extra):
     if method == "full":
         values["budget"] = {"max_trainable_params": None}
     return from_dict(values)
-
-
-def _batch(seed=0, vocab=40):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, vocab, (4, 12), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 8:] = 0
-    mask[3, 5:] = 0
-    return ids, mask
 
 
 def _perturb(model, scale=0.05, seed=1):

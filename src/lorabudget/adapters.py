@@ -173,28 +173,24 @@ def _ia3(cfg, sites, heads, total_steps):
     return IA3Config(target_modules=_names(sites), feedforward_modules=feedforward, modules_to_save=heads, **_options(cfg))
 
 
-def _loha(cfg, sites, heads, total_steps):
-    from peft import LoHaConfig
+def _lycoris(config_class: str):
+    """LoHa and LoKr take the same rank/alpha fields and per-module patterns."""
 
-    a = cfg.adapter
-    return LoHaConfig(
-        r=a.r, alpha=a.alpha, target_modules=_names(sites), modules_to_save=heads,
-        rank_pattern={re.escape(s.name): s.r for s in sites if s.r != a.r},
-        alpha_pattern={re.escape(s.name): s.alpha for s in sites if s.alpha != a.alpha},
-        **_options(cfg),
-    )
+    def build(cfg, sites, heads, total_steps):
+        import peft
+
+        a = cfg.adapter
+        return getattr(peft, config_class)(
+            r=a.r, alpha=a.alpha, target_modules=_names(sites), modules_to_save=heads,
+            rank_pattern={re.escape(s.name): s.r for s in sites if s.r != a.r},
+            alpha_pattern={re.escape(s.name): s.alpha for s in sites if s.alpha != a.alpha},
+            **_options(cfg),
+        )
+
+    return build
 
 
-def _lokr(cfg, sites, heads, total_steps):
-    from peft import LoKrConfig
-
-    a = cfg.adapter
-    return LoKrConfig(
-        r=a.r, alpha=a.alpha, target_modules=_names(sites), modules_to_save=heads,
-        rank_pattern={re.escape(s.name): s.r for s in sites if s.r != a.r},
-        alpha_pattern={re.escape(s.name): s.alpha for s in sites if s.alpha != a.alpha},
-        **_options(cfg),
-    )
+_loha, _lokr = _lycoris("LoHaConfig"), _lycoris("LoKrConfig")
 
 
 def _bitfit(cfg, sites, heads, total_steps):

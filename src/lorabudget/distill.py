@@ -36,7 +36,7 @@ from .data import TextData, load_unlabelled
 from .errors import LorabudgetError
 from .io import atomic_path
 from .metrics import classification_metrics, softmax
-from .train import PreparedData, plan_or_refuse, prepare_data, train
+from .train import PreparedData, file_sha256, plan_or_refuse, prepare_data, train
 
 CACHE_VERSION = "2"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -76,14 +76,6 @@ def kd_loss(
 
 # --------------------------------------------------------------------------------------------
 # Teacher logits, computed once and cached
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weight_files(run_dir: Path) -> list[Path]:
