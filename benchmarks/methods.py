@@ -156,8 +156,8 @@ def main() -> int:
                      "--output", str(plot_dir)], stdout=subprocess.DEVNULL)
     text = (
         "# Adapter methods under tight budgets (MiniLM-L6, AG News)\n\n"
-        f"Each run: real all-MiniLM-L6-v2, mean-pooled linear head (1,540 parameters), trained {args.epochs:g} "
-        "epochs on 3,500 rows of `train_5k.csv` (500 more split off for validation, best checkpoint kept), "
+        f"Each run: real all-MiniLM-L6-v2, mean-pooled linear head (1,540 parameters), trained for {args.epochs:g} "
+        "epoch(s) on 3,500 rows of `train_5k.csv` (500 more split off for validation, best checkpoint kept), "
         "evaluated on the last 1,000 rows, which no run trains on (one standard error about 1 point). "
         "Learning rates are each method's default unless the configuration sets one; training time includes "
         "the validation passes. Written by `benchmarks/methods.py`.\n\n"
