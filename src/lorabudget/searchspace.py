@@ -85,6 +85,12 @@ class Dist:
             return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
         return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
 
+    def values(self) -> list[Any]:
+        """The values a fixed or categorical entry can take (a range: its low end)."""
+        if self.kind == "fixed":
+            return [self.value]
+        return list(self.choices) if self.kind == "categorical" else [self.low]
+
     def to_yaml(self) -> Any:
         if self.kind == "fixed":
             return self.value
@@ -159,7 +165,7 @@ class SearchSpace:
     def methods(self) -> list[str]:
         if self.method is None:
             return []
-        return [self.method.value] if self.method.kind == "fixed" else list(self.method.choices)
+        return self.method.values()
 
 
 def parse_space(raw: Any) -> SearchSpace:
@@ -194,8 +200,7 @@ def parse_space(raw: Any) -> SearchSpace:
             )
     if "layers" in raw:
         space.layers = parse_dist("layers", raw["layers"])
-        modes = [space.layers.value] if space.layers.kind == "fixed" else list(space.layers.choices)
-        for mode in modes:
+        for mode in space.layers.values():
             if mode not in LAYER_MODES:
                 raise LorabudgetError(f"search key 'layers': unknown mode '{mode}'; modes: " + ", ".join(LAYER_MODES))
     if "r" in raw:
@@ -217,8 +222,7 @@ def parse_space(raw: Any) -> SearchSpace:
             setattr(space, key, _positive(parse_dist(key, raw[key]), key))
     if "head" in raw:
         space.head = parse_dist("head", raw["head"])
-        heads = [space.head.value] if space.head.kind == "fixed" else list(space.head.choices)
-        for h in heads:
+        for h in space.head.values():
             if h not in HEADS:
                 raise LorabudgetError(f"search key 'head': unknown head '{h}'; heads: " + ", ".join(HEADS))
     options = raw.get("options") or {}
@@ -249,7 +253,7 @@ def _check_modules(key: str, modules: Any) -> None:
 
 
 def _positive(dist: Dist, key: str) -> Dist:
-    values = [dist.value] if dist.kind == "fixed" else list(dist.choices) if dist.kind == "categorical" else [dist.low]
+    values = dist.values()
     if any(not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0 for v in values):
         raise LorabudgetError(f"search key '{key}': values must be numbers > 0")
     return dist
