@@ -41,6 +41,7 @@ CONFIGS: dict[str, tuple[int, list[str]]] = {
     "bitfit-qkv": (10_000, ["adapter.method=bitfit", "adapter.modules=[query, key, value]"]),
     "tinylora-tied-u8192": (10_000, ["adapter.method=tinylora", "adapter.r=2", f"adapter.modules={ALL6}",
                                      "adapter.options={u: 8192, weight_tying: 1.0}"]),
+    "tinylora-tied": (10_000, ["adapter.method=tinylora", f"adapter.modules={ALL6}"]),  # its defaults: u=256, r=2
     "ln_tuning-output": (10_000, ["adapter.method=ln_tuning", "adapter.modules=[output]"]),
     "lora-r2-all": (100_000, ["adapter.r=2", "adapter.alpha=4", f"adapter.modules={ALL6}"]),
     "vera-r256-all": (100_000, ["adapter.method=vera", "adapter.r=256", f"adapter.modules={ALL6}"]),

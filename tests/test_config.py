@@ -97,3 +97,9 @@ def test_resolved_config_round_trips(tmp_path):
     save_config(cfg, tmp_path / "c.yaml")
     again = from_dict(load_yaml(tmp_path / "c.yaml"))
     assert again == cfg
+
+
+def test_unquoted_no_means_the_choice_no():
+    """YAML reads an unquoted ``no`` as False; for a choice that allows "no" it means "no"."""
+    cfg = load_config(None, ["training.mixed_precision=no"])
+    assert cfg.training.mixed_precision == "no"

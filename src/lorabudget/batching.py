@@ -5,13 +5,14 @@ usual ``max_length`` is 128-256), so every batch here is padded only to about it
 training batches come from length-sorted buckets of shuffled rows, inference runs rows sorted by
 length and puts the outputs back in input order.
 
-Padded widths are rounded up to a short ladder of bucket sizes (multiples of 16 in training, of 8
-in inference; see :func:`bucket_widths`) rather than to each batch's exact longest row. Batches of ever-changing
-shapes fragment the C allocator's heap (peak memory of the MiniLM main job was ~4 GB, most of it
-freed-but-unusable blocks); a few fixed shapes let freed activation buffers be reused exactly, suit
-bf16/oneDNN kernels (which like multiples of 16 and reuse what they prepared for a shape seen
-before), and bound the number of shapes ``torch.compile`` sees. The extra padding is under 16
-tokens a row below 128 and at most a quarter of the width above.
+Padded widths are rounded up to a short ladder of bucket sizes (:func:`bucket_widths`) rather than
+to each batch's exact longest row: a few fixed shapes let freed activation buffers be reused
+exactly (exact widths fragmented the MiniLM main job's heap to 1.9 GB in fp32, against 1.4 GB),
+suit bf16/oneDNN kernels (which build a kernel per shape and reuse it for a shape seen before), and
+bound the number of shapes ``torch.compile`` sees. The ladder's step is 16 for bf16 training and 8
+for fp32 training and for inference, where every padded position costs time: in fp32 training,
+steps of 16 padded 13.9% of positions against 1.7% for exact widths and cost 16% of the speed
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -335,15 +336,16 @@ def train_loader(
     seed: int,
     length_grouping: bool = True,
     num_workers: int = 0,
-    bucket: bool = True,
+    bucket_multiple: int = BUCKET_MULTIPLE,
 ) -> DataLoader:
-    """Shuffled, length-grouped training batches, padded to bucket widths (``bucket=False``: to each
-    batch's own longest row)."""
+    """Shuffled, length-grouped training batches, padded to bucket widths on a ladder of
+    ``bucket_multiple`` (1: to each batch's own longest row)."""
     sampler = LengthGroupedBatchSampler(tokens.lengths, batch_size, seed, length_grouping)
+    widths = data_widths(tokens, bucket_multiple) if bucket_multiple > 1 else None
     return DataLoader(
         RowDataset(len(tokens)),
         batch_sampler=sampler,
-        collate_fn=PadCollator(tokens, pad_id, labels, widths=data_widths(tokens) if bucket else None),
+        collate_fn=PadCollator(tokens, pad_id, labels, widths=widths),
         num_workers=num_workers,
     )
 

@@ -23,9 +23,8 @@ def _stderr(line: str) -> None:
 
 
 def resolve_precision(precision: str, log: Optional[Callable[[str], None]] = _stderr) -> str:
-    """``auto`` is bf16 on a GPU that supports it and fp32 elsewhere; on a CPU with native bf16 it is
-    bf16 only when ``precision.CPU_BF16_AUTO`` is on (bf16 is much faster there but can flip
-    near-tied predictions). ``auto`` logs one line (stderr by default) saying what runs and why."""
+    """``auto`` is bf16 on a GPU that supports it and on a CPU with native bf16 (while
+    ``precision.CPU_BF16_AUTO`` is on), fp32 elsewhere. ``auto`` logs one line (stderr by default) saying what runs and why."""
     chosen = resolve_device_precision(precision)
     if precision == "auto" and log is not None:
         log(chosen.line("inference"))

@@ -134,7 +134,7 @@ def load_run(
 ) -> LoadedRun:
     """Load a trained run for inference; adapters are merged into the base weights by default.
 
-    ``precision``: ``fp32``, ``bf16`` or ``auto`` (bf16 on a GPU that supports it, else fp32).
+    ``precision``: ``fp32``, ``bf16`` or ``auto`` (bf16 on a GPU that supports it or a CPU with native bf16, else fp32).
     ``engine``: ``torch``, or ``onnx`` (ONNX Runtime, fp32; ``run_dir`` may also be a folder written by
     ``lorabudget export --format onnx``, which always runs on ONNX Runtime).
     The adapter weights are checked first (:func:`verify_adapter`).

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,15 +30,20 @@ from tqdm.auto import tqdm
 
 from . import adapters
 from . import budget as budget_mod
-from .batching import TokenizedTexts, default_cache_dir, position_cap, split_rows, tokenize, train_loader
+from .batching import (
+    BUCKET_MULTIPLE, INFERENCE_BUCKET_MULTIPLE, TokenizedTexts, default_cache_dir, position_cap, split_rows, tokenize,
+    train_loader,
+)
 from .config import RunConfig, save_config
 from .data import TextData, load_labelled, split_validation
 from .errors import LorabudgetError, TrainingDiverged, TrainingStopped
+from .dropout import use_fast_dropout
 from .flops import FlopCounter, training_summary as training_flops
 from .inference import predict_logits
 from .io import atomic_dir, atomic_write_json
 from .metrics import classification_metrics, format_metrics
 from .modeling import build_model, load_tokenizer, save_trained
+from .precision import frozen_linear_weights_in
 from .tracking import accelerator_kwargs, start_trackers
 
 # A loss on one batch: (student logits [B, C], batch dict) -> scalar. Distillation plugs in here.
@@ -52,7 +58,8 @@ def make_accelerator(cfg: RunConfig, run_dir: Optional[Path] = None, log: Callab
     """The Accelerator, with the precision chosen for this hardware (one log line says which and why)
     and the run's experiment trackers.
 
-    bf16 is Accelerate's autocast (on CPUs too): weights, gradients and optimizer state stay fp32."""
+    bf16 is Accelerate's autocast (on CPUs too): trained weights, gradients and optimizer state stay
+    fp32 (frozen linear weights are held in bf16 during the loop: ``precision.frozen_linear_weights_in``)."""
     from accelerate import Accelerator
 
     from .precision import resolve as resolve_precision
@@ -621,8 +628,14 @@ def train(
     model, data, live = start_run(cfg, run_dir, data, log, accelerator, resumed is not None)
 
     t = cfg.training
+    if t.fast_dropout:
+        use_fast_dropout(model)
+    # Bucket widths: bf16 matrix products (oneDNN) build a kernel per shape, so bf16 gets the coarse
+    # ladder (multiples of 16); fp32 pays per padded position instead (multiples of 16 cost it 16% of
+    # its speed; exact widths fragment the heap to 1.9 GB over the main job), so it gets steps of 8.
     loader = train_loader(
-        data.train_tokens, data.train.labels, data.pad_id, t.batch_size, t.seed, t.length_grouping, t.num_workers
+        data.train_tokens, data.train.labels, data.pad_id, t.batch_size, t.seed, t.length_grouping, t.num_workers,
+        bucket_multiple=BUCKET_MULTIPLE if accelerator.mixed_precision == "bf16" else INFERENCE_BUCKET_MULTIPLE,
     )
     optimizer = make_optimizer(model, cfg)
     sampler = loader.batch_sampler  # kept: prepare() wraps it, and it needs set_epoch each epoch
@@ -649,6 +662,9 @@ def train(
     run.start = time.perf_counter()
     stopped: Optional[TrainingStopped] = None
     model.train()
+    cleanup = contextlib.ExitStack()  # bf16: the frozen base is cast once, not on every forward
+    base_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else None
+    cleanup.enter_context(frozen_linear_weights_in(run.unwrapped, base_dtype))
     try:
         for epoch in range(state.epoch, num_epochs):
             if state.done or state.step >= total_steps:
@@ -693,6 +709,7 @@ def train(
                 if state.done or state.step >= total_steps:
                     break
     finally:
+        cleanup.close()
         progress.close()
         metrics.close()
     run.check_finite()

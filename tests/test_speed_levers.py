@@ -1,0 +1,89 @@
+"""The CPU training levers: cheap dropout masks and a bf16 frozen base under autocast."""
+
+import pytest
+import torch
+
+from lorabudget.config import from_dict
+from lorabudget.dropout import FastDropout, keep_mask, use_fast_dropout
+from lorabudget.modeling import build_model
+from lorabudget.precision import frozen_linear_weights_in
+
+
+def _model(path, dropout=0.1, head="linear"):
+    cfg = from_dict({
+        "model": {"name": str(path)}, "head": {"type": head},
+        "adapter": {"r": 4, "alpha": 8, "dropout": dropout, "modules": ["query", "value", "output"]},
+    })
+    return build_model(cfg).model
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
+def test_fast_dropout_drops_at_the_rate_and_keeps_the_expectation(p):
+    torch.manual_seed(0)
+    x = torch.rand(1000, 1000) + 0.5
+    y = FastDropout(p).train()(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - p) < 5 * (p * (1 - p) / x.numel()) ** 0.5 + 1 / 32768  # 5 standard errors
+    kept = y != 0
+    # kept elements are scaled by one over the exact keep rate of the quantised probability
+    cut = round(p * 32768)
+    torch.testing.assert_close(y[kept], x[kept] * 32768 / (32768 - cut))
+    assert abs(y.mean().item() / x.mean().item() - 1) < 0.01
+    # neighbouring elements (the two halves of one random draw) are not correlated
+    a, b = kept.flatten()[: x.numel() // 2].float(), kept.flatten()[x.numel() // 2 :].float()
+    assert abs(torch.corrcoef(torch.stack([a, b]))[0, 1].item()) < 0.01
+
+
+def test_fast_dropout_is_seeded_by_torch_and_differentiable():
+    x = torch.randn(7, 33, requires_grad=True)  # odd sizes: the last draw is half used
+    torch.manual_seed(3)
+    y1 = FastDropout(0.2)(x)
+    torch.manual_seed(3)
+    y2 = FastDropout(0.2)(x)
+    assert torch.equal(y1, y2)
+    y1.sum().backward()
+    torch.testing.assert_close(x.grad, torch.where(y1 != 0, y1 / x, torch.zeros_like(x)))  # the mask × scale
+    # eval mode and p=0 are the identity; the mask has the input's shape
+    assert torch.equal(FastDropout(0.2).eval()(x), x) and torch.equal(FastDropout(0.0)(x), x)
+    assert keep_mask(torch.Size([3, 5, 7]), 0.1)[0].shape == (3, 5, 7)
+
+
+def test_use_fast_dropout_replaces_every_dropout_and_changes_no_state(tiny_bert):
+    model = _model(tiny_bert)
+    keys = set(model.state_dict())
+    plain = [m for m in model.modules() if type(m) is torch.nn.Dropout]
+    assert plain and any("lora_dropout" in n for n, m in model.named_modules() if type(m) is torch.nn.Dropout)
+    assert use_fast_dropout(model) == len(plain)
+    assert not [m for m in model.modules() if type(m) is torch.nn.Dropout]
+    assert set(model.state_dict()) == keys
+    ids = torch.randint(5, 40, (3, 9))
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    model.train()
+    torch.manual_seed(0)
+    train_out = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    assert torch.isfinite(train_out).all() and not torch.equal(train_out, out)  # dropout is on in training
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_roberta", "tiny_bert"])
+def test_frozen_base_in_bf16_computes_what_autocast_computes_and_is_restored(request, model_fixture):
+    model = _model(request.getfixturevalue(model_fixture), dropout=0.0, head="full").eval()
+    for p in model.parameters():
+        if p.requires_grad:  # non-zero adapters, so the adapter path counts in the comparison
+            torch.nn.init.normal_(p, std=0.05)
+    before = {n: p for n, p in model.named_parameters()}
+    ids = torch.randint(5, 40, (3, 9))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        with frozen_linear_weights_in(model, torch.bfloat16) as cast:
+            frozen_linear = [m for m in model.modules() if type(m) is torch.nn.Linear and not m.weight.requires_grad]
+            assert cast == len(frozen_linear) > 0
+            assert all(m.weight.dtype == torch.bfloat16 for m in frozen_linear)
+            assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+            cached = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    assert torch.equal(cached, reference)  # autocast rounded the same weights to bf16 before
+    after = dict(model.named_parameters())
+    assert all(after[n] is p and p.dtype == torch.float32 for n, p in before.items())  # the same tensors back
+    with frozen_linear_weights_in(model, None) as cast:
+        assert cast == 0
