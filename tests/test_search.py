@@ -394,7 +394,7 @@ def test_default_space_samples_build_for_every_method(tiny_roberta):
     from lorabudget.config import from_dict
     from lorabudget.modeling import build_model
     from lorabudget.search import apply_sample
-    from lorabudget.searchspace import default_space_raw, parse_space, sample
+    from lorabudget.searchspace import default_space_raw, describe, parse_space, sample
 
     base = {"name": "x", "model": {"name": str(tiny_roberta)}, "head": {"type": "linear"},
             "adapter": {"r": 16, "alpha": 32, "modules": ["query", "value"]}, "training": {"learning_rate": 1e-3}}
@@ -411,6 +411,8 @@ def test_default_space_samples_build_for_every_method(tiny_roberta):
             continue
         cfg = from_dict(apply_sample(copy.deepcopy(base), overrides))
         assert breakdown(build_model(cfg, weights=False).model).total > 0
+        line = describe(overrides, "lora")  # the trial's log line: a method's null defaults are left out
+        assert line.split()[0] == cfg.adapter.method and "None" not in line
         method = METHODS[cfg.adapter.method]
         assert 0.3 * method.learning_rate <= cfg.training.learning_rate <= 3.0 * method.learning_rate
         if cfg.adapter.method in ("vera", "vblora"):

@@ -396,18 +396,20 @@ def apply_sample(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
 def describe(overrides: dict[str, Any], base_method: str = "lora") -> str:
     """A one-line summary of a sample, for logs: method, rank, modules, layers."""
     parts = [overrides.get("adapter.method", base_method)]
-    if "adapter.r" in overrides:
+    # A null rank, alpha, module list or learning rate is the method's default (other methods reset the
+    # base's): not shown.
+    if overrides.get("adapter.r") is not None:
         ranks = overrides.get("adapter.rank_pattern") or {}
         parts.append(f"r={overrides['adapter.r']}" if not ranks else "r=" + "/".join(str(v) for v in ranks.values()))
-    if "adapter.alpha" in overrides:
+    if overrides.get("adapter.alpha") is not None:
         parts.append(f"alpha={overrides['adapter.alpha']:g}")
-    if "adapter.modules" in overrides:
+    if overrides.get("adapter.modules") is not None:
         parts.append("+".join(overrides["adapter.modules"]))
     if "adapter.layers" in overrides:
         layers = overrides["adapter.layers"]
         parts.append("all layers" if layers is None else "layers " + ",".join(map(str, layers)))
     for path in ("training.learning_rate", "training.head_learning_rate"):
-        if path in overrides:
+        if overrides.get(path) is not None:
             parts.append(f"{path.split('.')[1].replace('learning_rate', 'lr')}={overrides[path]:.2g}")
     for path, value in overrides.items():
         if path not in {"adapter.method", "adapter.r", "adapter.rank_pattern", "adapter.alpha", "adapter.alpha_pattern",
