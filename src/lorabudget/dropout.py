@@ -1,4 +1,4 @@
-"""Dropout whose masks cost a third of torch's on a CPU.
+"""Dropout whose masks cost a third to a half of torch's on a CPU.
 
 torch's CPU dropout draws one value from its (serial, Mersenne Twister) generator per element:
 about 15 ns an element on this project's 2-core EPYC, which made dropout masks 41% of a MiniLM
