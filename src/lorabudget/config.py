@@ -290,8 +290,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise errors[0]
         raise bad
     if origin is Literal:
-        if isinstance(value, bool) and str(value).lower() not in args and ("no" if not value else "yes") in args:
-            value = "no" if not value else "yes"  # YAML 1.1 reads an unquoted no/yes as a boolean
+        word = "yes" if value else "no"
+        if isinstance(value, bool) and word in args:
+            value = word  # YAML 1.1 reads an unquoted no/yes as a boolean
         if value not in args:
             raise LorabudgetError(
                 f"config key '{key}': {value!r} is not allowed; allowed values: "

@@ -1,7 +1,7 @@
 """Dropout whose masks cost a third to a half of torch's on a CPU.
 
 torch's CPU dropout draws one value from its (serial, Mersenne Twister) generator per element:
-about 15 ns an element on this project's 2-core EPYC, which made dropout masks 41% of a MiniLM
+about 15 ns an element on a 2-core Intel Xeon of this project's machines, which made dropout masks 41% of a MiniLM
 LoRA training step in fp32 and 47% in bf16 (torch profiler, docs/benchmarks.md), more than all the
 matrix products. :class:`FastDropout` takes two masks from each 31-bit draw of the same generator
 (15 bits each), so it draws half as many numbers and does the rest with vectorised integer ops.

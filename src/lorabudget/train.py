@@ -628,6 +628,7 @@ def train(
     model, data, live = start_run(cfg, run_dir, data, log, accelerator, resumed is not None)
 
     t = cfg.training
+    bf16 = accelerator.mixed_precision == "bf16"
     if t.fast_dropout:
         use_fast_dropout(model)
     # Bucket widths: bf16 matrix products (oneDNN) build a kernel per shape, so bf16 gets the coarse
@@ -635,7 +636,7 @@ def train(
     # its speed; exact widths fragment the heap to 1.9 GB over the main job), so it gets steps of 8.
     loader = train_loader(
         data.train_tokens, data.train.labels, data.pad_id, t.batch_size, t.seed, t.length_grouping, t.num_workers,
-        bucket_multiple=BUCKET_MULTIPLE if accelerator.mixed_precision == "bf16" else INFERENCE_BUCKET_MULTIPLE,
+        bucket_multiple=BUCKET_MULTIPLE if bf16 else INFERENCE_BUCKET_MULTIPLE,
     )
     optimizer = make_optimizer(model, cfg)
     sampler = loader.batch_sampler  # kept: prepare() wraps it, and it needs set_epoch each epoch
@@ -663,8 +664,7 @@ def train(
     stopped: Optional[TrainingStopped] = None
     model.train()
     cleanup = contextlib.ExitStack()  # bf16: the frozen base is cast once, not on every forward
-    base_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else None
-    cleanup.enter_context(frozen_linear_weights_in(run.unwrapped, base_dtype))
+    cleanup.enter_context(frozen_linear_weights_in(run.unwrapped, torch.bfloat16 if bf16 else None))
     try:
         for epoch in range(state.epoch, num_epochs):
             if state.done or state.step >= total_steps:
