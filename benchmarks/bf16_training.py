@@ -19,41 +19,19 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TRAIN_5K, emit, machine, split_held_out  # noqa: E402
+from common import TRAIN_5K, emit, machine, predicted_labels, split_held_out, train_timed  # noqa: E402
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16"}
 
 
-def lorabudget(*args: str) -> list[str]:
-    return [sys.executable, "-m", "lorabudget.cli", *args]
-
-
 def train(preset: str, train_csv: Path, run: Path, precision: str, seed: int, extra: list[str]) -> dict:
-    """Train in a fresh process under /usr/bin/time -v; return the summary plus the peak RSS."""
-    sets = [f"training.mixed_precision={PRECISIONS[precision]}", f"training.seed={seed}", *extra]
-    cmd = ["/usr/bin/time", "-v", *lorabudget("train", preset, "--data", str(train_csv), "--output", str(run),
-                                             "--overwrite", *[a for s in sets for a in ("--set", s)])]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"training failed: {' '.join(cmd)}\n{done.stderr[-3000:]}")
-    summary = json.loads((run / "summary.json").read_text())
-    summary["peak_rss_mb"] = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1)) / 1024
-    return summary
-
-
-def predictions(run: Path, test_csv: Path, precision: str) -> list[str]:
-    out = run / f"held-out-{precision}.csv"
-    subprocess.run(lorabudget("predict", str(run), "--input", str(test_csv), "--output", str(out),
-                              "--precision", precision, "--no-report"), check=True, capture_output=True)
-    with open(out, newline="", encoding="utf-8") as fh:
-        return [int(row["Label"]) for row in csv.DictReader(fh)]  # ID,Label: class indices
+    return train_timed(preset, train_csv, run, [f"training.mixed_precision={PRECISIONS[precision]}",
+                                                f"training.seed={seed}", *extra])
 
 
 def main() -> int:
@@ -81,7 +59,7 @@ def main() -> int:
         for precision in PRECISIONS:
             run = args.work / f"{precision}-seed{seed}"
             summary = train(args.preset, train_csv, run, precision, seed, args.overrides)
-            preds = {p: predictions(run, test_csv, p) for p in ("fp32", "bf16")}
+            preds = {p: predicted_labels(run, test_csv, p) for p in ("fp32", "bf16")}
             results[(seed, precision)] = {"summary": summary, "preds": preds}
             print(f"seed {seed} {precision}: {summary['samples_per_s']:.1f} samples/s, "
                   f"{summary['train_time_s']:.0f} s", flush=True)

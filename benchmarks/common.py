@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import platform
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -51,6 +55,33 @@ def emit(text: str, out: Path | None) -> None:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
+
+
+def lorabudget(*args: str) -> list[str]:
+    """The command line that runs the CLI with this interpreter."""
+    return [sys.executable, "-m", "lorabudget.cli", *args]
+
+
+def train_timed(preset: str, train_csv: Path, run: Path, sets: list[str]) -> dict:
+    """Train ``preset`` with ``--set`` overrides in a fresh process under ``/usr/bin/time -v``;
+    return the run's summary plus its peak RSS (``peak_rss_mb``)."""
+    cmd = ["/usr/bin/time", "-v", *lorabudget("train", preset, "--data", str(train_csv), "--output", str(run),
+                                             "--overwrite", *[a for s in sets for a in ("--set", s)])]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"training failed: {' '.join(cmd)}\n{done.stderr[-3000:]}")
+    summary = json.loads((run / "summary.json").read_text())
+    summary["peak_rss_mb"] = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1)) / 1024
+    return summary
+
+
+def predicted_labels(run: Path, test_csv: Path, precision: str = "auto") -> list[int]:
+    """``lorabudget predict`` of ``run`` on ``test_csv``: the class index of each row."""
+    out = run / f"held-out-{precision}.csv"
+    subprocess.run(lorabudget("predict", str(run), "--input", str(test_csv), "--output", str(out),
+                              "--precision", precision, "--no-report"), check=True, capture_output=True)
+    with open(out, newline="", encoding="utf-8") as fh:
+        return [int(row["Label"]) for row in csv.DictReader(fh)]  # ID,Label: class indices
 
 
 class ShapeRecorder:

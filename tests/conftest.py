@@ -64,14 +64,14 @@ def make_tokenizer(kind: str):
     )
 
 
-def make_model_dir(path: Path, kind: str) -> Path:
+def make_model_dir(path: Path, kind: str, hidden_size: int = 32, intermediate_size: int = 48) -> Path:
     import torch
     from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
 
     tokenizer = make_tokenizer(kind)
     common = dict(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-        intermediate_size=48, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=3, num_attention_heads=2,
+        intermediate_size=intermediate_size, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
     )
     torch.manual_seed(0)
     if kind == "roberta":

@@ -245,6 +245,36 @@ def test_quantized_base_trains_with_falling_loss(tmp_path_factory, quantization)
     assert not adapters.can_merge("lora", quantized=True)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
+def test_quantized_run_trains_across_validation_passes_and_predicts(tmp_path, data_dir):
+    """On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights for inference in eval mode; training
+    after a validation pass then failed. Several validation passes interleave the steps here."""
+    import yaml
+
+    from conftest import make_model_dir
+    from lorabudget.cli import main
+
+    # bitsandbytes quantizes in blocks of 64 values: the shared tiny models (hidden 32) are too small.
+    model_dir = make_model_dir(tmp_path / "bert64", "bert", hidden_size=64, intermediate_size=128)
+    values = {
+        "name": "tiny-nf4",
+        "model": {"name": str(model_dir), "max_length": 64, "quantization": "nf4"},
+        "head": {"type": "linear", "pooling": "mean"},
+        "adapter": {"r": 4, "dropout": 0.0, "modules": ["query", "value"]},
+        "data": {"train": str(data_dir / "train.csv"), "validation_size": 40, "cache_dir": str(tmp_path / "cache")},
+        "training": {"epochs": 2, "batch_size": 16, "eval_every": 3, "seed": 7},
+    }
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(values))
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--output", str(run), "--no-report"]) == 0
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["type"] == "eval" for r in evals) >= 4
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(run), "--input", str(data_dir / "test.csv"), "--output", str(out), "--no-report"]) == 0
+    assert len(out.read_text().splitlines()) == 81  # header + 80 rows
+
+
 @pytest.mark.parametrize(
     "method, adapter, budget",
     [

@@ -413,6 +413,7 @@ def test_default_space_samples_build_for_every_method(tiny_roberta):
         assert breakdown(build_model(cfg, weights=False).model).total > 0
         line = describe(overrides, "lora")  # the trial's log line: a method's null defaults are left out
         assert line.split()[0] == cfg.adapter.method and "None" not in line
+        assert "=False" not in line and "={}" not in line and "=[]" not in line  # resets are not news
         method = METHODS[cfg.adapter.method]
         assert 0.3 * method.learning_rate <= cfg.training.learning_rate <= 3.0 * method.learning_rate
         if cfg.adapter.method in ("vera", "vblora"):

@@ -87,3 +87,47 @@ def test_frozen_base_in_bf16_computes_what_autocast_computes_and_is_restored(req
     assert all(after[n] is p and p.dtype == torch.float32 for n, p in before.items())  # the same tensors back
     with frozen_linear_weights_in(model, None) as cast:
         assert cast == 0
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_roberta", "tiny_bert"])
+def test_fast_attention_dropout_is_the_math_path_with_cheaper_masks_and_is_restored(request, model_fixture, monkeypatch):
+    from lorabudget import dropout
+    from lorabudget.dropout import FAST_DROPOUT_ATTENTION, fast_attention_dropout
+
+    masks = []
+    monkeypatch.setattr(dropout, "keep_mask", lambda shape, p: masks.append(shape) or keep_mask(shape, p))
+
+    model = _model(request.getfixturevalue(model_fixture), dropout=0.0)
+    encoder_config = next(m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "_attn_implementation"))
+    assert encoder_config._attn_implementation == "sdpa"
+    ids = torch.randint(5, 40, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0  # padded keys: the bool mask path
+
+    attention = [m for m in model.modules() if hasattr(m, "is_causal") and isinstance(getattr(m, "dropout", None), torch.nn.Dropout)]
+    assert attention and all(m.dropout.p > 0 for m in attention)
+    for m in model.modules():  # only the attention probabilities drop: the rest is deterministic
+        if isinstance(m, torch.nn.Dropout) and not any(m is a.dropout for a in attention):
+            m.p = 0.0
+
+    def logits(train: bool, seed: int = 0):
+        model.train(train)
+        torch.manual_seed(seed)
+        return model(input_ids=ids, attention_mask=mask).logits
+
+    reference_eval = logits(False)
+    with fast_attention_dropout(model) as switched:
+        assert switched >= 1 and encoder_config._attn_implementation == FAST_DROPOUT_ATTENTION
+        assert torch.equal(logits(False), reference_eval)  # evaluation: transformers' SDPA itself
+        assert not masks
+        first, again, other = logits(True, 0), logits(True, 0), logits(True, 1)
+        assert len(masks) == 3 * len(attention) and all(len(shape) == 4 for shape in masks)  # [B, heads, T, T]
+        saved_p = [m.dropout.p for m in attention]
+        for m in attention:
+            m.dropout.p = 1e-9  # rounds to no drop: the math path alone
+        no_drop = logits(True)
+        for m, p in zip(attention, saved_p):
+            m.dropout.p = p
+    assert torch.equal(first, again) and not torch.equal(first, other)  # seeded by torch, and it drops
+    torch.testing.assert_close(no_drop, reference_eval, rtol=1e-5, atol=1e-5)  # same attention as SDPA's
+    assert encoder_config._attn_implementation == "sdpa"

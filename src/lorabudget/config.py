@@ -179,7 +179,8 @@ class TrainingConfig:
     0: never split."""
     fast_dropout: bool = True
     """On a CPU, draw dropout masks two per random number (``dropout.FastDropout``): torch's CPU
-    dropout spent 41% of a MiniLM LoRA step drawing masks. Same drop rate (to 1/32768) and
+    dropout spent 41% of a MiniLM LoRA step drawing masks. Covers dropout modules and the attention
+    probabilities' dropout (``dropout.fast_attention_dropout``). Same drop rate (to 1/32768) and
     expectation; ``false`` keeps torch's dropout."""
     compile: bool = False
     """``torch.compile`` the model (inductor, through Accelerate). Compiling takes minutes on a CPU

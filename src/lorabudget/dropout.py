@@ -17,6 +17,9 @@ swapping it in changes no state dict, saved adapter or export.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator, Optional
+
 import torch
 from torch import nn
 
@@ -50,8 +53,8 @@ def use_fast_dropout(model: nn.Module) -> int:
     """Replace every plain :class:`torch.nn.Dropout` in ``model`` (the encoder's, the head's and the
     adapters', e.g. PEFT's ``lora_dropout``) by a :class:`FastDropout` with the same ``p``.
 
-    Attention-probability dropout that a model applies functionally (transformers' attention
-    functions read ``module.dropout.p``) is left to torch. Returns how many modules were replaced.
+    Attention-probability dropout, which transformers' attention functions apply themselves (they
+    read ``module.dropout.p``), is :func:`fast_attention_dropout`'s. Returns how many modules were replaced.
     """
     replaced = 0
     for parent in list(model.modules()):
@@ -62,3 +65,63 @@ def use_fast_dropout(model: nn.Module) -> int:
                 setattr(parent, name, fast)
                 replaced += 1
     return replaced
+
+
+FAST_DROPOUT_ATTENTION = "lorabudget_sdpa_fast_dropout"
+"""The name under which :func:`fast_dropout_attention` is registered with transformers' AttentionInterface."""
+
+
+def fast_dropout_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: Optional[torch.Tensor], dropout: float = 0.0,
+                           scaling: Optional[float] = None, is_causal: Optional[bool] = None, **kwargs):
+    """transformers' SDPA attention, with the attention probabilities' dropout mask from :func:`keep_mask`.
+
+    With dropout on a CPU, torch's ``scaled_dot_product_attention`` takes its math path: fp32 products
+    and softmax (bf16 inputs are upcast), then a ``bernoulli_`` mask over every probability, 8-10% of
+    a bf16 MiniLM LoRA step. This computes the same math path with the cheaper mask. Everything else
+    (evaluation, no dropout, a GPU, causal or grouped-query attention, position biases) goes to
+    transformers' own ``sdpa_attention_forward`` unchanged.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    plain = (
+        dropout > 0 and module.training and query.device.type == "cpu" and not is_causal
+        and getattr(module, "is_causal", True) is False and getattr(module, "num_key_value_groups", 1) == 1
+        and kwargs.get("position_bias") is None and kwargs.get("softcap") is None
+    )
+    if not plain:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    with torch.autocast(query.device.type, enabled=False):
+        scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scale
+        if attention_mask is not None:
+            if attention_mask.dtype == torch.bool:  # True: attend
+                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            else:
+                scores = scores + attention_mask
+        probs = scores.softmax(dim=-1)
+        keep, rescale = keep_mask(probs.shape, dropout)
+        output = torch.matmul(probs * keep * rescale, value.float()).to(query.dtype)
+    return output.transpose(1, 2).contiguous(), None
+
+
+@contextlib.contextmanager
+def fast_attention_dropout(model: nn.Module) -> Iterator[int]:
+    """Route the SDPA attention of ``model``'s transformers models through :func:`fast_dropout_attention`
+    while the block runs; restore their attention setting afterwards. Yields how many model configs
+    were switched (models on another attention implementation are left alone)."""
+    from transformers import AttentionInterface, PreTrainedModel
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(FAST_DROPOUT_ATTENTION, fast_dropout_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(FAST_DROPOUT_ATTENTION, sdpa_mask)  # the masks SDPA gets
+    configs = {id(m.config): m.config for m in model.modules() if isinstance(m, PreTrainedModel)}
+    switched = [c for c in configs.values() if c._attn_implementation == "sdpa"]
+    for config in switched:
+        config._attn_implementation = FAST_DROPOUT_ATTENTION
+    try:
+        yield len(switched)
+    finally:
+        for config in switched:
+            config._attn_implementation = "sdpa"

@@ -247,6 +247,22 @@ def quantization_config(cfg: RunConfig, head_modules: list[str]):
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
 
 
+def keep_4bit_layout_for_training(model: nn.Module) -> int:
+    """Stop bitsandbytes from repacking ``model``'s 4-bit weights for its CPU inference kernel.
+
+    bitsandbytes (0.50) repacks a ``Linear4bit`` weight into an AVX512-BF16 layout the first time the
+    layer runs in eval mode without gradients, and keeps that layout; the kernel it then uses has no
+    backward, so training after a validation pass failed ("a view of a leaf Variable that requires
+    grad is being used in an in-place operation"; the nf4 main job died in its second epoch). The
+    training model's validation passes take the trainable path instead. Inference models (``predict``)
+    keep the fast layout. Returns how many layers were set.
+    """
+    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
 def _build_base(cfg: RunConfig, model_config: Any, pretrained: bool) -> nn.Module:
     """The model before adapters; ``pretrained=False`` builds from the config with random weights."""
     from transformers import AutoModel, AutoModelForSequenceClassification

@@ -412,6 +412,9 @@ def describe(overrides: dict[str, Any], base_method: str = "lora") -> str:
         if overrides.get(path) is not None:
             parts.append(f"{path.split('.')[1].replace('learning_rate', 'lr')}={overrides[path]:.2g}")
     for path, value in overrides.items():
+        # Off switches and empty options are what a method change resets (use_rslora, options): not news.
+        if value is None or value is False or (isinstance(value, (dict, list)) and not value):
+            continue
         if path not in {"adapter.method", "adapter.r", "adapter.rank_pattern", "adapter.alpha", "adapter.alpha_pattern",
                         "adapter.modules", "adapter.layers", "adapter.placements", "training.learning_rate",
                         "training.head_learning_rate"}:

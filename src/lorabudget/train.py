@@ -37,12 +37,12 @@ from .batching import (
 from .config import RunConfig, save_config
 from .data import TextData, load_labelled, split_validation
 from .errors import LorabudgetError, TrainingDiverged, TrainingStopped
-from .dropout import use_fast_dropout
+from .dropout import fast_attention_dropout, use_fast_dropout
 from .flops import FlopCounter, training_summary as training_flops
 from .inference import predict_logits
 from .io import atomic_dir, atomic_write_json
 from .metrics import classification_metrics, format_metrics
-from .modeling import build_model, load_tokenizer, save_trained
+from .modeling import build_model, keep_4bit_layout_for_training, load_tokenizer, save_trained
 from .precision import frozen_linear_weights_in
 from .tracking import accelerator_kwargs, start_trackers
 
@@ -631,6 +631,8 @@ def train(
     bf16 = accelerator.mixed_precision == "bf16"
     if t.fast_dropout:
         use_fast_dropout(model)
+    if cfg.model.quantization == "nf4":
+        keep_4bit_layout_for_training(model)  # bitsandbytes' CPU eval layout cannot train
     # Bucket widths: bf16 matrix products (oneDNN) build a kernel per shape, so bf16 gets the coarse
     # ladder (multiples of 16); fp32 pays per padded position instead (multiples of 16 cost it 16% of
     # its speed; exact widths fragment the heap to 1.9 GB over the main job), so it gets steps of 8.
@@ -665,6 +667,8 @@ def train(
     model.train()
     cleanup = contextlib.ExitStack()  # bf16: the frozen base is cast once, not on every forward
     cleanup.enter_context(frozen_linear_weights_in(run.unwrapped, torch.bfloat16 if bf16 else None))
+    if t.fast_dropout and accelerator.device.type == "cpu":  # attention probabilities' masks too
+        cleanup.enter_context(fast_attention_dropout(run.unwrapped))
     try:
         for epoch in range(state.epoch, num_epochs):
             if state.done or state.step >= total_steps:
