@@ -58,7 +58,8 @@ CONFIGS: dict[str, tuple[int, list[str]]] = {
     "loha-r1-query-5layers": (10_000, ["adapter.method=loha", "adapter.r=1", "adapter.alpha=2", "adapter.modules=[query]",
                                        "adapter.layers=[1, 2, 3, 4, 5]"]),
     "lokr-r1-qv": (10_000, ["adapter.method=lokr", "adapter.r=1", "adapter.alpha=2", "adapter.modules=[query, value]"]),
-    "adalora-r1-query": (10_000, ["adapter.method=adalora", "adapter.r=1", "adapter.alpha=2", "adapter.modules=[query]"]),
+    "adalora-r2-query-5layers": (10_000, ["adapter.method=adalora", "adapter.r=2", "adapter.alpha=4", "adapter.modules=[query]",
+                                          "adapter.layers=[1, 2, 3, 4, 5]"]),  # r=1 leaves AdaLoRA nothing to reallocate
     "bitfit-all": (100_000, ["adapter.method=bitfit", f"adapter.modules={ALL6}"]),
     "lora-r16-all": (1_000_000, ["adapter.r=16", "adapter.alpha=32", f"adapter.modules={ALL6}"]),
     "loha-r8-all": (1_000_000, ["adapter.method=loha", "adapter.r=8", "adapter.alpha=16", f"adapter.modules={ALL6}"]),

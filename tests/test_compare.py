@@ -101,6 +101,22 @@ def test_issue_three_runs_validation_tie_test_front(tmp_path, figures):
         assert any(a.get_label() == label for a in [*ax.get_children(), *ax.containers])
 
 
+def test_runs_under_different_budgets_each_count_within_their_own(tmp_path, figures):
+    # A 10k, a 100k and a 1M preset: the front runs through all three, and a run over its own budget is off it.
+    c1, c2, c3, c4 = _nested(1000, [820, 850, 880, 900])
+    runs = [
+        _fake_run(tmp_path / "p10k", "p10k", 6_148, 0.9, c1, data="t.csv", budget=10_000),
+        _fake_run(tmp_path / "p100k", "p100k", 84_484, 0.9, c2, data="t.csv", budget=100_000),
+        _fake_run(tmp_path / "p1m", "p1m", 665_092, 0.9, c3, data="t.csv", budget=1_000_000),
+        _fake_run(tmp_path / "over", "over", 150_000, 0.9, c4, data="t.csv", budget=100_000),
+    ]
+    write_comparison(runs, tmp_path / "cmp")
+    ax, legend, front, names = _axes_facts(figures[-1])
+    assert len(front) == 1 and front[0].get_label() == "Pareto front (each run within its own budget)"
+    assert list(front[0].get_data()[0]) == [6_148, 84_484, 665_092]  # 'over' is more accurate but over its budget
+    assert sum(l.startswith("budget ") for l in legend) == 3
+
+
 def test_difference_inside_noise_has_no_winner(tmp_path, figures):
     a, b = _nested(300, [273, 270], seed=3)
     b[np.flatnonzero(~a)[:5]] = True  # some disagreements both ways

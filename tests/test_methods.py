@@ -187,6 +187,8 @@ def test_shared_parameters_counted_once_with_saving(tiny_roberta):
         ({"method": "ia3", "use_dora": True}, 1_000_000, "LoRA switches"),
         ({"method": "lora", "options": {"r": 3}}, 1_000_000, "set by lorabudget"),
         ({"method": "sparse"}, 1_000_000, "'sparse' is not allowed"),
+        ({"method": "adalora", "r": 1}, 1_000_000, "leaves nothing to reallocate"),  # PEFT's allocator crashed
+        ({"method": "adalora", "r": 4, "options": {"target_r": 4}}, 1_000_000, "target_r below r"),
     ],
 )
 def test_placement_and_option_errors(tiny_roberta, adapter, budget, message):

@@ -102,6 +102,11 @@ def _lora(cfg, sites, heads, total_steps):
     )
 
 
+def adalora_target_r(a) -> int:
+    """The rank AdaLoRA's allocation ends at on average: ``options.target_r``, else half of ``r``."""
+    return int(a.options.get("target_r", max(1, a.r // 2)))
+
+
 def _adalora(cfg, sites, heads, total_steps):
     from peft import AdaLoraConfig
 
@@ -109,7 +114,7 @@ def _adalora(cfg, sites, heads, total_steps):
     options = _options(cfg)
     # PEFT's schedule: init_r for tinit steps, cubic decrease to target_r until total - tfinal.
     total = max(int(total_steps), 10)
-    options.setdefault("target_r", max(1, a.r // 2))
+    options["target_r"] = adalora_target_r(a)
     options.setdefault("tinit", int(0.1 * total))
     options.setdefault("tfinal", int(0.3 * total))
     options.setdefault("deltaT", max(1, total // 50))
@@ -319,6 +324,12 @@ def check_config(cfg: "RunConfig") -> None:
             )
     if name != "lora" and (a.use_rslora or a.use_dora):
         raise LorabudgetError(f"adapter.use_rslora/use_dora are LoRA switches; adapter.method is '{name}'")
+    if name == "adalora" and a.r is not None and adalora_target_r(a) >= a.r:
+        # PEFT's allocator fails at its first reallocation then (kthvalue of an empty selection).
+        raise LorabudgetError(
+            f"adapter.method 'adalora' reallocates rank from adapter.r={a.r} down to target_r="
+            f"{adalora_target_r(a)}, which leaves nothing to reallocate: use r >= 2 with target_r below r"
+        )
     if a.options:
         if method.options_class is None:
             raise LorabudgetError(f"adapter.method '{name}' takes no adapter.options")

@@ -700,13 +700,14 @@ def plot_comparison(rows: list[dict], basis: dict, path: Path) -> bool:
             ax.scatter(*zip(*vals), s=22, marker="s", facecolors="none", edgecolors="gray", zorder=2,
                        label="validation accuracy (not ranked)")
     budgets = sorted({int(rows[i]["budget"]) for i in idx if rows[i]["budget"]})
-    limit = budgets[0] if budgets else float("inf")
-    within = [k for k, x in enumerate(xs) if x <= limit]
+    # Runs planned under different budgets (a 10k, a 100k and a 1M preset) each count within their own.
+    within = [k for k, i in enumerate(idx) if not rows[i]["budget"] or xs[k] <= int(rows[i]["budget"])]
     if within:
         front = sorted((within[k] for k in pareto_front([(xs[k], ys[k]) for k in within])), key=lambda k: xs[k])
+        scope = (f" (within the {budgets[0]:,} budget)" if len(budgets) == 1
+                 else " (each run within its own budget)" if budgets else "")
         ax.plot([xs[k] for k in front], [ys[k] for k in front], color="tab:green", linewidth=1.5, zorder=2,
-                marker="o", markersize=11, markerfacecolor="none",
-                label="Pareto front" + (f" (within the {limit:,} budget)" if budgets else ""))
+                marker="o", markersize=11, markerfacecolor="none", label="Pareto front" + scope)
     span = [*xs, *budgets]
     log_x = max(span) / max(min(span), 1) > 10
     if log_x:
