@@ -248,6 +248,13 @@ def test_quantized_base_trains_with_falling_loss(tmp_path_factory, quantization)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
+def test_importing_peft_through_lorabudget_prints_no_optional_kernels_hint():
+    done = subprocess.run([sys.executable, "-c", "import lorabudget, peft, bitsandbytes"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "kernels-community" not in done.stderr + done.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
 def test_quantized_run_trains_across_validation_passes_and_predicts(tmp_path, data_dir):
     """On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights for inference in eval mode; training
     after a validation pass then failed. Several validation passes interleave the steps here."""

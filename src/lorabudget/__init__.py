@@ -9,6 +9,7 @@ From Python::
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
@@ -17,6 +18,17 @@ if TYPE_CHECKING:  # importing torch and transformers is left to the first call
 
 __version__ = "0.1.0"
 __all__ = ["load_run", "__version__"]
+
+
+class _OptionalKernelsHint(logging.Filter):
+    """bitsandbytes (0.50) logs that the optional ``kernels`` package is missing whenever PEFT imports
+    it, on every command, quantized or not; it only names a faster 4-bit CPU kernel (README, QLoRA)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "kernels-community" not in record.getMessage()
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_OptionalKernelsHint())
 
 
 def load_run(
