@@ -32,6 +32,18 @@ def split_held_out(source: Path, folder: Path, held_out: int = 1000) -> tuple[Pa
     return write_rows(folder / "train.csv", rows[:-held_out]), write_rows(folder / "test.csv", rows[-held_out:])
 
 
+def held_out_task(data: Path, work: Path) -> tuple[Path, Path, list[int]] | None:
+    """Split ``data`` into ``work/train.csv`` and the held-out ``work/test.csv`` (the last 1,000 rows);
+    return both paths and the held-out labels (class indices). ``None``, after one line saying so,
+    when ``data`` is missing (the shared AG News rows are not on every machine)."""
+    if not data.is_file():
+        print(f"skipped: {data} not found (the benchmark needs the shared AG News rows)")
+        return None
+    work.mkdir(parents=True, exist_ok=True)
+    train_csv, test_csv = split_held_out(data, work)
+    return train_csv, test_csv, [int(r[-1]) for r in read_rows(test_csv)]  # text,label with class indices 0-3
+
+
 def machine() -> str:
     """CPU model, cores, torch version and threads, Python version."""
     import torch

@@ -17,13 +17,12 @@ Usage: python benchmarks/quantized.py [--preset minilm-cpu] [--kinds none nf4 in
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TRAIN_5K, emit, machine, predicted_labels, split_held_out, train_timed  # noqa: E402
+from common import TRAIN_5K, emit, held_out_task, machine, predicted_labels, train_timed  # noqa: E402
 
 
 def main() -> int:
@@ -37,13 +36,10 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "lorabudget-quantized")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    if not args.data.is_file():
-        print(f"skipped: {args.data} not found (the benchmark needs the shared AG News rows)")
+    task = held_out_task(args.data, args.work)
+    if task is None:
         return 0
-    args.work.mkdir(parents=True, exist_ok=True)
-    train_csv, test_csv = split_held_out(args.data, args.work)
-    with open(test_csv, newline="", encoding="utf-8") as fh:
-        truth = [int(r[-1]) for r in csv.reader(fh)]  # text,label with class indices 0-3
+    train_csv, test_csv, truth = task
 
     results: dict[str, dict] = {}
     for kind in args.kinds:

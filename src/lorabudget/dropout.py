@@ -39,14 +39,19 @@ def keep_mask(shape: torch.Size, p: float) -> tuple[torch.Tensor, float]:
     return keep[:n].view(shape), LEVELS / (LEVELS - cut)
 
 
+def dropped(x: torch.Tensor, p: float) -> torch.Tensor:
+    """``x`` with a :func:`keep_mask` applied: dropped elements zero, kept ones scaled to keep the expectation."""
+    keep, scale = keep_mask(x.shape, p)
+    return x * keep * scale
+
+
 class FastDropout(nn.Dropout):
     """:class:`torch.nn.Dropout` with cheaper masks on a CPU (see the module docstring)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu" or self.p >= 1:
             return super().forward(x)
-        keep, scale = keep_mask(x.shape, self.p)
-        return x * keep * scale
+        return dropped(x, self.p)
 
 
 def use_fast_dropout(model: nn.Module) -> int:
@@ -100,9 +105,7 @@ def fast_dropout_attention(module: nn.Module, query: torch.Tensor, key: torch.Te
                 scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
             else:
                 scores = scores + attention_mask
-        probs = scores.softmax(dim=-1)
-        keep, rescale = keep_mask(probs.shape, dropout)
-        output = torch.matmul(probs * keep * rescale, value.float()).to(query.dtype)
+        output = torch.matmul(dropped(scores.softmax(dim=-1), dropout), value.float()).to(query.dtype)
     return output.transpose(1, 2).contiguous(), None
 
 
