@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import TRAIN_5K, emit, machine, split_held_out  # noqa: E402
+from lorabudget.stats import accuracy_interval  # noqa: E402
 
 ALL6 = "[query, key, value, attention_output, intermediate, output]"
 # name -> (budget class, overrides on the minilm-cpu preset). Learning rates are each method's default
@@ -101,16 +101,6 @@ def run_one(name: str, data: Path, test: Path, work: Path, epochs: float) -> dic
     }
 
 
-def wilson(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score 95% interval for a proportion."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
-
-
 def table(rows: list[dict]) -> str:
     lines = [
         "| budget | configuration | method | trainable params | lr | held-out accuracy (95% CI) | validation acc | "
@@ -118,7 +108,7 @@ def table(rows: list[dict]) -> str:
         "|---:|---|---|---:|---:|---|---:|---:|---:|",
     ]
     for r in sorted(rows, key=lambda r: (r["budget"], -r["test_accuracy"])):
-        low, high = wilson(round(r["test_accuracy"] * r["n_test"]), r["n_test"])
+        low, high = accuracy_interval(r["test_accuracy"], r["n_test"])
         lines.append(
             f"| {r['budget']:,} | {r['name']} | {r['method']} | {r['trainable_params']:,} | {r['learning_rate']:g} | "
             f"{r['test_accuracy']:.4f} ({low:.3f}–{high:.3f}) | {r['validation_accuracy']:.4f} | "

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 import tempfile
 import time
@@ -29,17 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import TRAIN_5K, emit, machine, read_rows, split_held_out, write_rows  # noqa: E402
+from lorabudget.stats import accuracy_interval  # noqa: E402
 
 BUDGET = 100_000
-
-
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 0.0)
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def main() -> int:
@@ -106,7 +97,7 @@ def main() -> int:
         summary = json.loads((run_dir / "summary.json").read_text())
         metrics = evaluate_run(load_run(run_dir), str(test_csv))
         n = int(metrics.get("rows", len(read_rows(test_csv))))
-        low, high = wilson(round(metrics["accuracy"] * n), n)
+        low, high = accuracy_interval(metrics["accuracy"], n)
         results.append({"side": label, "params": summary["trainable_params"], "val": summary["validation_accuracy"],
                         "acc": metrics["accuracy"], "low": low, "high": high, "f1": metrics["macro_f1"],
                         "train_s": summary["train_time_s"], "n": n})

@@ -4,6 +4,7 @@ a fresh process gives the same logits, placement errors, quantized bases (QLoRA)
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import subprocess
@@ -104,6 +105,53 @@ def test_frozen_weights_unchanged_after_a_step(tiny_bert, method):
     changed = [n for n, p in model.named_parameters() if n in trainable and not torch.equal(p, trainable[n])]
     assert any("modules_to_save" in n for n in changed)
     assert any("modules_to_save" not in n for n in changed), "no adapter tensor moved"
+
+
+def test_adalora_allocator_state_survives_a_checkpoint(tiny_bert):
+    # A resumed AdaLoRA run must mask the ranks the uninterrupted one would: its importance scores
+    # (smoothed over all steps so far) travel in the checkpoint with the weights.
+    from lorabudget.train import trainable_weights, load_weights
+
+    cfg = method_cfg(tiny_bert, "adalora", "full")
+
+    def built():
+        torch.manual_seed(0)
+        model = build_model(cfg, total_steps=20).model.eval()  # no dropout: the same step on every copy
+        return model, torch.optim.AdamW(param_groups(model, cfg), lr=1e-2)
+
+    def step(model, opt, at):
+        ids, mask = _batch()
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+        opt.step()
+        adapters.after_backward(model, "adalora", at)
+        opt.zero_grad()
+
+    first, opt = built()
+    for at in range(1, 6):
+        step(first, opt, at)
+    state = adapters.training_state(first, "adalora")
+    assert state["exp_avg_ipt"] and all(t.abs().sum() > 0 for t in state["exp_avg_ipt"].values())
+
+    # Copies, as a checkpoint on disk would give (load_state_dict would share the optimizer's tensors).
+    resumed, resumed_opt = built()
+    load_weights(resumed, trainable_weights(first))
+    resumed_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    adapters.restore_training_state(resumed, "adalora", copy.deepcopy(state))
+    forgetful, forgetful_opt = built()  # the same weights, but its allocator starts from nothing
+    load_weights(forgetful, trainable_weights(first))
+    forgetful_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for model, optimizer in ((first, opt), (resumed, resumed_opt), (forgetful, forgetful_opt)):
+        step(model, optimizer, 6)
+
+    def scores(model):
+        return model.base_model.rankallocator.exp_avg_ipt
+
+    # The scores are tiny (|weight x gradient| of a small random model), so compare them relatively.
+    for name, value in scores(first).items():
+        torch.testing.assert_close(scores(resumed)[name], value, rtol=1e-5, atol=0)
+    assert any(not torch.allclose(scores(forgetful)[n], v, rtol=1e-3, atol=0) for n, v in scores(first).items())
+    assert adapters.training_state(first, "lora") == {}
 
 
 @pytest.mark.parametrize("method", sorted(MERGEABLE))

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 import yaml
 
 from lorabudget.cli import main
@@ -39,11 +40,14 @@ def _trajectory(run):
     return [(l["type"], l["step"], l.get("loss"), l.get("accuracy")) for l in _lines(run)]
 
 
-def test_kill_9_and_resume_matches_uninterrupted(tiny_config, tmp_path):
+@pytest.mark.parametrize("method", ["lora", "adalora"])
+def test_kill_9_and_resume_matches_uninterrupted(tiny_config, tmp_path, method):
     # 96 training rows in batches of 16: 6 steps per epoch, 12 in all, so the resumed part skips into
     # the middle of an epoch and crosses into the next; dropout on (the tiny encoder's hidden
-    # dropout 0.1), so the restored RNG states matter.
-    values = tiny_config(data={"max_train_rows": 96}, training={"epochs": 2, "eval_every": 4, "log_every": 2})
+    # dropout 0.1), so the restored RNG states matter. AdaLoRA (12 steps: ranks masked from step 2 to
+    # 9) also needs its allocator's importance scores restored, or it masks different ranks.
+    values = tiny_config(data={"max_train_rows": 96}, training={"epochs": 2, "eval_every": 4, "log_every": 2},
+                         adapter={"method": method, "r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"]})
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(values))
     ref, run = tmp_path / "ref", tmp_path / "run"
@@ -65,6 +69,9 @@ def test_kill_9_and_resume_matches_uninterrupted(tiny_config, tmp_path):
     assert (run / "checkpoint" / "state.pt").is_file() and not (run / "summary.json").exists()
     assert max(l["step"] for l in _lines(run)) == KILL_AFTER_STEP  # lines past the checkpoint exist
     assert json.loads((run / ".lock").read_text())["pid"] == child.pid  # a stale lock, taken over below
+    if method == "adalora":  # the allocator's importance scores travel with the weights
+        saved = torch.load(run / "checkpoint" / "state.pt", weights_only=True)
+        assert saved["method_state"]["exp_avg_ipt"] and saved["method_state"]["rank_pattern"]
 
     assert main(argv + ["--resume"]) == 0
     got, want = json.loads((run / "summary.json").read_text()), json.loads((ref / "summary.json").read_text())

@@ -369,6 +369,40 @@ def after_backward(model: nn.Module, method_name: str, step: int) -> None:
         base.update_and_allocate(step)
 
 
+def training_state(model: nn.Module, method_name: str) -> dict[str, Any]:
+    """What a method keeps outside its parameters while training, for a resume checkpoint.
+
+    AdaLoRA: the allocator's smoothed importance scores (they decide which ranks are masked next) and
+    the rank pattern fixed so far. Other methods keep nothing.
+    """
+    if method_name != "adalora":
+        return {}
+    base = getattr(model, "base_model", model)
+    allocator = base.rankallocator
+    return {
+        "ipt": dict(allocator.ipt), "exp_avg_ipt": dict(allocator.exp_avg_ipt),
+        "exp_avg_unc": dict(allocator.exp_avg_unc),
+        "rank_pattern": base.peft_config[base.trainable_adapter_name].rank_pattern,
+    }
+
+
+def restore_training_state(model: nn.Module, method_name: str, state: dict[str, Any]) -> None:
+    """The inverse of :func:`training_state`."""
+    if method_name != "adalora" or not state:
+        return
+    base = getattr(model, "base_model", model)
+    allocator = base.rankallocator
+    # The allocator's keys are the wrapped model's parameter names; the checkpoint was loaded on the CPU.
+    devices = {name: p.device for name, p in base.model.named_parameters()}
+
+    def placed(scores: dict) -> dict:
+        return {name: t.to(devices.get(name, t.device)) for name, t in scores.items()}
+
+    allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = (
+        placed(state["ipt"]), placed(state["exp_avg_ipt"]), placed(state["exp_avg_unc"]))
+    base.peft_config[base.trainable_adapter_name].rank_pattern = state["rank_pattern"]
+
+
 def can_merge(method_name: str, quantized: bool) -> bool:
     """Whether adapters may be folded into the base weights for inference.
 

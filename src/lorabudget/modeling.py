@@ -436,7 +436,11 @@ def save_trained(model: nn.Module, path: Path) -> None:
 
     with atomic_dir(Path(path)) as tmp:
         if hasattr(model, "peft_config"):
-            model.save_pretrained(str(tmp))
+            with warnings.catch_warnings():
+                # AdaLoRA saves each module at its allocated rank, which may be 0; PEFT takes a 0-sized
+                # lora_A for an ungathered DeepSpeed shard and says so. Reloading handles rank 0.
+                warnings.filterwarnings("ignore", message=r".*LoRA tensor\(s\) have invalid shape")
+                model.save_pretrained(str(tmp))
         else:
             from safetensors.torch import save_model
 

@@ -403,14 +403,16 @@ class Checkpointer:
 
     Only trainable parameters are saved (the frozen base is rebuilt from the model's own weights),
     with the optimizer, scheduler, :class:`TrainState`, the loss window, :class:`BestKeeper` (best
-    weights included), every process's RNG states and the length of ``metrics.jsonl``. Loading
+    weights included), the method's own training state (AdaLoRA's rank allocator), every process's
+    RNG states and the length of ``metrics.jsonl``. Loading
     uses ``torch.load(weights_only=True)``: a checkpoint cannot run code.
     """
 
-    def __init__(self, run_dir: Path, accelerator=None):
+    def __init__(self, run_dir: Path, accelerator=None, method: str = "lora"):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / CHECKPOINT
         self.accelerator = accelerator
+        self.method = method  # its training state outside the parameters is saved too (AdaLoRA's allocator)
 
     def candidates(self) -> list[Path]:
         # atomic_dir parks the previous checkpoint as .checkpoint.old while swapping: a kill between
@@ -427,9 +429,11 @@ class Checkpointer:
         accelerator = self.accelerator
         per_process = gather_object([{"rng": rng_state(), "window": window.state_dict()}])
         if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
             payload = {
                 "format": CHECKPOINT_FORMAT,
-                "trainable": trainable_weights(accelerator.unwrap_model(model)),
+                "trainable": trainable_weights(unwrapped),
+                "method_state": adapters.training_state(unwrapped, self.method),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "state": dataclasses.asdict(state),
@@ -458,7 +462,9 @@ class Checkpointer:
 
     def restore(self, payload: dict[str, Any], model, optimizer, scheduler, state: TrainState, window: LossWindow,
                 best: BestKeeper) -> None:
-        load_weights(self.accelerator.unwrap_model(model), payload["trainable"])
+        unwrapped = self.accelerator.unwrap_model(model)
+        load_weights(unwrapped, payload["trainable"])
+        adapters.restore_training_state(unwrapped, self.method, payload.get("method_state", {}))
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         for key, value in payload["state"].items():
@@ -623,7 +629,7 @@ def train(
         log = lambda *_: None  # noqa: E731 - only the main process talks and writes
     if cfg.training.threads:
         torch.set_num_threads(cfg.training.threads)
-    checkpoints = Checkpointer(run_dir, accelerator)
+    checkpoints = Checkpointer(run_dir, accelerator, cfg.adapter.method)
     resumed = checkpoints.load() if resume else None  # before any weights load: a bad checkpoint fails fast
     model, data, live = start_run(cfg, run_dir, data, log, accelerator, resumed is not None)
 
