@@ -144,9 +144,16 @@ def test_over_budget_space_rejects_every_sample(tmp_path, tiny_roberta, data_dir
     rc = main(["search", str(cfg), "--trials", "2", "--output", str(out), "--max-rejections", "4"])
     assert rc == 3
     err = capsys.readouterr().err
-    assert "every sampled configuration was over the budget of 100" in err and "nothing was trained" in err
     rows = _rows(out)
-    assert len(rows) == 4 and all(r["state"] == "rejected" and int(r["trainable_params"]) > 100 for r in rows)
+    # Draws that choose no module at all are invalid; every one that could be planned is over the budget.
+    over = [r for r in rows if r["trainable_params"]]
+    invalid = len(rows) - len(over)
+    assert len(rows) == 4 and all(r["state"] == "rejected" for r in rows) and over
+    assert all(int(r["trainable_params"]) > 100 and r["reason"].startswith("over budget") for r in over)
+    assert all(r["reason"].startswith("invalid") for r in rows if not r["trainable_params"])
+    assert "every sampled configuration was rejected before training" in err and "nothing was trained" in err
+    assert f"{len(over)} over the budget of 100 trainable parameters" in err
+    assert (f"{invalid} invalid" in err) == bool(invalid)
     assert not list(out.glob("trials/*/summary.json")) and not list(out.glob("trials/*/adapter"))
     assert not (out / "best.yaml").exists()
 
@@ -192,6 +199,42 @@ def test_same_seed_same_trials(tmp_path, tiny_roberta, data_dir):
         assert main(["search", str(cfg), "--trials", "2", "--output", str(out), "--seed", "11"]) == 0
         outs.append([(r["state"], r["description"], r["trainable_params"], r["value"]) for r in _rows(out)])
     assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("multi_objective", [False, True])
+def test_processes_on_one_study_draw_different_samples(tmp_path, multi_objective):
+    # Two workers started with the same command (two shells, same --seed) and a resumed search each
+    # open the study with a fresh sampler; seeded once per process they drew the same startup
+    # configurations and trained them twice. Seeded per trial number, each trial draws its own, and a
+    # sequential run with one seed still repeats itself.
+    import optuna
+
+    from lorabudget.search import SearchSettings, make_sampler
+
+    settings = SearchSettings(name="s", output=tmp_path, base={}, best_base={}, space={}, trials=12,
+                              multi_objective=multi_objective, seed=3)
+    directions = ["maximize", "minimize"] if multi_objective else ["maximize"]
+
+    def draws(storage, order):
+        """Ask trials from one or two processes' studies on ``storage`` in ``order``; their first draws."""
+        studies = {}
+        drawn = []
+        for who in order:
+            if who not in studies:
+                studies[who] = optuna.create_study(storage=storage, study_name="s", sampler=make_sampler(settings),
+                                                   directions=directions, load_if_exists=True)
+            trial = studies[who].ask()
+            drawn.append(trial.suggest_float("x", 0.0, 1.0))
+            studies[who].tell(trial, [drawn[-1]] * len(directions))
+        return drawn
+
+    two_workers = draws(optuna.storages.InMemoryStorage(), ["a", "b", "a", "b", "a", "b"])
+    assert len(set(two_workers)) == 6
+    one_worker = draws(optuna.storages.InMemoryStorage(), ["a"] * 6)
+    assert one_worker == two_workers  # the draw depends on the trial's number, not on who asks
+    assert draws(optuna.storages.InMemoryStorage(), ["a"] * 6) == one_worker
+    resumed = draws(optuna.storages.InMemoryStorage(), ["a", "a", "a", "resumed", "resumed", "resumed"])
+    assert resumed == one_worker
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:

@@ -144,20 +144,55 @@ def make_pruner(pruner: Any):
     raise LorabudgetError(f"unknown pruner {pruner!r}; pruners: " + ", ".join(PRUNERS))
 
 
-def make_sampler(s: SearchSettings, worker_index: int = 0):
+def trial_seed(seed: int, trial_number: int) -> int:
+    """The sampler's random seed for one trial: distinct for every trial number of a study."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, trial_number]).generate_state(1)[0])
+
+
+def reseed_for_trial(sampler, seed: int, trial_number: int) -> None:
+    """Seed every random state a sampler (and the samplers inside it) draws from for this trial.
+
+    Seeding once per process would make every process draw the same samples: two workers started with
+    the same command (two shells, two machines) would train the same startup configurations twice, and
+    a resumed search would redraw the ones it had already tried. Seeding from (seed, trial number)
+    gives every trial of the study its own draws, and a sequential run with one seed the same trials.
+    """
+    from optuna.samplers import BaseSampler
+    from optuna.samplers._lazy_random_state import LazyRandomState  # optuna keeps no public handle on it
+
+    value = trial_seed(seed, trial_number)
+    for attribute in vars(sampler).values():
+        if isinstance(attribute, LazyRandomState):
+            attribute.rng.seed(value)
+        elif isinstance(attribute, BaseSampler):
+            reseed_for_trial(attribute, seed, trial_number)
+
+
+def make_sampler(s: SearchSettings):
     import optuna
 
-    seed = s.seed + worker_index  # workers draw different startup samples
+    class PerTrialSeeding:
+        """Re-seeds the sampler from (seed, trial number) before each trial (see :func:`reseed_for_trial`)."""
+
+        def before_trial(self, study, trial):
+            reseed_for_trial(self, s.seed, trial.number)
+            super().before_trial(study, trial)
+
     if s.multi_objective:
-        return optuna.samplers.NSGAIISampler(
-            seed=seed, population_size=max(4, min(50, s.trials // 2))
-        )
-    return optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=max(3, min(10, s.trials // 3)), multivariate=True, group=True
-    )
+        class Sampler(PerTrialSeeding, optuna.samplers.NSGAIISampler):
+            pass
+
+        return Sampler(seed=s.seed, population_size=max(4, min(50, s.trials // 2)))
+
+    class Sampler(PerTrialSeeding, optuna.samplers.TPESampler):
+        pass
+
+    return Sampler(seed=s.seed, n_startup_trials=max(3, min(10, s.trials // 3)), multivariate=True, group=True)
 
 
-def open_study(s: SearchSettings, worker_index: int = 0):
+def open_study(s: SearchSettings):
     """Create the study or join the existing one of the same name (it must have the same space and budget)."""
     import optuna
 
@@ -166,7 +201,7 @@ def open_study(s: SearchSettings, worker_index: int = 0):
     directions = ["maximize", "minimize"] if s.multi_objective else ["maximize"]
     try:
         study = optuna.create_study(
-            storage=storage, study_name=s.name, sampler=make_sampler(s, worker_index),
+            storage=storage, study_name=s.name, sampler=make_sampler(s),
             pruner=make_pruner(s.pruner) if not s.multi_objective else optuna.pruners.NopPruner(),
             directions=directions, load_if_exists=True,
         )
@@ -312,14 +347,14 @@ class WorkerResult:
 class Worker:
     """Runs trials of one study until N are done, the timeout passes, or too many samples in a row fail."""
 
-    def __init__(self, s: SearchSettings, worker_index: int = 0, say: Callable[[str], None] = print,
+    def __init__(self, s: SearchSettings, say: Callable[[str], None] = print,
                  on_trial: Optional[Callable[[Any], None]] = None):
         from .modeling import load_model_config
 
         self.s = s
         self.say = say
         self.on_trial = on_trial or (lambda study: None)
-        self.study = open_study(s, worker_index)
+        self.study = open_study(s)
         self.space: SearchSpace = parse_space(s.space)
         base_cfg = from_dict(copy.deepcopy(s.base))
         self.num_layers = int(load_model_config(base_cfg, allow_builtin=True)[0].num_hidden_layers)
@@ -558,7 +593,7 @@ def run_search(s: SearchSettings, say: Callable[[str], None] = _say, progress: b
     results: list[WorkerResult] = []
     try:
         if s.workers == 1:
-            worker = Worker(s, 0, say=say, on_trial=bar.update if bar else None)
+            worker = Worker(s, say=say, on_trial=bar.update if bar else None)
             results.append(worker.run())
         else:
             results = _run_worker_processes(s, study, bar, say)
@@ -576,10 +611,15 @@ def run_search(s: SearchSettings, say: Callable[[str], None] = _say, progress: b
     summary["stop_reasons"] = [r.stop_reason for r in results]
     say(summary["message"])
     if summary["trained"] == 0 and any(r.stop_reason == "rejections" for r in results):
+        over, invalid = summary["over_budget"], summary["rejected"] - summary["over_budget"]
+        found = f"{over} over the budget of {s.budget:,} trainable parameters"
+        if over:
+            found += f" (smallest planned {summary['smallest_planned']:,})"
+        if invalid:
+            found += f", {invalid} invalid (see the reasons in trials.csv)"
         raise BudgetExceededError(
-            f"every sampled configuration was over the budget of {s.budget:,} trainable parameters "
-            f"({summary['rejected']} rejected, smallest planned {summary['smallest_planned']:,}); nothing was "
-            "trained. Raise --budget or narrow the space (lower ranks, fewer modules or layers, a linear head)"
+            f"every sampled configuration was rejected before training: {found}; nothing was trained. "
+            "Raise --budget or narrow the space (lower ranks, fewer modules or layers, a linear head)"
         )
     return summary
 
@@ -590,7 +630,7 @@ def _run_worker_processes(s: SearchSettings, study, bar: Optional[Progress], say
     procs = []
     for i, log_path in enumerate(logs):
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        p = ctx.Process(target=_worker_main, args=(s, i, str(log_path)), name=f"lorabudget-search-{i}")
+        p = ctx.Process(target=_worker_main, args=(s, str(log_path)), name=f"lorabudget-search-{i}")
         p.start()
         procs.append(p)
     say(f"started {s.workers} worker processes; their logs: {logs[0].parent}")
@@ -620,7 +660,7 @@ def _run_worker_processes(s: SearchSettings, study, bar: Optional[Progress], say
     return results
 
 
-def _worker_main(s: SearchSettings, index: int, log_path: str) -> None:
+def _worker_main(s: SearchSettings, log_path: str) -> None:
     """Entry point of a worker process: output to its log file, a share of the CPU threads."""
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
@@ -635,7 +675,7 @@ def _worker_main(s: SearchSettings, index: int, log_path: str) -> None:
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // s.workers))
     try:
-        result = Worker(s, index, say=lambda m: print(m, flush=True)).run()
+        result = Worker(s, say=lambda m: print(m, flush=True)).run()
     except LorabudgetError as err:
         print(f"lorabudget search: error: {err}", flush=True)
         sys.exit(2)

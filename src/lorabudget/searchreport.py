@@ -206,6 +206,7 @@ def write_outputs(study, s) -> dict[str, Any]:
     return {
         "message": message, "trained": counts["complete"] + counts["pruned"], **counts,
         "smallest_planned": min(planned) if planned else 0,
+        "over_budget": sum(1 for r in rows if r["state"] == "rejected" and str(r["reason"]).startswith("over budget")),
         "best_number": best.number if best is not None else None,
         "best_value": best.values[0] if best is not None else None,
         "best_yaml": str(best_path) if best is not None else None,
