@@ -115,6 +115,17 @@ def test_search_trains_within_budget_and_writes_outputs(searched):
     assert peft_after == peft_before
     text = (out / "search.md").read_text()
     assert "3 complete" in text and "budget **600**" in text
+    # the best against each other complete trial, paired on the same validation rows
+    from lorabudget.searchreport import versus_best
+
+    best_number = int((out / "best.yaml").read_text().split("#")[2].split()[0])
+    versus = versus_best([{**r, "number": int(r["number"])} for r in trained], best_number)
+    assert sorted(versus) == sorted(int(r["number"]) for r in trained if int(r["number"]) != best_number)
+    assert all(0 <= v["p_value"] <= 1 and v["n"] == 40 for v in versus.values())
+    tied = sum(v["p_value"] >= 0.05 for v in versus.values())
+    assert "| vs best: McNemar p |" in text
+    assert f"{tied} of the 2 other complete trials are within noise of it (McNemar p >= 0.05 on the same 40 validation rows)" in text
+    assert f"# {tied} of the 2 other complete trials are within noise" in (out / "best.yaml").read_text()
     for fig in ("optimization_history.png", "pareto_front.png"):
         assert (out / "figures" / fig).is_file() and f"figures/{fig}" in text
     # each finished trial's run directory works with `compare`

@@ -74,6 +74,43 @@ def best_config_values(s, trial) -> dict[str, Any]:
     return from_dict(values).to_dict()
 
 
+def versus_best(complete: list[dict[str, Any]], best_number: int) -> dict[int, dict]:
+    """Each complete trial against the best one on the same validation rows: McNemar's exact test.
+
+    Read from the trials' run directories (per-row results of the kept checkpoint). A trial whose
+    rows differ from the best's, or that kept no per-row results, is left out.
+    """
+    from .report import run_row
+    from .stats import mcnemar
+
+    scores = {}
+    for r in complete:
+        if r["run_dir"] and Path(r["run_dir"]).is_dir():
+            validation = run_row(Path(r["run_dir"]))["validation"]
+            if validation and validation.get("correct") is not None:
+                scores[r["number"]] = validation
+    best = scores.get(best_number)
+    if best is None:
+        return {}
+    return {
+        number: {**mcnemar(score["correct"], best["correct"]), "n": best["n"], "best_ci95": best["ci95"]}
+        for number, score in scores.items()
+        if number != best_number and score.get("fingerprint") == best.get("fingerprint")
+    }
+
+
+def noise_sentence(versus: dict[int, dict], short: bool = False) -> str:
+    """How many other complete trials the validation rows cannot tell from the best (or '')."""
+    if not versus:
+        return ""
+    n = next(iter(versus.values()))["n"]
+    tied = sum(1 for v in versus.values() if v["p_value"] >= 0.05)
+    if short:
+        return f"{tied} of {len(versus)} other complete trials within noise of it"
+    return (f"{tied} of the {len(versus)} other complete trials are within noise of it (McNemar p >= 0.05 on the "
+            f"same {n:,} validation rows)")
+
+
 def _plots(study, s, out_dir: Path, rows: list[dict[str, Any]]) -> dict[str, str]:
     """Figures by file name -> caption; a figure that cannot be made is left out (and said so)."""
     import optuna.visualization.matplotlib as ovm
@@ -141,10 +178,15 @@ def write_outputs(study, s) -> dict[str, Any]:
     planned = [r["trainable_params"] for r in rows if r["trainable_params"] is not None]
     best = best_trial(study, s.multi_objective)
     best_path = out / "best.yaml"
+    complete = sorted((r for r in rows if r["state"] == "complete"), key=lambda r: -(r["value"] or 0))
+    versus = versus_best(complete, best.number) if best is not None and not s.multi_objective else {}
+    within_noise = noise_sentence(versus)
     if best is not None:
         best_values = best_config_values(s, best)
         header = (f"# Best trial #{best.number} of search '{s.name}': validation {s.metric} {best.values[0]:.4f}, "
                   f"{best.user_attrs.get('trainable_params', 0):,} trainable parameters.\n")
+        if within_noise:
+            header += f"# {within_noise}: check it on a held-out test set.\n"
         if s.trial_overrides:
             header += "# Trials ran with " + " ".join(f"--set {o}" for o in s.trial_overrides) + " (not applied here).\n"
         header += f"# Train it: lorabudget train {best_path}\n"
@@ -166,16 +208,23 @@ def write_outputs(study, s) -> dict[str, Any]:
                   f"{best.user_attrs.get('trainable_params', 0):,} trainable parameters "
                   f"({best.user_attrs.get('trainable_params', 0) / s.budget:.1%} of the budget): "
                   f"{best.user_attrs.get('description', '')}. Config: [`best.yaml`](best.yaml)."]
+        if within_noise:
+            low, high = next(iter(versus.values()))["best_ci95"]
+            lines += ["", f"Its 95% interval is {100 * low:.1f}–{100 * high:.1f}%. {within_noise}: on this validation "
+                      "split the search cannot rank them, and the pick among them may not hold on other data. The best was "
+                      "chosen on these same rows, so its lead over the others is overstated even where p < 0.05. Judge "
+                      "it on a held-out test set (`lorabudget evaluate RUN --data TEST`, then `lorabudget compare`)."]
     else:
         lines += ["", "No trial completed: no best configuration yet."]
-    complete = sorted((r for r in rows if r["state"] == "complete"), key=lambda r: -(r["value"] or 0))
     if complete:
         lines += ["", "## Complete trials (best first)", "",
-                  "| trial | validation accuracy | macro F1 | trainable params | time (s) | configuration |",
-                  "|---:|---:|---:|---:|---:|---|"]
+                  "| trial | validation accuracy | macro F1 | vs best: McNemar p | trainable params | time (s) | configuration |",
+                  "|---:|---:|---:|---:|---:|---:|---|"]
         for r in complete[:20]:
+            p_value = versus.get(r["number"], {}).get("p_value")
             lines.append(f"| {r['number']} | {_fmt(r['validation_accuracy'], '.4f')} | {_fmt(r['validation_macro_f1'], '.4f')} | "
-                         f"{_fmt(r['trainable_params'], ',')} | {_fmt(r['seconds'], '.0f')} | {r['description']} |")
+                         f"{_fmt(p_value, '.3f')} | {_fmt(r['trainable_params'], ',')} | {_fmt(r['seconds'], '.0f')} | "
+                         f"{r['description']} |")
         if len(complete) > 20:
             lines.append(f"\n{len(complete) - 20} more in [`trials.csv`](trials.csv).")
         runs = " ".join(r["run_dir"] for r in complete[:8] if r["run_dir"])
@@ -197,11 +246,13 @@ def write_outputs(study, s) -> dict[str, Any]:
     atomic_write_text(out / "search.md", "\n".join(lines).rstrip() + "\n")
 
     message = (f"search {s.name}: {counts['complete'] + counts['pruned']} trials trained ({counts['complete']} complete, "
-               f"{counts['pruned']} pruned), {counts['rejected']} samples rejected before training, "
+               f"{counts['pruned']} pruned), {counts['rejected']} sample{'' if counts['rejected'] == 1 else 's'} rejected before training, "
                f"{counts['failed']} failed")
     if best is not None:
         message += (f"; best #{best.number}: {s.metric} {best.values[0]:.4f} with "
                     f"{best.user_attrs.get('trainable_params', 0):,} trainable parameters -> {best_path}")
+    if within_noise:
+        message += f"; {noise_sentence(versus, short=True)}"
     message += f"; report: {out / 'search.md'}"
     return {
         "message": message, "trained": counts["complete"] + counts["pruned"], **counts,
