@@ -612,14 +612,16 @@ def run_search(s: SearchSettings, say: Callable[[str], None] = _say, progress: b
     say(summary["message"])
     if summary["trained"] == 0 and any(r.stop_reason == "rejections" for r in results):
         over, invalid = summary["over_budget"], summary["rejected"] - summary["over_budget"]
-        found = f"{over} over the budget of {s.budget:,} trainable parameters"
+        found = []
         if over:
-            found += f" (smallest planned {summary['smallest_planned']:,})"
+            found.append(f"{over} over the budget of {s.budget:,} trainable parameters "
+                         f"(smallest planned {summary['smallest_planned']:,})")
         if invalid:
-            found += f", {invalid} invalid (see the reasons in trials.csv)"
+            found.append(f"{invalid} invalid (see the reasons in trials.csv)")
+        advice = ("Raise --budget or narrow the space (lower ranks, fewer modules or layers, a linear head)" if over
+                  else "Check the search space")
         raise BudgetExceededError(
-            f"every sampled configuration was rejected before training: {found}; nothing was trained. "
-            "Raise --budget or narrow the space (lower ranks, fewer modules or layers, a linear head)"
+            f"every sampled configuration was rejected before training: {', '.join(found)}; nothing was trained. {advice}"
         )
     return summary
 

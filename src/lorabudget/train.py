@@ -404,8 +404,8 @@ class Checkpointer:
     Only trainable parameters are saved (the frozen base is rebuilt from the model's own weights),
     with the optimizer, scheduler, :class:`TrainState`, the loss window, :class:`BestKeeper` (best
     weights included), the method's own training state (AdaLoRA's rank allocator), every process's
-    RNG states and the length of ``metrics.jsonl``. Loading
-    uses ``torch.load(weights_only=True)``: a checkpoint cannot run code.
+    RNG states and the length of ``metrics.jsonl``. Loading uses ``torch.load(weights_only=True)``:
+    a checkpoint cannot run code.
     """
 
     def __init__(self, run_dir: Path, accelerator=None, method: str = "lora"):
