@@ -173,23 +173,20 @@ def reseed_for_trial(sampler, seed: int, trial_number: int) -> None:
 def make_sampler(s: SearchSettings):
     import optuna
 
-    class PerTrialSeeding:
-        """Re-seeds the sampler from (seed, trial number) before each trial (see :func:`reseed_for_trial`)."""
+    if s.multi_objective:
+        base, options = optuna.samplers.NSGAIISampler, {"population_size": max(4, min(50, s.trials // 2))}
+    else:
+        base = optuna.samplers.TPESampler
+        options = {"n_startup_trials": max(3, min(10, s.trials // 3)), "multivariate": True, "group": True}
+
+    class Sampler(base):
+        """Re-seeded from (seed, trial number) before each trial (see :func:`reseed_for_trial`)."""
 
         def before_trial(self, study, trial):
             reseed_for_trial(self, s.seed, trial.number)
             super().before_trial(study, trial)
 
-    if s.multi_objective:
-        class Sampler(PerTrialSeeding, optuna.samplers.NSGAIISampler):
-            pass
-
-        return Sampler(seed=s.seed, population_size=max(4, min(50, s.trials // 2)))
-
-    class Sampler(PerTrialSeeding, optuna.samplers.TPESampler):
-        pass
-
-    return Sampler(seed=s.seed, n_startup_trials=max(3, min(10, s.trials // 3)), multivariate=True, group=True)
+    return Sampler(seed=s.seed, **options)
 
 
 def open_study(s: SearchSettings):
