@@ -24,7 +24,7 @@ student against its plain counterpart on the same 1,000 held-out rows; training 
 
 Usage:
   python benchmarks/distill_accuracy.py [--data PATH] [--out docs/distill-accuracy.md]
-      [--student LABEL=PRESET[;key=value;...]] ... [--teacher PRESET|RUN] ... [--transfer-fraction F]
+      [--student LABEL=PRESET[;key=value;...]] ... [--teacher PRESET[;key=value;...]|RUN] ... [--transfer-fraction F]
       [--no-transfer] [--set key=value] [--workdir DIR] [--dry-run] [--quick]
 
 `--dry-run` resolves and counts every config (no weights, no data read) and prints the plan.
@@ -96,8 +96,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--data", type=Path, default=TRAIN_5K)
     ap.add_argument("--student", action="append", default=[], metavar="LABEL=PRESET[;key=value...]",
                     help="a student size (repeatable); default ~10k, ~100k, ~1M MiniLM students")
-    ap.add_argument("--teacher", action="append", default=[], metavar="PRESET|RUN",
-                    help="teacher preset or finished run (repeat for an ensemble); default minilm-cpu-teacher")
+    ap.add_argument("--teacher", action="append", default=[], metavar="PRESET[;key=value...]|RUN",
+                    help="teacher preset (with overrides) or finished run; repeat for an ensemble; "
+                         "default minilm-cpu-teacher")
     ap.add_argument("--transfer-fraction", type=float, default=0.5)
     ap.add_argument("--no-transfer", action="store_true", help="skip the transfer-text setting")
     ap.add_argument("--held-out", type=int, default=1000)
@@ -164,7 +165,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         for spec in teachers:
             start = time.perf_counter()
             # A teacher config is trained here with the students' data settings (once; reused after).
-            d = resolve_teacher(spec, base_cfg, runs / "(students)", print, frac, overrides=[*quick, *args.overrides])
+            teacher, teacher_overrides = parse_spec(spec)
+            d = resolve_teacher(teacher, base_cfg, runs / "(students)", print, frac,
+                                overrides=[*teacher_overrides, *quick, *args.overrides])
             dirs.append(d)
             print(f"teacher {d}: ready in {time.perf_counter() - start:.0f}s")
         start = time.perf_counter()

@@ -334,7 +334,7 @@ def main() -> int:
         "",
         f"LoRA r=8, alpha=16 on query+value, the model's own head; real AG News rows; max length {MAX_LENGTH}; "
         f"{size['train_rows']} training rows and {size['predict_rows']} prediction rows per side, in {rounds} alternating round(s).",
-        f"Matmul peak of this machine, measured in this run: "
+        "Matmul peak of this machine, measured in this run: "
         + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items()) + ".",
         "",
         "| measurement | notebook recipe | lorabudget | ratio |",

@@ -307,3 +307,16 @@ def test_distill_with_transfer_fraction_and_confidence_filter(tiny_roberta, data
     assert f"kept {kept:,} of 100 rows without labels" in out
     assert summary["train_rows"] == 100 + kept and summary["dropped_unconfident_rows"] == 100 - kept
     assert summary["unlabelled_rows"] == 0 and summary["transfer_fraction"] == 0.5
+
+
+def test_teacher_of_another_architecture_reads_texts_with_its_own_tokenizer(teacher_run, tiny_bert, data_dir, tmp_path):
+    """A BERT student taught by a RoBERTa teacher (another vocabulary and special tokens): the teacher
+    scores the student's validation rows exactly as it scored them when it was trained (same rows,
+    its own tokenizer), which would not hold if it were fed the student's token ids."""
+    student = _write(tmp_path, "bert-student", _student(tiny_bert, data_dir, tmp_path / "cache", alpha=0.5, temperature=2.0))
+    assert main(["distill", str(student), "--teacher", str(teacher_run), "--output", str(tmp_path / "s"), "--no-report"]) == 0
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    teacher_summary = json.loads((teacher_run / "summary.json").read_text())
+    assert summary["validation_rows"] == teacher_summary["validation_rows"]
+    assert summary["teacher_validation_accuracy"] == pytest.approx(teacher_summary["validation_accuracy"], abs=1e-9)
+    assert load_run(tmp_path / "s").tokenizer.get_vocab() != load_run(teacher_run).tokenizer.get_vocab()

@@ -1,13 +1,11 @@
 """Precision selection (CPU capability mocked), the one line it logs, and the FLOP formulas."""
 
-import sys
-
 import pytest
 import torch
 
 from lorabudget import precision as prec
 from lorabudget import flops
-from lorabudget.config import from_dict, load_config
+from lorabudget.config import from_dict
 
 
 def test_choose_on_cpus_with_and_without_native_bf16():
