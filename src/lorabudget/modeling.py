@@ -54,12 +54,13 @@ BUILTIN_CONFIGS: dict[str, dict[str, Any]] = {
     "bert-base-uncased": dict(model_type="bert", vocab_size=30522, hidden_size=768, num_hidden_layers=12,
                               num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512,
                               type_vocab_size=2, pad_token_id=0),
+    # the mpnet-cpu-teacher preset's model
+    "sentence-transformers/all-mpnet-base-v2": dict(
+        model_type="mpnet", vocab_size=30527, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+        intermediate_size=3072, max_position_embeddings=514, relative_attention_num_buckets=32,
+        layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2, hidden_act="gelu",
+    ),
 }
-BUILTIN_CONFIGS["sentence-transformers/all-mpnet-base-v2"] = dict(  # the mpnet-cpu-teacher preset's model
-    model_type="mpnet", vocab_size=30527, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-    intermediate_size=3072, max_position_embeddings=514, relative_attention_num_buckets=32, layer_norm_eps=1e-5,
-    pad_token_id=1, bos_token_id=0, eos_token_id=2, hidden_act="gelu",
-)
 BUILTIN_CONFIGS["FacebookAI/roberta-base"] = BUILTIN_CONFIGS["roberta-base"]
 BUILTIN_CONFIGS["FacebookAI/roberta-large"] = BUILTIN_CONFIGS["roberta-large"]
 BUILTIN_CONFIGS["google-bert/bert-base-uncased"] = BUILTIN_CONFIGS["bert-base-uncased"]
