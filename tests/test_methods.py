@@ -107,6 +107,30 @@ def test_frozen_weights_unchanged_after_a_step(tiny_bert, method):
     assert any("modules_to_save" not in n for n in changed), "no adapter tensor moved"
 
 
+@pytest.mark.parametrize("method", list(METHOD_SETTINGS))
+def test_bf16_frozen_base_trains_every_method(tiny_roberta, method):
+    """bf16 training holds the frozen base in bf16 (precision.frozen_base_in) under autocast: every
+    method's forward and backward run on it, trained weights and their gradients stay fp32, and the
+    logits stay close to fp32's."""
+    from lorabudget.precision import frozen_base_in
+
+    cfg = method_cfg(tiny_roberta, method, "full")
+    model = build_model(cfg).model
+    _perturb(model)
+    ids, mask = _batch()
+    with torch.no_grad():
+        fp32 = model(input_ids=ids, attention_mask=mask).logits
+    with frozen_base_in(model, torch.bfloat16), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        torch.nn.functional.cross_entropy(logits.float(), torch.tensor([0, 1, 2, 3])).backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert all(p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32 for _, p in trainable)
+    assert all(torch.isfinite(p.grad).all() for _, p in trainable)
+    assert any(p.grad.abs().sum() > 0 for n, p in trainable if "modules_to_save" not in n) or method == "full"
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the fp32 base is back
+    torch.testing.assert_close(logits.float(), fp32, rtol=0.05, atol=0.05)
+
+
 def test_adalora_allocator_state_survives_a_checkpoint(tiny_bert):
     # A resumed AdaLoRA run must mask the ranks the uninterrupted one would: its importance scores
     # (smoothed over all steps so far) travel in the checkpoint with the weights.

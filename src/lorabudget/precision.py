@@ -116,29 +116,43 @@ def resolve(requested: str, device_type: Optional[str] = None) -> Precision:
 
 
 @contextlib.contextmanager
-def frozen_linear_weights_in(model: torch.nn.Module, dtype: Optional[torch.dtype]) -> Iterator[int]:
-    """Hold the frozen weights of ``model``'s plain linear layers in ``dtype`` while the block runs,
-    then put the original fp32 tensors back (bit for bit).
+def frozen_base_in(model: torch.nn.Module, dtype: Optional[torch.dtype]) -> Iterator[int]:
+    """Hold every frozen floating-point parameter of ``model`` (the base's linear weights and biases,
+    embeddings, LayerNorms) in ``dtype`` while the block runs, then put the original fp32 tensors
+    back (bit for bit).
 
     Under bf16 autocast every linear layer casts its fp32 weight to bf16 on every forward pass, and
     autocast caches only the casts of weights that train: for a frozen base that is a copy of the
-    whole encoder per forward (casts of weights and activations were 17% of a MiniLM LoRA step in
-    bf16, docs/benchmarks.md). A frozen weight never changes, so it can be cast once: the matrix
-    products see the same bf16 values as before. Measured gain: 25.1 -> 28.9 samples/s in a
-    micro-benchmark; within this machine's drift on 40 steps of the main job. Only exact :class:`torch.nn.Linear` modules (PEFT's base layers among them)
-    are touched: quantized layers, trained weights and everything outside linear layers stay as
-    they are. Every forward pass inside the block must run under autocast (the prepared model
-    does). ``dtype`` None or fp32: nothing changes. Yields how many weights were cast.
+    whole encoder per forward. Casting only the linear weights (the first version of this) still
+    left fp32 embeddings and LayerNorms, whose fp32 outputs were cast to bf16 again for each
+    consumer (query, key, value and their adapters), with the gradients cast back: 388 casts per
+    chunk's forward and backward on MiniLM, 200 with the whole frozen base in bf16, and a bf16
+    residual stream that halves what is saved for backward (docs/benchmarks.md has the figures).
+    A frozen tensor never changes, so it is cast once here. PEFT's own cast of an adapter's input to
+    the adapter's fp32 dtype is switched off inside the block (``cast_input_dtype_enabled``): autocast
+    would cast it straight back. Trained parameters stay fp32 (the optimizer's master weights), and
+    bitsandbytes' quantized layers are left as they are. Every forward pass inside the block must
+    run under autocast (the prepared model does). ``dtype`` None or fp32: nothing changes. Yields
+    how many parameters were cast.
     """
-    originals: list[tuple[torch.nn.Module, torch.nn.Parameter]] = []
+    originals: list[tuple[torch.nn.Module, str, torch.nn.Parameter]] = []
+    input_casts: list[tuple[torch.nn.Module, bool]] = []
     if dtype not in (None, torch.float32):
         for module in model.modules():
-            weight = getattr(module, "weight", None)
-            if type(module) is torch.nn.Linear and weight is not None and not weight.requires_grad:
-                originals.append((module, weight))
-                module.weight = torch.nn.Parameter(weight.detach().to(dtype), requires_grad=False)
+            if hasattr(module, "cast_input_dtype_enabled"):
+                input_casts.append((module, module.cast_input_dtype_enabled))
+                module.cast_input_dtype_enabled = False
+            if type(module).__module__.startswith("bitsandbytes"):
+                continue
+            for name, weight in list(module._parameters.items()):
+                if weight is not None and not weight.requires_grad and weight.is_floating_point() \
+                        and weight.dtype != dtype:
+                    originals.append((module, name, weight))
+                    module._parameters[name] = torch.nn.Parameter(weight.detach().to(dtype), requires_grad=False)
     try:
         yield len(originals)
     finally:
-        for module, weight in originals:
-            module.weight = weight
+        for module, name, weight in originals:
+            module._parameters[name] = weight
+        for module, enabled in input_casts:
+            module.cast_input_dtype_enabled = enabled

@@ -43,7 +43,7 @@ from .inference import predict_logits
 from .io import atomic_dir, atomic_write_json
 from .metrics import classification_metrics, format_metrics
 from .modeling import build_model, keep_4bit_layout_for_training, load_tokenizer, save_trained
-from .precision import frozen_linear_weights_in
+from .precision import frozen_base_in
 from .tracking import accelerator_kwargs, start_trackers
 
 # A loss on one batch: (student logits [B, C], batch dict) -> scalar. Distillation plugs in here.
@@ -59,7 +59,7 @@ def make_accelerator(cfg: RunConfig, run_dir: Optional[Path] = None, log: Callab
     and the run's experiment trackers.
 
     bf16 is Accelerate's autocast (on CPUs too): trained weights, gradients and optimizer state stay
-    fp32 (frozen linear weights are held in bf16 during the loop: ``precision.frozen_linear_weights_in``)."""
+    fp32 (the frozen base is held in bf16 during the loop: ``precision.frozen_base_in``)."""
     from accelerate import Accelerator
 
     from .precision import resolve as resolve_precision
@@ -656,7 +656,7 @@ def train(
     scheduler = make_scheduler(optimizer, t.scheduler, int(t.warmup_ratio * total_steps), total_steps)
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    max_positions = position_cap(t.max_batch_positions, accelerator.device.type)
+    max_positions = position_cap(t.max_batch_positions, accelerator.device.type, bf16)
     flop_sums = FlopCounter()
 
     metrics = MetricsLog(run_dir / "metrics.jsonl", main, resume_at=resumed["metrics_offset"] if resumed else None,
@@ -672,7 +672,7 @@ def train(
     stopped: Optional[TrainingStopped] = None
     model.train()
     cleanup = contextlib.ExitStack()  # bf16: the frozen base is cast once, not on every forward
-    cleanup.enter_context(frozen_linear_weights_in(run.unwrapped, torch.bfloat16 if bf16 else None))
+    cleanup.enter_context(frozen_base_in(run.unwrapped, torch.bfloat16 if bf16 else None))
     if t.fast_dropout and accelerator.device.type == "cpu":  # attention probabilities' masks too
         cleanup.enter_context(fast_attention_dropout(run.unwrapped))
     try:
