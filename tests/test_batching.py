@@ -174,7 +174,7 @@ def test_split_rows_caps_positions_and_keeps_the_gradient(tiny_roberta):
     assert split_rows(batch, None) == [(batch, 1.0)] and split_rows(batch, 320) == [(batch, 1.0)]
     assert [p["input_ids"].shape[0] for p, _ in split_rows(batch, 200)] == [5, 5]  # even halves, not 6 + 4
     assert position_cap(None, "cpu") == 768 and position_cap(None, "cuda") is None and position_cap(0, "cpu") is None
-    assert position_cap(None, "cpu", bf16=True) == 1536 and position_cap(None, "cuda", bf16=True) is None
+    assert position_cap(None, "cpu", bf16=True) == 1024 and position_cap(None, "cuda", bf16=True) is None
 
     cfg = from_dict({"model": {"name": str(tiny_roberta)}, "adapter": {"r": 4, "alpha": 8, "dropout": 0.0}})
     model = build_model(cfg).model.eval()  # eval: no dropout, so both ways compute the same function

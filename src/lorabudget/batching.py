@@ -293,14 +293,14 @@ def length_sorted_batches(
 # 2,048 positions 2.4 GB, 1,024: 1.6 GB, 768: 1.36 GB (also over a whole epoch), 512: 1.17 GB.
 # Smaller chunks shrink the heap's fragmentation along with the live activations (docs/benchmarks.md).
 CPU_MAX_BATCH_POSITIONS = 768
-# bf16 (the whole frozen base in bf16, precision.frozen_base_in): activations are half the size, and
-# fewer, bigger chunks run faster (fewer per-chunk kernel launches and weight passes): 1,536
-# positions measured +26% samples/s over 768 with the same peak well under 1.5 GB on the main job.
-CPU_BF16_MAX_BATCH_POSITIONS = 1536
+# bf16 (the whole frozen base in bf16, precision.frozen_base_in): activations are half the size, so
+# chunks can be bigger, and fewer, bigger chunks run faster. The whole main job (2026-12-01): 1,536
+# positions 189.9 s and 1.56 GB peak (over the 1.5 GB target), 1,024: 186.4 s and 1.33 GB.
+CPU_BF16_MAX_BATCH_POSITIONS = 1024
 
 
 def position_cap(configured: Optional[int], device_type: str, bf16: bool = False) -> Optional[int]:
-    """``training.max_batch_positions`` resolved: ``None`` is 768 on a CPU (1,536 when training in
+    """``training.max_batch_positions`` resolved: ``None`` is 768 on a CPU (1,024 when training in
     bf16) and no cap elsewhere (GPU memory is rarely the limit for these models, and bigger kernels
     run faster there); 0 is no cap."""
     if configured is None:
