@@ -131,6 +131,33 @@ def test_bf16_frozen_base_trains_every_method(tiny_roberta, method):
     torch.testing.assert_close(logits.float(), fp32, rtol=0.05, atol=0.05)
 
 
+@pytest.mark.parametrize("method", list(METHOD_SETTINGS))
+def test_bf16_inference_casts_every_weight_once_for_every_method(tiny_roberta, method):
+    """bf16 predict holds every weight in bf16 for the call (precision.inference_weights_in), so
+    autocast has nothing left to cast per batch: every method's unmerged adapter runs on it, its
+    logits stay close to fp32's, and the model's fp32 tensors are back afterwards."""
+    import numpy as np
+
+    from lorabudget.batching import TokenizedTexts
+    from lorabudget.inference import predict_logits
+    from lorabudget.precision import inference_weights_in
+
+    model = build_model(method_cfg(tiny_roberta, method, "full")).model
+    _perturb(model)
+    before = dict(model.named_parameters())
+    rows = [np.arange(5, 5 + n, dtype=np.int32) % 40 + 5 for n in (3, 9, 6, 12, 7)]
+    tokens = TokenizedTexts(np.concatenate(rows), np.cumsum([0] + [len(r) for r in rows]))
+    fp32 = predict_logits(model, tokens, pad_id=1, batch_size=2)
+    bf16 = predict_logits(model, tokens, pad_id=1, batch_size=2, precision="bf16")
+    assert not np.array_equal(bf16, fp32)  # bf16 really ran
+    np.testing.assert_allclose(bf16, fp32, rtol=0.05, atol=0.05)
+    after = dict(model.named_parameters())
+    assert all(after[n] is p and p.dtype == torch.float32 for n, p in before.items())
+    with torch.no_grad(), inference_weights_in(model, torch.bfloat16) as cast:
+        assert cast == len(before)  # trained tensors too: nothing trains during inference
+        assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
 def test_adalora_allocator_state_survives_a_checkpoint(tiny_bert):
     # A resumed AdaLoRA run must mask the ranks the uninterrupted one would: its importance scores
     # (smoothed over all steps so far) travel in the checkpoint with the weights.

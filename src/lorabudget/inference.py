@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batching import TokenizedTexts, inference_loader
-from .precision import gpu_supports_bf16, resolve as resolve_device_precision  # noqa: F401 - re-exported
+from .precision import gpu_supports_bf16, inference_weights_in, resolve as resolve_device_precision  # noqa: F401 - re-exported
 
 
 CPU_TOKENS_PER_BATCH = 1024
@@ -55,7 +55,9 @@ def predict_logits(
     shards can neither be counted twice nor shift other rows.
 
     ``precision="bf16"`` runs the forward pass under bf16 autocast (GPUs, and CPUs with native bf16
-    such as AVX512-BF16/AMX); logits are returned in float32 either way.
+    such as AVX512-BF16/AMX) with the model's weights cast to bf16 once for the whole call
+    (``precision.inference_weights_in``; the originals are back afterwards); logits are returned in
+    float32 either way.
     """
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     loader = inference_loader(tokens, pad_id, batch_size, max_tokens=max_tokens_per_batch(device.type, batch_size))
@@ -66,26 +68,27 @@ def predict_logits(
     out: Optional[np.ndarray] = None
     seen = np.zeros(len(tokens), dtype=bool)
     show = progress is not None and (accelerator is None or accelerator.is_main_process)
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-    )
-    for batch in tqdm(loader, desc=progress, disable=not show, unit="batch", leave=False):
-        with autocast:
-            logits = model(
-                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-            ).logits.float()
-        index = batch["index"].to(device)
-        if accelerator is not None and accelerator.num_processes > 1:
-            # Shards may hold batches of different sizes: pad to a common size (index -1 marks padding).
-            logits = accelerator.pad_across_processes(logits, dim=0)
-            index = accelerator.pad_across_processes(index, dim=0, pad_index=-1)
-            logits, index = accelerator.gather((logits, index))
-            logits, index = logits[index >= 0], index[index >= 0]
-        logits_np, index_np = logits.cpu().numpy(), index.cpu().numpy()
-        if out is None:
-            out = np.zeros((len(tokens), logits_np.shape[1]), dtype=np.float32)
-        out[index_np] = logits_np
-        seen[index_np] = True
+    bf16 = precision == "bf16"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    # The weights are cast to bf16 once for the call, not by autocast on every batch.
+    with inference_weights_in(model, torch.bfloat16 if bf16 else None):
+        for batch in tqdm(loader, desc=progress, disable=not show, unit="batch", leave=False):
+            with autocast:
+                logits = model(
+                    input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+                ).logits.float()
+            index = batch["index"].to(device)
+            if accelerator is not None and accelerator.num_processes > 1:
+                # Shards may hold batches of different sizes: pad to a common size (index -1 marks padding).
+                logits = accelerator.pad_across_processes(logits, dim=0)
+                index = accelerator.pad_across_processes(index, dim=0, pad_index=-1)
+                logits, index = accelerator.gather((logits, index))
+                logits, index = logits[index >= 0], index[index >= 0]
+            logits_np, index_np = logits.cpu().numpy(), index.cpu().numpy()
+            if out is None:
+                out = np.zeros((len(tokens), logits_np.shape[1]), dtype=np.float32)
+            out[index_np] = logits_np
+            seen[index_np] = True
     model.train(was_training)
     if out is None or not seen.all():
         raise RuntimeError(f"inference covered {int(seen.sum())} of {len(tokens)} rows")  # a bug, not bad input
