@@ -435,6 +435,28 @@ def test_space_samples_method_options_and_placement():
     assert seen == {"lora", "ia3", "bitfit"}
 
 
+def test_lr_scale_multiplies_the_base_configs_rate_for_its_own_method():
+    import optuna
+
+    from lorabudget.adapters import METHODS
+    from lorabudget.searchspace import parse_space, sample
+
+    space = parse_space({"method": ["lora", "ia3"], "lr_scale": {"low": 0.3, "high": 3.0, "log": True},
+                         "head_lr_scale": {"low": 0.3, "high": 3.0, "log": True}})
+
+    def rates(method, base_rates):
+        trial = optuna.trial.FixedTrial({"method": method, "lr_scale": 3.0, "head_lr_scale": 2.0})
+        out = sample(trial, space, 3, "lora", base_rates=base_rates)
+        return out["training.learning_rate"], out["training.head_learning_rate"]
+
+    # MiniLM's LoRA r=2 measured best at 3e-3 (docs/methods.md): reachable from a 1e-3 base config,
+    # not from LoRA's 5e-4 default (at most 1.5e-3).
+    assert rates("lora", (1e-3, 2e-3)) == pytest.approx((3e-3, 4e-3))
+    assert rates("lora", (None, None)) == pytest.approx((3 * METHODS["lora"].learning_rate, 2 * METHODS["lora"].learning_rate))
+    ia3 = METHODS["ia3"]  # another method never inherits the base config's rates
+    assert rates("ia3", (1e-3, 2e-3)) == pytest.approx((3 * ia3.learning_rate, 2 * (ia3.head_learning_rate or ia3.learning_rate)))
+
+
 def test_default_space_samples_build_for_every_method(tiny_roberta):
     """Every method the built-in space draws builds on the meta device, with that method's own
     defaults (not the base config's LoRA rank or learning rate) and a scaled learning rate."""
@@ -458,7 +480,7 @@ def test_default_space_samples_build_for_every_method(tiny_roberta):
     for _ in range(40):
         trial = study.ask()
         try:
-            overrides = sample(trial, space, 3, "lora")
+            overrides = sample(trial, space, 3, "lora", base_rates=(1e-3, None))
         except Exception as err:  # an empty draw is a rejected sample, nothing else is
             assert "chosen" in str(err)
             study.tell(trial, 0.0)
@@ -469,7 +491,10 @@ def test_default_space_samples_build_for_every_method(tiny_roberta):
         assert line.split()[0] == cfg.adapter.method and "None" not in line
         assert "=False" not in line and "={}" not in line and "=[]" not in line  # resets are not news
         method = METHODS[cfg.adapter.method]
-        assert 0.3 * method.learning_rate <= cfg.training.learning_rate <= 3.0 * method.learning_rate
+        # The base method's rate is scaled from the base config's own (1e-3, not LoRA's 5e-4 default);
+        # another method's from that method's default.
+        reference = 1e-3 if cfg.adapter.method == "lora" else method.learning_rate
+        assert 0.3 * reference <= cfg.training.learning_rate <= 3.0 * reference
         if cfg.adapter.method in ("vera", "vblora"):
             assert cfg.adapter.r == method.default_r
         built[cfg.adapter.method] += 1

@@ -356,6 +356,9 @@ class Worker:
         base_cfg = from_dict(copy.deepcopy(s.base))
         self.num_layers = int(load_model_config(base_cfg, allow_builtin=True)[0].num_hidden_layers)
         self.base_method = str(s.base.get("adapter", {}).get("method", "lora"))
+        # Typed values (a "--set training.learning_rate=3e-3" is a string in the raw mapping); a rate
+        # the base config leaves null is the method's default here, which is what lr_scale uses anyway.
+        self.base_rates = (base_cfg.training.learning_rate, base_cfg.training.head_learning_rate)
         self.data = DataCache()
         self.result = WorkerResult()
 
@@ -420,7 +423,7 @@ class Worker:
         trial.set_user_attr("worker", WORKER_ID)
         trial.set_user_attr("alive_at", time.time())
         try:
-            overrides = sample(trial, self.space, self.num_layers, self.base_method)
+            overrides = sample(trial, self.space, self.num_layers, self.base_method, self.base_rates)
             values = apply_sample(s.base, overrides)
             values["name"] = f"{s.name}-{trial_dir_name(trial.number)}"
             cfg = from_dict(values)
