@@ -452,14 +452,18 @@ def test_lr_scale_multiplies_the_base_configs_rate_for_its_own_method():
     # MiniLM's LoRA r=2 measured best at 3e-3 (docs/methods.md): reachable from a 1e-3 base config,
     # not from LoRA's 5e-4 default (at most 1.5e-3).
     assert rates("lora", (1e-3, 2e-3)) == pytest.approx((3e-3, 4e-3))
-    assert rates("lora", (None, None)) == pytest.approx((3 * METHODS["lora"].learning_rate, 2 * METHODS["lora"].learning_rate))
-    ia3 = METHODS["ia3"]  # another method never inherits the base config's rates
-    assert rates("ia3", (1e-3, 2e-3)) == pytest.approx((3 * ia3.learning_rate, 2 * (ia3.head_learning_rate or ia3.learning_rate)))
+    lora, ia3 = METHODS["lora"], METHODS["ia3"]
+    assert rates("lora", (1e-3, None)) == pytest.approx((3e-3, 2 * (lora.head_learning_rate or 1e-3)))
+    assert rates("lora", (None, None)) == pytest.approx((3 * lora.learning_rate,
+                                                         2 * (lora.head_learning_rate or lora.learning_rate)))
+    # Another method never inherits the base config's rates.
+    assert rates("ia3", (1e-3, 2e-3)) == pytest.approx((3 * ia3.learning_rate,
+                                                        2 * (ia3.head_learning_rate or ia3.learning_rate)))
 
 
 def test_default_space_samples_build_for_every_method(tiny_roberta):
-    """Every method the built-in space draws builds on the meta device, with that method's own
-    defaults (not the base config's LoRA rank or learning rate) and a scaled learning rate."""
+    """Every method the built-in space draws builds on the meta device, each other method with its
+    own defaults (not the base config's LoRA rank or learning rate), and a scaled learning rate."""
     import collections
     import copy
 

@@ -373,7 +373,8 @@ def sample(trial, space: SearchSpace, num_layers: int, base_method: str = "lora"
         if space.lr_scale:
             out["training.learning_rate"] = (own_lr or spec.learning_rate) * space.lr_scale.suggest(trial, "lr_scale")
         if space.head_lr_scale:
-            head_default = own_head_lr or spec.head_learning_rate or spec.learning_rate
+            # As a null head_learning_rate resolves: the method's head default, else the adapter's rate.
+            head_default = own_head_lr or spec.head_learning_rate or own_lr or spec.learning_rate
             out["training.head_learning_rate"] = head_default * space.head_lr_scale.suggest(trial, "head_lr_scale")
     if space.head:
         head_type, pooling = HEADS[space.head.suggest(trial, "head")]
