@@ -9,7 +9,7 @@ checkpoint) and ``lorabudget predict`` labels the fold. Together the folds give 
 5,000 held-out rows, the same rows for all of them, so McNemar's exact test pairs them (one
 standard error about 0.5 point at 87%).
 
-Each fold's predictions are kept in ``--work`` (``preds/<fold>-<name>.csv``, logs in ``logs/``,
+Each fold's predictions are kept in ``--work`` (``preds/<fold>-<name>.csv``,
 run directories in ``runs/``); a prediction file that exists is reused, so an interrupted benchmark
 continues where it stopped, and ``--folds``/``--only`` run a subset.
 
@@ -21,13 +21,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TRAIN_5K, emit, lorabudget, machine, read_rows, write_rows  # noqa: E402
+from common import TRAIN_5K, emit, machine, predicted_labels, read_rows, train_timed, write_rows  # noqa: E402
 from lorabudget.stats import mcnemar, wilson_interval  # noqa: E402
 
 FOLDS = 5
@@ -66,18 +64,12 @@ def run_fold(work: Path, fold: int, name: str, train_csv: Path, test_csv: Path) 
         return preds
     preset, sets = CONFIGS[name]
     run = work / "runs" / f"{fold}-{name}"
-    log = work / "logs" / f"{fold}-{name}.log"
-    for folder in (preds.parent, log.parent):
-        folder.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    with open(log, "w") as fh:
-        for cmd in (lorabudget("train", preset, "--data", str(train_csv), "--output", str(run), "--overwrite",
-                               *[a for s in sets for a in ("--set", s)]),
-                    lorabudget("predict", str(run), "--input", str(test_csv), "--output", str(preds), "--no-report")):
-            if subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode:
-                preds.unlink(missing_ok=True)
-                raise SystemExit(f"failed: {' '.join(cmd)} (log: {log})")
-    print(f"fold {fold} {name}: {time.time() - start:.0f} s", flush=True)
+    summary = train_timed(preset, train_csv, run, sets)
+    labels = predicted_labels(run, test_csv)
+    preds.parent.mkdir(parents=True, exist_ok=True)
+    write_rows(preds, [["ID", "Label"], *([i, label] for i, label in enumerate(labels))])  # as `predict` writes
+    print(f"fold {fold} {name}: {summary['train_time_s']:.0f} s of training, peak RSS {summary['peak_rss_mb']:,.0f} MB",
+          flush=True)
     return preds
 
 
@@ -128,7 +120,7 @@ def report(work: Path, folds: list[int], names: list[str], rows: list[list[str]]
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=TRAIN_5K)
-    ap.add_argument("--work", type=Path, default=Path("runs/presets-cv"), help="folds, runs, logs, predictions")
+    ap.add_argument("--work", type=Path, default=Path("runs/presets-cv"), help="folds, runs, predictions")
     ap.add_argument("--folds", type=int, nargs="+", default=list(range(FOLDS)))
     ap.add_argument("--only", nargs="+", choices=list(CONFIGS), help="these configurations (the reference is always run)")
     ap.add_argument("--out", type=Path, help="write the Markdown table here")
