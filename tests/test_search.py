@@ -7,6 +7,7 @@ import gc
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,6 +21,7 @@ import pytest
 import yaml
 
 from lorabudget.cli import main
+from lorabudget.errors import LorabudgetError
 
 # Tiny RoBERTa (hidden 32, 3 layers): LoRA costs 64*r per module and layer, the linear head 132.
 SPACE = {
@@ -210,6 +212,55 @@ def test_same_seed_same_trials(tmp_path, tiny_roberta, data_dir):
         assert main(["search", str(cfg), "--trials", "2", "--output", str(out), "--seed", "11"]) == 0
         outs.append([(r["state"], r["description"], r["trainable_params"], r["value"]) for r in _rows(out)])
     assert outs[0] == outs[1]
+
+
+def test_search_starts_from_the_base_config_scaled_to_the_budget(tmp_path, tiny_roberta, data_dir, capsys):
+    # The base config is LoRA r=4 on query+value of all 3 layers: 1,668 parameters, over the budget of
+    # 600 at r=4 (1,668) and r=2 (900); r=1 costs 64*2*3 + 132 = 516.
+    cfg = _config(tmp_path, tiny_roberta, data_dir, max_steps=2)
+    runs = {}
+    for flag in ([], ["--no-base-trial"]):
+        out = tmp_path / ("out" + "".join(flag))
+        assert main(["search", str(cfg), "--trials", "1", "--output", str(out), "--seed", "3", *flag]) == 0
+        runs[bool(flag)] = _study(out, "tiny-search").trials[0]
+    first = runs[False]
+    assert first.params == {"module.query": True, "module.value": True, "layers": "all", "r": 1,
+                            "learning_rate": pytest.approx(2e-2)}
+    assert first.user_attrs["origin"] == "base config" and first.user_attrs["trainable_params"] == 516
+    assert "trial 0 is the base config within the budget: lora r=1 query+value all layers lr=0.02; 516 trainable parameters" in capsys.readouterr().out
+    assert "origin" not in runs[True].user_attrs and runs[True].params != first.params
+
+
+def test_base_points_follow_the_base_config_or_say_why_not():
+    from lorabudget.config import from_dict
+    from lorabudget.searchspace import base_points, default_space_raw, parse_space
+
+    values = {"model": {"name": "x"}, "adapter": {"method": "lora", "r": 16, "alpha": 32, "dropout": 0.0,
+                                                  "modules": ["query", "value"]},
+              "training": {"learning_rate": 1e-3, "head_learning_rate": 3e-3}}
+    space = parse_space(default_space_raw(["lora", "ia3"]))
+    points = base_points(space, from_dict(values), 4)
+    assert [p["r"] for p in points] == [16, 8, 4, 2, 1]
+    assert points[-1] == {"method": "lora", "module.query": True, "module.key": False, "module.value": True,
+                          "module.attention_output": False, "module.intermediate": False, "module.output": False,
+                          "layers": "all", "r": 1, "alpha_ratio": 2.0, "dropout": 0.0, "lr_scale": 1.0,
+                          "head_lr_scale": 1.0}
+    values["adapter"]["layers"] = [0, 2]
+    assert {k: v for k, v in base_points(space, from_dict(values), 4)[0].items() if k.startswith("layers")} == {
+        "layers": "subset", "layers.0": True, "layers.1": False, "layers.2": True, "layers.3": False}
+    cases = [
+        ({"adapter": {"method": "vera"}}, "the base method 'vera' is not among the space's choices"),
+        ({"adapter": {"alpha": 48}}, "the base alpha/r 3.0 is not among the space's choices"),
+        ({"adapter": {"dropout": 0.2}}, "the base adapter.dropout 0.2 is not among the space's choices"),
+        ({"adapter": {"placements": [{"modules": ["query"], "layers": [0]}]}}, "places adapters per group"),
+    ]
+    for change, message in cases:
+        broken = {**values, "adapter": {**values["adapter"], **change["adapter"]}}
+        with pytest.raises(LorabudgetError, match=re.escape(message)):
+            base_points(space, from_dict(broken), 4)
+    rates = parse_space({"learning_rate": {"low": 1e-4, "high": 5e-4}})
+    with pytest.raises(LorabudgetError, match=r"the base training.learning_rate 0.001 is outside the space's range"):
+        base_points(rates, from_dict(values), 4)
 
 
 @pytest.mark.parametrize("multi_objective", [False, True])

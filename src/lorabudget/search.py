@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 
 from .config import RunConfig, from_dict
 from .errors import BudgetExceededError, LorabudgetError
-from .searchspace import SearchSpace, apply_sample, default_space_raw, describe, parse_space, sample
+from .searchspace import SearchSpace, apply_sample, base_points, default_space_raw, describe, parse_space, sample
 
 try:  # the training loop's stop signal, where it exists (see train(on_eval=...))
     from .errors import TrainingStopped as _StopBase  # type: ignore[attr-defined]
@@ -69,6 +69,7 @@ class SearchSettings:
     seed: int = 0
     max_rejections: int = 100  # consecutive over-budget samples before a worker gives up
     trial_overrides: list[str] = field(default_factory=list)
+    base_trial: bool = True  # a new study's first trial is the base config (scaled to the budget)
 
     @property
     def budget(self) -> int:
@@ -366,6 +367,8 @@ class Worker:
 
     def run(self) -> WorkerResult:
         fail_dead_trials(self.study, self.s.output, self.say)
+        if self.s.base_trial and not self.study.get_trials(deepcopy=False):
+            self.enqueue_base_trial()
         start = time.time()
         rejections_in_row = failures_in_row = 0
         last_error = ""
@@ -400,6 +403,39 @@ class Worker:
                 break
             self.result.trained += 1
         return self.result
+
+    def enqueue_base_trial(self) -> None:
+        """Make a new study's first trial the base config, at the highest rank the space draws that fits.
+
+        The sampler then knows from the start how good the user's own configuration is, and the search
+        cannot end with a best that the base config, trained as it is, would have beaten on validation.
+        """
+        import optuna
+
+        from .budget import breakdown
+        from .modeling import build_model
+
+        try:
+            points = base_points(self.space, from_dict(copy.deepcopy(self.s.base)), self.num_layers)
+        except LorabudgetError as err:
+            self.say(f"search: no base trial, the base config is not a point of the search space: {err}")
+            return
+        for params in points:
+            try:
+                overrides = sample(optuna.trial.FixedTrial(params), self.space, self.num_layers,
+                                   self.base_method, self.base_rates)
+                values = apply_sample(self.s.base, overrides)
+                planned = breakdown(build_model(from_dict(values), weights=False).model).total
+            except (LorabudgetError, ValueError) as err:
+                self.say(f"search: no base trial: {err}")
+                return
+            if planned <= self.s.budget:
+                # skip_if_exists: workers starting together on a new study enqueue it once.
+                self.study.enqueue_trial(params, user_attrs={"origin": "base config"}, skip_if_exists=True)
+                self.say(f"search: trial 0 is the base config within the budget: "
+                         f"{describe(overrides, self.base_method)}; {planned:,} trainable parameters")
+                return
+        self.say("search: no base trial, the base config is over the budget at every rank the space draws")
 
     # -- one trial
 
@@ -731,5 +767,6 @@ def settings_from_args(args) -> SearchSettings:
         timeout=args.timeout, storage=storage, workers=args.workers, metric=args.metric,
         multi_objective=args.multi_objective, pruner=args.pruner, seed=args.seed,
         max_rejections=args.max_rejections, trial_overrides=list(args.trial_overrides),
+        base_trial=not args.no_base_trial,
     )
 

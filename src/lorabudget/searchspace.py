@@ -430,3 +430,98 @@ def describe(overrides: dict[str, Any], base_method: str = "lora") -> str:
             parts.append(f"{path.split('.')[-1]}={value:.3g}" if isinstance(value, float) and not math.isnan(value)
                          else f"{path.split('.')[-1]}={value}")
     return " ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# The base config as a point of the space
+
+
+def _param(params: dict[str, Any], dist: Dist, name: str, value: Any, what: str) -> None:
+    """Record ``value`` as trial parameter ``name`` of ``dist``; raise if the space cannot draw it."""
+    if dist.kind == "fixed":
+        if dist.value != value:
+            raise LorabudgetError(f"{what} is {value!r}, the space fixes {dist.value!r}")
+        return  # a fixed entry is not a trial parameter
+    if dist.kind == "categorical":
+        if value not in dist.choices:
+            raise LorabudgetError(f"{what} {value!r} is not among the space's choices {list(dist.choices)}")
+    elif not isinstance(value, (int, float)) or isinstance(value, bool) or not dist.low <= value <= dist.high:
+        raise LorabudgetError(f"{what} {value!r} is outside the space's range [{dist.low:g}, {dist.high:g}]")
+    params[name] = value
+
+
+def _at(cfg: Any, path: str) -> Any:
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def base_points(space: SearchSpace, cfg: Any, num_layers: int) -> list[dict[str, Any]]:
+    """The typed base config ``cfg`` as trial parameters of ``space``, one dict per rank.
+
+    A search starts from the user's own configuration (Optuna's enqueued trial), so its best is never
+    a configuration the user would have beaten by training their config unchanged. A base config over
+    the budget is scaled down the way a person would: the same method, modules, layers and rates at a
+    lower rank. Dicts come highest rank first (only ranks the space draws, at most the base's); the
+    caller plans each on the meta device and enqueues the first that fits.
+
+    Raises :class:`LorabudgetError` saying why when the base config is not a point of the space
+    (finer placements, a rank pattern, a value the space cannot draw).
+    """
+    a, method = cfg.adapter, cfg.adapter.method
+    params: dict[str, Any] = {}
+    if space.method:
+        _param(params, space.method, "method", method, "the base method")
+    if method not in NO_PLACEMENT:
+        if a.placements or a.rank_pattern or a.alpha_pattern:
+            raise LorabudgetError("the base config places adapters per group or per module kind")
+        if method not in FIXED_MODULES and (space.modules_subsets_of or space.modules_choices):
+            modules = list(a.modules or [])
+            if space.modules_subsets_of:
+                if not set(modules) <= set(space.modules_subsets_of):
+                    raise LorabudgetError(f"the base modules {modules} are not a subset of {list(space.modules_subsets_of)}")
+                params.update({f"module.{m}": m in modules for m in space.modules_subsets_of})
+            else:
+                _param(params, space.modules_choices, "modules", "+".join(modules), "the base module list")
+        if space.layers:
+            layers = a.layers
+            if layers is None or sorted(layers) == list(range(num_layers)):
+                _param(params, space.layers, "layers", "all", "the base layer mode")
+            else:
+                _param(params, space.layers, "layers", "subset", "the base layer mode for layers " + str(layers))
+                params.update({f"layers.{i}": i in layers for i in range(num_layers)})
+    ranks: list[Any] = [None]
+    if method in RANKED and space.r:
+        if space.r_per_module or space.alpha:
+            raise LorabudgetError("the space draws per-module ranks or absolute alphas")
+        if space.r.kind not in ("fixed", "categorical"):
+            raise LorabudgetError("the space draws ranks from a range")
+        ranks = sorted((v for v in space.r.values() if v <= a.r), reverse=True)
+        if not ranks:
+            raise LorabudgetError(f"the space has no rank at or below the base's {a.r}")
+        if space.alpha_ratio:
+            _param(params, space.alpha_ratio, "alpha_ratio", a.alpha / a.r, "the base alpha/r")
+    for path, dist in space.simple.items():
+        if path == "adapter.dropout" and method in NO_PLACEMENT:
+            continue
+        _param(params, dist, path.split(".", 1)[1] if path in SIMPLE_PATHS.values() else path, _at(cfg, path),
+               "the base " + path)
+    for key in ("lr_scale", "head_lr_scale"):
+        if getattr(space, key):
+            _param(params, getattr(space, key), key, 1.0, "a scale of 1")
+    if space.head:
+        heads = [k for k, (t, p) in HEADS.items() if t == cfg.head.type and p in (None, cfg.head.pooling)]
+        if not heads:
+            raise LorabudgetError(f"the base head {cfg.head.type}/{cfg.head.pooling} is not among the space's heads")
+        _param(params, space.head, "head", heads[0], "the base head")
+    for key, dist in space.options.get(method, {}).items():
+        if key not in (a.options or {}):
+            raise LorabudgetError(f"the base config leaves adapter.options.{key} to the method")
+        _param(params, dist, f"{method}.{key}", a.options[key], f"the base adapter.options.{key}")
+    points = []
+    for r in ranks:
+        point = dict(params)
+        if r is not None and space.r.kind == "categorical":
+            point["r"] = r
+        points.append(point)
+    return points
