@@ -13,7 +13,8 @@ Each fold's predictions are kept in ``--work`` (``preds/<fold>-<name>.csv``,
 run directories in ``runs/``); a prediction file that exists is reused, so an interrupted benchmark
 continues where it stopped, and ``--folds``/``--only`` run a subset.
 
-Usage: python benchmarks/presets_cv.py [--work DIR] [--folds 0 1 2 3 4] [--only NAME ...] [--out FILE]
+Usage: python benchmarks/presets_cv.py [--work DIR] [--folds 0 1 2 3 4] [--only NAME ...] [--config NAME=FILE ...]
+       [--out FILE]
 """
 
 from __future__ import annotations
@@ -124,7 +125,14 @@ def main() -> int:
     ap.add_argument("--folds", type=int, nargs="+", default=list(range(FOLDS)))
     ap.add_argument("--only", nargs="+", choices=list(CONFIGS), help="these configurations (the reference is always run)")
     ap.add_argument("--out", type=Path, help="write the Markdown table here")
+    ap.add_argument("--config", action="append", default=[], metavar="NAME=FILE",
+                    help="also a configuration from a YAML file, e.g. a search's best.yaml (repeatable)")
     args = ap.parse_args()
+    for spec in args.config:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not Path(path).is_file():
+            raise SystemExit(f"--config {spec!r}: give NAME=FILE with an existing YAML file")
+        CONFIGS[name] = (str(Path(path).resolve()), [])
     if not args.data.is_file():
         print(f"skipped: {args.data} not found (the benchmark needs the shared AG News rows)")
         return 0
@@ -132,7 +140,8 @@ def main() -> int:
     if len(rows) < FOLDS * FOLD_ROWS or any(f not in range(FOLDS) for f in args.folds):
         raise SystemExit(f"needs {FOLDS * FOLD_ROWS:,} rows and folds in 0-{FOLDS - 1}")
     rows = rows[:FOLDS * FOLD_ROWS]
-    names = [n for n in CONFIGS if not args.only or n in args.only or n == next(iter(CONFIGS))]
+    added = {spec.partition("=")[0] for spec in args.config}
+    names = [n for n in CONFIGS if not args.only or n in args.only or n in added or n == next(iter(CONFIGS))]
     for fold in args.folds:  # fold by fold, so a cut-short benchmark still has complete pairs
         train_csv, test_csv = fold_files(rows, args.work, fold)
         for name in names:

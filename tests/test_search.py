@@ -214,21 +214,44 @@ def test_same_seed_same_trials(tmp_path, tiny_roberta, data_dir):
     assert outs[0] == outs[1]
 
 
-def test_search_starts_from_the_base_config_scaled_to_the_budget(tmp_path, tiny_roberta, data_dir, capsys):
-    # The base config is LoRA r=4 on query+value of all 3 layers: 1,668 parameters, over the budget of
-    # 600 at r=4 (1,668) and r=2 (900); r=1 costs 64*2*3 + 132 = 516.
+def test_search_starts_from_the_base_config_and_the_models_presets(tmp_path, tiny_roberta, data_dir, capsys,
+                                                                    monkeypatch):
+    # The base config is LoRA r=4 on query+value of all 3 layers: over the budget of 600 at r=4 (1,668)
+    # and r=2 (900); r=1 costs 64*2*3 + 132 = 516.
     cfg = _config(tmp_path, tiny_roberta, data_dir, max_steps=2)
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    base = yaml.safe_load(cfg.read_text())
+
+    def preset(name, budget=500, model=str(tiny_roberta), **extra):
+        values = {**base, "name": name, "model": {**base["model"], "name": model},
+                  "adapter": {"r": 1, "alpha": 2, "modules": ["query"]},
+                  "training": {**base["training"], "learning_rate": 1e-2}, "budget": {"max_trainable_params": budget},
+                  **extra}
+        (presets / f"{name}.yaml").write_text(yaml.safe_dump(values))
+
+    preset("tiny-small")  # LoRA r=1 on query at lr 1e-2: 64*3 + 132 = 324
+    preset("tiny-big", budget=10_000)  # budget above the search's
+    preset("tiny-other-model", model="another/model")
+    preset("tiny-distill", distill={"temperature": 2.0})
+    monkeypatch.setenv("LORABUDGET_CONFIGS", str(presets))
     runs = {}
-    for flag in ([], ["--no-base-trial"]):
+    for flag in ([], ["--no-warm-start"]):
         out = tmp_path / ("out" + "".join(flag))
-        assert main(["search", str(cfg), "--trials", "1", "--output", str(out), "--seed", "3", *flag]) == 0
-        runs[bool(flag)] = _study(out, "tiny-search").trials[0]
-    first = runs[False]
+        assert main(["search", str(cfg), "--trials", "6", "--output", str(out), "--seed", "3", *flag]) == 0
+        runs[bool(flag)] = _study(out, "tiny-search").trials
+    first, second = runs[False][:2]
     assert first.params == {"module.query": True, "module.value": True, "layers": "all", "r": 1,
                             "learning_rate": pytest.approx(2e-2)}
-    assert first.user_attrs["origin"] == "base config" and first.user_attrs["trainable_params"] == 516
-    assert "trial 0 is the base config within the budget: lora r=1 query+value all layers lr=0.02; 516 trainable parameters" in capsys.readouterr().out
-    assert "origin" not in runs[True].user_attrs and runs[True].params != first.params
+    assert first.user_attrs["origin"] == "the base config" and first.user_attrs["trainable_params"] == 516
+    assert second.params == {"module.query": True, "module.value": False, "layers": "all", "r": 1,
+                             "learning_rate": pytest.approx(1e-2)}
+    assert second.user_attrs["origin"] == "preset tiny-small" and second.user_attrs["trainable_params"] == 324
+    assert not any("origin" in t.user_attrs for t in runs[False][2:])  # at most a third of --trials
+    out = capsys.readouterr().out
+    assert "search: starting trial, the base config: lora r=1 query+value all layers lr=0.02; 516 trainable" in out
+    assert "search: starting trial, preset tiny-small: lora r=1 query all layers lr=0.01; 324 trainable" in out
+    assert not any("origin" in t.user_attrs for t in runs[True])
 
 
 def test_base_points_follow_the_base_config_or_say_why_not():
@@ -239,14 +262,15 @@ def test_base_points_follow_the_base_config_or_say_why_not():
                                                   "modules": ["query", "value"]},
               "training": {"learning_rate": 1e-3, "head_learning_rate": 3e-3}}
     space = parse_space(default_space_raw(["lora", "ia3"]))
-    points = base_points(space, from_dict(values), 4)
+    rates = {"base_method": "lora", "base_rates": (1e-3, 3e-3)}
+    points = base_points(space, from_dict(values), 4, **rates)
     assert [p["r"] for p in points] == [16, 8, 4, 2, 1]
     assert points[-1] == {"method": "lora", "module.query": True, "module.key": False, "module.value": True,
                           "module.attention_output": False, "module.intermediate": False, "module.output": False,
                           "layers": "all", "r": 1, "alpha_ratio": 2.0, "dropout": 0.0, "lr_scale": 1.0,
                           "head_lr_scale": 1.0}
     values["adapter"]["layers"] = [0, 2]
-    assert {k: v for k, v in base_points(space, from_dict(values), 4)[0].items() if k.startswith("layers")} == {
+    assert {k: v for k, v in base_points(space, from_dict(values), 4, **rates)[0].items() if k.startswith("layers")} == {
         "layers": "subset", "layers.0": True, "layers.1": False, "layers.2": True, "layers.3": False}
     cases = [
         ({"adapter": {"method": "vera"}}, "the base method 'vera' is not among the space's choices"),
@@ -257,10 +281,20 @@ def test_base_points_follow_the_base_config_or_say_why_not():
     for change, message in cases:
         broken = {**values, "adapter": {**values["adapter"], **change["adapter"]}}
         with pytest.raises(LorabudgetError, match=re.escape(message)):
-            base_points(space, from_dict(broken), 4)
-    rates = parse_space({"learning_rate": {"low": 1e-4, "high": 5e-4}})
+            base_points(space, from_dict(broken), 4, **rates)
+    # A preset is taken at its own rank or not at all; its rates as multiples of the base config's.
+    preset = {**values, "adapter": {**values["adapter"], "r": 2, "alpha": 4},
+              "training": {"learning_rate": 3e-3, "head_learning_rate": 3e-3}}
+    point, = base_points(space, from_dict(preset), 4, scale_down=False, **rates)
+    assert (point["r"], point["lr_scale"], point["head_lr_scale"]) == (2, 3.0, 1.0)  # 3e-3 / 1e-3 on the bound
+    with pytest.raises(LorabudgetError, match="the space has no rank 3$"):
+        base_points(space, from_dict({**preset, "adapter": {**preset["adapter"], "r": 3, "alpha": 6}}), 4,
+                    scale_down=False, **rates)
+    with pytest.raises(LorabudgetError, match=re.escape("lr_scale = 0.003 / 0.0005 = 6.0 is outside the space's range")):
+        base_points(space, from_dict(preset), 4, scale_down=False)  # against LoRA's default 5e-4
+    absolute = parse_space({"learning_rate": {"low": 1e-4, "high": 5e-4}})
     with pytest.raises(LorabudgetError, match=r"the base training.learning_rate 0.001 is outside the space's range"):
-        base_points(rates, from_dict(values), 4)
+        base_points(absolute, from_dict(values), 4)
 
 
 @pytest.mark.parametrize("multi_objective", [False, True])

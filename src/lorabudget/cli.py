@@ -284,8 +284,9 @@ def _add_search_parser(sub) -> None:
     p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
                    help="stops hopeless trials at their validation evaluations (default median)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
-    p.add_argument("--no-base-trial", action="store_true",
-                   help="do not start a new study with the base config (scaled down to the budget when over it)")
+    p.add_argument("--no-warm-start", action="store_true",
+                   help="do not start a new study with the base config (scaled down to the budget) and the "
+                   "measured presets for its model")
     p.add_argument("--max-rejections", type=int, default=100,
                    help="give up after this many over-budget samples in a row (default 100)")
     p.set_defaults(func=cmd_search)

@@ -9,7 +9,8 @@ the pruner may stop it. ``--trials N`` is the number of trained trials (complete
 study, across all workers and restarts: a trial only starts training when fewer than N trials are done
 or ahead of it, so N is never exceeded. A trial whose process died (found on the same host with its
 process gone, or silent for ``STALE_AFTER_S``) is marked failed; a trial that raised is marked failed
-with its error and the search goes on.
+with its error and the search goes on. A new study's first trials are the base config and the measured
+presets for its model (``Worker.enqueue_start_trials``), so the search starts from what is known.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class SearchSettings:
     seed: int = 0
     max_rejections: int = 100  # consecutive over-budget samples before a worker gives up
     trial_overrides: list[str] = field(default_factory=list)
-    base_trial: bool = True  # a new study's first trial is the base config (scaled to the budget)
+    warm_start: bool = True  # a new study starts with the base config (scaled to the budget) and the model's presets
 
     @property
     def budget(self) -> int:
@@ -367,8 +368,8 @@ class Worker:
 
     def run(self) -> WorkerResult:
         fail_dead_trials(self.study, self.s.output, self.say)
-        if self.s.base_trial and not self.study.get_trials(deepcopy=False):
-            self.enqueue_base_trial()
+        if self.s.warm_start and not self.study.get_trials(deepcopy=False):
+            self.enqueue_start_trials()
         start = time.time()
         rejections_in_row = failures_in_row = 0
         last_error = ""
@@ -404,38 +405,69 @@ class Worker:
             self.result.trained += 1
         return self.result
 
-    def enqueue_base_trial(self) -> None:
-        """Make a new study's first trial the base config, at the highest rank the space draws that fits.
+    def start_configs(self) -> list[tuple[str, RunConfig, bool]]:
+        """(label, typed config, scale down to the budget) of the trials a new study starts with: the
+        base config, then the presets measured for the same model at a budget within this search's,
+        largest budget first (distillation presets excluded: their settings were tuned for soft labels)."""
+        from .config import load_config, load_yaml, presets_dir
 
-        The sampler then knows from the start how good the user's own configuration is, and the search
-        cannot end with a best that the base config, trained as it is, would have beaten on validation.
+        base = from_dict(copy.deepcopy(self.s.base))
+        found: list[tuple[int, str, RunConfig]] = []
+        for path in sorted(presets_dir().glob("*.yaml")):
+            try:
+                raw = load_yaml(path)
+                budget = (raw.get("budget") or {}).get("max_trainable_params")
+                if (path.stem == base.name or "distill" in raw or not isinstance(budget, int)
+                        or budget > self.s.budget or (raw.get("model") or {}).get("name") != base.model.name):
+                    continue
+                found.append((budget, path.stem, load_config(str(path))))
+            except (LorabudgetError, OSError, AttributeError):
+                continue  # a preset that does not load is no starting point
+        found.sort(key=lambda item: (-item[0], item[1]))
+        return [("the base config", base, True)] + [(f"preset {name}", cfg, False) for _, name, cfg in found]
+
+    def enqueue_start_trials(self) -> None:
+        """Start a new study with the base config (at the highest rank the space draws that fits the
+        budget) and the measured presets for its model: at most a third of ``--trials``.
+
+        The sampler knows from the start how good the user's own choice and the measured ones are, and
+        the search cannot end with a best that one of them, trained as it is, would have beaten on
+        validation. One that is not a point of the space is left out, and the log says why.
         """
         import optuna
 
         from .budget import breakdown
         from .modeling import build_model
 
-        try:
-            points = base_points(self.space, from_dict(copy.deepcopy(self.s.base)), self.num_layers)
-        except LorabudgetError as err:
-            self.say(f"search: no base trial, the base config is not a point of the search space: {err}")
-            return
-        for params in points:
+        room = max(1, self.s.trials // 3)
+        for label, cfg, scale_down in self.start_configs():
+            if room == 0:
+                break
             try:
-                overrides = sample(optuna.trial.FixedTrial(params), self.space, self.num_layers,
-                                   self.base_method, self.base_rates)
-                values = apply_sample(self.s.base, overrides)
-                planned = breakdown(build_model(from_dict(values), weights=False).model).total
-            except (LorabudgetError, ValueError) as err:
-                self.say(f"search: no base trial: {err}")
-                return
-            if planned <= self.s.budget:
-                # skip_if_exists: workers starting together on a new study enqueue it once.
-                self.study.enqueue_trial(params, user_attrs={"origin": "base config"}, skip_if_exists=True)
-                self.say(f"search: trial 0 is the base config within the budget: "
-                         f"{describe(overrides, self.base_method)}; {planned:,} trainable parameters")
-                return
-        self.say("search: no base trial, the base config is over the budget at every rank the space draws")
+                points = base_points(self.space, cfg, self.num_layers, self.base_method, self.base_rates, scale_down)
+            except LorabudgetError as err:
+                self.say(f"search: {label} is not a starting trial, not a point of the search space: {err}")
+                continue
+            for params in points:
+                try:
+                    overrides = sample(optuna.trial.FixedTrial(params), self.space, self.num_layers,
+                                       self.base_method, self.base_rates)
+                    planned = breakdown(build_model(from_dict(apply_sample(self.s.base, overrides)),
+                                                    weights=False).model).total
+                except (LorabudgetError, ValueError) as err:
+                    self.say(f"search: {label} is not a starting trial: {err}")
+                    break
+                if planned <= self.s.budget:
+                    before = len(self.study.get_trials(deepcopy=False))
+                    # skip_if_exists: a preset equal to the base, or workers starting together, enqueue it once.
+                    self.study.enqueue_trial(params, user_attrs={"origin": label}, skip_if_exists=True)
+                    if len(self.study.get_trials(deepcopy=False)) > before:
+                        room -= 1
+                        self.say(f"search: starting trial, {label}: {describe(overrides, self.base_method)}; "
+                                 f"{planned:,} trainable parameters")
+                    break
+            else:
+                self.say(f"search: {label} is not a starting trial, over the budget at every rank the space draws")
 
     # -- one trial
 
@@ -767,6 +799,6 @@ def settings_from_args(args) -> SearchSettings:
         timeout=args.timeout, storage=storage, workers=args.workers, metric=args.metric,
         multi_objective=args.multi_objective, pruner=args.pruner, seed=args.seed,
         max_rejections=args.max_rejections, trial_overrides=list(args.trial_overrides),
-        base_trial=not args.no_base_trial,
+        warm_start=not args.no_warm_start,
     )
 

@@ -366,16 +366,11 @@ def sample(trial, space: SearchSpace, num_layers: int, base_method: str = "lora"
             continue
         out[path] = dist.suggest(trial, path.split(".", 1)[1] if path in SIMPLE_PATHS.values() else path)
     if space.lr_scale or space.head_lr_scale:
-        from .adapters import get_method
-
-        spec = get_method(method)
-        own_lr, own_head_lr = base_rates if method == base_method else (None, None)
+        lr_ref, head_ref = reference_rates(method, base_method, base_rates)
         if space.lr_scale:
-            out["training.learning_rate"] = (own_lr or spec.learning_rate) * space.lr_scale.suggest(trial, "lr_scale")
+            out["training.learning_rate"] = lr_ref * space.lr_scale.suggest(trial, "lr_scale")
         if space.head_lr_scale:
-            # As a null head_learning_rate resolves: the method's head default, else the adapter's rate.
-            head_default = own_head_lr or spec.head_learning_rate or own_lr or spec.learning_rate
-            out["training.head_learning_rate"] = head_default * space.head_lr_scale.suggest(trial, "head_lr_scale")
+            out["training.head_learning_rate"] = head_ref * space.head_lr_scale.suggest(trial, "head_lr_scale")
     if space.head:
         head_type, pooling = HEADS[space.head.suggest(trial, "head")]
         out["head.type"] = head_type
@@ -385,6 +380,19 @@ def sample(trial, space: SearchSpace, num_layers: int, base_method: str = "lora"
     if options:
         out["adapter.options"] = options
     return out
+
+
+def reference_rates(method: str, base_method: str,
+                    base_rates: tuple[Optional[float], Optional[float]]) -> tuple[float, float]:
+    """The adapter and head learning rates that ``lr_scale`` and ``head_lr_scale`` multiply for ``method``:
+    the base config's own for its own method, else the method's defaults."""
+    from .adapters import get_method
+
+    spec = get_method(method)
+    own_lr, own_head_lr = base_rates if method == base_method else (None, None)
+    # As a null head_learning_rate resolves: the method's head default, else the adapter's rate.
+    return (own_lr or spec.learning_rate,
+            own_head_lr or spec.head_learning_rate or own_lr or spec.learning_rate)
 
 
 def apply_sample(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -456,17 +464,22 @@ def _at(cfg: Any, path: str) -> Any:
     return cfg
 
 
-def base_points(space: SearchSpace, cfg: Any, num_layers: int) -> list[dict[str, Any]]:
-    """The typed base config ``cfg`` as trial parameters of ``space``, one dict per rank.
+def base_points(space: SearchSpace, cfg: Any, num_layers: int, base_method: str = "lora",
+                base_rates: tuple[Optional[float], Optional[float]] = (None, None),
+                scale_down: bool = True) -> list[dict[str, Any]]:
+    """The typed config ``cfg`` as trial parameters of ``space``, one dict per rank.
 
-    A search starts from the user's own configuration (Optuna's enqueued trial), so its best is never
-    a configuration the user would have beaten by training their config unchanged. A base config over
-    the budget is scaled down the way a person would: the same method, modules, layers and rates at a
-    lower rank. Dicts come highest rank first (only ranks the space draws, at most the base's); the
-    caller plans each on the meta device and enqueues the first that fits.
+    A search starts from the user's own configuration and from the measured presets for its model
+    (Optuna's enqueued trials), so its best is never a configuration the user would have beaten on
+    validation by training one of those unchanged. ``base_method`` and ``base_rates`` are the search's
+    base config's, as :func:`sample` takes them (``lr_scale`` is the ratio of ``cfg``'s rate to the
+    reference rate). With ``scale_down`` a config over the budget is scaled down the way a person
+    would: the same method, modules, layers and rates at a lower rank. Dicts come highest rank first
+    (only ranks the space draws, at most the config's); the caller plans each on the meta device and
+    enqueues the first that fits.
 
-    Raises :class:`LorabudgetError` saying why when the base config is not a point of the space
-    (finer placements, a rank pattern, a value the space cannot draw).
+    Raises :class:`LorabudgetError` saying why when the config is not a point of the space (finer
+    placements, a rank pattern, a value the space cannot draw).
     """
     a, method = cfg.adapter, cfg.adapter.method
     params: dict[str, Any] = {}
@@ -497,8 +510,10 @@ def base_points(space: SearchSpace, cfg: Any, num_layers: int) -> list[dict[str,
         if space.r.kind not in ("fixed", "categorical"):
             raise LorabudgetError("the space draws ranks from a range")
         ranks = sorted((v for v in space.r.values() if v <= a.r), reverse=True)
+        if not scale_down:
+            ranks = ranks[:1] if ranks and ranks[0] == a.r else []
         if not ranks:
-            raise LorabudgetError(f"the space has no rank at or below the base's {a.r}")
+            raise LorabudgetError(f"the space has no rank {'at or below ' if scale_down else ''}{a.r}")
         if space.alpha_ratio:
             _param(params, space.alpha_ratio, "alpha_ratio", a.alpha / a.r, "the base alpha/r")
     for path, dist in space.simple.items():
@@ -506,9 +521,16 @@ def base_points(space: SearchSpace, cfg: Any, num_layers: int) -> list[dict[str,
             continue
         _param(params, dist, path.split(".", 1)[1] if path in SIMPLE_PATHS.values() else path, _at(cfg, path),
                "the base " + path)
-    for key in ("lr_scale", "head_lr_scale"):
-        if getattr(space, key):
-            _param(params, getattr(space, key), key, 1.0, "a scale of 1")
+    refs = reference_rates(method, base_method, base_rates)
+    rates = (cfg.training.learning_rate, cfg.training.head_learning_rate or cfg.training.learning_rate)
+    for key, rate, ref in zip(("lr_scale", "head_lr_scale"), rates, refs):
+        dist = getattr(space, key)
+        if dist:
+            scale = rate / ref
+            if dist.kind in ("float", "int"):  # 3e-3 / 1e-3 is 2.9999999999999996: on the bound, not past it
+                scale = min(max(scale, dist.low), dist.high) if math.isclose(
+                    scale, min(max(scale, dist.low), dist.high), rel_tol=1e-9) else scale
+            _param(params, dist, key, scale, f"{key} = {rate:g} / {ref:g} =")
     if space.head:
         heads = [k for k, (t, p) in HEADS.items() if t == cfg.head.type and p in (None, cfg.head.pooling)]
         if not heads:
