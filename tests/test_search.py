@@ -252,6 +252,9 @@ def test_search_starts_from_the_base_config_and_the_models_presets(tmp_path, tin
     assert "search: starting trial, the base config: lora r=1 query+value all layers lr=0.02; 516 trainable" in out
     assert "search: starting trial, preset tiny-small: lora r=1 query all layers lr=0.01; 324 trainable" in out
     assert not any("origin" in t.user_attrs for t in runs[True])
+    rows = _rows(tmp_path / "out")  # trials.csv and search.md say where a starting trial came from
+    assert [r["origin"] for r in rows[:3]] == ["the base config", "preset tiny-small", ""]
+    assert "(starting trial: the base config) |" in (tmp_path / "out" / "search.md").read_text()
 
 
 def test_base_points_follow_the_base_config_or_say_why_not():
@@ -273,9 +276,9 @@ def test_base_points_follow_the_base_config_or_say_why_not():
     assert {k: v for k, v in base_points(space, from_dict(values), 4, **rates)[0].items() if k.startswith("layers")} == {
         "layers": "subset", "layers.0": True, "layers.1": False, "layers.2": True, "layers.3": False}
     cases = [
-        ({"adapter": {"method": "vera"}}, "the base method 'vera' is not among the space's choices"),
-        ({"adapter": {"alpha": 48}}, "the base alpha/r 3.0 is not among the space's choices"),
-        ({"adapter": {"dropout": 0.2}}, "the base adapter.dropout 0.2 is not among the space's choices"),
+        ({"adapter": {"method": "vera"}}, "its method 'vera' is not among the space's choices"),
+        ({"adapter": {"alpha": 48}}, "its alpha/r 3.0 is not among the space's choices"),
+        ({"adapter": {"dropout": 0.2}}, "its adapter.dropout 0.2 is not among the space's choices"),
         ({"adapter": {"placements": [{"modules": ["query"], "layers": [0]}]}}, "places adapters per group"),
     ]
     for change, message in cases:
@@ -293,7 +296,7 @@ def test_base_points_follow_the_base_config_or_say_why_not():
     with pytest.raises(LorabudgetError, match=re.escape("lr_scale = 0.003 / 0.0005 = 6.0 is outside the space's range")):
         base_points(space, from_dict(preset), 4, scale_down=False)  # against LoRA's default 5e-4
     absolute = parse_space({"learning_rate": {"low": 1e-4, "high": 5e-4}})
-    with pytest.raises(LorabudgetError, match=r"the base training.learning_rate 0.001 is outside the space's range"):
+    with pytest.raises(LorabudgetError, match=r"its training.learning_rate 0.001 is outside the space's range"):
         base_points(absolute, from_dict(values), 4)
 
 

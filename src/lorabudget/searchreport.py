@@ -13,7 +13,7 @@ from .io import atomic_write_text
 from .searchspace import apply_sample
 
 CSV_FIXED = ["number", "state", "value", "validation_accuracy", "validation_macro_f1", "trainable_params",
-             "steps", "pruned_at_step", "seconds", "description", "reason", "run_dir", "worker"]
+             "steps", "pruned_at_step", "seconds", "description", "origin", "reason", "run_dir", "worker"]
 
 
 def trial_rows(study) -> list[dict[str, Any]]:
@@ -37,7 +37,9 @@ def trial_rows(study) -> list[dict[str, Any]]:
             "pruned_at_step": a.get("pruned_at_step"),
             "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
             if t.datetime_complete and t.datetime_start else None,
-            "description": a.get("description", ""), "reason": a.get("rejected") or a.get("error") or "",
+            "description": a.get("description", ""),
+            "origin": a.get("origin", ""),  # a starting trial's source: the base config or a preset
+            "reason": a.get("rejected") or a.get("error") or "",
             "run_dir": a.get("run_dir", "") if kind == "complete" else "", "worker": a.get("worker", ""),
         }
         row.update({f"param:{k}": v for k, v in sorted(t.params.items())})
@@ -222,9 +224,10 @@ def write_outputs(study, s) -> dict[str, Any]:
                   "|---:|---:|---:|---:|---:|---:|---|"]
         for r in complete[:20]:
             p_value = versus.get(r["number"], {}).get("p_value")
+            origin = f" (starting trial: {r['origin']})" if r["origin"] else ""
             lines.append(f"| {r['number']} | {_fmt(r['validation_accuracy'], '.4f')} | {_fmt(r['validation_macro_f1'], '.4f')} | "
                          f"{_fmt(p_value, '.3f')} | {_fmt(r['trainable_params'], ',')} | {_fmt(r['seconds'], '.0f')} | "
-                         f"{r['description']} |")
+                         f"{r['description']}{origin} |")
         if len(complete) > 20:
             lines.append(f"\n{len(complete) - 20} more in [`trials.csv`](trials.csv).")
         runs = " ".join(r["run_dir"] for r in complete[:8] if r["run_dir"])

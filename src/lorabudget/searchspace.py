@@ -484,24 +484,24 @@ def base_points(space: SearchSpace, cfg: Any, num_layers: int, base_method: str 
     a, method = cfg.adapter, cfg.adapter.method
     params: dict[str, Any] = {}
     if space.method:
-        _param(params, space.method, "method", method, "the base method")
+        _param(params, space.method, "method", method, "its method")
     if method not in NO_PLACEMENT:
         if a.placements or a.rank_pattern or a.alpha_pattern:
-            raise LorabudgetError("the base config places adapters per group or per module kind")
+            raise LorabudgetError("it places adapters per group or per module kind")
         if method not in FIXED_MODULES and (space.modules_subsets_of or space.modules_choices):
             modules = list(a.modules or [])
             if space.modules_subsets_of:
                 if not set(modules) <= set(space.modules_subsets_of):
-                    raise LorabudgetError(f"the base modules {modules} are not a subset of {list(space.modules_subsets_of)}")
+                    raise LorabudgetError(f"its modules {modules} are not a subset of {list(space.modules_subsets_of)}")
                 params.update({f"module.{m}": m in modules for m in space.modules_subsets_of})
             else:
-                _param(params, space.modules_choices, "modules", "+".join(modules), "the base module list")
+                _param(params, space.modules_choices, "modules", "+".join(modules), "its module list")
         if space.layers:
             layers = a.layers
             if layers is None or sorted(layers) == list(range(num_layers)):
-                _param(params, space.layers, "layers", "all", "the base layer mode")
+                _param(params, space.layers, "layers", "all", "its layer mode")
             else:
-                _param(params, space.layers, "layers", "subset", "the base layer mode for layers " + str(layers))
+                _param(params, space.layers, "layers", "subset", "its layer mode for layers " + str(layers))
                 params.update({f"layers.{i}": i in layers for i in range(num_layers)})
     ranks: list[Any] = [None]
     if method in RANKED and space.r:
@@ -515,31 +515,31 @@ def base_points(space: SearchSpace, cfg: Any, num_layers: int, base_method: str 
         if not ranks:
             raise LorabudgetError(f"the space has no rank {'at or below ' if scale_down else ''}{a.r}")
         if space.alpha_ratio:
-            _param(params, space.alpha_ratio, "alpha_ratio", a.alpha / a.r, "the base alpha/r")
+            _param(params, space.alpha_ratio, "alpha_ratio", a.alpha / a.r, "its alpha/r")
     for path, dist in space.simple.items():
         if path == "adapter.dropout" and method in NO_PLACEMENT:
             continue
         _param(params, dist, path.split(".", 1)[1] if path in SIMPLE_PATHS.values() else path, _at(cfg, path),
-               "the base " + path)
+               "its " + path)
     refs = reference_rates(method, base_method, base_rates)
     rates = (cfg.training.learning_rate, cfg.training.head_learning_rate or cfg.training.learning_rate)
     for key, rate, ref in zip(("lr_scale", "head_lr_scale"), rates, refs):
         dist = getattr(space, key)
         if dist:
             scale = rate / ref
-            if dist.kind in ("float", "int"):  # 3e-3 / 1e-3 is 2.9999999999999996: on the bound, not past it
-                scale = min(max(scale, dist.low), dist.high) if math.isclose(
-                    scale, min(max(scale, dist.low), dist.high), rel_tol=1e-9) else scale
+            if dist.kind in ("float", "int"):  # 3e-3 / 1e-3 is 2.9999999999999996: a rounding off a bound is on it
+                clamped = min(max(scale, dist.low), dist.high)
+                scale = clamped if math.isclose(scale, clamped, rel_tol=1e-9) else scale
             _param(params, dist, key, scale, f"{key} = {rate:g} / {ref:g} =")
     if space.head:
         heads = [k for k, (t, p) in HEADS.items() if t == cfg.head.type and p in (None, cfg.head.pooling)]
         if not heads:
-            raise LorabudgetError(f"the base head {cfg.head.type}/{cfg.head.pooling} is not among the space's heads")
-        _param(params, space.head, "head", heads[0], "the base head")
+            raise LorabudgetError(f"its head {cfg.head.type}/{cfg.head.pooling} is not among the space's heads")
+        _param(params, space.head, "head", heads[0], "its head")
     for key, dist in space.options.get(method, {}).items():
         if key not in (a.options or {}):
-            raise LorabudgetError(f"the base config leaves adapter.options.{key} to the method")
-        _param(params, dist, f"{method}.{key}", a.options[key], f"the base adapter.options.{key}")
+            raise LorabudgetError(f"it leaves adapter.options.{key} to the method")
+        _param(params, dist, f"{method}.{key}", a.options[key], f"its adapter.options.{key}")
     points = []
     for r in ranks:
         point = dict(params)
