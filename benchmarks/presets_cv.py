@@ -128,11 +128,13 @@ def main() -> int:
     ap.add_argument("--config", action="append", default=[], metavar="NAME=FILE",
                     help="also a configuration from a YAML file, e.g. a search's best.yaml (repeatable)")
     args = ap.parse_args()
+    added = set()
     for spec in args.config:
         name, sep, path = spec.partition("=")
         if not sep or not name or not Path(path).is_file():
             raise SystemExit(f"--config {spec!r}: give NAME=FILE with an existing YAML file")
         CONFIGS[name] = (str(Path(path).resolve()), [])
+        added.add(name)
     if not args.data.is_file():
         print(f"skipped: {args.data} not found (the benchmark needs the shared AG News rows)")
         return 0
@@ -140,7 +142,6 @@ def main() -> int:
     if len(rows) < FOLDS * FOLD_ROWS or any(f not in range(FOLDS) for f in args.folds):
         raise SystemExit(f"needs {FOLDS * FOLD_ROWS:,} rows and folds in 0-{FOLDS - 1}")
     rows = rows[:FOLDS * FOLD_ROWS]
-    added = {spec.partition("=")[0] for spec in args.config}
     names = [n for n in CONFIGS if not args.only or n in args.only or n in added or n == next(iter(CONFIGS))]
     for fold in args.folds:  # fold by fold, so a cut-short benchmark still has complete pairs
         train_csv, test_csv = fold_files(rows, args.work, fold)

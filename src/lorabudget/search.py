@@ -436,9 +436,6 @@ class Worker:
         """
         import optuna
 
-        from .budget import breakdown
-        from .modeling import build_model
-
         room = max(1, self.s.trials // 3)
         for label, cfg, scale_down in self.start_configs():
             if room == 0:
@@ -450,10 +447,7 @@ class Worker:
                 continue
             for params in points:
                 try:
-                    overrides = sample(optuna.trial.FixedTrial(params), self.space, self.num_layers,
-                                       self.base_method, self.base_rates)
-                    planned = breakdown(build_model(from_dict(apply_sample(self.s.base, overrides)),
-                                                    weights=False).model).total
+                    overrides, _, planned = self.plan(optuna.trial.FixedTrial(params))
                 except (LorabudgetError, ValueError) as err:
                     self.say(f"search: {label} is not a starting trial: {err}")
                     break
@@ -481,21 +475,27 @@ class Worker:
         self.say(f"trial {trial.number}: rejected, {reason}")
         return "rejected", reason
 
-    def run_trial(self, trial) -> tuple[str, str]:
-        from optuna.trial import TrialState
-
+    def plan(self, trial, name: Optional[str] = None) -> tuple[dict[str, Any], RunConfig, int]:
+        """Draw ``trial``'s configuration (a live trial or a FixedTrial) and count its trainable
+        parameters on the meta device: (config overrides, typed config, trainable count)."""
         from .budget import breakdown
         from .modeling import build_model
+
+        overrides = sample(trial, self.space, self.num_layers, self.base_method, self.base_rates)
+        values = apply_sample(self.s.base, overrides)
+        if name:
+            values["name"] = name
+        cfg = from_dict(values)
+        return overrides, cfg, breakdown(build_model(cfg, weights=False).model).total
+
+    def run_trial(self, trial) -> tuple[str, str]:
+        from optuna.trial import TrialState
 
         s = self.s
         trial.set_user_attr("worker", WORKER_ID)
         trial.set_user_attr("alive_at", time.time())
         try:
-            overrides = sample(trial, self.space, self.num_layers, self.base_method, self.base_rates)
-            values = apply_sample(s.base, overrides)
-            values["name"] = f"{s.name}-{trial_dir_name(trial.number)}"
-            cfg = from_dict(values)
-            planned = breakdown(build_model(cfg, weights=False).model).total
+            overrides, cfg, planned = self.plan(trial, f"{s.name}-{trial_dir_name(trial.number)}")
         except LorabudgetError as err:
             return self._reject(trial, f"invalid: {err}", 1.0)
         trial.set_user_attr("sample", json.loads(json.dumps(overrides)))
