@@ -127,10 +127,12 @@ def matmul_peaks(seconds: float = 1.0) -> dict[str, float]:
     """This machine's measured matmul FLOP/s in fp32 and bf16 (bf16 left out where the device lacks it)."""
     import torch
 
-    from lorabudget.flops import matmul_peak
+    from lorabudget.flops import matmul_peak, native_precision
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     peaks = {"fp32": matmul_peak("fp32", device, seconds=seconds)}
+    if not native_precision("bf16", device):  # emulated: minutes per matmul, and no peak to speak of
+        return peaks
     try:
         peaks["bf16"] = matmul_peak("bf16", device, seconds=seconds)
     except RuntimeError:  # a device without bf16 matmuls

@@ -16,7 +16,8 @@ Roofline: next to samples/s, each side's achieved GFLOP/s, counted by lorabudget
 model's shape and the batches it really ran (executed = padded positions; "real" = real tokens
 only), and the fraction of this machine's matmul peak in the same precision, measured in the same
 run (a 2048x2048 matmul loop on a CPU, 8192x8192 on a GPU, fp32 and bf16, best of the start and
-the end of the run). Training FLOPs are forward + the backward autograd really computes (LoRA on a
+the end of the run; no bf16 peak on a CPU that only emulates bf16, where one such matmul takes a
+minute and the bf16 sides have no fraction). Training FLOPs are forward + the backward autograd really computes (LoRA on a
 frozen base: input gradients only, no weight gradients for frozen weights; see lorabudget/flops.py).
 
 Usage: python benchmarks/speed.py [--quick|--tiny] [--levers] [--out docs/benchmarks.md]

@@ -184,6 +184,26 @@ def test_matmul_peak_is_positive_and_sane():
     assert 1e6 < peak < 1e15
 
 
+def test_no_bf16_peak_where_the_cpu_only_emulates_bf16(monkeypatch, tiny_roberta):
+    """An emulated bf16 matmul takes minutes at the peak's size: the summary then has no peak (and
+    no fraction of it), and the matmul is never run; fp32 and native bf16 are measured."""
+    from lorabudget.modeling import build_model
+
+    model = build_model(from_dict({"model": {"name": str(tiny_roberta)}, "adapter": {"r": 2, "modules": ["query"]}})).model
+    counter = flops.FlopCounter()
+    counter.add(4, 16)
+    measured = []
+    monkeypatch.setattr(flops, "matmul_peak", lambda precision, *a, **k: measured.append(precision) or 1e9)
+    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ())
+    emulated = flops.training_summary(model, counter, 40, [10] * 4, 1.0, "bf16", "cpu")
+    assert emulated["train_flops_per_s"] > 0 and emulated["matmul_peak_flops_per_s"] is None
+    assert emulated["train_peak_fraction"] is None and measured == []
+    assert flops.training_summary(model, counter, 40, [10] * 4, 1.0, "no", "cpu")["matmul_peak_flops_per_s"] == 1e9
+    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ("avx512_bf16",))
+    assert flops.training_summary(model, counter, 40, [10] * 4, 1.0, "bf16", "cpu")["train_peak_fraction"] > 0
+    assert measured == ["fp32", "bf16"]
+
+
 def test_training_summary_reports_flops_and_the_report_shows_them(tiny_config, tmp_path, fresh_accelerate_state):
     """A tiny run with a position cap small enough to split every batch: it trains, and summary.json
     carries the executed and real-token FLOP/s and the matmul peak measured in the run."""
