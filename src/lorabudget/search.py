@@ -409,7 +409,7 @@ class Worker:
         """(label, typed config, scale down to the budget) of the trials a new study starts with: the
         base config, then the presets measured for the same model at a budget within this search's,
         largest budget first (distillation presets excluded: their settings were tuned for soft labels)."""
-        from .config import load_config, load_yaml, presets_dir
+        from .config import load_yaml, presets_dir
 
         base = from_dict(copy.deepcopy(self.s.base))
         found: list[tuple[int, str, RunConfig]] = []
@@ -420,7 +420,8 @@ class Worker:
                 if (path.stem == base.name or "distill" in raw or not isinstance(budget, int)
                         or budget > self.s.budget or (raw.get("model") or {}).get("name") != base.model.name):
                     continue
-                found.append((budget, path.stem, load_config(str(path))))
+                raw.pop("search", None)  # as load_config does, without reading the file again
+                found.append((budget, path.stem, from_dict({"name": path.stem, **raw})))
             except (LorabudgetError, OSError, AttributeError):
                 continue  # a preset that does not load is no starting point
         found.sort(key=lambda item: (-item[0], item[1]))
