@@ -266,6 +266,9 @@ CASES = [
     Case("report-not-a-run", lambda w: ["report", "."], "not a lorabudget run directory"),
     Case("compare-missing-run", lambda w: ["compare", "run", "nope", "--output", "cmp"], "run directory not found"),
     Case("distill-without-teacher", lambda w: ["distill", str(w.cfg), "--output", "student", "--no-report"], "needs a teacher"),
+    Case("distill-train-on-validation", lambda w: ["distill", str(w.cfg), "--output", "student", "--teacher", "run",
+                                                   "--set", "data.train_on_validation=true", "--no-report"],
+         "keeps the validation rows out of the teacher"),
     Case("distill-resume-missing", lambda w: ["distill", str(w.cfg), "--output", "student", "--resume"], "nothing to resume"),
     Case("argparse-missing-option", lambda w: ["predict", "run"], "required: --input"),
 ]

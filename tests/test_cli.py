@@ -112,6 +112,39 @@ def test_same_seed_same_metrics(tiny_config, tmp_path):
     assert metrics[0] == metrics[1]
 
 
+def test_train_on_validation_trains_on_every_row_and_keeps_the_last_weights(tiny_config, tmp_path, capsys):
+    from lorabudget.report import run_row
+
+    values = tiny_config(data={"train_on_validation": True}, training={"epochs": 1, "eval_every": 4})
+    run = tmp_path / "run"
+    assert main(["train", str(_write_config(tmp_path, values)), "--output", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["train_rows"], summary["validation_rows"], summary["validation_trained_on"]) == (240, 40, True)
+    evals = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
+    assert [e["step"] for e in evals] == [4, 8, 12, 15] and all(e["best"] for e in evals)
+    assert (summary["best_step"], summary["validation_accuracy"]) == (15, evals[-1]["accuracy"])
+    out = capsys.readouterr().out
+    assert "240 training rows, 40 validation rows (trained on too" in out and "last weights kept" in out
+    assert main(["report", str(run)]) == 0
+    assert "is no estimate" in (run / "report.md").read_text()
+    card = (run / "README.md").read_text()
+    assert "trained on too (`data.train_on_validation`)" in card and "The kept weights are the last evaluation's, at step 15 of 15" in card
+    assert run_row(run)["validation"] is None  # compare cannot rank it by rows it trained on
+
+
+def test_best_keeper_keeps_the_best_or_the_last():
+    import torch
+
+    from lorabudget.train import BestKeeper
+
+    model = torch.nn.Linear(2, 2)
+    for keep_last, kept_step in ((False, 1), (True, 2)):
+        keeper = BestKeeper(keep_last=keep_last)
+        keeper.offer(1, {"accuracy": 0.9, "loss": 0.3}, model)
+        keeper.offer(2, {"accuracy": 0.8, "loss": 0.5}, model)
+        assert keeper.step == kept_step
+
+
 def test_plan_command_output(capsys):
     assert main(["plan", "seed-targeted"]) == 0
     out = capsys.readouterr().out

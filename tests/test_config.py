@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from lorabudget.config import RunConfig, apply_overrides, from_dict, load_config, presets_dir
 from lorabudget.errors import LorabudgetError
@@ -54,6 +55,12 @@ def test_bad_types_and_ranges():
         from_dict({"adapter": {"placements": [{"modules": ["nope"]}]}})
     with pytest.raises(LorabudgetError, match="'data.validation_size'"):
         from_dict({"data": {"validation_size": 1.5}})
+    with pytest.raises(LorabudgetError, match="'data.train_on_validation' trains on the rows split off data.train"):
+        from_dict({"data": {"train_on_validation": True, "validation": "val.csv"}})
+    with pytest.raises(LorabudgetError, match="data.max_train_rows would cap them in file order"):
+        from_dict({"data": {"train_on_validation": True, "max_train_rows": 100}})
+    with pytest.raises(LorabudgetError, match="early stopping needs validation rows the run does not train on"):
+        from_dict({"data": {"train_on_validation": True}, "training": {"early_stopping_patience": 2}})
     with pytest.raises(LorabudgetError, match="'training.batch_size'"):
         from_dict({"training": {"batch_size": 0}})
     with pytest.raises(LorabudgetError, match="'training.epochs'"):
@@ -103,3 +110,14 @@ def test_unquoted_no_means_the_choice_no():
     """YAML reads an unquoted ``no`` as False; for a choice that allows "no" it means "no"."""
     cfg = load_config(None, ["training.mixed_precision=no"])
     assert cfg.training.mixed_precision == "no"
+
+
+def test_a_config_saved_before_a_key_existed_compares_equal_with_its_default(tmp_path):
+    from lorabudget.config import saved_config_values
+
+    values = from_dict({"name": "old", "adapter": {"r": 2}}).to_dict()
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**values, "data": {k: v for k, v in values["data"].items() if k != "train_on_validation"}}))
+    assert "train_on_validation" not in yaml.safe_load(path.read_text())["data"]
+    assert saved_config_values(path) == values  # --resume and a reused teacher run accept it
+

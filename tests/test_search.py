@@ -145,9 +145,16 @@ def test_best_yaml_trains(searched):
     assert float(rows[number]["value"]) == max(float(r["value"]) for r in rows.values() if r["state"] == "complete")
     assert best["training"]["max_steps"] == 4  # the trial-only setting is left out
     assert "search" not in best
+    # Chosen on the validation rows, it is retrained on them too.
+    assert best["data"]["train_on_validation"] is True and "--set data.train_on_validation=false" in _header_text(out)
     assert main(["train", str(out / "best.yaml"), "--output", str(tmp / "best-run"), "--no-report"]) == 0
     summary = json.loads((tmp / "best-run" / "summary.json").read_text())
     assert summary["trainable_params"] == int(rows[number]["trainable_params"])
+    assert (summary["train_rows"], summary["validation_trained_on"]) == (240, True)
+
+
+def _header_text(out: Path) -> str:
+    return "".join(line for line in (out / "best.yaml").read_text().splitlines(keepends=True) if line.startswith("#"))
 
 
 def test_over_budget_space_rejects_every_sample(tmp_path, tiny_roberta, data_dir, capsys):
@@ -467,6 +474,32 @@ def test_two_workers_share_postgresql(tmp_path, tiny_roberta, data_dir, postgres
 # The space
 
 
+def test_search_refuses_a_base_config_that_trains_on_its_validation_rows(tiny_config, tmp_path):
+    from lorabudget.search import load_search_config
+
+    cfg = tmp_path / "base.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config()))
+    with pytest.raises(LorabudgetError, match="a search chooses by validation rows its trials do not train on"):
+        load_search_config(str(cfg), ["data.train_on_validation=true"], [], None)
+
+
+def test_best_yaml_trains_on_the_validation_rows_unless_a_setting_forbids_it(tiny_config):
+    from types import SimpleNamespace
+
+    from lorabudget.searchreport import best_config_values
+
+    trial = SimpleNamespace(user_attrs={"sample": {"adapter.r": 2}})
+    for data, training, expected in [
+        ({}, {}, True),
+        ({"max_train_rows": 100}, {}, False),
+        ({"validation": "val.csv"}, {}, False),
+        ({}, {"early_stopping_patience": 2}, False),
+    ]:
+        base = tiny_config(data=data, training=training)
+        values = best_config_values(SimpleNamespace(best_base=base, name="s"), trial)
+        assert (values["data"]["train_on_validation"], values["adapter"]["r"]) == (expected, 2)
+
+
 def test_space_errors_and_default_space():
     from lorabudget.errors import LorabudgetError
     from lorabudget.searchspace import available_methods, default_space_raw, parse_space
@@ -482,6 +515,7 @@ def test_space_errors_and_default_space():
         ({"learning_rate": {"low": 0, "high": 1, "log": True}}, "log range needs low > 0"),
         ({"alpha": [8], "alpha_ratio": [2]}, "exclude each other"),
         ({"set": {"warmup_ratio": [0.0]}}, "with its section"),
+        ({"set": {"data.train_on_validation": [True, False]}}, "trials choose by validation rows"),
     ]:
         with pytest.raises(LorabudgetError, match=words):
             parse_space(bad)

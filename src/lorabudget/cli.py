@@ -84,14 +84,14 @@ def _new_run(args: argparse.Namespace):
 
 
 def _check_resumable(cfg, run_dir: Path) -> None:
-    from .config import load_yaml
+    from .config import saved_config_values
     from .rundir import is_run_dir
 
     if not is_run_dir(run_dir):
         raise LorabudgetError(f"nothing to resume: {run_dir} is not a lorabudget run directory")
     if (run_dir / "summary.json").is_file():
         raise LorabudgetError(f"{run_dir} has finished training; nothing to resume")
-    saved, given = _flatten(load_yaml(run_dir / "config.yaml")), _flatten(cfg.to_dict())
+    saved, given = _flatten(saved_config_values(run_dir / "config.yaml")), _flatten(cfg.to_dict())
     changed = [k for k in sorted(set(saved) | set(given)) if saved.get(k) != given.get(k) and k != "training.threads"]
     if changed:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {given.get(k)!r}" for k in changed[:3])

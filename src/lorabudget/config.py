@@ -7,6 +7,7 @@ bad values raise :class:`~lorabudget.errors.LorabudgetError` naming the key and 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -120,6 +121,13 @@ class DataConfig:
     """Rows held out when ``validation`` is null: a count (int >= 1) or a fraction (0 < x < 1)."""
     split_seed: int = 42
     """Seed of the deterministic train/validation split."""
+    train_on_validation: bool = False
+    """Train on the validation rows too (every row of ``train``), once the configuration and its
+    length are already chosen: a search's ``best.yaml`` retrained on all the labelled rows. The run
+    still evaluates on the split-off rows to show progress, but it trained on them, so the run keeps
+    its last weights (not the best evaluation's) and reports no validation accuracy as an estimate.
+    Needs the split (``validation: null``); refused with early stopping, ``max_train_rows``,
+    ``lorabudget distill`` and a search's trials."""
     max_train_rows: Optional[int] = None
     """Use at most this many training rows (after the split); ``null`` uses all."""
     cache_dir: Optional[str] = None
@@ -413,6 +421,21 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise LorabudgetError(f"config key 'data.validation_size': a row count must be >= 1, got {vs}")
     if d.max_train_rows is not None:
         _check_positive("data.max_train_rows", d.max_train_rows)
+    if d.train_on_validation and d.validation:
+        raise LorabudgetError(
+            "config key 'data.train_on_validation' trains on the rows split off data.train; with a separate "
+            "data.validation file, add its rows to the training file instead"
+        )
+    if d.train_on_validation and d.max_train_rows is not None:
+        raise LorabudgetError(
+            "config key 'data.train_on_validation' trains on every row of data.train; data.max_train_rows would cap "
+            "them in file order, validation rows included: cap the training file instead"
+        )
+    if d.train_on_validation and cfg.training.early_stopping_patience:
+        raise LorabudgetError(
+            "config key 'data.train_on_validation': early stopping needs validation rows the run does not train "
+            "on; set training.early_stopping_patience=0"
+        )
     t = cfg.training
     _check_positive("training.epochs", t.epochs)
     if t.max_steps is not None:
@@ -527,6 +550,16 @@ def load_config(name_or_path: Optional[str], overrides: list[str] = ()) -> RunCo
     if name_or_path and "name" not in values:
         values["name"] = Path(name_or_path).stem
     return from_dict(apply_overrides(values, list(overrides)))
+
+
+def saved_config_values(path: Union[str, Path]) -> dict[str, Any]:
+    """A run's saved ``config.yaml`` as ``to_dict`` gives it today: a config written before a key
+    existed compares equal to the same config with that key's default (as it ran)."""
+    values = load_yaml(path)
+    try:
+        return from_dict(copy.deepcopy(values)).to_dict()
+    except LorabudgetError:
+        return values  # no longer valid: compared as it is, so the difference is shown
 
 
 def dump_yaml(cfg: RunConfig) -> str:

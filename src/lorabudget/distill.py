@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .batching import TokenizedTexts, default_cache_dir, texts_fingerprint, tokenize
-from .config import RunConfig, dump_yaml, load_config
+from .config import RunConfig, load_config, saved_config_values
 from .data import TextData, load_unlabelled
 from .errors import LorabudgetError
 from .io import atomic_path
@@ -266,7 +266,7 @@ def resolve_teacher(
         summary_path = target / "summary.json"
         if (
             summary_path.is_file()
-            and (target / "config.yaml").read_text(encoding="utf-8") == dump_yaml(cfg)
+            and saved_config_values(target / "config.yaml") == cfg.to_dict()
             and json.loads(summary_path.read_text(encoding="utf-8")).get("transfer_rows_excluded") == marker
         ):
             log(f"teacher: reusing the trained run {target}")
@@ -306,6 +306,9 @@ def distill(
     ``resume``: continue the student from its last checkpoint (the teacher's logits come from the cache).
     """
     d = cfg.distill
+    if cfg.data.train_on_validation:  # the teacher and the transfer rows must never see the validation rows
+        raise LorabudgetError("distillation keeps the validation rows out of the teacher and the transfer rows: "
+                              "drop data.train_on_validation")
     teachers = _teacher_list(teacher) or _teacher_list(d.teacher)
     if not teachers:
         raise LorabudgetError("distillation needs a teacher: --teacher RUN_DIR|CONFIG or distill.teacher in the config")

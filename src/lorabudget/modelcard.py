@@ -141,6 +141,8 @@ def _data_lines(cfg: RunConfig, summary: dict[str, Any]) -> list[str]:
         validation = f"{d.validation_size:.0%} of the rows split off the training data (seed {d.split_seed}){rows}"
     else:
         validation = f"{d.validation_size:,} rows split off the training data (seed {d.split_seed})"
+    if d.train_on_validation:
+        validation += ", trained on too (`data.train_on_validation`): its figures are no estimate"
     lines = [f"- training data: `{d.train}`" + (f", {summary['train_rows']:,} rows" if "train_rows" in summary else "")]
     lines.append(f"- validation: {validation}")
     lines.append("- classes (label id: name): " + ", ".join(f"{i}: {n}" for i, n in enumerate(cfg.model.labels)))
@@ -175,7 +177,11 @@ def _results_lines(run_dir: Path, summary: dict[str, Any]) -> list[str]:
         )
     if with_ci:
         lines += ["", "Intervals: Wilson 95% intervals of the accuracy over the evaluated rows."]
-    if "best_step" in summary:
+    if summary.get("validation_trained_on"):
+        lines += ["", f"The kept weights are the last evaluation's, at step {summary.get('best_step')} of "
+                  f"{summary.get('steps')}: the run trained on its "
+                  "validation rows, so only a held-out file it did not train on estimates its accuracy."]
+    elif "best_step" in summary:
         lines += ["", f"The kept checkpoint is the best validation accuracy, at step {summary['best_step']} "
                   f"of {summary.get('steps')}."]
     return lines

@@ -780,6 +780,11 @@ def load_search_config(
     best_cfg = from_dict(copy.deepcopy(best_values))  # bad keys fail here, before any trial
     trial_values = apply_overrides(copy.deepcopy(best_values), list(trial_overrides))
     trial_cfg = from_dict(copy.deepcopy(trial_values))
+    if trial_cfg.data.train_on_validation:
+        raise LorabudgetError(
+            "a search chooses by validation rows its trials do not train on: drop data.train_on_validation "
+            "(set it when retraining best.yaml on every labelled row)"
+        )
     return trial_cfg.to_dict(), best_cfg.to_dict(), space, best_cfg.name
 
 

@@ -241,6 +241,9 @@ def parse_space(raw: Any) -> SearchSpace:
     for path, spec in extra.items():
         if "." not in str(path):
             raise LorabudgetError(f"search key 'set.{path}': give the config key with its section, e.g. training.{path}")
+        if str(path) == "data.train_on_validation":
+            raise LorabudgetError("search key 'set.data.train_on_validation': trials choose by validation rows they "
+                                  "do not train on")
         space.simple[str(path)] = parse_dist(f"set.{path}", spec)
     return space
 

@@ -111,6 +111,8 @@ def prepare_data(cfg: RunConfig, log: Callable[[str], None] = print) -> Prepared
         train, validation = full, load_labelled(cfg.data.validation, names, trust_pickle=trust)
     else:
         train, validation = split_validation(full, cfg.data.validation_size, cfg.data.split_seed)
+        if cfg.data.train_on_validation:
+            train = full  # the split-off rows still show progress, but they are trained on too
     if cfg.data.max_train_rows is not None and cfg.data.max_train_rows < len(train):
         train = train.subset(range(cfg.data.max_train_rows))
     cache = default_cache_dir(cfg.data.cache_dir)
@@ -118,7 +120,9 @@ def prepare_data(cfg: RunConfig, log: Callable[[str], None] = print) -> Prepared
     validation_tokens = tokenize(tokenizer, validation.texts, cfg.model.max_length, cache)
     lengths = train_tokens.lengths
     log(
-        f"data: {len(train):,} training rows, {len(validation):,} validation rows; tokens per row mean "
+        f"data: {len(train):,} training rows, {len(validation):,} validation rows"
+        + (" (trained on too: data.train_on_validation)" if cfg.data.train_on_validation else "")
+        + f"; tokens per row mean "
         f"{lengths.mean():.1f}, p99 {np.percentile(lengths, 99):.0f}, max {lengths.max()} "
         f"(max_length {cfg.model.max_length})"
     )
@@ -299,9 +303,11 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> No
 
 class BestKeeper:
     """The best evaluation so far (accuracy; ties go to the lower validation loss, common on small
-    validation sets), its trainable weights, and the evaluations since the last gain."""
+    validation sets), its trainable weights, and the evaluations since the last gain. ``keep_last``:
+    every evaluation is kept (a run that trains on its validation rows cannot choose by them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_last: bool = False) -> None:
+        self.keep_last = keep_last
         self.accuracy = -1.0
         self.step = 0
         self.metrics: Optional[dict[str, Any]] = None
@@ -310,7 +316,7 @@ class BestKeeper:
 
     def offer(self, step: int, result: dict[str, Any], model: torch.nn.Module) -> bool:
         """Keep ``model``'s weights if ``result`` beats the best; return whether it did."""
-        improved = result["accuracy"] > self.accuracy or (
+        improved = self.keep_last or result["accuracy"] > self.accuracy or (
             result["accuracy"] == self.accuracy and result["loss"] < self.metrics["loss"]
         )
         if not improved:
@@ -560,7 +566,8 @@ class Session:
         )
         self.log(
             f"step {step}: validation accuracy {result['accuracy']:.4f}, macro F1 "
-            f"{result['macro_f1']:.4f}, loss {result['loss']:.4f}" + (" (best so far)" if improved else "")
+            f"{result['macro_f1']:.4f}, loss {result['loss']:.4f}"
+            + (" (rows it trains on)" if self.best.keep_last else " (best so far)" if improved else "")
         )
         if improved and self.accelerator.is_main_process:
             save_adapter(self.unwrapped, self.run_dir / "adapter")
@@ -661,7 +668,8 @@ def train(
 
     metrics = MetricsLog(run_dir / "metrics.jsonl", main, resume_at=resumed["metrics_offset"] if resumed else None,
                          trackers=start_trackers(accelerator, cfg))
-    run = Session(cfg, run_dir, accelerator, model, optimizer, scheduler, data, metrics, checkpoints, log, total_steps)
+    run = Session(cfg, run_dir, accelerator, model, optimizer, scheduler, data, metrics, checkpoints, log, total_steps,
+                  best=BestKeeper(keep_last=cfg.data.train_on_validation))
     state, guard = run.state, run.guard
     if resumed:
         checkpoints.restore(resumed, model, optimizer, scheduler, state, run.window, run.best)
@@ -762,6 +770,8 @@ def finish(cfg, run_dir, data, live, state, best, train_time, accelerator, extra
         "validation_rows": len(data.validation),
         "validation_accuracy": best.accuracy,
         "validation_macro_f1": best.metrics["macro_f1"],
+        # True: the validation rows were trained on too, so the two figures above are no estimate.
+        "validation_trained_on": cfg.data.train_on_validation,
         "train_time_s": train_time,  # wall time of the loop, evaluations and checkpoint saves included
         "eval_time_s": eval_seconds,
         # Throughput of the training steps alone (evaluation time taken out).
@@ -784,16 +794,19 @@ def finish(cfg, run_dir, data, live, state, best, train_time, accelerator, extra
         summary["stopped_early"] = str(stopped) or type(stopped).__name__
     if main:
         summary["adapter_sha256"] = adapter_checksums(run_dir / "adapter")
-        write_eval(run_dir, best.metrics, f"validation ({cfg.data.validation or 'split of ' + cfg.data.train})", "validation")
+        trained_on = ", trained on" if cfg.data.train_on_validation else ""
+        write_eval(run_dir, best.metrics, f"validation ({cfg.data.validation or 'split of ' + cfg.data.train}{trained_on})",
+                   "validation")
         atomic_write_json(run_dir / "summary.json", finite_or_none(summary))
         Checkpointer(run_dir).remove()  # a finished run has nothing to resume
         log(format_metrics(best.metrics))
-        log(
+        kept = (
+            f"last weights kept (validation accuracy {best.accuracy:.4f} on {best.metrics['n']:,} rows it trained on: "
+            f"no estimate)" if cfg.data.train_on_validation else
             f"best validation accuracy {best.accuracy:.4f} (95% CI {best.metrics['accuracy_ci95'][0]:.4f}–"
-            f"{best.metrics['accuracy_ci95'][1]:.4f} on {best.metrics['n']:,} rows) at step {best.step}; trained "
-            f"{state.step} steps in "
-            f"{train_time:.1f}s; run directory: {run_dir}"
+            f"{best.metrics['accuracy_ci95'][1]:.4f} on {best.metrics['n']:,} rows)"
         )
+        log(f"{kept} at step {best.step}; trained {state.step} steps in {train_time:.1f}s; run directory: {run_dir}")
     accelerator.wait_for_everyone()
     return summary
 
