@@ -538,7 +538,8 @@ class Session:
 
     def check_finite(self) -> None:
         kept = (
-            f"the best finite adapter (step {self.best.step}) and the last checkpoint are kept in {self.run_dir}"
+            f"the {'last evaluated' if self.best.keep_last else 'best'} finite adapter (step {self.best.step}) and the "
+            f"last checkpoint are kept in {self.run_dir}"
             if self.best.metrics else "no evaluation had finished, so no adapter was saved"
         )
         self.guard.check(self.accelerator, kept)
