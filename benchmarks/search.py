@@ -84,15 +84,15 @@ def main() -> int:
     counts = {k: sum(t["state"] == k for t in trials) for k in ("complete", "pruned", "rejected", "failed")}
 
     results = []
-    sides = [
-        ("hand-made: `" + args.preset + "` scaled to LoRA r=2, alpha 4, all modules and layers",
-         [args.preset, "--set", "adapter.r=2", "--set", "adapter.alpha=4"]),
-        ("hand-made, trained on its validation rows too",
-         [args.preset, "--set", "adapter.r=2", "--set", "adapter.alpha=4", "--set", "data.train_on_validation=true"]),
-        ("search: best.yaml retrained in full", [str(search_dir / "best.yaml")]),
+    hand_made = [args.preset, "--set", "adapter.r=2", "--set", "adapter.alpha=4"]
+    sides = [  # (label, run directory, config and overrides)
+        ("hand-made: `" + args.preset + "` scaled to LoRA r=2, alpha 4, all modules and layers", "baseline", hand_made),
+        ("hand-made, trained on its validation rows too", "baseline-all-rows",
+         hand_made + ["--set", "data.train_on_validation=true"]),
+        ("search: best.yaml retrained in full", "best", [str(search_dir / "best.yaml")]),
     ]
-    for label, config_args in sides:
-        run_dir = tmp / ("best" if label.startswith("search") else "baseline-all-rows" if "too" in label else "baseline")
+    for label, run_name, config_args in sides:
+        run_dir = tmp / run_name
         extra = [a for s in full_settings for a in ("--set", s)]
         rc = cli(["train", *config_args, "--data", str(train_csv), "--output", str(run_dir), "--overwrite",
                   "--no-report", *common, *extra])

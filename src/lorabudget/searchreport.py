@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import dump_yaml, from_dict
+from .errors import LorabudgetError
 from .io import atomic_write_text
 from .searchspace import apply_sample
 
@@ -76,12 +77,10 @@ def best_config_values(s, trial) -> dict[str, Any]:
     docs/search.md measures what that bought)."""
     values = apply_sample(s.best_base, trial.user_attrs.get("sample", {}))
     values["name"] = f"{s.name}-best"
-    data = values.setdefault("data", {})
-    refused = data.get("validation") or data.get("max_train_rows") or (values.get("training") or {}).get(
-        "early_stopping_patience")  # the settings data.train_on_validation cannot go with
-    if not refused:
-        data["train_on_validation"] = True
-    return from_dict(values).to_dict()
+    try:
+        return from_dict(apply_sample(values, {"data.train_on_validation": True})).to_dict()
+    except LorabudgetError:  # a setting it cannot go with (config.validate says which): trained as the trials were
+        return from_dict(values).to_dict()
 
 
 def versus_best(complete: list[dict[str, Any]], best_number: int) -> dict[int, dict]:
