@@ -129,7 +129,12 @@ def test_train_on_validation_trains_on_every_row_and_keeps_the_last_weights(tiny
     assert "is no estimate" in (run / "report.md").read_text()
     card = (run / "README.md").read_text()
     assert "trained on too (`data.train_on_validation`)" in card and "The kept weights are the last evaluation's, at step 15 of 15" in card
+    assert "95% interval" not in card  # no interval for a figure on rows the run trained on
     assert run_row(run)["validation"] is None  # compare cannot rank it by rows it trained on
+    assert main(["evaluate", str(run), "--data", values["data"]["train"]]) == 0
+    rows = [l for l in (run / "README.md").read_text().splitlines() if l.startswith("| ") and ("| validation |" in l or "| evaluate |" in l)]
+    assert len(rows) == 2 and rows[0].count(" — |") + rows[1].count(" — |") == 1
+    assert [" — |" in l for l in rows] == ["| validation |" in l for l in rows]
 
 
 def test_best_keeper_keeps_the_best_or_the_last():

@@ -164,11 +164,14 @@ def _results_lines(run_dir: Path, summary: dict[str, Any]) -> list[str]:
     rows = _metric_rows(run_dir)
     if not rows:
         return ["No evaluation recorded yet (`lorabudget evaluate RUN --data FILE` adds one)."]
-    with_ci = any(r.get("accuracy_ci95") for r in rows)
+    # An interval says how far the figure may be from the model's accuracy on new rows; rows the run
+    # trained on give no such figure, so they get none.
+    trained_on = bool(summary.get("validation_trained_on"))
+    intervals = [None if trained_on and r.get("kind") == "validation" else r.get("accuracy_ci95") for r in rows]
+    with_ci = any(intervals)
     header = "| data | kind | rows | accuracy |" + (" 95% interval |" if with_ci else "") + " macro F1 |"
     lines = [header, "|---|---|---:|---:|" + ("---|" if with_ci else "") + "---:|"]
-    for r in rows:
-        ci = r.get("accuracy_ci95")
+    for r, ci in zip(rows, intervals):
         cell = f" [{ci[0]:.4f}, {ci[1]:.4f}] |" if ci else (" — |" if with_ci else "")
         lines.append(
             f"| {r.get('data', '?')} | {r.get('kind', '?')} | {_fmt_int(r.get('rows'))} "
@@ -177,7 +180,7 @@ def _results_lines(run_dir: Path, summary: dict[str, Any]) -> list[str]:
         )
     if with_ci:
         lines += ["", "Intervals: Wilson 95% intervals of the accuracy over the evaluated rows."]
-    if summary.get("validation_trained_on"):
+    if trained_on:
         lines += ["", f"The kept weights are the last evaluation's, at step {summary.get('best_step')} of "
                   f"{summary.get('steps')}: the run trained on its "
                   "validation rows, so only a held-out file it did not train on estimates its accuracy."]
