@@ -1,8 +1,9 @@
 """Typed run configuration: dataclasses, YAML presets, ``--set`` overrides and validation.
 
-A config file has up to six sections (``model``, ``head``, ``adapter``, ``data``, ``training``,
-``budget``) plus ``name``. Every field is documented on its dataclass below. Unknown keys and
-bad values raise :class:`~lorabudget.errors.LorabudgetError` naming the key and what is allowed.
+A config file has up to seven sections (``model``, ``head``, ``adapter``, ``data``, ``training``,
+``budget``, ``distill``) plus ``name``; ``lorabudget search`` also reads a ``search:`` space.
+Every field is documented on its dataclass below. Unknown keys and bad values raise
+:class:`~lorabudget.errors.LorabudgetError` naming the key and what is allowed.
 """
 
 from __future__ import annotations

@@ -197,7 +197,7 @@ def write_outputs(study, s) -> dict[str, Any]:
         if within_noise:
             header += f"# {within_noise}: check it on a held-out test set.\n"
         if s.trial_overrides:
-            header += "# Trials ran with " + " ".join(f"--set {o}" for o in s.trial_overrides) + " (not applied here).\n"
+            header += "# Trials ran with " + " ".join(f"--trial-set {o}" for o in s.trial_overrides) + " (not applied here).\n"
         if best_values["data"]["train_on_validation"]:
             header += ("# It trains on the validation rows too (data.train_on_validation) and keeps its last weights; "
                        "--set data.train_on_validation=false keeps them out.\n")
