@@ -291,20 +291,20 @@ def write_report(run_dir: Path) -> Path:
     md += ["## Trainable parameters", ""] + _budget_table(budget) + [""]
     md += ["## Results", ""]
     if summary:
+        took = (f"{summary['train_time_s']:.1f} s on {summary.get('device')} "
+                f"({summary.get('samples_per_s') or 0:.1f} samples/s).")
         if summary.get("validation_trained_on"):
             md.append(
                 f"Trained on every labelled row, the {summary.get('validation_rows', 0):,} validation rows included "
                 f"(`data.train_on_validation`), and kept its last weights: their validation accuracy "
                 f"({summary['validation_accuracy']:.4f}) is no estimate; evaluate the run on a held-out file. "
-                f"{summary['steps']} steps took {summary['train_time_s']:.1f} s on {summary.get('device')} "
-                f"({summary.get('samples_per_s') or 0:.1f} samples/s)."
+                f"{summary['steps']} steps took {took}"
             )
         else:
             md.append(
                 f"Best validation accuracy **{summary['validation_accuracy']:.4f}** (macro F1 "
                 f"{summary['validation_macro_f1']:.4f}) at step {summary['best_step']} of {summary['steps']}; "
-                f"training took {summary['train_time_s']:.1f} s on {summary.get('device')} "
-                f"({summary.get('samples_per_s') or 0:.1f} samples/s)."
+                f"training took {took}"
             )
         if summary.get("train_flops_per_s") and summary.get("matmul_peak_flops_per_s"):
             precision = {"no": "fp32"}.get(summary.get("mixed_precision"), summary.get("mixed_precision") or "fp32")
