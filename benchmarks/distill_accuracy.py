@@ -14,6 +14,12 @@ architecture and hyperparameters; only the loss and the labels seen differ:
   distilled + transfer   `distill --transfer-from-train-fraction F`: the same labelled rows plus the
                          other share as texts with the teacher's soft labels only
 
+`--transfer-only` skips the two all-label runs (and the all-label teacher). `--equal-steps` adds, in the
+transfer setting, a fifth run that answers "is the gain only more optimizer steps?":
+
+  plain, equal steps     `train` on the few labelled rows for as many optimizer steps as the distilled
+                         run took on labelled + transfer rows, evaluated as often
+
 Teacher: the strongest CPU teacher preset (`--teacher`, default `minilm-cpu-teacher`; repeat it for
 an ensemble). It is trained once on every labelled row, and once on the labelled rows of the transfer
 setting only (so it knows no label the student lacks); its logits are computed once per setting and
@@ -25,7 +31,7 @@ student against its plain counterpart on the same 1,000 held-out rows; training 
 Usage:
   python benchmarks/distill_accuracy.py [--data PATH] [--out docs/distill-accuracy.md]
       [--student LABEL=PRESET[;key=value;...]] ... [--teacher PRESET[;key=value;...]|RUN] ... [--transfer-fraction F]
-      [--no-transfer] [--set key=value] [--workdir DIR] [--dry-run] [--quick]
+      [--no-transfer | --transfer-only] [--equal-steps] [--set key=value] [--workdir DIR] [--dry-run] [--quick]
 
 `--dry-run` resolves and counts every config (no weights, no data read) and prints the plan.
 `--quick` is a smoke run: 400 pool rows, 100 held-out rows, a few optimizer steps per run, the first
@@ -35,6 +41,7 @@ student only; its output says it is not a measurement.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 import time
@@ -101,6 +108,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                          "default minilm-cpu-teacher")
     ap.add_argument("--transfer-fraction", type=float, default=0.5)
     ap.add_argument("--no-transfer", action="store_true", help="skip the transfer-text setting")
+    ap.add_argument("--transfer-only", action="store_true", help="skip the all-labels setting")
+    ap.add_argument("--equal-steps", action="store_true",
+                    help="transfer setting: also train the plain student for as many steps as the distilled one")
     ap.add_argument("--held-out", type=int, default=1000)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="override for every run")
     ap.add_argument("--workdir", type=Path, help="where runs are written (default: a temporary folder)")
@@ -117,7 +127,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.quick:
         students = students[:1]
     teachers = args.teacher or ["minilm-cpu-teacher"]
+    if args.no_transfer and args.transfer_only:
+        ap.error("--no-transfer and --transfer-only leave nothing to measure")
     fraction = 0.0 if args.no_transfer else args.transfer_fraction
+    if args.transfer_only and not 0 < fraction < 1:
+        ap.error("--transfer-only needs a --transfer-fraction between 0 and 1")
     quick = QUICK_SETTINGS if args.quick else []
 
     def student_config(spec: str, extra: list[str]):
@@ -158,7 +172,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     base_cfg = student_config(students[0][1], data_settings)
     base_data = prepare_data(base_cfg, print)
     cache = TeacherLogitsCache(default_cache_dir(base_cfg.data.cache_dir))
-    settings = [("all labels", 0.0)] + ([(f"{fraction:.0%} as transfer texts", fraction)] if fraction else [])
+    settings = [] if args.transfer_only else [("all labels", 0.0)]
+    settings += [(f"{fraction:.0%} as transfer texts", fraction)] if fraction else []
     teacher_rows, teacher_dirs = [], {}
     for setting, frac in settings:
         dirs = []
@@ -204,6 +219,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                             "labelled": len(data.train), "transfer": kd.get("transfer_rows", 0),
                             "plain": (plain, pm), "distilled": (kd, km), "mcnemar": test_pair})
             print(results[-1]["label"], setting, pm["accuracy"], km["accuracy"], test_pair, flush=True)
+            if frac and args.equal_steps:
+                # As many optimizer steps as the distilled run, evaluated as often (once per its epoch).
+                steps = kd["steps"]
+                every = math.ceil(steps / max(1, math.ceil(cfg.training.epochs)))
+                eq_cfg = student_config(spec, [*data_settings, f"training.max_steps={steps}",
+                                               f"training.eval_every={every}"])
+                eq_dir = runs / f"plain-equal-steps-{tag}"
+                eq = train(eq_cfg, eq_dir, data=data, log=print)
+                em = held_out_metrics(eq_dir)
+                results[-1]["equal_steps"] = (eq, em, mcnemar(km["correct"], em["correct"]))
+                print(label, setting, "equal steps", em["accuracy"], results[-1]["equal_steps"][2], flush=True)
 
     # ---- report
     lines = []
@@ -231,18 +257,30 @@ def main(argv: Optional[list[str]] = None) -> int:
     ]
     for r in results:
         (ps, pm), (ks, km), test_pair = r["plain"], r["distilled"], r["mcnemar"]
-        diff = 100 * (km["accuracy"] - pm["accuracy"])
-        p = test_pair["p_value"]
-        if p < 0.05:
-            verdict = f"{'gain' if diff > 0 else 'loss'} {diff:+.2f} pts (p={p:.3g})"
-        else:
-            verdict = f"{diff:+.2f} pts, within noise (p={p:.3g})"
+        verdict = verdict_text(km["accuracy"] - pm["accuracy"], test_pair["p_value"])
         lines.append(
             f"| {r['label']} (`{r['spec']}`) | {r['params']:,} | {r['setting']} | {r['labelled']:,} | {r['transfer']:,} | "
             f"{100 * pm['accuracy']:.2f}% ({format_interval(pm['accuracy_ci95'])}) | "
             f"{100 * km['accuracy']:.2f}% ({format_interval(km['accuracy_ci95'])}) | {verdict} | "
             f"{ps['train_time_s']:.0f} / {ks['train_time_s']:.0f} |"
         )
+    equal = [r for r in results if "equal_steps" in r]
+    if equal:
+        lines += [
+            "",
+            "### The plain student given as many optimizer steps as the distilled one",
+            "",
+            "| student | setting | labelled rows | optimizer steps (plain / equal steps / distilled) | "
+            "plain, equal steps: held-out acc (95% CI) | distilled vs plain with equal steps | training (s) |",
+            "|---|---|---:|---|---:|---|---:|",
+        ]
+        for r in equal:
+            (ps, _), (ks, km), (es, em, test_pair) = r["plain"], r["distilled"], r["equal_steps"]
+            lines.append(
+                f"| {r['label']} | {r['setting']} | {r['labelled']:,} | {ps['steps']} / {es['steps']} / {ks['steps']} | "
+                f"{100 * em['accuracy']:.2f}% ({format_interval(em['accuracy_ci95'])}) | "
+                f"{verdict_text(km['accuracy'] - em['accuracy'], test_pair['p_value'])} | {es['train_time_s']:.0f} |"
+            )
     if results:
         kd_cfg = student_config(students[0][1], []).distill
         lines += ["", f"Distillation: T={kd_cfg.temperature:g}, λ={kd_cfg.alpha:g}, min teacher confidence "
@@ -250,6 +288,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     lines += ["", f"Machine: {machine()}."]
     emit("\n".join(lines) + "\n", args.out)
     return 0
+
+
+def verdict_text(accuracy_diff: float, p: float) -> str:
+    diff = 100 * accuracy_diff
+    if p < 0.05:
+        return f"{'gain' if diff > 0 else 'loss'} {diff:+.2f} pts (p={p:.3g})"
+    return f"{diff:+.2f} pts, within noise (p={p:.3g})"
 
 
 def load_labels(path: Path, class_names):
