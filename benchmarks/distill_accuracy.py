@@ -15,7 +15,7 @@ architecture and hyperparameters; only the loss and the labels seen differ:
                          other share as texts with the teacher's soft labels only
 
 `--transfer-only` skips the two all-label runs (and the all-label teacher). `--equal-steps` adds, in the
-transfer setting, a fifth run that answers "is the gain only more optimizer steps?":
+transfer setting, one more run that answers "is the gain only more optimizer steps?":
 
   plain, equal steps     `train` on the few labelled rows for as many optimizer steps as the distilled
                          run took on labelled + transfer rows, evaluated as often
