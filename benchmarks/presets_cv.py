@@ -9,12 +9,18 @@ checkpoint) and ``lorabudget predict`` labels the fold. Together the folds give 
 5,000 held-out rows, the same rows for all of them, so McNemar's exact test pairs them (one
 standard error about 0.5 point at 87%).
 
+``--search NAME=PRESET`` adds the whole search pipeline as one configuration: on each fold,
+``lorabudget search PRESET --budget B --trials T --data train.csv`` chooses on that fold's training
+rows alone (its trials split their own validation rows off), then the search's ``best.yaml`` is
+trained and labels the fold as any other configuration. The held-out fold never takes part in the
+choice, so this measures what a user of ``search`` gets, not one search's pick carried to other folds.
+
 Each fold's predictions are kept in ``--work`` (``preds/<fold>-<name>.csv``,
-run directories in ``runs/``); a prediction file that exists is reused, so an interrupted benchmark
-continues where it stopped, and ``--folds``/``--only`` run a subset.
+run directories in ``runs/``, searches in ``searches/``); a prediction file that exists is reused, so
+an interrupted benchmark continues where it stopped, and ``--folds``/``--only`` run a subset.
 
 Usage: python benchmarks/presets_cv.py [--work DIR] [--folds 0 1 2 3 4] [--only NAME ...] [--config NAME=FILE ...]
-       [--out FILE]
+       [--search NAME=PRESET ...] [--search-budget N] [--search-trials N] [--search-set KEY=VALUE ...] [--out FILE]
 """
 
 from __future__ import annotations
@@ -22,11 +28,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TRAIN_5K, emit, machine, predicted_labels, read_rows, train_timed, write_rows  # noqa: E402
+from common import TRAIN_5K, emit, lorabudget, machine, predicted_labels, read_rows, train_timed, write_rows  # noqa: E402
 from lorabudget.stats import mcnemar, wilson_interval  # noqa: E402
 
 FOLDS = 5
@@ -43,6 +53,21 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "vblora-r4": ("minilm-cpu-10k", [f"adapter.modules={ALL6}", BUDGET_100K, "adapter.method=vblora", "adapter.r=4"]),
     "ia3-all": ("minilm-cpu-10k", [f"adapter.modules={ALL6}", BUDGET_100K]),
 }
+# name -> base preset of a search run on each fold (--search); its best.yaml is then trained.
+SEARCHES: dict[str, str] = {}
+
+
+@dataclass
+class SearchSettings:
+    """How ``--search`` configurations search: the README's new-user command by default."""
+
+    budget: int = 100_000
+    trials: int = 12
+    sets: list[str] = field(default_factory=list)  # the search's --set: its trials and best.yaml (a smoke run's short training)
+
+    def describe(self, preset: str) -> str:
+        extra = "".join(f" --set {s}" for s in self.sets)
+        return f"`lorabudget search {preset} --budget {self.budget} --trials {self.trials}{extra}` on the fold, then its `best.yaml`"
 
 
 def fold_files(rows: list[list[str]], work: Path, fold: int) -> tuple[Path, Path]:
@@ -58,12 +83,31 @@ def labels_of(path: Path) -> list[int]:
         return [int(row["Label"]) for row in csv.DictReader(fh)]
 
 
-def run_fold(work: Path, fold: int, name: str, train_csv: Path, test_csv: Path) -> Path:
+def search_fold(work: Path, fold: int, name: str, train_csv: Path, search: SearchSettings) -> Path:
+    """Run ``lorabudget search`` on one fold's training rows; return its ``best.yaml``. A search killed
+    part-way resumes from its study (the search's own resume), so the benchmark can be restarted."""
+    folder = work / "searches" / f"{fold}-{name}"
+    cmd = lorabudget("search", SEARCHES[name], "--budget", str(search.budget), "--trials", str(search.trials),
+                     "--data", str(train_csv), "--output", str(folder),
+                     *[a for s in search.sets for a in ("--set", s)])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"search failed: {' '.join(cmd)}\n{done.stderr[-3000:]}")
+    print(f"fold {fold} {name}: {done.stdout.strip().splitlines()[-1] if done.stdout.strip() else 'search done'}",
+          flush=True)
+    return folder / "best.yaml"
+
+
+def run_fold(work: Path, fold: int, name: str, train_csv: Path, test_csv: Path,
+             search: SearchSettings = SearchSettings()) -> Path:
     """Train and predict one configuration on one fold (skipped when its predictions exist)."""
     preds = work / "preds" / f"{fold}-{name}.csv"
     if preds.is_file():
         return preds
-    preset, sets = CONFIGS[name]
+    if name in SEARCHES:
+        preset, sets = str(search_fold(work, fold, name, train_csv, search)), []
+    else:
+        preset, sets = CONFIGS[name]
     run = work / "runs" / f"{fold}-{name}"
     summary = train_timed(preset, train_csv, run, sets)
     labels = predicted_labels(run, test_csv)
@@ -79,7 +123,8 @@ def summary_of(run: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def report(work: Path, folds: list[int], names: list[str], rows: list[list[str]]) -> str:
+def report(work: Path, folds: list[int], names: list[str], rows: list[list[str]],
+           search: SearchSettings = SearchSettings()) -> str:
     correct: dict[str, list[bool]] = {n: [] for n in names}
     per_fold: dict[str, list[str]] = {n: [] for n in names}
     params: dict[str, int] = {}
@@ -106,16 +151,39 @@ def report(work: Path, folds: list[int], names: list[str], rows: list[list[str]]
     for name in names:
         hits = correct[name]
         lo, hi = wilson_interval(sum(hits), len(hits))
-        preset, sets = CONFIGS[name]
+        if name in SEARCHES:
+            how = search.describe(SEARCHES[name])
+        else:
+            preset, sets = CONFIGS[name]
+            how = f"`{preset}` {' '.join(f'`{s}`' for s in sets)}"
         test = "—"
         if name != ref:
             m = mcnemar(hits, correct[ref])
             test = f"{m['only_a']} / {m['only_b']}, p = {m['p_value']:.3f}"
-        lines.append(f"| {name} | `{preset}` {' '.join(f'`{s}`' for s in sets)} | {params.get(name, 0):,} | "
+        lines.append(f"| {name} | {how} | {params.get(name, 0):,} | "
                      f"{', '.join(per_fold[name])} | {100 * sum(hits) / len(hits):.2f}% ({100 * lo:.1f}–{100 * hi:.1f}%) | "
                      f"{test} |")
+    for name in (n for n in names if n in SEARCHES):
+        lines += ["", f"What `{name}` chose on each fold (the trainable count above is fold {folds[0]}'s):", ""]
+        lines += [f"- fold {fold}: {search_pick(work / 'searches' / f'{fold}-{name}' / 'best.yaml')}" for fold in folds]
     lines += ["", f"Machine: {machine()}.", ""]
     return "\n".join(lines)
+
+
+def search_pick(best_yaml: Path) -> str:
+    """The pick: ``best.yaml``'s first header line (trial, validation figure, trainable count) and the
+    adapter settings it chose."""
+    if not best_yaml.is_file():
+        return "(no best.yaml)"
+    text = best_yaml.read_text()
+    header = next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")
+    cfg = yaml.safe_load(text)
+    adapter, training = cfg.get("adapter", {}), cfg.get("training", {})
+    chosen = {"method": adapter.get("method"), "r": adapter.get("r"), "modules": adapter.get("modules"),
+              "layers": adapter.get("layers") or "all", "lr": training.get("learning_rate"),
+              "head_lr": training.get("head_learning_rate")}
+    return f"{header} " + ", ".join(f"{k} {v:.2g}" if isinstance(v, float) else f"{k} {v}"
+                                    for k, v in chosen.items() if v is not None)
 
 
 def main() -> int:
@@ -127,13 +195,26 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="write the Markdown table here")
     ap.add_argument("--config", action="append", default=[], metavar="NAME=FILE",
                     help="also a configuration from a YAML file, e.g. a search's best.yaml (repeatable)")
+    ap.add_argument("--search", action="append", default=[], metavar="NAME=PRESET",
+                    help="also a configuration chosen on each fold by `lorabudget search PRESET` (repeatable)")
+    ap.add_argument("--search-budget", type=int, default=SearchSettings.budget, help="--budget of those searches")
+    ap.add_argument("--search-trials", type=int, default=SearchSettings.trials, help="--trials of those searches")
+    ap.add_argument("--search-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="--set of those searches, so of their trials and best.yaml (repeatable; e.g. training.max_steps=4 for a smoke run)")
     args = ap.parse_args()
+    search = SearchSettings(args.search_budget, args.search_trials, args.search_set)
     added = set()
     for spec in args.config:
         name, sep, path = spec.partition("=")
         if not sep or not name or not Path(path).is_file():
             raise SystemExit(f"--config {spec!r}: give NAME=FILE with an existing YAML file")
         CONFIGS[name] = (str(Path(path).resolve()), [])
+        added.add(name)
+    for spec in args.search:
+        name, sep, preset = spec.partition("=")
+        if not sep or not name or not preset or name in CONFIGS:
+            raise SystemExit(f"--search {spec!r}: give NAME=PRESET with a new name")
+        SEARCHES[name] = preset
         added.add(name)
     if not args.data.is_file():
         print(f"skipped: {args.data} not found (the benchmark needs the shared AG News rows)")
@@ -143,11 +224,12 @@ def main() -> int:
         raise SystemExit(f"needs {FOLDS * FOLD_ROWS:,} rows and folds in 0-{FOLDS - 1}")
     rows = rows[:FOLDS * FOLD_ROWS]
     names = [n for n in CONFIGS if not args.only or n in args.only or n in added or n == next(iter(CONFIGS))]
+    names += list(SEARCHES)
     for fold in args.folds:  # fold by fold, so a cut-short benchmark still has complete pairs
         train_csv, test_csv = fold_files(rows, args.work, fold)
         for name in names:
-            run_fold(args.work, fold, name, train_csv, test_csv)
-    emit(report(args.work, args.folds, names, rows), args.out)
+            run_fold(args.work, fold, name, train_csv, test_csv, search)
+    emit(report(args.work, args.folds, names, rows, search), args.out)
     return 0
 
 
