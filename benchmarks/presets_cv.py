@@ -30,7 +30,7 @@ import csv
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -57,13 +57,13 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
 SEARCHES: dict[str, str] = {}
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchSettings:
     """How ``--search`` configurations search: the README's new-user command by default."""
 
     budget: int = 100_000
     trials: int = 12
-    sets: list[str] = field(default_factory=list)  # the search's --set: its trials and best.yaml (a smoke run's short training)
+    sets: tuple[str, ...] = ()  # the search's --set: its trials and best.yaml (a smoke run's short training)
 
     def describe(self, preset: str) -> str:
         extra = "".join(f" --set {s}" for s in self.sets)
@@ -202,7 +202,7 @@ def main() -> int:
     ap.add_argument("--search-set", action="append", default=[], metavar="KEY=VALUE",
                     help="--set of those searches, so of their trials and best.yaml (repeatable; e.g. training.max_steps=4 for a smoke run)")
     args = ap.parse_args()
-    search = SearchSettings(args.search_budget, args.search_trials, args.search_set)
+    search = SearchSettings(args.search_budget, args.search_trials, tuple(args.search_set))
     added = set()
     for spec in args.config:
         name, sep, path = spec.partition("=")
