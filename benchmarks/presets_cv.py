@@ -28,12 +28,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import TRAIN_5K, emit, lorabudget, machine, predicted_labels, read_rows, train_timed, write_rows  # noqa: E402
@@ -165,25 +164,22 @@ def report(work: Path, folds: list[int], names: list[str], rows: list[list[str]]
                      f"{test} |")
     for name in (n for n in names if n in SEARCHES):
         lines += ["", f"What `{name}` chose on each fold (the trainable count above is fold {folds[0]}'s):", ""]
-        lines += [f"- fold {fold}: {search_pick(work / 'searches' / f'{fold}-{name}' / 'best.yaml')}" for fold in folds]
+        lines += [f"- fold {fold}: {search_pick(work / 'searches' / f'{fold}-{name}')}" for fold in folds]
     lines += ["", f"Machine: {machine()}.", ""]
     return "\n".join(lines)
 
 
-def search_pick(best_yaml: Path) -> str:
-    """The pick: ``best.yaml``'s first header line (trial, validation figure, trainable count) and the
-    adapter settings it chose."""
-    if not best_yaml.is_file():
+def search_pick(search_dir: Path) -> str:
+    """The pick as the search states it: ``best.yaml``'s first header line (trial, validation figure,
+    trainable count) and that trial's description from ``trials.csv``, as the search logged it."""
+    best = search_dir / "best.yaml"
+    if not best.is_file():
         return "(no best.yaml)"
-    text = best_yaml.read_text()
-    header = next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")
-    cfg = yaml.safe_load(text)
-    adapter, training = cfg.get("adapter", {}), cfg.get("training", {})
-    chosen = {"method": adapter.get("method"), "r": adapter.get("r"), "modules": adapter.get("modules"),
-              "layers": adapter.get("layers") or "all", "lr": training.get("learning_rate"),
-              "head_lr": training.get("head_learning_rate")}
-    return f"{header} " + ", ".join(f"{k} {v:.2g}" if isinstance(v, float) else f"{k} {v}"
-                                    for k, v in chosen.items() if v is not None)
+    header = best.read_text().splitlines()[0].lstrip("# ")
+    number = re.search(r"#(\d+)", header)
+    with open(search_dir / "trials.csv", newline="", encoding="utf-8") as fh:
+        described = {row["number"]: row["description"] for row in csv.DictReader(fh)}
+    return f"{header} {described.get(number.group(1), '') if number else ''}".strip()
 
 
 def main() -> int:
