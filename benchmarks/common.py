@@ -99,7 +99,7 @@ def predicted_labels(run: Path, test_csv: Path, precision: str = "auto") -> list
 class ShapeRecorder:
     """Records the shape and real lengths of every batch a model is called on (a forward pre-hook),
     so the FLOPs it executed (padded positions) and the useful ones (real tokens) can be counted
-    with :mod:`lorabudget.flops` whatever loop drives the model."""
+    with :mod:`lorabudget.model.flops` whatever loop drives the model."""
 
     def __init__(self, model):
         self.rows = self.positions = self.positions_sq = 0
@@ -127,7 +127,7 @@ def matmul_peaks(seconds: float = 1.0) -> dict[str, float]:
     """This machine's measured matmul FLOP/s in fp32 and bf16 (bf16 left out where the device lacks it)."""
     import torch
 
-    from lorabudget.flops import matmul_peak, native_precision
+    from lorabudget.model.flops import matmul_peak, native_precision
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     peaks = {"fp32": matmul_peak("fp32", device, seconds=seconds)}

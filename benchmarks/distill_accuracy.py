@@ -119,9 +119,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
 
-    from lorabudget.budget import breakdown
+    from lorabudget.model.budget import breakdown
     from lorabudget.config import load_config
-    from lorabudget.modeling import build_model
+    from lorabudget.model.build import build_model
 
     students = [tuple(s.split("=", 1)) for s in args.student] if args.student else default_students()
     if args.quick:
@@ -149,12 +149,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"skipped: {args.data} not found (the benchmark needs the shared AG News rows)")
         return 0
 
-    from lorabudget.batching import default_cache_dir
-    from lorabudget.distill import TeacherLogitsCache, distill, resolve_teacher, teacher_logits, without_transfer_rows
+    from lorabudget.data.batching import default_cache_dir
+    from lorabudget.training.distill import TeacherLogitsCache, distill, resolve_teacher, teacher_logits, without_transfer_rows
     from lorabudget.metrics import classification_metrics
-    from lorabudget.runs import evaluate_run, load_run
+    from lorabudget.inference.runs import evaluate_run, load_run
     from lorabudget.stats import format_interval, mcnemar
-    from lorabudget.train import prepare_data, train
+    from lorabudget.training.loop import prepare_data, train
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="distill-accuracy-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -298,7 +298,7 @@ def verdict_text(accuracy_diff: float, p: float) -> str:
 
 
 def load_labels(path: Path, class_names):
-    from lorabudget.data import load_labelled
+    from lorabudget.data.load import load_labelled
 
     return load_labelled(str(path), class_names).labels
 

@@ -36,10 +36,10 @@ def main() -> int:
         return 0
 
     from lorabudget.config import load_config, save_config
-    from lorabudget.distill import TeacherLogitsCache, kd_loss, teacher_logits
-    from lorabudget.modeling import build_model
-    from lorabudget.runs import load_run
-    from lorabudget.train import prepare_data, train
+    from lorabudget.training.distill import TeacherLogitsCache, kd_loss, teacher_logits
+    from lorabudget.model.build import build_model
+    from lorabudget.inference.runs import load_run
+    from lorabudget.training.loop import prepare_data, train
 
     tmp = Path(tempfile.mkdtemp())
     write_rows(tmp / "train.csv", read_rows(args.data)[: args.rows + 64])

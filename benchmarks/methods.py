@@ -78,8 +78,8 @@ COMMON = ["adapter.r=null", "adapter.alpha=null", "adapter.modules=null", "train
 def run_one(name: str, data: Path, test: Path, work: Path, epochs: float) -> dict:
     """Train and evaluate one configuration in this process; return its result row."""
     from lorabudget.config import load_config
-    from lorabudget.runs import evaluate_run, load_run
-    from lorabudget.train import train
+    from lorabudget.inference.runs import evaluate_run, load_run
+    from lorabudget.training.loop import train
 
     budget, overrides = CONFIGS[name]
     cfg = load_config("minilm-cpu", COMMON + overrides + [
@@ -88,7 +88,7 @@ def run_one(name: str, data: Path, test: Path, work: Path, epochs: float) -> dic
     ])
     summary = train(cfg, work / name)
     metrics = evaluate_run(load_run(work / name), str(test))
-    from lorabudget.train import write_eval
+    from lorabudget.training.loop import write_eval
 
     write_eval(work / name, metrics, str(test), "evaluate")
     return {

@@ -42,9 +42,9 @@ def main() -> int:
 
     from lorabudget.config import load_config
     from lorabudget.metrics import classification_metrics
-    from lorabudget.modeling import resolve_model_source
-    from lorabudget.runs import evaluate_run, load_run
-    from lorabudget.train import train
+    from lorabudget.model.build import resolve_model_source
+    from lorabudget.inference.runs import evaluate_run, load_run
+    from lorabudget.training.loop import train
 
     tmp = Path(tempfile.mkdtemp())
     train_csv, test_csv = split_held_out(args.data, tmp)

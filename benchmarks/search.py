@@ -52,7 +52,7 @@ def main() -> int:
         return 0
 
     from lorabudget.cli import main as cli
-    from lorabudget.runs import evaluate_run, load_run
+    from lorabudget.inference.runs import evaluate_run, load_run
 
     tmp = args.workdir or Path(tempfile.mkdtemp())
     tmp.mkdir(parents=True, exist_ok=True)

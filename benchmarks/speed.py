@@ -12,7 +12,7 @@ its own subprocess (so peak memory is per side) and the sides alternate, A B A B
   cap, allocators), plus the scaling table (cost for 1k/2k/4k training rows, 1k/4k/8k predictions).
 * --tiny: a seconds-long smoke run (used by the test suite to prove the script works, not to time it).
 
-Roofline: next to samples/s, each side's achieved GFLOP/s, counted by lorabudget.flops from the
+Roofline: next to samples/s, each side's achieved GFLOP/s, counted by lorabudget.model.flops from the
 model's shape and the batches it really ran (executed = padded positions; "real" = real tokens
 only), and the fraction of this machine's matmul peak in the same precision, measured in the same
 run (a 2048x2048 matmul loop on a CPU, 8192x8192 on a GPU, fp32 and bf16, best of the start and
@@ -88,7 +88,7 @@ def peak_rss_mb() -> float:
 def worker_ours_train(model_dir: str, rows, pool, tmp: Path, batch_size: int, length_grouping: bool = True,
                       training: dict | None = None) -> dict:
     from lorabudget.config import from_dict
-    from lorabudget.train import train
+    from lorabudget.training.loop import train
 
     with open(tmp / "train.csv", "w", newline="") as fh:
         csv.writer(fh).writerows(rows + rows[:16])  # 16 extra rows are the validation split
@@ -126,7 +126,7 @@ def worker_notebook_train(model_dir: str, rows, pool, tmp: Path, batch_size: int
     import notebook_recipe as nb
     from transformers import AutoTokenizer
 
-    from lorabudget.flops import encoder_shape, training_coefficients
+    from lorabudget.model.flops import encoder_shape, training_coefficients
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     ds = notebook_rows(tok, rows, pool, labelled=True)
@@ -144,10 +144,10 @@ def worker_ours_predict(model_dir: str, rows, pool, tmp: Path, batch_size: int, 
                         precision: str = "fp32", compile: bool = False, threads: int | None = None) -> dict:
     """lorabudget predict: a trained-state run directory, merged weights, length-sorted batches."""
     import torch
-    from lorabudget.batching import tokenize
+    from lorabudget.data.batching import tokenize
     from lorabudget.config import from_dict, save_config
-    from lorabudget.modeling import build_model
-    from lorabudget.runs import load_run
+    from lorabudget.model.build import build_model
+    from lorabudget.inference.runs import load_run
 
     cfg = from_dict({"name": "bench", "model": {"name": model_dir, "max_length": MAX_LENGTH},
                      "adapter": {"r": 8, "alpha": 16, "modules": ["query", "value"]},
@@ -157,7 +157,7 @@ def worker_ours_predict(model_dir: str, rows, pool, tmp: Path, batch_size: int, 
     run_dir = tmp / "run"
     model.save_pretrained(str(run_dir / "adapter"))
     save_config(cfg, run_dir / "config.yaml")
-    from lorabudget.flops import encoder_shape, forward_coefficients
+    from lorabudget.model.flops import encoder_shape, forward_coefficients
 
     run = load_run(run_dir, merge=merge, precision=precision, threads=threads)
     coefficients = forward_coefficients(encoder_shape(run.model))
@@ -173,7 +173,7 @@ def worker_ours_predict(model_dir: str, rows, pool, tmp: Path, batch_size: int, 
         predictions = run.logits(texts).argmax(1).tolist()
     else:  # ablation: input order, so each batch pads to its own longest row only
         tokens = tokenize(run.tokenizer, texts, MAX_LENGTH)
-        from lorabudget.batching import PadCollator
+        from lorabudget.data.batching import PadCollator
 
         collate = PadCollator(tokens, run.pad_id)
         with torch.inference_mode():
@@ -190,7 +190,7 @@ def worker_notebook_predict(model_dir: str, rows, pool, tmp: Path, batch_size: i
     import notebook_recipe as nb
     from transformers import AutoTokenizer
 
-    from lorabudget.flops import encoder_shape, forward_coefficients
+    from lorabudget.model.flops import encoder_shape, forward_coefficients
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     ds = notebook_rows(tok, rows, pool, labelled=False)

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from lorabudget.batching import (
+from lorabudget.data.batching import (
     LengthGroupedBatchSampler, PadCollator, length_sorted_batches, tokenize,
 )
-from lorabudget.inference import predict_logits
+from lorabudget.inference.batched import predict_logits
 
 from conftest import make_tokenizer
 
@@ -97,7 +97,7 @@ def test_token_budget_keeps_long_rows_in_small_batches():
 
 
 def test_bucket_ladder():
-    from lorabudget.batching import bucket_widths, bucketed
+    from lorabudget.data.batching import bucket_widths, bucketed
 
     assert bucket_widths(128) == [16, 32, 48, 64, 80, 96, 112, 128]
     ladder = bucket_widths(512)
@@ -111,7 +111,7 @@ def test_bucket_ladder():
 
 
 def test_every_batch_width_is_a_bucket_width():
-    from lorabudget.batching import bucket_widths, inference_loader, train_loader
+    from lorabudget.data.batching import bucket_widths, inference_loader, train_loader
 
     tok = make_tokenizer("roberta")
     rng = np.random.default_rng(3)
@@ -137,7 +137,7 @@ def test_every_batch_width_is_a_bucket_width():
 @pytest.mark.parametrize("kind", ["roberta", "bert"])
 def test_bucketed_padding_gives_the_same_logits(kind, tiny_roberta, tiny_bert):
     from lorabudget.config import from_dict
-    from lorabudget.modeling import build_model
+    from lorabudget.model.build import build_model
 
     model_dir = tiny_roberta if kind == "roberta" else tiny_bert
     for head in ("full", "linear"):
@@ -156,9 +156,9 @@ def test_bucketed_padding_gives_the_same_logits(kind, tiny_roberta, tiny_bert):
 
 
 def test_split_rows_caps_positions_and_keeps_the_gradient(tiny_roberta):
-    from lorabudget.batching import position_cap, split_rows
+    from lorabudget.data.batching import position_cap, split_rows
     from lorabudget.config import from_dict
-    from lorabudget.modeling import build_model
+    from lorabudget.model.build import build_model
 
     tok = make_tokenizer("roberta")
     rng = np.random.default_rng(0)

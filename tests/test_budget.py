@@ -2,11 +2,11 @@
 
 import pytest
 
-from lorabudget.budget import breakdown, check_budget, count_trainable, format_breakdown
+from lorabudget.model.budget import breakdown, check_budget, count_trainable, format_breakdown
 from lorabudget.config import from_dict, load_config
 from lorabudget.errors import BudgetExceededError, LorabudgetError
-from lorabudget.modeling import build_model
-from lorabudget.train import param_groups
+from lorabudget.model.build import build_model
+from lorabudget.training.loop import param_groups
 
 
 @pytest.mark.parametrize(

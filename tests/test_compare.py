@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import yaml
 
-import lorabudget.report as report
+import lorabudget.report.run_report as report
 from lorabudget.cli import main
-from lorabudget.report import display_names, write_comparison
+from lorabudget.report.run_report import display_names, write_comparison
 from lorabudget.stats import rows_fingerprint, wilson_interval
 
 

@@ -3,8 +3,8 @@ import yaml
 
 from lorabudget.config import RunConfig, apply_overrides, from_dict, load_config, presets_dir
 from lorabudget.errors import LorabudgetError
-from lorabudget.modeling import build_model
-from lorabudget.budget import breakdown
+from lorabudget.model.build import build_model
+from lorabudget.model.budget import breakdown
 
 PRESETS = sorted(presets_dir().glob("*.yaml"))
 

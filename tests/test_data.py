@@ -4,7 +4,7 @@ import pickle
 import pandas as pd
 import pytest
 
-from lorabudget.data import load_labelled, load_unlabelled, split_validation
+from lorabudget.data.load import load_labelled, load_unlabelled, split_validation
 from lorabudget.errors import LorabudgetError
 
 from conftest import write_csv

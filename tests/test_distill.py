@@ -8,11 +8,11 @@ import pytest
 import torch
 import yaml
 
-from lorabudget.batching import tokenize, train_loader
+from lorabudget.data.batching import tokenize, train_loader
 from lorabudget.cli import main
 from lorabudget.config import from_dict
-from lorabudget.distill import TeacherLogitsCache, kd_loss, teacher_fingerprint, teacher_logits
-from lorabudget.runs import load_run
+from lorabudget.training.distill import TeacherLogitsCache, kd_loss, teacher_fingerprint, teacher_logits
+from lorabudget.inference.runs import load_run
 
 
 def test_kd_loss_matches_hand_computation():
@@ -80,7 +80,7 @@ def _student(tiny_roberta, data_dir, cache, **distill):
 
 
 def test_cached_logits_equal_live_teacher_under_shuffling(teacher_run, data_dir, tmp_path):
-    from lorabudget.data import load_labelled
+    from lorabudget.data.load import load_labelled
 
     data = load_labelled(str(data_dir / "train.csv"), ["World", "Sports", "Business", "Sci/Tech"])
     cache = TeacherLogitsCache(tmp_path)
@@ -170,12 +170,12 @@ def test_distill_end_to_end_with_config_teacher_and_unlabelled(tiny_roberta, dat
     assert (runs / "student" / "report.md").is_file()
 
     # Second student on the same data: teacher reused, logits from the cache, teacher never loaded.
-    import lorabudget.runs
+    import lorabudget.inference.runs
 
     def no_load(*a, **k):
         raise AssertionError("the teacher must not be loaded when its logits are cached")
 
-    monkeypatch.setattr(lorabudget.runs, "load_run", no_load)
+    monkeypatch.setattr(lorabudget.inference.runs, "load_run", no_load)
     assert main(argv[:-1] + [str(runs / "student2")]) == 0
     out = capsys.readouterr().out
     assert "reusing the trained run" in out and out.count("from cache") == 2
@@ -211,14 +211,14 @@ def _fake_teacher(path, seed):
 
 
 def test_ensemble_logits_are_the_mean_of_member_probabilities(tmp_path, monkeypatch):
-    import lorabudget.runs
-    from lorabudget.distill import ensemble_fingerprint
+    import lorabudget.inference.runs
+    from lorabudget.training.distill import ensemble_fingerprint
     from lorabudget.metrics import softmax
 
     def no_load(*a, **k):
         raise AssertionError("members' logits are cached: no teacher is loaded")
 
-    monkeypatch.setattr(lorabudget.runs, "load_run", no_load)
+    monkeypatch.setattr(lorabudget.inference.runs, "load_run", no_load)
     texts = ["a", "b", "c"]
     cache = TeacherLogitsCache(tmp_path / "cache")
     t1, t2 = _fake_teacher(tmp_path / "t1", 1), _fake_teacher(tmp_path / "t2", 2)
@@ -266,8 +266,8 @@ def test_fingerprint_covers_any_method_weights_not_tokenizer(tmp_path):
 
 
 def test_transfer_rows_are_seeded_and_tokens_follow():
-    from lorabudget.batching import TokenizedTexts
-    from lorabudget.distill import take_tokens, transfer_indices
+    from lorabudget.data.batching import TokenizedTexts
+    from lorabudget.training.distill import take_tokens, transfer_indices
 
     a = transfer_indices(200, 0.25, 42)
     assert len(a) == 50 and np.array_equal(a, transfer_indices(200, 0.25, 42)) and np.all(np.diff(a) > 0)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lorabudget.config import from_dict
-from lorabudget.modeling import build_model
+from lorabudget.model.build import build_model
 
 
 def _batch(seed=0, vocab=40):

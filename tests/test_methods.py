@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from lorabudget import adapters
-from lorabudget.budget import breakdown
+from lorabudget.model.budget import breakdown
 from lorabudget.config import from_dict
 from lorabudget.errors import LorabudgetError
-from lorabudget.modeling import build_model, merge_adapters, save_trained
-from lorabudget.train import param_groups
+from lorabudget.model.build import build_model, merge_adapters, save_trained
+from lorabudget.training.loop import param_groups
 from test_lora_invariants import _batch  # noqa: E402 - the same small padded batch
 
 # Settings small enough for the tiny models (hidden 32, 3 layers); every method with its own knobs.
@@ -112,7 +112,7 @@ def test_bf16_frozen_base_trains_every_method(tiny_roberta, method):
     """bf16 training holds the frozen base in bf16 (precision.frozen_base_in) under autocast: every
     method's forward and backward run on it, trained weights and their gradients stay fp32, and the
     logits stay close to fp32's."""
-    from lorabudget.precision import frozen_base_in
+    from lorabudget.model.precision import frozen_base_in
 
     cfg = method_cfg(tiny_roberta, method, "full")
     model = build_model(cfg).model
@@ -138,9 +138,9 @@ def test_bf16_inference_casts_every_weight_once_for_every_method(tiny_roberta, m
     logits stay close to fp32's, and the model's fp32 tensors are back afterwards."""
     import numpy as np
 
-    from lorabudget.batching import TokenizedTexts
-    from lorabudget.inference import predict_logits
-    from lorabudget.precision import inference_weights_in
+    from lorabudget.data.batching import TokenizedTexts
+    from lorabudget.inference.batched import predict_logits
+    from lorabudget.model.precision import inference_weights_in
 
     model = build_model(method_cfg(tiny_roberta, method, "full")).model
     _perturb(model)
@@ -161,7 +161,7 @@ def test_bf16_inference_casts_every_weight_once_for_every_method(tiny_roberta, m
 def test_adalora_allocator_state_survives_a_checkpoint(tiny_bert):
     # A resumed AdaLoRA run must mask the ranks the uninterrupted one would: its importance scores
     # (smoothed over all steps so far) travel in the checkpoint with the weights.
-    from lorabudget.train import trainable_weights, load_weights
+    from lorabudget.training.loop import trainable_weights, load_weights
 
     cfg = method_cfg(tiny_bert, "adalora", "full")
 
@@ -222,7 +222,7 @@ def test_merged_equals_unmerged(tiny_roberta, method, head):
 _RELOAD = """
 import json, sys, torch
 from lorabudget.config import from_dict
-from lorabudget.modeling import load_trained_model
+from lorabudget.model.build import load_trained_model
 cases = json.loads(sys.argv[1])
 ids = torch.tensor(cases["ids"]); mask = torch.tensor(cases["mask"])
 out = {}

@@ -71,7 +71,7 @@ def fresh_accelerate_state():
 def test_training_logs_exactly_one_precision_line(monkeypatch, tiny_config, fresh_accelerate_state):
     from accelerate.state import AcceleratorState
 
-    from lorabudget.train import make_accelerator, make_optimizer
+    from lorabudget.training.loop import make_accelerator, make_optimizer
 
     monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ())
     lines = []
@@ -99,7 +99,7 @@ def test_training_logs_exactly_one_precision_line(monkeypatch, tiny_config, fres
 
 
 def test_inference_auto_logs_one_line(monkeypatch):
-    from lorabudget.inference import resolve_precision
+    from lorabudget.inference.batched import resolve_precision
 
     monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ("avx512_bf16",))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -148,7 +148,7 @@ def test_flops_match_torch_flop_counter(kind, tiny_roberta, tiny_bert):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from lorabudget.modeling import build_model
+    from lorabudget.model.build import build_model
 
     model_dir = tiny_roberta if kind == "roberta" else tiny_bert
     cases = [
@@ -187,7 +187,7 @@ def test_matmul_peak_is_positive_and_sane():
 def test_no_bf16_peak_where_the_cpu_only_emulates_bf16(monkeypatch, tiny_roberta):
     """An emulated bf16 matmul takes minutes at the peak's size: the summary then has no peak (and
     no fraction of it), and the matmul is never run; fp32 and native bf16 are measured."""
-    from lorabudget.modeling import build_model
+    from lorabudget.model.build import build_model
 
     model = build_model(from_dict({"model": {"name": str(tiny_roberta)}, "adapter": {"r": 2, "modules": ["query"]}})).model
     counter = flops.FlopCounter()
@@ -207,8 +207,8 @@ def test_no_bf16_peak_where_the_cpu_only_emulates_bf16(monkeypatch, tiny_roberta
 def test_training_summary_reports_flops_and_the_report_shows_them(tiny_config, tmp_path, fresh_accelerate_state):
     """A tiny run with a position cap small enough to split every batch: it trains, and summary.json
     carries the executed and real-token FLOP/s and the matmul peak measured in the run."""
-    from lorabudget.report import write_report
-    from lorabudget.train import train
+    from lorabudget.report.run_report import write_report
+    from lorabudget.training.loop import train
 
     cfg = from_dict(tiny_config(training={"max_steps": 4, "batch_size": 16, "max_batch_positions": 256, "log_every": 1}))
     lines = []

@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from lorabudget.cli import main
-from lorabudget.report import pareto_front, reliability, run_row, write_comparison, write_report
+from lorabudget.report.run_report import pareto_front, reliability, run_row, write_comparison, write_report
 
 import numpy as np
 

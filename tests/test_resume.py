@@ -19,7 +19,7 @@ KILL_AFTER_STEP = 6
 
 CHILD = """
 import sys, time
-import lorabudget.train as T
+import lorabudget.training.loop as T
 write = T.MetricsLog.write
 def stalling_write(self, **record):
     write(self, **record)
@@ -89,7 +89,7 @@ def test_kill_9_and_resume_matches_uninterrupted(tiny_config, tmp_path, method):
 
 
 def test_on_eval_stop_checkpoint_every_umask_and_overwrite(tiny_config, tmp_path, monkeypatch):
-    import lorabudget.train as train_mod
+    import lorabudget.training.loop as train_mod
     from lorabudget.config import from_dict
     from lorabudget.errors import TrainingStopped
 

@@ -57,7 +57,7 @@ def _rows(out: Path) -> list[dict]:
 def _study(out_or_url, name: str):
     import optuna
 
-    from lorabudget.search import open_storage
+    from lorabudget.search.worker import open_storage
 
     url = out_or_url if isinstance(out_or_url, str) else f"sqlite:///{Path(out_or_url) / 'study.db'}"
     return optuna.load_study(study_name=name, storage=open_storage(url))
@@ -73,7 +73,7 @@ def _live_peft_models() -> int:
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory, tiny_roberta, data_dir):
     """One in-process search of 3 trained trials at a budget some samples exceed."""
-    import lorabudget.train as train_mod
+    import lorabudget.training.loop as train_mod
 
     tmp = tmp_path_factory.mktemp("search")
     cfg = _config(tmp, tiny_roberta, data_dir)
@@ -118,7 +118,7 @@ def test_search_trains_within_budget_and_writes_outputs(searched):
     text = (out / "search.md").read_text()
     assert "3 complete" in text and "budget **600**" in text
     # the best against each other complete trial, paired on the same validation rows
-    from lorabudget.searchreport import versus_best
+    from lorabudget.search.outputs import versus_best
 
     best_number = int((out / "best.yaml").read_text().split("#")[2].split()[0])
     versus = versus_best([{**r, "number": int(r["number"])} for r in trained], best_number)
@@ -181,8 +181,8 @@ def test_over_budget_space_rejects_every_sample(tmp_path, tiny_roberta, data_dir
 def test_pruning_stops_a_trial_and_a_crash_does_not_stop_the_search(tmp_path, tiny_roberta, data_dir, monkeypatch):
     import optuna
 
-    import lorabudget.train as train_mod
-    from lorabudget.search import SearchSettings, load_search_config, run_search
+    import lorabudget.training.loop as train_mod
+    from lorabudget.search.worker import SearchSettings, load_search_config, run_search
 
     real_train, calls = train_mod.train, []
 
@@ -266,7 +266,7 @@ def test_search_starts_from_the_base_config_and_the_models_presets(tmp_path, tin
 
 def test_base_points_follow_the_base_config_or_say_why_not():
     from lorabudget.config import from_dict
-    from lorabudget.searchspace import base_points, default_space_raw, parse_space
+    from lorabudget.search.space import base_points, default_space_raw, parse_space
 
     values = {"model": {"name": "x"}, "adapter": {"method": "lora", "r": 16, "alpha": 32, "dropout": 0.0,
                                                   "modules": ["query", "value"]},
@@ -315,7 +315,7 @@ def test_processes_on_one_study_draw_different_samples(tmp_path, multi_objective
     # sequential run with one seed still repeats itself.
     import optuna
 
-    from lorabudget.search import SearchSettings, make_sampler
+    from lorabudget.search.worker import SearchSettings, make_sampler
 
     settings = SearchSettings(name="s", output=tmp_path, base={}, best_base={}, space={}, trials=12,
                               multi_objective=multi_objective, seed=3)
@@ -353,7 +353,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def test_killed_search_resumes(tmp_path, tiny_roberta, data_dir):
-    from lorabudget.search import done_count, trial_kind
+    from lorabudget.search.worker import done_count, trial_kind
 
     cfg = _config(tmp_path, tiny_roberta, data_dir, max_steps=6)
     out = tmp_path / "out"
@@ -389,7 +389,7 @@ def test_killed_search_resumes(tmp_path, tiny_roberta, data_dir):
 
 
 def _check_workers(out: Path, storage: str, name: str, trials: int) -> None:
-    from lorabudget.search import trial_kind
+    from lorabudget.search.worker import trial_kind
 
     all_trials = _study(storage, name).get_trials()
     kinds = [trial_kind(t) for t in all_trials]
@@ -475,7 +475,7 @@ def test_two_workers_share_postgresql(tmp_path, tiny_roberta, data_dir, postgres
 
 
 def test_search_refuses_a_base_config_that_trains_on_its_validation_rows(tiny_config, tmp_path):
-    from lorabudget.search import load_search_config
+    from lorabudget.search.worker import load_search_config
 
     cfg = tmp_path / "base.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config()))
@@ -486,7 +486,7 @@ def test_search_refuses_a_base_config_that_trains_on_its_validation_rows(tiny_co
 def test_best_yaml_trains_on_the_validation_rows_unless_a_setting_forbids_it(tiny_config):
     from types import SimpleNamespace
 
-    from lorabudget.searchreport import best_config_values
+    from lorabudget.search.outputs import best_config_values
 
     trial = SimpleNamespace(user_attrs={"sample": {"adapter.r": 2}})
     for data, training, expected in [
@@ -502,7 +502,7 @@ def test_best_yaml_trains_on_the_validation_rows_unless_a_setting_forbids_it(tin
 
 def test_space_errors_and_default_space():
     from lorabudget.errors import LorabudgetError
-    from lorabudget.searchspace import available_methods, default_space_raw, parse_space
+    from lorabudget.search.space import available_methods, default_space_raw, parse_space
 
     space = parse_space(default_space_raw())
     assert space.methods() and set(space.methods()) <= set(available_methods()) | {"lora"}
@@ -524,7 +524,7 @@ def test_space_errors_and_default_space():
 def test_space_samples_method_options_and_placement():
     import optuna
 
-    from lorabudget.searchspace import apply_sample, parse_space, sample
+    from lorabudget.search.space import apply_sample, parse_space, sample
 
     space = parse_space({"method": ["lora", "ia3", "bitfit"], "modules": {"subsets_of": ["query", "value"]},
                          "layers": ["range"], "r": [2, 4], "r_per_module": True, "alpha_ratio": [2],
@@ -560,8 +560,8 @@ def test_space_samples_method_options_and_placement():
 def test_lr_scale_multiplies_the_base_configs_rate_for_its_own_method():
     import optuna
 
-    from lorabudget.adapters import METHODS
-    from lorabudget.searchspace import parse_space, sample
+    from lorabudget.methods.registry import METHODS
+    from lorabudget.search.space import parse_space, sample
 
     space = parse_space({"method": ["lora", "ia3"], "lr_scale": {"low": 0.3, "high": 3.0, "log": True},
                          "head_lr_scale": {"low": 0.3, "high": 3.0, "log": True}})
@@ -591,12 +591,12 @@ def test_default_space_samples_build_for_every_method(tiny_roberta):
 
     import optuna
 
-    from lorabudget.adapters import METHODS
-    from lorabudget.budget import breakdown
+    from lorabudget.methods.registry import METHODS
+    from lorabudget.model.budget import breakdown
     from lorabudget.config import from_dict
-    from lorabudget.modeling import build_model
-    from lorabudget.search import apply_sample
-    from lorabudget.searchspace import default_space_raw, describe, parse_space, sample
+    from lorabudget.model.build import build_model
+    from lorabudget.search.worker import apply_sample
+    from lorabudget.search.space import default_space_raw, describe, parse_space, sample
 
     base = {"name": "x", "model": {"name": str(tiny_roberta)}, "head": {"type": "linear"},
             "adapter": {"r": 16, "alpha": 32, "modules": ["query", "value"]}, "training": {"learning_rate": 1e-3}}

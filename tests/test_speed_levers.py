@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from lorabudget.config import from_dict
-from lorabudget.dropout import FastDropout, keep_mask, use_fast_dropout
-from lorabudget.modeling import build_model
-from lorabudget.precision import frozen_base_in
+from lorabudget.model.dropout import FastDropout, keep_mask, use_fast_dropout
+from lorabudget.model.build import build_model
+from lorabudget.model.precision import frozen_base_in
 
 
 def _model(path, dropout=0.1, head="linear"):
@@ -100,7 +100,7 @@ def test_frozen_base_in_bf16_stays_close_to_autocast_and_is_restored(request, mo
 @pytest.mark.parametrize("model_fixture", ["tiny_roberta", "tiny_bert"])
 def test_fast_attention_dropout_is_the_math_path_with_cheaper_masks_and_is_restored(request, model_fixture, monkeypatch):
     from lorabudget import dropout
-    from lorabudget.dropout import FAST_DROPOUT_ATTENTION, fast_attention_dropout
+    from lorabudget.model.dropout import FAST_DROPOUT_ATTENTION, fast_attention_dropout
 
     masks = []
     monkeypatch.setattr(dropout, "keep_mask", lambda shape, p: masks.append(shape) or keep_mask(shape, p))
@@ -143,7 +143,7 @@ def test_fast_attention_dropout_is_the_math_path_with_cheaper_masks_and_is_resto
 
 @pytest.mark.parametrize("mask_kind", ["bool", "additive_fp32", "none"])
 def test_fast_attention_keeps_bf16_inputs_in_bf16_and_stays_close_to_fp32(mask_kind):
-    from lorabudget.dropout import fast_dropout_attention
+    from lorabudget.model.dropout import fast_dropout_attention
 
     module = torch.nn.Module().train()
     module.is_causal = False

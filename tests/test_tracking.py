@@ -8,8 +8,8 @@ import pytest
 
 from lorabudget.config import from_dict
 from lorabudget.errors import LorabudgetError
-from lorabudget.tracking import accelerator_kwargs, flat_config, record_scalars
-from lorabudget.train import MetricsLog, make_accelerator, train
+from lorabudget.training.tracking import accelerator_kwargs, flat_config, record_scalars
+from lorabudget.training.loop import MetricsLog, make_accelerator, train
 
 
 def _events(log_dir):
@@ -29,7 +29,7 @@ def _events(log_dir):
 def test_metrics_log_forwards_records_to_tensorboard(tiny_config, tmp_path):
     cfg = from_dict(tiny_config(training={"report_to": ["tensorboard"]}))
     accelerator = make_accelerator(cfg, tmp_path)
-    from lorabudget.tracking import start_trackers
+    from lorabudget.training.tracking import start_trackers
 
     log = MetricsLog(tmp_path / "metrics.jsonl", True, trackers=start_trackers(accelerator, cfg))
     log.write(type="train", step=2, epoch=0.5, loss=1.25, lr=1e-3)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
 if TYPE_CHECKING:  # importing torch and transformers is left to the first call
-    from .runs import LoadedRun
+    from lorabudget.inference.runs import LoadedRun
 
 __version__ = "0.1.0"
 __all__ = ["load_run", "__version__"]
@@ -38,9 +38,9 @@ def load_run(
 
     ``engine``: ``torch`` (adapters merged into the weights) or ``onnx`` (ONNX Runtime; the run is
     exported to ``RUN/onnx/`` once). ``precision``: ``fp32``, ``bf16`` or ``auto`` (torch only).
-    The result's ``predict(texts)`` returns :class:`~lorabudget.runs.Predictions` (``labels``,
+    The result's ``predict(texts)`` returns :class:`~lorabudget.inference.runs.Predictions` (``labels``,
     ``label_ids``, ``probabilities``); ``logits(texts)`` returns the raw logits [n, classes].
     """
-    from .runs import load_run as _load_run
+    from lorabudget.inference.runs import load_run as _load_run
 
     return _load_run(Path(path), threads=threads, precision=precision, engine=engine)

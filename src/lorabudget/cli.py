@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import __version__
-from .errors import BudgetExceededError, LorabudgetError
+from lorabudget import __version__
+from lorabudget.errors import BudgetExceededError, LorabudgetError
 
 
 def _say(message: str) -> None:
@@ -32,12 +32,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .budget import breakdown, format_breakdown
-    from .config import load_config
-    from .modeling import build_model
+    from lorabudget.model.budget import breakdown, format_breakdown
+    from lorabudget.config import load_config
+    from lorabudget.model.build import build_model
 
-    from .adapters import get_method
-    from .budget import within_budget
+    from lorabudget.methods.registry import get_method
+    from lorabudget.model.budget import within_budget
 
     cfg = load_config(args.config, args.overrides)
     built = build_model(cfg, weights=False)
@@ -57,8 +57,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _new_run(args: argparse.Namespace):
     """Load the config of a train/distill command and check its run directory before any work."""
-    from .config import load_config
-    from .rundir import check_can_create, is_main_launch_process, is_run_dir
+    from lorabudget.config import load_config
+    from lorabudget.rundir.lifecycle import check_can_create, is_main_launch_process, is_run_dir
 
     overrides = list(args.overrides)
     if args.data:
@@ -84,8 +84,8 @@ def _new_run(args: argparse.Namespace):
 
 
 def _check_resumable(cfg, run_dir: Path) -> None:
-    from .config import saved_config_values
-    from .rundir import is_run_dir
+    from lorabudget.config import saved_config_values
+    from lorabudget.rundir.lifecycle import is_run_dir
 
     if not is_run_dir(run_dir):
         raise LorabudgetError(f"nothing to resume: {run_dir} is not a lorabudget run directory")
@@ -113,8 +113,8 @@ def _flatten(values: dict, prefix: str = "") -> dict:
 
 def _train_into(run_dir: Path, args: argparse.Namespace, fit) -> None:
     """Run ``fit(folder)`` in the locked run directory (a sibling one for --overwrite)."""
-    from .errors import TrainingDiverged
-    from .rundir import run_directory
+    from lorabudget.errors import TrainingDiverged
+    from lorabudget.rundir.lifecycle import run_directory
 
     with run_directory(run_dir, overwrite=args.overwrite, resume=args.resume) as folder:
         try:
@@ -126,7 +126,7 @@ def _train_into(run_dir: Path, args: argparse.Namespace, fit) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from lorabudget.training.loop import train
 
     cfg, run_dir = _new_run(args)
     _train_into(run_dir, args, lambda folder: train(cfg, folder, log=_say, resume=args.resume))
@@ -137,22 +137,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _report(run_dir: Path, args: argparse.Namespace) -> None:
     if not (run_dir / "config.yaml").is_file():
         return  # an exported folder (predict on an ONNX export): nothing to report
-    from .modelcard import write_model_card
+    from lorabudget.export.modelcard import write_model_card
 
     write_model_card(run_dir)
     if getattr(args, "no_report", False):
         return
-    from .report import write_report
+    from lorabudget.report.run_report import write_report
 
     print(f"report: {write_report(run_dir)}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .runs import read_run_config
+    from lorabudget.inference.runs import read_run_config
 
     read_run_config(Path(args.run))  # a clear error for a folder that is not a run
-    from .modelcard import write_model_card
-    from .report import write_report
+    from lorabudget.export.modelcard import write_model_card
+    from lorabudget.report.run_report import write_report
 
     write_model_card(Path(args.run))
     print(f"report: {write_report(Path(args.run))}")
@@ -160,9 +160,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report import write_comparison
+    from lorabudget.report.run_report import write_comparison
 
-    from .rundir import check_can_create
+    from lorabudget.rundir.lifecycle import check_can_create
 
     for run in args.runs:
         if not Path(run).is_dir():
@@ -175,7 +175,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from .distill import distill
+    from lorabudget.training.distill import distill
 
     cfg, run_dir = _new_run(args)
     _train_into(run_dir, args, lambda folder: distill(
@@ -187,10 +187,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .metrics import format_metrics
-    from .rundir import check_can_create
-    from .runs import evaluate_run, load_run, read_run_config
-    from .train import write_eval
+    from lorabudget.metrics import format_metrics
+    from lorabudget.rundir.lifecycle import check_can_create
+    from lorabudget.inference.runs import evaluate_run, load_run, read_run_config
+    from lorabudget.training.loop import write_eval
 
     read_run_config(Path(args.run))
     check_can_create(Path(args.run) / "eval.json")  # before inference, not after
@@ -204,7 +204,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .runs import check_threads, load_run, predict_file, read_run_config
+    from lorabudget.inference.runs import check_threads, load_run, predict_file, read_run_config
 
     if not (Path(args.run) / "lorabudget_export.json").is_file():  # an ONNX export folder is no run directory
         read_run_config(Path(args.run))  # a clear error for a folder that is not a run, before anything else
@@ -220,7 +220,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_run
+    from lorabudget.export.formats import export_run
 
     path = export_run(Path(args.run), Path(args.output), args.format, quantize=args.quantize, overwrite=args.overwrite)
     print(f"exported {args.run} as {args.format} to {path} (model card: {path / 'README.md'})")
@@ -229,7 +229,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _check_output_file(output: Path, input_source: str) -> None:
     """Refuse an output that is a folder, is the input, or cannot be written: before any inference runs."""
-    from .rundir import check_can_create
+    from lorabudget.rundir.lifecycle import check_can_create
 
     if output.is_dir():
         raise LorabudgetError(f"--output {output} is a folder; name the CSV file to write")
@@ -239,7 +239,7 @@ def _check_output_file(output: Path, input_source: str) -> None:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from .runs import check_threads, classify_texts, load_run
+    from lorabudget.inference.runs import check_threads, classify_texts, load_run
 
     check_threads(args.threads)
     texts = list(args.texts)
@@ -255,7 +255,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .search import run_search, settings_from_args
+    from lorabudget.search.worker import run_search, settings_from_args
 
     run_search(settings_from_args(args))
     return 0

@@ -19,7 +19,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from .errors import LorabudgetError
+from lorabudget.errors import LorabudgetError
 
 AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 # Short names of the linear layers an adapter can be placed on (see adapters.py).
@@ -77,7 +77,7 @@ class AdapterConfig:
         "lora", "adalora", "vera", "vblora", "tinylora", "fourierft", "ia3", "loha", "lokr", "bitfit",
         "ln_tuning", "full",
     ] = "lora"
-    """The adapter method (see ``lorabudget.adapters`` and the README's table). ``full`` trains every
+    """The adapter method (see ``lorabudget.methods.registry`` and the README's table). ``full`` trains every
     weight and is allowed only with an unlimited budget (teachers)."""
     r: Optional[int] = None
     """Rank: LoRA/AdaLoRA(initial)/LoHa/LoKr rank, VeRA/VB-LoRA rank, TinyLoRA's SVD rank; ignored by
@@ -393,7 +393,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if len(set(cfg.model.labels)) != len(cfg.model.labels):
         raise LorabudgetError("config key 'model.labels': class names must be distinct")
     _check_positive("model.max_length", cfg.model.max_length)
-    from .adapters import check_config, resolve_defaults
+    from lorabudget.methods.registry import check_config, resolve_defaults
 
     resolve_defaults(cfg)  # the method fills what the user left null (rank, modules, learning rates)
     a = cfg.adapter
@@ -569,6 +569,6 @@ def dump_yaml(cfg: RunConfig) -> str:
 
 
 def save_config(cfg: RunConfig, path: Union[str, Path]) -> None:
-    from .io import atomic_write_text
+    from lorabudget.io import atomic_write_text
 
     atomic_write_text(path, dump_yaml(cfg))

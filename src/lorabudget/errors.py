@@ -15,7 +15,7 @@ class BudgetExceededError(LorabudgetError):
 
 
 class TrainingStopped(LorabudgetError):
-    """Raised by an ``on_eval`` callback of :func:`lorabudget.train.train` to end a run early.
+    """Raised by an ``on_eval`` callback of :func:`lorabudget.training.loop.train` to end a run early.
 
     The run is finished with the best checkpoint so far (adapter, eval.json, summary.json with
     ``stopped_early``), then the exception is raised again to the caller with ``summary`` set.

@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-from .stats import format_interval, rows_fingerprint, wilson_interval
+from lorabudget.stats import format_interval, rows_fingerprint, wilson_interval
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

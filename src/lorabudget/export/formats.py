@@ -4,7 +4,7 @@
   architecture's own ``*ForSequenceClassification``; the ``linear`` head (either pooling) is shipped
   as a small model class inside the folder (``modeling_lorabudget.py``, registered through the
   config's ``auto_map``), because no standard class has a bare Linear layer on the first or mean
-  token state (see :mod:`lorabudget.hf_classifier`).
+  token state (see :mod:`lorabudget.model.hf_classifier`).
 - ``peft``: the PEFT adapter folder (adapters and trained head), loaded by ``PeftModel.from_pretrained``
   on the base model; for the ``linear`` head the folder also holds the model class to build the base.
 - ``onnx``: the merged model traced by ``torch.onnx`` (inputs ``input_ids`` and ``attention_mask``,
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .config import RunConfig, from_dict
-from .errors import LorabudgetError
-from .io import atomic_dir, atomic_write_json
+from lorabudget import __version__
+from lorabudget.config import RunConfig, from_dict
+from lorabudget.errors import LorabudgetError
+from lorabudget.io import atomic_dir, atomic_write_json
 
 FORMATS = ("hf", "peft", "onnx")
 QUANTIZATIONS = ("int8",)
@@ -88,7 +88,7 @@ def _label_maps(cfg: RunConfig) -> dict[str, Any]:
 def remote_code_config(encoder_config, cfg: RunConfig):
     """The ``config.json`` of a ``linear``-head model: the encoder's config, the pooling, the labels,
     and ``auto_map`` pointing at the model class shipped in the folder."""
-    from .hf_classifier import LorabudgetClassifierConfig
+    from lorabudget.model.hf_classifier import LorabudgetClassifierConfig
 
     encoder = encoder_config.to_dict()
     for key in ("architectures", "id2label", "label2id", "transformers_version", "_name_or_path"):
@@ -116,14 +116,16 @@ def remote_code_config(encoder_config, cfg: RunConfig):
 
 
 def _copy_remote_code(folder: Path) -> None:
-    shutil.copyfile(Path(__file__).with_name("hf_classifier.py"), folder / REMOTE_CODE_FILE)
+    from lorabudget.model import hf_classifier  # transformers: imported when a folder is written
+
+    shutil.copyfile(hf_classifier.__file__, folder / REMOTE_CODE_FILE)
 
 
 def to_transformers_model(merged: nn.Module, cfg: RunConfig) -> nn.Module:
     """A model that plain transformers can save and reload: the ``full`` head's model as it is, the
-    ``linear`` head's as :class:`~lorabudget.hf_classifier.LorabudgetForSequenceClassification`."""
-    from .hf_classifier import LorabudgetForSequenceClassification
-    from .modeling import EncoderWithLinearHead
+    ``linear`` head's as :class:`~lorabudget.model.hf_classifier.LorabudgetForSequenceClassification`."""
+    from lorabudget.model.hf_classifier import LorabudgetForSequenceClassification
+    from lorabudget.model.build import EncoderWithLinearHead
 
     if not isinstance(merged, EncoderWithLinearHead):
         for key, value in _label_maps(cfg).items():
@@ -144,8 +146,8 @@ def export_hf(run, folder: Path) -> None:
 
 
 def export_peft(run_dir: Path, cfg: RunConfig, tokenizer, folder: Path) -> None:
-    from .modeling import load_model_config
-    from .modelcard import base_model_name
+    from lorabudget.model.build import load_model_config
+    from lorabudget.export.modelcard import base_model_name
 
     adapter = Path(run_dir) / "adapter"
     if not (adapter / "adapter_config.json").is_file():
@@ -242,8 +244,8 @@ def onnx_session(path: Path, threads: Optional[int] = None):
 
 def export_run(run_dir: Path, output: Path, fmt: str, quantize: Optional[str] = None, overwrite: bool = False) -> Path:
     """Export the run in ``run_dir`` to ``output`` (written atomically) in format ``fmt``."""
-    from .modelcard import write_model_card
-    from .runs import load_run, read_run_config
+    from lorabudget.export.modelcard import write_model_card
+    from lorabudget.inference.runs import load_run, read_run_config
 
     run_dir, output = Path(run_dir), Path(output)
     if fmt not in FORMATS:
@@ -265,7 +267,7 @@ def export_run(run_dir: Path, output: Path, fmt: str, quantize: Optional[str] = 
     extra: dict[str, Any] = {"head": cfg.head.type, "pooling": cfg.head.pooling}
     with atomic_dir(output) as tmp:
         if fmt == "peft":
-            from .modeling import load_tokenizer
+            from lorabudget.model.build import load_tokenizer
 
             tok_dir = run_dir / "tokenizer"
             export_peft(run_dir, cfg, load_tokenizer(str(tok_dir) if tok_dir.is_dir() else cfg.model.name), tmp)
@@ -283,10 +285,10 @@ def export_run(run_dir: Path, output: Path, fmt: str, quantize: Optional[str] = 
 
 
 def load_onnx_run(path: Path, threads: Optional[int] = None):
-    """A :class:`~lorabudget.runs.LoadedRun` on ONNX Runtime, from an ONNX export folder or a run
+    """A :class:`~lorabudget.inference.runs.LoadedRun` on ONNX Runtime, from an ONNX export folder or a run
     directory (exported once into ``RUN/onnx/`` and re-exported when the run's weights change)."""
-    from .modeling import load_tokenizer
-    from .runs import LoadedRun, read_run_config
+    from lorabudget.model.build import load_tokenizer
+    from lorabudget.inference.runs import LoadedRun, read_run_config
 
     path = Path(path)
     meta = read_export_meta(path)

@@ -30,13 +30,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .batching import TokenizedTexts, default_cache_dir, texts_fingerprint, tokenize
-from .config import RunConfig, load_config, saved_config_values
-from .data import TextData, load_unlabelled
-from .errors import LorabudgetError
-from .io import atomic_path
-from .metrics import classification_metrics, softmax
-from .train import PreparedData, file_sha256, plan_or_refuse, prepare_data, train
+from lorabudget.data.batching import TokenizedTexts, default_cache_dir, texts_fingerprint, tokenize
+from lorabudget.config import RunConfig, load_config, saved_config_values
+from lorabudget.data.load import TextData, load_unlabelled
+from lorabudget.errors import LorabudgetError
+from lorabudget.io import atomic_path
+from lorabudget.metrics import classification_metrics, softmax
+from lorabudget.training.loop import PreparedData, file_sha256, plan_or_refuse, prepare_data, train
 
 CACHE_VERSION = "2"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -58,7 +58,7 @@ def kd_loss(
     """
     student_logits = student_logits.float()
     if weight == 0:
-        # Exactly plain training: the same call as lorabudget.train.cross_entropy_loss.
+        # Exactly plain training: the same call as lorabudget.training.loop.cross_entropy_loss.
         return F.cross_entropy(student_logits, labels)
     # Mean CE over labelled rows, written without data-dependent branches (no host sync per step).
     labelled = (labels >= 0).to(student_logits.dtype)
@@ -170,7 +170,7 @@ def teacher_logits(
     An ensemble's logits are cached under a key made of all its members, so a change to any member
     gives a new key; each member's own logits are cached too (reused by single-teacher students).
     """
-    from .runs import load_run
+    from lorabudget.inference.runs import load_run
 
     members = [Path(teacher_dir)] if isinstance(teacher_dir, (str, Path)) else [Path(d) for d in teacher_dir]
     if not members:

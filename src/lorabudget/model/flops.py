@@ -145,7 +145,7 @@ def encoder_shape(model: torch.nn.Module) -> EncoderShape:
     """The shape of a BERT-family model as built by lorabudget (PEFT-wrapped or merged)."""
     from torch import nn
 
-    from .modeling import MODULE_PATHS, encoder_layer_prefix
+    from lorabudget.model.build import MODULE_PATHS, encoder_layer_prefix
 
     prefix, num_layers = encoder_layer_prefix(model)
     modules = dict(model.named_modules())
@@ -194,7 +194,7 @@ def native_precision(precision: str, device: Any = "cpu") -> bool:
     """Whether ``device`` multiplies in ``precision`` natively. A CPU without bf16 instructions
     emulates it: one 2048² bf16 matmul took 35 to 80 s on the 2-core AMD EPYC of 2026-12-01 (fp32:
     0.3 s), so a bf16 peak there costs minutes and means nothing."""
-    from .precision import cpu_supports_bf16
+    from lorabudget.model.precision import cpu_supports_bf16
 
     return precision != "bf16" or torch.device(device).type != "cpu" or cpu_supports_bf16()
 
@@ -256,7 +256,7 @@ def training_summary(
     Empty when the model is not a BERT-family encoder this module can read."""
     import numpy as np
 
-    from .errors import LorabudgetError
+    from lorabudget.errors import LorabudgetError
 
     try:
         coef = training_coefficients(encoder_shape(model))

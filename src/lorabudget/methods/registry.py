@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from torch import nn
 
-from .errors import LorabudgetError
+from lorabudget.errors import LorabudgetError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import RunConfig
-    from .modeling import AdapterSite
+    from lorabudget.config import RunConfig
+    from lorabudget.model.build import AdapterSite
 
 # Where each short module name lives inside one encoder layer of BERT-family models.
 LINEAR_PATHS = {

@@ -8,17 +8,17 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import dump_yaml, from_dict
-from .errors import LorabudgetError
-from .io import atomic_write_text
-from .searchspace import apply_sample
+from lorabudget.config import dump_yaml, from_dict
+from lorabudget.errors import LorabudgetError
+from lorabudget.io import atomic_write_text
+from lorabudget.search.space import apply_sample
 
 CSV_FIXED = ["number", "state", "value", "validation_accuracy", "validation_macro_f1", "trainable_params",
              "steps", "pruned_at_step", "seconds", "description", "origin", "reason", "run_dir", "worker"]
 
 
 def trial_rows(study) -> list[dict[str, Any]]:
-    from .search import trial_kind
+    from lorabudget.search.worker import trial_kind
 
     rows = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
@@ -89,8 +89,8 @@ def versus_best(complete: list[dict[str, Any]], best_number: int) -> dict[int, d
     Read from the trials' run directories (per-row results of the kept checkpoint). A trial whose
     rows differ from the best's, or that kept no per-row results, is left out.
     """
-    from .report import run_row
-    from .stats import mcnemar
+    from lorabudget.report.run_report import run_row
+    from lorabudget.stats import mcnemar
 
     scores = {}
     for r in complete:
@@ -125,7 +125,7 @@ def _plots(study, s, out_dir: Path, rows: list[dict[str, Any]]) -> dict[str, str
     import optuna.visualization.matplotlib as ovm
     from optuna.exceptions import ExperimentalWarning
 
-    from .report import _plt, _save, pareto_front
+    from lorabudget.report.run_report import _plt, _save, pareto_front
 
     plt = _plt()
     made: dict[str, str] = {}

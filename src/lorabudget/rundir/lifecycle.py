@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from .errors import LorabudgetError
+from lorabudget.errors import LorabudgetError
 
 LOCK_NAME = ".lock"
 

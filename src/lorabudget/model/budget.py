@@ -16,8 +16,8 @@ from typing import Optional
 
 from torch import nn
 
-from .adapters import LINEAR_PATHS, NORM_PATHS, NORM_SHORT
-from .errors import BudgetExceededError
+from lorabudget.methods.registry import LINEAR_PATHS, NORM_PATHS, NORM_SHORT
+from lorabudget.errors import BudgetExceededError
 
 # Full path inside a layer -> the short name shown in the breakdown.
 _PATH_TO_SHORT = {path: short for short, path in LINEAR_PATHS.items()}
@@ -81,7 +81,7 @@ def count_trainable(model: nn.Module) -> int:
 def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
     if hasattr(model, "peft_config"):
         return ()  # PEFT wraps the head as modules_to_save: matched by name below
-    from .modeling import head_module_names
+    from lorabudget.model.build import head_module_names
 
     return tuple(name + "." for name in head_module_names(model))
 

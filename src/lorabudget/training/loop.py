@@ -28,23 +28,23 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import adapters
-from . import budget as budget_mod
-from .batching import (
+from lorabudget.methods import registry as adapters
+from lorabudget.model import budget as budget_mod
+from lorabudget.data.batching import (
     BUCKET_MULTIPLE, INFERENCE_BUCKET_MULTIPLE, TokenizedTexts, default_cache_dir, position_cap, split_rows, tokenize,
     train_loader,
 )
-from .config import RunConfig, save_config
-from .data import TextData, load_labelled, split_validation
-from .errors import LorabudgetError, TrainingDiverged, TrainingStopped
-from .dropout import fast_attention_dropout, use_fast_dropout
-from .flops import FlopCounter, training_summary as training_flops
-from .inference import predict_logits
-from .io import atomic_dir, atomic_write_json
-from .metrics import classification_metrics, format_metrics
-from .modeling import build_model, keep_4bit_layout_for_training, load_tokenizer, save_trained
-from .precision import frozen_base_in
-from .tracking import accelerator_kwargs, start_trackers
+from lorabudget.config import RunConfig, save_config
+from lorabudget.data.load import TextData, load_labelled, split_validation
+from lorabudget.errors import LorabudgetError, TrainingDiverged, TrainingStopped
+from lorabudget.model.dropout import fast_attention_dropout, use_fast_dropout
+from lorabudget.model.flops import FlopCounter, training_summary as training_flops
+from lorabudget.inference.batched import predict_logits
+from lorabudget.io import atomic_dir, atomic_write_json
+from lorabudget.metrics import classification_metrics, format_metrics
+from lorabudget.model.build import build_model, keep_4bit_layout_for_training, load_tokenizer, save_trained
+from lorabudget.model.precision import frozen_base_in
+from lorabudget.training.tracking import accelerator_kwargs, start_trackers
 
 # A loss on one batch: (student logits [B, C], batch dict) -> scalar. Distillation plugs in here.
 LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
@@ -62,7 +62,7 @@ def make_accelerator(cfg: RunConfig, run_dir: Optional[Path] = None, log: Callab
     fp32 (the frozen base is held in bf16 during the loop: ``precision.frozen_base_in``)."""
     from accelerate import Accelerator
 
-    from .precision import resolve as resolve_precision
+    from lorabudget.model.precision import resolve as resolve_precision
 
     precision = resolve_precision(cfg.training.mixed_precision)
     kwargs: dict[str, Any] = {}
@@ -143,7 +143,7 @@ def plan_or_refuse(cfg: RunConfig, log: Callable[[str], None] = print) -> budget
 def param_groups(model: torch.nn.Module, cfg: RunConfig) -> list[dict[str, Any]]:
     """AdamW groups: no weight decay on 1-D tensors and the method's scale-like kinds (DoRA
     magnitudes, IA3 scales); the head may have its own LR."""
-    from .modeling import head_module_names
+    from lorabudget.model.build import head_module_names
 
     t = cfg.training
     # A fully fine-tuned model has no PEFT wrapper: its head is found by module name.
@@ -169,7 +169,7 @@ class MetricsLog:
     """``metrics.jsonl``: one JSON object per line, appended and flushed as training goes.
 
     Strict JSON: a non-finite number is written as ``null``. ``trackers`` (a
-    :class:`~lorabudget.tracking.TrackerSink`) receives every record too. ``resume_at`` (a byte offset from a
+    :class:`~lorabudget.training.tracking.TrackerSink`) receives every record too. ``resume_at`` (a byte offset from a
     checkpoint) cuts the file back to that point and appends from there.
     """
 

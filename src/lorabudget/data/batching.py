@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .io import atomic_path
+from lorabudget.io import atomic_path
 
 CACHE_VERSION = "1"
 BUCKET_MULTIPLE = 16

@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import LorabudgetError
+from lorabudget.errors import LorabudgetError
 
 HUB_DATASETS = {"ag_news": "fancyzhx/ag_news", "fancyzhx/ag_news": "fancyzhx/ag_news"}
 TEXT_NAMES = ("text", "content", "sentence")
@@ -205,7 +205,7 @@ def _read_pickle(path: Path, trust_pickle: bool = False) -> pd.DataFrame:
 
 
 def _load_hub(name: str) -> tuple[pd.DataFrame, int]:
-    from .modeling import hub_reachable
+    from lorabudget.model.build import hub_reachable
 
     dataset, _, split = name.partition(":")
     split = split or "train"

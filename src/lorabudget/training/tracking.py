@@ -1,7 +1,7 @@
 """Experiment trackers (TensorBoard, MLflow, Weights & Biases, ...) through Accelerate's trackers.
 
 ``training.report_to: [tensorboard, mlflow]`` (default: none) makes the training loop's
-:class:`~lorabudget.train.MetricsLog`, the one sink every logged scalar goes through, forward each
+:class:`~lorabudget.training.loop.MetricsLog`, the one sink every logged scalar goes through, forward each
 ``metrics.jsonl`` record to the trackers as well: ``train/loss``, ``train/lr``, ``eval/accuracy`` ...
 at the record's optimizer step. The resolved config is logged once, flattened (``adapter.r`` ...).
 
@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import RunConfig
-from .errors import LorabudgetError
+from lorabudget.config import RunConfig
+from lorabudget.errors import LorabudgetError
 
 PROJECT_NAME = "lorabudget"  # TensorBoard folder, MLflow experiment, W&B project
 

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batching import TokenizedTexts, inference_loader
-from .precision import gpu_supports_bf16, resolve as resolve_device_precision  # noqa: F401 - re-exported
-from .precision import inference_weights_in
+from lorabudget.data.batching import TokenizedTexts, inference_loader
+from lorabudget.model.precision import gpu_supports_bf16, resolve as resolve_device_precision  # noqa: F401 - re-exported
+from lorabudget.model.precision import inference_weights_in
 
 
 CPU_TOKENS_PER_BATCH = 1024

@@ -37,8 +37,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .config import MODULE_SHORT_NAMES
-from .errors import LorabudgetError
+from lorabudget.config import MODULE_SHORT_NAMES
+from lorabudget.errors import LorabudgetError
 
 # Methods by what they use. The method seam (adapters.py) defines how each maps onto PEFT; these
 # sets only decide which of the space's entries are sampled for a method.
@@ -264,9 +264,9 @@ def _positive(dist: Dist, key: str) -> Dist:
 
 
 def available_methods() -> list[str]:
-    """Methods this installation can build: ``lorabudget.adapters.METHODS`` when it exists, else LoRA."""
+    """Methods this installation can build: ``lorabudget.methods.registry.METHODS`` when it exists, else LoRA."""
     try:
-        from .adapters import METHODS  # type: ignore[attr-defined]
+        from lorabudget.methods.registry import METHODS  # type: ignore[attr-defined]
     except ImportError:
         return ["lora"]
     return [m for m in SEARCHABLE_BY_DEFAULT if m in METHODS]
@@ -389,7 +389,7 @@ def reference_rates(method: str, base_method: str,
                     base_rates: tuple[Optional[float], Optional[float]]) -> tuple[float, float]:
     """The adapter and head learning rates that ``lr_scale`` and ``head_lr_scale`` multiply for ``method``:
     the base config's own for its own method, else the method's defaults."""
-    from .adapters import get_method
+    from lorabudget.methods.registry import get_method
 
     spec = get_method(method)
     own_lr, own_head_lr = base_rates if method == base_method else (None, None)

@@ -18,15 +18,15 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .adapters import can_merge
-from .batching import default_cache_dir, tokenize
-from .config import RunConfig, from_dict, load_yaml
-from .data import load_labelled, load_unlabelled
-from .errors import LorabudgetError
-from .inference import predict_logits, predict_logits_onnx, resolve_precision
-from .io import atomic_path, atomic_write_json
-from .metrics import classification_metrics, softmax
-from .modeling import load_tokenizer, load_trained_model, merge_adapters
+from lorabudget.methods.registry import can_merge
+from lorabudget.data.batching import default_cache_dir, tokenize
+from lorabudget.config import RunConfig, from_dict, load_yaml
+from lorabudget.data.load import load_labelled, load_unlabelled
+from lorabudget.errors import LorabudgetError
+from lorabudget.inference.batched import predict_logits, predict_logits_onnx, resolve_precision
+from lorabudget.io import atomic_path, atomic_write_json
+from lorabudget.metrics import classification_metrics, softmax
+from lorabudget.model.build import load_tokenizer, load_trained_model, merge_adapters
 
 
 @dataclass
@@ -88,7 +88,7 @@ def check_threads(threads: Optional[int]) -> None:
 def verify_adapter(run_dir: Path) -> None:
     """Check the run's adapter weights before they are used: each file reads back whole, holds only
     finite values, and matches the sha256 that summary.json recorded when training finished."""
-    from .train import adapter_checksums, weight_files
+    from lorabudget.training.loop import adapter_checksums, weight_files
 
     run_dir = Path(run_dir)
     adapter_dir = run_dir / "adapter"
@@ -142,7 +142,7 @@ def load_run(
     run_dir = Path(run_dir)
     check_threads(threads)
     if engine == "onnx" or (run_dir / "lorabudget_export.json").is_file():
-        from .export import load_onnx_run
+        from lorabudget.export.formats import load_onnx_run
 
         if precision == "bf16":
             raise LorabudgetError("the onnx engine runs in fp32 (or the int8 of an export); drop --precision bf16")

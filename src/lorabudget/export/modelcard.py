@@ -14,8 +14,8 @@ from typing import Any, Optional
 
 import yaml
 
-from .config import RunConfig
-from .io import atomic_write_text
+from lorabudget.config import RunConfig
+from lorabudget.io import atomic_write_text
 
 HUB_DATASETS = {"ag_news": "ag_news", "fancyzhx/ag_news": "fancyzhx/ag_news"}
 
@@ -29,7 +29,7 @@ def _read_json(path: Path) -> Optional[Any]:
 
 def base_model_name(cfg: RunConfig) -> Optional[str]:
     """The base model's Hugging Face hub name, or ``None`` when the run used a local folder."""
-    from .modeling import PACKAGED_MODELS
+    from lorabudget.model.build import PACKAGED_MODELS
 
     name = cfg.model.name
     packaged = PACKAGED_MODELS.get(name.lower())
@@ -366,7 +366,7 @@ def write_model_card(
     run_dir: Path, folder: Optional[Path] = None, export_format: Optional[str] = None, folder_name: str = "DIR"
 ) -> Path:
     """Write ``README.md`` into ``folder`` (default: the run directory itself); return its path."""
-    from .runs import read_run_config
+    from lorabudget.inference.runs import read_run_config
 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)

@@ -20,10 +20,10 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from . import adapters
-from .adapters import LINEAR_PATHS, NORM_PATHS
-from .config import MODULE_SHORT_NAMES, AdapterConfig, HeadConfig, PlacementConfig, RunConfig
-from .errors import LorabudgetError
+from lorabudget.methods import registry as adapters
+from lorabudget.methods.registry import LINEAR_PATHS, NORM_PATHS
+from lorabudget.config import MODULE_SHORT_NAMES, AdapterConfig, HeadConfig, PlacementConfig, RunConfig
+from lorabudget.errors import LorabudgetError
 
 # Where each short module name lives inside one encoder layer of BERT-family models
 # (BERT, RoBERTa, XLM-RoBERTa, CamemBERT, MiniLM ...).
@@ -438,7 +438,7 @@ FULL_WEIGHTS = "model.safetensors"  # a full fine-tune's weights inside RUN/adap
 
 def save_trained(model: nn.Module, path: Path) -> None:
     """Write what a run needs to be rebuilt: PEFT adapters and head, or every weight for ``full``."""
-    from .io import atomic_dir
+    from lorabudget.io import atomic_dir
 
     with atomic_dir(Path(path)) as tmp:
         if hasattr(model, "peft_config"):

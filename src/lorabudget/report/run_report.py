@@ -17,9 +17,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .errors import LorabudgetError
-from .io import atomic_path, atomic_write_text
-from .stats import accuracy_interval, format_interval, mcnemar
+from lorabudget.errors import LorabudgetError
+from lorabudget.io import atomic_path, atomic_write_text
+from lorabudget.stats import accuracy_interval, format_interval, mcnemar
 
 FIGSIZE = (7.0, 4.2)
 DPI = 110
@@ -230,7 +230,7 @@ def _method_line(a: dict) -> str:
     if method == "lora":
         return (f"method lora: r={a.get('r')}, alpha={a.get('alpha')}, dropout={a.get('dropout')}, "
                 f"rsLoRA={a.get('use_rslora')}, DoRA={a.get('use_dora')}{extra}")
-    from .adapters import get_method
+    from lorabudget.methods.registry import get_method
 
     spec = get_method(method)
     settings = [f"r={a.get('r')}"] if spec.uses_rank else []

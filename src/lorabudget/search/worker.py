@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .config import RunConfig, from_dict
-from .errors import BudgetExceededError, LorabudgetError
-from .searchspace import SearchSpace, apply_sample, base_points, default_space_raw, describe, parse_space, sample
+from lorabudget.config import RunConfig, from_dict
+from lorabudget.errors import BudgetExceededError, LorabudgetError
+from lorabudget.search.space import SearchSpace, apply_sample, base_points, default_space_raw, describe, parse_space, sample
 
 try:  # the training loop's stop signal, where it exists (see train(on_eval=...))
-    from .errors import TrainingStopped as _StopBase  # type: ignore[attr-defined]
+    from lorabudget.errors import TrainingStopped as _StopBase  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - depends on the branch
     _StopBase = Exception
 
@@ -303,7 +303,7 @@ class DataCache:
                 d.validation_size, d.split_seed, d.max_train_rows, d.cache_dir)
 
     def get(self, cfg: RunConfig, log: Callable[[str], None]):
-        from .train import prepare_data
+        from lorabudget.training.loop import prepare_data
 
         key = self.key(cfg)
         if key not in self.entries:
@@ -348,7 +348,7 @@ class Worker:
 
     def __init__(self, s: SearchSettings, say: Callable[[str], None] = print,
                  on_trial: Optional[Callable[[Any], None]] = None):
-        from .modeling import load_model_config
+        from lorabudget.model.build import load_model_config
 
         self.s = s
         self.say = say
@@ -409,7 +409,7 @@ class Worker:
         """(label, typed config, scale down to the budget) of the trials a new study starts with: the
         base config, then the presets measured for the same model at a budget within this search's,
         largest budget first (distillation presets excluded: their settings were tuned for soft labels)."""
-        from .config import load_yaml, presets_dir
+        from lorabudget.config import load_yaml, presets_dir
 
         base = from_dict(copy.deepcopy(self.s.base))
         found: list[tuple[int, str, RunConfig]] = []
@@ -479,8 +479,8 @@ class Worker:
     def plan(self, trial, name: Optional[str] = None) -> tuple[dict[str, Any], RunConfig, int]:
         """Draw ``trial``'s configuration (a live trial or a FixedTrial) and count its trainable
         parameters on the meta device: (config overrides, typed config, trainable count)."""
-        from .budget import breakdown
-        from .modeling import build_model
+        from lorabudget.model.budget import breakdown
+        from lorabudget.model.build import build_model
 
         overrides = sample(trial, self.space, self.num_layers, self.base_method, self.base_rates)
         values = apply_sample(self.s.base, overrides)
@@ -534,7 +534,7 @@ class Worker:
         started = time.perf_counter()
         state, values_out, error = TrialState.FAIL, None, ""
         try:
-            from .train import train
+            from lorabudget.training.loop import train
 
             with Heartbeat(trial):
                 data = self.data.get(cfg, log)
@@ -647,7 +647,7 @@ def _say(message: str) -> None:
 
 def run_search(s: SearchSettings, say: Callable[[str], None] = _say, progress: bool = True) -> dict[str, Any]:
     """Run (or resume, or join) the search; write its outputs; return a summary."""
-    from .searchreport import write_outputs
+    from lorabudget.search.outputs import write_outputs
 
     s.output = Path(s.output)
     s.output.mkdir(parents=True, exist_ok=True)
@@ -765,7 +765,7 @@ def load_search_config(
     The space comes from ``--space`` (a file holding a ``search:`` section or the space itself), else
     from the config's own ``search:`` section, else the built-in default.
     """
-    from .config import apply_overrides, load_yaml, resolve_config_path
+    from lorabudget.config import apply_overrides, load_yaml, resolve_config_path
 
     path = resolve_config_path(config)
     values = load_yaml(path)

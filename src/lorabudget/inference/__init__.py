@@ -1,0 +1,2 @@
+"""Inference: batched forward passes (torch and ONNX Runtime), and finished runs loaded to evaluate, predict and
+classify. Depends on ``model``, ``data`` and ``rundir``."""
