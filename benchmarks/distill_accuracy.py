@@ -154,7 +154,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     from lorabudget.metrics import classification_metrics
     from lorabudget.inference.runs import evaluate_run, load_run
     from lorabudget.stats import format_interval, mcnemar
-    from lorabudget.training.loop import prepare_data, train
+    from lorabudget.training.loop import train
+    from lorabudget.training.setup import prepare_data
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="distill-accuracy-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,8 @@ def main() -> int:
     from lorabudget.training.distill import TeacherLogitsCache, kd_loss, teacher_logits
     from lorabudget.model.build import build_model
     from lorabudget.inference.runs import load_run
-    from lorabudget.training.loop import prepare_data, train
+    from lorabudget.training.loop import train
+    from lorabudget.training.setup import prepare_data
 
     tmp = Path(tempfile.mkdtemp())
     write_rows(tmp / "train.csv", read_rows(args.data)[: args.rows + 64])

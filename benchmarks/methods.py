@@ -88,9 +88,9 @@ def run_one(name: str, data: Path, test: Path, work: Path, epochs: float) -> dic
     ])
     summary = train(cfg, work / name)
     metrics = evaluate_run(load_run(work / name), str(test))
-    from lorabudget.training.loop import write_eval
+    from lorabudget.rundir.layout import RunDir
 
-    write_eval(work / name, metrics, str(test), "evaluate")
+    RunDir(work / name).write_eval(metrics, str(test), "evaluate")
     return {
         "name": name, "budget": budget, "method": cfg.adapter.method, "overrides": overrides,
         "trainable_params": summary["trainable_params"], "validation_accuracy": summary["validation_accuracy"],

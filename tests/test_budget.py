@@ -6,7 +6,7 @@ from lorabudget.model.budget import breakdown, check_budget, count_trainable, fo
 from lorabudget.config import from_dict, load_config
 from lorabudget.errors import BudgetExceededError, LorabudgetError
 from lorabudget.model.build import build_model
-from lorabudget.training.loop import param_groups
+from lorabudget.training.setup import param_groups
 
 
 @pytest.mark.parametrize(

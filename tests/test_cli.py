@@ -113,7 +113,7 @@ def test_same_seed_same_metrics(tiny_config, tmp_path):
 
 
 def test_train_on_validation_trains_on_every_row_and_keeps_the_last_weights(tiny_config, tmp_path, capsys):
-    from lorabudget.report.run_report import run_row
+    from lorabudget.report.compare import run_row
 
     values = tiny_config(data={"train_on_validation": True}, training={"epochs": 1, "eval_every": 4})
     run = tmp_path / "run"
@@ -140,7 +140,7 @@ def test_train_on_validation_trains_on_every_row_and_keeps_the_last_weights(tiny
 def test_best_keeper_keeps_the_best_or_the_last():
     import torch
 
-    from lorabudget.training.loop import BestKeeper
+    from lorabudget.training.state import BestKeeper
 
     model = torch.nn.Linear(2, 2)
     for keep_last, kept_step in ((False, 1), (True, 2)):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import yaml
 
-import lorabudget.report.run_report as report
+import lorabudget.report.compare as report
 from lorabudget.cli import main
-from lorabudget.report.run_report import display_names, write_comparison
+from lorabudget.report.compare import display_names, write_comparison
 from lorabudget.stats import rows_fingerprint, wilson_interval
 
 
@@ -17,13 +17,13 @@ from lorabudget.stats import rows_fingerprint, wilson_interval
 def figures(monkeypatch):
     """The figures compare draws, kept open for inspection (saved as usual)."""
     drawn = []
-    save = report._save
+    save = report.save_figure
 
     def keep(fig, path):
         drawn.append(fig)  # a closed figure keeps its artists
         save(fig, path)
 
-    monkeypatch.setattr(report, "_save", keep)
+    monkeypatch.setattr(report, "save_figure", keep)
     return drawn
 
 

@@ -113,11 +113,11 @@ def test_unquoted_no_means_the_choice_no():
 
 
 def test_a_config_saved_before_a_key_existed_compares_equal_with_its_default(tmp_path):
-    from lorabudget.config import saved_config_values
+    from lorabudget.rundir.layout import RunDir
 
     values = from_dict({"name": "old", "adapter": {"r": 2}}).to_dict()
-    path = tmp_path / "config.yaml"
+    path = RunDir(tmp_path).config_path
     path.write_text(yaml.safe_dump({**values, "data": {k: v for k, v in values["data"].items() if k != "train_on_validation"}}))
     assert "train_on_validation" not in yaml.safe_load(path.read_text())["data"]
-    assert saved_config_values(path) == values  # --resume and a reused teacher run accept it
+    assert RunDir(tmp_path).saved_config_values() == values  # --resume and a reused teacher run accept it
 

@@ -20,8 +20,9 @@ from conftest import synthetic_rows, write_csv
 from lorabudget import load_run
 from lorabudget.cli import main
 from lorabudget.config import from_dict, save_config
-from lorabudget.export.formats import export_run, read_export_meta
-from lorabudget.export.modelcard import parse_model_card, write_model_card
+from lorabudget.export.formats import export_run
+from lorabudget.rundir.layout import read_export_meta
+from lorabudget.report.modelcard import parse_model_card, write_model_card
 from lorabudget.model.build import build_model, load_tokenizer
 
 TEXTS = [t for t, _ in synthetic_rows(12, seed=9)] + [

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorabudget import adapters
+from lorabudget.methods import registry as adapters
 from lorabudget.model.budget import breakdown
 from lorabudget.config import from_dict
 from lorabudget.errors import LorabudgetError
 from lorabudget.model.build import build_model, merge_adapters, save_trained
-from lorabudget.training.loop import param_groups
+from lorabudget.training.setup import param_groups
 from test_lora_invariants import _batch  # noqa: E402 - the same small padded batch
 
 # Settings small enough for the tiny models (hidden 32, 3 layers); every method with its own knobs.
@@ -161,7 +161,7 @@ def test_bf16_inference_casts_every_weight_once_for_every_method(tiny_roberta, m
 def test_adalora_allocator_state_survives_a_checkpoint(tiny_bert):
     # A resumed AdaLoRA run must mask the ranks the uninterrupted one would: its importance scores
     # (smoothed over all steps so far) travel in the checkpoint with the weights.
-    from lorabudget.training.loop import trainable_weights, load_weights
+    from lorabudget.training.state import trainable_weights, load_weights
 
     cfg = method_cfg(tiny_bert, "adalora", "full")
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from lorabudget import precision as prec
-from lorabudget import flops
+from lorabudget.model import precision as prec
+from lorabudget.model import flops
 from lorabudget.config import from_dict
 
 
@@ -71,7 +71,7 @@ def fresh_accelerate_state():
 def test_training_logs_exactly_one_precision_line(monkeypatch, tiny_config, fresh_accelerate_state):
     from accelerate.state import AcceleratorState
 
-    from lorabudget.training.loop import make_accelerator, make_optimizer
+    from lorabudget.training.setup import make_accelerator, make_optimizer
 
     monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ())
     lines = []

@@ -7,7 +7,9 @@ import struct
 import pytest
 
 from lorabudget.cli import main
-from lorabudget.report.run_report import pareto_front, reliability, run_row, write_comparison, write_report
+from lorabudget.report.compare import run_row, write_comparison
+from lorabudget.report.plots import pareto_front
+from lorabudget.report.run_report import reliability, write_report
 
 import numpy as np
 

@@ -57,7 +57,7 @@ def _rows(out: Path) -> list[dict]:
 def _study(out_or_url, name: str):
     import optuna
 
-    from lorabudget.search.worker import open_storage
+    from lorabudget.search.study import open_storage
 
     url = out_or_url if isinstance(out_or_url, str) else f"sqlite:///{Path(out_or_url) / 'study.db'}"
     return optuna.load_study(study_name=name, storage=open_storage(url))
@@ -73,25 +73,25 @@ def _live_peft_models() -> int:
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory, tiny_roberta, data_dir):
     """One in-process search of 3 trained trials at a budget some samples exceed."""
-    import lorabudget.training.loop as train_mod
+    import lorabudget.training.setup as setup_mod
 
     tmp = tmp_path_factory.mktemp("search")
     cfg = _config(tmp, tiny_roberta, data_dir)
     calls = []
-    original = train_mod.prepare_data
+    original = setup_mod.prepare_data
 
     def counting(cfg_, log=print):
         calls.append(cfg_.model.max_length)
         return original(cfg_, log)
 
-    train_mod.prepare_data = counting
+    setup_mod.prepare_data = counting
     try:
         before = _live_peft_models()
         rc = main(["search", str(cfg), "--trials", "3", "--output", str(tmp / "out"), "--seed", "3",
                    "--trial-set", "training.max_steps=2", "--pruner", "none"])
         after = _live_peft_models()
     finally:
-        train_mod.prepare_data = original
+        setup_mod.prepare_data = original
     assert rc == 0
     return tmp, tmp / "out", calls, before, after
 
@@ -182,7 +182,9 @@ def test_pruning_stops_a_trial_and_a_crash_does_not_stop_the_search(tmp_path, ti
     import optuna
 
     import lorabudget.training.loop as train_mod
-    from lorabudget.search.worker import SearchSettings, load_search_config, run_search
+    from lorabudget.cli import load_search_config
+    from lorabudget.search.study import SearchSettings
+    from lorabudget.search.worker import run_search
 
     real_train, calls = train_mod.train, []
 
@@ -315,7 +317,7 @@ def test_processes_on_one_study_draw_different_samples(tmp_path, multi_objective
     # sequential run with one seed still repeats itself.
     import optuna
 
-    from lorabudget.search.worker import SearchSettings, make_sampler
+    from lorabudget.search.study import SearchSettings, make_sampler
 
     settings = SearchSettings(name="s", output=tmp_path, base={}, best_base={}, space={}, trials=12,
                               multi_objective=multi_objective, seed=3)
@@ -353,7 +355,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def test_killed_search_resumes(tmp_path, tiny_roberta, data_dir):
-    from lorabudget.search.worker import done_count, trial_kind
+    from lorabudget.search.study import done_count, trial_kind
 
     cfg = _config(tmp_path, tiny_roberta, data_dir, max_steps=6)
     out = tmp_path / "out"
@@ -389,7 +391,7 @@ def test_killed_search_resumes(tmp_path, tiny_roberta, data_dir):
 
 
 def _check_workers(out: Path, storage: str, name: str, trials: int) -> None:
-    from lorabudget.search.worker import trial_kind
+    from lorabudget.search.study import trial_kind
 
     all_trials = _study(storage, name).get_trials()
     kinds = [trial_kind(t) for t in all_trials]
@@ -475,7 +477,7 @@ def test_two_workers_share_postgresql(tmp_path, tiny_roberta, data_dir, postgres
 
 
 def test_search_refuses_a_base_config_that_trains_on_its_validation_rows(tiny_config, tmp_path):
-    from lorabudget.search.worker import load_search_config
+    from lorabudget.cli import load_search_config
 
     cfg = tmp_path / "base.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config()))
@@ -595,7 +597,7 @@ def test_default_space_samples_build_for_every_method(tiny_roberta):
     from lorabudget.model.budget import breakdown
     from lorabudget.config import from_dict
     from lorabudget.model.build import build_model
-    from lorabudget.search.worker import apply_sample
+    from lorabudget.search.space import apply_sample
     from lorabudget.search.space import default_space_raw, describe, parse_space, sample
 
     base = {"name": "x", "model": {"name": str(tiny_roberta)}, "head": {"type": "linear"},

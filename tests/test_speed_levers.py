@@ -99,7 +99,7 @@ def test_frozen_base_in_bf16_stays_close_to_autocast_and_is_restored(request, mo
 
 @pytest.mark.parametrize("model_fixture", ["tiny_roberta", "tiny_bert"])
 def test_fast_attention_dropout_is_the_math_path_with_cheaper_masks_and_is_restored(request, model_fixture, monkeypatch):
-    from lorabudget import dropout
+    from lorabudget.model import dropout
     from lorabudget.model.dropout import FAST_DROPOUT_ATTENTION, fast_attention_dropout
 
     masks = []

@@ -9,7 +9,9 @@ import pytest
 from lorabudget.config import from_dict
 from lorabudget.errors import LorabudgetError
 from lorabudget.training.tracking import accelerator_kwargs, flat_config, record_scalars
-from lorabudget.training.loop import MetricsLog, make_accelerator, train
+from lorabudget.training.loop import train
+from lorabudget.training.setup import make_accelerator
+from lorabudget.training.state import MetricsLog
 
 
 def _events(log_dir):

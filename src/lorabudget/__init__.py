@@ -43,4 +43,10 @@ def load_run(
     """
     from lorabudget.inference.runs import load_run as _load_run
 
+    if engine == "onnx":
+        from lorabudget.export.formats import ensure_onnx_export
+        from lorabudget.rundir.layout import RunDir
+
+        if RunDir(path).is_run():  # a run directory runs its RUN/onnx/ export, made or refreshed here
+            ensure_onnx_export(Path(path))
     return _load_run(Path(path), threads=threads, precision=precision, engine=engine)

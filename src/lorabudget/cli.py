@@ -8,19 +8,18 @@ loss or gradient norm), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from lorabudget import __version__
+from lorabudget.config import apply_overrides, from_dict, load_yaml, resolve_config_path
+from lorabudget.console import say
 from lorabudget.errors import BudgetExceededError, LorabudgetError
-
-
-def _say(message: str) -> None:
-    from tqdm.auto import tqdm
-
-    tqdm.write(message)  # keeps progress bars intact
+from lorabudget.search.space import default_space_raw
+from lorabudget.search.study import SearchSettings
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -32,12 +31,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from lorabudget.model.budget import breakdown, format_breakdown
     from lorabudget.config import load_config
-    from lorabudget.model.build import build_model
-
     from lorabudget.methods.registry import get_method
-    from lorabudget.model.budget import within_budget
+    from lorabudget.model.budget import breakdown, format_breakdown, within_budget
+    from lorabudget.model.build import build_model
 
     cfg = load_config(args.config, args.overrides)
     built = build_model(cfg, weights=False)
@@ -58,7 +55,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _new_run(args: argparse.Namespace):
     """Load the config of a train/distill command and check its run directory before any work."""
     from lorabudget.config import load_config
-    from lorabudget.rundir.lifecycle import check_can_create, is_main_launch_process, is_run_dir
+    from lorabudget.rundir.layout import RunDir
+    from lorabudget.rundir.lifecycle import check_can_create, is_main_launch_process
 
     overrides = list(args.overrides)
     if args.data:
@@ -73,10 +71,10 @@ def _new_run(args: argparse.Namespace):
         return cfg, run_dir  # the main process checks (and may already have made) the run directory
     if args.resume:
         _check_resumable(cfg, run_dir)
-        check_can_create(run_dir / "checkpoint")
+        check_can_create(RunDir(run_dir).checkpoint_dir)
     elif run_dir.exists() and not args.overwrite:
         raise LorabudgetError(f"run directory {run_dir} exists; pass --overwrite to replace it or --resume to continue it")
-    elif run_dir.exists() and not is_run_dir(run_dir):
+    elif run_dir.exists() and not RunDir(run_dir).is_run():
         raise LorabudgetError(f"{run_dir} exists and is not a lorabudget run directory; choose another --output")
     else:
         check_can_create(run_dir)
@@ -84,14 +82,14 @@ def _new_run(args: argparse.Namespace):
 
 
 def _check_resumable(cfg, run_dir: Path) -> None:
-    from lorabudget.config import saved_config_values
-    from lorabudget.rundir.lifecycle import is_run_dir
+    from lorabudget.rundir.layout import RunDir
 
-    if not is_run_dir(run_dir):
+    files = RunDir(run_dir)
+    if not files.is_run():
         raise LorabudgetError(f"nothing to resume: {run_dir} is not a lorabudget run directory")
-    if (run_dir / "summary.json").is_file():
+    if files.finished():
         raise LorabudgetError(f"{run_dir} has finished training; nothing to resume")
-    saved, given = _flatten(saved_config_values(run_dir / "config.yaml")), _flatten(cfg.to_dict())
+    saved, given = _flatten(files.saved_config_values()), _flatten(cfg.to_dict())
     changed = [k for k in sorted(set(saved) | set(given)) if saved.get(k) != given.get(k) and k != "training.threads"]
     if changed:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {given.get(k)!r}" for k in changed[:3])
@@ -129,15 +127,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lorabudget.training.loop import train
 
     cfg, run_dir = _new_run(args)
-    _train_into(run_dir, args, lambda folder: train(cfg, folder, log=_say, resume=args.resume))
+    _train_into(run_dir, args, lambda folder: train(cfg, folder, log=say, resume=args.resume))
     _report(run_dir, args)
     return 0
 
 
 def _report(run_dir: Path, args: argparse.Namespace) -> None:
-    if not (run_dir / "config.yaml").is_file():
+    from lorabudget.report.modelcard import write_model_card
+    from lorabudget.rundir.layout import RunDir
+
+    if not RunDir(run_dir).is_run():
         return  # an exported folder (predict on an ONNX export): nothing to report
-    from lorabudget.export.modelcard import write_model_card
 
     write_model_card(run_dir)
     if getattr(args, "no_report", False):
@@ -148,11 +148,11 @@ def _report(run_dir: Path, args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from lorabudget.inference.runs import read_run_config
-
-    read_run_config(Path(args.run))  # a clear error for a folder that is not a run
-    from lorabudget.export.modelcard import write_model_card
+    from lorabudget.report.modelcard import write_model_card
     from lorabudget.report.run_report import write_report
+    from lorabudget.rundir.layout import RunDir
+
+    RunDir(args.run).read_config()  # a clear error for a folder that is not a run
 
     write_model_card(Path(args.run))
     print(f"report: {write_report(Path(args.run))}")
@@ -160,8 +160,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from lorabudget.report.run_report import write_comparison
-
+    from lorabudget.report.compare import write_comparison
     from lorabudget.rundir.lifecycle import check_can_create
 
     for run in args.runs:
@@ -179,7 +178,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     cfg, run_dir = _new_run(args)
     _train_into(run_dir, args, lambda folder: distill(
-        cfg, folder, teacher=args.teacher, unlabelled=args.unlabelled or (), log=_say, resume=args.resume,
+        cfg, folder, teacher=args.teacher, unlabelled=args.unlabelled or (), log=say, resume=args.resume,
         transfer_fraction=args.transfer_fraction,
     ))
     _report(run_dir, args)
@@ -187,30 +186,37 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from lorabudget.inference.runs import evaluate_run, load_run
     from lorabudget.metrics import format_metrics
+    from lorabudget.rundir.layout import RunDir
     from lorabudget.rundir.lifecycle import check_can_create
-    from lorabudget.inference.runs import evaluate_run, load_run, read_run_config
-    from lorabudget.training.loop import write_eval
 
-    read_run_config(Path(args.run))
-    check_can_create(Path(args.run) / "eval.json")  # before inference, not after
+    files = RunDir(args.run)
+    files.read_config()
+    check_can_create(files.eval_path)  # before inference, not after
     run = load_run(Path(args.run), threads=args.threads, precision=args.precision)
     metrics = evaluate_run(run, args.data, trust_pickle=args.trust_pickle)
-    write_eval(run.run_dir, metrics, args.data, "evaluate")
+    files.write_eval(metrics, args.data, "evaluate")
     print(format_metrics(metrics))
-    print(f"written: {run.run_dir / 'eval.json'}")
+    print(f"written: {files.eval_path}")
     _report(run.run_dir, args)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from lorabudget.inference.runs import check_threads, load_run, predict_file, read_run_config
+    from lorabudget.inference.runs import check_threads, load_run, predict_file
+    from lorabudget.rundir.layout import RunDir, is_export_folder
 
-    if not (Path(args.run) / "lorabudget_export.json").is_file():  # an ONNX export folder is no run directory
-        read_run_config(Path(args.run))  # a clear error for a folder that is not a run, before anything else
+    files = RunDir(args.run)
+    if not is_export_folder(args.run):  # an ONNX export folder is no run directory
+        files.read_config()  # a clear error for a folder that is not a run, before anything else
     check_threads(args.threads)
-    output = Path(args.output) if args.output else Path(args.run) / "predictions.csv"
+    output = Path(args.output) if args.output else files.predictions_path
     _check_output_file(output, args.input)
+    if args.engine == "onnx" and files.is_run():
+        from lorabudget.export.formats import ensure_onnx_export
+
+        ensure_onnx_export(files.path)  # RUN/onnx/, made once and refreshed when the weights change
     run = load_run(Path(args.run), threads=args.threads, precision=args.precision, engine=args.engine)
     summary = predict_file(run, args.input, output, probabilities=args.probabilities, trust_pickle=args.trust_pickle)
     counts = ", ".join(f"{k} {v:,}" for k, v in summary["counts"].items())
@@ -221,9 +227,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from lorabudget.export.formats import export_run
+    from lorabudget.rundir.layout import RunDir
 
     path = export_run(Path(args.run), Path(args.output), args.format, quantize=args.quantize, overwrite=args.overwrite)
-    print(f"exported {args.run} as {args.format} to {path} (model card: {path / 'README.md'})")
+    print(f"exported {args.run} as {args.format} to {path} (model card: {RunDir(path).model_card_path})")
     return 0
 
 
@@ -254,8 +261,58 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_search_config(
+    config: str, overrides: list[str], trial_overrides: list[str], space_file: Optional[str]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
+    """(trial base values, best.yaml base values, raw space, config name) from a config and a space file.
+
+    The space comes from ``--space`` (a file holding a ``search:`` section or the space itself), else
+    from the config's own ``search:`` section, else the built-in default.
+    """
+    path = resolve_config_path(config)
+    values = load_yaml(path)
+    space = values.pop("search", None)
+    values.setdefault("name", Path(config).stem)
+    if space_file:
+        raw = load_yaml(space_file)
+        space = raw.get("search", raw) if isinstance(raw, dict) else raw
+    if space is None:
+        space = default_space_raw()
+    best_values = apply_overrides(copy.deepcopy(values), list(overrides))
+    best_cfg = from_dict(copy.deepcopy(best_values))  # bad keys fail here, before any trial
+    trial_values = apply_overrides(copy.deepcopy(best_values), list(trial_overrides))
+    trial_cfg = from_dict(copy.deepcopy(trial_values))
+    if trial_cfg.data.train_on_validation:
+        raise LorabudgetError(
+            "a search chooses by validation rows its trials do not train on: drop data.train_on_validation "
+            "(set it when retraining best.yaml on every labelled row)"
+        )
+    return trial_cfg.to_dict(), best_cfg.to_dict(), space, best_cfg.name
+
+
+def settings_from_args(args) -> SearchSettings:
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.train={args.data}")
+    if args.budget is not None:
+        overrides.append(f"budget.max_trainable_params={args.budget}")
+    base, best_base, space, cfg_name = load_search_config(args.config, overrides, args.trial_overrides, args.space)
+    name = args.study or f"{cfg_name}-search"
+    output = Path(args.output) if args.output else Path("runs") / name
+    storage = args.storage
+    if storage and storage.startswith("journal:"):
+        storage = "journal:" + str(Path(storage[len("journal:"):]).expanduser().resolve())
+    return SearchSettings(
+        name=name, output=output, base=base, best_base=best_base, space=space, trials=args.trials,
+        timeout=args.timeout, storage=storage, workers=args.workers, metric=args.metric,
+        multi_objective=args.multi_objective, pruner=args.pruner, seed=args.seed,
+        max_rejections=args.max_rejections, trial_overrides=list(args.trial_overrides),
+        warm_start=not args.no_warm_start,
+    )
+
+
 def cmd_search(args: argparse.Namespace) -> int:
-    from lorabudget.search.worker import run_search, settings_from_args
+    from lorabudget.search.worker import run_search
 
     run_search(settings_from_args(args))
     return 0

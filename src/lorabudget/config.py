@@ -8,7 +8,6 @@ Every field is documented on its dataclass below. Unknown keys and bad values ra
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import os
@@ -20,10 +19,11 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from lorabudget.errors import LorabudgetError
+from lorabudget.io import atomic_write_text
+from lorabudget.methods.registry import METHODS, check_config, resolve_defaults
+from lorabudget.methods.sites import MODULE_SHORT_NAMES
 
 AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
-# Short names of the linear layers an adapter can be placed on (see adapters.py).
-MODULE_SHORT_NAMES = ("query", "key", "value", "attention_output", "intermediate", "output")
 
 
 @dataclass
@@ -73,12 +73,9 @@ class PlacementConfig:
 class AdapterConfig:
     """How the budget is spent (the adapter method, implemented by PEFT) and where it goes."""
 
-    method: Literal[
-        "lora", "adalora", "vera", "vblora", "tinylora", "fourierft", "ia3", "loha", "lokr", "bitfit",
-        "ln_tuning", "full",
-    ] = "lora"
-    """The adapter method (see ``lorabudget.methods.registry`` and the README's table). ``full`` trains every
-    weight and is allowed only with an unlimited budget (teachers)."""
+    method: str = "lora"
+    """The adapter method: a name in ``lorabudget.methods.registry.METHODS`` (see the README's table).
+    ``full`` trains every weight and is allowed only with an unlimited budget (teachers)."""
     r: Optional[int] = None
     """Rank: LoRA/AdaLoRA(initial)/LoHa/LoKr rank, VeRA/VB-LoRA rank, TinyLoRA's SVD rank; ignored by
     the others. ``null`` takes the method's default (lora 8, adalora 12, vera 256, vblora 4,
@@ -393,8 +390,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     if len(set(cfg.model.labels)) != len(cfg.model.labels):
         raise LorabudgetError("config key 'model.labels': class names must be distinct")
     _check_positive("model.max_length", cfg.model.max_length)
-    from lorabudget.methods.registry import check_config, resolve_defaults
-
+    if cfg.adapter.method not in METHODS:
+        raise LorabudgetError(
+            f"config key 'adapter.method': {cfg.adapter.method!r} is not allowed; allowed values: "
+            + ", ".join(repr(m) for m in METHODS)
+        )
     resolve_defaults(cfg)  # the method fills what the user left null (rank, modules, learning rates)
     a = cfg.adapter
     _check_positive("adapter.r", a.r)
@@ -553,22 +553,11 @@ def load_config(name_or_path: Optional[str], overrides: list[str] = ()) -> RunCo
     return from_dict(apply_overrides(values, list(overrides)))
 
 
-def saved_config_values(path: Union[str, Path]) -> dict[str, Any]:
-    """A run's saved ``config.yaml`` as ``to_dict`` gives it today: a config written before a key
-    existed compares equal to the same config with that key's default (as it ran)."""
-    values = load_yaml(path)
-    try:
-        return from_dict(copy.deepcopy(values)).to_dict()
-    except LorabudgetError:
-        return values  # no longer valid: compared as it is, so the difference is shown
-
-
 def dump_yaml(cfg: RunConfig) -> str:
     """The resolved config as YAML, exactly as ``save_config`` writes it."""
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
 def save_config(cfg: RunConfig, path: Union[str, Path]) -> None:
-    from lorabudget.io import atomic_write_text
-
+    """Write the resolved config as a YAML file (a config to start from, such as a search's ``best.yaml``)."""
     atomic_write_text(path, dump_yaml(cfg))

@@ -21,7 +21,6 @@ import csv
 import json
 import pickle
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from lorabudget.console import warn
 from lorabudget.errors import LorabudgetError
 
 HUB_DATASETS = {"ag_news": "fancyzhx/ag_news", "fancyzhx/ag_news": "fancyzhx/ag_news"}
@@ -67,10 +67,6 @@ class TextData:
             rows=self.rows[idx],
             source=self.source,
         )
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def _find(columns: Sequence[str], names: Sequence[str]) -> Optional[str]:

@@ -1,4 +1,4 @@
-"""Export a trained run to the ecosystem's formats, and load an ONNX export for prediction.
+"""Export a trained run to the ecosystem's formats.
 
 - ``hf``: adapters merged into the weights, saved with ``save_pretrained``. The ``full`` head is the
   architecture's own ``*ForSequenceClassification``; the ``linear`` head (either pooling) is shipped
@@ -16,7 +16,6 @@ Every export holds the tokenizer, a model card (``README.md``) and ``lorabudget_
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -27,13 +26,17 @@ import torch
 from torch import nn
 
 from lorabudget import __version__
-from lorabudget.config import RunConfig, from_dict
+from lorabudget.config import RunConfig
 from lorabudget.errors import LorabudgetError
+from lorabudget.inference.onnx import onnx_session, require_onnx, run_export_is_current
+from lorabudget.inference.runs import load_run
 from lorabudget.io import atomic_dir, atomic_write_json
+from lorabudget.model.build import load_model_config, load_tokenizer
+from lorabudget.report.modelcard import base_model_name, write_model_card
+from lorabudget.rundir.layout import PEFT_ADAPTER_CONFIG, RunDir, write_export_meta
 
 FORMATS = ("hf", "peft", "onnx")
 QUANTIZATIONS = ("int8",)
-EXPORT_META = "lorabudget_export.json"
 REMOTE_CODE_FILE = "modeling_lorabudget.py"
 ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model_int8.onnx"
@@ -42,30 +45,12 @@ ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-3
 
 
-def read_export_meta(folder: Path) -> Optional[dict[str, Any]]:
-    """The export's metadata, or ``None`` when ``folder`` is not a lorabudget export."""
-    path = Path(folder) / EXPORT_META
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def adapter_digest(run_dir: Path) -> str:
-    """A hash of the run's trained weights (``adapter/``): tells whether a cached export is current."""
-    digest = hashlib.sha256()
-    adapter = Path(run_dir) / "adapter"
-    for path in sorted(p for p in adapter.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(adapter).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def _meta(run_dir: Path, cfg: RunConfig, fmt: str, **extra: Any) -> dict[str, Any]:
     return {
         "format": fmt,
         "lorabudget_version": __version__,
         "source_run": str(Path(run_dir).resolve()),
-        "adapter_digest": adapter_digest(run_dir),
+        "adapter_digest": RunDir(run_dir).adapter_digest(),
         **extra,
         "config": cfg.to_dict(),
     }
@@ -146,19 +131,16 @@ def export_hf(run, folder: Path) -> None:
 
 
 def export_peft(run_dir: Path, cfg: RunConfig, tokenizer, folder: Path) -> None:
-    from lorabudget.model.build import load_model_config
-    from lorabudget.export.modelcard import base_model_name
-
-    adapter = Path(run_dir) / "adapter"
-    if not (adapter / "adapter_config.json").is_file():
+    adapter = RunDir(run_dir).adapter_dir
+    if not RunDir(run_dir).has_peft_adapter():
         raise LorabudgetError(f"{run_dir} has no PEFT adapter ({adapter}); export it with --format hf instead")
     for path in adapter.iterdir():
         if path.is_file():
             shutil.copy2(path, folder / path.name)
-    adapter_config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    adapter_config = json.loads((folder / PEFT_ADAPTER_CONFIG).read_text(encoding="utf-8"))
     # The run recorded wherever the base weights were read from (maybe a local folder): name the public model.
     adapter_config["base_model_name_or_path"] = base_model_name(cfg) or adapter_config.get("base_model_name_or_path")
-    atomic_write_json(folder / "adapter_config.json", adapter_config)
+    atomic_write_json(folder / PEFT_ADAPTER_CONFIG, adapter_config)
     if cfg.head.type == "linear":
         # PEFT needs the base model built first; for this head that is the class shipped in the folder.
         model_config, _ = load_model_config(cfg)
@@ -176,14 +158,6 @@ class _LogitsOnly(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-
-
-def require_onnx() -> None:
-    try:
-        import onnx  # noqa: F401 - the quantizer needs it
-        import onnxruntime  # noqa: F401
-    except ImportError as err:
-        raise LorabudgetError(f"ONNX needs onnx and onnxruntime ({err}); pip install 'lorabudget[onnx]'") from err
 
 
 def export_onnx(run, folder: Path, quantize: Optional[str] = None) -> str:
@@ -232,29 +206,17 @@ def export_onnx(run, folder: Path, quantize: Optional[str] = None) -> str:
     return ONNX_INT8_FILE
 
 
-def onnx_session(path: Path, threads: Optional[int] = None):
-    require_onnx()
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def export_run(run_dir: Path, output: Path, fmt: str, quantize: Optional[str] = None, overwrite: bool = False) -> Path:
     """Export the run in ``run_dir`` to ``output`` (written atomically) in format ``fmt``."""
-    from lorabudget.export.modelcard import write_model_card
-    from lorabudget.inference.runs import load_run, read_run_config
-
     run_dir, output = Path(run_dir), Path(output)
+    files = RunDir(run_dir)
     if fmt not in FORMATS:
         raise LorabudgetError(f"unknown export format '{fmt}'; allowed: " + ", ".join(FORMATS))
     if quantize and fmt != "onnx":
         raise LorabudgetError("--quantize applies to --format onnx only")
     if fmt == "onnx":
         require_onnx()
-    cfg = read_run_config(run_dir)
+    cfg = files.read_config()
     if fmt != "peft" and cfg.model.quantization != "none":
         raise LorabudgetError(
             f"the run's base is quantized ({cfg.model.quantization}): merging adapters into it would re-quantize "
@@ -262,14 +224,12 @@ def export_run(run_dir: Path, output: Path, fmt: str, quantize: Optional[str] = 
         )
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise LorabudgetError(f"output folder {output} exists and is not empty; pass --overwrite or choose another")
-    if output.resolve() in (run_dir.resolve(), (run_dir / "adapter").resolve(), (run_dir / "tokenizer").resolve()):
+    if output.resolve() in (run_dir.resolve(), files.adapter_dir.resolve(), files.tokenizer_dir.resolve()):
         raise LorabudgetError("choose an --output outside the run's own files")
     extra: dict[str, Any] = {"head": cfg.head.type, "pooling": cfg.head.pooling}
     with atomic_dir(output) as tmp:
         if fmt == "peft":
-            from lorabudget.model.build import load_tokenizer
-
-            tok_dir = run_dir / "tokenizer"
+            tok_dir = files.tokenizer_dir
             export_peft(run_dir, cfg, load_tokenizer(str(tok_dir) if tok_dir.is_dir() else cfg.model.name), tmp)
         else:
             run = load_run(run_dir, merge=True)
@@ -279,36 +239,13 @@ def export_run(run_dir: Path, output: Path, fmt: str, quantize: Optional[str] = 
             else:
                 _save_tokenizer(run.tokenizer, cfg, tmp)
                 extra.update(onnx_file=export_onnx(run, tmp, quantize), quantize=quantize)
-        atomic_write_json(tmp / EXPORT_META, _meta(run_dir, cfg, fmt, **extra))
+        write_export_meta(tmp, _meta(run_dir, cfg, fmt, **extra))
         write_model_card(run_dir, tmp, export_format=fmt, folder_name=output.name)
     return output
 
 
-def load_onnx_run(path: Path, threads: Optional[int] = None):
-    """A :class:`~lorabudget.inference.runs.LoadedRun` on ONNX Runtime, from an ONNX export folder or a run
-    directory (exported once into ``RUN/onnx/`` and re-exported when the run's weights change)."""
-    from lorabudget.model.build import load_tokenizer
-    from lorabudget.inference.runs import LoadedRun, read_run_config
-
-    path = Path(path)
-    meta = read_export_meta(path)
-    run_dir = path
-    if meta is not None:
-        if meta.get("format") != "onnx":
-            raise LorabudgetError(
-                f"{path} is a '{meta.get('format')}' export; lorabudget runs ONNX exports and run directories "
-                "(load this one as its README.md shows)"
-            )
-        folder = path
-    else:
-        read_run_config(path)  # a clear error for a folder that is neither
-        folder = path / "onnx"
-        cached = read_export_meta(folder)
-        if cached is None or cached.get("adapter_digest") != adapter_digest(path) or cached.get("quantize"):
-            export_run(path, folder, "onnx", overwrite=True)
-        meta = read_export_meta(folder)
-    if threads:
-        torch.set_num_threads(threads)
-    cfg = from_dict(meta["config"])
-    session = onnx_session(folder / meta["onnx_file"], threads)
-    return LoadedRun(run_dir, cfg, session, load_tokenizer(str(folder)), "fp32", engine="onnx")
+def ensure_onnx_export(run_dir: Path) -> None:
+    """Export the run into ``RUN/onnx/`` unless that export is current (re-exported when the weights change):
+    what ``predict --engine onnx`` and ``load_run(engine="onnx")`` run."""
+    if not run_export_is_current(run_dir):
+        export_run(run_dir, RunDir(run_dir).onnx_dir, "onnx", overwrite=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +17,17 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from lorabudget.methods.registry import can_merge
+from lorabudget.config import RunConfig
 from lorabudget.data.batching import default_cache_dir, tokenize
-from lorabudget.config import RunConfig, from_dict, load_yaml
 from lorabudget.data.load import load_labelled, load_unlabelled
 from lorabudget.errors import LorabudgetError
 from lorabudget.inference.batched import predict_logits, predict_logits_onnx, resolve_precision
-from lorabudget.io import atomic_path, atomic_write_json
+from lorabudget.inference.onnx import open_onnx_export
+from lorabudget.io import atomic_path
+from lorabudget.methods.registry import can_merge
 from lorabudget.metrics import classification_metrics, softmax
 from lorabudget.model.build import load_tokenizer, load_trained_model, merge_adapters
+from lorabudget.rundir.layout import RunDir, is_export_folder
 
 
 @dataclass
@@ -71,15 +72,6 @@ class LoadedRun:
         return Predictions([names[i] for i in ids], ids, probs, names)
 
 
-def read_run_config(run_dir: Path) -> RunConfig:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise LorabudgetError(f"run directory not found: {run_dir}")
-    if not (run_dir / "config.yaml").is_file():
-        raise LorabudgetError(f"{run_dir} is not a lorabudget run directory (no config.yaml)")
-    return from_dict(load_yaml(run_dir / "config.yaml"))
-
-
 def check_threads(threads: Optional[int]) -> None:
     if threads is not None and threads < 1:
         raise LorabudgetError(f"--threads must be a positive number of CPU threads, got {threads}")
@@ -88,24 +80,16 @@ def check_threads(threads: Optional[int]) -> None:
 def verify_adapter(run_dir: Path) -> None:
     """Check the run's adapter weights before they are used: each file reads back whole, holds only
     finite values, and matches the sha256 that summary.json recorded when training finished."""
-    from lorabudget.training.loop import adapter_checksums, weight_files
-
-    run_dir = Path(run_dir)
-    adapter_dir = run_dir / "adapter"
-    summary_path = run_dir / "summary.json"
-    expected: dict[str, str] = {}
-    if summary_path.is_file():
-        try:
-            expected = json.loads(summary_path.read_text(encoding="utf-8")).get("adapter_sha256") or {}
-        except (OSError, ValueError, AttributeError):
-            raise LorabudgetError(f"{summary_path}: not readable JSON") from None
-    files = weight_files(adapter_dir)
-    if not files and (adapter_dir / "adapter_config.json").is_file():
+    run = RunDir(run_dir)
+    adapter_dir = run.adapter_dir
+    expected = run.recorded_checksums()
+    files = run.weight_files()
+    if not files and run.has_peft_adapter():
         raise LorabudgetError(f"{adapter_dir}: no weight file (adapter_model.safetensors is missing)")
     missing = sorted(set(expected) - {p.name for p in files})
     if missing:
         raise LorabudgetError(f"{adapter_dir / missing[0]}: missing (summary.json records it)")
-    actual = adapter_checksums(adapter_dir) if expected else {}
+    actual = run.adapter_checksums() if expected else {}
     for path in files:
         if path.name in expected and actual[path.name] != expected[path.name]:
             raise LorabudgetError(
@@ -141,17 +125,16 @@ def load_run(
     """
     run_dir = Path(run_dir)
     check_threads(threads)
-    if engine == "onnx" or (run_dir / "lorabudget_export.json").is_file():
-        from lorabudget.export.formats import load_onnx_run
-
+    if engine == "onnx" or is_export_folder(run_dir):
         if precision == "bf16":
             raise LorabudgetError("the onnx engine runs in fp32 (or the int8 of an export); drop --precision bf16")
-        return load_onnx_run(run_dir, threads)
-    cfg = read_run_config(run_dir)
+        cfg, session, tokenizer = open_onnx_export(run_dir, threads)
+        return LoadedRun(run_dir, cfg, session, tokenizer, "fp32", engine="onnx")
+    cfg = RunDir(run_dir).read_config()
     verify_adapter(run_dir)
     if threads:
         torch.set_num_threads(threads)
-    tok_dir = run_dir / "tokenizer"
+    tok_dir = RunDir(run_dir).tokenizer_dir
     tokenizer = load_tokenizer(str(tok_dir) if tok_dir.is_dir() else cfg.model.name)
     model = load_trained_model(run_dir, cfg)
     if merge and can_merge(cfg.adapter.method, quantized=cfg.model.quantization != "none"):
@@ -206,7 +189,7 @@ def predict_file(
         "samples_per_s": len(data) / elapsed if elapsed > 0 else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    atomic_write_json(run.run_dir / "predictions.json", summary)
+    RunDir(run.run_dir).write_predictions_summary(summary)
     return summary
 
 

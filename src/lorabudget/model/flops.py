@@ -145,7 +145,8 @@ def encoder_shape(model: torch.nn.Module) -> EncoderShape:
     """The shape of a BERT-family model as built by lorabudget (PEFT-wrapped or merged)."""
     from torch import nn
 
-    from lorabudget.model.build import MODULE_PATHS, encoder_layer_prefix
+    from lorabudget.methods.sites import LINEAR_PATHS
+    from lorabudget.model.build import encoder_layer_prefix
 
     prefix, num_layers = encoder_layer_prefix(model)
     modules = dict(model.named_modules())
@@ -156,7 +157,7 @@ def encoder_shape(model: torch.nn.Module) -> EncoderShape:
     layers = []
     for i in range(num_layers):
         sites = {}
-        for short, path in MODULE_PATHS.items():
+        for short, path in LINEAR_PATHS.items():
             module = modules[f"{prefix}.{i}.{path}"]
             base = getattr(module, "base_layer", module)  # PEFT tuner layers wrap the original Linear
             rank = 0

@@ -22,18 +22,13 @@ import json
 import os
 import shutil
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from lorabudget.console import warn
 from lorabudget.errors import LorabudgetError
-
-LOCK_NAME = ".lock"
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+from lorabudget.rundir.layout import RunDir
 
 
 def is_main_launch_process() -> bool:
@@ -61,7 +56,7 @@ class RunLock:
 
     @property
     def path(self) -> Path:
-        return self.run_dir / LOCK_NAME
+        return RunDir(self.run_dir).lock_path
 
     def holder(self) -> Optional[dict]:
         try:
@@ -103,10 +98,6 @@ class RunLock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
-
-
-def is_run_dir(path: Path) -> bool:
-    return (Path(path) / "config.yaml").is_file()
 
 
 def check_can_create(path: Path) -> None:
@@ -151,10 +142,6 @@ def _remove_made(made: list[Path]) -> None:
             folder.rmdir()  # only if still empty
 
 
-def training_started(run_dir: Path) -> bool:
-    return (Path(run_dir) / "metrics.jsonl").exists()
-
-
 @contextlib.contextmanager
 def run_directory(run_dir: Path, overwrite: bool = False, resume: bool = False) -> Iterator[Path]:
     """Yield the folder to train into, locked for this process; see the module docstring."""
@@ -177,7 +164,7 @@ def run_directory(run_dir: Path, overwrite: bool = False, resume: bool = False) 
             lock.acquire()
             yield run_dir
         except BaseException:
-            if not training_started(run_dir):
+            if not RunDir(run_dir).training_started():
                 _remove_made(made)
             raise
         finally:
@@ -185,7 +172,7 @@ def run_directory(run_dir: Path, overwrite: bool = False, resume: bool = False) 
         return
     if not overwrite:
         raise LorabudgetError(f"run directory {run_dir} exists; pass --overwrite to replace it or --resume to continue it")
-    if not is_run_dir(run_dir):
+    if not RunDir(run_dir).is_run():
         raise LorabudgetError(f"{run_dir} exists and is not a lorabudget run directory; choose another --output")
     old_lock = RunLock(run_dir)
     old_lock.acquire()

@@ -11,14 +11,17 @@ from typing import Any, Optional
 from lorabudget.config import dump_yaml, from_dict
 from lorabudget.errors import LorabudgetError
 from lorabudget.io import atomic_write_text
+from lorabudget.report.compare import run_row
+from lorabudget.report.plots import pareto_front, pyplot, save_figure
 from lorabudget.search.space import apply_sample
+from lorabudget.search.study import trial_kind
+from lorabudget.stats import mcnemar
 
 CSV_FIXED = ["number", "state", "value", "validation_accuracy", "validation_macro_f1", "trainable_params",
              "steps", "pruned_at_step", "seconds", "description", "origin", "reason", "run_dir", "worker"]
 
 
 def trial_rows(study) -> list[dict[str, Any]]:
-    from lorabudget.search.worker import trial_kind
 
     rows = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
@@ -89,8 +92,6 @@ def versus_best(complete: list[dict[str, Any]], best_number: int) -> dict[int, d
     Read from the trials' run directories (per-row results of the kept checkpoint). A trial whose
     rows differ from the best's, or that kept no per-row results, is left out.
     """
-    from lorabudget.report.run_report import run_row
-    from lorabudget.stats import mcnemar
 
     scores = {}
     for r in complete:
@@ -125,9 +126,8 @@ def _plots(study, s, out_dir: Path, rows: list[dict[str, Any]]) -> dict[str, str
     import optuna.visualization.matplotlib as ovm
     from optuna.exceptions import ExperimentalWarning
 
-    from lorabudget.report.run_report import _plt, _save, pareto_front
 
-    plt = _plt()
+    plt = pyplot()
     made: dict[str, str] = {}
     complete = [r for r in rows if r["state"] == "complete"]
     target_name = f"validation {s.metric}"
@@ -138,14 +138,14 @@ def _plots(study, s, out_dir: Path, rows: list[dict[str, Any]]) -> dict[str, str
         if complete:
             try:
                 ax = ovm.plot_optimization_history(study, target=target, target_name=target_name)
-                _save(ax.figure, out_dir / "optimization_history.png")
+                save_figure(ax.figure, out_dir / "optimization_history.png")
                 made["optimization_history.png"] = "Optimization history (complete trials; the line is the best so far)"
             except Exception:  # noqa: BLE001 - a figure that cannot be made is reported missing
                 plt.close("all")
         if len(complete) >= 2:
             try:
                 ax = ovm.plot_param_importances(study, target=target, target_name=target_name)
-                _save(ax.figure, out_dir / "param_importances.png")
+                save_figure(ax.figure, out_dir / "param_importances.png")
                 made["param_importances.png"] = "Parameter importances (fANOVA over the complete trials)"
             except Exception:  # noqa: BLE001 - e.g. every complete trial has the same value
                 plt.close("all")
@@ -166,7 +166,7 @@ def _plots(study, s, out_dir: Path, rows: list[dict[str, Any]]) -> dict[str, str
                    title=f"{target_name} vs trainable parameters ({len(plotted)} trials)")
             ax.grid(alpha=0.3)
             ax.legend(loc="lower right", fontsize=8)
-            _save(fig, out_dir / "pareto_front.png")
+            save_figure(fig, out_dir / "pareto_front.png")
             made["pareto_front.png"] = "Accuracy vs trainable parameters: complete trials, Pareto front, budget line"
     return made
 

@@ -37,22 +37,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from lorabudget.config import MODULE_SHORT_NAMES
+from lorabudget.methods.registry import METHODS, get_method
+from lorabudget.methods.sites import MODULE_SHORT_NAMES
 from lorabudget.errors import LorabudgetError
 
-# Methods by what they use. The method seam (adapters.py) defines how each maps onto PEFT; these
-# sets only decide which of the space's entries are sampled for a method.
-KNOWN_METHODS = ("lora", "vera", "vblora", "tinylora", "fourierft", "ia3", "loha", "lokr", "adalora",
-                 "bitfit", "ln_tuning", "full")
-NO_PLACEMENT = {"full"}  # trains everything: modules/layers/ranks do not apply
-FIXED_MODULES = {"ln_tuning"}  # placed on LayerNorms: layers are searched, module kinds keep the method's
-RANKED = {"lora", "loha", "lokr", "adalora"}  # adapter.r and adapter.alpha apply
-PER_MODULE_RANK = {"lora", "loha", "lokr"}  # rank_pattern / alpha_pattern apply
-SEARCHABLE_BY_DEFAULT = ("lora", "vera", "ia3", "loha", "lokr", "fourierft", "vblora", "bitfit", "ln_tuning")
-DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
-    "fourierft": {"n_frequency": [200, 500, 1000]},
-    "vblora": {"num_vectors": [64, 128, 256]},
-}
+# What the space samples for a method comes from the registry (methods/registry.py).
+SEARCHABLE_BY_DEFAULT = tuple(name for name, m in METHODS.items() if m.searched_by_default)
 LAYER_MODES = ("all", "range", "top", "bottom", "subset")
 HEADS = {"full": ("full", None), "linear-first": ("linear", "first"), "linear-mean": ("linear", "mean")}
 NAMED = ("method", "modules", "layers", "r", "r_per_module", "alpha", "alpha_ratio", "dropout", "learning_rate",
@@ -182,8 +172,8 @@ def parse_space(raw: Any) -> SearchSpace:
     if "method" in raw:
         space.method = parse_dist("method", raw["method"])
         for m in space.methods():
-            if m not in KNOWN_METHODS:
-                raise LorabudgetError(f"search key 'method': unknown method '{m}'; known: " + ", ".join(KNOWN_METHODS))
+            if m not in METHODS:
+                raise LorabudgetError(f"search key 'method': unknown method '{m}'; known: " + ", ".join(METHODS))
     if "modules" in raw:
         spec = raw["modules"]
         if isinstance(spec, dict) and set(spec) == {"subsets_of"}:
@@ -230,8 +220,8 @@ def parse_space(raw: Any) -> SearchSpace:
     if not isinstance(options, dict):
         raise LorabudgetError("search key 'options': a mapping of method -> {option: values}")
     for method, opts in options.items():
-        if method not in KNOWN_METHODS:
-            raise LorabudgetError(f"search key 'options.{method}': unknown method; known: " + ", ".join(KNOWN_METHODS))
+        if method not in METHODS:
+            raise LorabudgetError(f"search key 'options.{method}': unknown method; known: " + ", ".join(METHODS))
         if not isinstance(opts, dict):
             raise LorabudgetError(f"search key 'options.{method}': a mapping of option -> values")
         space.options[method] = {k: parse_dist(f"options.{method}.{k}", v) for k, v in opts.items()}
@@ -264,12 +254,8 @@ def _positive(dist: Dist, key: str) -> Dist:
 
 
 def available_methods() -> list[str]:
-    """Methods this installation can build: ``lorabudget.methods.registry.METHODS`` when it exists, else LoRA."""
-    try:
-        from lorabudget.methods.registry import METHODS  # type: ignore[attr-defined]
-    except ImportError:
-        return ["lora"]
-    return [m for m in SEARCHABLE_BY_DEFAULT if m in METHODS]
+    """The methods the built-in space samples."""
+    return list(SEARCHABLE_BY_DEFAULT)
 
 
 def default_space_raw(methods: Optional[list[str]] = None) -> dict[str, Any]:
@@ -285,7 +271,7 @@ def default_space_raw(methods: Optional[list[str]] = None) -> dict[str, Any]:
         "lr_scale": {"low": 0.3, "high": 3.0, "log": True},
         "head_lr_scale": {"low": 0.3, "high": 3.0, "log": True},
     }
-    options = {m: v for m, v in DEFAULT_OPTIONS.items() if m in methods}
+    options = {m: METHODS[m].search_options for m in methods if METHODS[m].search_options}
     if options:
         raw["options"] = copy.deepcopy(options)
     return raw
@@ -329,11 +315,11 @@ def sample(trial, space: SearchSpace, num_layers: int, base_method: str = "lora"
         out.update({"adapter.r": None, "adapter.alpha": None, "adapter.rank_pattern": {}, "adapter.alpha_pattern": {},
                     "adapter.options": {}, "adapter.use_rslora": False, "adapter.use_dora": False,
                     "training.learning_rate": None, "training.head_learning_rate": None})
-        if method in FIXED_MODULES or method in NO_PLACEMENT:
+        if METHODS[method].placement == "norm" or METHODS[method].placement == "model":
             out.update({"adapter.modules": None, "adapter.placements": [], "adapter.layers": None})
-    if method not in NO_PLACEMENT:
+    if METHODS[method].placement != "model":
         modules: Optional[list[str]] = None
-        if method in FIXED_MODULES:
+        if METHODS[method].placement == "norm":
             pass
         elif space.modules_subsets_of:
             modules = [m for m in space.modules_subsets_of if trial.suggest_categorical(f"module.{m}", [True, False])]
@@ -350,11 +336,11 @@ def sample(trial, space: SearchSpace, num_layers: int, base_method: str = "lora"
                 raise LorabudgetError("no layer chosen")
             out["adapter.layers"] = layers
             out["adapter.placements"] = []
-        if method in RANKED and space.r:
+        if METHODS[method].searched_rank and space.r:
             r = space.r.suggest(trial, "r")
             out["adapter.r"] = r
             ranks: dict[str, Any] = {}
-            if space.r_per_module and method in PER_MODULE_RANK:
+            if space.r_per_module and METHODS[method].per_module_rank:
                 kinds = modules or list(MODULE_SHORT_NAMES)
                 ranks = {m: space.r.suggest(trial, f"r.{m}") for m in kinds}
             out["adapter.rank_pattern"] = ranks
@@ -362,10 +348,10 @@ def sample(trial, space: SearchSpace, num_layers: int, base_method: str = "lora"
                 ratio = space.alpha_ratio.suggest(trial, "alpha_ratio")
                 out["adapter.alpha"] = float(ratio * r)
                 out["adapter.alpha_pattern"] = {m: float(ratio * v) for m, v in ranks.items()}
-        if method in RANKED and space.alpha:
+        if METHODS[method].searched_rank and space.alpha:
             out["adapter.alpha"] = float(space.alpha.suggest(trial, "alpha"))
     for path, dist in space.simple.items():
-        if path == "adapter.dropout" and method in NO_PLACEMENT:
+        if path == "adapter.dropout" and METHODS[method].placement == "model":
             continue
         out[path] = dist.suggest(trial, path.split(".", 1)[1] if path in SIMPLE_PATHS.values() else path)
     if space.lr_scale or space.head_lr_scale:
@@ -389,8 +375,6 @@ def reference_rates(method: str, base_method: str,
                     base_rates: tuple[Optional[float], Optional[float]]) -> tuple[float, float]:
     """The adapter and head learning rates that ``lr_scale`` and ``head_lr_scale`` multiply for ``method``:
     the base config's own for its own method, else the method's defaults."""
-    from lorabudget.methods.registry import get_method
-
     spec = get_method(method)
     own_lr, own_head_lr = base_rates if method == base_method else (None, None)
     # As a null head_learning_rate resolves: the method's head default, else the adapter's rate.
@@ -488,10 +472,10 @@ def base_points(space: SearchSpace, cfg: Any, num_layers: int, base_method: str 
     params: dict[str, Any] = {}
     if space.method:
         _param(params, space.method, "method", method, "its method")
-    if method not in NO_PLACEMENT:
+    if METHODS[method].placement != "model":
         if a.placements or a.rank_pattern or a.alpha_pattern:
             raise LorabudgetError("it places adapters per group or per module kind")
-        if method not in FIXED_MODULES and (space.modules_subsets_of or space.modules_choices):
+        if METHODS[method].placement != "norm" and (space.modules_subsets_of or space.modules_choices):
             modules = list(a.modules or [])
             if space.modules_subsets_of:
                 if not set(modules) <= set(space.modules_subsets_of):
@@ -507,7 +491,7 @@ def base_points(space: SearchSpace, cfg: Any, num_layers: int, base_method: str 
                 _param(params, space.layers, "layers", "subset", "its layer mode for layers " + str(layers))
                 params.update({f"layers.{i}": i in layers for i in range(num_layers)})
     ranks: list[Any] = [None]
-    if method in RANKED and space.r:
+    if METHODS[method].searched_rank and space.r:
         if space.r_per_module or space.alpha:
             raise LorabudgetError("the space draws per-module ranks or absolute alphas")
         if space.r.kind not in ("fixed", "categorical"):
@@ -520,7 +504,7 @@ def base_points(space: SearchSpace, cfg: Any, num_layers: int, base_method: str 
         if space.alpha_ratio:
             _param(params, space.alpha_ratio, "alpha_ratio", a.alpha / a.r, "its alpha/r")
     for path, dist in space.simple.items():
-        if path == "adapter.dropout" and method in NO_PLACEMENT:
+        if path == "adapter.dropout" and METHODS[method].placement == "model":
             continue
         _param(params, dist, path.split(".", 1)[1] if path in SIMPLE_PATHS.values() else path, _at(cfg, path),
                "its " + path)

@@ -1,6 +1,6 @@
 """``lorabudget search``: Optuna over method, placement, ranks and training settings, budget first.
 
-Each trial draws a configuration from the search space (searchspace.py), plans it on the meta device
+Each trial draws a configuration from the search space (space.py), plans it on the meta device
 and, when it is over the budget, records it as a *rejected* sample (an Optuna trial pruned at no
 training cost, with an infeasible constraint so the sampler learns to avoid that region) and draws
 again; rejected samples do not count toward ``--trials``. A configuration within the budget trains with
@@ -21,269 +21,23 @@ import json
 import multiprocessing
 import os
 import shutil
-import socket
 import sys
 import threading
 import time
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from lorabudget import console
 from lorabudget.config import RunConfig, from_dict
-from lorabudget.errors import BudgetExceededError, LorabudgetError
-from lorabudget.search.space import SearchSpace, apply_sample, base_points, default_space_raw, describe, parse_space, sample
+from lorabudget.errors import BudgetExceededError, LorabudgetError, TrainingStopped
+from lorabudget.search.study import (
+    HEARTBEAT_S, METRICS, POLL_S, SearchSettings, done_count, fail_dead_trials, make_pruner, open_study, trial_dir_name, trial_kind, worker_id,
+)
+from lorabudget.search.space import SearchSpace, apply_sample, base_points, describe, parse_space, sample
 
-try:  # the training loop's stop signal, where it exists (see train(on_eval=...))
-    from lorabudget.errors import TrainingStopped as _StopBase  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on the branch
-    _StopBase = Exception
-
-HEARTBEAT_S = 30.0  # a running trial refreshes its `alive_at` attribute this often
-STALE_AFTER_S = 300.0  # a RUNNING trial silent this long belongs to a dead worker
-POLL_S = 1.0
-METRICS = ("accuracy", "macro_f1")
-PRUNERS = ("median", "hyperband", "none")
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
-
-
-class TrialPruned(_StopBase):
+class TrialPruned(TrainingStopped):
     """Raised from the training loop's evaluation hook when the pruner stops a trial."""
-
-
-@dataclass
-class SearchSettings:
-    """Everything a search (and each of its worker processes) needs; picklable."""
-
-    name: str
-    output: Path
-    base: dict[str, Any]  # resolved base config values every trial starts from (--set and --trial-set applied)
-    best_base: dict[str, Any]  # the same without --trial-set: what best.yaml is built on
-    space: dict[str, Any]  # the raw search space
-    trials: int
-    timeout: Optional[float] = None
-    storage: Optional[str] = None  # URL, journal:PATH, or None for SQLite in the search directory
-    workers: int = 1
-    metric: str = "accuracy"
-    multi_objective: bool = False
-    pruner: Any = "median"  # a name in PRUNERS or an optuna pruner object
-    seed: int = 0
-    max_rejections: int = 100  # consecutive over-budget samples before a worker gives up
-    trial_overrides: list[str] = field(default_factory=list)
-    warm_start: bool = True  # a new study starts with the base config (scaled to the budget) and the model's presets
-
-    @property
-    def budget(self) -> int:
-        return int(self.base.get("budget", {}).get("max_trainable_params", 1_000_000))
-
-    @property
-    def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{(Path(self.output) / 'study.db').resolve()}"
-
-
-def _quiet_optuna() -> None:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
-# --------------------------------------------------------------------------------------------
-# Storage and study
-
-
-def open_storage(url: str):
-    """Optuna storage for ``url``: ``journal:PATH`` (a journal file) or an RDB URL (sqlite://, postgresql://)."""
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    try:
-        if url.startswith("journal:"):
-            path = Path(url[len("journal:"):]).expanduser()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))
-        if url.startswith("sqlite:"):
-            # Several local processes share one SQLite file: wait for the write lock instead of failing.
-            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
-        if "://" in url:
-            return optuna.storages.RDBStorage(_with_pg_driver(url), engine_kwargs={"pool_pre_ping": True})
-    except Exception as err:  # driver missing, server unreachable, bad URL: one line for the user
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LorabudgetError(f"cannot open the study storage {url!r}: {first}") from err
-    raise LorabudgetError(f"unknown storage {url!r}: give postgresql://..., sqlite:///FILE or journal:FILE")
-
-
-def _with_pg_driver(url: str) -> str:
-    """``postgresql://`` with the driver that is installed: SQLAlchemy 2.1 defaults to psycopg 3, and
-    psycopg2(-binary) is what lorabudget's ``postgres`` extra installs."""
-    import importlib.util
-
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-                return "postgresql+psycopg2://" + url[len(prefix):]
-            return "postgresql://" + url[len(prefix):]
-    return url
-
-
-def study_settings(s: SearchSettings) -> dict[str, Any]:
-    """What every worker of a study must agree on (stored with the study, checked on joining)."""
-    return {"space": s.space, "budget": s.budget, "metric": s.metric, "multi_objective": s.multi_objective,
-            "model": s.base.get("model", {}).get("name")}
-
-
-def make_pruner(pruner: Any):
-    import optuna
-
-    if not isinstance(pruner, str):
-        return pruner
-    if pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
-    if pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
-    if pruner == "none":
-        return optuna.pruners.NopPruner()
-    raise LorabudgetError(f"unknown pruner {pruner!r}; pruners: " + ", ".join(PRUNERS))
-
-
-def trial_seed(seed: int, trial_number: int) -> int:
-    """The sampler's random seed for one trial: distinct for every trial number of a study."""
-    import numpy as np
-
-    return int(np.random.SeedSequence([seed, trial_number]).generate_state(1)[0])
-
-
-def reseed_for_trial(sampler, seed: int, trial_number: int) -> None:
-    """Seed every random state a sampler (and the samplers inside it) draws from for this trial.
-
-    Seeding once per process would make every process draw the same samples: two workers started with
-    the same command (two shells, two machines) would train the same startup configurations twice, and
-    a resumed search would redraw the ones it had already tried. Seeding from (seed, trial number)
-    gives every trial of the study its own draws, and a sequential run with one seed the same trials.
-    """
-    from optuna.samplers import BaseSampler
-    from optuna.samplers._lazy_random_state import LazyRandomState  # optuna keeps no public handle on it
-
-    value = trial_seed(seed, trial_number)
-    for attribute in vars(sampler).values():
-        if isinstance(attribute, LazyRandomState):
-            attribute.rng.seed(value)
-        elif isinstance(attribute, BaseSampler):
-            reseed_for_trial(attribute, seed, trial_number)
-
-
-def make_sampler(s: SearchSettings):
-    import optuna
-
-    if s.multi_objective:
-        base, options = optuna.samplers.NSGAIISampler, {"population_size": max(4, min(50, s.trials // 2))}
-    else:
-        base = optuna.samplers.TPESampler
-        options = {"n_startup_trials": max(3, min(10, s.trials // 3)), "multivariate": True, "group": True}
-
-    class Sampler(base):
-        """Re-seeded from (seed, trial number) before each trial (see :func:`reseed_for_trial`)."""
-
-        def before_trial(self, study, trial):
-            reseed_for_trial(self, s.seed, trial.number)
-            super().before_trial(study, trial)
-
-    return Sampler(seed=s.seed, **options)
-
-
-def open_study(s: SearchSettings):
-    """Create the study or join the existing one of the same name (it must have the same space and budget)."""
-    import optuna
-
-    _quiet_optuna()
-    storage = open_storage(s.storage_url)
-    directions = ["maximize", "minimize"] if s.multi_objective else ["maximize"]
-    try:
-        study = optuna.create_study(
-            storage=storage, study_name=s.name, sampler=make_sampler(s),
-            pruner=make_pruner(s.pruner) if not s.multi_objective else optuna.pruners.NopPruner(),
-            directions=directions, load_if_exists=True,
-        )
-    except ValueError as err:  # e.g. an existing study with other directions
-        raise LorabudgetError(f"study '{s.name}' in {s.storage_url}: {err}") from err
-    wanted = json.loads(json.dumps(study_settings(s)))
-    stored = study.user_attrs.get("lorabudget")
-    if stored is None:
-        study.set_user_attr("lorabudget", wanted)
-    elif stored != wanted:
-        diff = [k for k in wanted if stored.get(k) != wanted[k]]
-        raise LorabudgetError(
-            f"study '{s.name}' in {s.storage_url} was started with a different {', '.join(diff)}; "
-            "use the same settings to resume it, or choose another --study / --output"
-        )
-    return study
-
-
-# --------------------------------------------------------------------------------------------
-# Trial states as lorabudget sees them
-
-
-def trial_kind(t) -> str:
-    """complete | pruned | rejected | failed | running | skipped."""
-    from optuna.trial import TrialState
-
-    if t.state == TrialState.COMPLETE:
-        return "complete"
-    if t.state == TrialState.PRUNED:
-        return "rejected" if t.user_attrs.get("rejected") else "pruned"
-    if t.state == TrialState.RUNNING:
-        return "running"
-    if t.state == TrialState.FAIL and t.user_attrs.get("surplus"):
-        return "skipped"
-    return "failed"
-
-
-def done_count(trials) -> int:
-    """Trained trials (complete or pruned by the pruner): what --trials counts."""
-    return sum(trial_kind(t) in ("complete", "pruned") for t in trials)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def fail_dead_trials(study, output: Optional[Path] = None, say: Callable[[str], None] = print) -> int:
-    """Mark RUNNING trials of dead workers as FAIL; return how many."""
-    from optuna.trial import TrialState
-
-    host = socket.gethostname()
-    now = time.time()
-    failed = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = str(t.user_attrs.get("worker", ""))
-        if worker == WORKER_ID:
-            continue
-        w_host, _, w_pid = worker.rpartition(":")
-        alive_at = t.user_attrs.get("alive_at") or (t.datetime_start.timestamp() if t.datetime_start else now)
-        gone = w_host == host and w_pid.isdigit() and not _pid_alive(int(w_pid))
-        if not gone and now - float(alive_at) < STALE_AFTER_S:
-            continue
-        reason = f"worker {worker or '?'} died while it ran" + ("" if gone else f" (silent for {now - alive_at:.0f}s)")
-        try:
-            study._storage.set_trial_user_attr(t._trial_id, "error", reason)
-            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-        except Exception:  # another worker finished it first
-            continue
-        failed += 1
-        say(f"trial {t.number}: marked failed ({reason})")
-        if output is not None and w_host == host:
-            shutil.rmtree(Path(output) / "trials" / trial_dir_name(t.number), ignore_errors=True)
-    return failed
-
-
-def trial_dir_name(number: int) -> str:
-    return f"t{number:04d}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,7 +57,7 @@ class DataCache:
                 d.validation_size, d.split_seed, d.max_train_rows, d.cache_dir)
 
     def get(self, cfg: RunConfig, log: Callable[[str], None]):
-        from lorabudget.training.loop import prepare_data
+        from lorabudget.training.setup import prepare_data
 
         key = self.key(cfg)
         if key not in self.entries:
@@ -493,7 +247,7 @@ class Worker:
         from optuna.trial import TrialState
 
         s = self.s
-        trial.set_user_attr("worker", WORKER_ID)
+        trial.set_user_attr("worker", worker_id())
         trial.set_user_attr("alive_at", time.time())
         try:
             overrides, cfg, planned = self.plan(trial, f"{s.name}-{trial_dir_name(trial.number)}")
@@ -639,13 +393,7 @@ class Progress:
         self.bar.close()
 
 
-def _say(message: str) -> None:
-    from tqdm.auto import tqdm
-
-    tqdm.write(message)
-
-
-def run_search(s: SearchSettings, say: Callable[[str], None] = _say, progress: bool = True) -> dict[str, Any]:
+def run_search(s: SearchSettings, say: Callable[[str], None] = console.say, progress: bool = True) -> dict[str, Any]:
     """Run (or resume, or join) the search; write its outputs; return a summary."""
     from lorabudget.search.outputs import write_outputs
 
@@ -738,8 +486,6 @@ def _worker_main(s: SearchSettings, log_path: str) -> None:
     os.dup2(fd, 2)
     sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)
     sys.stderr = open(2, "w", buffering=1, encoding="utf-8", closefd=False)
-    global WORKER_ID
-    WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not s.base.get("training", {}).get("threads"):
         import torch
@@ -756,55 +502,4 @@ def _worker_main(s: SearchSettings, log_path: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Settings from the command line
 
-
-def load_search_config(
-    config: str, overrides: list[str], trial_overrides: list[str], space_file: Optional[str]
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
-    """(trial base values, best.yaml base values, raw space, config name) from a config and a space file.
-
-    The space comes from ``--space`` (a file holding a ``search:`` section or the space itself), else
-    from the config's own ``search:`` section, else the built-in default.
-    """
-    from lorabudget.config import apply_overrides, load_yaml, resolve_config_path
-
-    path = resolve_config_path(config)
-    values = load_yaml(path)
-    space = values.pop("search", None)
-    values.setdefault("name", Path(config).stem)
-    if space_file:
-        raw = load_yaml(space_file)
-        space = raw.get("search", raw) if isinstance(raw, dict) else raw
-    if space is None:
-        space = default_space_raw()
-    best_values = apply_overrides(copy.deepcopy(values), list(overrides))
-    best_cfg = from_dict(copy.deepcopy(best_values))  # bad keys fail here, before any trial
-    trial_values = apply_overrides(copy.deepcopy(best_values), list(trial_overrides))
-    trial_cfg = from_dict(copy.deepcopy(trial_values))
-    if trial_cfg.data.train_on_validation:
-        raise LorabudgetError(
-            "a search chooses by validation rows its trials do not train on: drop data.train_on_validation "
-            "(set it when retraining best.yaml on every labelled row)"
-        )
-    return trial_cfg.to_dict(), best_cfg.to_dict(), space, best_cfg.name
-
-
-def settings_from_args(args) -> SearchSettings:
-    overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f"data.train={args.data}")
-    if args.budget is not None:
-        overrides.append(f"budget.max_trainable_params={args.budget}")
-    base, best_base, space, cfg_name = load_search_config(args.config, overrides, args.trial_overrides, args.space)
-    name = args.study or f"{cfg_name}-search"
-    output = Path(args.output) if args.output else Path("runs") / name
-    storage = args.storage
-    if storage and storage.startswith("journal:"):
-        storage = "journal:" + str(Path(storage[len("journal:"):]).expanduser().resolve())
-    return SearchSettings(
-        name=name, output=output, base=base, best_base=best_base, space=space, trials=args.trials,
-        timeout=args.timeout, storage=storage, workers=args.workers, metric=args.metric,
-        multi_objective=args.multi_objective, pruner=args.pruner, seed=args.seed,
-        max_rejections=args.max_rejections, trial_overrides=list(args.trial_overrides),
-        warm_start=not args.no_warm_start,
-    )
 

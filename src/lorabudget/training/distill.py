@@ -21,7 +21,6 @@ with a different loss.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -30,17 +29,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lorabudget.config import RunConfig, load_config
 from lorabudget.data.batching import TokenizedTexts, default_cache_dir, texts_fingerprint, tokenize
-from lorabudget.config import RunConfig, load_config, saved_config_values
 from lorabudget.data.load import TextData, load_unlabelled
 from lorabudget.errors import LorabudgetError
 from lorabudget.io import atomic_path
 from lorabudget.metrics import classification_metrics, softmax
-from lorabudget.training.loop import PreparedData, file_sha256, plan_or_refuse, prepare_data, train
+from lorabudget.rundir.layout import RunDir, file_sha256
+from lorabudget.training.loop import train
+from lorabudget.training.setup import PreparedData, plan_or_refuse, prepare_data
 
 CACHE_VERSION = "2"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-NOT_WEIGHTS = {"tokenizer", "figures", "evals"}
 
 
 def kd_loss(
@@ -78,27 +77,12 @@ def kd_loss(
 # Teacher logits, computed once and cached
 
 
-def weight_files(run_dir: Path) -> list[Path]:
-    """The trained weights of a run (any method: adapter files, a full model) and the JSON configs
-    beside them; tokenizer, figures, evaluations and temporary folders are not weights."""
-    run_dir = Path(run_dir)
-    found = []
-    for path in sorted(run_dir.rglob("*")):
-        rel = path.relative_to(run_dir).parts
-        if not path.is_file() or rel[0] in NOT_WEIGHTS or any(p.startswith(".") for p in rel) or len(rel) < 2:
-            continue
-        if path.suffix in WEIGHT_SUFFIXES:
-            found.append(path)
-    folders = {p.parent for p in found}
-    found += [p for folder in folders for p in sorted(folder.glob("*.json"))]
-    return sorted(set(found))
-
-
 def teacher_fingerprint(teacher_dir: Path) -> str:
     """Identity of a trained teacher: its config and trained weights (no model is loaded)."""
     teacher_dir = Path(teacher_dir)
-    parts = [CACHE_VERSION, (teacher_dir / "config.yaml").read_text(encoding="utf-8")]
-    files = weight_files(teacher_dir)
+    run = RunDir(teacher_dir)
+    parts = [CACHE_VERSION, run.config_path.read_text(encoding="utf-8")]
+    files = run.trained_files()
     if not files:
         raise LorabudgetError(f"teacher run {teacher_dir} has no trained weights; train it first")
     parts += [f"{p.relative_to(teacher_dir).as_posix()}:{file_sha256(p)}" for p in files]
@@ -232,10 +216,6 @@ def without_transfer_rows(data: PreparedData, fraction: float, seed: int) -> Pre
 # The distill command
 
 
-def is_finished_run(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and (path / "summary.json").is_file()
-
-
 def resolve_teacher(
     teacher: str,
     student: RunConfig,
@@ -253,7 +233,7 @@ def resolve_teacher(
     """
     path = Path(teacher)
     if path.is_dir():
-        if not is_finished_run(path):
+        if not (RunDir(path).is_run() and RunDir(path).finished()):
             raise LorabudgetError(f"teacher {teacher} is not a finished lorabudget run directory")
         return path
     cfg = replace(load_config(teacher, list(overrides)), data=student.data)
@@ -263,11 +243,11 @@ def resolve_teacher(
     if target.resolve() == student_run.resolve():
         raise LorabudgetError(f"the teacher config and the student are both named '{target.name}'; rename one")
     if target.exists():
-        summary_path = target / "summary.json"
+        done = RunDir(target)
         if (
-            summary_path.is_file()
-            and saved_config_values(target / "config.yaml") == cfg.to_dict()
-            and json.loads(summary_path.read_text(encoding="utf-8")).get("transfer_rows_excluded") == marker
+            done.finished()
+            and done.saved_config_values() == cfg.to_dict()
+            and done.read_summary().get("transfer_rows_excluded") == marker
         ):
             log(f"teacher: reusing the trained run {target}")
             return target

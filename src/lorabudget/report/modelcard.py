@@ -7,7 +7,6 @@ Everything on the card is read from the run's own files (``config.yaml``, ``budg
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -16,21 +15,15 @@ import yaml
 
 from lorabudget.config import RunConfig
 from lorabudget.io import atomic_write_text
+from lorabudget.model.build import PACKAGED_MODELS
+from lorabudget.report.run_report import budget_table
+from lorabudget.rundir.layout import RunDir
 
 HUB_DATASETS = {"ag_news": "ag_news", "fancyzhx/ag_news": "fancyzhx/ag_news"}
 
 
-def _read_json(path: Path) -> Optional[Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def base_model_name(cfg: RunConfig) -> Optional[str]:
     """The base model's Hugging Face hub name, or ``None`` when the run used a local folder."""
-    from lorabudget.model.build import PACKAGED_MODELS
-
     name = cfg.model.name
     packaged = PACKAGED_MODELS.get(name.lower())
     if packaged:
@@ -38,6 +31,10 @@ def base_model_name(cfg: RunConfig) -> Optional[str]:
     if os.path.isdir(os.path.expanduser(name)):
         return None
     return name
+
+
+def _fmt_int(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "—"
 
 
 def _dataset_name(cfg: RunConfig) -> Optional[str]:
@@ -66,39 +63,6 @@ def front_matter(cfg: RunConfig, summary: dict[str, Any], export_format: Optiona
         ["onnx"] if export_format == "onnx" else []
     )
     return meta
-
-
-def _fmt_int(value: Any) -> str:
-    return f"{value:,}" if isinstance(value, int) else "—"
-
-
-def _budget_lines(budget: Optional[dict[str, Any]], method: str) -> list[str]:
-    if not budget:
-        return ["The run has no `budget.json`: no parameter breakdown."]
-    limit = budget.get("budget")
-    total = budget.get("trainable_params")
-    adapters = budget.get("adapter_params", budget.get("lora_params"))
-    lines = ["| part | trainable parameters |", "|---|---:|"]
-    by_module: dict[str, int] = {}
-    layers: dict[str, set] = {}
-    for site in budget.get("adapter_by_site", budget.get("lora_by_site")) or []:
-        by_module[site["module"]] = by_module.get(site["module"], 0) + site["params"]
-        layers.setdefault(site["module"], set()).add(site["layer"])
-    for module, n in by_module.items():
-        lines.append(f"| {method} on {module} (layers {', '.join(map(str, sorted(layers[module])))}) | {n:,} |")
-    if not by_module and adapters is not None:
-        lines.append(f"| {method} adapters | {_fmt_int(adapters)} |")
-    lines.append(f"| classification head | {_fmt_int(budget.get('head_params'))} |")
-    for name, n in (budget.get("other_params") or {}).items():
-        lines.append(f"| other: `{name}` | {_fmt_int(n)} |")
-    lines.append(f"| **total trainable** | **{_fmt_int(total)}** |")
-    if limit is None:
-        lines.append("| budget | unlimited |")
-    else:
-        used = f", {total / limit:.1%} used" if isinstance(total, int) and limit else ""
-        verdict = "within" if isinstance(total, int) and total <= limit else "OVER"
-        lines.append(f"| budget | {limit:,} ({verdict}{used}) |")
-    return lines
 
 
 def _layers(layers: Optional[list[int]]) -> str:
@@ -152,16 +116,8 @@ def _data_lines(cfg: RunConfig, summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _metric_rows(run_dir: Path) -> list[dict[str, Any]]:
-    rows = [r for r in (_read_json(p) for p in sorted((run_dir / "evals").glob("*.json"))) if isinstance(r, dict)]
-    if not rows:
-        latest = _read_json(run_dir / "eval.json")
-        rows = [latest] if isinstance(latest, dict) else []
-    return rows
-
-
 def _results_lines(run_dir: Path, summary: dict[str, Any]) -> list[str]:
-    rows = _metric_rows(run_dir)
+    rows = RunDir(run_dir).eval_records()
     if not rows:
         return ["No evaluation recorded yet (`lorabudget evaluate RUN --data FILE` adds one)."]
     # An interval says how far the figure may be from the model's accuracy on new rows; rows the run
@@ -309,9 +265,9 @@ print(run.predict(["Stocks rallied after the earnings report."]).labels)
 
 
 def model_card(run_dir: Path, cfg: RunConfig, export_format: Optional[str] = None, folder_name: str = "DIR") -> str:
-    run_dir = Path(run_dir)
-    summary = _read_json(run_dir / "summary.json") or {}
-    budget = _read_json(run_dir / "budget.json")
+    files = RunDir(run_dir)
+    summary = files.read_summary()
+    budget = files.read_budget()
     method = _method(cfg, summary)
     base = base_model_name(cfg) or f"a local model ({cfg.model.name})"
     what = {None: "lorabudget run directory", "hf": "transformers model (adapters merged)",
@@ -333,7 +289,7 @@ def model_card(run_dir: Path, cfg: RunConfig, export_format: Optional[str] = Non
         "",
         "## Trainable-parameter budget",
         "",
-        *_budget_lines(budget, method),
+        *budget_table(budget),
         "",
         "## Method",
         "",
@@ -366,11 +322,9 @@ def write_model_card(
     run_dir: Path, folder: Optional[Path] = None, export_format: Optional[str] = None, folder_name: str = "DIR"
 ) -> Path:
     """Write ``README.md`` into ``folder`` (default: the run directory itself); return its path."""
-    from lorabudget.inference.runs import read_run_config
-
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    path = Path(folder or run_dir) / "README.md"
+    files = RunDir(run_dir)
+    cfg = files.read_config()
+    path = RunDir(folder or run_dir).model_card_path
     atomic_write_text(path, model_card(run_dir, cfg, export_format, folder_name))
     return path
 

@@ -1,0 +1,66 @@
+"""ONNX Runtime: sessions, and runs loaded from an ONNX export folder (``lorabudget export --format
+onnx``, or the ``RUN/onnx/`` export that ``predict --engine onnx`` keeps current)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from lorabudget.config import RunConfig, from_dict
+from lorabudget.errors import LorabudgetError
+from lorabudget.rundir.layout import RunDir, read_export_meta
+
+
+def require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401 - the quantizer needs it
+        import onnxruntime  # noqa: F401
+    except ImportError as err:
+        raise LorabudgetError(f"ONNX needs onnx and onnxruntime ({err}); pip install 'lorabudget[onnx]'") from err
+
+
+def onnx_session(path: Path, threads: Optional[int] = None):
+    require_onnx()
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_export_is_current(run_dir: Path) -> bool:
+    """Whether ``RUN/onnx/`` holds an fp32 ONNX export of the run's present weights."""
+    files = RunDir(run_dir)
+    cached = read_export_meta(files.onnx_dir)
+    return cached is not None and cached.get("adapter_digest") == files.adapter_digest() and not cached.get("quantize")
+
+
+def open_onnx_export(path: Path, threads: Optional[int] = None) -> tuple[RunConfig, Any, Any]:
+    """``(config, ONNX Runtime session, tokenizer)`` from an ONNX export folder, or from a run directory whose
+    ``RUN/onnx/`` export is current (``lorabudget.load_run`` and ``predict`` make it)."""
+    import torch
+
+    from lorabudget.model.build import load_tokenizer
+
+    path = Path(path)
+    meta = read_export_meta(path)
+    if meta is not None:
+        if meta.get("format") != "onnx":
+            raise LorabudgetError(
+                f"{path} is a '{meta.get('format')}' export; lorabudget runs ONNX exports and run directories "
+                "(load this one as its README.md shows)"
+            )
+        folder = path
+    else:
+        RunDir(path).read_config()  # a clear error for a folder that is neither
+        if not run_export_is_current(path):
+            raise LorabudgetError(f"{path} has no current ONNX export; run `lorabudget export {path} --format onnx "
+                                  f"--output {RunDir(path).onnx_dir} --overwrite` first")
+        folder = RunDir(path).onnx_dir
+        meta = read_export_meta(folder)
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = from_dict(meta["config"])
+    session = onnx_session(folder / meta["onnx_file"], threads)
+    return cfg, session, load_tokenizer(str(folder))

@@ -1,0 +1,177 @@
+"""What a training run is built from before its first step: the Accelerator (precision, trackers), the
+plan checked against the budget, the data (split and tokenized), AdamW's parameter groups and the
+learning-rate schedule, and the run's ``budget.json`` record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lorabudget.config import RunConfig
+from lorabudget.data.batching import TokenizedTexts, default_cache_dir, tokenize
+from lorabudget.data.load import TextData, load_labelled, split_validation
+from lorabudget.methods import registry as methods
+from lorabudget.model import budget as budget_mod
+from lorabudget.model.build import build_model, load_tokenizer
+from lorabudget.training.tracking import accelerator_kwargs
+
+# A loss on one batch: (student logits [B, C], batch dict) -> scalar. Distillation plugs in here.
+
+
+# A loss on one batch: (student logits [B, C], batch dict) -> scalar. Distillation plugs in here.
+LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def cross_entropy_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), batch["labels"])
+
+
+def make_accelerator(cfg: RunConfig, run_dir: Optional[Path] = None, log: Callable[[str], None] = print):
+    """The Accelerator, with the precision chosen for this hardware (one log line says which and why)
+    and the run's experiment trackers.
+
+    bf16 is Accelerate's autocast (on CPUs too): trained weights, gradients and optimizer state stay
+    fp32 (the frozen base is held in bf16 during the loop: ``precision.frozen_base_in``)."""
+    from accelerate import Accelerator
+
+    from lorabudget.model.precision import resolve as resolve_precision
+
+    precision = resolve_precision(cfg.training.mixed_precision)
+    kwargs: dict[str, Any] = {}
+    if cfg.training.compile:
+        from accelerate.utils import TorchDynamoPlugin
+
+        # The whole model, wrapped once: unwrap_model() then saves adapters under their plain names
+        # (Accelerate's regional compilation wraps inner modules and leaked "_orig_mod" into them).
+        kwargs["dynamo_plugin"] = TorchDynamoPlugin(backend="inductor")
+    # cpu=True on machines without a GPU: it is what makes Accelerate pick gloo for multi-process CPU runs.
+    accelerator = Accelerator(mixed_precision=precision.accelerate_name, cpu=not torch.cuda.is_available(), **kwargs, **accelerator_kwargs(cfg, run_dir))
+    if accelerator.is_main_process:
+        log(precision.line("training"))
+    return accelerator
+
+
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    """AdamW over :func:`param_groups`, with the kernel chosen by ``training.adamw_impl``."""
+    impl = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[cfg.training.adamw_impl]
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.training.learning_rate, **impl)
+
+
+def seed_everything(seed: int) -> None:
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+
+
+@dataclass
+class PreparedData:
+    train: TextData
+    validation: TextData
+    train_tokens: TokenizedTexts
+    validation_tokens: TokenizedTexts
+    pad_id: int
+    tokenizer: Any = field(repr=False)
+
+
+def prepare_data(cfg: RunConfig, log: Callable[[str], None] = print) -> PreparedData:
+    """Load, split and tokenize the configured training and validation data."""
+    tokenizer = load_tokenizer(cfg.model.name)
+    names = cfg.model.labels
+    trust = cfg.data.trust_pickle
+    full = load_labelled(cfg.data.train, names, trust_pickle=trust)
+    if cfg.data.validation:
+        train, validation = full, load_labelled(cfg.data.validation, names, trust_pickle=trust)
+    else:
+        train, validation = split_validation(full, cfg.data.validation_size, cfg.data.split_seed)
+        if cfg.data.train_on_validation:
+            train = full  # the split-off rows still show progress, but they are trained on too
+    if cfg.data.max_train_rows is not None and cfg.data.max_train_rows < len(train):
+        train = train.subset(range(cfg.data.max_train_rows))
+    cache = default_cache_dir(cfg.data.cache_dir)
+    train_tokens = tokenize(tokenizer, train.texts, cfg.model.max_length, cache)
+    validation_tokens = tokenize(tokenizer, validation.texts, cfg.model.max_length, cache)
+    lengths = train_tokens.lengths
+    log(
+        f"data: {len(train):,} training rows, {len(validation):,} validation rows"
+        + (" (trained on too: data.train_on_validation)" if cfg.data.train_on_validation else "")
+        + f"; tokens per row mean "
+        f"{lengths.mean():.1f}, p99 {np.percentile(lengths, 99):.0f}, max {lengths.max()} "
+        f"(max_length {cfg.model.max_length})"
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return PreparedData(train, validation, train_tokens, validation_tokens, pad_id, tokenizer)
+
+
+def plan_or_refuse(cfg: RunConfig, log: Callable[[str], None] = print) -> budget_mod.Breakdown:
+    """Count trainable parameters from the config alone; raise before any weights load if over budget."""
+    planned = budget_mod.breakdown(build_model(cfg, weights=False).model)
+    if not budget_mod.within_budget(planned, cfg.budget.max_trainable_params):
+        log(budget_mod.format_breakdown(planned, cfg.budget.max_trainable_params, f"plan for {cfg.name}:",
+                                        cfg.adapter.method))
+    budget_mod.check_budget(planned, cfg.budget.max_trainable_params)
+    return planned
+
+
+def param_groups(model: torch.nn.Module, cfg: RunConfig) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on 1-D tensors and the method's scale-like kinds (DoRA
+    magnitudes, IA3 scales); the head may have its own LR."""
+    from lorabudget.model.build import head_module_names
+
+    t = cfg.training
+    # A fully fine-tuned model has no PEFT wrapper: its head is found by module name.
+    head_prefixes = () if hasattr(model, "peft_config") else tuple(n + "." for n in head_module_names(model))
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = methods.no_weight_decay(cfg.adapter.method, name, param)
+        is_head = ".modules_to_save." in name or bool(head_prefixes and name.startswith(head_prefixes))
+        groups.setdefault((is_head, no_decay), []).append(param)
+    return [
+        {
+            "params": params,
+            "lr": (t.head_learning_rate or t.learning_rate) if is_head else t.learning_rate,
+            "weight_decay": 0.0 if no_decay else t.weight_decay,
+        }
+        for (is_head, no_decay), params in groups.items()
+    ]
+
+
+def label_distribution(labels: np.ndarray, num_labels: int) -> list[float]:
+    """Share of each class among the labelled rows (rows labelled -1 have no gold label)."""
+    gold = labels[labels >= 0]
+    return (np.bincount(gold, minlength=num_labels) / max(len(gold), 1)).tolist()
+
+
+def make_scheduler(optimizer, name: str, warmup: int, total: int):
+    from transformers import get_scheduler
+
+    kind = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[name]
+    return get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+
+
+def budget_json(b: budget_mod.Breakdown, cfg: RunConfig) -> dict[str, Any]:
+    return {
+        "method": cfg.adapter.method,
+        "trainable_params": b.total,
+        "adapter_params": b.adapter_total,
+        "head_params": b.head,
+        "other_params": b.other,
+        "budget": cfg.budget.max_trainable_params,  # null: unlimited (a teacher)
+        "within_budget": budget_mod.within_budget(b, cfg.budget.max_trainable_params),
+        "by_site": [
+            {"layer": layer, "module": module, "kind": kind, "params": n} for (layer, module, kind), n in b.sites.items()
+        ],
+        "shared": [
+            {"kind": kind, "params": s.params, "modules": s.sites, "unshared_equivalent": s.unshared_equivalent}
+            for kind, s in b.shared.items()
+        ],
+        "frozen_shared": [
+            {"kind": kind, "values": s.params, "modules": s.sites} for kind, s in b.frozen_shared.items()
+        ],
+    }
