@@ -133,3 +133,19 @@ def tiny_config(tiny_roberta, data_dir, tmp_path):
         return values
 
     return make
+
+
+@pytest.fixture
+def padded_batch():
+    """``make(seed=0, vocab=40)`` -> (input ids [4, 12], attention mask): a small batch with two padded rows."""
+    import torch
+
+    def make(seed: int = 0, vocab: int = 40):
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(5, vocab, (4, 12), generator=g)
+        mask = torch.ones_like(ids)
+        mask[1, 8:] = 0
+        mask[3, 5:] = 0
+        return ids, mask
+
+    return make

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import torch
 
 from conftest import synthetic_rows, write_csv
@@ -200,7 +201,8 @@ def test_python_api_predict(runs):
 
 
 def _card_run(tmp_path: Path, with_ci: bool) -> Path:
-    """A finished-looking run directory (files only) on a hub model and the hub data set."""
+    """A finished-looking run directory (files only) on a hub model and the hub data set, written as runs
+    from before the method seam wrote them (``lora_*`` keys)."""
     run = tmp_path / ("ci" if with_ci else "plain")
     run.mkdir()
     save_config(from_dict({"name": "card-test", "model": {"name": "roberta-base"}, "head": {"type": "linear"}}), run / "config.yaml")
@@ -234,10 +236,28 @@ def test_model_card_parses(tmp_path):
         "## Intended use and limits", "## How to load",
     ]
     assert "| **total trainable** | **150,000** |" in body and "1,000,000 (within, 15.0% used)" in body
-    assert "| lora on query (layers 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11) | 73,440 |" in body
+    assert "| lora on query (layers 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11; lora) | 73,440 |" in body
     assert "[0.8648, 0.9318]" in body and "451.0 s" in body
     plain_meta, plain_body = parse_model_card(write_model_card(_card_run(tmp_path, with_ci=False)).read_text())
     assert "95% interval" not in plain_body and "0.9033" in plain_body
+
+
+def test_model_card_of_a_trained_run_shows_its_budget(tiny_config, tmp_path):
+    """Train a tiny run, export it, read the card: each adapted module with its layers and parameters,
+    as the run's own budget.json records them."""
+    from lorabudget.rundir.layout import RunDir
+
+    config = tmp_path / "tiny.yaml"
+    values = tiny_config(adapter={"modules": ["query", "value", "output"], "layers": [0, 2]}, training={"max_steps": 2})
+    config.write_text(yaml.safe_dump(values))
+    assert main(["train", str(config), "--output", str(tmp_path / "run"), "--no-report"]) == 0
+    assert main(["export", str(tmp_path / "run"), "--format", "hf", "--output", str(tmp_path / "hf")]) == 0
+    _, body = parse_model_card((tmp_path / "hf" / "README.md").read_text())
+    budget = RunDir(tmp_path / "run").read_budget()
+    for module in ("query", "value", "output"):
+        params = sum(s["params"] for s in budget["by_site"] if s["module"] == module)
+        assert params > 0 and f"| lora on {module} (layers 0, 2; lora_A, lora_B) | {params:,} |" in body
+    assert f"| **total trainable** | **{budget['trainable_params']:,}** |" in body
 
 
 def test_every_export_and_run_gets_a_card(runs, tmp_path, capsys, monkeypatch):

@@ -7,15 +7,6 @@ from lorabudget.config import from_dict
 from lorabudget.model.build import build_model
 
 
-def _batch(seed=0, vocab=40):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, vocab, (4, 12), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 8:] = 0
-    mask[3, 5:] = 0
-    return ids, mask
-
-
 def _cfg(path, head="full", **adapter):
     adapter = {"r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value", "output"], **adapter}
     return from_dict({"model": {"name": str(path)}, "head": {"type": head}, "adapter": adapter})
@@ -23,9 +14,9 @@ def _cfg(path, head="full", **adapter):
 
 @pytest.mark.parametrize("model_fixture", ["tiny_roberta", "tiny_bert"])
 @pytest.mark.parametrize("head", ["full", "linear"])
-def test_lora_equals_base_at_init(request, model_fixture, head):
+def test_lora_equals_base_at_init(padded_batch, request, model_fixture, head):
     model = build_model(_cfg(request.getfixturevalue(model_fixture), head)).model.eval()
-    ids, mask = _batch()
+    ids, mask = padded_batch()
     with torch.no_grad():
         with_lora = model(input_ids=ids, attention_mask=mask).logits
         with model.disable_adapter():
@@ -34,9 +25,9 @@ def test_lora_equals_base_at_init(request, model_fixture, head):
     assert torch.equal(with_lora, base)
 
 
-def test_dora_equals_base_at_init(tiny_roberta):
+def test_dora_equals_base_at_init(padded_batch, tiny_roberta):
     model = build_model(_cfg(tiny_roberta, use_dora=True)).model.eval()
-    ids, mask = _batch()
+    ids, mask = padded_batch()
     with torch.no_grad():
         with_lora = model(input_ids=ids, attention_mask=mask).logits
         with model.disable_adapter():
@@ -45,13 +36,13 @@ def test_dora_equals_base_at_init(tiny_roberta):
 
 
 @pytest.mark.parametrize("head", ["full", "linear"])
-def test_frozen_weights_unchanged_after_a_step(tiny_bert, head):
+def test_frozen_weights_unchanged_after_a_step(padded_batch, tiny_bert, head):
     model = build_model(_cfg(tiny_bert, head)).model
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     assert frozen and trainable
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    ids, mask = _batch()
+    ids, mask = padded_batch()
     loss = torch.nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask).logits, torch.tensor([0, 1, 2, 3]))
     loss.backward()
     opt.step()
@@ -64,7 +55,7 @@ def test_frozen_weights_unchanged_after_a_step(tiny_bert, head):
 
 @pytest.mark.parametrize("model_fixture", ["tiny_roberta", "tiny_bert"])
 @pytest.mark.parametrize("head", ["full", "linear"])
-def test_merged_equals_unmerged(request, model_fixture, head):
+def test_merged_equals_unmerged(padded_batch, request, model_fixture, head):
     model = build_model(_cfg(request.getfixturevalue(model_fixture), head, rank_pattern={"output": 2})).model
     torch.manual_seed(1)
     with torch.no_grad():  # make the adapters and head non-trivial
@@ -72,7 +63,7 @@ def test_merged_equals_unmerged(request, model_fixture, head):
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
     model.eval()
-    ids, mask = _batch(3)
+    ids, mask = padded_batch(3)
     with torch.no_grad():
         unmerged = model(input_ids=ids, attention_mask=mask).logits
         merged_model = model.merge_and_unload()

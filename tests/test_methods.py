@@ -18,9 +18,9 @@ from lorabudget.methods import registry as adapters
 from lorabudget.model.budget import breakdown
 from lorabudget.config import from_dict
 from lorabudget.errors import LorabudgetError
-from lorabudget.model.build import build_model, merge_adapters, save_trained
+from lorabudget.model.build import build_model, merge_adapters
+from lorabudget.rundir.weights import save_trained
 from lorabudget.training.setup import param_groups
-from test_lora_invariants import _batch  # noqa: E402 - the same small padded batch
 
 # Settings small enough for the tiny models (hidden 32, 3 layers); every method with its own knobs.
 METHOD_SETTINGS = {
@@ -40,7 +40,12 @@ METHOD_SETTINGS = {
 # Methods whose update is zero at initialisation (PEFT's defaults): the adapted model is the base.
 IDENTITY_AT_INIT = {"lora", "adalora", "vera", "ia3", "loha", "lokr", "bitfit", "ln_tuning"}
 # Methods PEFT can fold into the base weights (all but full, which has nothing to merge).
-MERGEABLE = {"lora", "adalora", "vera", "vblora", "tinylora", "fourierft", "ia3", "loha", "lokr", "bitfit", "ln_tuning"}
+MERGEABLE = sorted(name for name, method in adapters.METHODS.items() if method.mergeable)
+
+
+def test_every_registered_method_is_in_the_tables():
+    assert set(METHOD_SETTINGS) == set(adapters.METHODS)
+    assert IDENTITY_AT_INIT <= set(adapters.METHODS)
 
 
 def method_cfg(path, method, head="full", pooling="first", **extra):
@@ -77,9 +82,9 @@ def test_plan_equals_live_equals_optimizer(request, method, model_fixture, head)
 
 @pytest.mark.parametrize("method", sorted(IDENTITY_AT_INIT))
 @pytest.mark.parametrize("model_fixture", ["tiny_roberta", "tiny_bert"])
-def test_equals_base_at_init(request, method, model_fixture):
+def test_equals_base_at_init(padded_batch, request, method, model_fixture):
     model = build_model(method_cfg(request.getfixturevalue(model_fixture), method, "linear")).model.eval()
-    ids, mask = _batch()
+    ids, mask = padded_batch()
     with torch.no_grad():
         adapted = model(input_ids=ids, attention_mask=mask).logits
         with model.disable_adapter():
@@ -88,13 +93,13 @@ def test_equals_base_at_init(request, method, model_fixture):
 
 
 @pytest.mark.parametrize("method", [m for m in METHOD_SETTINGS if m != "full"])
-def test_frozen_weights_unchanged_after_a_step(tiny_bert, method):
+def test_frozen_weights_unchanged_after_a_step(padded_batch, tiny_bert, method):
     cfg = method_cfg(tiny_bert, method, "full")
     model = build_model(cfg).model
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(param_groups(model, cfg))
-    ids, mask = _batch()
+    ids, mask = padded_batch()
     logits = model(input_ids=ids, attention_mask=mask).logits
     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
     opt.step()
@@ -108,7 +113,7 @@ def test_frozen_weights_unchanged_after_a_step(tiny_bert, method):
 
 
 @pytest.mark.parametrize("method", list(METHOD_SETTINGS))
-def test_bf16_frozen_base_trains_every_method(tiny_roberta, method):
+def test_bf16_frozen_base_trains_every_method(padded_batch, tiny_roberta, method):
     """bf16 training holds the frozen base in bf16 (precision.frozen_base_in) under autocast: every
     method's forward and backward run on it, trained weights and their gradients stay fp32, and the
     logits stay close to fp32's."""
@@ -117,7 +122,7 @@ def test_bf16_frozen_base_trains_every_method(tiny_roberta, method):
     cfg = method_cfg(tiny_roberta, method, "full")
     model = build_model(cfg).model
     _perturb(model)
-    ids, mask = _batch()
+    ids, mask = padded_batch()
     with torch.no_grad():
         fp32 = model(input_ids=ids, attention_mask=mask).logits
     with frozen_base_in(model, torch.bfloat16), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -158,7 +163,7 @@ def test_bf16_inference_casts_every_weight_once_for_every_method(tiny_roberta, m
         assert all(p.dtype == torch.bfloat16 for p in model.parameters())
 
 
-def test_adalora_allocator_state_survives_a_checkpoint(tiny_bert):
+def test_adalora_allocator_state_survives_a_checkpoint(padded_batch, tiny_bert):
     # A resumed AdaLoRA run must mask the ranks the uninterrupted one would: its importance scores
     # (smoothed over all steps so far) travel in the checkpoint with the weights.
     from lorabudget.training.state import trainable_weights, load_weights
@@ -171,7 +176,7 @@ def test_adalora_allocator_state_survives_a_checkpoint(tiny_bert):
         return model, torch.optim.AdamW(param_groups(model, cfg), lr=1e-2)
 
     def step(model, opt, at):
-        ids, mask = _batch()
+        ids, mask = padded_batch()
         logits = model(input_ids=ids, attention_mask=mask).logits
         torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
         opt.step()
@@ -207,12 +212,12 @@ def test_adalora_allocator_state_survives_a_checkpoint(tiny_bert):
 
 @pytest.mark.parametrize("method", sorted(MERGEABLE))
 @pytest.mark.parametrize("head", ["full", "linear"])
-def test_merged_equals_unmerged(tiny_roberta, method, head):
+def test_merged_equals_unmerged(padded_batch, tiny_roberta, method, head):
     assert adapters.can_merge(method, quantized=False)
     model = build_model(method_cfg(tiny_roberta, method, head)).model
     _perturb(model)
     model.eval()
-    ids, mask = _batch(3)
+    ids, mask = padded_batch(3)
     with torch.no_grad():
         unmerged = model(input_ids=ids, attention_mask=mask).logits
         merged = merge_adapters(model)(input_ids=ids, attention_mask=mask).logits
@@ -222,7 +227,7 @@ def test_merged_equals_unmerged(tiny_roberta, method, head):
 _RELOAD = """
 import json, sys, torch
 from lorabudget.config import from_dict
-from lorabudget.model.build import load_trained_model
+from lorabudget.rundir.weights import load_trained_model
 cases = json.loads(sys.argv[1])
 ids = torch.tensor(cases["ids"]); mask = torch.tensor(cases["mask"])
 out = {}
@@ -234,10 +239,10 @@ print(json.dumps(out))
 """
 
 
-def test_save_reload_in_fresh_process_same_logits(tiny_bert, tmp_path):
+def test_save_reload_in_fresh_process_same_logits(padded_batch, tiny_bert, tmp_path):
     """Each method's trained state, saved as a run's adapter folder, reloads in a new process
     (one process for all methods: imports dominate the cost) to the same logits."""
-    ids, mask = _batch(5)
+    ids, mask = padded_batch(5)
     runs, expected = {}, {}
     for method in METHOD_SETTINGS:
         for head, pooling in (("full", "first"), ("linear", "mean")):
@@ -314,7 +319,7 @@ def test_ia3_scales_get_no_weight_decay(tiny_roberta):
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
 @pytest.mark.parametrize("quantization", ["nf4", "int8"])
-def test_quantized_base_trains_with_falling_loss(tmp_path_factory, quantization):
+def test_quantized_base_trains_with_falling_loss(padded_batch, tmp_path_factory, quantization):
     import warnings
 
     from transformers import BertConfig, BertModel
@@ -333,7 +338,7 @@ def test_quantized_base_trains_with_falling_loss(tmp_path_factory, quantization)
     kinds = {type(m).__name__ for m in model.modules()}
     assert ("Linear4bit" if quantization == "nf4" else "Linear8bitLt") in kinds
     opt = torch.optim.AdamW(param_groups(model, cfg), lr=2e-2)
-    ids, mask = _batch(7)
+    ids, mask = padded_batch(7)
     labels = torch.tensor([0, 1, 2, 3])
     losses = []
     for _ in range(8):

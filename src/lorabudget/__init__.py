@@ -1,4 +1,4 @@
-"""lorabudget: LoRA fine-tuning of transformer encoders under a hard trainable-parameter budget.
+"""lorabudget: fine-tuning transformer encoders with PEFT methods under a hard trainable-parameter budget.
 
 From Python::
 

@@ -363,7 +363,7 @@ TRUST_PICKLE_HELP = "allow .pkl/.pickle data files: unpickling runs code from th
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lorabudget",
-        description="Fine-tune transformer encoders for text classification with LoRA under a hard "
+        description="Fine-tune transformer encoders for text classification with PEFT methods under a hard "
         "trainable-parameter budget.",
     )
     parser.add_argument("--version", action="version", version=f"lorabudget {__version__}")

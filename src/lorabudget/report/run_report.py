@@ -203,13 +203,14 @@ def budget_table(budget: Optional[dict]) -> list[str]:
         )
     lines.append(f"| classification head | {budget['head_params']:,} |")
     for name, n in (budget.get("other_params") or {}).items():
-        lines.append(f"| other: {name} | {n:,} |")
-    lines.append(f"| **total** | **{budget['trainable_params']:,}** |")
+        lines.append(f"| other: `{name}` | {n:,} |")
+    total = budget["trainable_params"]
+    lines.append(f"| **total trainable** | **{total:,}** |")
     limit = budget.get("budget")
     if limit is None:
         lines.append("| budget | unlimited (teacher) |")
     else:
-        lines.append(f"| budget | {limit:,} ({'within' if budget['within_budget'] else 'OVER'}) |")
+        lines.append(f"| budget | {limit:,} ({'within' if total <= limit else 'OVER'}, {total / limit:.1%} used) |")
     return lines
 
 

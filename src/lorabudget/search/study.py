@@ -3,6 +3,7 @@ database server), the study, its sampler and pruner, and how trials are counted 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -75,7 +76,14 @@ def _quiet_optuna() -> None:
 
 
 def open_storage(url: str):
-    """Optuna storage for ``url``: ``journal:PATH`` (a journal file) or an RDB URL (sqlite://, postgresql://)."""
+    """Optuna storage for ``url``: ``journal:PATH`` (a journal file) or an RDB URL (sqlite://, postgresql://).
+
+    Safe when several workers open a new storage at the same instant: Optuna creates its tables (and, on
+    PostgreSQL, enum types) when it first sees a database, and two processes doing that at once collide
+    (issue 33). On PostgreSQL the creation is serialised with an advisory lock; on any RDB a collision
+    that still happens (SQLite: "table ... already exists") is retried, and the retry finds the schema
+    made. The journal file is appended to under its own file lock and needs neither.
+    """
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -86,13 +94,80 @@ def open_storage(url: str):
             return JournalStorage(JournalFileBackend(str(path)))
         if url.startswith("sqlite:"):
             # Several local processes share one SQLite file: wait for the write lock instead of failing.
-            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+            return _retry_creation_race(
+                lambda: optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}}))
         if "://" in url:
-            return optuna.storages.RDBStorage(_with_pg_driver(url), engine_kwargs={"pool_pre_ping": True})
+            with _creation_lock(url):
+                return _retry_creation_race(
+                    lambda: optuna.storages.RDBStorage(_with_pg_driver(url), engine_kwargs={"pool_pre_ping": True}))
     except Exception as err:  # driver missing, server unreachable, bad URL: one line for the user
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LorabudgetError(f"cannot open the study storage {url!r}: {first}") from err
     raise LorabudgetError(f"unknown storage {url!r}: give postgresql://..., sqlite:///FILE or journal:FILE")
+
+
+# pg_advisory_lock key (any fixed 64-bit number) under which lorabudget workers create Optuna's schema
+# and studies; advisory locks are per database, so searches on other databases do not wait for it.
+_CREATION_LOCK_KEY = 0x6C6F_7261_6275_6467  # "lorabudg"
+_CREATION_LOCK_WAIT_S = 120.0  # then go on without it: the retry still covers a collision
+_CREATION_RETRIES = 6
+
+
+@contextlib.contextmanager
+def _creation_lock(url: str):
+    """Hold a PostgreSQL session advisory lock on its own connection while the body runs; other URLs:
+    nothing. The lock goes with the connection, so a worker killed while it holds it frees it."""
+    url = _with_pg_driver(url)
+    if not url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            deadline = time.monotonic() + _CREATION_LOCK_WAIT_S
+            try_lock = sqlalchemy.text("SELECT pg_try_advisory_lock(:key)")
+            while not conn.execute(try_lock, {"key": _CREATION_LOCK_KEY}).scalar():
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            yield  # the connection closes after the body: that releases the lock if it was taken
+    finally:
+        engine.dispose()
+
+
+def _is_creation_race(err: BaseException) -> bool:
+    """An error of two processes creating the same table, type, version row or study at once."""
+    import optuna
+
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, optuna.exceptions.DuplicatedStudyError):
+            return True
+        from_db = type(err).__module__.startswith(("sqlalchemy", "psycopg", "sqlite3")) or isinstance(
+            err, optuna.exceptions.StorageInternalError)
+        name, text = type(err).__name__.lower(), str(err).lower()
+        if from_db and ("integrityerror" in name or "uniqueviolation" in name
+                        or "already exists" in text or "duplicate key" in text):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _retry_creation_race(create: Callable[[], Any]) -> Any:
+    """``create()``, again after a short random backoff when it lost a creation race to another process."""
+    import random
+
+    for attempt in range(_CREATION_RETRIES):
+        try:
+            return create()
+        except Exception as err:
+            if attempt == _CREATION_RETRIES - 1 or not _is_creation_race(err):
+                raise
+        time.sleep(random.uniform(0.05, 0.2) * 2 ** attempt)
 
 
 def _with_pg_driver(url: str) -> str:
@@ -180,19 +255,29 @@ def open_study(s: SearchSettings):
     _quiet_optuna()
     storage = open_storage(s.storage_url)
     directions = ["maximize", "minimize"] if s.multi_objective else ["maximize"]
+    wanted = json.loads(json.dumps(study_settings(s)))
+    # Workers started together create the study at once: on PostgreSQL one at a time (under the lock,
+    # which also makes the first one's settings the ones the others are checked against), elsewhere
+    # load_if_exists takes the study a racing worker made, and a collision it does not catch is retried.
     try:
-        study = optuna.create_study(
-            storage=storage, study_name=s.name, sampler=make_sampler(s),
-            pruner=make_pruner(s.pruner) if not s.multi_objective else optuna.pruners.NopPruner(),
-            directions=directions, load_if_exists=True,
-        )
+        with _creation_lock(s.storage_url):
+            study = _retry_creation_race(lambda: optuna.create_study(
+                storage=storage, study_name=s.name, sampler=make_sampler(s),
+                pruner=make_pruner(s.pruner) if not s.multi_objective else optuna.pruners.NopPruner(),
+                directions=directions, load_if_exists=True,
+            ))
+            stored = study.user_attrs.get("lorabudget")
+            if stored is None:
+                study.set_user_attr("lorabudget", wanted)
+                stored = study.user_attrs.get("lorabudget")  # a racing worker's settings, if it wrote last
     except ValueError as err:  # e.g. an existing study with other directions
         raise LorabudgetError(f"study '{s.name}' in {s.storage_url}: {err}") from err
-    wanted = json.loads(json.dumps(study_settings(s)))
-    stored = study.user_attrs.get("lorabudget")
-    if stored is None:
-        study.set_user_attr("lorabudget", wanted)
-    elif stored != wanted:
+    except Exception as err:  # a race that retrying did not settle: one line, like open_storage's errors
+        if not _is_creation_race(err):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LorabudgetError(f"cannot open study '{s.name}' in {s.storage_url}: {first}") from err
+    if stored != wanted:
         diff = [k for k in wanted if stored.get(k) != wanted[k]]
         raise LorabudgetError(
             f"study '{s.name}' in {s.storage_url} was started with a different {', '.join(diff)}; "

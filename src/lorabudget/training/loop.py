@@ -27,12 +27,13 @@ from lorabudget.inference.batched import predict_logits
 from lorabudget.methods import registry as methods
 from lorabudget.metrics import classification_metrics, format_metrics
 from lorabudget.model import budget as budget_mod
-from lorabudget.model.build import build_model, keep_4bit_layout_for_training, save_trained
+from lorabudget.model.build import build_model, keep_4bit_layout_for_training
 from lorabudget.model.dropout import fast_attention_dropout, use_fast_dropout
 from lorabudget.model.flops import FlopCounter
 from lorabudget.model.flops import training_summary as training_flops
 from lorabudget.model.precision import frozen_base_in
 from lorabudget.rundir.layout import RunDir
+from lorabudget.rundir.weights import save_trained
 from lorabudget.training.setup import (
     LossFn, PreparedData, budget_json, cross_entropy_loss, label_distribution, make_accelerator, make_optimizer,
     make_scheduler, plan_or_refuse, prepare_data, seed_everything,
