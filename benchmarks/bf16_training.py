@@ -29,8 +29,9 @@ PRECISIONS = {"fp32": "no", "bf16": "bf16"}
 
 
 def train(preset: str, train_csv: Path, run: Path, precision: str, seed: int, extra: list[str]) -> dict:
-    return train_timed(preset, train_csv, run, [f"training.mixed_precision={PRECISIONS[precision]}",
-                                                f"training.seed={seed}", *extra])
+    return train_timed(
+        preset, train_csv, run, [f"training.mixed_precision={PRECISIONS[precision]}", f"training.seed={seed}", *extra]
+    )
 
 
 def main() -> int:
@@ -56,8 +57,10 @@ def main() -> int:
             summary = train(args.preset, train_csv, run, precision, seed, args.overrides)
             preds = {p: predicted_labels(run, test_csv, p) for p in ("fp32", "bf16")}
             results[(seed, precision)] = {"summary": summary, "preds": preds}
-            print(f"seed {seed} {precision}: {summary['samples_per_s']:.1f} samples/s, "
-                  f"{summary['train_time_s']:.0f} s", flush=True)
+            print(
+                f"seed {seed} {precision}: {summary['samples_per_s']:.1f} samples/s, {summary['train_time_s']:.0f} s",
+                flush=True,
+            )
 
     n = len(truth)
     lines = [

@@ -57,8 +57,10 @@ def machine() -> str:
                     break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"Python {platform.python_version()}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"Python {platform.python_version()}"
+    )
 
 
 def emit(text: str, out: Path | None) -> None:
@@ -77,8 +79,20 @@ def lorabudget(*args: str) -> list[str]:
 def train_timed(preset: str, train_csv: Path, run: Path, sets: list[str]) -> dict:
     """Train ``preset`` with ``--set`` overrides in a fresh process under ``/usr/bin/time -v``;
     return the run's summary plus its peak RSS (``peak_rss_mb``)."""
-    cmd = ["/usr/bin/time", "-v", *lorabudget("train", preset, "--data", str(train_csv), "--output", str(run),
-                                             "--overwrite", *[a for s in sets for a in ("--set", s)])]
+    cmd = [
+        "/usr/bin/time",
+        "-v",
+        *lorabudget(
+            "train",
+            preset,
+            "--data",
+            str(train_csv),
+            "--output",
+            str(run),
+            "--overwrite",
+            *[a for s in sets for a in ("--set", s)],
+        ),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"training failed: {' '.join(cmd)}\n{done.stderr[-3000:]}")
@@ -90,8 +104,13 @@ def train_timed(preset: str, train_csv: Path, run: Path, sets: list[str]) -> dic
 def predicted_labels(run: Path, test_csv: Path, precision: str = "auto") -> list[int]:
     """``lorabudget predict`` of ``run`` on ``test_csv``: the class index of each row."""
     out = run / f"held-out-{precision}.csv"
-    subprocess.run(lorabudget("predict", str(run), "--input", str(test_csv), "--output", str(out),
-                              "--precision", precision, "--no-report"), check=True, capture_output=True)
+    subprocess.run(
+        lorabudget(
+            "predict", str(run), "--input", str(test_csv), "--output", str(out), "--precision", precision, "--no-report"
+        ),
+        check=True,
+        capture_output=True,
+    )
     with open(out, newline="", encoding="utf-8") as fh:
         return [int(row["Label"]) for row in csv.DictReader(fh)]  # ID,Label: class indices
 
@@ -119,8 +138,10 @@ class ShapeRecorder:
 
     def flops(self, coefficients) -> tuple[float, float]:
         """(executed FLOPs on padded positions, FLOPs on real tokens only)."""
-        return (coefficients.total(self.positions, self.positions_sq, self.rows),
-                coefficients.total(self.real, self.real_sq, self.rows))
+        return (
+            coefficients.total(self.positions, self.positions_sq, self.rows),
+            coefficients.total(self.real, self.real_sq, self.rows),
+        )
 
 
 def matmul_peaks(seconds: float = 1.0) -> dict[str, float]:

@@ -53,10 +53,8 @@ from common import TRAIN_5K, emit, machine, read_rows, write_rows  # noqa: E402
 
 # label, preferred preset, fallback (preset + overrides) when the preferred preset does not exist
 DEFAULT_STUDENTS = [
-    ("~10k", "minilm-cpu-10k-distill",
-     "minilm-cpu-distill;adapter.r=2;adapter.alpha=4;adapter.modules=[query]"),
-    ("~100k", "minilm-cpu-100k-distill",
-     "minilm-cpu-distill;adapter.r=2;adapter.alpha=4"),
+    ("~10k", "minilm-cpu-10k-distill", "minilm-cpu-distill;adapter.r=2;adapter.alpha=4;adapter.modules=[query]"),
+    ("~100k", "minilm-cpu-100k-distill", "minilm-cpu-distill;adapter.r=2;adapter.alpha=4"),
     ("~1M", "minilm-cpu-distill;adapter.r=24;adapter.alpha=48", None),
 ]
 QUICK_SETTINGS = ["training.max_steps=3", "training.log_every=1", "training.eval_every=3"]
@@ -101,16 +99,28 @@ def split_data(source: Path, folder: Path, held_out: int, pool: Optional[int]) -
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=TRAIN_5K)
-    ap.add_argument("--student", action="append", default=[], metavar="LABEL=PRESET[;key=value...]",
-                    help="a student size (repeatable); default ~10k, ~100k, ~1M MiniLM students")
-    ap.add_argument("--teacher", action="append", default=[], metavar="PRESET[;key=value...]|RUN",
-                    help="teacher preset (with overrides) or finished run; repeat for an ensemble; "
-                         "default minilm-cpu-teacher")
+    ap.add_argument(
+        "--student",
+        action="append",
+        default=[],
+        metavar="LABEL=PRESET[;key=value...]",
+        help="a student size (repeatable); default ~10k, ~100k, ~1M MiniLM students",
+    )
+    ap.add_argument(
+        "--teacher",
+        action="append",
+        default=[],
+        metavar="PRESET[;key=value...]|RUN",
+        help="teacher preset (with overrides) or finished run; repeat for an ensemble; default minilm-cpu-teacher",
+    )
     ap.add_argument("--transfer-fraction", type=float, default=0.5)
     ap.add_argument("--no-transfer", action="store_true", help="skip the transfer-text setting")
     ap.add_argument("--transfer-only", action="store_true", help="skip the all-labels setting")
-    ap.add_argument("--equal-steps", action="store_true",
-                    help="transfer setting: also train the plain student for as many steps as the distilled one")
+    ap.add_argument(
+        "--equal-steps",
+        action="store_true",
+        help="transfer setting: also train the plain student for as many steps as the distilled one",
+    )
     ap.add_argument("--held-out", type=int, default=1000)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="override for every run")
     ap.add_argument("--workdir", type=Path, help="where runs are written (default: a temporary folder)")
@@ -119,8 +129,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
 
-    from lorabudget.model.budget import breakdown
     from lorabudget.config import load_config
+    from lorabudget.model.budget import breakdown
     from lorabudget.model.build import build_model
 
     students = [tuple(s.split("=", 1)) for s in args.student] if args.student else default_students()
@@ -142,7 +152,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     for label, spec in students:
         cfg = student_config(spec, [])
         params = breakdown(build_model(cfg, weights=False).model).total
-        print(f"student {label}: {spec} -> {params:,} trainable parameters (budget {cfg.budget.max_trainable_params:,})")
+        print(
+            f"student {label}: {spec} -> {params:,} trainable parameters (budget {cfg.budget.max_trainable_params:,})"
+        )
     if args.dry_run:
         return 0
     if not args.data.is_file():
@@ -150,10 +162,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
 
     from lorabudget.data.batching import default_cache_dir
-    from lorabudget.training.distill import TeacherLogitsCache, distill, resolve_teacher, teacher_logits, without_transfer_rows
-    from lorabudget.metrics import classification_metrics
     from lorabudget.inference.runs import evaluate_run, load_run
+    from lorabudget.metrics import classification_metrics
     from lorabudget.stats import format_interval, mcnemar
+    from lorabudget.training.distill import (
+        TeacherLogitsCache,
+        distill,
+        resolve_teacher,
+        teacher_logits,
+        without_transfer_rows,
+    )
     from lorabudget.training.loop import train
     from lorabudget.training.setup import prepare_data
 
@@ -182,8 +200,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             start = time.perf_counter()
             # A teacher config is trained here with the students' data settings (once; reused after).
             teacher, teacher_overrides = parse_spec(spec)
-            d = resolve_teacher(teacher, base_cfg, runs / "(students)", print, frac,
-                                overrides=[*teacher_overrides, *quick, *args.overrides])
+            d = resolve_teacher(
+                teacher,
+                base_cfg,
+                runs / "(students)",
+                print,
+                frac,
+                overrides=[*teacher_overrides, *quick, *args.overrides],
+            )
             dirs.append(d)
             print(f"teacher {d}: ready in {time.perf_counter() - start:.0f}s")
         start = time.perf_counter()
@@ -194,12 +218,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         test_labels = load_labels(test, base_cfg.model.labels)
         m = classification_metrics(test_logits, test_labels, base_cfg.model.labels)
         summaries = [read_summary(d) for d in dirs]
-        teacher_rows.append({
-            "setting": setting, "teachers": ", ".join(f"`{d.name}`" for d in dirs),
-            "params": sum(s.get("trainable_params") or 0 for s in summaries),
-            "train_rows": summaries[0].get("train_rows"), "acc": m["accuracy"], "ci": m["accuracy_ci95"],
-            "train_s": sum(s.get("train_time_s") or 0 for s in summaries), "logits_s": logits_s,
-        })
+        teacher_rows.append(
+            {
+                "setting": setting,
+                "teachers": ", ".join(f"`{d.name}`" for d in dirs),
+                "params": sum(s.get("trainable_params") or 0 for s in summaries),
+                "train_rows": summaries[0].get("train_rows"),
+                "acc": m["accuracy"],
+                "ci": m["accuracy_ci95"],
+                "train_s": sum(s.get("train_time_s") or 0 for s in summaries),
+                "logits_s": logits_s,
+            }
+        )
         teacher_dirs[frac] = [str(d) for d in dirs]
 
     # ---- students
@@ -216,16 +246,27 @@ def main(argv: Optional[list[str]] = None) -> int:
             kd = distill(cfg, kd_dir, teacher=teacher_dirs[frac], log=print, transfer_fraction=frac)
             pm, km = held_out_metrics(plain_dir), held_out_metrics(kd_dir)
             test_pair = mcnemar(km["correct"], pm["correct"])
-            results.append({"label": label, "spec": spec, "setting": setting, "params": plain["trainable_params"],
-                            "labelled": len(data.train), "transfer": kd.get("transfer_rows", 0),
-                            "plain": (plain, pm), "distilled": (kd, km), "mcnemar": test_pair})
+            results.append(
+                {
+                    "label": label,
+                    "spec": spec,
+                    "setting": setting,
+                    "params": plain["trainable_params"],
+                    "labelled": len(data.train),
+                    "transfer": kd.get("transfer_rows", 0),
+                    "plain": (plain, pm),
+                    "distilled": (kd, km),
+                    "mcnemar": test_pair,
+                }
+            )
             print(results[-1]["label"], setting, pm["accuracy"], km["accuracy"], test_pair, flush=True)
             if frac and args.equal_steps:
                 # As many optimizer steps as the distilled run, evaluated as often (once per its epoch).
                 steps = kd["steps"]
                 every = math.ceil(steps / max(1, math.ceil(cfg.training.epochs)))
-                eq_cfg = student_config(spec, [*data_settings, f"training.max_steps={steps}",
-                                               f"training.eval_every={every}"])
+                eq_cfg = student_config(
+                    spec, [*data_settings, f"training.max_steps={steps}", f"training.eval_every={every}"]
+                )
                 eq_dir = runs / f"plain-equal-steps-{tag}"
                 eq = train(eq_cfg, eq_dir, data=data, log=print)
                 em = held_out_metrics(eq_dir)
@@ -246,8 +287,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for t in teacher_rows:
-        lines.append(f"| {t['setting']} | {t['teachers']} | {t['params']:,} | {t['train_rows']:,} | "
-                     f"{100 * t['acc']:.2f}% ({format_interval(t['ci'])}) | {t['train_s']:.0f} | {t['logits_s']:.0f} |")
+        lines.append(
+            f"| {t['setting']} | {t['teachers']} | {t['params']:,} | {t['train_rows']:,} | "
+            f"{100 * t['acc']:.2f}% ({format_interval(t['ci'])}) | {t['train_s']:.0f} | {t['logits_s']:.0f} |"
+        )
     lines += [
         "",
         "### Students",
@@ -284,8 +327,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             )
     if results:
         kd_cfg = student_config(students[0][1], []).distill
-        lines += ["", f"Distillation: T={kd_cfg.temperature:g}, λ={kd_cfg.alpha:g}, min teacher confidence "
-                      f"{kd_cfg.min_teacher_confidence:g} (from the student presets). Runs: `{runs}`."]
+        lines += [
+            "",
+            f"Distillation: T={kd_cfg.temperature:g}, λ={kd_cfg.alpha:g}, min teacher confidence "
+            f"{kd_cfg.min_teacher_confidence:g} (from the student presets). Runs: `{runs}`.",
+        ]
     lines += ["", f"Machine: {machine()}."]
     emit("\n".join(lines) + "\n", args.out)
     return 0

@@ -36,16 +36,21 @@ def main() -> int:
         return 0
 
     from lorabudget.config import load_config, save_config
-    from lorabudget.training.distill import TeacherLogitsCache, kd_loss, teacher_logits
-    from lorabudget.model.build import build_model
     from lorabudget.inference.runs import load_run
+    from lorabudget.model.build import build_model
+    from lorabudget.training.distill import TeacherLogitsCache, kd_loss, teacher_logits
     from lorabudget.training.loop import train
     from lorabudget.training.setup import prepare_data
 
     tmp = Path(tempfile.mkdtemp())
     write_rows(tmp / "train.csv", read_rows(args.data)[: args.rows + 64])
-    data_overrides = [f"data.train={tmp / 'train.csv'}", "data.validation_size=64", f"data.cache_dir={tmp / 'cache'}",
-                      "training.epochs=1", "training.log_every=1000"]
+    data_overrides = [
+        f"data.train={tmp / 'train.csv'}",
+        "data.validation_size=64",
+        f"data.cache_dir={tmp / 'cache'}",
+        "training.epochs=1",
+        "training.log_every=1000",
+    ]
     student = load_config(args.student, data_overrides)
     teacher_cfg = load_config(args.teacher, data_overrides)
     teacher_dir = tmp / "teacher"
@@ -69,8 +74,11 @@ def main() -> int:
             t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return kd_loss(logits, t_logits, batch["labels"], T, lam)
 
-    variants = [("plain LoRA epoch", None), ("distillation, cached teacher logits", cached_loss),
-                ("distillation, teacher forward in every step", live_loss)]
+    variants = [
+        ("plain LoRA epoch", None),
+        ("distillation, cached teacher logits", cached_loss),
+        ("distillation, teacher forward in every step", live_loss),
+    ]
     times = {name: [] for name, _ in variants}
     for round_ in range(2):
         for name, loss in variants:
@@ -88,7 +96,11 @@ def main() -> int:
     ]
     for name, _ in variants:
         lines.append(f"| {name} | {np.mean(times[name]):.1f} | {np.mean(times[name]) / plain:.2f}x |")
-    lines += ["", f"One-off teacher inference pass over the {len(data.train)} training texts (then cached): {teacher_pass_s:.1f} s.", ""]
+    lines += [
+        "",
+        f"One-off teacher inference pass over the {len(data.train)} training texts (then cached): {teacher_pass_s:.1f} s.",
+        "",
+    ]
     lines.append(f"Machine: {machine()}.")
     emit("\n".join(lines) + "\n", args.out)
     return 0

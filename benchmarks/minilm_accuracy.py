@@ -33,7 +33,9 @@ def main() -> int:
     ap.add_argument("--preset", default="minilm-cpu")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--skip-notebook", action="store_true")
-    ap.add_argument("--notebook-steps", type=int, help="run only this many notebook steps and extrapolate its 2-epoch time")
+    ap.add_argument(
+        "--notebook-steps", type=int, help="run only this many notebook steps and extrapolate its 2-epoch time"
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if not args.data.is_file():
@@ -41,9 +43,9 @@ def main() -> int:
         return 0
 
     from lorabudget.config import load_config
+    from lorabudget.inference.runs import evaluate_run, load_run
     from lorabudget.metrics import classification_metrics
     from lorabudget.model.build import resolve_model_source
-    from lorabudget.inference.runs import evaluate_run, load_run
     from lorabudget.training.loop import train
 
     tmp = Path(tempfile.mkdtemp())
@@ -53,18 +55,25 @@ def main() -> int:
     test_labels = np.array([l for _, l in test_rows])
     results = []
 
-    cfg = load_config(args.preset, [f"data.train={tmp / 'train.csv'}", f"data.cache_dir={tmp / 'cache'}", *args.overrides])
+    cfg = load_config(
+        args.preset, [f"data.train={tmp / 'train.csv'}", f"data.cache_dir={tmp / 'cache'}", *args.overrides]
+    )
     summary = train(cfg, tmp / "run")
     run = load_run(tmp / "run")
     start = time.perf_counter()
     metrics = evaluate_run(run, str(tmp / "test.csv"))
-    results.append({
-        "side": f"lorabudget `{args.preset}`" + (f" ({', '.join(args.overrides)})" if args.overrides else ""),
-        "params": summary["trainable_params"], "train_rows": summary["train_rows"],
-        "train_s": summary["train_time_s"], "samples_per_s": summary["samples_per_s"],
-        "test_acc": metrics["accuracy"], "test_f1": metrics["macro_f1"],
-        "predict_s": time.perf_counter() - start,
-    })
+    results.append(
+        {
+            "side": f"lorabudget `{args.preset}`" + (f" ({', '.join(args.overrides)})" if args.overrides else ""),
+            "params": summary["trainable_params"],
+            "train_rows": summary["train_rows"],
+            "train_s": summary["train_time_s"],
+            "samples_per_s": summary["samples_per_s"],
+            "test_acc": metrics["accuracy"],
+            "test_f1": metrics["macro_f1"],
+            "predict_s": time.perf_counter() - start,
+        }
+    )
     print(results[-1], flush=True)
 
     if not args.skip_notebook:
@@ -79,13 +88,19 @@ def main() -> int:
         full = args.notebook_steps is None
         steps = -1 if full else args.notebook_steps
         train_s, rows_trained = nb.train_like_notebook(model, tok, train_ds, epochs=2, max_steps=steps)
-        row = {"side": "notebook recipe (r=8 query+value, default head, 2 epochs, batch 16, fp32)",
-               "params": params, "train_rows": len(train_rows), "samples_per_s": rows_trained / train_s}
+        row = {
+            "side": "notebook recipe (r=8 query+value, default head, 2 epochs, batch 16, fp32)",
+            "params": params,
+            "train_rows": len(train_rows),
+            "samples_per_s": rows_trained / train_s,
+        }
         if full:
             test_ds = nb.tokenize_like_notebook(tok, [t for t, _ in test_rows])
             start = time.perf_counter()
             m = classification_metrics(nb.predict_like_notebook(model, tok, test_ds), test_labels, cfg.model.labels)
-            row.update(train_s=train_s, test_acc=m["accuracy"], test_f1=m["macro_f1"], predict_s=time.perf_counter() - start)
+            row.update(
+                train_s=train_s, test_acc=m["accuracy"], test_f1=m["macro_f1"], predict_s=time.perf_counter() - start
+            )
         else:
             # Only the first steps were run: the 2-epoch time is extrapolated from their measured rate.
             row.update(train_s=2 * len(train_rows) / row["samples_per_s"], extrapolated=args.notebook_steps)

@@ -48,7 +48,9 @@ def build_model(model_dir: str, num_labels: int, r=8, alpha=16, dropout=0.1, mod
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", target_modules=list(modules), task_type="SEQ_CLS")
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", target_modules=list(modules), task_type="SEQ_CLS"
+    )
     return get_peft_model(model, config)
 
 
@@ -57,21 +59,37 @@ def build_model_from_config(config, r=8, alpha=16, dropout=0.1, modules=("query"
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_config(config)
-    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", target_modules=list(modules), task_type="SEQ_CLS")
+    lora = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", target_modules=list(modules), task_type="SEQ_CLS"
+    )
     return get_peft_model(model, lora)
 
 
-def train_like_notebook(model, tokenizer, train_ds, epochs=2.0, batch_size=16, learning_rate=5e-4, max_steps=-1, seed=42):
+def train_like_notebook(
+    model, tokenizer, train_ds, epochs=2.0, batch_size=16, learning_rate=5e-4, max_steps=-1, seed=42
+):
     """HF Trainer, fp32, batch 16, no evaluation during training. Returns (seconds, rows trained)."""
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
-            output_dir=out, per_device_train_batch_size=batch_size, num_train_epochs=epochs, max_steps=max_steps,
-            learning_rate=learning_rate, eval_strategy="no", save_strategy="no", report_to=[], logging_steps=50,
-            seed=seed, use_cpu=not torch.cuda.is_available(), disable_tqdm=True, dataloader_num_workers=0,
+            output_dir=out,
+            per_device_train_batch_size=batch_size,
+            num_train_epochs=epochs,
+            max_steps=max_steps,
+            learning_rate=learning_rate,
+            eval_strategy="no",
+            save_strategy="no",
+            report_to=[],
+            logging_steps=50,
+            seed=seed,
+            use_cpu=not torch.cuda.is_available(),
+            disable_tqdm=True,
+            dataloader_num_workers=0,
         )
-        trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=DataCollatorWithPadding(tokenizer))
+        trainer = Trainer(
+            model=model, args=args, train_dataset=train_ds, data_collator=DataCollatorWithPadding(tokenizer)
+        )
         start = time.perf_counter()
         result = trainer.train()
         elapsed = time.perf_counter() - start

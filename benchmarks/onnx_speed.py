@@ -106,7 +106,10 @@ def main() -> int:
 
     reference = results.get("torch fp32", next(iter(results.values())))[0].argmax(axis=1)
     labelled = data.labels >= 0
-    size = {name: (export_dir / file).stat().st_size for name, file in (("onnx fp32", ONNX_FILE), ("onnx int8", ONNX_INT8_FILE))}
+    size = {
+        name: (export_dir / file).stat().st_size
+        for name, file in (("onnx fp32", ONNX_FILE), ("onnx int8", ONNX_INT8_FILE))
+    }
     lines = [
         f"<!-- onnx-speed: run {args.run}, data {data_path}, {len(data):,} rows -->",
         f"Run `{args.run}` ({run.cfg.model.name}, head {run.cfg.head.type}/{run.cfg.head.pooling}), {len(data):,} rows "
@@ -123,9 +126,7 @@ def main() -> int:
         accuracy = float((preds[labelled] == data.labels[labelled]).mean()) if labelled.any() else float("nan")
         ratio = f"{rate / base_rate:.2f}x" if base_rate else "—"
         mb = f"{size[name] / 1e6:.1f} MB" if name in size else "—"
-        lines.append(
-            f"| {name} | {rate:.1f} | {ratio} | {(preds == reference).mean():.2%} | {accuracy:.4f} | {mb} |"
-        )
+        lines.append(f"| {name} | {rate:.1f} | {ratio} | {(preds == reference).mean():.2%} | {accuracy:.4f} | {mb} |")
     lines += ["", f"Machine: {machine()}; ONNX Runtime threads: {args.threads or 'default'}."]
     emit("\n".join(lines) + "\n", args.out)
     return 0

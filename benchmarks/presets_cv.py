@@ -36,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import TRAIN_5K, emit, lorabudget, machine, predicted_labels, read_rows, train_timed, write_rows  # noqa: E402
+
 from lorabudget.stats import mcnemar, wilson_interval  # noqa: E402
 
 FOLDS = 5
@@ -86,19 +87,32 @@ def search_fold(work: Path, fold: int, name: str, train_csv: Path, search: Searc
     """Run ``lorabudget search`` on one fold's training rows; return its ``best.yaml``. A search killed
     part-way resumes from its study (the search's own resume), so the benchmark can be restarted."""
     folder = work / "searches" / f"{fold}-{name}"
-    cmd = lorabudget("search", SEARCHES[name], "--budget", str(search.budget), "--trials", str(search.trials),
-                     "--data", str(train_csv), "--output", str(folder),
-                     *[a for s in search.sets for a in ("--set", s)])
+    cmd = lorabudget(
+        "search",
+        SEARCHES[name],
+        "--budget",
+        str(search.budget),
+        "--trials",
+        str(search.trials),
+        "--data",
+        str(train_csv),
+        "--output",
+        str(folder),
+        *[a for s in search.sets for a in ("--set", s)],
+    )
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"search failed: {' '.join(cmd)}\n{done.stderr[-3000:]}")
-    print(f"fold {fold} {name}: {done.stdout.strip().splitlines()[-1] if done.stdout.strip() else 'search done'}",
-          flush=True)
+    print(
+        f"fold {fold} {name}: {done.stdout.strip().splitlines()[-1] if done.stdout.strip() else 'search done'}",
+        flush=True,
+    )
     return folder / "best.yaml"
 
 
-def run_fold(work: Path, fold: int, name: str, train_csv: Path, test_csv: Path,
-             search: SearchSettings = SearchSettings()) -> Path:
+def run_fold(
+    work: Path, fold: int, name: str, train_csv: Path, test_csv: Path, search: SearchSettings = SearchSettings()
+) -> Path:
     """Train and predict one configuration on one fold (skipped when its predictions exist)."""
     preds = work / "preds" / f"{fold}-{name}.csv"
     if preds.is_file():
@@ -112,8 +126,10 @@ def run_fold(work: Path, fold: int, name: str, train_csv: Path, test_csv: Path,
     labels = predicted_labels(run, test_csv)
     preds.parent.mkdir(parents=True, exist_ok=True)
     write_rows(preds, [["ID", "Label"], *([i, label] for i, label in enumerate(labels))])  # as `predict` writes
-    print(f"fold {fold} {name}: {summary['train_time_s']:.0f} s of training, peak RSS {summary['peak_rss_mb']:,.0f} MB",
-          flush=True)
+    print(
+        f"fold {fold} {name}: {summary['train_time_s']:.0f} s of training, peak RSS {summary['peak_rss_mb']:,.0f} MB",
+        flush=True,
+    )
     return preds
 
 
@@ -122,13 +138,14 @@ def summary_of(run: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def report(work: Path, folds: list[int], names: list[str], rows: list[list[str]],
-           search: SearchSettings = SearchSettings()) -> str:
+def report(
+    work: Path, folds: list[int], names: list[str], rows: list[list[str]], search: SearchSettings = SearchSettings()
+) -> str:
     correct: dict[str, list[bool]] = {n: [] for n in names}
     per_fold: dict[str, list[str]] = {n: [] for n in names}
     params: dict[str, int] = {}
     for fold in folds:
-        truth = [int(r[-1]) for r in rows[fold * FOLD_ROWS:(fold + 1) * FOLD_ROWS]]
+        truth = [int(r[-1]) for r in rows[fold * FOLD_ROWS : (fold + 1) * FOLD_ROWS]]
         for name in names:
             hits = [p == t for p, t in zip(labels_of(work / "preds" / f"{fold}-{name}.csv"), truth)]
             correct[name] += hits
@@ -159,9 +176,11 @@ def report(work: Path, folds: list[int], names: list[str], rows: list[list[str]]
         if name != ref:
             m = mcnemar(hits, correct[ref])
             test = f"{m['only_a']} / {m['only_b']}, p = {m['p_value']:.3f}"
-        lines.append(f"| {name} | {how} | {params.get(name, 0):,} | "
-                     f"{', '.join(per_fold[name])} | {100 * sum(hits) / len(hits):.2f}% ({100 * lo:.1f}–{100 * hi:.1f}%) | "
-                     f"{test} |")
+        lines.append(
+            f"| {name} | {how} | {params.get(name, 0):,} | "
+            f"{', '.join(per_fold[name])} | {100 * sum(hits) / len(hits):.2f}% ({100 * lo:.1f}–{100 * hi:.1f}%) | "
+            f"{test} |"
+        )
     for name in (n for n in names if n in SEARCHES):
         lines += ["", f"What `{name}` chose on each fold (the trainable count above is fold {folds[0]}'s):", ""]
         lines += [f"- fold {fold}: {search_pick(work / 'searches' / f'{fold}-{name}')}" for fold in folds]
@@ -187,16 +206,33 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=TRAIN_5K)
     ap.add_argument("--work", type=Path, default=Path("runs/presets-cv"), help="folds, runs, predictions")
     ap.add_argument("--folds", type=int, nargs="+", default=list(range(FOLDS)))
-    ap.add_argument("--only", nargs="+", choices=list(CONFIGS), help="these configurations (the reference is always run)")
+    ap.add_argument(
+        "--only", nargs="+", choices=list(CONFIGS), help="these configurations (the reference is always run)"
+    )
     ap.add_argument("--out", type=Path, help="write the Markdown table here")
-    ap.add_argument("--config", action="append", default=[], metavar="NAME=FILE",
-                    help="also a configuration from a YAML file, e.g. a search's best.yaml (repeatable)")
-    ap.add_argument("--search", action="append", default=[], metavar="NAME=PRESET",
-                    help="also a configuration chosen on each fold by `lorabudget search PRESET` (repeatable)")
+    ap.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="also a configuration from a YAML file, e.g. a search's best.yaml (repeatable)",
+    )
+    ap.add_argument(
+        "--search",
+        action="append",
+        default=[],
+        metavar="NAME=PRESET",
+        help="also a configuration chosen on each fold by `lorabudget search PRESET` (repeatable)",
+    )
     ap.add_argument("--search-budget", type=int, default=SearchSettings.budget, help="--budget of those searches")
     ap.add_argument("--search-trials", type=int, default=SearchSettings.trials, help="--trials of those searches")
-    ap.add_argument("--search-set", action="append", default=[], metavar="KEY=VALUE",
-                    help="--set of those searches, so of their trials and best.yaml (repeatable; e.g. training.max_steps=4 for a smoke run)")
+    ap.add_argument(
+        "--search-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--set of those searches, so of their trials and best.yaml (repeatable; e.g. training.max_steps=4 for a smoke run)",
+    )
     args = ap.parse_args()
     search = SearchSettings(args.search_budget, args.search_trials, tuple(args.search_set))
     added = set()
@@ -218,7 +254,7 @@ def main() -> int:
     rows = read_rows(args.data)
     if len(rows) < FOLDS * FOLD_ROWS or any(f not in range(FOLDS) for f in args.folds):
         raise SystemExit(f"needs {FOLDS * FOLD_ROWS:,} rows and folds in 0-{FOLDS - 1}")
-    rows = rows[:FOLDS * FOLD_ROWS]
+    rows = rows[: FOLDS * FOLD_ROWS]
     names = [n for n in CONFIGS if not args.only or n in args.only or n in added or n == next(iter(CONFIGS))]
     names += list(SEARCHES)
     for fold in args.folds:  # fold by fold, so a cut-short benchmark still has complete pairs

@@ -47,8 +47,11 @@ def main() -> int:
         summary = train_timed(args.preset, train_csv, run, [f"model.quantization={kind}", *args.overrides])
         right = [p == t for p, t in zip(predicted_labels(run, test_csv), truth)]
         results[kind] = {"summary": summary, "right": right}
-        print(f"{kind}: {summary['samples_per_s']:.1f} samples/s, {summary['train_time_s']:.0f} s, "
-              f"{summary['peak_rss_mb']:,.0f} MB, held-out {sum(right) / len(right):.4f}", flush=True)
+        print(
+            f"{kind}: {summary['samples_per_s']:.1f} samples/s, {summary['train_time_s']:.0f} s, "
+            f"{summary['peak_rss_mb']:,.0f} MB, held-out {sum(right) / len(right):.4f}",
+            flush=True,
+        )
 
     n = len(truth)
     reference = results.get("none")

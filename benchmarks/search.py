@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import TRAIN_5K, emit, machine, read_rows, split_held_out, write_rows  # noqa: E402
+
 from lorabudget.stats import accuracy_interval, mcnemar  # noqa: E402
 
 BUDGET = 100_000
@@ -72,9 +73,26 @@ def main() -> int:
 
     start = time.perf_counter()
     cpu_start = time.process_time()
-    rc = cli(["search", args.preset, "--budget", str(BUDGET), "--data", str(train_csv), "--output", str(search_dir),
-              "--trials", "2" if args.quick else "1000", "--timeout", str(minutes * 60), "--seed", str(args.seed),
-              *common, *[a for s in trial_settings for a in ("--trial-set", s)]])
+    rc = cli(
+        [
+            "search",
+            args.preset,
+            "--budget",
+            str(BUDGET),
+            "--data",
+            str(train_csv),
+            "--output",
+            str(search_dir),
+            "--trials",
+            "2" if args.quick else "1000",
+            "--timeout",
+            str(minutes * 60),
+            "--seed",
+            str(args.seed),
+            *common,
+            *[a for s in trial_settings for a in ("--trial-set", s)],
+        ]
+    )
     search_s = time.perf_counter() - start
     search_cpu_s = time.process_time() - cpu_start
     if rc != 0:
@@ -88,15 +106,30 @@ def main() -> int:
     hand_made = [args.preset, "--set", "adapter.r=2", "--set", "adapter.alpha=4"]
     sides = [  # (label, run directory, config and overrides)
         ("hand-made: `" + args.preset + "` scaled to LoRA r=2, alpha 4, all modules and layers", "baseline", hand_made),
-        ("hand-made, trained on its validation rows too", "baseline-all-rows",
-         hand_made + ["--set", "data.train_on_validation=true"]),
+        (
+            "hand-made, trained on its validation rows too",
+            "baseline-all-rows",
+            hand_made + ["--set", "data.train_on_validation=true"],
+        ),
         ("search: best.yaml retrained in full", "best", [str(search_dir / "best.yaml")]),
     ]
     for label, run_name, config_args in sides:
         run_dir = tmp / run_name
         extra = [a for s in full_settings for a in ("--set", s)]
-        rc = cli(["train", *config_args, "--data", str(train_csv), "--output", str(run_dir), "--overwrite",
-                  "--no-report", *common, *extra])
+        rc = cli(
+            [
+                "train",
+                *config_args,
+                "--data",
+                str(train_csv),
+                "--output",
+                str(run_dir),
+                "--overwrite",
+                "--no-report",
+                *common,
+                *extra,
+            ]
+        )
         if rc != 0:
             print(f"training {label} failed with exit code {rc}")
             return rc
@@ -105,14 +138,26 @@ def main() -> int:
         n = int(metrics.get("rows", len(read_rows(test_csv))))
         low, high = accuracy_interval(metrics["accuracy"], n)
         val = None if summary.get("validation_trained_on") else summary["validation_accuracy"]
-        results.append({"side": label, "params": summary["trainable_params"], "val": val,
-                        "acc": metrics["accuracy"], "low": low, "high": high, "f1": metrics["macro_f1"],
-                        "train_s": summary["train_time_s"], "n": n, "correct": metrics["correct"]})
+        results.append(
+            {
+                "side": label,
+                "params": summary["trainable_params"],
+                "val": val,
+                "acc": metrics["accuracy"],
+                "low": low,
+                "high": high,
+                "f1": metrics["macro_f1"],
+                "train_s": summary["train_time_s"],
+                "n": n,
+                "correct": metrics["correct"],
+            }
+        )
         print({k: v for k, v in results[-1].items() if k != "correct"}, flush=True)
 
     best_line = (search_dir / "best.yaml").read_text().splitlines()[0].lstrip("# ")
     lines = [
-        "# Search vs hand-made configuration at a 100,000-parameter budget" + (" (QUICK SMOKE RUN: not a measurement)" if args.quick else ""),
+        "# Search vs hand-made configuration at a 100,000-parameter budget"
+        + (" (QUICK SMOKE RUN: not a measurement)" if args.quick else ""),
         "",
         "<!-- written by benchmarks/search.py" + (" --quick" if args.quick else "") + " -->",
         "",
@@ -121,7 +166,8 @@ def main() -> int:
         "parameters, head included.",
         "",
         f"Search: built-in space, TPE (seed {args.seed}), median pruner, trials shortened with "
-        + ", ".join(f"`{s}`" for s in trial_settings) + f"; time limit {minutes:g} minutes of wall time "
+        + ", ".join(f"`{s}`" for s in trial_settings)
+        + f"; time limit {minutes:g} minutes of wall time "
         f"(it used {search_s / 60:.1f} min wall, {search_cpu_s / 60:.1f} min CPU of this process). "
         f"Trials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['rejected']} rejected before "
         f"training (over budget or invalid), {counts['failed']} failed. {best_line.rstrip('.')}.",
@@ -131,22 +177,28 @@ def main() -> int:
     ]
     for r in results:
         val = "trained on" if r["val"] is None else f"{r['val']:.4f}"
-        lines.append(f"| {r['side']} | {r['params']:,} | {val} | {r['acc']:.4f} [{r['low']:.4f}, {r['high']:.4f}] | "
-                     f"{r['f1']:.4f} | {r['train_s']:.0f} |")
+        lines.append(
+            f"| {r['side']} | {r['params']:,} | {val} | {r['acc']:.4f} [{r['low']:.4f}, {r['high']:.4f}] | "
+            f"{r['f1']:.4f} | {r['train_s']:.0f} |"
+        )
     best = results[2]
     # best.yaml trains on the validation rows unless a setting forbids it: pair it first with the
     # hand-made run that trained on the same rows, then with the other one.
     if best["val"] is None:
-        pairs = ((results[1], "trained on the same rows"),
-                 (results[0], "trained without its validation rows, as the preset trains"))
+        pairs = (
+            (results[1], "trained on the same rows"),
+            (results[0], "trained without its validation rows, as the preset trains"),
+        )
     else:
         pairs = ((results[0], "trained on the same rows"), (results[1], "trained on its validation rows too"))
     lines += [""]
     for other, which in pairs:
         test = mcnemar(best["correct"], other["correct"])
-        lines.append(f"- search − hand-made ({which}): {best['acc'] - other['acc']:+.4f} on the held-out rows; "
-                     f"{test['only_a']} rows only the search's run got right, {test['only_b']} only the hand-made "
-                     f"one, McNemar exact p = {test['p_value']:.3f}.")
+        lines.append(
+            f"- search − hand-made ({which}): {best['acc'] - other['acc']:+.4f} on the held-out rows; "
+            f"{test['only_a']} rows only the search's run got right, {test['only_b']} only the hand-made "
+            f"one, McNemar exact p = {test['p_value']:.3f}."
+        )
     lines += ["", f"Machine: {machine()}.", ""]
     emit("\n".join(lines), args.out)
     return 0

@@ -61,8 +61,9 @@ def make_model_dir(out: Path, mode: str, tokenizer_dir: Path) -> Path:
     config = AutoConfig.from_pretrained(tokenizer_dir)
     if mode != "full":
         layers, hidden = (4, 256) if mode == "quick" else (1, 64)
-        config.update(dict(num_hidden_layers=layers, hidden_size=hidden, intermediate_size=4 * hidden,
-                           num_attention_heads=4))
+        config.update(
+            dict(num_hidden_layers=layers, hidden_size=hidden, intermediate_size=4 * hidden, num_attention_heads=4)
+        )
     torch.manual_seed(0)
     RobertaModel(config).save_pretrained(str(out))
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(str(out))
@@ -85,30 +86,51 @@ def peak_rss_mb() -> float:
 # Workers: one measurement per process
 
 
-def worker_ours_train(model_dir: str, rows, pool, tmp: Path, batch_size: int, length_grouping: bool = True,
-                      training: dict | None = None) -> dict:
+def worker_ours_train(
+    model_dir: str, rows, pool, tmp: Path, batch_size: int, length_grouping: bool = True, training: dict | None = None
+) -> dict:
     from lorabudget.config import from_dict
     from lorabudget.training.loop import train
 
     with open(tmp / "train.csv", "w", newline="") as fh:
         csv.writer(fh).writerows(rows + rows[:16])  # 16 extra rows are the validation split
-    cfg = from_dict({
-        "name": "bench", "model": {"name": model_dir, "max_length": MAX_LENGTH},
-        "adapter": {"r": 8, "alpha": 16, "dropout": 0.1, "modules": ["query", "value"]},
-        "data": {"train": str(tmp / "train.csv"), "validation_size": 16, "split_seed": 0, "cache_dir": str(tmp / "cache")},
-        "training": {"epochs": 1, "batch_size": batch_size, "log_every": 1000, "eval_batch_size": 64,
-                     "length_grouping": length_grouping, **(training or {})},
-        "budget": {"max_trainable_params": 10**9},
-    })
+    cfg = from_dict(
+        {
+            "name": "bench",
+            "model": {"name": model_dir, "max_length": MAX_LENGTH},
+            "adapter": {"r": 8, "alpha": 16, "dropout": 0.1, "modules": ["query", "value"]},
+            "data": {
+                "train": str(tmp / "train.csv"),
+                "validation_size": 16,
+                "split_seed": 0,
+                "cache_dir": str(tmp / "cache"),
+            },
+            "training": {
+                "epochs": 1,
+                "batch_size": batch_size,
+                "log_every": 1000,
+                "eval_batch_size": 64,
+                "length_grouping": length_grouping,
+                **(training or {}),
+            },
+            "budget": {"max_trainable_params": 10**9},
+        }
+    )
     summary = train(cfg, tmp / "run", log=lambda *_: None)
     lines = [json.loads(l) for l in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
     train_line = [l for l in lines if l["type"] == "train"][-1]
     compute_s = summary["train_time_s"] - summary["eval_time_s"]
-    return {"seconds": summary["train_time_s"], "rows": summary["train_rows"],
-            "real_tokens_per_s": summary["tokens_per_s"], "padded_fraction": summary.get("padded_fraction"),
-            "loss": train_line["loss"], "precision": {"no": "fp32"}.get(summary["mixed_precision"], summary["mixed_precision"]), "compute_s": compute_s,
-            "flops": summary.get("train_flops"),
-            "real_flops": (summary.get("train_real_token_flops_per_s") or 0) * compute_s}
+    return {
+        "seconds": summary["train_time_s"],
+        "rows": summary["train_rows"],
+        "real_tokens_per_s": summary["tokens_per_s"],
+        "padded_fraction": summary.get("padded_fraction"),
+        "loss": train_line["loss"],
+        "precision": {"no": "fp32"}.get(summary["mixed_precision"], summary["mixed_precision"]),
+        "compute_s": compute_s,
+        "flops": summary.get("train_flops"),
+        "real_flops": (summary.get("train_real_token_flops_per_s") or 0) * compute_s,
+    }
 
 
 def notebook_rows(tok, rows, pool, labelled: bool):
@@ -135,23 +157,47 @@ def worker_notebook_train(model_dir: str, rows, pool, tmp: Path, batch_size: int
     seconds, _ = nb.train_like_notebook(model, tok, ds, epochs=1, batch_size=batch_size)
     real = sum(sum(m) for m in ds["attention_mask"])
     flops, real_flops = recorder.flops(training_coefficients(encoder_shape(model)))
-    return {"seconds": seconds, "rows": len(rows), "real_tokens_per_s": real / seconds,
-            "padded_fraction": nb.padded_fraction(ds), "precision": "fp32", "compute_s": seconds,
-            "flops": flops, "real_flops": real_flops}
+    return {
+        "seconds": seconds,
+        "rows": len(rows),
+        "real_tokens_per_s": real / seconds,
+        "padded_fraction": nb.padded_fraction(ds),
+        "precision": "fp32",
+        "compute_s": seconds,
+        "flops": flops,
+        "real_flops": real_flops,
+    }
 
 
-def worker_ours_predict(model_dir: str, rows, pool, tmp: Path, batch_size: int, merge: bool = True, sort: bool = True,
-                        precision: str = "fp32", compile: bool = False, threads: int | None = None) -> dict:
+def worker_ours_predict(
+    model_dir: str,
+    rows,
+    pool,
+    tmp: Path,
+    batch_size: int,
+    merge: bool = True,
+    sort: bool = True,
+    precision: str = "fp32",
+    compile: bool = False,
+    threads: int | None = None,
+) -> dict:
     """lorabudget predict: a trained-state run directory, merged weights, length-sorted batches."""
     import torch
-    from lorabudget.data.batching import tokenize
-    from lorabudget.config import from_dict, save_config
-    from lorabudget.model.build import build_model
-    from lorabudget.inference.runs import load_run
 
-    cfg = from_dict({"name": "bench", "model": {"name": model_dir, "max_length": MAX_LENGTH},
-                     "adapter": {"r": 8, "alpha": 16, "modules": ["query", "value"]},
-                     "training": {"eval_batch_size": batch_size}, "budget": {"max_trainable_params": 10**9}})
+    from lorabudget.config import from_dict, save_config
+    from lorabudget.data.batching import tokenize
+    from lorabudget.inference.runs import load_run
+    from lorabudget.model.build import build_model
+
+    cfg = from_dict(
+        {
+            "name": "bench",
+            "model": {"name": model_dir, "max_length": MAX_LENGTH},
+            "adapter": {"r": 8, "alpha": 16, "modules": ["query", "value"]},
+            "training": {"eval_batch_size": batch_size},
+            "budget": {"max_trainable_params": 10**9},
+        }
+    )
     torch.manual_seed(0)  # the same head in every worker, so fp32 and bf16 predictions can be compared
     model = build_model(cfg).model
     run_dir = tmp / "run"
@@ -182,8 +228,15 @@ def worker_ours_predict(model_dir: str, rows, pool, tmp: Path, batch_size: int, 
                 run.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
     seconds = time.perf_counter() - start
     flops, real_flops = recorder.flops(coefficients)
-    return {"seconds": seconds, "rows": len(rows), "predictions": predictions, "precision": run.precision,
-            "compute_s": seconds, "flops": flops, "real_flops": real_flops}
+    return {
+        "seconds": seconds,
+        "rows": len(rows),
+        "predictions": predictions,
+        "precision": run.precision,
+        "compute_s": seconds,
+        "flops": flops,
+        "real_flops": real_flops,
+    }
 
 
 def worker_notebook_predict(model_dir: str, rows, pool, tmp: Path, batch_size: int) -> dict:
@@ -200,18 +253,31 @@ def worker_notebook_predict(model_dir: str, rows, pool, tmp: Path, batch_size: i
     nb.predict_like_notebook(model, tok, ds, batch_size=batch_size)
     seconds = time.perf_counter() - start
     flops, real_flops = recorder.flops(forward_coefficients(encoder_shape(model)))
-    return {"seconds": seconds, "rows": len(rows), "padded_fraction": nb.padded_fraction(ds), "precision": "fp32",
-            "compute_s": seconds, "flops": flops, "real_flops": real_flops}
+    return {
+        "seconds": seconds,
+        "rows": len(rows),
+        "padded_fraction": nb.padded_fraction(ds),
+        "precision": "fp32",
+        "compute_s": seconds,
+        "flops": flops,
+        "real_flops": real_flops,
+    }
 
 
 WORKERS = {
-    "ours_train": worker_ours_train, "notebook_train": worker_notebook_train,
-    "ours_predict": worker_ours_predict, "notebook_predict": worker_notebook_predict,
+    "ours_train": worker_ours_train,
+    "notebook_train": worker_notebook_train,
+    "ours_predict": worker_ours_predict,
+    "notebook_predict": worker_notebook_predict,
 }
 
 
-def run_worker(kind: str, model_dir: Path, data: Path, rows: int, offset: int, env: dict | None = None, **kwargs) -> dict:
-    spec = json.dumps({"kind": kind, "model_dir": str(model_dir), "data": str(data), "rows": rows, "offset": offset, "kwargs": kwargs})
+def run_worker(
+    kind: str, model_dir: Path, data: Path, rows: int, offset: int, env: dict | None = None, **kwargs
+) -> dict:
+    spec = json.dumps(
+        {"kind": kind, "model_dir": str(model_dir), "data": str(data), "rows": rows, "offset": offset, "kwargs": kwargs}
+    )
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
     res = subprocess.run([sys.executable, __file__, "--worker", spec], capture_output=True, text=True, env=env)
     if res.returncode != 0:
@@ -221,7 +287,7 @@ def run_worker(kind: str, model_dir: Path, data: Path, rows: int, offset: int, e
 
 def worker_main(spec: str) -> None:
     s = json.loads(spec)
-    pool = read_texts(Path(s["data"]), s["offset"] + max(s["rows"], MAP_CHUNK))[s["offset"]:]
+    pool = read_texts(Path(s["data"]), s["offset"] + max(s["rows"], MAP_CHUNK))[s["offset"] :]
     rows = pool[: s["rows"]]
     with tempfile.TemporaryDirectory() as tmp:
         result = WORKERS[s["kind"]](s["model_dir"], rows, pool, Path(tmp), **s["kwargs"])
@@ -238,8 +304,18 @@ def alternate(pairs, rounds: int = 2):
     for r in range(rounds):
         for name, fn in pairs:
             out = fn(r)
-            t = totals.setdefault(name, {"seconds": 0.0, "rows": 0, "peak_rss_mb": 0.0, "runs": [],
-                                         "compute_s": 0.0, "flops": 0.0, "real_flops": 0.0})
+            t = totals.setdefault(
+                name,
+                {
+                    "seconds": 0.0,
+                    "rows": 0,
+                    "peak_rss_mb": 0.0,
+                    "runs": [],
+                    "compute_s": 0.0,
+                    "flops": 0.0,
+                    "real_flops": 0.0,
+                },
+            )
             t["seconds"] += out["seconds"]
             t["rows"] += out["rows"]
             for key in ("compute_s", "flops", "real_flops"):
@@ -257,7 +333,11 @@ def update_section(path: Path, key: str, text: str) -> None:
     """Replace (or append) the block between <!-- key --> and <!-- /key --> in a Markdown file."""
     start, end = f"<!-- {key} -->", f"<!-- /{key} -->"
     block = f"{start}\n{text}{end}\n"
-    old = path.read_text() if path.exists() else "# Speed benchmarks\n\nWritten by `benchmarks/speed.py`, one block per mode.\n\n"
+    old = (
+        path.read_text()
+        if path.exists()
+        else "# Speed benchmarks\n\nWritten by `benchmarks/speed.py`, one block per mode.\n\n"
+    )
     if start in old and end in old:
         new = old[: old.index(start)] + block + old[old.index(end) + len(end) + 1 :]
     else:
@@ -272,7 +352,9 @@ def roofline(side: dict, peaks: dict) -> tuple[str, str]:
         return "–", "–"
     rate, real = side["flops"] / side["compute_s"], side["real_flops"] / side["compute_s"]
     peak = peaks.get(side.get("precision", "fp32"))
-    return f"{rate / 1e9:,.1f} ({real / 1e9:,.1f})", (f"{100 * rate / peak:.0f}% of {side.get('precision', 'fp32')}" if peak else "–")
+    return f"{rate / 1e9:,.1f} ({real / 1e9:,.1f})", (
+        f"{100 * rate / peak:.0f}% of {side.get('precision', 'fp32')}" if peak else "–"
+    )
 
 
 def main() -> int:
@@ -299,23 +381,65 @@ def main() -> int:
     half_t, half_p = size["train_rows"] // rounds, size["predict_rows"] // rounds
     peak_seconds = 0.1 if mode == "tiny" else 1.0
     peaks = matmul_peaks(peak_seconds)
-    print(f"mode {mode}: training {size['train_rows']} rows, predicting {size['predict_rows']} rows per side; "
-          f"matmul peak " + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items()), flush=True)
+    print(
+        f"mode {mode}: training {size['train_rows']} rows, predicting {size['predict_rows']} rows per side; "
+        f"matmul peak " + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items()),
+        flush=True,
+    )
 
-    train = alternate([
-        # fp32 explicitly: `auto` picks bf16 on CPUs with native bf16, and the notebook recipe trains in fp32.
-        ("lorabudget", lambda r: run_worker("ours_train", model_dir, args.data, half_t, r * half_t, batch_size=16,
-                                            training={"mixed_precision": "no"})),
-        ("notebook", lambda r: run_worker("notebook_train", model_dir, args.data, half_t, r * half_t, batch_size=16)),
-        ("lorabudget bf16", lambda r: run_worker("ours_train", model_dir, args.data, half_t, r * half_t, batch_size=16,
-                                                 training={"mixed_precision": "bf16"})),
-    ], rounds)
-    predict = alternate([
-        ("lorabudget", lambda r: run_worker("ours_predict", model_dir, args.data, half_p, 2000 + r * half_p, batch_size=64)),
-        ("notebook", lambda r: run_worker("notebook_predict", model_dir, args.data, half_p, 2000 + r * half_p, batch_size=8)),
-        ("lorabudget bf16", lambda r: run_worker("ours_predict", model_dir, args.data, half_p, 2000 + r * half_p,
-                                                 batch_size=64, precision="bf16")),
-    ], rounds)
+    train = alternate(
+        [
+            # fp32 explicitly: `auto` picks bf16 on CPUs with native bf16, and the notebook recipe trains in fp32.
+            (
+                "lorabudget",
+                lambda r: run_worker(
+                    "ours_train",
+                    model_dir,
+                    args.data,
+                    half_t,
+                    r * half_t,
+                    batch_size=16,
+                    training={"mixed_precision": "no"},
+                ),
+            ),
+            (
+                "notebook",
+                lambda r: run_worker("notebook_train", model_dir, args.data, half_t, r * half_t, batch_size=16),
+            ),
+            (
+                "lorabudget bf16",
+                lambda r: run_worker(
+                    "ours_train",
+                    model_dir,
+                    args.data,
+                    half_t,
+                    r * half_t,
+                    batch_size=16,
+                    training={"mixed_precision": "bf16"},
+                ),
+            ),
+        ],
+        rounds,
+    )
+    predict = alternate(
+        [
+            (
+                "lorabudget",
+                lambda r: run_worker("ours_predict", model_dir, args.data, half_p, 2000 + r * half_p, batch_size=64),
+            ),
+            (
+                "notebook",
+                lambda r: run_worker("notebook_predict", model_dir, args.data, half_p, 2000 + r * half_p, batch_size=8),
+            ),
+            (
+                "lorabudget bf16",
+                lambda r: run_worker(
+                    "ours_predict", model_dir, args.data, half_p, 2000 + r * half_p, batch_size=64, precision="bf16"
+                ),
+            ),
+        ],
+        rounds,
+    )
     # The peak again at the end: the better of the two stands for the machine (load can only lower it).
     for key, value in matmul_peaks(peak_seconds).items():
         peaks[key] = max(peaks.get(key, 0.0), value)
@@ -338,7 +462,8 @@ def main() -> int:
         f"LoRA r=8, alpha=16 on query+value, the model's own head; real AG News rows; max length {MAX_LENGTH}; "
         f"{size['train_rows']} training rows and {size['predict_rows']} prediction rows per side, in {rounds} alternating round(s).",
         "Matmul peak of this machine, measured in this run: "
-        + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items()) + ".",
+        + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items())
+        + ".",
         "",
         "| measurement | notebook recipe | lorabudget | ratio |",
         "|---|---:|---:|---:|",
@@ -377,17 +502,33 @@ def main() -> int:
 def levers(model_dir: Path, data: Path, size: dict, baseline: dict, peaks: dict, mode: str) -> list[str]:
     """One run per lever (no alternation: indicative; rerun the ones that matter)."""
     n_train, n_predict = size["train_rows"], size["predict_rows"]
-    lines = ["#### What each inference lever buys (lorabudget side, same rows)", "",
-             "| variant | samples/s | GFLOP/s executed (real) | fraction of peak | peak RSS (MB) |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        "#### What each inference lever buys (lorabudget side, same rows)",
+        "",
+        "| variant | samples/s | GFLOP/s executed (real) | fraction of peak | peak RSS (MB) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     inference = [
         ("batch 8, input order, unmerged", dict(batch_size=8, merge=False, sort=False)),
         ("batch 64, input order, unmerged", dict(batch_size=64, merge=False, sort=False)),
-        ("length-sorted, up to 64 rows / 1,024 positions per batch, bucketed widths, unmerged", dict(batch_size=64, merge=False, sort=True)),
+        (
+            "length-sorted, up to 64 rows / 1,024 positions per batch, bucketed widths, unmerged",
+            dict(batch_size=64, merge=False, sort=True),
+        ),
         ("the same, merged (lorabudget predict, fp32)", dict(batch_size=64, merge=True, sort=True)),
         ("the same, 1 thread", dict(batch_size=64, merge=True, sort=True, threads=1)),
-        ("the same, bf16 autocast (lorabudget predict --precision bf16)", dict(batch_size=64, merge=True, sort=True, precision="bf16")),
-        ("the same, fp32, torch.compile (compiled before the clock)", dict(batch_size=64, merge=True, sort=True, compile=True)),
-        ("the same, bf16, torch.compile (compiled before the clock)", dict(batch_size=64, merge=True, sort=True, precision="bf16", compile=True)),
+        (
+            "the same, bf16 autocast (lorabudget predict --precision bf16)",
+            dict(batch_size=64, merge=True, sort=True, precision="bf16"),
+        ),
+        (
+            "the same, fp32, torch.compile (compiled before the clock)",
+            dict(batch_size=64, merge=True, sort=True, compile=True),
+        ),
+        (
+            "the same, bf16, torch.compile (compiled before the clock)",
+            dict(batch_size=64, merge=True, sort=True, precision="bf16", compile=True),
+        ),
     ]
     for name, kw in inference:
         try:
@@ -399,8 +540,13 @@ def levers(model_dir: Path, data: Path, size: dict, baseline: dict, peaks: dict,
         g, f = roofline(side, peaks)
         lines.append(f"| {name} | {side['samples_per_s']:.1f} | {g} | {f} | {out['peak_rss_mb']:,.0f} |")
         print(f"  lever {name}: {side['samples_per_s']:.1f}/s", flush=True)
-    lines += ["", "#### What each training lever buys (lorabudget side, same rows, batch 16)", "",
-              "| variant | samples/s | GFLOP/s executed (real) | fraction of peak | peak RSS (MB) |", "|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "#### What each training lever buys (lorabudget side, same rows, batch 16)",
+        "",
+        "| variant | samples/s | GFLOP/s executed (real) | fraction of peak | peak RSS (MB) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     training = [
         ("defaults (fp32 on a CPU, bucketed widths, position cap)", {}, {}),
         ("bf16 autocast (`training.mixed_precision: bf16`)", {"mixed_precision": "bf16"}, {}),
@@ -409,8 +555,16 @@ def levers(model_dir: Path, data: Path, size: dict, baseline: dict, peaks: dict,
         ("`training.threads: 1`", {"threads": 1}, {}),
         ("no position cap (`training.max_batch_positions: 0`)", {"max_batch_positions": 0}, {}),
         ("`training.compile: true` (compile time included)", {"compile": True}, {}),
-        ("glibc malloc without its dynamic mmap threshold (`MALLOC_TRIM_THRESHOLD_=0`)", {}, {"MALLOC_TRIM_THRESHOLD_": "0"}),
-    ] + [(f"{name} (`LD_PRELOAD={path}`)", {}, {"LD_PRELOAD": path}) for name, path in ALLOCATORS.items() if Path(path).is_file()]
+        (
+            "glibc malloc without its dynamic mmap threshold (`MALLOC_TRIM_THRESHOLD_=0`)",
+            {},
+            {"MALLOC_TRIM_THRESHOLD_": "0"},
+        ),
+    ] + [
+        (f"{name} (`LD_PRELOAD={path}`)", {}, {"LD_PRELOAD": path})
+        for name, path in ALLOCATORS.items()
+        if Path(path).is_file()
+    ]
     for name, overrides, env in training:
         try:
             out = run_worker("ours_train", model_dir, data, n_train, 0, env=env, batch_size=16, training=overrides)
@@ -422,11 +576,20 @@ def levers(model_dir: Path, data: Path, size: dict, baseline: dict, peaks: dict,
         lines.append(f"| {name} | {side['samples_per_s']:.2f} | {g} | {f} | {out['peak_rss_mb']:,.0f} |")
         print(f"  lever {name}: {side['samples_per_s']:.2f}/s", flush=True)
     out = run_worker("ours_train", model_dir, data, n_train, 0, batch_size=16, length_grouping=False)
-    lines += ["", f"Training without length grouping (shuffled batches, each padded to its own bucket): "
-              f"{out['rows'] / out['seconds']:.2f} samples/s vs {baseline['samples_per_s']:.2f} with grouping.", ""]
+    lines += [
+        "",
+        f"Training without length grouping (shuffled batches, each padded to its own bucket): "
+        f"{out['rows'] / out['seconds']:.2f} samples/s vs {baseline['samples_per_s']:.2f} with grouping.",
+        "",
+    ]
     if mode == "tiny":
         return lines
-    lines += ["#### Scaling of cost with work (lorabudget)", "", "| work | rows | seconds | seconds per 1k rows |", "|---|---:|---:|---:|"]
+    lines += [
+        "#### Scaling of cost with work (lorabudget)",
+        "",
+        "| work | rows | seconds | seconds per 1k rows |",
+        "|---|---:|---:|---:|",
+    ]
     for n in (1000, 2000, 4000):
         out = run_worker("ours_train", model_dir, data, n, 0, batch_size=16)
         lines.append(f"| training | {n:,} | {out['seconds']:.1f} | {1000 * out['seconds'] / n:.1f} |")

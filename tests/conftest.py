@@ -59,8 +59,15 @@ def make_tokenizer(kind: str):
         single=f"{bos} $A {eos}", special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk, mask_token=mask,
-        cls_token=bos, sep_token=eos, model_max_length=128,
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        unk_token=unk,
+        mask_token=mask,
+        cls_token=bos,
+        sep_token=eos,
+        model_max_length=128,
     )
 
 
@@ -70,8 +77,13 @@ def make_model_dir(path: Path, kind: str, hidden_size: int = 32, intermediate_si
 
     tokenizer = make_tokenizer(kind)
     common = dict(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=3, num_attention_heads=2,
-        intermediate_size=intermediate_size, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=intermediate_size,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
     )
     torch.manual_seed(0)
     if kind == "roberta":

@@ -1,13 +1,15 @@
 import numpy as np
 import pytest
 import torch
+from conftest import make_tokenizer
 
 from lorabudget.data.batching import (
-    LengthGroupedBatchSampler, PadCollator, length_sorted_batches, tokenize,
+    LengthGroupedBatchSampler,
+    PadCollator,
+    length_sorted_batches,
+    tokenize,
 )
 from lorabudget.inference.batched import predict_logits
-
-from conftest import make_tokenizer
 
 
 def test_sampler_covers_every_row_once_and_groups_lengths():
@@ -119,8 +121,10 @@ def test_every_batch_width_is_a_bucket_width():
     tokens = tokenize(tok, texts, max_length=70)
     labels = np.zeros(len(texts), dtype=np.int64)
     seen = set()
-    for inference, loader in ((False, train_loader(tokens, labels, tok.pad_token_id, 16, seed=0)),
-                              (True, inference_loader(tokens, tok.pad_token_id, 32, max_tokens=512))):
+    for inference, loader in (
+        (False, train_loader(tokens, labels, tok.pad_token_id, 16, seed=0)),
+        (True, inference_loader(tokens, tok.pad_token_id, 32, max_tokens=512)),
+    ):
         widths = bucket_widths(int(tokens.lengths.max()), 8 if inference else 16)
         assert widths[-1] == 70
         for batch in loader:
@@ -141,8 +145,13 @@ def test_bucketed_padding_gives_the_same_logits(kind, tiny_roberta, tiny_bert):
 
     model_dir = tiny_roberta if kind == "roberta" else tiny_bert
     for head in ("full", "linear"):
-        cfg = from_dict({"model": {"name": str(model_dir)}, "head": {"type": head, "pooling": "mean"},
-                         "adapter": {"r": 4, "alpha": 8, "modules": ["query", "value"]}})
+        cfg = from_dict(
+            {
+                "model": {"name": str(model_dir)},
+                "head": {"type": head, "pooling": "mean"},
+                "adapter": {"r": 4, "alpha": 8, "modules": ["query", "value"]},
+            }
+        )
         model = build_model(cfg).model.eval()
         tok = make_tokenizer(kind)
         texts = ["game team score", "the market said stocks rose today", "chip", "a " * 40]
@@ -156,13 +165,15 @@ def test_bucketed_padding_gives_the_same_logits(kind, tiny_roberta, tiny_bert):
 
 
 def test_split_rows_caps_positions_and_keeps_the_gradient(tiny_roberta):
-    from lorabudget.data.batching import position_cap, split_rows
     from lorabudget.config import from_dict
+    from lorabudget.data.batching import position_cap, split_rows
     from lorabudget.model.build import build_model
 
     tok = make_tokenizer("roberta")
     rng = np.random.default_rng(0)
-    texts = [" ".join(rng.choice(["game", "team", "market", "chip", "the"], size=int(n))) for n in rng.integers(3, 30, 10)]
+    texts = [
+        " ".join(rng.choice(["game", "team", "market", "chip", "the"], size=int(n))) for n in rng.integers(3, 30, 10)
+    ]
     tokens = tokenize(tok, texts, max_length=64)
     batch = PadCollator(tokens, tok.pad_token_id, np.arange(10) % 4, widths=[16, 32])(list(range(10)))
     assert batch["input_ids"].shape == (10, 32)

@@ -10,9 +10,20 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_speed_benchmark_tiny_mode(tmp_path, tiny_roberta, data_dir):
     out = tmp_path / "bench.md"
     res = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--tiny", "--data", str(data_dir / "train.csv"),
-         "--tokenizer", str(tiny_roberta), "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "speed.py"),
+            "--tiny",
+            "--data",
+            str(data_dir / "train.csv"),
+            "--tokenizer",
+            str(tiny_roberta),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     text = out.read_text()

@@ -2,9 +2,9 @@
 
 import pytest
 
-from lorabudget.model.budget import breakdown, check_budget, count_trainable, format_breakdown
 from lorabudget.config import from_dict, load_config
 from lorabudget.errors import BudgetExceededError, LorabudgetError
+from lorabudget.model.budget import breakdown, check_budget, count_trainable, format_breakdown
 from lorabudget.model.build import build_model
 from lorabudget.training.setup import param_groups
 
@@ -33,16 +33,27 @@ def test_seed_targeted_breakdown_by_site():
     cfg = load_config("seed-targeted")
     b = breakdown(build_model(cfg, weights=False).model)
     assert b.lora == {
-        (0, "query"): 18_432, (0, "key"): 18_432, (0, "value"): 18_432,
-        (1, "query"): 18_432, (5, "query"): 18_432,
-        (10, "query"): 18_432, (10, "output"): 46_080, (11, "output"): 46_080,
+        (0, "query"): 18_432,
+        (0, "key"): 18_432,
+        (0, "value"): 18_432,
+        (1, "query"): 18_432,
+        (5, "query"): 18_432,
+        (10, "query"): 18_432,
+        (10, "output"): 46_080,
+        (11, "output"): 46_080,
     }
 
 
 PLACEMENTS = [
     {"modules": ["query", "value"]},
     {"modules": ["query", "key", "value", "attention_output", "intermediate", "output"], "layers": [0, 2]},
-    {"r": 3, "placements": [{"layers": [0], "modules": ["query", "key"], "r": 5}, {"layers": [1, 2], "modules": ["output"], "alpha": 4}]},
+    {
+        "r": 3,
+        "placements": [
+            {"layers": [0], "modules": ["query", "key"], "r": 5},
+            {"layers": [1, 2], "modules": ["output"], "alpha": 4},
+        ],
+    },
     {"modules": ["value", "intermediate"], "rank_pattern": {"intermediate": 2}, "alpha_pattern": {"value": 3}},
     {"modules": ["query", "value"], "use_dora": True},
     {"modules": ["key"], "use_rslora": True, "layers": [1]},
@@ -66,10 +77,15 @@ def test_plan_equals_live_equals_optimizer(request, model, head, adapter):
 
 
 def test_rank_overrides_reach_peft(tiny_roberta):
-    cfg = from_dict({
-        "model": {"name": str(tiny_roberta)},
-        "adapter": {"r": 3, "placements": [{"layers": [0], "modules": ["query"], "r": 5}, {"layers": [1], "modules": ["query"]}]},
-    })
+    cfg = from_dict(
+        {
+            "model": {"name": str(tiny_roberta)},
+            "adapter": {
+                "r": 3,
+                "placements": [{"layers": [0], "modules": ["query"], "r": 5}, {"layers": [1], "modules": ["query"]}],
+            },
+        }
+    )
     model = build_model(cfg).model
     layers = model.base_model.model.roberta.encoder.layer
     assert layers[0].attention.self.query.lora_A["default"].weight.shape[0] == 5

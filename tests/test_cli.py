@@ -40,7 +40,15 @@ def trained_run(tmp_path_factory, tiny_roberta, data_dir):
 
 def test_train_writes_run_directory(trained_run):
     run, _ = trained_run
-    for name in ("config.yaml", "metrics.jsonl", "budget.json", "summary.json", "eval.json", "adapter/adapter_config.json", "tokenizer"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "budget.json",
+        "summary.json",
+        "eval.json",
+        "adapter/adapter_config.json",
+        "tokenizer",
+    ):
         assert (run / name).exists(), name
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     train_lines = [l for l in lines if l["type"] == "train"]
@@ -65,7 +73,12 @@ def test_evaluate_predict_classify(trained_run, data_dir, capsys):
     assert len(ev["confidence"]) == 80
 
     pred = run / "preds.csv"
-    assert main(["predict", str(run), "--input", str(data_dir / "unlabelled.csv"), "--output", str(pred), "--probabilities"]) == 0
+    assert (
+        main(
+            ["predict", str(run), "--input", str(data_dir / "unlabelled.csv"), "--output", str(pred), "--probabilities"]
+        )
+        == 0
+    )
     rows = list(csv.reader(pred.open()))
     assert rows[0][:2] == ["ID", "Label"] and len(rows[0]) == 6
     assert [int(r[0]) for r in rows[1:]] == list(range(80))
@@ -128,11 +141,18 @@ def test_train_on_validation_trains_on_every_row_and_keeps_the_last_weights(tiny
     assert main(["report", str(run)]) == 0
     assert "is no estimate" in (run / "report.md").read_text()
     card = (run / "README.md").read_text()
-    assert "trained on too (`data.train_on_validation`)" in card and "The kept weights are the last evaluation's, at step 15 of 15" in card
+    assert (
+        "trained on too (`data.train_on_validation`)" in card
+        and "The kept weights are the last evaluation's, at step 15 of 15" in card
+    )
     assert "95% interval" not in card  # no interval for a figure on rows the run trained on
     assert run_row(run)["validation"] is None  # compare cannot rank it by rows it trained on
     assert main(["evaluate", str(run), "--data", values["data"]["train"]]) == 0
-    rows = [l for l in (run / "README.md").read_text().splitlines() if l.startswith("| ") and ("| validation |" in l or "| evaluate |" in l)]
+    rows = [
+        l
+        for l in (run / "README.md").read_text().splitlines()
+        if l.startswith("| ") and ("| validation |" in l or "| evaluate |" in l)
+    ]
     assert len(rows) == 2 and rows[0].count(" — |") + rows[1].count(" — |") == 1
     assert [" — |" in l for l in rows] == ["| validation |" in l for l in rows]
 
@@ -186,7 +206,9 @@ def test_bad_inputs_give_one_line_errors(capsys, tiny_config, tmp_path, data_dir
 
     assert "run directory not found" in _err(capsys, ["predict", str(tmp_path / "nope"), "--input", "x.csv"])
     out = tmp_path / "p.csv"
-    assert "data file not found" in _err(capsys, ["predict", str(run), "--input", str(tmp_path / "x.csv"), "--output", str(out)])
+    assert "data file not found" in _err(
+        capsys, ["predict", str(run), "--input", str(tmp_path / "x.csv"), "--output", str(out)]
+    )
     assert not out.exists()
     nolabel = tmp_path / "nolabel.csv"
     nolabel.write_text("text\nhello\n")
@@ -211,8 +233,23 @@ def test_predict_bf16_close_to_fp32(trained_run, data_dir, tmp_path):
     outs = {}
     for precision in ("fp32", "bf16"):
         out = tmp_path / f"{precision}.csv"
-        assert main(["predict", str(run), "--input", str(data_dir / "unlabelled.csv"), "--output", str(out),
-                     "--probabilities", "--precision", precision, "--no-report"]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    str(run),
+                    "--input",
+                    str(data_dir / "unlabelled.csv"),
+                    "--output",
+                    str(out),
+                    "--probabilities",
+                    "--precision",
+                    precision,
+                    "--no-report",
+                ]
+            )
+            == 0
+        )
         outs[precision] = [list(map(float, r[2:])) for r in list(csv.reader(out.open()))[1:]]
     diffs = [abs(a - b) for ra, rb in zip(outs["fp32"], outs["bf16"]) for a, b in zip(ra, rb)]
     assert max(diffs) < 0.1 and sum(diffs) > 0  # bf16 really ran, and stayed close

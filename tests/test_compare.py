@@ -35,19 +35,37 @@ def _axes_facts(fig):
     return ax, legend, front, names
 
 
-def _fake_run(path, name, params, val_acc, correct=None, data="test.csv", labels=None, budget=1_000_000, new_fields=True):
+def _fake_run(
+    path, name, params, val_acc, correct=None, data="test.csv", labels=None, budget=1_000_000, new_fields=True
+):
     path.mkdir(parents=True)
-    summary = {"name": name, "trainable_params": params, "head_params": 1540, "budget": budget,
-               "validation_accuracy": val_acc, "validation_rows": 300, "train_time_s": 100.0}
-    summary.update({"method": "lora", "adapter_params": params - 1540} if new_fields else {"lora_params": params - 1540})
+    summary = {
+        "name": name,
+        "trainable_params": params,
+        "head_params": 1540,
+        "budget": budget,
+        "validation_accuracy": val_acc,
+        "validation_rows": 300,
+        "train_time_s": 100.0,
+    }
+    summary.update(
+        {"method": "lora", "adapter_params": params - 1540} if new_fields else {"lora_params": params - 1540}
+    )
     (path / "summary.json").write_text(json.dumps(summary))
     if correct is not None:
         correct = np.asarray(correct, dtype=bool)
         labels = np.zeros(len(correct), dtype=int) if labels is None else labels
-        record = {"kind": "evaluate", "data": data, "accuracy": float(correct.mean()), "rows": len(correct),
-                  "n": len(correct), "accuracy_ci95": list(wilson_interval(int(correct.sum()), len(correct))),
-                  "correct": correct.tolist(), "rows_fingerprint": rows_fingerprint(labels, [str(i) for i in range(len(correct))]),
-                  "time": "2026-01-01T00:00:00"}
+        record = {
+            "kind": "evaluate",
+            "data": data,
+            "accuracy": float(correct.mean()),
+            "rows": len(correct),
+            "n": len(correct),
+            "accuracy_ci95": list(wilson_interval(int(correct.sum()), len(correct))),
+            "correct": correct.tolist(),
+            "rows_fingerprint": rows_fingerprint(labels, [str(i) for i in range(len(correct))]),
+            "time": "2026-01-01T00:00:00",
+        }
         (path / "evals").mkdir()
         (path / "evals" / f"{data}.json").write_text(json.dumps(record))
     return path
@@ -154,23 +172,36 @@ def test_display_names():
 
 def test_three_tiny_trained_runs_through_the_cli(tmp_path, tiny_roberta, data_dir, figures, capsys):
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "name": "tiny",
-        "model": {"name": str(tiny_roberta), "max_length": 64},
-        "head": {"type": "linear", "pooling": "mean"},
-        "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "modules": ["query", "key", "value", "output"]},
-        "data": {"train": str(data_dir / "train.csv"), "validation_size": 40, "cache_dir": str(tmp_path / "cache")},
-        "training": {"max_steps": 2, "batch_size": 32, "learning_rate": 2e-2, "log_every": 1},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "model": {"name": str(tiny_roberta), "max_length": 64},
+                "head": {"type": "linear", "pooling": "mean"},
+                "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "modules": ["query", "key", "value", "output"]},
+                "data": {
+                    "train": str(data_dir / "train.csv"),
+                    "validation_size": 40,
+                    "cache_dir": str(tmp_path / "cache"),
+                },
+                "training": {"max_steps": 2, "batch_size": 32, "learning_rate": 2e-2, "log_every": 1},
+            }
+        )
+    )
     runs = tmp_path / "runs"
-    variants = {"tiny": [], "tiny-r2": ["adapter.r=2", "adapter.alpha=4"],
-                "tiny-r1q": ["adapter.r=1", "adapter.alpha=2", "adapter.modules=[query]"]}
+    variants = {
+        "tiny": [],
+        "tiny-r2": ["adapter.r=2", "adapter.alpha=4"],
+        "tiny-r1q": ["adapter.r=1", "adapter.alpha=2", "adapter.modules=[query]"],
+    }
     for out, sets in variants.items():
         argv = ["train", str(cfg), "--output", str(runs / out), "--no-report"] + [x for s in sets for x in ("--set", s)]
         assert main(argv) == 0
         assert main(["evaluate", str(runs / out), "--data", str(data_dir / "test.csv"), "--no-report"]) == 0
     capsys.readouterr()
-    assert main(["compare", *(str(runs / o) for o in variants), "--name", "big", "--output", str(tmp_path / "cmp")]) == 0
+    assert (
+        main(["compare", *(str(runs / o) for o in variants), "--name", "big", "--output", str(tmp_path / "cmp")]) == 0
+    )
     out = capsys.readouterr().out
     assert "Ranked by **test accuracy on test.csv (80 rows)**" in out and "compare.csv" in out
     for name in ("big", "tiny-r2", "tiny-r1q"):

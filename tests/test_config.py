@@ -3,8 +3,8 @@ import yaml
 
 from lorabudget.config import RunConfig, apply_overrides, from_dict, load_config, presets_dir
 from lorabudget.errors import LorabudgetError
-from lorabudget.model.build import build_model
 from lorabudget.model.budget import breakdown
+from lorabudget.model.build import build_model
 
 PRESETS = sorted(presets_dir().glob("*.yaml"))
 
@@ -98,7 +98,7 @@ def test_bad_yaml(tmp_path):
 
 
 def test_resolved_config_round_trips(tmp_path):
-    from lorabudget.config import save_config, load_yaml
+    from lorabudget.config import load_yaml, save_config
 
     cfg = load_config("seed-targeted", ["training.learning_rate=1e-4"])
     save_config(cfg, tmp_path / "c.yaml")
@@ -117,7 +117,8 @@ def test_a_config_saved_before_a_key_existed_compares_equal_with_its_default(tmp
 
     values = from_dict({"name": "old", "adapter": {"r": 2}}).to_dict()
     path = RunDir(tmp_path).config_path
-    path.write_text(yaml.safe_dump({**values, "data": {k: v for k, v in values["data"].items() if k != "train_on_validation"}}))
+    path.write_text(
+        yaml.safe_dump({**values, "data": {k: v for k, v in values["data"].items() if k != "train_on_validation"}})
+    )
     assert "train_on_validation" not in yaml.safe_load(path.read_text())["data"]
     assert RunDir(tmp_path).saved_config_values() == values  # --resume and a reused teacher run accept it
-

@@ -3,24 +3,29 @@ import pickle
 
 import pandas as pd
 import pytest
+from conftest import write_csv
 
 from lorabudget.data.load import load_labelled, load_unlabelled, split_validation
 from lorabudget.errors import LorabudgetError
-
-from conftest import write_csv
 
 NAMES = ["World", "Sports", "Business", "Sci/Tech"]
 
 
 def test_original_corpus_layout(tmp_path):
-    p = write_csv(tmp_path / "orig.csv", [("3", "Wall St. Bears", "Short-sellers are back."), ("1", "Talks", "Peace talks.")])
+    p = write_csv(
+        tmp_path / "orig.csv", [("3", "Wall St. Bears", "Short-sellers are back."), ("1", "Talks", "Peace talks.")]
+    )
     d = load_labelled(str(p), NAMES)
     assert d.texts == ["Wall St. Bears Short-sellers are back.", "Talks Peace talks."]
     assert d.labels.tolist() == [2, 0]
 
 
 def test_kaggle_layout(tmp_path):
-    p = write_csv(tmp_path / "k.csv", [("4", "Chip", "New chip."), ("2", "Game", "Team won.")], header=["Class Index", "Title", "Description"])
+    p = write_csv(
+        tmp_path / "k.csv",
+        [("4", "Chip", "New chip."), ("2", "Game", "Team won.")],
+        header=["Class Index", "Title", "Description"],
+    )
     d = load_labelled(str(p), NAMES)
     assert d.texts == ["Chip New chip.", "Game Team won."] and d.labels.tolist() == [3, 1]
 
@@ -89,7 +94,9 @@ def test_labels_outside_class_set(tmp_path):
 
 
 def test_empty_rows_dropped_for_training_kept_for_prediction(tmp_path, capsys):
-    p = write_csv(tmp_path / "e.csv", [("good text", "0"), ("   ", "1"), ("", "2"), ("more", "3")], header=["text", "label"])
+    p = write_csv(
+        tmp_path / "e.csv", [("good text", "0"), ("   ", "1"), ("", "2"), ("more", "3")], header=["text", "label"]
+    )
     d = load_labelled(str(p), NAMES)
     assert d.texts == ["good text", "more"] and d.rows.tolist() == [0, 3]
     assert "dropped 2 empty or non-text rows (rows 1, 2)" in capsys.readouterr().err

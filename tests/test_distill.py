@@ -8,11 +8,11 @@ import pytest
 import torch
 import yaml
 
-from lorabudget.data.batching import tokenize, train_loader
 from lorabudget.cli import main
 from lorabudget.config import from_dict
-from lorabudget.training.distill import TeacherLogitsCache, kd_loss, teacher_fingerprint, teacher_logits
+from lorabudget.data.batching import tokenize, train_loader
 from lorabudget.inference.runs import load_run
+from lorabudget.training.distill import TeacherLogitsCache, kd_loss, teacher_fingerprint, teacher_logits
 
 
 def test_kd_loss_matches_hand_computation():
@@ -54,15 +54,19 @@ def _write(tmp_path, name, values):
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory, tiny_roberta, data_dir):
     tmp = tmp_path_factory.mktemp("teacher")
-    cfg = _write(tmp, "teacher", {
-        "name": "teacher",
-        "model": {"name": str(tiny_roberta), "max_length": 64},
-        "head": {"type": "linear", "pooling": "mean"},
-        "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "modules": ["query", "key", "value", "output"]},
-        "data": {"train": str(data_dir / "train.csv"), "validation_size": 40, "cache_dir": str(tmp / "cache")},
-        "training": {"epochs": 4, "batch_size": 16, "learning_rate": 2e-2, "log_every": 5},
-        "budget": {"max_trainable_params": 10_000_000},
-    })
+    cfg = _write(
+        tmp,
+        "teacher",
+        {
+            "name": "teacher",
+            "model": {"name": str(tiny_roberta), "max_length": 64},
+            "head": {"type": "linear", "pooling": "mean"},
+            "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "modules": ["query", "key", "value", "output"]},
+            "data": {"train": str(data_dir / "train.csv"), "validation_size": 40, "cache_dir": str(tmp / "cache")},
+            "training": {"epochs": 4, "batch_size": 16, "learning_rate": 2e-2, "log_every": 5},
+            "budget": {"max_trainable_params": 10_000_000},
+        },
+    )
     assert main(["train", str(cfg), "--output", str(tmp / "teacher"), "--no-report"]) == 0
     return tmp / "teacher"
 
@@ -134,7 +138,10 @@ def test_lambda_zero_reproduces_plain_training(teacher_run, tiny_roberta, data_d
     plain = _write(tmp_path, "plain", _student(tiny_roberta, data_dir, tmp_path / "cache"))
     kd0 = _write(tmp_path, "kd0", _student(tiny_roberta, data_dir, tmp_path / "cache", alpha=0.0, temperature=3.0))
     assert main(["train", str(plain), "--output", str(tmp_path / "plain"), "--no-report"]) == 0
-    assert main(["distill", str(kd0), "--teacher", str(teacher_run), "--output", str(tmp_path / "kd0"), "--no-report"]) == 0
+    assert (
+        main(["distill", str(kd0), "--teacher", str(teacher_run), "--output", str(tmp_path / "kd0"), "--no-report"])
+        == 0
+    )
 
     def read(name):
         lines = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
@@ -144,18 +151,32 @@ def test_lambda_zero_reproduces_plain_training(teacher_run, tiny_roberta, data_d
 
 
 def test_distill_end_to_end_with_config_teacher_and_unlabelled(tiny_roberta, data_dir, tmp_path, monkeypatch, capsys):
-    teacher_cfg = _write(tmp_path, "tcfg", {
-        "name": "tiny-teacher",
-        "model": {"name": str(tiny_roberta), "max_length": 64},
-        "head": {"type": "linear", "pooling": "mean"},
-        "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "modules": ["query", "value", "output"]},
-        "training": {"epochs": 3, "batch_size": 16, "learning_rate": 2e-2},
-        "budget": {"max_trainable_params": 10_000_000},
-    })
-    student = _write(tmp_path, "student", _student(tiny_roberta, data_dir, tmp_path / "cache", alpha=0.5, temperature=2.0))
+    teacher_cfg = _write(
+        tmp_path,
+        "tcfg",
+        {
+            "name": "tiny-teacher",
+            "model": {"name": str(tiny_roberta), "max_length": 64},
+            "head": {"type": "linear", "pooling": "mean"},
+            "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "modules": ["query", "value", "output"]},
+            "training": {"epochs": 3, "batch_size": 16, "learning_rate": 2e-2},
+            "budget": {"max_trainable_params": 10_000_000},
+        },
+    )
+    student = _write(
+        tmp_path, "student", _student(tiny_roberta, data_dir, tmp_path / "cache", alpha=0.5, temperature=2.0)
+    )
     runs = tmp_path / "runs"
-    argv = ["distill", str(student), "--teacher", str(teacher_cfg), "--unlabelled", str(data_dir / "unlabelled.csv"),
-            "--output", str(runs / "student")]
+    argv = [
+        "distill",
+        str(student),
+        "--teacher",
+        str(teacher_cfg),
+        "--unlabelled",
+        str(data_dir / "unlabelled.csv"),
+        "--output",
+        str(runs / "student"),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "teacher validation accuracy" in out and "teacher: training config" in out
@@ -190,8 +211,21 @@ def test_distill_errors(tiny_roberta, data_dir, tmp_path, capsys):
     with pytest.raises(Exception, match="distill.alpha"):
         from_dict({"distill": {"alpha": 1.5}})
     zero = _write(tmp_path, "z", _student(tiny_roberta, data_dir, tmp_path / "cache", alpha=0.0))
-    assert main(["distill", str(zero), "--teacher", str(tmp_path), "--unlabelled", str(data_dir / "unlabelled.csv"),
-                 "--output", str(tmp_path / "o3")]) == 2
+    assert (
+        main(
+            [
+                "distill",
+                str(zero),
+                "--teacher",
+                str(tmp_path),
+                "--unlabelled",
+                str(data_dir / "unlabelled.csv"),
+                "--output",
+                str(tmp_path / "o3"),
+            ]
+        )
+        == 2
+    )
     assert "unlabelled texts would teach nothing" in capsys.readouterr().err
 
 
@@ -212,8 +246,8 @@ def _fake_teacher(path, seed):
 
 def test_ensemble_logits_are_the_mean_of_member_probabilities(tmp_path, monkeypatch):
     import lorabudget.inference.runs
-    from lorabudget.training.distill import ensemble_fingerprint
     from lorabudget.metrics import softmax
+    from lorabudget.training.distill import ensemble_fingerprint
 
     def no_load(*a, **k):
         raise AssertionError("members' logits are cached: no teacher is loaded")
@@ -281,20 +315,35 @@ def test_transfer_rows_are_seeded_and_tokens_follow():
 
 
 def test_distill_with_transfer_fraction_and_confidence_filter(tiny_roberta, data_dir, tmp_path, capsys):
-    teacher_cfg = _write(tmp_path, "tcfg", {
-        "name": "tiny-teacher",
-        "model": {"name": str(tiny_roberta), "max_length": 64},
-        "head": {"type": "linear", "pooling": "mean"},
-        "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "modules": ["query", "value", "output"]},
-        "training": {"epochs": 2, "batch_size": 16, "learning_rate": 2e-2},
-        "budget": {"max_trainable_params": 10_000_000},
-    })
-    values = _student(tiny_roberta, data_dir, tmp_path / "cache", alpha=0.5, temperature=2.0, min_teacher_confidence=0.4)
+    teacher_cfg = _write(
+        tmp_path,
+        "tcfg",
+        {
+            "name": "tiny-teacher",
+            "model": {"name": str(tiny_roberta), "max_length": 64},
+            "head": {"type": "linear", "pooling": "mean"},
+            "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "modules": ["query", "value", "output"]},
+            "training": {"epochs": 2, "batch_size": 16, "learning_rate": 2e-2},
+            "budget": {"max_trainable_params": 10_000_000},
+        },
+    )
+    values = _student(
+        tiny_roberta, data_dir, tmp_path / "cache", alpha=0.5, temperature=2.0, min_teacher_confidence=0.4
+    )
     values["training"].update(epochs=1)
     student = _write(tmp_path, "student", values)
     runs = tmp_path / "runs"
-    argv = ["distill", str(student), "--teacher", str(teacher_cfg), "--transfer-from-train-fraction", "0.5",
-            "--output", str(runs / "student"), "--no-report"]
+    argv = [
+        "distill",
+        str(student),
+        "--teacher",
+        str(teacher_cfg),
+        "--transfer-from-train-fraction",
+        "0.5",
+        "--output",
+        str(runs / "student"),
+        "--no-report",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "100 of 200 labelled training rows (50%, seed 42) used as transfer texts" in out
@@ -313,8 +362,13 @@ def test_teacher_of_another_architecture_reads_texts_with_its_own_tokenizer(teac
     """A BERT student taught by a RoBERTa teacher (another vocabulary and special tokens): the teacher
     scores the student's validation rows exactly as it scored them when it was trained (same rows,
     its own tokenizer), which would not hold if it were fed the student's token ids."""
-    student = _write(tmp_path, "bert-student", _student(tiny_bert, data_dir, tmp_path / "cache", alpha=0.5, temperature=2.0))
-    assert main(["distill", str(student), "--teacher", str(teacher_run), "--output", str(tmp_path / "s"), "--no-report"]) == 0
+    student = _write(
+        tmp_path, "bert-student", _student(tiny_bert, data_dir, tmp_path / "cache", alpha=0.5, temperature=2.0)
+    )
+    assert (
+        main(["distill", str(student), "--teacher", str(teacher_run), "--output", str(tmp_path / "s"), "--no-report"])
+        == 0
+    )
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     teacher_summary = json.loads((teacher_run / "summary.json").read_text())
     assert summary["validation_rows"] == teacher_summary["validation_rows"]

@@ -14,17 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 import torch
-
+import yaml
 from conftest import synthetic_rows, write_csv
+
 from lorabudget import load_run
 from lorabudget.cli import main
 from lorabudget.config import from_dict, save_config
 from lorabudget.export.formats import export_run
-from lorabudget.rundir.layout import read_export_meta
-from lorabudget.report.modelcard import parse_model_card, write_model_card
 from lorabudget.model.build import build_model, load_tokenizer
+from lorabudget.report.modelcard import parse_model_card, write_model_card
+from lorabudget.rundir.layout import read_export_meta
 
 TEXTS = [t for t, _ in synthetic_rows(12, seed=9)] + [
     "stocks",
@@ -43,13 +43,15 @@ KINDS = {
 def make_run(path: Path, model_dir: Path, head: str, pooling: str, cache: Path) -> Path:
     """A run directory as training leaves it (config, adapter with head, tokenizer), with random
     non-zero adapters so that the exported weights differ from the base model's."""
-    cfg = from_dict({
-        "name": path.name,
-        "model": {"name": str(model_dir), "max_length": 32},
-        "head": {"type": head, "pooling": pooling},
-        "adapter": {"r": 4, "alpha": 8, "modules": ["query", "value"]},
-        "data": {"train": "train.csv", "cache_dir": str(cache)},
-    })
+    cfg = from_dict(
+        {
+            "name": path.name,
+            "model": {"name": str(model_dir), "max_length": 32},
+            "head": {"type": head, "pooling": pooling},
+            "adapter": {"r": 4, "alpha": 8, "modules": ["query", "value"]},
+            "data": {"train": "train.csv", "cache_dir": str(cache)},
+        }
+    )
     torch.manual_seed(3)
     model = build_model(cfg).model
     with torch.no_grad():
@@ -108,7 +110,11 @@ def test_hf_export_loads_in_plain_transformers(runs, tmp_path):
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     done = subprocess.run(
         [sys.executable, "-I", "-c", PLAIN_TRANSFORMERS, json.dumps(TEXTS), *map(str, folders.values())],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
@@ -119,14 +125,20 @@ def test_hf_export_loads_in_plain_transformers(runs, tmp_path):
         np.testing.assert_allclose(np.array(result["logits"]), expected, atol=1e-4, err_msg=name)
         assert result["labels"] == loaded.predict(TEXTS).labels, name
         if "full" in name:  # the architecture's own class: no custom code
-            assert (result["pipeline"], result["model"]) == ("TextClassificationPipeline", f"{name.split('-')[0].title()}ForSequenceClassification")
+            assert (result["pipeline"], result["model"]) == (
+                "TextClassificationPipeline",
+                f"{name.split('-')[0].title()}ForSequenceClassification",
+            )
         else:
-            assert (result["pipeline"], result["model"]) == ("LorabudgetTextClassificationPipeline", "LorabudgetForSequenceClassification")
+            assert (result["pipeline"], result["model"]) == (
+                "LorabudgetTextClassificationPipeline",
+                "LorabudgetForSequenceClassification",
+            )
 
 
 def _card_code(card: str, heading: str) -> str:
     """The first Python block under ``heading`` in a model card."""
-    section = card[card.index(heading):]
+    section = card[card.index(heading) :]
     return section[section.index("```python\n") + 10 : section.index("\n```", section.index("```python"))]
 
 
@@ -165,9 +177,18 @@ def test_cli_export_onnx_int8_and_predict(runs, tmp_path, capsys):
     meta = read_export_meta(out)
     assert meta["onnx_file"] == "model_int8.onnx" and meta["quantize"] == "int8"
     assert (out / "model_int8.onnx").stat().st_size < (out / "model.onnx").stat().st_size
-    assert main(["predict", str(out), "--input", str(data), "--output", str(tmp_path / "int8.csv"), "--probabilities"]) == 0
-    assert main(["predict", str(run), "--input", str(data), "--output", str(tmp_path / "torch.csv"), "--probabilities"]) == 0
-    assert main(["predict", str(run), "--engine", "onnx", "--input", str(data), "--output", str(tmp_path / "onnx.csv")]) == 0
+    assert (
+        main(["predict", str(out), "--input", str(data), "--output", str(tmp_path / "int8.csv"), "--probabilities"])
+        == 0
+    )
+    assert (
+        main(["predict", str(run), "--input", str(data), "--output", str(tmp_path / "torch.csv"), "--probabilities"])
+        == 0
+    )
+    assert (
+        main(["predict", str(run), "--engine", "onnx", "--input", str(data), "--output", str(tmp_path / "onnx.csv")])
+        == 0
+    )
     capsys.readouterr()
     read = lambda f: np.loadtxt(tmp_path / f, delimiter=",", skiprows=1)  # noqa: E731
     torch_rows, int8_rows, onnx_rows = read("torch.csv"), read("int8.csv"), read("onnx.csv")
@@ -205,17 +226,42 @@ def _card_run(tmp_path: Path, with_ci: bool) -> Path:
     from before the method seam wrote them (``lora_*`` keys)."""
     run = tmp_path / ("ci" if with_ci else "plain")
     run.mkdir()
-    save_config(from_dict({"name": "card-test", "model": {"name": "roberta-base"}, "head": {"type": "linear"}}), run / "config.yaml")
-    (run / "budget.json").write_text(json.dumps({
-        "trainable_params": 150_000, "lora_params": 146_924, "head_params": 3_076, "other_params": {},
-        "budget": 1_000_000, "within_budget": True,
-        "lora_by_site": [{"layer": i, "module": m, "params": 6_120} for i in range(12) for m in ("query", "value")],
-    }))
-    (run / "summary.json").write_text(json.dumps({
-        "name": "card-test", "train_rows": 4700, "validation_rows": 300, "best_step": 300, "steps": 441,
-        "train_time_s": 451.0, "samples_per_s": 32.9, "device": "cpu", "processes": 1, "mixed_precision": "no",
-        "train_label_distribution": [0.25, 0.25, 0.25, 0.25],
-    }))
+    save_config(
+        from_dict({"name": "card-test", "model": {"name": "roberta-base"}, "head": {"type": "linear"}}),
+        run / "config.yaml",
+    )
+    (run / "budget.json").write_text(
+        json.dumps(
+            {
+                "trainable_params": 150_000,
+                "lora_params": 146_924,
+                "head_params": 3_076,
+                "other_params": {},
+                "budget": 1_000_000,
+                "within_budget": True,
+                "lora_by_site": [
+                    {"layer": i, "module": m, "params": 6_120} for i in range(12) for m in ("query", "value")
+                ],
+            }
+        )
+    )
+    (run / "summary.json").write_text(
+        json.dumps(
+            {
+                "name": "card-test",
+                "train_rows": 4700,
+                "validation_rows": 300,
+                "best_step": 300,
+                "steps": 441,
+                "train_time_s": 451.0,
+                "samples_per_s": 32.9,
+                "device": "cpu",
+                "processes": 1,
+                "mixed_precision": "no",
+                "train_label_distribution": [0.25, 0.25, 0.25, 0.25],
+            }
+        )
+    )
     record = {"data": "validation", "kind": "validation", "rows": 300, "accuracy": 0.9033, "macro_f1": 0.9021}
     if with_ci:
         record["accuracy_ci95"] = [0.8648, 0.9318]
@@ -232,8 +278,13 @@ def test_model_card_parses(tmp_path):
     assert "lorabudget" in meta["tags"] and "lora" in meta["tags"]  # method defaults to lora for older runs
     headings = [line for line in body.splitlines() if line.startswith("## ")]
     assert headings == [
-        "## Trainable-parameter budget", "## Method", "## Data", "## Results", "## Training",
-        "## Intended use and limits", "## How to load",
+        "## Trainable-parameter budget",
+        "## Method",
+        "## Data",
+        "## Results",
+        "## Training",
+        "## Intended use and limits",
+        "## How to load",
     ]
     assert "| **total trainable** | **150,000** |" in body and "1,000,000 (within, 15.0% used)" in body
     assert "| lora on query (layers 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11; lora) | 73,440 |" in body

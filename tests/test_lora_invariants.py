@@ -43,7 +43,9 @@ def test_frozen_weights_unchanged_after_a_step(padded_batch, tiny_bert, head):
     assert frozen and trainable
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     ids, mask = padded_batch()
-    loss = torch.nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask).logits, torch.tensor([0, 1, 2, 3]))
+    loss = torch.nn.functional.cross_entropy(
+        model(input_ids=ids, attention_mask=mask).logits, torch.tensor([0, 1, 2, 3])
+    )
     loss.backward()
     opt.step()
     for n, p in model.named_parameters():
@@ -59,7 +61,7 @@ def test_merged_equals_unmerged(padded_batch, request, model_fixture, head):
     model = build_model(_cfg(request.getfixturevalue(model_fixture), head, rank_pattern={"output": 2})).model
     torch.manual_seed(1)
     with torch.no_grad():  # make the adapters and head non-trivial
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
     model.eval()

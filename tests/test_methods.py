@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorabudget.methods import registry as adapters
-from lorabudget.model.budget import breakdown
 from lorabudget.config import from_dict
 from lorabudget.errors import LorabudgetError
+from lorabudget.methods import registry as adapters
+from lorabudget.model.budget import breakdown
 from lorabudget.model.build import build_model, merge_adapters
 from lorabudget.rundir.weights import save_trained
 from lorabudget.training.setup import param_groups
@@ -103,7 +103,7 @@ def test_frozen_weights_unchanged_after_a_step(padded_batch, tiny_bert, method):
     logits = model(input_ids=ids, attention_mask=mask).logits
     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
     opt.step()
-    adapters.after_backward(model, method, 1)
+    adapters.after_optimizer_step(model, method, 1)
     for n, p in model.named_parameters():
         if n in frozen:
             assert torch.equal(p, frozen[n]), n
@@ -166,7 +166,7 @@ def test_bf16_inference_casts_every_weight_once_for_every_method(tiny_roberta, m
 def test_adalora_allocator_state_survives_a_checkpoint(padded_batch, tiny_bert):
     # A resumed AdaLoRA run must mask the ranks the uninterrupted one would: its importance scores
     # (smoothed over all steps so far) travel in the checkpoint with the weights.
-    from lorabudget.training.state import trainable_weights, load_weights
+    from lorabudget.training.state import load_weights, trainable_weights
 
     cfg = method_cfg(tiny_bert, "adalora", "full")
 
@@ -180,7 +180,7 @@ def test_adalora_allocator_state_survives_a_checkpoint(padded_batch, tiny_bert):
         logits = model(input_ids=ids, attention_mask=mask).logits
         torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
         opt.step()
-        adapters.after_backward(model, "adalora", at)
+        adapters.after_optimizer_step(model, "adalora", at)
         opt.zero_grad()
 
     first, opt = built()
@@ -257,8 +257,13 @@ def test_save_reload_in_fresh_process_same_logits(padded_batch, tiny_bert, tmp_p
             runs[f"{method}-{head}"] = {"dir": str(run_dir), "cfg": cfg.to_dict()}
     payload = json.dumps({"ids": ids.tolist(), "mask": mask.tolist(), "runs": runs})
     src = Path(__file__).resolve().parents[1] / "src"
-    result = subprocess.run([sys.executable, "-c", _RELOAD, payload], capture_output=True, text=True,
-                            env={"PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _RELOAD, payload],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     reloaded = json.loads(result.stdout.strip().splitlines()[-1])
     for name, logits in expected.items():
@@ -297,7 +302,9 @@ def test_shared_parameters_counted_once_with_saving(tiny_roberta):
 )
 def test_placement_and_option_errors(tiny_roberta, adapter, budget, message):
     with pytest.raises(LorabudgetError, match=message):
-        from_dict({"model": {"name": str(tiny_roberta)}, "adapter": adapter, "budget": {"max_trainable_params": budget}})
+        from_dict(
+            {"model": {"name": str(tiny_roberta)}, "adapter": adapter, "budget": {"max_trainable_params": budget}}
+        )
 
 
 def test_method_defaults_fill_nulls(tiny_roberta):
@@ -328,10 +335,23 @@ def test_quantized_base_trains_with_falling_loss(padded_batch, tmp_path_factory,
     # bitsandbytes quantizes in blocks of 64 values: the shared tiny models (hidden 32) are too small.
     model_dir = tmp_path_factory.mktemp("bert64")
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=128, max_position_embeddings=64)).save_pretrained(str(model_dir))
-    cfg = from_dict({"model": {"name": str(model_dir), "quantization": quantization}, "head": {"type": "linear"},
-                     "adapter": {"r": 4, "dropout": 0.0, "modules": ["query", "value", "intermediate"]}})
+    BertModel(
+        BertConfig(
+            vocab_size=64,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(str(model_dir))
+    cfg = from_dict(
+        {
+            "model": {"name": str(model_dir), "quantization": quantization},
+            "head": {"type": "linear"},
+            "adapter": {"r": 4, "dropout": 0.0, "modules": ["query", "value", "intermediate"]},
+        }
+    )
     planned = breakdown(build_model(cfg, weights=False).model).total
     model = build_model(cfg).model
     assert breakdown(model).total == planned
@@ -353,7 +373,9 @@ def test_quantized_base_trains_with_falling_loss(padded_batch, tmp_path_factory,
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
 def test_importing_peft_through_lorabudget_prints_no_optional_kernels_hint():
-    done = subprocess.run([sys.executable, "-c", "import lorabudget, peft, bitsandbytes"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import lorabudget, peft, bitsandbytes"], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert "kernels-community" not in done.stderr + done.stdout
 
@@ -363,8 +385,8 @@ def test_quantized_run_trains_across_validation_passes_and_predicts(tmp_path, da
     """On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights for inference in eval mode; training
     after a validation pass then failed. Several validation passes interleave the steps here."""
     import yaml
-
     from conftest import make_model_dir
+
     from lorabudget.cli import main
 
     # bitsandbytes quantizes in blocks of 64 values: the shared tiny models (hidden 32) are too small.
@@ -421,7 +443,10 @@ def test_train_predict_end_to_end(tmp_path, tiny_roberta, data_dir, method, adap
     assert summary["trainable_params"] == budget_json["trainable_params"]
     assert budget_json["budget"] == budget
     out = tmp_path / "pred.csv"
-    assert main(["predict", str(run), "--input", str(data_dir / "unlabelled.csv"), "--output", str(out), "--no-report"]) == 0
+    assert (
+        main(["predict", str(run), "--input", str(data_dir / "unlabelled.csv"), "--output", str(out), "--no-report"])
+        == 0
+    )
     assert len(out.read_text().splitlines()) == 81
     assert main(["report", str(run)]) == 0
     assert f"method {method}" in (run / "report.md").read_text()

@@ -22,8 +22,15 @@ def _config(tmp_path, tiny_roberta, data_dir, batch_size, name):
         "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"]},
         # 192 training rows split evenly into batches; 48 validation rows in batches of 5: uneven shards.
         "data": {"train": str(data_dir / "train.csv"), "validation_size": 48, "cache_dir": str(tmp_path / "cache")},
-        "training": {"epochs": 4, "batch_size": batch_size, "learning_rate": 2e-2, "log_every": 2,
-                     "eval_every": 6, "eval_batch_size": 5, "seed": 11},
+        "training": {
+            "epochs": 4,
+            "batch_size": batch_size,
+            "learning_rate": 2e-2,
+            "log_every": 2,
+            "eval_every": 6,
+            "eval_batch_size": 5,
+            "seed": 11,
+        },
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(values))
@@ -40,8 +47,22 @@ def test_two_processes_match_one_process(tmp_path, tiny_roberta, data_dir):
     from lorabudget.cli import main
 
     assert main(["train", str(one), "--output", str(tmp_path / "one"), "--no-report"]) == 0
-    env_cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-               "-m", "lorabudget.cli", "train", str(two), "--output", str(tmp_path / "two"), "--no-report"]
+    env_cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "lorabudget.cli",
+        "train",
+        str(two),
+        "--output",
+        str(tmp_path / "two"),
+        "--no-report",
+    ]
     res = subprocess.run(env_cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     run = tmp_path / "two"

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from lorabudget.model import precision as prec
-from lorabudget.model import flops
 from lorabudget.config import from_dict
+from lorabudget.model import flops
+from lorabudget.model import precision as prec
 
 
 def test_choose_on_cpus_with_and_without_native_bf16():
@@ -47,7 +47,10 @@ def test_cpu_flags_read_from_cpuinfo(monkeypatch, tmp_path):
 
     monkeypatch.setattr(builtins, "open", fake_open)
     for text, expected in [
-        ("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile amx_bf16\n", ("amx_bf16", "avx512_bf16")),
+        (
+            "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile amx_bf16\n",
+            ("amx_bf16", "avx512_bf16"),
+        ),
         ("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n", ()),  # AVX512 alone emulates bf16
         ("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n", ("bf16",)),
     ]:
@@ -117,10 +120,16 @@ def test_flops_hand_count_of_a_tiny_encoder():
     """Two layers, hidden 4, intermediate 8, LoRA r=1 on query and value only, a trainable 4->2 head."""
     q = flops.LinearSite(4, 4, lora_rank=1)
     plain = flops.LinearSite(4, 4)
-    layer = flops.LayerShape({
-        "query": q, "key": plain, "value": q, "attention_output": plain,
-        "intermediate": flops.LinearSite(4, 8), "output": flops.LinearSite(8, 4),
-    })
+    layer = flops.LayerShape(
+        {
+            "query": q,
+            "key": plain,
+            "value": q,
+            "attention_output": plain,
+            "intermediate": flops.LinearSite(4, 8),
+            "output": flops.LinearSite(8, 4),
+        }
+    )
     shape = flops.EncoderShape(hidden=4, layers=(layer, layer), head=((4, 2),))
     # Forward per token and layer: 4 linears 4x4 (2*16 each = 128) + 4->8 and 8->4 (64 each = 128)
     # + LoRA r=1 on q and v (2*1*(4+4) = 16 each = 32) = 288; two layers = 576.
@@ -157,11 +166,14 @@ def test_flops_match_torch_flop_counter(kind, tiny_roberta, tiny_bert):
         ("full", ["value"], [1, 2]),  # nothing trains below layer 1: layer 0 has no backward
     ]
     for head, modules, layers in cases:
-        cfg = from_dict({
-            "model": {"name": str(model_dir)}, "head": {"type": head, "pooling": "mean"},
-            "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "modules": modules, "layers": layers},
-            "budget": {"max_trainable_params": 10**9},
-        })
+        cfg = from_dict(
+            {
+                "model": {"name": str(model_dir)},
+                "head": {"type": head, "pooling": "mean"},
+                "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "modules": modules, "layers": layers},
+                "budget": {"max_trainable_params": 10**9},
+            }
+        )
         model = build_model(cfg).model.eval()
         rows, width = 3, 10
         ids = torch.randint(5, 30, (rows, width))
@@ -189,7 +201,9 @@ def test_no_bf16_peak_where_the_cpu_only_emulates_bf16(monkeypatch, tiny_roberta
     no fraction of it), and the matmul is never run; fp32 and native bf16 are measured."""
     from lorabudget.model.build import build_model
 
-    model = build_model(from_dict({"model": {"name": str(tiny_roberta)}, "adapter": {"r": 2, "modules": ["query"]}})).model
+    model = build_model(
+        from_dict({"model": {"name": str(tiny_roberta)}, "adapter": {"r": 2, "modules": ["query"]}})
+    ).model
     counter = flops.FlopCounter()
     counter.add(4, 16)
     measured = []
@@ -210,13 +224,17 @@ def test_training_summary_reports_flops_and_the_report_shows_them(tiny_config, t
     from lorabudget.report.run_report import write_report
     from lorabudget.training.loop import train
 
-    cfg = from_dict(tiny_config(training={"max_steps": 4, "batch_size": 16, "max_batch_positions": 256, "log_every": 1}))
+    cfg = from_dict(
+        tiny_config(training={"max_steps": 4, "batch_size": 16, "max_batch_positions": 256, "log_every": 1})
+    )
     lines = []
     summary = train(cfg, tmp_path / "run", log=lines.append)
     assert sum(line.startswith("training precision: ") for line in lines) == 1
     assert summary["train_flops"] > 0 and summary["matmul_peak_flops_per_s"] > 0
     assert summary["train_real_token_flops_per_s"] < summary["train_flops_per_s"]  # padding is not useful work
-    assert summary["train_peak_fraction"] == pytest.approx(summary["train_flops_per_s"] / summary["matmul_peak_flops_per_s"])
+    assert summary["train_peak_fraction"] == pytest.approx(
+        summary["train_flops_per_s"] / summary["matmul_peak_flops_per_s"]
+    )
     report = write_report(tmp_path / "run").read_text()
     trained_in = "bf16" if summary["mixed_precision"] == "bf16" else "fp32"  # auto: bf16 on CPUs with native bf16
     assert "GFLOP/s executed" in report and f"{trained_in} matmul peak" in report

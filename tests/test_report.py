@@ -4,14 +4,13 @@ import json
 import shutil
 import struct
 
+import numpy as np
 import pytest
 
 from lorabudget.cli import main
 from lorabudget.report.compare import run_row, write_comparison
 from lorabudget.report.plots import pareto_front
 from lorabudget.report.run_report import reliability, write_report
-
-import numpy as np
 
 
 def _png_size(path):
@@ -27,14 +26,18 @@ def reported_run(tmp_path_factory, tiny_bert, data_dir):
 
     tmp = tmp_path_factory.mktemp("report")
     cfg = tmp / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "name": "tiny-report",
-        "model": {"name": str(tiny_bert), "max_length": 64},
-        "head": {"type": "linear", "pooling": "mean"},
-        "adapter": {"r": 2, "alpha": 4, "modules": ["query"]},
-        "data": {"train": str(data_dir / "train.csv"), "validation_size": 40, "cache_dir": str(tmp / "cache")},
-        "training": {"epochs": 2, "batch_size": 32, "learning_rate": 2e-2, "log_every": 1, "eval_every": 3},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny-report",
+                "model": {"name": str(tiny_bert), "max_length": 64},
+                "head": {"type": "linear", "pooling": "mean"},
+                "adapter": {"r": 2, "alpha": 4, "modules": ["query"]},
+                "data": {"train": str(data_dir / "train.csv"), "validation_size": 40, "cache_dir": str(tmp / "cache")},
+                "training": {"epochs": 2, "batch_size": 32, "learning_rate": 2e-2, "log_every": 1, "eval_every": 3},
+            }
+        )
+    )
     run = tmp / "run"
     assert main(["train", str(cfg), "--output", str(run)]) == 0
     assert main(["evaluate", str(run), "--data", str(data_dir / "test.csv")]) == 0
@@ -42,7 +45,13 @@ def reported_run(tmp_path_factory, tiny_bert, data_dir):
     return run
 
 
-FIGURES = ["training_loss.png", "validation.png", "confusion_matrix.png", "reliability.png", "prediction_distribution.png"]
+FIGURES = [
+    "training_loss.png",
+    "validation.png",
+    "confusion_matrix.png",
+    "reliability.png",
+    "prediction_distribution.png",
+]
 
 
 def test_all_figures_written_and_valid(reported_run):
@@ -70,8 +79,9 @@ def test_run_without_eval_or_predictions_still_reports(reported_run, tmp_path):
     shutil.rmtree(bare / "figures")
     for name in ("eval.json", "predictions.json"):
         (bare / name).unlink()
-    (bare / "metrics.jsonl").write_text("\n".join(
-        l for l in (bare / "metrics.jsonl").read_text().splitlines() if json.loads(l)["type"] == "train"))
+    (bare / "metrics.jsonl").write_text(
+        "\n".join(l for l in (bare / "metrics.jsonl").read_text().splitlines() if json.loads(l)["type"] == "train")
+    )
     write_report(bare)
     report = (bare / "report.md").read_text()
     assert (bare / "figures" / "training_loss.png").is_file()

@@ -46,8 +46,11 @@ def test_kill_9_and_resume_matches_uninterrupted(tiny_config, tmp_path, method):
     # the middle of an epoch and crosses into the next; dropout on (the tiny encoder's hidden
     # dropout 0.1), so the restored RNG states matter. AdaLoRA (12 steps: ranks masked from step 2 to
     # 9) also needs its allocator's importance scores restored, or it masks different ranks.
-    values = tiny_config(data={"max_train_rows": 96}, training={"epochs": 2, "eval_every": 4, "log_every": 2},
-                         adapter={"method": method, "r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"]})
+    values = tiny_config(
+        data={"max_train_rows": 96},
+        training={"epochs": 2, "eval_every": 4, "log_every": 2},
+        adapter={"method": method, "r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"]},
+    )
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(values))
     ref, run = tmp_path / "ref", tmp_path / "run"
@@ -57,7 +60,10 @@ def test_kill_9_and_resume_matches_uninterrupted(tiny_config, tmp_path, method):
     with open(tmp_path / "child.err", "w") as err:
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD.format(step=KILL_AFTER_STEP, argv=argv)],
-            stdout=subprocess.PIPE, stderr=err, text=True, env=dict(os.environ),
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=dict(os.environ),
         )
         deadline = time.time() + 300
         for line in child.stdout:
@@ -85,7 +91,9 @@ def test_kill_9_and_resume_matches_uninterrupted(tiny_config, tmp_path, method):
     assert [m[:2] for m in mine] == [t[:2] for t in theirs]
     assert all(abs(a - b) < 1e-4 for m, t in zip(mine, theirs) for a, b in zip(m[2:], t[2:]) if a is not None)
     assert not (run / "checkpoint").exists() and not (run / ".lock").exists()
-    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == (ref / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == (
+        ref / "adapter" / "adapter_model.safetensors"
+    ).read_bytes()
 
 
 def test_on_eval_stop_checkpoint_every_umask_and_overwrite(tiny_config, tmp_path, monkeypatch):
@@ -97,7 +105,11 @@ def test_on_eval_stop_checkpoint_every_umask_and_overwrite(tiny_config, tmp_path
     run = tmp_path / "run"
     saved_at = []
     save = train_mod.Checkpointer.save
-    monkeypatch.setattr(train_mod.Checkpointer, "save", lambda self, m, o, s, state, *a: (saved_at.append(state.step), save(self, m, o, s, state, *a)))
+    monkeypatch.setattr(
+        train_mod.Checkpointer,
+        "save",
+        lambda self, m, o, s, state, *a: (saved_at.append(state.step), save(self, m, o, s, state, *a)),
+    )
 
     def stop_at_8(step, result):
         assert 0 <= result["accuracy"] <= 1
@@ -115,8 +127,13 @@ def test_on_eval_stop_checkpoint_every_umask_and_overwrite(tiny_config, tmp_path
     summary = json.loads((run / "summary.json").read_text())
     assert stopped.value.summary["steps"] == summary["steps"] == 8 and summary["stopped_early"] == "pruned"
     assert not (run / "checkpoint").exists()  # a finished run keeps no checkpoint
-    for path, mode in ((run / "summary.json", 0o640), (run / "eval.json", 0o640), (run / "adapter", 0o750),
-                       (run / "adapter" / "adapter_model.safetensors", 0o640), (run / "metrics.jsonl", 0o640)):
+    for path, mode in (
+        (run / "summary.json", 0o640),
+        (run / "eval.json", 0o640),
+        (run / "adapter", 0o750),
+        (run / "adapter" / "adapter_model.safetensors", 0o640),
+        (run / "metrics.jsonl", 0o640),
+    ):
         assert path.stat().st_mode & 0o777 == mode, path
 
     # --overwrite swaps the new run in only once it has finished, leaving nothing beside it

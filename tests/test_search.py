@@ -39,8 +39,16 @@ def _config(tmp_path: Path, tiny_roberta, data_dir, budget: int = 600, name: str
         "head": {"type": "linear", "pooling": "mean"},
         "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"]},
         "data": {"train": str(data_dir / "train.csv"), "validation_size": 40, "cache_dir": str(tmp_path / "cache")},
-        "training": {"max_steps": 4, "eval_every": 2, "batch_size": 16, "learning_rate": 2e-2, "log_every": 2,
-                     "seed": 7, "threads": 1, **training},
+        "training": {
+            "max_steps": 4,
+            "eval_every": 2,
+            "batch_size": 16,
+            "learning_rate": 2e-2,
+            "log_every": 2,
+            "seed": 7,
+            "threads": 1,
+            **training,
+        },
         "budget": {"max_trainable_params": budget},
         "search": SPACE,
     }
@@ -87,8 +95,22 @@ def searched(tmp_path_factory, tiny_roberta, data_dir):
     setup_mod.prepare_data = counting
     try:
         before = _live_peft_models()
-        rc = main(["search", str(cfg), "--trials", "3", "--output", str(tmp / "out"), "--seed", "3",
-                   "--trial-set", "training.max_steps=2", "--pruner", "none"])
+        rc = main(
+            [
+                "search",
+                str(cfg),
+                "--trials",
+                "3",
+                "--output",
+                str(tmp / "out"),
+                "--seed",
+                "3",
+                "--trial-set",
+                "training.max_steps=2",
+                "--pruner",
+                "none",
+            ]
+        )
         after = _live_peft_models()
     finally:
         setup_mod.prepare_data = original
@@ -126,7 +148,10 @@ def test_search_trains_within_budget_and_writes_outputs(searched):
     assert all(0 <= v["p_value"] <= 1 and v["n"] == 40 for v in versus.values())
     tied = sum(v["p_value"] >= 0.05 for v in versus.values())
     assert "| vs best: McNemar p |" in text
-    assert f"{tied} of the 2 other complete trials are within noise of it (McNemar p >= 0.05 on the same 40 validation rows)" in text
+    assert (
+        f"{tied} of the 2 other complete trials are within noise of it (McNemar p >= 0.05 on the same 40 validation rows)"
+        in text
+    )
     assert f"# {tied} of the 2 other complete trials are within noise" in (out / "best.yaml").read_text()
     for fig in ("optimization_history.png", "pareto_front.png"):
         assert (out / "figures" / fig).is_file() and f"figures/{fig}" in text
@@ -198,8 +223,15 @@ def test_pruning_stops_a_trial_and_a_crash_does_not_stop_the_search(tmp_path, ti
     cfg = _config(tmp_path, tiny_roberta, data_dir, max_steps=6, eval_every=2)
     base, best_base, space, _ = load_search_config(str(cfg), [], [], None)
     # Accuracy can never reach 2.0: the pruner stops each trial at its first evaluation.
-    settings = SearchSettings(name="prune", output=tmp_path / "out", base=base, best_base=best_base, space=space,
-                              trials=2, pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    settings = SearchSettings(
+        name="prune",
+        output=tmp_path / "out",
+        base=base,
+        best_base=best_base,
+        space=space,
+        trials=2,
+        pruner=optuna.pruners.ThresholdPruner(lower=2.0),
+    )
     before = _live_peft_models()
     summary = run_search(settings, progress=False)
     assert _live_peft_models() == before  # a pruned trial's model goes with its exception
@@ -223,8 +255,9 @@ def test_same_seed_same_trials(tmp_path, tiny_roberta, data_dir):
     assert outs[0] == outs[1]
 
 
-def test_search_starts_from_the_base_config_and_the_models_presets(tmp_path, tiny_roberta, data_dir, capsys,
-                                                                    monkeypatch):
+def test_search_starts_from_the_base_config_and_the_models_presets(
+    tmp_path, tiny_roberta, data_dir, capsys, monkeypatch
+):
     # The base config is LoRA r=4 on query+value of all 3 layers: over the budget of 600 at r=4 (1,668)
     # and r=2 (900); r=1 costs 64*2*3 + 132 = 516.
     cfg = _config(tmp_path, tiny_roberta, data_dir, max_steps=2)
@@ -233,10 +266,15 @@ def test_search_starts_from_the_base_config_and_the_models_presets(tmp_path, tin
     base = yaml.safe_load(cfg.read_text())
 
     def preset(name, budget=500, model=str(tiny_roberta), **extra):
-        values = {**base, "name": name, "model": {**base["model"], "name": model},
-                  "adapter": {"r": 1, "alpha": 2, "modules": ["query"]},
-                  "training": {**base["training"], "learning_rate": 1e-2}, "budget": {"max_trainable_params": budget},
-                  **extra}
+        values = {
+            **base,
+            "name": name,
+            "model": {**base["model"], "name": model},
+            "adapter": {"r": 1, "alpha": 2, "modules": ["query"]},
+            "training": {**base["training"], "learning_rate": 1e-2},
+            "budget": {"max_trainable_params": budget},
+            **extra,
+        }
         (presets / f"{name}.yaml").write_text(yaml.safe_dump(values))
 
     preset("tiny-small")  # LoRA r=1 on query at lr 1e-2: 64*3 + 132 = 324
@@ -250,11 +288,21 @@ def test_search_starts_from_the_base_config_and_the_models_presets(tmp_path, tin
         assert main(["search", str(cfg), "--trials", "6", "--output", str(out), "--seed", "3", *flag]) == 0
         runs[bool(flag)] = _study(out, "tiny-search").trials
     first, second = runs[False][:2]
-    assert first.params == {"module.query": True, "module.value": True, "layers": "all", "r": 1,
-                            "learning_rate": pytest.approx(2e-2)}
+    assert first.params == {
+        "module.query": True,
+        "module.value": True,
+        "layers": "all",
+        "r": 1,
+        "learning_rate": pytest.approx(2e-2),
+    }
     assert first.user_attrs["origin"] == "the base config" and first.user_attrs["trainable_params"] == 516
-    assert second.params == {"module.query": True, "module.value": False, "layers": "all", "r": 1,
-                             "learning_rate": pytest.approx(1e-2)}
+    assert second.params == {
+        "module.query": True,
+        "module.value": False,
+        "layers": "all",
+        "r": 1,
+        "learning_rate": pytest.approx(1e-2),
+    }
     assert second.user_attrs["origin"] == "preset tiny-small" and second.user_attrs["trainable_params"] == 324
     assert not any("origin" in t.user_attrs for t in runs[False][2:])  # at most a third of --trials
     out = capsys.readouterr().out
@@ -270,20 +318,34 @@ def test_base_points_follow_the_base_config_or_say_why_not():
     from lorabudget.config import from_dict
     from lorabudget.search.space import base_points, default_space_raw, parse_space
 
-    values = {"model": {"name": "x"}, "adapter": {"method": "lora", "r": 16, "alpha": 32, "dropout": 0.0,
-                                                  "modules": ["query", "value"]},
-              "training": {"learning_rate": 1e-3, "head_learning_rate": 3e-3}}
+    values = {
+        "model": {"name": "x"},
+        "adapter": {"method": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "modules": ["query", "value"]},
+        "training": {"learning_rate": 1e-3, "head_learning_rate": 3e-3},
+    }
     space = parse_space(default_space_raw(["lora", "ia3"]))
     rates = {"base_method": "lora", "base_rates": (1e-3, 3e-3)}
     points = base_points(space, from_dict(values), 4, **rates)
     assert [p["r"] for p in points] == [16, 8, 4, 2, 1]
-    assert points[-1] == {"method": "lora", "module.query": True, "module.key": False, "module.value": True,
-                          "module.attention_output": False, "module.intermediate": False, "module.output": False,
-                          "layers": "all", "r": 1, "alpha_ratio": 2.0, "dropout": 0.0, "lr_scale": 1.0,
-                          "head_lr_scale": 1.0}
+    assert points[-1] == {
+        "method": "lora",
+        "module.query": True,
+        "module.key": False,
+        "module.value": True,
+        "module.attention_output": False,
+        "module.intermediate": False,
+        "module.output": False,
+        "layers": "all",
+        "r": 1,
+        "alpha_ratio": 2.0,
+        "dropout": 0.0,
+        "lr_scale": 1.0,
+        "head_lr_scale": 1.0,
+    }
     values["adapter"]["layers"] = [0, 2]
-    assert {k: v for k, v in base_points(space, from_dict(values), 4, **rates)[0].items() if k.startswith("layers")} == {
-        "layers": "subset", "layers.0": True, "layers.1": False, "layers.2": True, "layers.3": False}
+    assert {
+        k: v for k, v in base_points(space, from_dict(values), 4, **rates)[0].items() if k.startswith("layers")
+    } == {"layers": "subset", "layers.0": True, "layers.1": False, "layers.2": True, "layers.3": False}
     cases = [
         ({"adapter": {"method": "vera"}}, "its method 'vera' is not among the space's choices"),
         ({"adapter": {"alpha": 48}}, "its alpha/r 3.0 is not among the space's choices"),
@@ -295,14 +357,24 @@ def test_base_points_follow_the_base_config_or_say_why_not():
         with pytest.raises(LorabudgetError, match=re.escape(message)):
             base_points(space, from_dict(broken), 4, **rates)
     # A preset is taken at its own rank or not at all; its rates as multiples of the base config's.
-    preset = {**values, "adapter": {**values["adapter"], "r": 2, "alpha": 4},
-              "training": {"learning_rate": 3e-3, "head_learning_rate": 3e-3}}
-    point, = base_points(space, from_dict(preset), 4, scale_down=False, **rates)
+    preset = {
+        **values,
+        "adapter": {**values["adapter"], "r": 2, "alpha": 4},
+        "training": {"learning_rate": 3e-3, "head_learning_rate": 3e-3},
+    }
+    (point,) = base_points(space, from_dict(preset), 4, scale_down=False, **rates)
     assert (point["r"], point["lr_scale"], point["head_lr_scale"]) == (2, 3.0, 1.0)  # 3e-3 / 1e-3 on the bound
     with pytest.raises(LorabudgetError, match="the space has no rank 3$"):
-        base_points(space, from_dict({**preset, "adapter": {**preset["adapter"], "r": 3, "alpha": 6}}), 4,
-                    scale_down=False, **rates)
-    with pytest.raises(LorabudgetError, match=re.escape("lr_scale = 0.003 / 0.0005 = 6.0 is outside the space's range")):
+        base_points(
+            space,
+            from_dict({**preset, "adapter": {**preset["adapter"], "r": 3, "alpha": 6}}),
+            4,
+            scale_down=False,
+            **rates,
+        )
+    with pytest.raises(
+        LorabudgetError, match=re.escape("lr_scale = 0.003 / 0.0005 = 6.0 is outside the space's range")
+    ):
         base_points(space, from_dict(preset), 4, scale_down=False)  # against LoRA's default 5e-4
     absolute = parse_space({"learning_rate": {"low": 1e-4, "high": 5e-4}})
     with pytest.raises(LorabudgetError, match=r"its training.learning_rate 0.001 is outside the space's range"):
@@ -319,8 +391,9 @@ def test_processes_on_one_study_draw_different_samples(tmp_path, multi_objective
 
     from lorabudget.search.study import SearchSettings, make_sampler
 
-    settings = SearchSettings(name="s", output=tmp_path, base={}, best_base={}, space={}, trials=12,
-                              multi_objective=multi_objective, seed=3)
+    settings = SearchSettings(
+        name="s", output=tmp_path, base={}, best_base={}, space={}, trials=12, multi_objective=multi_objective, seed=3
+    )
     directions = ["maximize", "minimize"] if multi_objective else ["maximize"]
 
     def draws(storage, order):
@@ -329,8 +402,13 @@ def test_processes_on_one_study_draw_different_samples(tmp_path, multi_objective
         drawn = []
         for who in order:
             if who not in studies:
-                studies[who] = optuna.create_study(storage=storage, study_name="s", sampler=make_sampler(settings),
-                                                   directions=directions, load_if_exists=True)
+                studies[who] = optuna.create_study(
+                    storage=storage,
+                    study_name="s",
+                    sampler=make_sampler(settings),
+                    directions=directions,
+                    load_if_exists=True,
+                )
             trial = studies[who].ask()
             drawn.append(trial.suggest_float("x", 0.0, 1.0))
             studies[who].tell(trial, [drawn[-1]] * len(directions))
@@ -360,14 +438,27 @@ def test_killed_search_resumes(tmp_path, tiny_roberta, data_dir):
     cfg = _config(tmp_path, tiny_roberta, data_dir, max_steps=6)
     out = tmp_path / "out"
     journal = tmp_path / "study.journal"
-    args = ["search", str(cfg), "--trials", "4", "--output", str(out), "--storage", f"journal:{journal}",
-            "--pruner", "none"]
-    proc = subprocess.Popen([sys.executable, "-m", "lorabudget.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    args = [
+        "search",
+        str(cfg),
+        "--trials",
+        "4",
+        "--output",
+        str(out),
+        "--storage",
+        f"journal:{journal}",
+        "--pruner",
+        "none",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lorabudget.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
+
         def two_done():
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             return journal.exists() and done_count(_study(f"journal:{journal}", "tiny-search").get_trials()) >= 2
+
         _wait_for(two_done, 300, "two finished trials")
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -381,7 +472,7 @@ def test_killed_search_resumes(tmp_path, tiny_roberta, data_dir):
     kinds = {t.number: trial_kind(t) for t in after}
     assert "running" not in kinds.values()
     assert done_count(after) == 4  # finished trials kept, not repeated, and no more than asked
-    for number, (kind, values) in finished_before.items():
+    for number, (_, values) in finished_before.items():
         assert kinds[number] == "complete" and after[number].values == values
     for number, (kind, _) in before.items():
         if kind == "running":  # the trial the kill interrupted
@@ -430,8 +521,10 @@ def _free_port() -> int:
 def postgres_url():
     bindir = _postgres_bin()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/*/bin; "
-                    "install the `postgresql` package")
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/*/bin; "
+            "install the `postgresql` package"
+        )
     pytest.importorskip("psycopg2", reason="psycopg2 (psycopg2-binary) is needed for Optuna's PostgreSQL storage")
     as_user: list[str] = []
     if os.geteuid() == 0:  # the server refuses to run as root
@@ -450,24 +543,57 @@ def postgres_url():
     run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True, timeout=120)  # noqa: E731
     try:
         run(f"{bindir}/initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
-        run(f"{bindir}/pg_ctl", "-D", str(data), "-l", str(folder / "server.log"), "-w", "-t", "60", "-o",
-            f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={folder} -c fsync=off", "start")
+        run(
+            f"{bindir}/pg_ctl",
+            "-D",
+            str(data),
+            "-l",
+            str(folder / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={folder} -c fsync=off",
+            "start",
+        )
     except subprocess.CalledProcessError as err:
         shutil.rmtree(folder, ignore_errors=True)
         raise RuntimeError(f"could not start PostgreSQL: {err.stderr}") from err
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"],
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [*as_user, f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"],
+            capture_output=True,
+            timeout=120,
+        )
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_two_workers_share_postgresql(tmp_path, tiny_roberta, data_dir, postgres_url):
     cfg = _config(tmp_path, tiny_roberta, data_dir, max_steps=2)
     out = tmp_path / "out"
-    assert main(["search", str(cfg), "--trials", "4", "--workers", "2", "--output", str(out), "--pruner", "none",
-                 "--storage", postgres_url, "--study", "pg-study"]) == 0
+    assert (
+        main(
+            [
+                "search",
+                str(cfg),
+                "--trials",
+                "4",
+                "--workers",
+                "2",
+                "--output",
+                str(out),
+                "--pruner",
+                "none",
+                "--storage",
+                postgres_url,
+                "--study",
+                "pg-study",
+            ]
+        )
+        == 0
+    )
     _check_workers(out, postgres_url, "pg-study", 4)
     assert not (out / "study.db").exists()
 
@@ -528,9 +654,18 @@ def test_space_samples_method_options_and_placement():
 
     from lorabudget.search.space import apply_sample, parse_space, sample
 
-    space = parse_space({"method": ["lora", "ia3", "bitfit"], "modules": {"subsets_of": ["query", "value"]},
-                         "layers": ["range"], "r": [2, 4], "r_per_module": True, "alpha_ratio": [2],
-                         "options": {"ia3": {"init_ia3_weights": [True]}}, "head": ["linear-mean"]})
+    space = parse_space(
+        {
+            "method": ["lora", "ia3", "bitfit"],
+            "modules": {"subsets_of": ["query", "value"]},
+            "layers": ["range"],
+            "r": [2, 4],
+            "r_per_module": True,
+            "alpha_ratio": [2],
+            "options": {"ia3": {"init_ia3_weights": [True]}},
+            "head": ["linear-mean"],
+        }
+    )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(30):
@@ -565,8 +700,13 @@ def test_lr_scale_multiplies_the_base_configs_rate_for_its_own_method():
     from lorabudget.methods.registry import METHODS
     from lorabudget.search.space import parse_space, sample
 
-    space = parse_space({"method": ["lora", "ia3"], "lr_scale": {"low": 0.3, "high": 3.0, "log": True},
-                         "head_lr_scale": {"low": 0.3, "high": 3.0, "log": True}})
+    space = parse_space(
+        {
+            "method": ["lora", "ia3"],
+            "lr_scale": {"low": 0.3, "high": 3.0, "log": True},
+            "head_lr_scale": {"low": 0.3, "high": 3.0, "log": True},
+        }
+    )
 
     def rates(method, base_rates):
         trial = optuna.trial.FixedTrial({"method": method, "lr_scale": 3.0, "head_lr_scale": 2.0})
@@ -578,11 +718,13 @@ def test_lr_scale_multiplies_the_base_configs_rate_for_its_own_method():
     assert rates("lora", (1e-3, 2e-3)) == pytest.approx((3e-3, 4e-3))
     lora, ia3 = METHODS["lora"], METHODS["ia3"]
     assert rates("lora", (1e-3, None)) == pytest.approx((3e-3, 2 * (lora.head_learning_rate or 1e-3)))
-    assert rates("lora", (None, None)) == pytest.approx((3 * lora.learning_rate,
-                                                         2 * (lora.head_learning_rate or lora.learning_rate)))
+    assert rates("lora", (None, None)) == pytest.approx(
+        (3 * lora.learning_rate, 2 * (lora.head_learning_rate or lora.learning_rate))
+    )
     # Another method never inherits the base config's rates.
-    assert rates("ia3", (1e-3, 2e-3)) == pytest.approx((3 * ia3.learning_rate,
-                                                        2 * (ia3.head_learning_rate or ia3.learning_rate)))
+    assert rates("ia3", (1e-3, 2e-3)) == pytest.approx(
+        (3 * ia3.learning_rate, 2 * (ia3.head_learning_rate or ia3.learning_rate))
+    )
 
 
 def test_default_space_samples_build_for_every_method(tiny_roberta):
@@ -593,15 +735,19 @@ def test_default_space_samples_build_for_every_method(tiny_roberta):
 
     import optuna
 
+    from lorabudget.config import from_dict
     from lorabudget.methods.registry import METHODS
     from lorabudget.model.budget import breakdown
-    from lorabudget.config import from_dict
     from lorabudget.model.build import build_model
-    from lorabudget.search.space import apply_sample
-    from lorabudget.search.space import default_space_raw, describe, parse_space, sample
+    from lorabudget.search.space import apply_sample, default_space_raw, describe, parse_space, sample
 
-    base = {"name": "x", "model": {"name": str(tiny_roberta)}, "head": {"type": "linear"},
-            "adapter": {"r": 16, "alpha": 32, "modules": ["query", "value"]}, "training": {"learning_rate": 1e-3}}
+    base = {
+        "name": "x",
+        "model": {"name": str(tiny_roberta)},
+        "head": {"type": "linear"},
+        "adapter": {"r": 16, "alpha": 32, "modules": ["query", "value"]},
+        "training": {"learning_rate": 1e-3},
+    }
     space = parse_space(default_space_raw())
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     built = collections.Counter()

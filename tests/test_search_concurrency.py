@@ -56,8 +56,17 @@ class _CheapWorker(Worker):
 
 
 def _settings(storage: str, output: Path) -> SearchSettings:
-    return SearchSettings(name="shared", output=output, base={"model": {"name": "none"}}, best_base={},
-                          space={"r": [1, 2]}, trials=TRIALS, storage=storage, pruner="none", warm_start=False)
+    return SearchSettings(
+        name="shared",
+        output=output,
+        base={"model": {"name": "none"}},
+        best_base={},
+        space={"r": [1, 2]},
+        trials=TRIALS,
+        storage=storage,
+        pruner="none",
+        warm_start=False,
+    )
 
 
 def _worker(barrier, storage: str, output: str, index: int) -> None:
@@ -132,8 +141,10 @@ def postgres_server():
     """URL of a PostgreSQL server's `postgres` database, the server started in a temporary folder."""
     bindir = _postgres_bin()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/*/bin; "
-                    "install the `postgresql` package")
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/*/bin; "
+            "install the `postgresql` package"
+        )
     pytest.importorskip("psycopg2", reason="psycopg2 (psycopg2-binary) is needed for Optuna's PostgreSQL storage")
     as_user: list[str] = []
     if os.geteuid() == 0:  # the server refuses to run as root
@@ -155,16 +166,31 @@ def postgres_server():
 
     try:
         run(f"{bindir}/initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
-        run(f"{bindir}/pg_ctl", "-D", str(data), "-l", str(folder / "server.log"), "-w", "-t", "60", "-o",
-            f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={folder} -c fsync=off", "start")
+        run(
+            f"{bindir}/pg_ctl",
+            "-D",
+            str(data),
+            "-l",
+            str(folder / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={folder} -c fsync=off",
+            "start",
+        )
     except subprocess.CalledProcessError as err:
         shutil.rmtree(folder, ignore_errors=True)
         raise RuntimeError(f"could not start PostgreSQL: {err.stderr}") from err
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}"
     finally:
-        subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"],
-                       check=False, capture_output=True, timeout=120)
+        subprocess.run(
+            [*as_user, f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"],
+            check=False,
+            capture_output=True,
+            timeout=120,
+        )
         shutil.rmtree(folder, ignore_errors=True)
 
 

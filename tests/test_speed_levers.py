@@ -4,16 +4,19 @@ import pytest
 import torch
 
 from lorabudget.config import from_dict
-from lorabudget.model.dropout import FastDropout, keep_mask, use_fast_dropout
 from lorabudget.model.build import build_model
+from lorabudget.model.dropout import FastDropout, keep_mask, use_fast_dropout
 from lorabudget.model.precision import frozen_base_in
 
 
 def _model(path, dropout=0.1, head="linear"):
-    cfg = from_dict({
-        "model": {"name": str(path)}, "head": {"type": head},
-        "adapter": {"r": 4, "alpha": 8, "dropout": dropout, "modules": ["query", "value", "output"]},
-    })
+    cfg = from_dict(
+        {
+            "model": {"name": str(path)},
+            "head": {"type": head},
+            "adapter": {"r": 4, "alpha": 8, "dropout": dropout, "modules": ["query", "value", "output"]},
+        }
+    )
     return build_model(cfg).model
 
 
@@ -98,7 +101,9 @@ def test_frozen_base_in_bf16_stays_close_to_autocast_and_is_restored(request, mo
 
 
 @pytest.mark.parametrize("model_fixture", ["tiny_roberta", "tiny_bert"])
-def test_fast_attention_dropout_is_the_math_path_with_cheaper_masks_and_is_restored(request, model_fixture, monkeypatch):
+def test_fast_attention_dropout_is_the_math_path_with_cheaper_masks_and_is_restored(
+    request, model_fixture, monkeypatch
+):
     from lorabudget.model import dropout
     from lorabudget.model.dropout import FAST_DROPOUT_ATTENTION, fast_attention_dropout
 
@@ -106,13 +111,19 @@ def test_fast_attention_dropout_is_the_math_path_with_cheaper_masks_and_is_resto
     monkeypatch.setattr(dropout, "keep_mask", lambda shape, p: masks.append(shape) or keep_mask(shape, p))
 
     model = _model(request.getfixturevalue(model_fixture), dropout=0.0)
-    encoder_config = next(m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "_attn_implementation"))
+    encoder_config = next(
+        m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "_attn_implementation")
+    )
     assert encoder_config._attn_implementation == "sdpa"
     ids = torch.randint(5, 40, (3, 9))
     mask = torch.ones_like(ids)
     mask[0, 6:] = 0  # padded keys: the bool mask path
 
-    attention = [m for m in model.modules() if hasattr(m, "is_causal") and isinstance(getattr(m, "dropout", None), torch.nn.Dropout)]
+    attention = [
+        m
+        for m in model.modules()
+        if hasattr(m, "is_causal") and isinstance(getattr(m, "dropout", None), torch.nn.Dropout)
+    ]
     assert attention and all(m.dropout.p > 0 for m in attention)
     for m in model.modules():  # only the attention probabilities drop: the rest is deterministic
         if isinstance(m, torch.nn.Dropout) and not any(m is a.dropout for a in attention):
@@ -151,8 +162,11 @@ def test_fast_attention_keeps_bf16_inputs_in_bf16_and_stays_close_to_fp32(mask_k
     q, k, v = (torch.randn(2, 3, 7, 8) for _ in range(3))
     keep = torch.ones(2, 1, 7, 7, dtype=torch.bool)
     keep[1, ..., 5:] = False  # padded keys
-    mask = {"bool": keep, "additive_fp32": torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(torch.float32).min),
-            "none": None}[mask_kind]
+    mask = {
+        "bool": keep,
+        "additive_fp32": torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(torch.float32).min),
+        "none": None,
+    }[mask_kind]
     fp32, _ = fast_dropout_attention(module, q, k, v, mask, dropout=1e-9)  # rounds to no drop: the math path alone
     bf16, _ = fast_dropout_attention(module, q.bfloat16(), k.bfloat16(), v.bfloat16(), mask, dropout=1e-9)
     assert fp32.dtype == torch.float32 and bf16.dtype == torch.bfloat16 and fp32.shape == (2, 7, 3, 8)

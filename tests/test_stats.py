@@ -7,13 +7,16 @@ from lorabudget.metrics import classification_metrics, format_metrics
 from lorabudget.stats import discordant_counts, mcnemar, mcnemar_exact, rows_fingerprint, wilson_interval
 
 
-@pytest.mark.parametrize("successes,n,low,high", [
-    # Newcombe (1998), Statistics in Medicine 17:857-872, Table I, method 3 (Wilson score, no correction)
-    (81, 263, 0.2553, 0.3662),
-    (15, 148, 0.0624, 0.1605),
-    (0, 20, 0.0, 0.1611),
-    (1, 29, 0.0061, 0.1718),
-])
+@pytest.mark.parametrize(
+    "successes,n,low,high",
+    [
+        # Newcombe (1998), Statistics in Medicine 17:857-872, Table I, method 3 (Wilson score, no correction)
+        (81, 263, 0.2553, 0.3662),
+        (15, 148, 0.0624, 0.1605),
+        (0, 20, 0.0, 0.1611),
+        (1, 29, 0.0061, 0.1718),
+    ],
+)
 def test_wilson_matches_newcombe(successes, n, low, high):
     lo, hi = wilson_interval(successes, n)
     assert lo == pytest.approx(low, abs=5e-5) and hi == pytest.approx(high, abs=5e-5)

@@ -113,7 +113,9 @@ def test_no_import_cycles():
 
 def test_imports_run_down_the_layers():
     upward = [
-        f"{m} -> {t}" for m, targets in _graph().items() for t in sorted(targets)
+        f"{m} -> {t}"
+        for m, targets in _graph().items()
+        for t in sorted(targets)
         if m != "lorabudget" and _layer(t) > _layer(m)
     ]
     assert not upward, "imports running up the layers: " + "; ".join(upward)
@@ -126,8 +128,19 @@ def test_every_package_says_what_it_is_for():
 
 
 # The run directory's file names: spelled in rundir/layout.py and nowhere else in the package.
-RUN_FILES = ("config.yaml", "budget.json", "metrics.jsonl", "summary.json", "eval.json", "predictions.csv",
-             "predictions.json", "report.md", "state.pt", "lorabudget_export.json", "adapter_config.json")
+RUN_FILES = (
+    "config.yaml",
+    "budget.json",
+    "metrics.jsonl",
+    "summary.json",
+    "eval.json",
+    "predictions.csv",
+    "predictions.json",
+    "report.md",
+    "state.pt",
+    "lorabudget_export.json",
+    "adapter_config.json",
+)
 
 
 def test_run_directory_file_names_have_one_owner():
@@ -183,6 +196,6 @@ def test_merging_and_hooks_come_from_the_registry():
 
 def test_readme_lists_every_method():
     text = README.read_text(encoding="utf-8")
-    rows = text[text.index("| method | what trains |"):].split("\n\n")[0].splitlines()
-    table = {name for row in rows for name in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
+    rows = text[text.index("| method | what trains |") :].split("\n\n")[0].splitlines()
+    table = {name for row in rows for name in re.findall(r"`([a-z0-9_]+)`", row.split("|")[1])}
     assert set(METHODS) <= table, f"README's method table lacks {sorted(set(METHODS) - table)}"

@@ -8,10 +8,10 @@ import pytest
 
 from lorabudget.config import from_dict
 from lorabudget.errors import LorabudgetError
-from lorabudget.training.tracking import accelerator_kwargs, flat_config, record_scalars
 from lorabudget.training.loop import train
 from lorabudget.training.setup import make_accelerator
 from lorabudget.training.state import MetricsLog
+from lorabudget.training.tracking import accelerator_kwargs, flat_config, record_scalars
 
 
 def _events(log_dir):
@@ -66,7 +66,13 @@ def test_trackers_off_by_default_and_names_checked(tiny_config, tmp_path):
 
 
 def test_flat_config_and_record_scalars():
-    assert flat_config({"a": {"b": 1, "c": None, "d": [1, 2]}, "e": "x"}) == {"a.b": 1, "a.c": "null", "a.d": "[1, 2]", "e": "x"}
+    assert flat_config({"a": {"b": 1, "c": None, "d": [1, 2]}, "e": "x"}) == {
+        "a.b": 1,
+        "a.c": "null",
+        "a.d": "[1, 2]",
+        "e": "x",
+    }
     assert record_scalars({"type": "eval", "step": 3, "accuracy": 0.5, "best": False, "data": "v"}) == {
-        "eval/accuracy": 0.5, "eval/best": 0.0,
+        "eval/accuracy": 0.5,
+        "eval/best": 0.0,
     }

@@ -25,7 +25,11 @@ from lorabudget.search.study import SearchSettings
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="preset name (e.g. seed-lora, minilm-cpu) or path to a YAML config")
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value, e.g. --set training.learning_rate=3e-4 (repeatable)",
     )
 
@@ -41,11 +45,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     b = breakdown(built.model)
     method = get_method(cfg.adapter.method)
     where = "every weight" if method.placement == "model" else f"{len(built.sites)} adapted modules"
-    print(f"plan for {cfg.name}: model {cfg.model.name} ({built.config_source}), head {cfg.head.type}, "
-          f"method {method.name}, {where}, {cfg.num_labels} classes")
+    print(
+        f"plan for {cfg.name}: model {cfg.model.name} ({built.config_source}), head {cfg.head.type}, "
+        f"method {method.name}, {where}, {cfg.num_labels} classes"
+    )
     if cfg.model.quantization != "none":
-        print(f"  base quantized to {cfg.model.quantization} (bitsandbytes) for training: frozen weights only, "
-              "the trainable count is unchanged")
+        print(
+            f"  base quantized to {cfg.model.quantization} (bitsandbytes) for training: frozen weights only, "
+            "the trainable count is unchanged"
+        )
     if method.note:
         print(f"  note: {method.note}")
     print(format_breakdown(b, cfg.budget.max_trainable_params, method=method.name))
@@ -73,7 +81,9 @@ def _new_run(args: argparse.Namespace):
         _check_resumable(cfg, run_dir)
         check_can_create(RunDir(run_dir).checkpoint_dir)
     elif run_dir.exists() and not args.overwrite:
-        raise LorabudgetError(f"run directory {run_dir} exists; pass --overwrite to replace it or --resume to continue it")
+        raise LorabudgetError(
+            f"run directory {run_dir} exists; pass --overwrite to replace it or --resume to continue it"
+        )
     elif run_dir.exists() and not RunDir(run_dir).is_run():
         raise LorabudgetError(f"{run_dir} exists and is not a lorabudget run directory; choose another --output")
     else:
@@ -177,10 +187,19 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from lorabudget.training.distill import distill
 
     cfg, run_dir = _new_run(args)
-    _train_into(run_dir, args, lambda folder: distill(
-        cfg, folder, teacher=args.teacher, unlabelled=args.unlabelled or (), log=say, resume=args.resume,
-        transfer_fraction=args.transfer_fraction,
-    ))
+    _train_into(
+        run_dir,
+        args,
+        lambda folder: distill(
+            cfg,
+            folder,
+            teacher=args.teacher,
+            unlabelled=args.unlabelled or (),
+            log=say,
+            resume=args.resume,
+            transfer_fraction=args.transfer_fraction,
+        ),
+    )
     _report(run_dir, args)
     return 0
 
@@ -301,12 +320,23 @@ def settings_from_args(args) -> SearchSettings:
     output = Path(args.output) if args.output else Path("runs") / name
     storage = args.storage
     if storage and storage.startswith("journal:"):
-        storage = "journal:" + str(Path(storage[len("journal:"):]).expanduser().resolve())
+        storage = "journal:" + str(Path(storage[len("journal:") :]).expanduser().resolve())
     return SearchSettings(
-        name=name, output=output, base=base, best_base=best_base, space=space, trials=args.trials,
-        timeout=args.timeout, storage=storage, workers=args.workers, metric=args.metric,
-        multi_objective=args.multi_objective, pruner=args.pruner, seed=args.seed,
-        max_rejections=args.max_rejections, trial_overrides=list(args.trial_overrides),
+        name=name,
+        output=output,
+        base=base,
+        best_base=best_base,
+        space=space,
+        trials=args.trials,
+        timeout=args.timeout,
+        storage=storage,
+        workers=args.workers,
+        metric=args.metric,
+        multi_objective=args.multi_objective,
+        pruner=args.pruner,
+        seed=args.seed,
+        max_rejections=args.max_rejections,
+        trial_overrides=list(args.trial_overrides),
         warm_start=not args.no_warm_start,
     )
 
@@ -321,38 +351,72 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _add_search_parser(sub) -> None:
     p = sub.add_parser("search", help="search method, placement, ranks and settings under the budget (Optuna)")
     _add_config_args(p)
-    p.add_argument("--trials", type=int, required=True, help="trained trials in total (complete or pruned), all workers together")
+    p.add_argument(
+        "--trials", type=int, required=True, help="trained trials in total (complete or pruned), all workers together"
+    )
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    p.add_argument("--budget", type=int, help="trainable-parameter budget (shortcut for --set budget.max_trainable_params=N)")
-    p.add_argument("--space", help="YAML search space (a `search:` section or the space itself; default: the "
-                   "config's `search:` section, else the built-in space)")
-    p.add_argument("--storage", help="postgresql://USER@HOST/DB, sqlite:///FILE or journal:FILE "
-                   "(default: SQLite in the search directory)")
-    p.add_argument("--study", help="study name (default: <config name>-search); workers with the same "
-                   "--storage and --study join one search")
+    p.add_argument(
+        "--budget", type=int, help="trainable-parameter budget (shortcut for --set budget.max_trainable_params=N)"
+    )
+    p.add_argument(
+        "--space",
+        help="YAML search space (a `search:` section or the space itself; default: the "
+        "config's `search:` section, else the built-in space)",
+    )
+    p.add_argument(
+        "--storage",
+        help="postgresql://USER@HOST/DB, sqlite:///FILE or journal:FILE (default: SQLite in the search directory)",
+    )
+    p.add_argument(
+        "--study",
+        help="study name (default: <config name>-search); workers with the same --storage and --study join one search",
+    )
     p.add_argument("--workers", type=int, default=1, help="local worker processes sharing the storage (default 1)")
     p.add_argument("--data", help="training data file (shortcut for --set data.train=FILE)")
     p.add_argument("--output", help="search directory (default: runs/<study name>)")
-    p.add_argument("--trial-set", dest="trial_overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a setting for the search's trials only, left out of best.yaml (e.g. shorter training)")
+    p.add_argument(
+        "--trial-set",
+        dest="trial_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for the search's trials only, left out of best.yaml (e.g. shorter training)",
+    )
     p.add_argument("--metric", choices=["accuracy", "macro_f1"], default="accuracy", help="validation objective")
-    p.add_argument("--multi-objective", action="store_true",
-                   help="NSGA-II over validation metric and trainable parameters: a Pareto front")
-    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
-                   help="stops hopeless trials at their validation evaluations (default median)")
+    p.add_argument(
+        "--multi-objective",
+        action="store_true",
+        help="NSGA-II over validation metric and trainable parameters: a Pareto front",
+    )
+    p.add_argument(
+        "--pruner",
+        choices=["median", "hyperband", "none"],
+        default="median",
+        help="stops hopeless trials at their validation evaluations (default median)",
+    )
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
-    p.add_argument("--no-warm-start", action="store_true",
-                   help="do not start a new study with the base config (scaled down to the budget) and the "
-                   "measured presets for its model")
-    p.add_argument("--max-rejections", type=int, default=100,
-                   help="give up after this many over-budget samples in a row (default 100)")
+    p.add_argument(
+        "--no-warm-start",
+        action="store_true",
+        help="do not start a new study with the base config (scaled down to the budget) and the "
+        "measured presets for its model",
+    )
+    p.add_argument(
+        "--max-rejections",
+        type=int,
+        default=100,
+        help="give up after this many over-budget samples in a row (default 100)",
+    )
     p.set_defaults(func=cmd_search)
 
 
 def _add_run_dir_args(p: argparse.ArgumentParser, overwrite_help: str) -> None:
     p.add_argument("--overwrite", action="store_true", help=overwrite_help)
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run in --output from its last checkpoint (same config and --set values)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --output from its last checkpoint (same config and --set values)",
+    )
     p.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
     p.add_argument("--no-report", action="store_true", help="do not write report.md and figures at the end")
 
@@ -385,14 +449,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="train a student config with knowledge distillation from a teacher")
     _add_config_args(p)
-    p.add_argument("--teacher", action="append", metavar="RUN|CONFIG",
-                   help="teacher run directory, or a config/preset trained first (default: distill.teacher); "
-                   "repeat for an ensemble whose class probabilities are averaged")
-    p.add_argument("--transfer-from-train-fraction", dest="transfer_fraction", type=float, metavar="F",
-                   help="use this share of the labelled training rows without their labels, taught by the "
-                   "teacher's soft labels only (default: distill.transfer_fraction)")
-    p.add_argument("--unlabelled", action="append", metavar="FILE",
-                   help="extra texts (no labels) taught by the teacher's soft labels only (repeatable)")
+    p.add_argument(
+        "--teacher",
+        action="append",
+        metavar="RUN|CONFIG",
+        help="teacher run directory, or a config/preset trained first (default: distill.teacher); "
+        "repeat for an ensemble whose class probabilities are averaged",
+    )
+    p.add_argument(
+        "--transfer-from-train-fraction",
+        dest="transfer_fraction",
+        type=float,
+        metavar="F",
+        help="use this share of the labelled training rows without their labels, taught by the "
+        "teacher's soft labels only (default: distill.transfer_fraction)",
+    )
+    p.add_argument(
+        "--unlabelled",
+        action="append",
+        metavar="FILE",
+        help="extra texts (no labels) taught by the teacher's soft labels only (repeatable)",
+    )
     p.add_argument("--data", help="training data file (shortcut for --set data.train=FILE)")
     p.add_argument("--output", help="student run directory (default: runs/<config name>)")
     _add_run_dir_args(p, "replace an existing student run directory once the new run has finished")
@@ -402,9 +479,13 @@ def build_parser() -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=help_text)
         q.add_argument("run", help="run directory written by `lorabudget train`")
         q.add_argument("--threads", type=int, help="CPU threads for torch")
-        q.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                       help="forward pass precision: auto = bf16 on a GPU that supports it or a CPU with "
-                       "native bf16 (AVX512-BF16, AMX; about 1.5x faster there), else fp32")
+        q.add_argument(
+            "--precision",
+            choices=["auto", "fp32", "bf16"],
+            default="auto",
+            help="forward pass precision: auto = bf16 on a GPU that supports it or a CPU with "
+            "native bf16 (AVX512-BF16, AMX; about 1.5x faster there), else fp32",
+        )
         return q
 
     p = run_parser("evaluate", "accuracy, macro P/R/F1, per-class table and confusion matrix on labelled data")
@@ -414,9 +495,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = run_parser("predict", "write ID,Label predictions for an unlabelled file (RUN may be an ONNX export)")
-    p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
-                   help="torch (default), or onnx: ONNX Runtime on the run exported to RUN/onnx (an ONNX export "
-                   "folder always runs on ONNX Runtime)")
+    p.add_argument(
+        "--engine",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="torch (default), or onnx: ONNX Runtime on the run exported to RUN/onnx (an ONNX export "
+        "folder always runs on ONNX Runtime)",
+    )
     p.add_argument("--input", required=True, help="texts to label: CSV, JSON Lines, Parquet or pickle")
     p.add_argument("--output", help="CSV to write (default: RUN/predictions.csv)")
     p.add_argument("--probabilities", action="store_true", help="add one probability column per class")
@@ -428,15 +513,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="+", help="texts to classify ('-' reads one text per line from stdin)")
     p.set_defaults(func=cmd_classify)
 
-    p = sub.add_parser("export", help="export a run for transformers (hf), PEFT (peft) or ONNX Runtime (onnx), "
-                       "with a model card")
+    p = sub.add_parser(
+        "export", help="export a run for transformers (hf), PEFT (peft) or ONNX Runtime (onnx), with a model card"
+    )
     p.add_argument("run", help="run directory written by `lorabudget train`")
-    p.add_argument("--format", required=True, choices=["hf", "peft", "onnx"],
-                   help="hf: adapters merged, loads with plain transformers; peft: adapter + head for "
-                   "PeftModel.from_pretrained; onnx: merged model for ONNX Runtime")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=["hf", "peft", "onnx"],
+        help="hf: adapters merged, loads with plain transformers; peft: adapter + head for "
+        "PeftModel.from_pretrained; onnx: merged model for ONNX Runtime",
+    )
     p.add_argument("--output", required=True, help="folder to write")
-    p.add_argument("--quantize", choices=["int8"],
-                   help="onnx only: also write model_int8.onnx (dynamic int8 weights) and use it")
+    p.add_argument(
+        "--quantize", choices=["int8"], help="onnx only: also write model_int8.onnx (dynamic int8 weights) and use it"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.set_defaults(func=cmd_export)
 
@@ -446,11 +537,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="results table and accuracy-vs-parameters plot across runs")
     p.add_argument("runs", nargs="+", help="run directories")
-    p.add_argument("--output", default="runs/compare",
-                   help="folder for compare.md, compare.csv and the plot (default runs/compare)")
-    p.add_argument("--name", dest="names", action="append", metavar="NAME",
-                   help="display name of the next run, in the order the runs are given (repeatable; "
-                   "default: the run directory's name)")
+    p.add_argument(
+        "--output",
+        default="runs/compare",
+        help="folder for compare.md, compare.csv and the plot (default runs/compare)",
+    )
+    p.add_argument(
+        "--name",
+        dest="names",
+        action="append",
+        metavar="NAME",
+        help="display name of the next run, in the order the runs are given (repeatable; "
+        "default: the run directory's name)",
+    )
     p.set_defaults(func=cmd_compare)
     return parser
 

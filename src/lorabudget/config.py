@@ -302,8 +302,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             value = word  # YAML 1.1 reads an unquoted no/yes as a boolean
         if value not in args:
             raise LorabudgetError(
-                f"config key '{key}': {value!r} is not allowed; allowed values: "
-                + ", ".join(repr(a) for a in args)
+                f"config key '{key}': {value!r} is not allowed; allowed values: " + ", ".join(repr(a) for a in args)
             )
         return value
     if origin is list:
@@ -378,8 +377,7 @@ def _check_modules(key: str, modules: list[str]) -> None:
     for module in modules:
         if module not in MODULE_SHORT_NAMES:
             raise LorabudgetError(
-                f"config key '{key}': unknown module '{module}'; allowed modules: "
-                + ", ".join(MODULE_SHORT_NAMES)
+                f"config key '{key}': unknown module '{module}'; allowed modules: " + ", ".join(MODULE_SHORT_NAMES)
             )
 
 
@@ -408,7 +406,7 @@ def validate(cfg: RunConfig) -> RunConfig:
                 _check_positive(f"adapter.placements[{i}].r", p.r)
             if p.alpha is not None:
                 _check_positive(f"adapter.placements[{i}].alpha", p.alpha)
-    elif a.method != "full":
+    elif METHODS[a.method].placement != "model":
         _check_modules("adapter.modules", a.modules)
     for key, pattern in (("adapter.rank_pattern", a.rank_pattern), ("adapter.alpha_pattern", a.alpha_pattern)):
         _check_modules(key, list(pattern) or ["query"])
@@ -446,7 +444,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check_positive("training.learning_rate", t.learning_rate)
     if t.head_learning_rate is not None:
         _check_positive("training.head_learning_rate", t.head_learning_rate)
-    for key in ("weight_decay", "max_grad_norm", "eval_every", "early_stopping_patience", "num_workers", "checkpoint_every"):
+    for key in (
+        "weight_decay",
+        "max_grad_norm",
+        "eval_every",
+        "early_stopping_patience",
+        "num_workers",
+        "checkpoint_every",
+    ):
         _check_positive(f"training.{key}", getattr(t, key), allow_zero=True)
     if not 0 <= t.warmup_ratio < 1:
         raise LorabudgetError(f"config key 'training.warmup_ratio': must be in [0, 1), got {t.warmup_ratio}")
@@ -457,13 +462,15 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.budget.max_trainable_params is not None:
         _check_positive("budget.max_trainable_params", cfg.budget.max_trainable_params)
     check_config(cfg)
-    if cfg.model.quantization != "none" and a.method == "full":
+    if cfg.model.quantization != "none" and METHODS[a.method].placement == "model":
         raise LorabudgetError("model.quantization: a quantized base cannot be fully fine-tuned; use an adapter method")
     _check_positive("distill.temperature", cfg.distill.temperature)
     if not 0 <= cfg.distill.alpha <= 1:
         raise LorabudgetError(f"config key 'distill.alpha': must be in [0, 1], got {cfg.distill.alpha}")
     if not 0 <= cfg.distill.transfer_fraction < 1:
-        raise LorabudgetError(f"config key 'distill.transfer_fraction': must be in [0, 1), got {cfg.distill.transfer_fraction}")
+        raise LorabudgetError(
+            f"config key 'distill.transfer_fraction': must be in [0, 1), got {cfg.distill.transfer_fraction}"
+        )
     if not 0 <= cfg.distill.min_teacher_confidence <= 1:
         raise LorabudgetError(
             f"config key 'distill.min_teacher_confidence': must be in [0, 1], got {cfg.distill.min_teacher_confidence}"
@@ -539,9 +546,7 @@ def resolve_config_path(name_or_path: str) -> Path:
     if preset.is_file():
         return preset
     available = sorted(p.stem for p in presets_dir().glob("*.yaml"))
-    raise LorabudgetError(
-        f"config '{name_or_path}' is neither a file nor a preset; presets: " + ", ".join(available)
-    )
+    raise LorabudgetError(f"config '{name_or_path}' is neither a file nor a preset; presets: " + ", ".join(available))
 
 
 def load_config(name_or_path: Optional[str], overrides: list[str] = ()) -> RunConfig:

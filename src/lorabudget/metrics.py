@@ -35,9 +35,7 @@ def classification_metrics(
     n = int(len(labels))
     correct = preds == labels
     classes = list(range(len(class_names)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, preds, labels=classes, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(labels, preds, labels=classes, zero_division=0)
     macro = precision_recall_fscore_support(labels, preds, labels=classes, average="macro", zero_division=0)
     return {
         "rows": n,
@@ -87,7 +85,7 @@ def format_metrics(m: dict[str, Any]) -> str:
             f"{row['class']:<{width}}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}{row['support']:>10,}"
         )
     lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
-    lines.append(" " * width + "".join(f"{n[:width - 1]:>{width}}" for n in names))
+    lines.append(" " * width + "".join(f"{n[: width - 1]:>{width}}" for n in names))
     for name, row in zip(names, m["confusion_matrix"]):
         lines.append(f"{name:<{width}}" + "".join(f"{v:>{width},}" for v in row))
     return "\n".join(lines)

@@ -93,7 +93,9 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, int]:
     except pd.errors.EmptyDataError:
         raise LorabudgetError(f"{path}: the file is empty") from None
     except pd.errors.ParserError as err:
-        raise LorabudgetError(f"{path}: not a readable CSV file ({_csv_field_count_problem(path, sep) or str(err).splitlines()[0]})") from None
+        raise LorabudgetError(
+            f"{path}: not a readable CSV file ({_csv_field_count_problem(path, sep) or str(err).splitlines()[0]})"
+        ) from None
     except UnicodeDecodeError as err:
         raise LorabudgetError(f"{path}: not a readable CSV file ({str(err).splitlines()[0]})") from None
     first = [str(v).strip().lower() for v in raw.iloc[0]] if len(raw) else []
@@ -261,6 +263,7 @@ def _texts_from(frame: pd.DataFrame, source: str) -> pd.Series:
     title_col = _find(frame.columns, TITLE_NAMES)
     desc_col = _find(frame.columns, DESCRIPTION_NAMES)
     if title_col is not None and desc_col is not None:
+
         def join(title: object, desc: object) -> object:
             parts = [p.strip() for p in (title, desc) if isinstance(p, str) and p.strip()]
             return " ".join(parts) if parts else None
@@ -321,9 +324,7 @@ def load_labelled(source: str, class_names: Sequence[str], trust_pickle: bool = 
     keep = ~empty
     if not keep.any():
         raise LorabudgetError(f"{source}: no rows with text")
-    return TextData(
-        texts=[t.strip() for t in texts[keep]], labels=labels[keep], rows=rows[keep], source=source
-    )
+    return TextData(texts=[t.strip() for t in texts[keep]], labels=labels[keep], rows=rows[keep], source=source)
 
 
 def load_unlabelled(source: str, trust_pickle: bool = False) -> TextData:
@@ -351,8 +352,6 @@ def split_validation(data: TextData, size: float | int, seed: int) -> tuple[Text
     n = len(data)
     n_val = int(size) if isinstance(size, int) else int(round(n * size))
     if not 0 < n_val < n:
-        raise LorabudgetError(
-            f"data.validation_size={size} leaves no training or no validation rows out of {n}"
-        )
+        raise LorabudgetError(f"data.validation_size={size} leaves no training or no validation rows out of {n}")
     order = np.random.default_rng(seed).permutation(n)
     return data.subset(np.sort(order[n_val:])), data.subset(np.sort(order[:n_val]))

@@ -109,8 +109,8 @@ def _copy_remote_code(folder: Path) -> None:
 def to_transformers_model(merged: nn.Module, cfg: RunConfig) -> nn.Module:
     """A model that plain transformers can save and reload: the ``full`` head's model as it is, the
     ``linear`` head's as :class:`~lorabudget.model.hf_classifier.LorabudgetForSequenceClassification`."""
-    from lorabudget.model.hf_classifier import LorabudgetForSequenceClassification
     from lorabudget.model.build import EncoderWithLinearHead
+    from lorabudget.model.hf_classifier import LorabudgetForSequenceClassification
 
     if not isinstance(merged, EncoderWithLinearHead):
         for key, value in _label_maps(cfg).items():
@@ -177,9 +177,14 @@ def export_onnx(run, folder: Path, quantize: Optional[str] = None) -> str:
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
         # dynamo=False: the TorchScript exporter needs nothing beyond torch (the dynamo one needs onnxscript).
         torch.onnx.export(
-            wrapper, inputs, str(path), input_names=["input_ids", "attention_mask"], output_names=["logits"],
+            wrapper,
+            inputs,
+            str(path),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
             dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": {0: "batch"}},
-            opset_version=ONNX_OPSET, dynamo=False,
+            opset_version=ONNX_OPSET,
+            dynamo=False,
         )
         expected = wrapper(*inputs).numpy()
     got = onnx_session(path).run(["logits"], {"input_ids": inputs[0].numpy(), "attention_mask": inputs[1].numpy()})[0]

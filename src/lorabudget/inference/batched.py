@@ -12,9 +12,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lorabudget.data.batching import TokenizedTexts, inference_loader
-from lorabudget.model.precision import gpu_supports_bf16, resolve as resolve_device_precision  # noqa: F401 - re-exported
-from lorabudget.model.precision import inference_weights_in
-
+from lorabudget.model.precision import gpu_supports_bf16, inference_weights_in  # noqa: F401 - re-exported
+from lorabudget.model.precision import resolve as resolve_device_precision
 
 CPU_TOKENS_PER_BATCH = 1024
 

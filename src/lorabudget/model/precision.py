@@ -88,7 +88,9 @@ def choose(
             # Accelerate silently runs fp32 when fp16 is asked for on a CPU: say so instead.
             return Precision("fp32", "fp16 was requested, but fp16 mixed precision is not available on CPUs")
         if device_type == "cpu" and requested == "bf16" and not cpu_flags:
-            return Precision("bf16", "requested; this CPU has no native bf16, so bf16 is emulated and likely slower than fp32")
+            return Precision(
+                "bf16", "requested; this CPU has no native bf16, so bf16 is emulated and likely slower than fp32"
+            )
         return Precision(requested, "requested")
     if requested != "auto":
         raise ValueError(f"unknown precision {requested!r}")  # the config and CLI only allow the values above
@@ -164,8 +166,12 @@ def _parameters_in(model: torch.nn.Module, dtype: Optional[torch.dtype], trained
             if type(module).__module__.startswith("bitsandbytes"):
                 continue
             for name, weight in list(module._parameters.items()):
-                if weight is not None and (trained_too or not weight.requires_grad) and weight.is_floating_point() \
-                        and weight.dtype != dtype:
+                if (
+                    weight is not None
+                    and (trained_too or not weight.requires_grad)
+                    and weight.is_floating_point()
+                    and weight.dtype != dtype
+                ):
                     originals.append((module, name, weight))
                     module._parameters[name] = torch.nn.Parameter(weight.detach().to(dtype), requires_grad=False)
     try:

@@ -16,7 +16,9 @@ from lorabudget.rundir.layout import RunDir
 from lorabudget.stats import accuracy_interval, format_interval, mcnemar
 
 
-def _score(acc: Optional[float], n: Optional[int], record: Optional[dict] = None, data: Optional[str] = None) -> Optional[dict]:
+def _score(
+    acc: Optional[float], n: Optional[int], record: Optional[dict] = None, data: Optional[str] = None
+) -> Optional[dict]:
     """An accuracy with its row count, Wilson 95% interval and (when kept) per-row results."""
     if acc is None:
         return None
@@ -57,8 +59,12 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     # The kept checkpoint's per-row validation results, when eval.json/evals recorded that same score.
     if validation_record is not None and val_acc is not None and validation_record.get("accuracy") != val_acc:
         validation_record = None
-    validation = _score(val_acc, summary.get("validation_rows"), validation_record,
-                        data=(validation_record or {}).get("data", "validation split"))
+    validation = _score(
+        val_acc,
+        summary.get("validation_rows"),
+        validation_record,
+        data=(validation_record or {}).get("data", "validation split"),
+    )
     latest_test = list(tests.values())[-1] if tests else None  # records are in time order
     trainable = summary.get("trainable_params", budget.get("trainable_params"))
     head = summary.get("head_params", budget.get("head_params"))
@@ -67,7 +73,9 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "run": str(run_dir),
         "name": run_dir.name,
         "config_name": summary.get("name"),
-        "method": summary.get("method") if not summary.get("distill") else f"{summary.get('method')} + KD ({summary['distill']})",
+        "method": summary.get("method")
+        if not summary.get("distill")
+        else f"{summary.get('method')} + KD ({summary['distill']})",
         "trainable_params": trainable,
         "adapter_params": adapter,
         "head_params": head,
@@ -90,7 +98,7 @@ def display_names(run_dirs: Sequence[Path], names: Sequence[str] = ()) -> list[s
     run_dirs = [Path(r) for r in run_dirs]
     if len(names) > len(run_dirs):
         raise LorabudgetError(f"{len(names)} --name values for {len(run_dirs)} runs")
-    base = list(names) + [Path(r).resolve().name for r in run_dirs[len(names):]]
+    base = list(names) + [Path(r).resolve().name for r in run_dirs[len(names) :]]
     out = [
         f"{run_dirs[i].resolve().parent.name}/{name}" if i >= len(names) and base.count(name) > 1 else name
         for i, name in enumerate(base)
@@ -140,14 +148,16 @@ def choose_basis(rows: list[dict]) -> dict:
     if shared:
         key = max(shared, key=lambda k: (k[1] or 0, k[0]))
         return {
-            "kind": "test", "key": key,
+            "kind": "test",
+            "key": key,
             "label": f"test accuracy on {key[0]} ({key[1]:,} rows)" if key[1] else f"test accuracy on {key[0]}",
             "scores": [r["tests"].get(key) for r in rows],
         }
     sizes = sorted({r["validation"]["n"] for r in scored if r["validation"] and r["validation"]["n"]})
     rows_text = f" ({sizes[0]:,} rows)" if len(sizes) == 1 else ""
     return {
-        "kind": "validation", "key": None,
+        "kind": "validation",
+        "key": None,
         "label": f"validation accuracy{rows_text}",
         "scores": [r["validation"] for r in rows],
     }
@@ -178,8 +188,7 @@ def verdict(name_a: str, a: dict, name_b: str, b: dict, alpha: float = 0.05) -> 
     if test is None:
         overlap = a.get("ci95") and b.get("ci95") and a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1]
         how = "95% intervals overlap" if overlap else "95% intervals do not overlap"
-        return (f"{name_a} vs {name_b}: no paired test (not evaluated on the same rows with per-row results; "
-                f"{how})")
+        return f"{name_a} vs {name_b}: no paired test (not evaluated on the same rows with per-row results; {how})"
     detail = f"{test['only_a']:,} rows only {name_a} got right, {test['only_b']:,} only {name_b}"
     if test["p_value"] < alpha and a["accuracy"] != b["accuracy"]:
         winner, loser = (name_a, name_b) if test["only_a"] > test["only_b"] else (name_b, name_a)
@@ -188,10 +197,29 @@ def verdict(name_a: str, a: dict, name_b: str, b: dict, alpha: float = 0.05) -> 
 
 
 COMPARE_COLUMNS = [
-    "rank", "name", "run", "method", "trainable_params", "adapter_params", "head_params", "budget",
-    "ranked_by", "score", "score_ci_low", "score_ci_high", "score_rows",
-    "validation_accuracy", "validation_ci_low", "validation_ci_high", "validation_rows",
-    "test_accuracy", "test_ci_low", "test_ci_high", "test_rows", "test_data", "train_time_s",
+    "rank",
+    "name",
+    "run",
+    "method",
+    "trainable_params",
+    "adapter_params",
+    "head_params",
+    "budget",
+    "ranked_by",
+    "score",
+    "score_ci_low",
+    "score_ci_high",
+    "score_rows",
+    "validation_accuracy",
+    "validation_ci_low",
+    "validation_ci_high",
+    "validation_rows",
+    "test_accuracy",
+    "test_ci_low",
+    "test_ci_high",
+    "test_rows",
+    "test_data",
+    "train_time_s",
 ]
 
 
@@ -199,13 +227,35 @@ def _csv_row(rank: Optional[int], name: str, r: dict, basis: dict, score: Option
     def ci(s, i):
         return s["ci95"][i] if s and s.get("ci95") else None
 
-    test = r["tests"].get(basis["key"]) if basis["kind"] == "test" else (list(r["tests"].values())[-1] if r["tests"] else None)
+    test = (
+        r["tests"].get(basis["key"])
+        if basis["kind"] == "test"
+        else (list(r["tests"].values())[-1] if r["tests"] else None)
+    )
     v = r["validation"]
     return [
-        rank, name, r["run"], r["method"], r["trainable_params"], r["adapter_params"], r["head_params"], r["budget"],
-        basis["label"], score and score["accuracy"], ci(score, 0), ci(score, 1), score and score["n"],
-        v and v["accuracy"], ci(v, 0), ci(v, 1), v and v["n"],
-        test and test["accuracy"], ci(test, 0), ci(test, 1), test and test["n"], test and test["data"],
+        rank,
+        name,
+        r["run"],
+        r["method"],
+        r["trainable_params"],
+        r["adapter_params"],
+        r["head_params"],
+        r["budget"],
+        basis["label"],
+        score and score["accuracy"],
+        ci(score, 0),
+        ci(score, 1),
+        score and score["n"],
+        v and v["accuracy"],
+        ci(v, 0),
+        ci(v, 1),
+        v and v["n"],
+        test and test["accuracy"],
+        ci(test, 0),
+        ci(test, 1),
+        test and test["n"],
+        test and test["data"],
         r["train_time_s"],
     ]
 
@@ -233,38 +283,52 @@ def write_comparison(run_dirs: Sequence[Path], out_dir: Path, names: Sequence[st
         "|---:|---|---|---:|---:|---:|---:|---|---:|",
     ]
     csv_rows = []
-    for pos, i in enumerate(order):
+    for i in order:
         r, score = rows[i], basis["scores"][i]
         rank = ranked.index(i) + 1 if i in ranked else None
         other = r["validation"] if basis["kind"] == "test" else (list(r["tests"].values())[-1] if r["tests"] else None)
         nxt = ranked[ranked.index(i) + 1] if i in ranked and ranked.index(i) + 1 < len(ranked) else None
         versus = short_verdict(score, rows[nxt]["display"], basis["scores"][nxt]) if nxt is not None else ""
         lines.append(
-            f"| {_fmt(rank, 'int')} | {r['display']}{'' if r['finished'] else ' (unfinished)'} | {_fmt(r['method'], 'str')} | {_fmt(r['trainable_params'], 'int')} | "
+            f"| {_fmt(rank, 'int')} | {r['display']}{'' if r['finished'] else ' (unfinished)'} | "
+            f"{_fmt(r['method'], 'str')} | {_fmt(r['trainable_params'], 'int')} | "
             f"{_fmt(r['head_params'], 'int')} | {_fmt_score(score)} | {_fmt_score(other)} | {versus} | "
             f"{_fmt(r['train_time_s'], 's')} |"
         )
         csv_rows.append(_csv_row(rank, r["display"], r, basis, score))
 
     text = [
-        "# Run comparison", "",
+        "# Run comparison",
+        "",
         f"Ranked by **{basis['label']}**, the most trustworthy figure all runs share"
-        + (" (a labelled test set every run was evaluated on)." if basis["kind"] == "test" else
-           ": no labelled test set is shared by every run. Validation accuracy is the score each kept "
-           "checkpoint was chosen on, so it is optimistic; run `lorabudget evaluate RUN --data FILE` on one "
-           "labelled file for every run to rank on test accuracy."),
-        "Intervals are Wilson 95% intervals. A run \"beats\" another only when McNemar's exact test on the "
+        + (
+            " (a labelled test set every run was evaluated on)."
+            if basis["kind"] == "test"
+            else ": no labelled test set is shared by every run. Validation accuracy is the score each kept "
+            "checkpoint was chosen on, so it is optimistic; run `lorabudget evaluate RUN --data FILE` on one "
+            "labelled file for every run to rank on test accuracy."
+        ),
+        'Intervals are Wilson 95% intervals. A run "beats" another only when McNemar\'s exact test on the '
         "rows both were evaluated on gives p < 0.05; otherwise the difference is within noise.",
-        "", *lines, "",
+        "",
+        *lines,
+        "",
         "A dash means the run has no such figure (not trained to the end, or not evaluated on that labelled set).",
     ]
     sources = [f"- {rows[i]['display']}: `{rows[i]['run']}`" for i in order]
     text += ["", "Run directories:", "", *sources]
 
-    pairs = [(a, b) for x, a in enumerate(ranked) for b in ranked[x + 1:]] if len(ranked) <= 10 else list(zip(ranked, ranked[1:]))
+    pairs = (
+        [(a, b) for x, a in enumerate(ranked) for b in ranked[x + 1 :]]
+        if len(ranked) <= 10
+        else list(zip(ranked, ranked[1:]))
+    )
     if pairs:
         text += ["", f"## Pairwise ({basis['label']})", ""]
-        text += [f"- {verdict(rows[a]['display'], basis['scores'][a], rows[b]['display'], basis['scores'][b])}" for a, b in pairs]
+        text += [
+            f"- {verdict(rows[a]['display'], basis['scores'][a], rows[b]['display'], basis['scores'][b])}"
+            for a, b in pairs
+        ]
 
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "compare.csv"
@@ -307,35 +371,82 @@ def plot_comparison(rows: list[dict], basis: dict, path: Path) -> bool:
     ys = [100 * s["accuracy"] for s in scores]
     low = [y - 100 * s["ci95"][0] if s.get("ci95") else 0 for y, s in zip(ys, scores)]
     high = [100 * s["ci95"][1] - y if s.get("ci95") else 0 for y, s in zip(ys, scores)]
-    ax.errorbar(xs, ys, yerr=[low, high], fmt="o", color="tab:blue", ecolor="tab:blue", elinewidth=1, capsize=3,
-                markersize=6, zorder=3, label=f"{basis['label']}, 95% interval")
+    ax.errorbar(
+        xs,
+        ys,
+        yerr=[low, high],
+        fmt="o",
+        color="tab:blue",
+        ecolor="tab:blue",
+        elinewidth=1,
+        capsize=3,
+        markersize=6,
+        zorder=3,
+        label=f"{basis['label']}, 95% interval",
+    )
     if basis["kind"] == "test":
-        vals = [(rows[i]["trainable_params"], 100 * rows[i]["validation"]["accuracy"]) for i in idx if rows[i]["validation"]]
+        vals = [
+            (rows[i]["trainable_params"], 100 * rows[i]["validation"]["accuracy"]) for i in idx if rows[i]["validation"]
+        ]
         if vals:
-            ax.scatter(*zip(*vals), s=22, marker="s", facecolors="none", edgecolors="gray", zorder=2,
-                       label="validation accuracy (not ranked)")
+            ax.scatter(
+                *zip(*vals),
+                s=22,
+                marker="s",
+                facecolors="none",
+                edgecolors="gray",
+                zorder=2,
+                label="validation accuracy (not ranked)",
+            )
     budgets = sorted({int(rows[i]["budget"]) for i in idx if rows[i]["budget"]})
     # Runs planned under different budgets (a 10k, a 100k and a 1M preset) each count within their own.
     within = [k for k, i in enumerate(idx) if not rows[i]["budget"] or xs[k] <= int(rows[i]["budget"])]
     if within:
         front = sorted((within[k] for k in pareto_front([(xs[k], ys[k]) for k in within])), key=lambda k: xs[k])
-        scope = (f" (within the {budgets[0]:,} budget)" if len(budgets) == 1
-                 else " (each run within its own budget)" if budgets else "")
-        ax.plot([xs[k] for k in front], [ys[k] for k in front], color="tab:green", linewidth=1.5, zorder=2,
-                marker="o", markersize=11, markerfacecolor="none", label="Pareto front" + scope)
+        scope = (
+            f" (within the {budgets[0]:,} budget)"
+            if len(budgets) == 1
+            else " (each run within its own budget)"
+            if budgets
+            else ""
+        )
+        ax.plot(
+            [xs[k] for k in front],
+            [ys[k] for k in front],
+            color="tab:green",
+            linewidth=1.5,
+            zorder=2,
+            marker="o",
+            markersize=11,
+            markerfacecolor="none",
+            label="Pareto front" + scope,
+        )
     span = [*xs, *budgets]
     log_x = max(span) / max(min(span), 1) > 10
     if log_x:
         ax.set_xscale("log")
     for b in budgets:
         ax.axvline(b, color="red", linestyle="--", linewidth=1, zorder=1, label=f"budget {b:,} trainable parameters")
-        ax.annotate(f"budget {_param_formatter(b)}", (b, 1), xycoords=("data", "axes fraction"), xytext=(-4, -12),
-                    textcoords="offset points", ha="right", fontsize=8, color="red")
+        ax.annotate(
+            f"budget {_param_formatter(b)}",
+            (b, 1),
+            xycoords=("data", "axes fraction"),
+            xytext=(-4, -12),
+            textcoords="offset points",
+            ha="right",
+            fontsize=8,
+            color="red",
+        )
     lo, hi = min(span), max(span)
-    ax.set_xlim(lo / 1.6, hi * 1.6) if log_x else ax.set_xlim(max(0, lo - 0.1 * (hi - lo + 1)), hi + 0.1 * (hi - lo + 1))
+    ax.set_xlim(lo / 1.6, hi * 1.6) if log_x else ax.set_xlim(
+        max(0, lo - 0.1 * (hi - lo + 1)), hi + 0.1 * (hi - lo + 1)
+    )
     place_labels(ax, xs, ys, [rows[i]["display"] for i in idx])
-    ax.set(xlabel="trainable parameters" + (" (log scale)" if log_x else ""), ylabel="accuracy (%)",
-           title=f"{basis['label'][0].upper() + basis['label'][1:]} vs trainable parameters ({len(idx)} runs)")
+    ax.set(
+        xlabel="trainable parameters" + (" (log scale)" if log_x else ""),
+        ylabel="accuracy (%)",
+        title=f"{basis['label'][0].upper() + basis['label'][1:]} vs trainable parameters ({len(idx)} runs)",
+    )
     ax.xaxis.set_major_formatter(plt.FuncFormatter(_param_formatter))
     ax.grid(alpha=0.3, which="both" if log_x else "major")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8)

@@ -74,21 +74,28 @@ def _method_lines(cfg: RunConfig, method: str) -> list[str]:
     placement = a.placements or []
     if placement:
         where = "; ".join(
-            f"{', '.join(p.modules)} on {_layers(p.layers)}" + (f" (r={p.r})" if p.r else "")
-            for p in placement
+            f"{', '.join(p.modules)} on {_layers(p.layers)}" + (f" (r={p.r})" if p.r else "") for p in placement
         )
     else:
         where = f"{', '.join(a.modules)} on {_layers(a.layers)}"
-    head = "the architecture's own classification head" if cfg.head.type == "full" else (
-        "one Linear layer on "
-        + ("the first token's final hidden state" if cfg.head.pooling == "first"
-           else "the mean of the real tokens' final hidden states")
+    head = (
+        "the architecture's own classification head"
+        if cfg.head.type == "full"
+        else (
+            "one Linear layer on "
+            + (
+                "the first token's final hidden state"
+                if cfg.head.pooling == "first"
+                else "the mean of the real tokens' final hidden states"
+            )
+        )
     )
     options = getattr(a, "options", None)
     lines = [
         f"- method: **{method}** (PEFT), placed on {where}",
         f"- settings: r={a.r}, alpha={a.alpha}, dropout={a.dropout}"
-        + (", rsLoRA" if a.use_rslora else "") + (", DoRA" if a.use_dora else "")
+        + (", rsLoRA" if a.use_rslora else "")
+        + (", DoRA" if a.use_dora else "")
         + (f", options {options}" if options else ""),
         f"- head: `{cfg.head.type}`: {head}; trained in full and counted in the budget",
         f"- base model: `{base_model_name(cfg) or cfg.model.name}`; max length {cfg.model.max_length} tokens",
@@ -137,12 +144,18 @@ def _results_lines(run_dir: Path, summary: dict[str, Any]) -> list[str]:
     if with_ci:
         lines += ["", "Intervals: Wilson 95% intervals of the accuracy over the evaluated rows."]
     if trained_on:
-        lines += ["", f"The kept weights are the last evaluation's, at step {summary.get('best_step')} of "
-                  f"{summary.get('steps')}: the run trained on its "
-                  "validation rows, so only a held-out file it did not train on estimates its accuracy."]
+        lines += [
+            "",
+            f"The kept weights are the last evaluation's, at step {summary.get('best_step')} of "
+            f"{summary.get('steps')}: the run trained on its "
+            "validation rows, so only a held-out file it did not train on estimates its accuracy.",
+        ]
     elif "best_step" in summary:
-        lines += ["", f"The kept checkpoint is the best validation accuracy, at step {summary['best_step']} "
-                  f"of {summary.get('steps')}."]
+        lines += [
+            "",
+            f"The kept checkpoint is the best validation accuracy, at step {summary['best_step']} "
+            f"of {summary.get('steps')}.",
+        ]
     return lines
 
 
@@ -185,22 +198,28 @@ def load_instructions(cfg: RunConfig, export_format: Optional[str], folder: str)
     trust = ", trust_remote_code=True" if remote else ""
     labels = repr(dict(enumerate(cfg.model.labels)))
     sections: dict[Optional[str], list[str]] = {}
-    sections["hf"] = ["### transformers (`lorabudget export RUN --format hf --output DIR`)", ""] + _py(f"""
+    sections["hf"] = (
+        ["### transformers (`lorabudget export RUN --format hf --output DIR`)", ""]
+        + _py(f"""
 from transformers import pipeline
 
-classifier = pipeline("text-classification", model="{folder if export_format == 'hf' else 'DIR'}"{trust}, truncation=True)
+classifier = pipeline("text-classification", model="{folder if export_format == "hf" else "DIR"}"{trust}, truncation=True)
 print(classifier(["Stocks rallied after the earnings report."]))
-""") + [""] + (
-        [
-            "The head is a Linear layer on a pooled token state, which no standard transformers class has, "
-            "so the folder ships it as `modeling_lorabudget.py` (needs only torch and transformers) and "
-            "`trust_remote_code=True` is required. `AutoModelForSequenceClassification.from_pretrained(DIR, "
-            "trust_remote_code=True)` loads the same model.",
-            "",
-        ]
-        if remote
-        else ["`AutoModelForSequenceClassification.from_pretrained(DIR)` loads the same model.", ""]
-    ) + ["`truncation=True` cuts texts where training did (the tokenizer's `model_max_length`).", ""]
+""")
+        + [""]
+        + (
+            [
+                "The head is a Linear layer on a pooled token state, which no standard transformers class has, "
+                "so the folder ships it as `modeling_lorabudget.py` (needs only torch and transformers) and "
+                "`trust_remote_code=True` is required. `AutoModelForSequenceClassification.from_pretrained(DIR, "
+                "trust_remote_code=True)` loads the same model.",
+                "",
+            ]
+            if remote
+            else ["`AutoModelForSequenceClassification.from_pretrained(DIR)` loads the same model.", ""]
+        )
+        + ["`truncation=True` cuts texts where training did (the tokenizer's `model_max_length`).", ""]
+    )
     peft_dir = folder if export_format == "peft" else "DIR"
     if remote:
         peft_code = f"""
@@ -234,9 +253,9 @@ tokenizer = AutoTokenizer.from_pretrained("{peft_dir}")
         "",
     ]
     onnx_dir = folder if export_format == "onnx" else "DIR"
-    sections["onnx"] = [
-        "### ONNX Runtime (`lorabudget export RUN --format onnx --output DIR [--quantize int8]`)", ""
-    ] + _py(f"""
+    sections["onnx"] = (
+        ["### ONNX Runtime (`lorabudget export RUN --format onnx --output DIR [--quantize int8]`)", ""]
+        + _py(f"""
 import onnxruntime as ort
 from transformers import AutoTokenizer
 
@@ -245,18 +264,24 @@ session = ort.InferenceSession("{onnx_dir}/model.onnx")  # or model_int8.onnx af
 batch = tokenizer(["Stocks rallied after the earnings report."], padding=True, truncation=True, return_tensors="np")
 logits = session.run(["logits"], {{"input_ids": batch["input_ids"].astype("int64"),
                                    "attention_mask": batch["attention_mask"].astype("int64")}})[0]
-""") + [
-        "",
-        f"Or `lorabudget predict {onnx_dir} --input texts.csv` (length-sorted batches). Inputs `input_ids` and "
-        "`attention_mask` (int64, [batch, sequence]); output `logits` [batch, classes]; label ids as listed above.",
-        "",
-    ]
-    sections[None] = ["### lorabudget (the run directory)", ""] + _py("""
+""")
+        + [
+            "",
+            f"Or `lorabudget predict {onnx_dir} --input texts.csv` (length-sorted batches). Inputs `input_ids` and "
+            "`attention_mask` (int64, [batch, sequence]); output `logits` [batch, classes]; label ids as listed above.",
+            "",
+        ]
+    )
+    sections[None] = (
+        ["### lorabudget (the run directory)", ""]
+        + _py("""
 from lorabudget import load_run
 
 run = load_run("RUN")  # this run directory; engine="onnx" runs it on ONNX Runtime
 print(run.predict(["Stocks rallied after the earnings report."]).labels)
-""") + [""]
+""")
+        + [""]
+    )
     order = [export_format] + [k for k in (None, "hf", "peft", "onnx") if k != export_format]
     lines: list[str] = []
     for key in order:
@@ -270,8 +295,12 @@ def model_card(run_dir: Path, cfg: RunConfig, export_format: Optional[str] = Non
     budget = files.read_budget()
     method = _method(cfg, summary)
     base = base_model_name(cfg) or f"a local model ({cfg.model.name})"
-    what = {None: "lorabudget run directory", "hf": "transformers model (adapters merged)",
-            "peft": "PEFT adapter", "onnx": "ONNX model (adapters merged)"}[export_format]
+    what = {
+        None: "lorabudget run directory",
+        "hf": "transformers model (adapters merged)",
+        "peft": "PEFT adapter",
+        "onnx": "ONNX model (adapters merged)",
+    }[export_format]
     total = (budget or {}).get("trainable_params")
     limit = (budget or {}).get("budget")
     md = [

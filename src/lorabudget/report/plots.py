@@ -9,7 +9,6 @@ from typing import Sequence
 
 from lorabudget.io import atomic_path
 
-
 FIGSIZE = (7.0, 4.2)
 
 
@@ -75,5 +74,11 @@ def place_labels(ax, xs: Sequence[float], ys: Sequence[float], names: Sequence[s
         else:
             left = px + 4 * scale
             placed.append((left, py + 5 * scale, left + width, py + 5 * scale + line_h))
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=choice, fontsize=fontsize,
-                    ha="right" if choice[0] < 0 else "left")
+        ax.annotate(
+            name,
+            (x, y),
+            textcoords="offset points",
+            xytext=choice,
+            fontsize=fontsize,
+            ha="right" if choice[0] < 0 else "left",
+        )

@@ -45,8 +45,13 @@ def plot_validation(evals: list[dict], path: Path, title: str) -> None:
     kept = [r for r in evals if r.get("best")]  # the last improvement is the checkpoint training kept
     best = kept[-1] if kept else max(evals, key=lambda r: r["accuracy"])
     ax.axvline(best["step"], color="gray", linestyle="--", linewidth=1)
-    ax.annotate(f"kept: step {best['step']}, acc {best['accuracy']:.4f}", (best["step"], best["accuracy"]),
-                textcoords="offset points", xytext=(6, -14), fontsize=9)
+    ax.annotate(
+        f"kept: step {best['step']}, acc {best['accuracy']:.4f}",
+        (best["step"], best["accuracy"]),
+        textcoords="offset points",
+        xytext=(6, -14),
+        fontsize=9,
+    )
     ax.set(title=f"Validation: {title}", xlabel="optimizer step", ylabel="accuracy / macro F1 (fraction)")
     ax.grid(alpha=0.3)
     ax2 = ax.twinx()
@@ -71,12 +76,22 @@ def plot_confusion(ev: dict, path: Path) -> None:
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(names)):
         for j in range(len(names)):
-            ax.text(j, i, f"{int(cm[i, j]):,}\n{rates[i, j]:.1%}", ha="center", va="center", fontsize=9,
-                    color="white" if rates[i, j] > 0.6 else "black")
+            ax.text(
+                j,
+                i,
+                f"{int(cm[i, j]):,}\n{rates[i, j]:.1%}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if rates[i, j] > 0.6 else "black",
+            )
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set_yticks(range(len(names)), names)
-    ax.set(xlabel="predicted class", ylabel="true class",
-           title=f"Confusion matrix ({ev.get('rows', int(cm.sum())):,} rows, acc {ev['accuracy']:.4f})")
+    ax.set(
+        xlabel="predicted class",
+        ylabel="true class",
+        title=f"Confusion matrix ({ev.get('rows', int(cm.sum())):,} rows, acc {ev['accuracy']:.4f})",
+    )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     save_figure(fig, path)
 
@@ -88,12 +103,26 @@ def plot_prediction_distribution(pred: dict, names: list[str], expected: Optiona
     fig, ax = plt.subplots(figsize=FIGSIZE)
     bars = ax.bar(range(len(names)), counts, color=class_colors(len(names)))
     for bar, c in zip(bars, counts):
-        ax.annotate(f"{c:,}\n{c / total:.1%}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=9, xytext=(0, 2), textcoords="offset points")
+        ax.annotate(
+            f"{c:,}\n{c / total:.1%}",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=9,
+            xytext=(0, 2),
+            textcoords="offset points",
+        )
     if expected is not None:
         for i, share in enumerate(expected):
-            ax.hlines(share * total, i - 0.4, i + 0.4, colors="black", linestyles="--", linewidth=1.5,
-                      label="expected (training distribution)" if i == 0 else None)
+            ax.hlines(
+                share * total,
+                i - 0.4,
+                i + 0.4,
+                colors="black",
+                linestyles="--",
+                linewidth=1.5,
+                label="expected (training distribution)" if i == 0 else None,
+            )
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below the axes: never over a bar
     ax.set_xticks(range(len(names)), names)
     ax.set_ylim(0, max(counts.max(), max(expected or [0]) * total) * 1.2 + 1)
@@ -124,13 +153,25 @@ def plot_reliability(ev: dict, path: Path) -> float:
     fig, ax = plt.subplots(figsize=(5.5, 5.0))
     centers = (edges[:-1] + edges[1:]) / 2
     has = count > 0
-    ax.bar(centers[has], acc[has], width=edges[1] - edges[0], edgecolor="black", color="tab:blue", alpha=0.7,
-           label="accuracy in bin")
+    ax.bar(
+        centers[has],
+        acc[has],
+        width=edges[1] - edges[0],
+        edgecolor="black",
+        color="tab:blue",
+        alpha=0.7,
+        label="accuracy in bin",
+    )
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
     for c, a, n in zip(centers[has], acc[has], count[has]):
         ax.annotate(f"{n}", (c, a), ha="center", va="bottom", fontsize=7, xytext=(0, 1), textcoords="offset points")
-    ax.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="confidence (max class probability)", ylabel="accuracy (fraction)",
-           title=f"Reliability: ECE {ece:.4f} ({len(confidence):,} rows)")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.05),
+        xlabel="confidence (max class probability)",
+        ylabel="accuracy (fraction)",
+        title=f"Reliability: ECE {ece:.4f} ({len(confidence):,} rows)",
+    )
     ax.legend(loc="upper left")
     save_figure(fig, path)
     return ece
@@ -166,10 +207,12 @@ def _method_line(a: dict) -> str:
     method = a.get("method", "lora")
     options = a.get("options") or {}
     extra = ", " + ", ".join(f"{k}={v}" for k, v in options.items()) if options else ""
-    if method == "lora":
-        return (f"method lora: r={a.get('r')}, alpha={a.get('alpha')}, dropout={a.get('dropout')}, "
-                f"rsLoRA={a.get('use_rslora')}, DoRA={a.get('use_dora')}{extra}")
     spec = get_method(method)
+    if spec.lora_switches:
+        return (
+            f"method {method}: r={a.get('r')}, alpha={a.get('alpha')}, dropout={a.get('dropout')}, "
+            f"rsLoRA={a.get('use_rslora')}, DoRA={a.get('use_dora')}{extra}"
+        )
     settings = [f"r={a.get('r')}"] if spec.uses_rank else []
     settings += [f"alpha={a.get('alpha')}"] if spec.uses_alpha else []
     settings += [f"dropout={a.get('dropout')}"] if spec.uses_dropout else []
@@ -231,8 +274,10 @@ def write_report(run_dir: Path) -> Path:
     md += ["## Trainable parameters", ""] + budget_table(budget) + [""]
     md += ["## Results", ""]
     if summary:
-        took = (f"{summary['train_time_s']:.1f} s on {summary.get('device')} "
-                f"({summary.get('samples_per_s') or 0:.1f} samples/s).")
+        took = (
+            f"{summary['train_time_s']:.1f} s on {summary.get('device')} "
+            f"({summary.get('samples_per_s') or 0:.1f} samples/s)."
+        )
         if summary.get("validation_trained_on"):
             md.append(
                 f"Trained on every labelled row, the {summary.get('validation_rows', 0):,} validation rows included "
@@ -248,13 +293,16 @@ def write_report(run_dir: Path) -> Path:
             )
         if summary.get("train_flops_per_s") and summary.get("matmul_peak_flops_per_s"):
             precision = {"no": "fp32"}.get(summary.get("mixed_precision"), summary.get("mixed_precision") or "fp32")
-            md += ["", (
-                f"Training throughput: {summary.get('samples_per_s') or 0:.1f} samples/s, "
-                f"{summary.get('tokens_per_s') or 0:,.0f} real tokens/s; {summary['train_flops_per_s'] / 1e9:,.1f} GFLOP/s "
-                f"executed ({(summary.get('train_real_token_flops_per_s') or 0) / 1e9:,.1f} on real tokens), "
-                f"{100 * summary['train_peak_fraction']:.0f}% of this machine's {precision} matmul peak "
-                f"({summary['matmul_peak_flops_per_s'] / 1e9:,.0f} GFLOP/s, measured at the end of the run)."
-            )]
+            md += [
+                "",
+                (
+                    f"Training throughput: {summary.get('samples_per_s') or 0:.1f} samples/s, "
+                    f"{summary.get('tokens_per_s') or 0:,.0f} real tokens/s; {summary['train_flops_per_s'] / 1e9:,.1f} GFLOP/s "
+                    f"executed ({(summary.get('train_real_token_flops_per_s') or 0) / 1e9:,.1f} on real tokens), "
+                    f"{100 * summary['train_peak_fraction']:.0f}% of this machine's {precision} matmul peak "
+                    f"({summary['matmul_peak_flops_per_s'] / 1e9:,.0f} GFLOP/s, measured at the end of the run)."
+                ),
+            ]
     else:
         md.append("summary.json is missing: the run has not finished training.")
     md.append("")
@@ -275,7 +323,12 @@ def write_report(run_dir: Path) -> Path:
         figures.append((f"Confusion matrix on {ev.get('data', 'the last evaluated set')}", "confusion_matrix.png"))
         if ev.get("confidence"):
             ece = plot_reliability(ev, fig_dir / "reliability.png")
-            figures.append((f"Reliability diagram on {ev.get('data', 'the last evaluated set')} (ECE {ece:.4f})", "reliability.png"))
+            figures.append(
+                (
+                    f"Reliability diagram on {ev.get('data', 'the last evaluated set')} (ECE {ece:.4f})",
+                    "reliability.png",
+                )
+            )
         else:
             missing.append("reliability diagram (eval.json has no per-row confidences)")
     else:
@@ -293,5 +346,3 @@ def write_report(run_dir: Path) -> Path:
     path = files.report_path
     atomic_write_text(path, "\n".join(md))
     return path
-
-

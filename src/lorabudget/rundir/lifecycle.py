@@ -87,7 +87,7 @@ class RunLock:
                 raise LorabudgetError(
                     f"{self.run_dir} is in use by {who}; wait for it to finish (or delete {self.path} "
                     "if that process is gone)"
-                )
+                ) from None
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(dict(me, time=time.strftime("%Y-%m-%dT%H:%M:%S")), fh)
             self.held = True
@@ -130,7 +130,9 @@ def _make_fresh(path: Path) -> list[Path]:
     try:
         os.mkdir(path)
     except FileExistsError:
-        raise LorabudgetError(f"run directory {path} exists; pass --overwrite to replace it or --resume to continue it") from None
+        raise LorabudgetError(
+            f"run directory {path} exists; pass --overwrite to replace it or --resume to continue it"
+        ) from None
     return made + [path]
 
 
@@ -171,7 +173,9 @@ def run_directory(run_dir: Path, overwrite: bool = False, resume: bool = False) 
             lock.release()
         return
     if not overwrite:
-        raise LorabudgetError(f"run directory {run_dir} exists; pass --overwrite to replace it or --resume to continue it")
+        raise LorabudgetError(
+            f"run directory {run_dir} exists; pass --overwrite to replace it or --resume to continue it"
+        )
     if not RunDir(run_dir).is_run():
         raise LorabudgetError(f"{run_dir} exists and is not a lorabudget run directory; choose another --output")
     old_lock = RunLock(run_dir)

@@ -11,6 +11,7 @@ from torch import nn
 from lorabudget.config import RunConfig
 from lorabudget.errors import LorabudgetError
 from lorabudget.io import atomic_dir
+from lorabudget.methods.registry import get_method
 from lorabudget.model.build import build_base, load_model_config
 from lorabudget.rundir.layout import FULL_WEIGHTS, RunDir
 
@@ -37,7 +38,7 @@ def load_trained_model(run_dir: Path, cfg: RunConfig) -> nn.Module:
     files = RunDir(run_dir)
     adapter_dir = files.adapter_dir
     model_config, _ = load_model_config(cfg)
-    if cfg.adapter.method == "full":
+    if get_method(cfg.adapter.method).placement == "model":  # every weight trained: no PEFT wrapper
         if not (adapter_dir / FULL_WEIGHTS).is_file():
             raise LorabudgetError(f"{run_dir} has no trained weights ({adapter_dir / FULL_WEIGHTS} is missing)")
         from safetensors.torch import load_model

@@ -17,8 +17,22 @@ from lorabudget.search.space import apply_sample
 from lorabudget.search.study import trial_kind
 from lorabudget.stats import mcnemar
 
-CSV_FIXED = ["number", "state", "value", "validation_accuracy", "validation_macro_f1", "trainable_params",
-             "steps", "pruned_at_step", "seconds", "description", "origin", "reason", "run_dir", "worker"]
+CSV_FIXED = [
+    "number",
+    "state",
+    "value",
+    "validation_accuracy",
+    "validation_macro_f1",
+    "trainable_params",
+    "steps",
+    "pruned_at_step",
+    "seconds",
+    "description",
+    "origin",
+    "reason",
+    "run_dir",
+    "worker",
+]
 
 
 def trial_rows(study) -> list[dict[str, Any]]:
@@ -35,16 +49,22 @@ def trial_rows(study) -> list[dict[str, Any]]:
         elif kind == "pruned" and t.intermediate_values:
             value = t.intermediate_values[max(t.intermediate_values)]
         row = {
-            "number": t.number, "state": kind, "value": value,
-            "validation_accuracy": a.get("validation_accuracy"), "validation_macro_f1": a.get("validation_macro_f1"),
-            "trainable_params": a.get("trainable_params"), "steps": a.get("steps"),
+            "number": t.number,
+            "state": kind,
+            "value": value,
+            "validation_accuracy": a.get("validation_accuracy"),
+            "validation_macro_f1": a.get("validation_macro_f1"),
+            "trainable_params": a.get("trainable_params"),
+            "steps": a.get("steps"),
             "pruned_at_step": a.get("pruned_at_step"),
             "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
-            if t.datetime_complete and t.datetime_start else None,
+            if t.datetime_complete and t.datetime_start
+            else None,
             "description": a.get("description", ""),
             "origin": a.get("origin", ""),  # a starting trial's source: the base config or a preset
             "reason": a.get("rejected") or a.get("error") or "",
-            "run_dir": a.get("run_dir", "") if kind == "complete" else "", "worker": a.get("worker", ""),
+            "run_dir": a.get("run_dir", "") if kind == "complete" else "",
+            "worker": a.get("worker", ""),
         }
         row.update({f"param:{k}": v for k, v in sorted(t.params.items())})
         rows.append(row)
@@ -117,15 +137,16 @@ def noise_sentence(versus: dict[int, dict], short: bool = False) -> str:
     tied = sum(1 for v in versus.values() if v["p_value"] >= 0.05)
     if short:
         return f"{tied} of {len(versus)} other complete trials within noise of it"
-    return (f"{tied} of the {len(versus)} other complete trials are within noise of it (McNemar p >= 0.05 on the "
-            f"same {n:,} validation rows)")
+    return (
+        f"{tied} of the {len(versus)} other complete trials are within noise of it (McNemar p >= 0.05 on the "
+        f"same {n:,} validation rows)"
+    )
 
 
 def _plots(study, s, out_dir: Path, rows: list[dict[str, Any]]) -> dict[str, str]:
     """Figures by file name -> caption; a figure that cannot be made is left out (and said so)."""
     import optuna.visualization.matplotlib as ovm
     from optuna.exceptions import ExperimentalWarning
-
 
     plt = pyplot()
     made: dict[str, str] = {}
@@ -156,14 +177,24 @@ def _plots(study, s, out_dir: Path, rows: list[dict[str, Any]]) -> dict[str, str
             ys = [100 * r["value"] for r in plotted]
             ax.scatter(xs, ys, s=30, color="tab:blue", zorder=3, label="complete trials")
             front = pareto_front(list(zip(xs, ys)))
-            ax.plot([xs[i] for i in front], [ys[i] for i in front], color="tab:green", marker="o", zorder=4,
-                    label="Pareto front")
+            ax.plot(
+                [xs[i] for i in front],
+                [ys[i] for i in front],
+                color="tab:green",
+                marker="o",
+                zorder=4,
+                label="Pareto front",
+            )
             for i in front:
-                ax.annotate(f"#{plotted[i]['number']}", (xs[i], ys[i]), textcoords="offset points", xytext=(4, 4),
-                            fontsize=8)
+                ax.annotate(
+                    f"#{plotted[i]['number']}", (xs[i], ys[i]), textcoords="offset points", xytext=(4, 4), fontsize=8
+                )
             ax.axvline(s.budget, color="red", linestyle="--", linewidth=1, label=f"budget {s.budget:,}")
-            ax.set(xlabel="trainable parameters", ylabel=f"{target_name} (%)",
-                   title=f"{target_name} vs trainable parameters ({len(plotted)} trials)")
+            ax.set(
+                xlabel="trainable parameters",
+                ylabel=f"{target_name} (%)",
+                title=f"{target_name} vs trainable parameters ({len(plotted)} trials)",
+            )
             ax.grid(alpha=0.3)
             ax.legend(loc="lower right", fontsize=8)
             save_figure(fig, out_dir / "pareto_front.png")
@@ -192,15 +223,23 @@ def write_outputs(study, s) -> dict[str, Any]:
     within_noise = noise_sentence(versus)
     if best is not None:
         best_values = best_config_values(s, best)
-        header = (f"# Best trial #{best.number} of search '{s.name}': validation {s.metric} {best.values[0]:.4f}, "
-                  f"{best.user_attrs.get('trainable_params', 0):,} trainable parameters.\n")
+        header = (
+            f"# Best trial #{best.number} of search '{s.name}': validation {s.metric} {best.values[0]:.4f}, "
+            f"{best.user_attrs.get('trainable_params', 0):,} trainable parameters.\n"
+        )
         if within_noise:
             header += f"# {within_noise}: check it on a held-out test set.\n"
         if s.trial_overrides:
-            header += "# Trials ran with " + " ".join(f"--trial-set {o}" for o in s.trial_overrides) + " (not applied here).\n"
+            header += (
+                "# Trials ran with "
+                + " ".join(f"--trial-set {o}" for o in s.trial_overrides)
+                + " (not applied here).\n"
+            )
         if best_values["data"]["train_on_validation"]:
-            header += ("# It trains on the validation rows too (data.train_on_validation) and keeps its last weights; "
-                       "--set data.train_on_validation=false keeps them out.\n")
+            header += (
+                "# It trains on the validation rows too (data.train_on_validation) and keeps its last weights; "
+                "--set data.train_on_validation=false keeps them out.\n"
+            )
         header += f"# Train it: lorabudget train {best_path}\n"
         atomic_write_text(best_path, header + dump_yaml(from_dict(best_values)))
     figures = _plots(study, s, out / "figures", rows)
@@ -208,43 +247,67 @@ def write_outputs(study, s) -> dict[str, Any]:
     lines = [f"# Search `{s.name}`", ""]
     lines.append(
         f"Model `{s.base.get('model', {}).get('name')}`, budget **{s.budget:,}** trainable parameters, objective: "
-        + (f"validation {s.metric} and trainable parameters (NSGA-II, Pareto front)" if s.multi_objective
-           else f"validation {s.metric} (TPE, pruner {s.pruner if isinstance(s.pruner, str) else type(s.pruner).__name__})")
+        + (
+            f"validation {s.metric} and trainable parameters (NSGA-II, Pareto front)"
+            if s.multi_objective
+            else f"validation {s.metric} (TPE, pruner {s.pruner if isinstance(s.pruner, str) else type(s.pruner).__name__})"
+        )
         + f", seed {s.seed}. Storage: `{_safe_url(s.storage_url)}`, study `{s.name}`."
     )
-    lines += ["", f"Trials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['rejected']} rejected before "
-              f"training (over budget or invalid), {counts['failed']} failed" +
-              (f", {counts['running']} still running" if counts["running"] else "") + "."]
+    lines += [
+        "",
+        f"Trials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['rejected']} rejected before "
+        f"training (over budget or invalid), {counts['failed']} failed"
+        + (f", {counts['running']} still running" if counts["running"] else "")
+        + ".",
+    ]
     if best is not None:
-        lines += ["", f"**Best trial #{best.number}**: validation {s.metric} {best.values[0]:.4f}, "
-                  f"{best.user_attrs.get('trainable_params', 0):,} trainable parameters "
-                  f"({best.user_attrs.get('trainable_params', 0) / s.budget:.1%} of the budget): "
-                  f"{best.user_attrs.get('description', '')}. Config: [`best.yaml`](best.yaml)."]
+        lines += [
+            "",
+            f"**Best trial #{best.number}**: validation {s.metric} {best.values[0]:.4f}, "
+            f"{best.user_attrs.get('trainable_params', 0):,} trainable parameters "
+            f"({best.user_attrs.get('trainable_params', 0) / s.budget:.1%} of the budget): "
+            f"{best.user_attrs.get('description', '')}. Config: [`best.yaml`](best.yaml).",
+        ]
         if within_noise:
             low, high = next(iter(versus.values()))["best_ci95"]
-            lines += ["", f"Its 95% interval is {100 * low:.1f}–{100 * high:.1f}%. {within_noise}: on this validation "
-                      "split the search cannot rank them, and the pick among them may not hold on other data. The best was "
-                      "chosen on these same rows, so its lead over the others is overstated even where p < 0.05. Judge "
-                      "it on a held-out test set (`lorabudget evaluate RUN --data TEST`, then `lorabudget compare`)."]
+            lines += [
+                "",
+                f"Its 95% interval is {100 * low:.1f}–{100 * high:.1f}%. {within_noise}: on this validation "
+                "split the search cannot rank them, and the pick among them may not hold on other data. The best was "
+                "chosen on these same rows, so its lead over the others is overstated even where p < 0.05. Judge "
+                "it on a held-out test set (`lorabudget evaluate RUN --data TEST`, then `lorabudget compare`).",
+            ]
     else:
         lines += ["", "No trial completed: no best configuration yet."]
     if complete:
-        lines += ["", "## Complete trials (best first)", "",
-                  "| trial | validation accuracy | macro F1 | vs best: McNemar p | trainable params | time (s) | configuration |",
-                  "|---:|---:|---:|---:|---:|---:|---|"]
+        lines += [
+            "",
+            "## Complete trials (best first)",
+            "",
+            "| trial | validation accuracy | macro F1 | vs best: McNemar p | trainable params | time (s) | configuration |",
+            "|---:|---:|---:|---:|---:|---:|---|",
+        ]
         for r in complete[:20]:
             p_value = versus.get(r["number"], {}).get("p_value")
             origin = f" (starting trial: {r['origin']})" if r["origin"] else ""
-            lines.append(f"| {r['number']} | {_fmt(r['validation_accuracy'], '.4f')} | {_fmt(r['validation_macro_f1'], '.4f')} | "
-                         f"{_fmt(p_value, '.3f')} | {_fmt(r['trainable_params'], ',')} | {_fmt(r['seconds'], '.0f')} | "
-                         f"{r['description']}{origin} |")
+            lines.append(
+                f"| {r['number']} | {_fmt(r['validation_accuracy'], '.4f')} | {_fmt(r['validation_macro_f1'], '.4f')} | "
+                f"{_fmt(p_value, '.3f')} | {_fmt(r['trainable_params'], ',')} | {_fmt(r['seconds'], '.0f')} | "
+                f"{r['description']}{origin} |"
+            )
         if len(complete) > 20:
             lines.append(f"\n{len(complete) - 20} more in [`trials.csv`](trials.csv).")
         runs = " ".join(r["run_dir"] for r in complete[:8] if r["run_dir"])
         lines += ["", f"Compare the trial runs: `lorabudget compare {runs}`"]
     if s.multi_objective and best is not None:
-        lines += ["", "## Pareto front (accuracy vs trainable parameters)", "",
-                  "| trial | validation accuracy | trainable params |", "|---:|---:|---:|"]
+        lines += [
+            "",
+            "## Pareto front (accuracy vs trainable parameters)",
+            "",
+            "| trial | validation accuracy | trainable params |",
+            "|---:|---:|---:|",
+        ]
         for t in sorted(study.best_trials, key=lambda t: t.values[1]):
             lines.append(f"| {t.number} | {t.values[0]:.4f} | {int(t.values[1]):,} |")
     if figures:
@@ -253,22 +316,34 @@ def write_outputs(study, s) -> dict[str, Any]:
             lines += [f"{caption}:", "", f"![{caption}](figures/{name})", ""]
     missing = [n for n in ("optimization_history.png", "param_importances.png", "pareto_front.png") if n not in figures]
     if missing:
-        lines += ["", "Not available: " + ", ".join(missing) + " (too few complete trials, or every trial scored the same)."]
-    lines += ["", "Every trial (parameters, trainable count, state, validation figures, time, rejection reason or "
-              "error): [`trials.csv`](trials.csv)."]
+        lines += [
+            "",
+            "Not available: " + ", ".join(missing) + " (too few complete trials, or every trial scored the same).",
+        ]
+    lines += [
+        "",
+        "Every trial (parameters, trainable count, state, validation figures, time, rejection reason or "
+        "error): [`trials.csv`](trials.csv).",
+    ]
     atomic_write_text(out / "search.md", "\n".join(lines).rstrip() + "\n")
 
-    message = (f"search {s.name}: {counts['complete'] + counts['pruned']} trials trained ({counts['complete']} complete, "
-               f"{counts['pruned']} pruned), {counts['rejected']} sample{'' if counts['rejected'] == 1 else 's'} rejected before training, "
-               f"{counts['failed']} failed")
+    message = (
+        f"search {s.name}: {counts['complete'] + counts['pruned']} trials trained ({counts['complete']} complete, "
+        f"{counts['pruned']} pruned), {counts['rejected']} sample{'' if counts['rejected'] == 1 else 's'} rejected before training, "
+        f"{counts['failed']} failed"
+    )
     if best is not None:
-        message += (f"; best #{best.number}: {s.metric} {best.values[0]:.4f} with "
-                    f"{best.user_attrs.get('trainable_params', 0):,} trainable parameters -> {best_path}")
+        message += (
+            f"; best #{best.number}: {s.metric} {best.values[0]:.4f} with "
+            f"{best.user_attrs.get('trainable_params', 0):,} trainable parameters -> {best_path}"
+        )
     if within_noise:
         message += f"; {noise_sentence(versus, short=True)}"
     message += f"; report: {out / 'search.md'}"
     return {
-        "message": message, "trained": counts["complete"] + counts["pruned"], **counts,
+        "message": message,
+        "trained": counts["complete"] + counts["pruned"],
+        **counts,
         "smallest_planned": min(planned) if planned else 0,
         "over_budget": sum(1 for r in rows if r["state"] == "rejected" and str(r["reason"]).startswith("over budget")),
         "best_number": best.number if best is not None else None,
@@ -284,4 +359,3 @@ def _safe_url(url: str) -> str:
         creds, host = rest.rsplit("@", 1)
         return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
     return url
-

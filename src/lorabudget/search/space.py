@@ -37,16 +37,32 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from lorabudget.errors import LorabudgetError
 from lorabudget.methods.registry import METHODS, get_method
 from lorabudget.methods.sites import MODULE_SHORT_NAMES
-from lorabudget.errors import LorabudgetError
 
 # What the space samples for a method comes from the registry (methods/registry.py).
 SEARCHABLE_BY_DEFAULT = tuple(name for name, m in METHODS.items() if m.searched_by_default)
 LAYER_MODES = ("all", "range", "top", "bottom", "subset")
 HEADS = {"full": ("full", None), "linear-first": ("linear", "first"), "linear-mean": ("linear", "mean")}
-NAMED = ("method", "modules", "layers", "r", "r_per_module", "alpha", "alpha_ratio", "dropout", "learning_rate",
-         "head_learning_rate", "lr_scale", "head_lr_scale", "epochs", "head", "options", "set")
+NAMED = (
+    "method",
+    "modules",
+    "layers",
+    "r",
+    "r_per_module",
+    "alpha",
+    "alpha_ratio",
+    "dropout",
+    "learning_rate",
+    "head_learning_rate",
+    "lr_scale",
+    "head_lr_scale",
+    "epochs",
+    "head",
+    "options",
+    "set",
+)
 SIMPLE_PATHS = {
     "dropout": "adapter.dropout",
     "learning_rate": "training.learning_rate",
@@ -127,8 +143,9 @@ def parse_dist(key: str, spec: Any) -> Dist:
             isinstance(spec["low"], int) and isinstance(spec["high"], int) and not isinstance(spec["low"], bool)
         )
         step = spec.get("step")
-        return Dist("int" if is_int else "float", low=low, high=high, log=log,
-                    step=float(step) if step is not None else None)
+        return Dist(
+            "int" if is_int else "float", low=low, high=high, log=log, step=float(step) if step is not None else None
+        )
     if isinstance(spec, _SCALARS):
         return Dist("fixed", value=spec)
     raise LorabudgetError(f"search key '{key}': {spec!r} is not a value, a list of values or a {{low, high}} range")
@@ -184,7 +201,9 @@ def parse_space(raw: Any) -> SearchSpace:
             for i, s in enumerate(spec):
                 _check_modules(f"modules[{i}]", s)
             keys = ["+".join(s) for s in spec]
-            space.modules_choices = Dist("categorical", choices=tuple(keys)) if len(keys) > 1 else Dist("fixed", value=keys[0])
+            space.modules_choices = (
+                Dist("categorical", choices=tuple(keys)) if len(keys) > 1 else Dist("fixed", value=keys[0])
+            )
         else:
             raise LorabudgetError(
                 "search key 'modules': give {subsets_of: [query, value, ...]} or a list of module lists"
@@ -209,7 +228,9 @@ def parse_space(raw: Any) -> SearchSpace:
     for key in ("lr_scale", "head_lr_scale"):
         if key in raw:
             if SIMPLE_PATHS[key.replace("lr_scale", "learning_rate")] in space.simple:
-                raise LorabudgetError(f"search keys '{key}' and '{key.replace('lr_scale', 'learning_rate')}' exclude each other")
+                raise LorabudgetError(
+                    f"search keys '{key}' and '{key.replace('lr_scale', 'learning_rate')}' exclude each other"
+                )
             setattr(space, key, _positive(parse_dist(key, raw[key]), key))
     if "head" in raw:
         space.head = parse_dist("head", raw["head"])
@@ -230,10 +251,13 @@ def parse_space(raw: Any) -> SearchSpace:
         raise LorabudgetError("search key 'set': a mapping of dotted config key -> values")
     for path, spec in extra.items():
         if "." not in str(path):
-            raise LorabudgetError(f"search key 'set.{path}': give the config key with its section, e.g. training.{path}")
+            raise LorabudgetError(
+                f"search key 'set.{path}': give the config key with its section, e.g. training.{path}"
+            )
         if str(path) == "data.train_on_validation":
-            raise LorabudgetError("search key 'set.data.train_on_validation': trials choose by validation rows they "
-                                  "do not train on")
+            raise LorabudgetError(
+                "search key 'set.data.train_on_validation': trials choose by validation rows they do not train on"
+            )
         space.simple[str(path)] = parse_dist(f"set.{path}", spec)
     return space
 
@@ -243,7 +267,9 @@ def _check_modules(key: str, modules: Any) -> None:
         raise LorabudgetError(f"search key '{key}': list at least one module")
     for m in modules:
         if m not in MODULE_SHORT_NAMES:
-            raise LorabudgetError(f"search key '{key}': unknown module '{m}'; modules: " + ", ".join(MODULE_SHORT_NAMES))
+            raise LorabudgetError(
+                f"search key '{key}': unknown module '{m}'; modules: " + ", ".join(MODULE_SHORT_NAMES)
+            )
 
 
 def _positive(dist: Dist, key: str) -> Dist:
@@ -295,8 +321,13 @@ def _layers(trial, mode: str, num_layers: int) -> Optional[list[int]]:
     return [i for i in range(num_layers) if trial.suggest_categorical(f"layers.{i}", [True, False])]
 
 
-def sample(trial, space: SearchSpace, num_layers: int, base_method: str = "lora",
-           base_rates: tuple[Optional[float], Optional[float]] = (None, None)) -> dict[str, Any]:
+def sample(
+    trial,
+    space: SearchSpace,
+    num_layers: int,
+    base_method: str = "lora",
+    base_rates: tuple[Optional[float], Optional[float]] = (None, None),
+) -> dict[str, Any]:
     """Draw one configuration; return config overrides as {dotted path: value}.
 
     ``base_rates``: the base config's learning rate and head learning rate (None where it leaves them
@@ -312,9 +343,19 @@ def sample(trial, space: SearchSpace, num_layers: int, base_method: str = "lora"
     if method != base_method:
         out["adapter.method"] = method
         # The base config's method-specific values do not carry over: null takes the new method's defaults.
-        out.update({"adapter.r": None, "adapter.alpha": None, "adapter.rank_pattern": {}, "adapter.alpha_pattern": {},
-                    "adapter.options": {}, "adapter.use_rslora": False, "adapter.use_dora": False,
-                    "training.learning_rate": None, "training.head_learning_rate": None})
+        out.update(
+            {
+                "adapter.r": None,
+                "adapter.alpha": None,
+                "adapter.rank_pattern": {},
+                "adapter.alpha_pattern": {},
+                "adapter.options": {},
+                "adapter.use_rslora": False,
+                "adapter.use_dora": False,
+                "training.learning_rate": None,
+                "training.head_learning_rate": None,
+            }
+        )
         if METHODS[method].placement == "norm" or METHODS[method].placement == "model":
             out.update({"adapter.modules": None, "adapter.placements": [], "adapter.layers": None})
     if METHODS[method].placement != "model":
@@ -371,15 +412,15 @@ def sample(trial, space: SearchSpace, num_layers: int, base_method: str = "lora"
     return out
 
 
-def reference_rates(method: str, base_method: str,
-                    base_rates: tuple[Optional[float], Optional[float]]) -> tuple[float, float]:
+def reference_rates(
+    method: str, base_method: str, base_rates: tuple[Optional[float], Optional[float]]
+) -> tuple[float, float]:
     """The adapter and head learning rates that ``lr_scale`` and ``head_lr_scale`` multiply for ``method``:
     the base config's own for its own method, else the method's defaults."""
     spec = get_method(method)
     own_lr, own_head_lr = base_rates if method == base_method else (None, None)
     # As a null head_learning_rate resolves: the method's head default, else the adapter's rate.
-    return (own_lr or spec.learning_rate,
-            own_head_lr or spec.head_learning_rate or own_lr or spec.learning_rate)
+    return (own_lr or spec.learning_rate, own_head_lr or spec.head_learning_rate or own_lr or spec.learning_rate)
 
 
 def apply_sample(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -419,11 +460,23 @@ def describe(overrides: dict[str, Any], base_method: str = "lora") -> str:
         # Off switches and empty options are what a method change resets (use_rslora, options): not news.
         if value is None or value is False or (isinstance(value, (dict, list)) and not value):
             continue
-        if path not in {"adapter.method", "adapter.r", "adapter.rank_pattern", "adapter.alpha", "adapter.alpha_pattern",
-                        "adapter.modules", "adapter.layers", "adapter.placements", "training.learning_rate",
-                        "training.head_learning_rate"}:
-            parts.append(f"{path.split('.')[-1]}={value:.3g}" if isinstance(value, float) and not math.isnan(value)
-                         else f"{path.split('.')[-1]}={value}")
+        if path not in {
+            "adapter.method",
+            "adapter.r",
+            "adapter.rank_pattern",
+            "adapter.alpha",
+            "adapter.alpha_pattern",
+            "adapter.modules",
+            "adapter.layers",
+            "adapter.placements",
+            "training.learning_rate",
+            "training.head_learning_rate",
+        }:
+            parts.append(
+                f"{path.split('.')[-1]}={value:.3g}"
+                if isinstance(value, float) and not math.isnan(value)
+                else f"{path.split('.')[-1]}={value}"
+            )
     return " ".join(parts)
 
 
@@ -451,9 +504,14 @@ def _at(cfg: Any, path: str) -> Any:
     return cfg
 
 
-def base_points(space: SearchSpace, cfg: Any, num_layers: int, base_method: str = "lora",
-                base_rates: tuple[Optional[float], Optional[float]] = (None, None),
-                scale_down: bool = True) -> list[dict[str, Any]]:
+def base_points(
+    space: SearchSpace,
+    cfg: Any,
+    num_layers: int,
+    base_method: str = "lora",
+    base_rates: tuple[Optional[float], Optional[float]] = (None, None),
+    scale_down: bool = True,
+) -> list[dict[str, Any]]:
     """The typed config ``cfg`` as trial parameters of ``space``, one dict per rank.
 
     A search starts from the user's own configuration and from the measured presets for its model
@@ -506,8 +564,13 @@ def base_points(space: SearchSpace, cfg: Any, num_layers: int, base_method: str 
     for path, dist in space.simple.items():
         if path == "adapter.dropout" and METHODS[method].placement == "model":
             continue
-        _param(params, dist, path.split(".", 1)[1] if path in SIMPLE_PATHS.values() else path, _at(cfg, path),
-               "its " + path)
+        _param(
+            params,
+            dist,
+            path.split(".", 1)[1] if path in SIMPLE_PATHS.values() else path,
+            _at(cfg, path),
+            "its " + path,
+        )
     refs = reference_rates(method, base_method, base_rates)
     rates = (cfg.training.learning_rate, cfg.training.head_learning_rate or cfg.training.learning_rate)
     for key, rate, ref in zip(("lr_scale", "head_lr_scale"), rates, refs):

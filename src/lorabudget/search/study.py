@@ -6,9 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 import shutil
 import socket
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +16,6 @@ from typing import Any, Callable, Optional
 
 from lorabudget.errors import LorabudgetError
 from lorabudget.rundir.lifecycle import pid_alive
-
 
 HEARTBEAT_S = 30.0  # a running trial refreshes its `alive_at` attribute this often
 
@@ -89,17 +88,19 @@ def open_storage(url: str):
 
     try:
         if url.startswith("journal:"):
-            path = Path(url[len("journal:"):]).expanduser()
+            path = Path(url[len("journal:") :]).expanduser()
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path)))
         if url.startswith("sqlite:"):
             # Several local processes share one SQLite file: wait for the write lock instead of failing.
             return _retry_creation_race(
-                lambda: optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}}))
+                lambda: optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+            )
         if "://" in url:
             with _creation_lock(url):
                 return _retry_creation_race(
-                    lambda: optuna.storages.RDBStorage(_with_pg_driver(url), engine_kwargs={"pool_pre_ping": True}))
+                    lambda: optuna.storages.RDBStorage(_with_pg_driver(url), engine_kwargs={"pool_pre_ping": True})
+                )
     except Exception as err:  # driver missing, server unreachable, bad URL: one line for the user
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LorabudgetError(f"cannot open the study storage {url!r}: {first}") from err
@@ -148,10 +149,12 @@ def _is_creation_race(err: BaseException) -> bool:
         if isinstance(err, optuna.exceptions.DuplicatedStudyError):
             return True
         from_db = type(err).__module__.startswith(("sqlalchemy", "psycopg", "sqlite3")) or isinstance(
-            err, optuna.exceptions.StorageInternalError)
+            err, optuna.exceptions.StorageInternalError
+        )
         name, text = type(err).__name__.lower(), str(err).lower()
-        if from_db and ("integrityerror" in name or "uniqueviolation" in name
-                        or "already exists" in text or "duplicate key" in text):
+        if from_db and (
+            "integrityerror" in name or "uniqueviolation" in name or "already exists" in text or "duplicate key" in text
+        ):
             return True
         err = err.__cause__ or err.__context__
     return False
@@ -167,7 +170,7 @@ def _retry_creation_race(create: Callable[[], Any]) -> Any:
         except Exception as err:
             if attempt == _CREATION_RETRIES - 1 or not _is_creation_race(err):
                 raise
-        time.sleep(random.uniform(0.05, 0.2) * 2 ** attempt)
+        time.sleep(random.uniform(0.05, 0.2) * 2**attempt)
 
 
 def _with_pg_driver(url: str) -> str:
@@ -178,15 +181,20 @@ def _with_pg_driver(url: str) -> str:
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
             if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-                return "postgresql+psycopg2://" + url[len(prefix):]
-            return "postgresql://" + url[len(prefix):]
+                return "postgresql+psycopg2://" + url[len(prefix) :]
+            return "postgresql://" + url[len(prefix) :]
     return url
 
 
 def study_settings(s: SearchSettings) -> dict[str, Any]:
     """What every worker of a study must agree on (stored with the study, checked on joining)."""
-    return {"space": s.space, "budget": s.budget, "metric": s.metric, "multi_objective": s.multi_objective,
-            "model": s.base.get("model", {}).get("name")}
+    return {
+        "space": s.space,
+        "budget": s.budget,
+        "metric": s.metric,
+        "multi_objective": s.multi_objective,
+        "model": s.base.get("model", {}).get("name"),
+    }
 
 
 def make_pruner(pruner: Any):
@@ -261,11 +269,16 @@ def open_study(s: SearchSettings):
     # load_if_exists takes the study a racing worker made, and a collision it does not catch is retried.
     try:
         with _creation_lock(s.storage_url):
-            study = _retry_creation_race(lambda: optuna.create_study(
-                storage=storage, study_name=s.name, sampler=make_sampler(s),
-                pruner=make_pruner(s.pruner) if not s.multi_objective else optuna.pruners.NopPruner(),
-                directions=directions, load_if_exists=True,
-            ))
+            study = _retry_creation_race(
+                lambda: optuna.create_study(
+                    storage=storage,
+                    study_name=s.name,
+                    sampler=make_sampler(s),
+                    pruner=make_pruner(s.pruner) if not s.multi_objective else optuna.pruners.NopPruner(),
+                    directions=directions,
+                    load_if_exists=True,
+                )
+            )
             stored = study.user_attrs.get("lorabudget")
             if stored is None:
                 study.set_user_attr("lorabudget", wanted)

@@ -31,10 +31,21 @@ from typing import Any, Callable, Optional
 from lorabudget import console
 from lorabudget.config import RunConfig, from_dict
 from lorabudget.errors import BudgetExceededError, LorabudgetError, TrainingStopped
-from lorabudget.search.study import (
-    HEARTBEAT_S, METRICS, POLL_S, SearchSettings, done_count, fail_dead_trials, make_pruner, open_study, trial_dir_name, trial_kind, worker_id,
-)
 from lorabudget.search.space import SearchSpace, apply_sample, base_points, describe, parse_space, sample
+from lorabudget.search.study import (
+    HEARTBEAT_S,
+    METRICS,
+    POLL_S,
+    SearchSettings,
+    done_count,
+    fail_dead_trials,
+    make_pruner,
+    open_study,
+    trial_dir_name,
+    trial_kind,
+    worker_id,
+)
+
 
 class TrialPruned(TrainingStopped):
     """Raised from the training loop's evaluation hook when the pruner stops a trial."""
@@ -53,8 +64,17 @@ class DataCache:
     @staticmethod
     def key(cfg: RunConfig) -> tuple:
         d = cfg.data
-        return (cfg.model.name, tuple(cfg.model.labels), cfg.model.max_length, d.train, d.validation,
-                d.validation_size, d.split_seed, d.max_train_rows, d.cache_dir)
+        return (
+            cfg.model.name,
+            tuple(cfg.model.labels),
+            cfg.model.max_length,
+            d.train,
+            d.validation,
+            d.validation_size,
+            d.split_seed,
+            d.max_train_rows,
+            d.cache_dir,
+        )
 
     def get(self, cfg: RunConfig, log: Callable[[str], None]):
         from lorabudget.training.setup import prepare_data
@@ -100,8 +120,9 @@ class WorkerResult:
 class Worker:
     """Runs trials of one study until N are done, the timeout passes, or too many samples in a row fail."""
 
-    def __init__(self, s: SearchSettings, say: Callable[[str], None] = print,
-                 on_trial: Optional[Callable[[Any], None]] = None):
+    def __init__(
+        self, s: SearchSettings, say: Callable[[str], None] = print, on_trial: Optional[Callable[[Any], None]] = None
+    ):
         from lorabudget.model.build import load_model_config
 
         self.s = s
@@ -171,8 +192,13 @@ class Worker:
             try:
                 raw = load_yaml(path)
                 budget = (raw.get("budget") or {}).get("max_trainable_params")
-                if (path.stem == base.name or "distill" in raw or not isinstance(budget, int)
-                        or budget > self.s.budget or (raw.get("model") or {}).get("name") != base.model.name):
+                if (
+                    path.stem == base.name
+                    or "distill" in raw
+                    or not isinstance(budget, int)
+                    or budget > self.s.budget
+                    or (raw.get("model") or {}).get("name") != base.model.name
+                ):
                     continue
                 raw.pop("search", None)  # as load_config does, without reading the file again
                 found.append((budget, path.stem, from_dict({"name": path.stem, **raw})))
@@ -212,8 +238,10 @@ class Worker:
                     self.study.enqueue_trial(params, user_attrs={"origin": label}, skip_if_exists=True)
                     if len(self.study.get_trials(deepcopy=False)) > before:
                         room -= 1
-                        self.say(f"search: starting trial, {label}: {describe(overrides, self.base_method)}; "
-                                 f"{planned:,} trainable parameters")
+                        self.say(
+                            f"search: starting trial, {label}: {describe(overrides, self.base_method)}; "
+                            f"{planned:,} trainable parameters"
+                        )
                     break
             else:
                 self.say(f"search: {label} is not a starting trial, over the budget at every rank the space draws")
@@ -257,7 +285,9 @@ class Worker:
         trial.set_user_attr("description", describe(overrides, self.base_method))
         trial.set_user_attr("trainable_params", planned)
         if planned > s.budget:
-            return self._reject(trial, f"over budget: {planned:,} > {s.budget:,} trainable parameters", planned - s.budget)
+            return self._reject(
+                trial, f"over budget: {planned:,} > {s.budget:,} trainable parameters", planned - s.budget
+            )
         trial.set_constraint("over_budget", float(planned - s.budget))
         if not self._wait_for_slot(trial):
             trial.set_user_attr("surplus", True)
@@ -320,8 +350,10 @@ class Worker:
         trial.set_user_attr("seconds", seconds)
         if state == TrialState.COMPLETE:
             self.study.tell(trial, values_out)
-            self.say(f"trial {trial.number}: {s.metric} {values_out if not isinstance(values_out, list) else values_out[0]:.4f} "
-                     f"({seconds:.1f}s)")
+            self.say(
+                f"trial {trial.number}: {s.metric} {values_out if not isinstance(values_out, list) else values_out[0]:.4f} "
+                f"({seconds:.1f}s)"
+            )
             return "trained", ""
         # Only finished trials keep their run directory; a pruned or crashed one holds half a run.
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -382,8 +414,12 @@ class Progress:
         self.bar.n = done
         kinds = [trial_kind(t) for t in trials]
         best = [t.values[0] for t in trials if trial_kind(t) == "complete" and t.values]
-        post = {"best": f"{max(best):.4f}" if best else "-", "rejected": kinds.count("rejected"),
-                "pruned": kinds.count("pruned"), "failed": kinds.count("failed")}
+        post = {
+            "best": f"{max(best):.4f}" if best else "-",
+            "rejected": kinds.count("rejected"),
+            "pruned": kinds.count("pruned"),
+            "failed": kinds.count("failed"),
+        }
         if self.s.timeout is not None:
             post["timeout_in"] = f"{max(0.0, self.s.timeout - (time.time() - self.start)) / 60:.1f}min"
         self.bar.set_postfix(post, refresh=False)
@@ -431,12 +467,17 @@ def run_search(s: SearchSettings, say: Callable[[str], None] = console.say, prog
         over, invalid = summary["over_budget"], summary["rejected"] - summary["over_budget"]
         found = []
         if over:
-            found.append(f"{over} over the budget of {s.budget:,} trainable parameters "
-                         f"(smallest planned {summary['smallest_planned']:,})")
+            found.append(
+                f"{over} over the budget of {s.budget:,} trainable parameters "
+                f"(smallest planned {summary['smallest_planned']:,})"
+            )
         if invalid:
             found.append(f"{invalid} invalid (see the reasons in trials.csv)")
-        advice = ("Raise --budget or narrow the space (lower ranks, fewer modules or layers, a linear head)" if over
-                  else "Check the search space")
+        advice = (
+            "Raise --budget or narrow the space (lower ranks, fewer modules or layers, a linear head)"
+            if over
+            else "Check the search space"
+        )
         raise BudgetExceededError(
             f"every sampled configuration was rejected before training: {', '.join(found)}; nothing was trained. {advice}"
         )
@@ -470,7 +511,11 @@ def _run_worker_processes(s: SearchSettings, study, bar: Optional[Progress], say
         result_file = logs[i].with_suffix(".json")
         data = json.loads(result_file.read_text()) if result_file.is_file() else None
         if p.exitcode != 0 or data is None:
-            tail = logs[i].read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] if logs[i].is_file() else []
+            tail = (
+                logs[i].read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
+                if logs[i].is_file()
+                else []
+            )
             say(f"worker {i} exited with code {p.exitcode}" + (f": {tail[0]}" if tail else ""))
             continue
         results.append(WorkerResult(**data))
@@ -501,5 +546,3 @@ def _worker_main(s: SearchSettings, log_path: str) -> None:
 
 # --------------------------------------------------------------------------------------------
 # Settings from the command line
-
-

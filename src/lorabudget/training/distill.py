@@ -170,8 +170,10 @@ def teacher_logits(
         ordered = sorted(members, key=teacher_fingerprint)  # the same mean, bit for bit, in any order given
         logits = ensemble_logits([teacher_logits(m, texts, cache, log, f"{what}, member {m.name}") for m in ordered])
         path = cache.save(key, logits)
-        log(f"teacher logits for {len(texts):,} {what}: ensemble of {len(members)} teachers "
-            f"(probabilities averaged), cached at {path}")
+        log(
+            f"teacher logits for {len(texts):,} {what}: ensemble of {len(members)} teachers "
+            f"(probabilities averaged), cached at {path}"
+        )
         return logits
     run = load_run(members[0])
     logits = run.logits(texts, progress=f"teacher on {what}")
@@ -191,7 +193,9 @@ def transfer_indices(n: int, fraction: float, seed: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     k = int(round(fraction * n))
     if not 0 < k < n:
-        raise LorabudgetError(f"distill.transfer_fraction={fraction:g} of {n:,} training rows leaves no transfer or no labelled rows")
+        raise LorabudgetError(
+            f"distill.transfer_fraction={fraction:g} of {n:,} training rows leaves no transfer or no labelled rows"
+        )
     return np.sort(np.random.default_rng(seed).permutation(n)[:k])
 
 
@@ -287,8 +291,10 @@ def distill(
     """
     d = cfg.distill
     if cfg.data.train_on_validation:  # the teacher and the transfer rows must never see the validation rows
-        raise LorabudgetError("distillation keeps the validation rows out of the teacher and the transfer rows: "
-                              "drop data.train_on_validation")
+        raise LorabudgetError(
+            "distillation keeps the validation rows out of the teacher and the transfer rows: "
+            "drop data.train_on_validation"
+        )
     teachers = _teacher_list(teacher) or _teacher_list(d.teacher)
     if not teachers:
         raise LorabudgetError("distillation needs a teacher: --teacher RUN_DIR|CONFIG or distill.teacher in the config")
@@ -310,8 +316,10 @@ def distill(
     transfer = transfer_indices(len(data.train), fraction, cfg.data.split_seed)
     if len(transfer):
         labels[transfer] = -1
-        log(f"distill: {len(transfer):,} of {len(labels):,} labelled training rows ({fraction:.0%}, seed "
-            f"{cfg.data.split_seed}) used as transfer texts, without their labels")
+        log(
+            f"distill: {len(transfer):,} of {len(labels):,} labelled training rows ({fraction:.0%}, seed "
+            f"{cfg.data.split_seed}) used as transfer texts, without their labels"
+        )
     extra = [load_unlabelled(path, trust_pickle=cfg.data.trust_pickle) for path in unlabelled]
     extra_texts = [t for e in extra for t in e.texts if t]
     if extra_texts:
@@ -320,14 +328,18 @@ def distill(
     labels = np.concatenate([labels, np.full(len(extra_texts), -1, dtype=np.int64)])
     tokens = data.train_tokens
     if extra_texts:
-        tokens = tokens.concat(tokenize(data.tokenizer, extra_texts, cfg.model.max_length, default_cache_dir(cfg.data.cache_dir)))
+        tokens = tokens.concat(
+            tokenize(data.tokenizer, extra_texts, cfg.model.max_length, default_cache_dir(cfg.data.cache_dir))
+        )
     cache = TeacherLogitsCache(default_cache_dir(cfg.data.cache_dir))
     train_logits = teacher_logits(teacher_dirs, train_texts, cache, log, "training texts")
     val_logits = teacher_logits(teacher_dirs, data.validation.texts, cache, log, "validation texts")
     teacher_val = classification_metrics(val_logits, data.validation.labels, cfg.model.labels)
     ci = teacher_val["accuracy_ci95"]
-    log(f"teacher validation accuracy {teacher_val['accuracy']:.4f} (95% CI {ci[0]:.4f}–{ci[1]:.4f}, macro F1 "
-        f"{teacher_val['macro_f1']:.4f}) on the student's {len(data.validation):,} validation rows")
+    log(
+        f"teacher validation accuracy {teacher_val['accuracy']:.4f} (95% CI {ci[0]:.4f}–{ci[1]:.4f}, macro F1 "
+        f"{teacher_val['macro_f1']:.4f}) on the student's {len(data.validation):,} validation rows"
+    )
 
     soft = labels < 0
     is_transfer = np.zeros(len(labels), dtype=bool)
@@ -336,8 +348,10 @@ def distill(
     if d.min_teacher_confidence > 0 and soft.any():
         confident = softmax(train_logits).max(axis=1) >= d.min_teacher_confidence
         keep = ~soft | confident
-        log(f"distill: kept {int((soft & keep).sum()):,} of {int(soft.sum()):,} rows without labels whose teacher "
-            f"confidence is >= {d.min_teacher_confidence:g}")
+        log(
+            f"distill: kept {int((soft & keep).sum()):,} of {int(soft.sum()):,} rows without labels whose teacher "
+            f"confidence is >= {d.min_teacher_confidence:g}"
+        )
     transfer_kept = int((keep & is_transfer).sum())
     unlabelled_kept = int((keep & soft & ~is_transfer).sum())
     if not keep.all():

@@ -35,11 +35,27 @@ from lorabudget.model.precision import frozen_base_in
 from lorabudget.rundir.layout import RunDir
 from lorabudget.rundir.weights import save_trained
 from lorabudget.training.setup import (
-    LossFn, PreparedData, budget_json, cross_entropy_loss, label_distribution, make_accelerator, make_optimizer,
-    make_scheduler, plan_or_refuse, prepare_data, seed_everything,
+    LossFn,
+    PreparedData,
+    budget_json,
+    cross_entropy_loss,
+    label_distribution,
+    make_accelerator,
+    make_optimizer,
+    make_scheduler,
+    plan_or_refuse,
+    prepare_data,
+    seed_everything,
 )
 from lorabudget.training.state import (
-    BestKeeper, Checkpointer, DivergenceGuard, LossWindow, MetricsLog, TrainState, finite_or_none, set_rng_state,
+    BestKeeper,
+    Checkpointer,
+    DivergenceGuard,
+    LossWindow,
+    MetricsLog,
+    TrainState,
+    finite_or_none,
+    set_rng_state,
 )
 from lorabudget.training.tracking import start_trackers
 
@@ -100,7 +116,8 @@ class Session:
         kept = (
             f"the {'last evaluated' if self.best.keep_last else 'best'} finite adapter (step {self.best.step}) and the "
             f"last checkpoint are kept in {self.run_dir}"
-            if self.best.metrics else "no evaluation had finished, so no adapter was saved"
+            if self.best.metrics
+            else "no evaluation had finished, so no adapter was saved"
         )
         self.guard.check(self.accelerator, kept)
 
@@ -108,8 +125,14 @@ class Session:
         self.check_finite()
         mean_loss, tokens, rows, seconds = self.window.close(self.accelerator)
         self.metrics.write(
-            type="train", step=self.state.step, epoch=epoch_pos, loss=mean_loss, lr=self.scheduler.get_last_lr()[0],
-            samples_per_s=rows / seconds, tokens_per_s=tokens / seconds, elapsed_s=self.elapsed(),
+            type="train",
+            step=self.state.step,
+            epoch=epoch_pos,
+            loss=mean_loss,
+            lr=self.scheduler.get_last_lr()[0],
+            samples_per_s=rows / seconds,
+            tokens_per_s=tokens / seconds,
+            elapsed_s=self.elapsed(),
         )
         progress.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{rows / seconds:.1f}")
         self.state.rows_seen += rows
@@ -122,8 +145,14 @@ class Session:
         result = evaluate_during_training(self.model, self.data, self.cfg, self.accelerator)
         improved = self.best.offer(step, result, self.unwrapped)
         self.metrics.write(
-            type="eval", step=step, epoch=epoch_pos, accuracy=result["accuracy"],
-            macro_f1=result["macro_f1"], loss=result["loss"], best=improved, elapsed_s=self.elapsed(),
+            type="eval",
+            step=step,
+            epoch=epoch_pos,
+            accuracy=result["accuracy"],
+            macro_f1=result["macro_f1"],
+            loss=result["loss"],
+            best=improved,
+            elapsed_s=self.elapsed(),
         )
         self.log(
             f"step {step}: validation accuracy {result['accuracy']:.4f}, macro F1 "
@@ -150,8 +179,11 @@ def start_run(cfg: RunConfig, run_dir: Path, data: Optional[PreparedData], log, 
     """Plan (refusing to start over budget), load data, build the model and check its live count;
     a new run's config, budget and tokenizer are written. Returns (model, data, live breakdown)."""
     planned = plan_or_refuse(cfg, log)
-    log(budget_mod.format_breakdown(planned, cfg.budget.max_trainable_params, f"plan for {cfg.name}:",
-                                    cfg.adapter.method))
+    log(
+        budget_mod.format_breakdown(
+            planned, cfg.budget.max_trainable_params, f"plan for {cfg.name}:", cfg.adapter.method
+        )
+    )
     if data is None:
         data = prepare_data(cfg, log)
     t = cfg.training
@@ -212,7 +244,13 @@ def train(
     # ladder (multiples of 16); fp32 pays per padded position instead (multiples of 16 cost it 16% of
     # its speed; exact widths fragment the heap to 1.9 GB over the main job), so it gets steps of 8.
     loader = train_loader(
-        data.train_tokens, data.train.labels, data.pad_id, t.batch_size, t.seed, t.length_grouping, t.num_workers,
+        data.train_tokens,
+        data.train.labels,
+        data.pad_id,
+        t.batch_size,
+        t.seed,
+        t.length_grouping,
+        t.num_workers,
         bucket_multiple=BUCKET_MULTIPLE if bf16 else INFERENCE_BUCKET_MULTIPLE,
     )
     optimizer = make_optimizer(model, cfg)
@@ -228,16 +266,39 @@ def train(
     max_positions = position_cap(t.max_batch_positions, accelerator.device.type, bf16)
     flop_sums = FlopCounter()
 
-    metrics = MetricsLog(RunDir(run_dir).metrics_path, main, resume_at=resumed["metrics_offset"] if resumed else None,
-                         trackers=start_trackers(accelerator, cfg))
-    run = Session(cfg, run_dir, accelerator, model, optimizer, scheduler, data, metrics, checkpoints, log, total_steps,
-                  best=BestKeeper(keep_last=cfg.data.train_on_validation))
+    metrics = MetricsLog(
+        RunDir(run_dir).metrics_path,
+        main,
+        resume_at=resumed["metrics_offset"] if resumed else None,
+        trackers=start_trackers(accelerator, cfg),
+    )
+    run = Session(
+        cfg,
+        run_dir,
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        data,
+        metrics,
+        checkpoints,
+        log,
+        total_steps,
+        best=BestKeeper(keep_last=cfg.data.train_on_validation),
+    )
     state, guard = run.state, run.guard
     if resumed:
         checkpoints.restore(resumed, model, optimizer, scheduler, state, run.window, run.best)
         log(f"resuming {run_dir} at step {state.step} of {total_steps} (epoch {state.epoch}, batch {state.micro})")
         set_rng_state(resumed["per_process"][accelerator.process_index]["rng"])  # last: nothing above draws from it
-    progress = tqdm(total=total_steps, initial=state.step, desc=f"train {cfg.name}", disable=not main, unit="step", dynamic_ncols=True)
+    progress = tqdm(
+        total=total_steps,
+        initial=state.step,
+        desc=f"train {cfg.name}",
+        disable=not main,
+        unit="step",
+        dynamic_ncols=True,
+    )
     run.start = time.perf_counter()
     stopped: Optional[TrainingStopped] = None
     model.train()
@@ -294,8 +355,20 @@ def train(
         metrics.close()
     run.check_finite()
     run.best.restore_into(run.unwrapped)  # what the caller gets matches the saved adapter
-    summary = finish(cfg, run_dir, data, live, state, run.best, run.elapsed(), accelerator, extra_summary, stopped, log,
-                     flops=(run.unwrapped, flop_sums))
+    summary = finish(
+        cfg,
+        run_dir,
+        data,
+        live,
+        state,
+        run.best,
+        run.elapsed(),
+        accelerator,
+        extra_summary,
+        stopped,
+        log,
+        flops=(run.unwrapped, flop_sums),
+    )
     if stopped is not None:
         stopped.summary = summary
         raise stopped
@@ -313,11 +386,17 @@ def run_on_eval(on_eval, step: int, result: dict[str, Any]) -> Optional[Training
     return None
 
 
-def finish(cfg, run_dir, data, live, state, best, train_time, accelerator, extra_summary, stopped, log,
-           flops=None) -> dict[str, Any]:
+def finish(
+    cfg, run_dir, data, live, state, best, train_time, accelerator, extra_summary, stopped, log, flops=None
+) -> dict[str, Any]:
     """Write eval.json and summary.json of a run whose best weights are in place; drop its checkpoint."""
     main = accelerator.is_main_process
-    eval_seconds, rows_seen, tokens_seen, positions_seen = state.eval_seconds, state.rows_seen, state.tokens_seen, state.positions_seen
+    eval_seconds, rows_seen, tokens_seen, positions_seen = (
+        state.eval_seconds,
+        state.rows_seen,
+        state.tokens_seen,
+        state.positions_seen,
+    )
     summary = {
         "name": cfg.name,
         "method": cfg.adapter.method,
@@ -338,16 +417,28 @@ def finish(cfg, run_dir, data, live, state, best, train_time, accelerator, extra
         "eval_time_s": eval_seconds,
         # Throughput of the training steps alone (evaluation time taken out).
         "samples_per_s": rows_seen / (train_time - eval_seconds) if train_time > eval_seconds else None,
-        "tokens_per_s": tokens_seen / (train_time - eval_seconds) if tokens_seen and train_time > eval_seconds else None,
+        "tokens_per_s": tokens_seen / (train_time - eval_seconds)
+        if tokens_seen and train_time > eval_seconds
+        else None,
         "padded_fraction": 1 - tokens_seen / (positions_seen * accelerator.num_processes) if positions_seen else None,
         "processes": accelerator.num_processes,
         "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,
         # FLOPs of the steps this process ran (after a resume: the resumed part only).
-        **(training_flops(
-            flops[0], flops[1], tokens_seen, data.train_tokens.lengths, train_time - eval_seconds,
-            accelerator.mixed_precision, accelerator.device, accelerator.num_processes,
-        ) if flops else {}),
+        **(
+            training_flops(
+                flops[0],
+                flops[1],
+                tokens_seen,
+                data.train_tokens.lengths,
+                train_time - eval_seconds,
+                accelerator.mixed_precision,
+                accelerator.device,
+                accelerator.num_processes,
+            )
+            if flops
+            else {}
+        ),
         "class_names": list(cfg.model.labels),
         "train_label_distribution": label_distribution(data.train.labels, cfg.num_labels),
         **(extra_summary or {}),
@@ -358,15 +449,19 @@ def finish(cfg, run_dir, data, live, state, best, train_time, accelerator, extra
         files = RunDir(run_dir)
         summary["adapter_sha256"] = files.adapter_checksums()
         trained_on = ", trained on" if cfg.data.train_on_validation else ""
-        files.write_eval(best.metrics, f"validation ({cfg.data.validation or 'split of ' + cfg.data.train}{trained_on})",
-                   "validation")
+        files.write_eval(
+            best.metrics,
+            f"validation ({cfg.data.validation or 'split of ' + cfg.data.train}{trained_on})",
+            "validation",
+        )
         files.write_summary(finite_or_none(summary))
         Checkpointer(run_dir).remove()  # a finished run has nothing to resume
         log(format_metrics(best.metrics))
         kept = (
             f"last weights kept (validation accuracy {best.accuracy:.4f} on {best.metrics['n']:,} rows it trained on: "
-            f"no estimate)" if cfg.data.train_on_validation else
-            f"best validation accuracy {best.accuracy:.4f} (95% CI {best.metrics['accuracy_ci95'][0]:.4f}–"
+            f"no estimate)"
+            if cfg.data.train_on_validation
+            else f"best validation accuracy {best.accuracy:.4f} (95% CI {best.metrics['accuracy_ci95'][0]:.4f}–"
             f"{best.metrics['accuracy_ci95'][1]:.4f} on {best.metrics['n']:,} rows)"
         )
         log(f"{kept} at step {best.step}; trained {state.step} steps in {train_time:.1f}s; run directory: {run_dir}")
@@ -375,9 +470,5 @@ def finish(cfg, run_dir, data, live, state, best, train_time, accelerator, extra
 
 
 def evaluate_during_training(model, data: PreparedData, cfg: RunConfig, accelerator) -> dict[str, Any]:
-    logits = predict_logits(
-        model, data.validation_tokens, data.pad_id, cfg.training.eval_batch_size, accelerator
-    )
+    logits = predict_logits(model, data.validation_tokens, data.pad_id, cfg.training.eval_batch_size, accelerator)
     return classification_metrics(logits, data.validation.labels, cfg.model.labels)
-
-

@@ -50,7 +50,12 @@ def make_accelerator(cfg: RunConfig, run_dir: Optional[Path] = None, log: Callab
         # (Accelerate's regional compilation wraps inner modules and leaked "_orig_mod" into them).
         kwargs["dynamo_plugin"] = TorchDynamoPlugin(backend="inductor")
     # cpu=True on machines without a GPU: it is what makes Accelerate pick gloo for multi-process CPU runs.
-    accelerator = Accelerator(mixed_precision=precision.accelerate_name, cpu=not torch.cuda.is_available(), **kwargs, **accelerator_kwargs(cfg, run_dir))
+    accelerator = Accelerator(
+        mixed_precision=precision.accelerate_name,
+        cpu=not torch.cuda.is_available(),
+        **kwargs,
+        **accelerator_kwargs(cfg, run_dir),
+    )
     if accelerator.is_main_process:
         log(precision.line("training"))
     return accelerator
@@ -111,8 +116,11 @@ def plan_or_refuse(cfg: RunConfig, log: Callable[[str], None] = print) -> budget
     """Count trainable parameters from the config alone; raise before any weights load if over budget."""
     planned = budget_mod.breakdown(build_model(cfg, weights=False).model)
     if not budget_mod.within_budget(planned, cfg.budget.max_trainable_params):
-        log(budget_mod.format_breakdown(planned, cfg.budget.max_trainable_params, f"plan for {cfg.name}:",
-                                        cfg.adapter.method))
+        log(
+            budget_mod.format_breakdown(
+                planned, cfg.budget.max_trainable_params, f"plan for {cfg.name}:", cfg.adapter.method
+            )
+        )
     budget_mod.check_budget(planned, cfg.budget.max_trainable_params)
     return planned
 
@@ -165,7 +173,8 @@ def budget_json(b: budget_mod.Breakdown, cfg: RunConfig) -> dict[str, Any]:
         "budget": cfg.budget.max_trainable_params,  # null: unlimited (a teacher)
         "within_budget": budget_mod.within_budget(b, cfg.budget.max_trainable_params),
         "by_site": [
-            {"layer": layer, "module": module, "kind": kind, "params": n} for (layer, module, kind), n in b.sites.items()
+            {"layer": layer, "module": module, "kind": kind, "params": n}
+            for (layer, module, kind), n in b.sites.items()
         ],
         "shared": [
             {"kind": kind, "params": s.params, "modules": s.sites, "unshared_equivalent": s.unshared_equivalent}

@@ -36,7 +36,9 @@ class MetricsLog:
         self.enabled = enabled
         if enabled and resume_at is not None:
             if not path.is_file() or path.stat().st_size < resume_at:
-                raise LorabudgetError(f"{path} is missing or shorter than at the checkpoint; start again with --overwrite")
+                raise LorabudgetError(
+                    f"{path} is missing or shorter than at the checkpoint; start again with --overwrite"
+                )
             os.truncate(path, resume_at)
         self.fh = open(path, "w" if resume_at is None else "a", encoding="utf-8") if enabled else None
         self.trackers = trackers if enabled else None
@@ -115,7 +117,12 @@ class LossWindow:
         return mean_loss, tokens, rows, seconds
 
     def state_dict(self) -> dict[str, Any]:
-        return {"loss_sum": self.loss_sum.item(), "token_sum": int(self.token_sum.item()), "count": self.count, "rows": self.rows}
+        return {
+            "loss_sum": self.loss_sum.item(),
+            "token_sum": int(self.token_sum.item()),
+            "count": self.count,
+            "rows": self.rows,
+        }
 
     def load_state_dict(self, values: dict[str, Any]) -> None:
         self.loss_sum.fill_(values["loss_sum"])
@@ -150,8 +157,10 @@ class BestKeeper:
 
     def offer(self, step: int, result: dict[str, Any], model: torch.nn.Module) -> bool:
         """Keep ``model``'s weights if ``result`` beats the best; return whether it did."""
-        improved = self.keep_last or result["accuracy"] > self.accuracy or (
-            result["accuracy"] == self.accuracy and result["loss"] < self.metrics["loss"]
+        improved = (
+            self.keep_last
+            or result["accuracy"] > self.accuracy
+            or (result["accuracy"] == self.accuracy and result["loss"] < self.metrics["loss"])
         )
         if not improved:
             self.evals_without_gain += 1
@@ -171,8 +180,11 @@ class BestKeeper:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "accuracy": self.accuracy, "step": self.step, "weights": self.weights,
-            "metrics_json": json.dumps(self.metrics), "evals_without_gain": self.evals_without_gain,
+            "accuracy": self.accuracy,
+            "step": self.step,
+            "weights": self.weights,
+            "metrics_json": json.dumps(self.metrics),
+            "evals_without_gain": self.evals_without_gain,
         }
 
     def load_state_dict(self, values: dict[str, Any]) -> None:
@@ -216,8 +228,13 @@ def rng_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
-                  "has_gauss": has_gauss, "cached": cached},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -257,8 +274,9 @@ class Checkpointer:
     def exists(self) -> bool:
         return any(p.is_file() for p in self.files.checkpoint_candidates)
 
-    def save(self, model, optimizer, scheduler, state: TrainState, window: LossWindow, best: BestKeeper,
-             metrics_offset: int) -> None:
+    def save(
+        self, model, optimizer, scheduler, state: TrainState, window: LossWindow, best: BestKeeper, metrics_offset: int
+    ) -> None:
         from accelerate.utils import gather_object
 
         accelerator = self.accelerator
@@ -290,13 +308,23 @@ class Checkpointer:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - truncated or corrupt file
-            raise LorabudgetError(f"{path}: unreadable checkpoint ({type(err).__name__}); start again with --overwrite") from None
+            raise LorabudgetError(
+                f"{path}: unreadable checkpoint ({type(err).__name__}); start again with --overwrite"
+            ) from None
         if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
             raise LorabudgetError(f"{path}: not a lorabudget checkpoint of this version; start again with --overwrite")
         return payload
 
-    def restore(self, payload: dict[str, Any], model, optimizer, scheduler, state: TrainState, window: LossWindow,
-                best: BestKeeper) -> None:
+    def restore(
+        self,
+        payload: dict[str, Any],
+        model,
+        optimizer,
+        scheduler,
+        state: TrainState,
+        window: LossWindow,
+        best: BestKeeper,
+    ) -> None:
         unwrapped = self.accelerator.unwrap_model(model)
         load_weights(unwrapped, payload["trainable"])
         methods.restore_training_state(unwrapped, self.method, payload.get("method_state", {}))
