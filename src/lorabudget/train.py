@@ -44,6 +44,7 @@ from .io import atomic_dir, atomic_write_json
 from .metrics import classification_metrics, format_metrics
 from .modeling import build_model, keep_4bit_layout_for_training, load_tokenizer, save_trained
 from .precision import frozen_base_in
+from .rundir import requested_run_dir
 from .tracking import accelerator_kwargs, start_trackers
 
 # A loss on one batch: (student logits [B, C], batch dict) -> scalar. Distillation plugs in here.
@@ -807,7 +808,8 @@ def finish(cfg, run_dir, data, live, state, best, train_time, accelerator, extra
             f"best validation accuracy {best.accuracy:.4f} (95% CI {best.metrics['accuracy_ci95'][0]:.4f}–"
             f"{best.metrics['accuracy_ci95'][1]:.4f} on {best.metrics['n']:,} rows)"
         )
-        log(f"{kept} at step {best.step}; trained {state.step} steps in {train_time:.1f}s; run directory: {run_dir}")
+        log(f"{kept} at step {best.step}; trained {state.step} steps in {train_time:.1f}s; "
+            f"run directory: {requested_run_dir(run_dir)}")  # not the --overwrite sibling it trained in
     accelerator.wait_for_everyone()
     return summary
 
