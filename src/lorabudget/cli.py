@@ -346,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("run", help="run directory written by `lorabudget train`")
         q.add_argument("--threads", type=int, help="CPU threads for torch")
         q.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                       help="forward pass precision: auto = bf16 on a GPU that supports it or a CPU with "
-                       "native bf16 (AVX512-BF16, AMX; about 1.5x faster there), else fp32")
+                       help="forward pass precision: auto = bf16 on a GPU that supports it or on a CPU where "
+                       "bf16 measured clearly faster than fp32 (a cached probe), else fp32")
         return q
 
     p = run_parser("evaluate", "accuracy, macro P/R/F1, per-class table and confusion matrix on labelled data")
