@@ -1,5 +1,5 @@
 """The ``lorabudget`` command line: plan, train, search, distill, evaluate, predict, classify, export, report,
-compare.
+compare, env.
 
 Exit codes: 0 success, 2 bad input (one line on stderr), 3 over budget, 4 training diverged (non-finite
 loss or gradient norm), 130 interrupted.
@@ -261,6 +261,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_env(args: argparse.Namespace) -> int:
+    from .envinfo import report
+
+    print(report(probe=not args.no_probe), end="")
+    return 0
+
+
 def _add_search_parser(sub) -> None:
     p = sub.add_parser("search", help="search method, placement, ranks and settings under the budget (Optuna)")
     _add_config_args(p)
@@ -395,6 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="display name of the next run, in the order the runs are given (repeatable; "
                    "default: the run directory's name)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("env", help="versions, device, CPU flags, the bf16 probe and the caches, for bug reports")
+    p.add_argument("--no-probe", action="store_true", help="do not time fp32 against bf16 (about half a second)")
+    p.set_defaults(func=cmd_env)
     return parser
 
 
