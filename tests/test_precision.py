@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from lorabudget import precision as prec
 from lorabudget import flops
+from lorabudget import precision as prec
 from lorabudget.config import from_dict
 
 

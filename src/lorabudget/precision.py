@@ -35,21 +35,23 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 
 BF16_MARGIN = 1.3
 """How much faster bf16 must measure than fp32 in the probe for ``auto`` to pick it on a CPU.
 
-The probe times only the big products; a bf16 run also pays casts (the fp32 LoRA weights and
+The probe times only the big products; a bf16 run also pays casts (the small fp32 LoRA weights and
 their gradients, the loss) and runs its elementwise work at about fp32's speed, so a product-level
-gain shrinks end to end: on the Intel Xeon with AMX, products 3-6x faster gave a training job
-1.15-1.5x faster; on the Xeon without AMX, products at 0.48x gave a job at 0.73x. With the products
-taking a quarter to a half of an fp32 step and bf16's extra casts about 5-10% of it, bf16 breaks
-even at a product speedup of about 1.1-1.4x; 1.3x keeps ``auto`` from picking a bf16 that is not
-clearly faster (the probe's own noise is a few per cent), at the cost of leaving a small bf16 gain
-unused."""
+gain shrinks end to end (docs/benchmarks.md): on the Intel Xeon with AMX, products 2.5-6x faster
+gave training 1.15-1.85x faster; on the Xeon without AMX, products at 0.48x gave a job at 0.73x.
+If the products take a share ``f`` of an fp32 step and bf16 adds casts worth ``c`` of it, bf16
+breaks even at a product speedup of 1 / (1 - c/f). The MiniLM main job ran its fp32 products at
+43% of the fp32 matmul peak over the whole step (so f is about 0.45-0.65), and autocast's extra
+casts took about 5% of a step before the frozen base was held in bf16 (fewer since): c of 0.05-0.1
+puts break-even at 1.08-1.29x. 1.3x clears that, and the probe's noise on an idle machine (a few
+per cent), at the cost of leaving a small bf16 gain unused."""
 
 PROBE_VERSION = 1
 """Part of the cache key: raise it when the probe measures something else."""
@@ -159,7 +161,7 @@ def choose(
     device_type: str,
     gpu_bf16: bool = False,
     cpu_flags: tuple[str, ...] = (),
-    bf16_speedup: Optional[float] = None,
+    bf16_speedup: float | None = None,
     margin: float = BF16_MARGIN,
     note: str = "",
 ) -> Precision:
@@ -272,7 +274,7 @@ class Probe:
     bf16_s: float
     repeats: int
     stable: bool = True
-    busy_cores: Optional[float] = None  # other processes' CPU use during the probe, in cores (None: unknown)
+    busy_cores: float | None = None  # other processes' CPU use during the probe, in cores (None: unknown)
     cached: bool = False
 
     @property
@@ -302,7 +304,7 @@ class Probe:
 
 
 @contextlib.contextmanager
-def _threads(n: Optional[int]) -> Iterator[int]:
+def _threads(n: int | None) -> Iterator[int]:
     before = torch.get_num_threads()
     if n and n != before:
         torch.set_num_threads(n)
@@ -352,7 +354,7 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _cpu_seconds() -> Optional[tuple[float, float]]:
+def _cpu_seconds() -> tuple[float, float] | None:
     """(busy CPU seconds of the whole machine since boot, this process's CPU seconds); None off Linux.
     Busy counts user, system, interrupts and steal (a hypervisor's other guests)."""
     try:
@@ -375,13 +377,14 @@ def _stable(times: dict[str, list[float]]) -> bool:
     return True
 
 
-def probe(workload: Workload, threads: Optional[int] = None, budget_s: float = PROBE_BUDGET_S) -> Probe:
+def probe(workload: Workload, threads: int | None = None, budget_s: float = PROBE_BUDGET_S) -> Probe:
     """Time one pass of ``workload`` in fp32 and in bf16 on ``threads`` threads (default: torch's
     current count), alternating the two, after one untimed pass of each (oneDNN builds its bf16
     kernels per shape on first use). The best pass of each precision counts; repetitions go on for
     ``budget_s``, and up to :data:`PROBE_MAX_S` while they disagree (:data:`PROBE_STABLE`). The
-    workload is first fitted to :data:`PROBE_MAX_FLOPS`. 0.2-0.45 s on MiniLM's training shape on
-    a 2-core AMD EPYC (Zen 5), most of it in a fresh process's first fp32 product.
+    workload is first fitted to :data:`PROBE_MAX_FLOPS`. On MiniLM's shape on a 2-core AMD EPYC
+    (Zen 5): 0.25-0.35 s, 0.6-0.65 s as a fresh process's first torch work (torch's one-off start-up,
+    which the run would pay anyway), up to 1.6 s while other processes held the cores.
     Never call it where bf16 is only emulated (minutes per pass)."""
     workload = workload.fitted()
     before, began_all = _cpu_seconds(), time.perf_counter()
@@ -423,16 +426,16 @@ def probe_key(workload: Workload, threads: int) -> dict[str, Any]:
     }
 
 
-def probe_cache_path(key: dict[str, Any], cache_dir: Union[str, Path]) -> Path:
+def probe_cache_path(key: dict[str, Any], cache_dir: str | Path) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return Path(cache_dir) / "precision" / f"bf16-probe-{digest}.json"
 
 
 def cached_probe(
     workload: Workload,
-    threads: Optional[int] = None,
-    cache_dir: Optional[Union[str, Path]] = None,
-    measure: Optional[Callable[[Workload, Optional[int]], Probe]] = None,
+    threads: int | None = None,
+    cache_dir: str | Path | None = None,
+    measure: Callable[[Workload, int | None], Probe] | None = None,
 ) -> Probe:
     """:func:`probe`, read from ``CACHE/precision/`` when it was measured for the same key
     (:func:`probe_key`), else measured and written there (atomically). A cache file that is
@@ -463,15 +466,15 @@ def cached_probe(
     return result
 
 
-WorkloadSpec = Union[Workload, Callable[[], Workload], None]
+WorkloadSpec = Workload | Callable[[], Workload] | None
 
 
 def resolve(
     requested: str,
-    device_type: Optional[str] = None,
+    device_type: str | None = None,
     workload: WorkloadSpec = None,
-    threads: Optional[int] = None,
-    cache_dir: Optional[Union[str, Path]] = None,
+    threads: int | None = None,
+    cache_dir: str | Path | None = None,
 ) -> Precision:
     """:func:`choose` for this machine (``device_type`` defaults to cuda when a GPU is visible).
 
@@ -504,7 +507,7 @@ def unreliable_note(result: Probe) -> str:
 
 
 @contextlib.contextmanager
-def frozen_base_in(model: torch.nn.Module, dtype: Optional[torch.dtype]) -> Iterator[int]:
+def frozen_base_in(model: torch.nn.Module, dtype: torch.dtype | None) -> Iterator[int]:
     """Hold every frozen floating-point parameter of ``model`` (the base's linear weights and biases,
     embeddings, LayerNorms) in ``dtype`` while the block runs, then put the original fp32 tensors
     back (bit for bit).
@@ -528,7 +531,7 @@ def frozen_base_in(model: torch.nn.Module, dtype: Optional[torch.dtype]) -> Iter
 
 
 @contextlib.contextmanager
-def inference_weights_in(model: torch.nn.Module, dtype: Optional[torch.dtype]) -> Iterator[int]:
+def inference_weights_in(model: torch.nn.Module, dtype: torch.dtype | None) -> Iterator[int]:
     """:func:`frozen_base_in` for inference: every floating-point parameter, trained ones included,
     is held in ``dtype`` while the block runs (nothing trains there), then the originals go back.
 
@@ -541,7 +544,7 @@ def inference_weights_in(model: torch.nn.Module, dtype: Optional[torch.dtype]) -
 
 
 @contextlib.contextmanager
-def _parameters_in(model: torch.nn.Module, dtype: Optional[torch.dtype], trained_too: bool) -> Iterator[int]:
+def _parameters_in(model: torch.nn.Module, dtype: torch.dtype | None, trained_too: bool) -> Iterator[int]:
     originals: list[tuple[torch.nn.Module, str, torch.nn.Parameter]] = []
     input_casts: list[tuple[torch.nn.Module, bool]] = []
     if dtype not in (None, torch.float32):
