@@ -299,11 +299,15 @@ def main() -> int:
     half_t, half_p = size["train_rows"] // rounds, size["predict_rows"] // rounds
     peak_seconds = 0.1 if mode == "tiny" else 1.0
     peaks = matmul_peaks(peak_seconds)
+    from lorabudget.envinfo import cpu_summary
+
+    cpu = cpu_summary()  # figures differ by CPU kind (bf16 above all): every figure names its CPU
     print(f"mode {mode}: training {size['train_rows']} rows, predicting {size['predict_rows']} rows per side; "
-          f"matmul peak " + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items()), flush=True)
+          f"matmul peak " + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items()) + f"; CPU {cpu}",
+          flush=True)
 
     train = alternate([
-        # fp32 explicitly: `auto` picks bf16 on CPUs with native bf16, and the notebook recipe trains in fp32.
+        # fp32 explicitly: `auto` may pick bf16 (measured per CPU), and the notebook recipe trains in fp32.
         ("lorabudget", lambda r: run_worker("ours_train", model_dir, args.data, half_t, r * half_t, batch_size=16,
                                             training={"mixed_precision": "no"})),
         ("notebook", lambda r: run_worker("notebook_train", model_dir, args.data, half_t, r * half_t, batch_size=16)),
@@ -339,6 +343,7 @@ def main() -> int:
         f"{size['train_rows']} training rows and {size['predict_rows']} prediction rows per side, in {rounds} alternating round(s).",
         "Matmul peak of this machine, measured in this run: "
         + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items()) + ".",
+        f"CPU: {cpu}.",
         "",
         "| measurement | notebook recipe | lorabudget | ratio |",
         "|---|---:|---:|---:|",
