@@ -27,7 +27,7 @@ LAYERS = [
     {"report"},
     {"export"},
     {"search"},
-    {"cli", "__init__"},
+    {"cli", "envinfo", "__init__"},
 ]
 
 

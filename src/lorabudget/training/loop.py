@@ -33,6 +33,7 @@ from lorabudget.model.flops import FlopCounter
 from lorabudget.model.flops import training_summary as training_flops
 from lorabudget.model.precision import frozen_base_in
 from lorabudget.rundir.layout import RunDir
+from lorabudget.rundir.lifecycle import requested_run_dir
 from lorabudget.rundir.weights import save_trained
 from lorabudget.training.setup import (
     LossFn,
@@ -464,7 +465,9 @@ def finish(
             else f"best validation accuracy {best.accuracy:.4f} (95% CI {best.metrics['accuracy_ci95'][0]:.4f}–"
             f"{best.metrics['accuracy_ci95'][1]:.4f} on {best.metrics['n']:,} rows)"
         )
-        log(f"{kept} at step {best.step}; trained {state.step} steps in {train_time:.1f}s; run directory: {run_dir}")
+        log(
+            f"{kept} at step {best.step}; trained {state.step} steps in {train_time:.1f}s; run directory: {requested_run_dir(run_dir)}"
+        )  # not the --overwrite sibling
     accelerator.wait_for_everyone()
     return summary
 
