@@ -8,8 +8,14 @@ import torch
 import yaml
 
 from lorabudget import envinfo
-from lorabudget.model import precision as prec
 from lorabudget.cli import main
+from lorabudget.model import precision as prec
+
+
+@pytest.fixture(autouse=True)
+def measured_auto(monkeypatch):
+    """These tests are about how ``auto`` decides: not the fixed choice conftest gives the others."""
+    monkeypatch.delenv("LORABUDGET_AUTO_PRECISION", raising=False)
 
 
 def _fake_probe(fp32_s, bf16_s):

@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from lorabudget.config import from_dict
+from lorabudget.errors import LorabudgetError
 from lorabudget.model import flops
 from lorabudget.model import precision as prec
+
+
+@pytest.fixture(autouse=True)
+def measured_auto(monkeypatch):
+    """These tests are about how ``auto`` decides: not the fixed choice conftest gives the others."""
+    monkeypatch.delenv("LORABUDGET_AUTO_PRECISION", raising=False)
 
 
 def test_choose_on_cpus_with_and_without_native_bf16():
@@ -210,6 +217,7 @@ def test_auto_measures_once_per_machine_and_key(counted_probe, tmp_path, monkeyp
     monkeypatch.setattr(torch, "__version__", "0.0.0-other")
     prec.resolve("auto", "cpu", workload=shape, threads=2, cache_dir=tmp_path)
     monkeypatch.undo()  # back to the real torch version and flags; the fake probe again
+    monkeypatch.delenv("LORABUDGET_AUTO_PRECISION", raising=False)  # undone with the rest
     calls_before = len(calls)
     monkeypatch.setattr(prec, "probe", lambda w, threads=None: calls.append(w) or _probe(w, threads, 1.0, 2.0))
     monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ("avx512_bf16",))
@@ -428,3 +436,14 @@ def test_training_summary_reports_flops_and_the_report_shows_them(tiny_config, t
     report = write_report(tmp_path / "run").read_text()
     trained_in = "bf16" if summary["mixed_precision"] == "bf16" else "fp32"  # auto: bf16 on CPUs with native bf16
     assert "GFLOP/s executed" in report and f"{trained_in} matmul peak" in report
+
+
+def test_auto_can_be_pinned_for_a_machine(monkeypatch, counted_probe):
+    calls, _ = counted_probe
+    monkeypatch.setenv("LORABUDGET_AUTO_PRECISION", "bf16")
+    assert prec.resolve("auto", "cpu") == prec.Precision("bf16", "auto: LORABUDGET_AUTO_PRECISION=bf16")
+    assert prec.resolve("no", "cpu").name == "fp32"  # a forced choice still wins
+    monkeypatch.setenv("LORABUDGET_AUTO_PRECISION", "fastest")
+    with pytest.raises(LorabudgetError, match="LORABUDGET_AUTO_PRECISION='fastest': use fp32 or bf16"):
+        prec.resolve("auto", "cpu")
+    assert calls == []  # pinned: nothing measured

@@ -39,6 +39,8 @@ from typing import Any
 
 import torch
 
+from lorabudget.errors import LorabudgetError
+
 BF16_MARGIN = 1.3
 """How much faster bf16 must measure than fp32 in the probe for ``auto`` to pick it on a CPU.
 
@@ -487,6 +489,9 @@ def cached_probe(
 
 
 WorkloadSpec = Workload | Callable[[], Workload] | None
+AUTO_ENV = "LORABUDGET_AUTO_PRECISION"
+"""``fp32`` or ``bf16``: what ``auto`` picks on a CPU, without a probe (a machine or a CI job that wants
+one fixed choice, e.g. identical runs on a shared, loaded machine where probes vary)."""
 
 
 def resolve(
@@ -503,6 +508,11 @@ def resolve(
     inference) on ``threads`` threads (default: torch's current count)."""
     if device_type is None:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    pinned = os.environ.get(AUTO_ENV, "")
+    if requested == "auto" and device_type == "cpu" and pinned:
+        if pinned not in ("fp32", "bf16"):
+            raise LorabudgetError(f"{AUTO_ENV}={pinned[:40]!r}: use fp32 or bf16 (or unset it to measure)")
+        return Precision(pinned, f"auto: {AUTO_ENV}={pinned}")
     flags = cpu_bf16_flags() if device_type == "cpu" else ()
     speedup, note = None, ""
     if requested == "auto" and device_type == "cpu" and flags:

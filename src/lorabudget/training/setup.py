@@ -57,6 +57,13 @@ def make_accelerator(cfg: RunConfig, run_dir: Optional[Path] = None, log: Callab
     )
     if state.num_processes > 1:
         precision = broadcast_object_list([precision])[0]
+    else:
+        # One process may train several runs (a teacher then its student, a search's trials), and `auto`
+        # may measure differently for each; Accelerate keeps one process-wide state that refuses a second
+        # precision, so a single process starts each run's state afresh (launched processes share theirs).
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()
     kwargs: dict[str, Any] = {}
     if cfg.training.compile:
         from accelerate.utils import TorchDynamoPlugin
