@@ -447,3 +447,17 @@ def test_auto_can_be_pinned_for_a_machine(monkeypatch, counted_probe):
     with pytest.raises(LorabudgetError, match="LORABUDGET_AUTO_PRECISION='fastest': use fp32 or bf16"):
         prec.resolve("auto", "cpu")
     assert calls == []  # pinned: nothing measured
+
+
+def test_a_resumed_auto_run_keeps_the_precision_it_started_in(tiny_config, fresh_accelerate_state, counted_probe):
+    from lorabudget.training.setup import make_accelerator
+
+    calls, _ = counted_probe
+    lines = []
+    auto = from_dict(tiny_config())
+    assert make_accelerator(auto, log=lines.append, started_in="bf16").mixed_precision == "bf16"
+    assert make_accelerator(auto, log=lines.append, started_in="no").mixed_precision == "no"
+    assert lines[-1] == "training precision: fp32 (auto: as this run started, before it was resumed)"
+    forced = from_dict(tiny_config(training={"mixed_precision": "no"}))
+    assert make_accelerator(forced, log=lines.append, started_in="bf16").mixed_precision == "no"
+    assert calls == []  # nothing measured for a resumed run

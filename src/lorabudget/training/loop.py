@@ -225,14 +225,16 @@ def train(
     ``summary`` set. A non-finite loss or gradient norm raises :class:`TrainingDiverged`, keeping the
     best finite adapter and the last finite checkpoint.
     """
-    accelerator = make_accelerator(cfg, run_dir, log)
+    checkpoints = Checkpointer(run_dir, method=cfg.adapter.method)
+    resumed = checkpoints.load() if resume else None  # before any weights load: a bad checkpoint fails fast
+    # A resumed run keeps the precision it started in (`auto` measures, and may measure otherwise now).
+    accelerator = make_accelerator(cfg, run_dir, log, started_in=resumed.get("mixed_precision") if resumed else None)
+    checkpoints.accelerator = accelerator
     main = accelerator.is_main_process
     if not main:
         log = lambda *_: None  # noqa: E731 - only the main process talks and writes
     if cfg.training.threads:
         torch.set_num_threads(cfg.training.threads)
-    checkpoints = Checkpointer(run_dir, accelerator, cfg.adapter.method)
-    resumed = checkpoints.load() if resume else None  # before any weights load: a bad checkpoint fails fast
     model, data, live = start_run(cfg, run_dir, data, log, accelerator, resumed is not None)
 
     t = cfg.training

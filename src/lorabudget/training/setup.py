@@ -31,30 +31,39 @@ def cross_entropy_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> 
     return F.cross_entropy(logits.float(), batch["labels"])
 
 
-def make_accelerator(cfg: RunConfig, run_dir: Optional[Path] = None, log: Callable[[str], None] = print):
+def make_accelerator(
+    cfg: RunConfig,
+    run_dir: Optional[Path] = None,
+    log: Callable[[str], None] = print,
+    started_in: Optional[str] = None,
+):
     """The Accelerator, with the precision chosen for this hardware (one log line says which and why)
-    and the run's experiment trackers.
+    and the run's experiment trackers. ``started_in``: the Accelerate precision a resumed run started
+    in (``no`` or ``bf16``), which ``auto`` then keeps.
 
     bf16 is Accelerate's autocast (on CPUs too): trained weights, gradients and optimizer state stay
     fp32 (the frozen base is held in bf16 during the loop: ``precision.frozen_base_in``)."""
     from accelerate import Accelerator, PartialState
     from accelerate.utils import broadcast_object_list
 
+    from lorabudget.model.precision import Precision
     from lorabudget.model.precision import resolve as resolve_precision
 
     # The processes (and their CPU threads) are set up first; the main process decides, and every
     # process trains in its choice (on a CPU, `auto` measures: precision.resolve).
     state = PartialState(cpu=not torch.cuda.is_available())
-    precision = (
-        resolve_precision(
+    if started_in is not None and cfg.training.mixed_precision == "auto":
+        name = "fp32" if started_in == "no" else started_in
+        precision = Precision(name, "auto: as this run started, before it was resumed")
+    elif state.is_main_process:
+        precision = resolve_precision(
             cfg.training.mixed_precision,
             workload=lambda: training_workload(cfg),
             threads=cfg.training.threads or torch.get_num_threads(),
             cache_dir=default_cache_dir(cfg.data.cache_dir),
         )
-        if state.is_main_process
-        else None
-    )
+    else:
+        precision = None
     if state.num_processes > 1:
         precision = broadcast_object_list([precision])[0]
     else:
