@@ -1,11 +1,13 @@
-"""The training loop, on Hugging Face Accelerate: read it top to bottom.
+"""The training loop, on Hugging Face Accelerate: :func:`train` reads top to bottom.
 
-1. Plan the model on the meta device and refuse to start over budget.
+1. Plan the model on the meta device and refuse to start over budget (``start_run``).
 2. Load data, split validation off, tokenize (cached).
 3. Build the real model and check the live trainable count equals the plan.
-4. AdamW + warm-up/decay; length-grouped batches; evaluate every N steps and at each epoch end;
-   keep the best adapter by validation accuracy; optional early stopping.
-5. Restore the best weights, write the adapter, eval.json and summary.json into the run directory.
+4. AdamW + warm-up/decay; length-grouped batches (``Session.start_loop``); per batch forward and backward
+   (``Session.forward_backward``), per optimizer step the update (``Session.optimizer_step``), then logging,
+   evaluation every N steps and at each epoch end, the checkpoint and early stopping (``Session.after_step``);
+   the best adapter by validation accuracy is kept.
+5. Restore the best weights, write the adapter, eval.json and summary.json into the run directory (``finish``).
 """
 
 from __future__ import annotations
@@ -98,16 +100,134 @@ class Session:
     checkpoints: Checkpointer
     log: Callable[[str], None]
     total_steps: int
+    loader: Any = None  # prepared: batches of the training rows
+    sampler: Any = None  # the loader's batch sampler, which needs set_epoch each epoch
+    num_epochs: int = 1
+    max_positions: Optional[int] = None  # memory cap: wider batches run in row chunks
     state: TrainState = field(default_factory=TrainState)
     best: BestKeeper = field(default_factory=BestKeeper)
     window: LossWindow = None  # type: ignore[assignment] - set in __post_init__ (needs the device)
     guard: DivergenceGuard = None  # type: ignore[assignment]
+    flop_sums: FlopCounter = field(default_factory=FlopCounter)
     start: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
         self.window = LossWindow(self.accelerator.device)
         self.guard = DivergenceGuard(self.accelerator.device)
         self.unwrapped = self.accelerator.unwrap_model(self.model)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+
+    @classmethod
+    def start_loop(cls, cfg, run_dir, accelerator, model, data, checkpoints, log, resumed) -> "Session":
+        """The loader, optimizer and schedule, prepared by Accelerate; a resumed run's state restored."""
+        t = cfg.training
+        bf16 = accelerator.mixed_precision == "bf16"
+        if t.fast_dropout:
+            use_fast_dropout(model)
+        if cfg.model.quantization == "nf4":
+            keep_4bit_layout_for_training(model)  # bitsandbytes' CPU eval layout cannot train
+        # Bucket widths: bf16 matrix products (oneDNN) build a kernel per shape, so bf16 gets the coarse
+        # ladder (multiples of 16); fp32 pays per padded position instead (multiples of 16 cost it 16% of
+        # its speed; exact widths fragment the heap to 1.9 GB over the main job), so it gets steps of 8.
+        multiple = BUCKET_MULTIPLE if bf16 else INFERENCE_BUCKET_MULTIPLE
+        tokens, labels = data.train_tokens, data.train.labels
+        loader = train_loader(
+            tokens,
+            labels,
+            data.pad_id,
+            t.batch_size,
+            t.seed,
+            t.length_grouping,
+            t.num_workers,
+            bucket_multiple=multiple,
+        )
+        optimizer = make_optimizer(model, cfg)
+        sampler = loader.batch_sampler  # kept: prepare() wraps it, and it needs set_epoch each epoch
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+        # The loader's own generator: its per-epoch seed draw leaves the global RNG (which a resume restores) alone.
+        loader.generator = torch.Generator().manual_seed(t.seed)
+        steps_per_epoch = math.ceil(len(loader) / t.gradient_accumulation)
+        total = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+        scheduler = make_scheduler(optimizer, t.scheduler, int(t.warmup_ratio * total), total)
+        offset = resumed["metrics_offset"] if resumed else None
+        trackers = start_trackers(accelerator, cfg)
+        metrics = MetricsLog(RunDir(run_dir).metrics_path, accelerator.is_main_process, offset, trackers)
+        run = cls(
+            cfg,
+            run_dir,
+            accelerator,
+            model,
+            optimizer,
+            scheduler,
+            data,
+            metrics,
+            checkpoints,
+            log,
+            total,
+            loader,
+            sampler,
+            math.ceil(total / steps_per_epoch),
+            position_cap(t.max_batch_positions, accelerator.device.type, bf16),
+            best=BestKeeper(keep_last=cfg.data.train_on_validation),
+        )
+        if resumed:
+            checkpoints.restore(resumed, model, optimizer, scheduler, run.state, run.window, run.best)
+            state = run.state
+            log(f"resuming {run_dir} at step {state.step} of {total} (epoch {state.epoch}, batch {state.micro})")
+            set_rng_state(resumed["per_process"][accelerator.process_index]["rng"])  # last: nothing above draws from it
+        return run
+
+    def training_context(self) -> contextlib.ExitStack:
+        """bf16: the frozen base cast once, not on every forward; on a CPU, fast attention dropout."""
+        stack = contextlib.ExitStack()
+        bf16 = self.accelerator.mixed_precision == "bf16"
+        stack.enter_context(frozen_base_in(self.unwrapped, torch.bfloat16 if bf16 else None))
+        if self.cfg.training.fast_dropout and self.accelerator.device.type == "cpu":  # attention probabilities too
+            stack.enter_context(fast_attention_dropout(self.unwrapped))
+        return stack
+
+    def forward_backward(self, batch: dict[str, torch.Tensor], loss_fn: LossFn) -> None:
+        """One batch's loss and gradients, accumulated (in row chunks under the memory cap)."""
+        loss = torch.zeros((), device=self.accelerator.device)
+        for part, share in split_rows(batch, self.max_positions):
+            logits = self.model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+            part_loss = loss_fn(logits, part) * share
+            self.accelerator.backward(part_loss / self.cfg.training.gradient_accumulation)
+            loss += part_loss.detach()
+        self.flop_sums.add(batch["input_ids"].shape[0], batch["input_ids"].shape[1])
+        self.window.add(loss, batch)
+        self.guard.add_loss(loss)
+        self.state.positions_seen += batch["input_ids"].numel()
+
+    def optimizer_step(self) -> None:
+        t = self.cfg.training
+        clip = t.max_grad_norm > 0
+        grad_norm = self.accelerator.clip_grad_norm_(self.trainable, t.max_grad_norm) if clip else None
+        self.optimizer.step()
+        methods.after_optimizer_step(self.unwrapped, self.cfg.adapter.method, self.state.step)  # before zero_grad
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.guard.end_step(self.state.step, grad_norm)
+
+    def after_step(self, epoch_pos: float, epoch_end: bool, progress, on_eval) -> Optional[TrainingStopped]:
+        """Log, evaluate, checkpoint and call ``on_eval`` as the schedule says; what ``on_eval`` stopped."""
+        t, state, last = self.cfg.training, self.state, self.state.step == self.total_steps
+        if state.step % t.log_every == 0 or last:
+            self.log_train(epoch_pos, progress)
+        pause_start = time.perf_counter()
+        evaluated = (state.step % t.eval_every == 0 if t.eval_every else epoch_end) or last
+        result = self.evaluate(epoch_pos) if evaluated else None
+        every = bool(t.checkpoint_every) and state.step % t.checkpoint_every == 0
+        if (evaluated or every) and not last and not state.done:
+            self.checkpoint()
+        stopped = None
+        if evaluated:
+            main = self.accelerator.is_main_process
+            stopped = agree(self.accelerator, run_on_eval(on_eval, state.step, result) if main else None)
+            state.done = state.done or stopped is not None
+        self.window.start += time.perf_counter() - pause_start  # logged throughput counts training time only
+        return stopped
 
     def elapsed(self) -> float:
         """Wall time of all sessions of this run (a resumed run adds its earlier ones)."""
@@ -236,141 +356,39 @@ def train(
     if cfg.training.threads:
         torch.set_num_threads(cfg.training.threads)
     model, data, live = start_run(cfg, run_dir, data, log, accelerator, resumed is not None)
-
-    t = cfg.training
-    bf16 = accelerator.mixed_precision == "bf16"
-    if t.fast_dropout:
-        use_fast_dropout(model)
-    if cfg.model.quantization == "nf4":
-        keep_4bit_layout_for_training(model)  # bitsandbytes' CPU eval layout cannot train
-    # Bucket widths: bf16 matrix products (oneDNN) build a kernel per shape, so bf16 gets the coarse
-    # ladder (multiples of 16); fp32 pays per padded position instead (multiples of 16 cost it 16% of
-    # its speed; exact widths fragment the heap to 1.9 GB over the main job), so it gets steps of 8.
-    loader = train_loader(
-        data.train_tokens,
-        data.train.labels,
-        data.pad_id,
-        t.batch_size,
-        t.seed,
-        t.length_grouping,
-        t.num_workers,
-        bucket_multiple=BUCKET_MULTIPLE if bf16 else INFERENCE_BUCKET_MULTIPLE,
-    )
-    optimizer = make_optimizer(model, cfg)
-    sampler = loader.batch_sampler  # kept: prepare() wraps it, and it needs set_epoch each epoch
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    # The loader's own generator: its per-epoch seed draw then leaves the global RNG (which a resume restores) alone.
-    loader.generator = torch.Generator().manual_seed(t.seed)
-    steps_per_epoch = math.ceil(len(loader) / t.gradient_accumulation)
-    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
-    scheduler = make_scheduler(optimizer, t.scheduler, int(t.warmup_ratio * total_steps), total_steps)
-    num_epochs = math.ceil(total_steps / steps_per_epoch)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    max_positions = position_cap(t.max_batch_positions, accelerator.device.type, bf16)
-    flop_sums = FlopCounter()
-
-    metrics = MetricsLog(
-        RunDir(run_dir).metrics_path,
-        main,
-        resume_at=resumed["metrics_offset"] if resumed else None,
-        trackers=start_trackers(accelerator, cfg),
-    )
-    run = Session(
-        cfg,
-        run_dir,
-        accelerator,
-        model,
-        optimizer,
-        scheduler,
-        data,
-        metrics,
-        checkpoints,
-        log,
-        total_steps,
-        best=BestKeeper(keep_last=cfg.data.train_on_validation),
-    )
-    state, guard = run.state, run.guard
-    if resumed:
-        checkpoints.restore(resumed, model, optimizer, scheduler, state, run.window, run.best)
-        log(f"resuming {run_dir} at step {state.step} of {total_steps} (epoch {state.epoch}, batch {state.micro})")
-        set_rng_state(resumed["per_process"][accelerator.process_index]["rng"])  # last: nothing above draws from it
+    run = Session.start_loop(cfg, run_dir, accelerator, model, data, checkpoints, log, resumed)
+    state, total, loader = run.state, run.total_steps, run.loader
     progress = tqdm(
-        total=total_steps,
-        initial=state.step,
-        desc=f"train {cfg.name}",
-        disable=not main,
-        unit="step",
-        dynamic_ncols=True,
+        total=total, initial=state.step, desc=f"train {cfg.name}", disable=not main, unit="step", dynamic_ncols=True
     )
-    run.start = time.perf_counter()
     stopped: Optional[TrainingStopped] = None
-    model.train()
-    cleanup = contextlib.ExitStack()  # bf16: the frozen base is cast once, not on every forward
-    cleanup.enter_context(frozen_base_in(run.unwrapped, torch.bfloat16 if bf16 else None))
-    if t.fast_dropout and accelerator.device.type == "cpu":  # attention probabilities' masks too
-        cleanup.enter_context(fast_attention_dropout(run.unwrapped))
+    run.start = time.perf_counter()
+    run.model.train()
     try:
-        for epoch in range(state.epoch, num_epochs):
-            if state.done or state.step >= total_steps:
-                break
-            for micro, batch in epoch_batches(loader, sampler, epoch, state.micro, accelerator):
-                loss = torch.zeros((), device=accelerator.device)
-                for part, share in split_rows(batch, max_positions):  # row chunks: activation memory cap
-                    logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
-                    part_loss = loss_fn(logits, part) * share
-                    accelerator.backward(part_loss / t.gradient_accumulation)
-                    loss += part_loss.detach()
-                flop_sums.add(batch["input_ids"].shape[0], batch["input_ids"].shape[1])
-                run.window.add(loss, batch)
-                guard.add_loss(loss)
-                state.positions_seen += batch["input_ids"].numel()
-                epoch_end = micro + 1 == len(loader)
-                if (micro + 1) % t.gradient_accumulation and not epoch_end:
-                    continue
-                grad_norm = accelerator.clip_grad_norm_(trainable, t.max_grad_norm) if t.max_grad_norm > 0 else None
-                optimizer.step()
-                methods.after_optimizer_step(run.unwrapped, cfg.adapter.method, state.step)  # AdaLoRA: before zero_grad
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step += 1
-                guard.end_step(state.step, grad_norm)
-                state.epoch, state.micro = (epoch, micro + 1) if not epoch_end else (epoch + 1, 0)
-                progress.update(1)
-                epoch_pos = round(epoch + (micro + 1) / len(loader), 4)
-
-                if state.step % t.log_every == 0 or state.step == total_steps:
-                    run.log_train(epoch_pos, progress)
-                pause_start = time.perf_counter()
-                evaluated = (state.step % t.eval_every == 0 if t.eval_every else epoch_end) or state.step == total_steps
-                result = run.evaluate(epoch_pos) if evaluated else None
-                every = bool(t.checkpoint_every) and state.step % t.checkpoint_every == 0
-                if (evaluated or every) and state.step < total_steps and not state.done:
-                    run.checkpoint()
-                if evaluated:
-                    stopped = agree(accelerator, run_on_eval(on_eval, state.step, result) if main else None)
-                    state.done = state.done or stopped is not None
-                run.window.start += time.perf_counter() - pause_start  # logged throughput counts training time only
-                if state.done or state.step >= total_steps:
+        with run.training_context():
+            for epoch in range(state.epoch, run.num_epochs):
+                if state.done or state.step >= total:
                     break
+                for micro, batch in epoch_batches(loader, run.sampler, epoch, state.micro, accelerator):
+                    run.forward_backward(batch, loss_fn)
+                    epoch_end = micro + 1 == len(loader)
+                    if (micro + 1) % cfg.training.gradient_accumulation and not epoch_end:
+                        continue  # gradients accumulate over several batches
+                    run.optimizer_step()
+                    state.epoch, state.micro = (epoch, micro + 1) if not epoch_end else (epoch + 1, 0)
+                    progress.update(1)
+                    epoch_pos = round(epoch + (micro + 1) / len(loader), 4)
+                    stopped = run.after_step(epoch_pos, epoch_end, progress, on_eval) or stopped
+                    if state.done or state.step >= total:
+                        break
     finally:
-        cleanup.close()
         progress.close()
-        metrics.close()
+        run.metrics.close()
     run.check_finite()
     run.best.restore_into(run.unwrapped)  # what the caller gets matches the saved adapter
+    flops = (run.unwrapped, run.flop_sums)
     summary = finish(
-        cfg,
-        run_dir,
-        data,
-        live,
-        state,
-        run.best,
-        run.elapsed(),
-        accelerator,
-        extra_summary,
-        stopped,
-        log,
-        flops=(run.unwrapped, flop_sums),
+        cfg, run_dir, data, live, state, run.best, run.elapsed(), accelerator, extra_summary, stopped, log, flops
     )
     if stopped is not None:
         stopped.summary = summary
