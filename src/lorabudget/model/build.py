@@ -504,9 +504,7 @@ def _site_order(site: "AdapterSite") -> tuple[int, int, str]:
     return site.layer, known, site.name
 
 
-def _target_module_sites(
-    model: nn.Module, adapter: AdapterConfig, layers: list[str], placement: str
-) -> list[AdapterSite]:
+def _target_module_sites(model: nn.Module, adapter: AdapterConfig, layers: list[str]) -> list[AdapterSite]:
     """Sites named by ``adapter.target_modules``, matched by PEFT's own target-module rules (a list:
     exact names or name suffixes; a string: a regex matched against the full name)."""
     from peft.tuners.tuners_utils import _ExcludedModule, check_target_module_exists
@@ -519,7 +517,8 @@ def _target_module_sites(
         layers_to_transform=None,
         layers_pattern=None,
     )
-    kind = nn.LayerNorm if placement == "norm" else nn.Linear
+    method = adapters.get_method(adapter.method)
+    kind = nn.LayerNorm if method.placement == "norm" else nn.Linear
     sites = []
     for name, module in model.named_modules():
         if not name or not isinstance(module, kind):
@@ -530,6 +529,10 @@ def _target_module_sites(
         layer = next((i for i, prefix in enumerate(layers) if name.startswith(prefix + ".")), -1)
         if adapter.layers is not None and layer not in adapter.layers:
             continue
+        if method.needs_bias and module.bias is None:
+            raise LorabudgetError(
+                f"adapter.target_modules: adapter.method '{method.name}' offsets biases; {name} has none"
+            )
         path = name[len(layers[layer]) + 1 :] if layer >= 0 else name
         sites.append(AdapterSite(layer, path, name, int(adapter.r), float(adapter.alpha), _dims(module)))
     if not sites:
@@ -547,7 +550,7 @@ def plan_sites(model: nn.Module, adapter: AdapterConfig) -> list[AdapterSite]:
     if method.placement == "model":
         return []
     if adapter.target_modules is not None:
-        return _target_module_sites(model, adapter, layers, method.placement)
+        return _target_module_sites(model, adapter, layers)
     family = model_family(model)
     if family is None:
         raise LorabudgetError(
@@ -589,6 +592,11 @@ def plan_sites(model: nn.Module, adapter: AdapterConfig) -> list[AdapterSite]:
                     )
                 if not any(True for _ in modules[full].parameters()):
                     continue  # an identity in place of a norm (ModernBERT's first layer): nothing to tune
+                if method.needs_bias and getattr(modules[full], "bias", True) is None:
+                    raise LorabudgetError(
+                        f"{where}.modules: adapter.method '{method.name}' offsets biases, and '{module}' "
+                        f"({paths[module]}) has no bias in this {family.name} model"
+                    )
                 r = group.r or adapter.rank_pattern.get(short, adapter.r)
                 alpha = group.alpha or adapter.alpha_pattern.get(short, adapter.alpha)
                 sites[full] = AdapterSite(layer, short, full, int(r), float(alpha), _dims(modules[full]))
