@@ -415,6 +415,14 @@ def test_target_modules_on_an_encoder_no_family_describes(tmp_path_factory, padd
         build_model(
             from_dict({"model": {"name": str(path)}, "adapter": {"target_modules": ["nothing_here"]}}), weights=False
         )
+    with pytest.raises(LorabudgetError, match="trains every weight: remove adapter.target_modules"):
+        from_dict(
+            {
+                "model": {"name": str(path)},
+                "adapter": {"method": "full", "target_modules": ["query"]},
+                "budget": {"max_trainable_params": None},
+            }
+        )
     with pytest.raises(LorabudgetError, match="replaces adapter.placements"):
         from_dict(
             {

@@ -407,6 +407,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     if a.target_modules is not None:
         if not a.target_modules:
             raise LorabudgetError("config key 'adapter.target_modules': name at least one module")
+        if METHODS[a.method].placement == "model":
+            raise LorabudgetError(f"adapter.method '{a.method}' trains every weight: remove adapter.target_modules")
         varied = [k for k in ("placements", "rank_pattern", "alpha_pattern") if getattr(a, k)]
         if varied:
             raise LorabudgetError(f"config key 'adapter.target_modules' replaces adapter.{varied[0]}: remove one")
