@@ -95,74 +95,6 @@ def make_model_dir(path: Path, kind: str, hidden_size: int = 32, intermediate_si
     return path
 
 
-def write_csv(path: Path, rows, header=None) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        if header:
-            writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
-@pytest.fixture(scope="session")
-def tiny_roberta(tmp_path_factory) -> Path:
-    return make_model_dir(tmp_path_factory.mktemp("tiny-roberta"), "roberta")
-
-
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> Path:
-    return make_model_dir(tmp_path_factory.mktemp("tiny-bert"), "bert")
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory) -> Path:
-    """train.csv (240 rows, text,label), test.csv (80 labelled rows), unlabelled.csv (text only)."""
-    d = tmp_path_factory.mktemp("data")
-    write_csv(d / "train.csv", synthetic_rows(240, seed=1))
-    test = synthetic_rows(80, seed=2)
-    write_csv(d / "test.csv", test)
-    write_csv(d / "unlabelled.csv", [(t,) for t, _ in test], header=["text"])
-    return d
-
-
-@pytest.fixture
-def tiny_config(tiny_roberta, data_dir, tmp_path):
-    """A small, fast run config dict on the tiny RoBERTa."""
-
-    def make(**sections):
-        values = {
-            "name": "tiny",
-            "model": {"name": str(tiny_roberta), "max_length": 64},
-            "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"]},
-            "data": {"train": str(data_dir / "train.csv"), "validation_size": 40, "cache_dir": str(tmp_path / "cache")},
-            "training": {"epochs": 2, "batch_size": 16, "learning_rate": 5e-3, "log_every": 2, "seed": 7},
-        }
-        for section, overrides in sections.items():
-            if isinstance(overrides, dict):
-                values.setdefault(section, {}).update(overrides)
-            else:
-                values[section] = overrides
-        return values
-
-    return make
-
-
-@pytest.fixture
-def padded_batch():
-    """``make(seed=0, vocab=40)`` -> (input ids [4, 12], attention mask): a small batch with two padded rows."""
-    import torch
-
-    def make(seed: int = 0, vocab: int = 40):
-        g = torch.Generator().manual_seed(seed)
-        ids = torch.randint(5, vocab, (4, 12), generator=g)
-        mask = torch.ones_like(ids)
-        mask[1, 8:] = 0
-        mask[3, 5:] = 0
-        return ids, mask
-
-    return make
-
-
 # Tiny random configs of every encoder family lorabudget maps (methods/sites.py): hidden 32, 3 layers
 # (ALBERT: 3 layers applied from one shared set of weights), vocabularies of the word-level tokenizer.
 FAMILY_KINDS = (
@@ -236,5 +168,73 @@ def family_model_dir(tmp_path_factory):
         if kind not in built:
             built[kind] = make_family_model_dir(tmp_path_factory.mktemp(f"tiny-{kind}"), kind)
         return built[kind]
+
+    return make
+
+
+def write_csv(path: Path, rows, header=None) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        if header:
+            writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("tiny-roberta"), "roberta")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("tiny-bert"), "bert")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """train.csv (240 rows, text,label), test.csv (80 labelled rows), unlabelled.csv (text only)."""
+    d = tmp_path_factory.mktemp("data")
+    write_csv(d / "train.csv", synthetic_rows(240, seed=1))
+    test = synthetic_rows(80, seed=2)
+    write_csv(d / "test.csv", test)
+    write_csv(d / "unlabelled.csv", [(t,) for t, _ in test], header=["text"])
+    return d
+
+
+@pytest.fixture
+def tiny_config(tiny_roberta, data_dir, tmp_path):
+    """A small, fast run config dict on the tiny RoBERTa."""
+
+    def make(**sections):
+        values = {
+            "name": "tiny",
+            "model": {"name": str(tiny_roberta), "max_length": 64},
+            "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"]},
+            "data": {"train": str(data_dir / "train.csv"), "validation_size": 40, "cache_dir": str(tmp_path / "cache")},
+            "training": {"epochs": 2, "batch_size": 16, "learning_rate": 5e-3, "log_every": 2, "seed": 7},
+        }
+        for section, overrides in sections.items():
+            if isinstance(overrides, dict):
+                values.setdefault(section, {}).update(overrides)
+            else:
+                values[section] = overrides
+        return values
+
+    return make
+
+
+@pytest.fixture
+def padded_batch():
+    """``make(seed=0, vocab=40)`` -> (input ids [4, 12], attention mask): a small batch with two padded rows."""
+    import torch
+
+    def make(seed: int = 0, vocab: int = 40):
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(5, vocab, (4, 12), generator=g)
+        mask = torch.ones_like(ids)
+        mask[1, 8:] = 0
+        mask[3, 5:] = 0
+        return ids, mask
 
     return make
