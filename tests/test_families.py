@@ -277,13 +277,13 @@ def test_plan_train_predict_export_onnx_same_labels(family_model_dir, kind, data
     np.testing.assert_allclose(peft_logits.numpy(), expected, atol=1e-4)
 
 
-def test_resume_on_deberta_matches_uninterrupted(family_model_dir, data_dir, tmp_path, monkeypatch):
-    """A DeBERTa-v2 run stopped after step 6 (Ctrl-C) and continued with --resume ends as the
+def test_resume_on_distilbert_matches_uninterrupted(family_model_dir, data_dir, tmp_path, monkeypatch):
+    """A DistilBERT run stopped after step 6 (Ctrl-C) and continued with --resume ends as the
     uninterrupted run does."""
     import lorabudget.training.loop as loop
 
     values = yaml.safe_load(
-        _run_config(tmp_path, family_model_dir("deberta-v2"), "deberta-v2", "lora", "linear", data_dir).read_text()
+        _run_config(tmp_path, family_model_dir("distilbert"), "distilbert", "lora", "linear", data_dir).read_text()
     )
     values["training"].update({"max_steps": 10, "eval_every": 4, "log_every": 2})
     cfg = tmp_path / "resume.yaml"
