@@ -103,6 +103,83 @@ def make_model_dir(path: Path, kind: str, hidden_size: int = 32, intermediate_si
     return path
 
 
+# Tiny random configs of every encoder family lorabudget maps (methods/sites.py): hidden 32, 3 layers
+# (ALBERT: 3 layers applied from one shared set of weights), vocabularies of the word-level tokenizer.
+FAMILY_KINDS = (
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "electra",
+    "mpnet",
+    "distilbert",
+    "deberta-v2",
+    "modernbert",
+    "albert",
+)
+_ROBERTA_TOKENIZED = {"roberta", "xlm-roberta", "mpnet"}
+
+
+def make_family_model_dir(path: Path, kind: str) -> Path:
+    """A tiny random encoder of ``kind`` (a transformers model_type) with a word-level tokenizer, saved
+    as a local model folder."""
+    import torch
+    from transformers import AutoModel
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    tokenizer = make_tokenizer("roberta" if kind in _ROBERTA_TOKENIZED else "bert")
+    ids = dict(
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id
+    )
+    size = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48)
+    bert_like = dict(size, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, max_position_embeddings=132)
+    values = {
+        "bert": dict(bert_like),
+        "roberta": dict(bert_like, type_vocab_size=1),
+        "xlm-roberta": dict(bert_like, type_vocab_size=1),
+        "electra": dict(bert_like, embedding_size=16),
+        "mpnet": dict(bert_like),
+        "distilbert": dict(dim=32, n_layers=3, n_heads=2, hidden_dim=48, max_position_embeddings=132),
+        "deberta-v2": dict(
+            bert_like,
+            relative_attention=True,
+            position_buckets=16,
+            norm_rel_ebd="layer_norm",
+            share_att_key=True,
+            pos_att_type=["p2c", "c2p"],
+            position_biased_input=False,
+            type_vocab_size=0,
+        ),
+        "modernbert": dict(
+            size,
+            max_position_embeddings=132,
+            global_attn_every_n_layers=2,
+            local_attention=8,
+            cls_token_id=tokenizer.cls_token_id,
+            sep_token_id=tokenizer.sep_token_id,
+            mlp_dropout=0.1,
+        ),
+        "albert": dict(bert_like, embedding_size=16, num_hidden_groups=1, inner_group_num=1),
+    }[kind]
+    config = CONFIG_MAPPING[kind](vocab_size=len(tokenizer), **ids, **values)
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def family_model_dir(tmp_path_factory):
+    """``family_model_dir(kind)`` -> a tiny random model folder of that family (built once per session)."""
+    built: dict[str, Path] = {}
+
+    def make(kind: str) -> Path:
+        if kind not in built:
+            built[kind] = make_family_model_dir(tmp_path_factory.mktemp(f"tiny-{kind}"), kind)
+        return built[kind]
+
+    return make
+
+
 def write_csv(path: Path, rows, header=None) -> Path:
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)

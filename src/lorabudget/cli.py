@@ -56,6 +56,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         )
     if method.note:
         print(f"  note: {method.note}")
+    for note in built.notes:
+        print(f"  note: {note}")
     print(format_breakdown(b, cfg.budget.max_trainable_params, method=method.name))
     return 0 if within_budget(b, cfg.budget.max_trainable_params) else 3
 

@@ -91,6 +91,11 @@ class AdapterConfig:
     ln_tuning: attention_output+output, meaning the LayerNorms closing those sublayers)."""
     layers: Optional[list[int]] = None
     """Layers for ``modules``; ``null`` means all layers (ignored when ``placements`` is set)."""
+    target_modules: Optional[Union[str, list[str]]] = None
+    """Modules named the PEFT way instead of by short names, for any encoder (also one no family in
+    ``methods/sites.py`` describes): a list of full names or name suffixes, or one regex matched
+    against full module names. Replaces ``modules``; ``layers`` still restricts; no placements or
+    per-module patterns."""
     placements: list[PlacementConfig] = field(default_factory=list)
     """Finer placement: a list of {modules, layers, r, alpha} groups. Replaces modules/layers."""
     rank_pattern: dict[str, int] = field(default_factory=dict)
@@ -400,6 +405,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check_positive("adapter.alpha", a.alpha)
     if not 0 <= a.dropout < 1:
         raise LorabudgetError(f"config key 'adapter.dropout': must be in [0, 1), got {a.dropout}")
+    if a.target_modules is not None:
+        if not a.target_modules:
+            raise LorabudgetError("config key 'adapter.target_modules': name at least one module")
+        if METHODS[a.method].placement == "model":
+            raise LorabudgetError(f"adapter.method '{a.method}' trains every weight: remove adapter.target_modules")
+        varied = [k for k in ("placements", "rank_pattern", "alpha_pattern") if getattr(a, k)]
+        if varied:
+            raise LorabudgetError(f"config key 'adapter.target_modules' replaces adapter.{varied[0]}: remove one")
     if a.placements:
         for i, p in enumerate(a.placements):
             _check_modules(f"adapter.placements[{i}].modules", p.modules)

@@ -38,6 +38,8 @@ class Method:
     placement: str = "linear"
     """``linear``: on the six linear modules; ``norm``: on the LayerNorms; ``model``: everything."""
     default_modules: tuple[str, ...] = ("query", "value")
+    needs_bias: bool = False
+    """Whether each placed Linear must have a bias (BitFit's offsets merge into it; ModernBERT has none)."""
     uses_rank: bool = False
     default_r: Optional[int] = None
     uses_alpha: bool = False
@@ -204,6 +206,7 @@ METHODS: dict[str, Method] = {
             "bias offsets only (PEFT BEFT on the placed linear modules)",
             b.build_bitfit,
             default_modules=ALL_LINEAR,
+            needs_bias=True,
             learning_rate=3e-3,
             head_learning_rate=3e-3,
             options_class="BeftConfig",

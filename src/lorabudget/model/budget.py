@@ -18,20 +18,73 @@ from torch import nn
 
 from lorabudget.errors import BudgetExceededError
 from lorabudget.methods.registry import tensor_users
-from lorabudget.methods.sites import LINEAR_PATHS, NORM_PATHS, NORM_SHORT
+from lorabudget.methods.sites import LINEAR_PATHS, NORM_SHORT
 
-# Full path inside a layer -> the short name shown in the breakdown.
-_PATH_TO_SHORT = {path: short for short, path in LINEAR_PATHS.items()}
-_PATH_TO_SHORT.update({path: NORM_SHORT[short] for short, path in NORM_PATHS.items()})
+# The breakdown's column order: the six short names, the two norms, then other adapted paths, "other".
 SHORT_ORDER = tuple(LINEAR_PATHS) + tuple(NORM_SHORT.values()) + ("other",)
-_SITE_RE = re.compile(
-    r"layer\.(\d+)\.("
-    + "|".join(re.escape(p) for p in sorted(_PATH_TO_SHORT, key=len, reverse=True))
-    + r")\.(?:base_layer\.)?([A-Za-z0-9_]+)"
-)
-# The rest of a layer that no adapted-module path names (under ``full``, e.g. the attention's
-# relative-position tables of some encoders) is grouped per layer as "other".
-_LAYER_RE = re.compile(r"layer\.(\d+)\.")
+
+
+def module_order(module: str) -> tuple[int, int, str]:
+    """Sort key of a breakdown column: short names in layer order (a fused site by its first name),
+    then modules named by path (``adapter.target_modules``), then "other"."""
+    first = module.split("+")[0]
+    if module == "other":
+        return (2, 0, "")
+    if first in SHORT_ORDER:
+        return (0, SHORT_ORDER.index(first), module)
+    return (1, 0, module)
+
+
+class _Locator:
+    """Maps a parameter name to ``(layer, module label, kind)``: the layer from the encoder's layer
+    list discovered on the model, the module from the family table (its short name) or, for modules
+    PEFT adapted that the table does not name, the module's path inside the layer."""
+
+    def __init__(self, model: nn.Module):
+        from lorabudget.model.build import encoder_layers, model_family
+
+        try:
+            layers = encoder_layers(model)
+        except Exception:  # a model without a layer list: everything is "other"
+            layers = []
+        self.layers = {name: i for i, name in enumerate(layers)}
+        self.layer_re = (
+            re.compile("(" + "|".join(re.escape(n) for n in sorted(layers, key=len, reverse=True)) + r")\.(.+)")
+            if layers
+            else None
+        )
+        family = model_family(model)
+        self.labels: dict[str, str] = family.labels() if family else {}
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for name, module in model.named_modules():
+            if isinstance(module, BaseTunerLayer):
+                located = self._split(name)
+                if located:
+                    self.labels.setdefault(located[1], located[1])
+        self.paths = sorted(self.labels, key=len, reverse=True)
+
+    def _split(self, name: str) -> Optional[tuple[int, str]]:
+        match = self.layer_re.search(name) if self.layer_re else None
+        if match and match.group(1) in self.layers:
+            return self.layers[match.group(1)], match.group(2)
+        return None
+
+    def site(self, name: str) -> Optional[tuple[int, str, str]]:
+        located = self._split(name)
+        if not located:
+            return None
+        layer, rest = located
+        for path in self.paths:
+            if rest.startswith(path + "."):
+                tail = rest[len(path) + 1 :]
+                tail = tail[len("base_layer.") :] if tail.startswith("base_layer.") else tail
+                return layer, self.labels[path], tail.split(".")[0]
+        return None
+
+    def layer(self, name: str) -> Optional[int]:
+        located = self._split(name)
+        return located[0] if located else None
 
 
 @dataclass
@@ -86,16 +139,10 @@ def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
     return tuple(name + "." for name in head_module_names(model))
 
 
-def _site_of(name: str) -> Optional[tuple[int, str, str]]:
-    match = _SITE_RE.search(name)
-    if match:
-        return int(match.group(1)), _PATH_TO_SHORT[match.group(2)], match.group(3)
-    return None
-
-
 def breakdown(model: nn.Module) -> Breakdown:
     """Group every trainable parameter: per (layer, module, kind), shared across sites, head, other."""
     heads = _head_prefixes(model)
+    locate = _Locator(model)
     # Every name under which each trainable tensor is reachable: a tensor reachable from several
     # adapted modules (VB-LoRA's bank, TinyLoRA's tied vectors) is shared and counted once.
     names: dict[int, list[str]] = defaultdict(list)
@@ -109,7 +156,7 @@ def breakdown(model: nn.Module) -> Breakdown:
     result = Breakdown()
     for key, param in tensors.items():
         first = names[key][0]
-        located = {s for s in map(_site_of, names[key]) if s}
+        located = {s for s in map(locate.site, names[key]) if s}
         n = param.numel()
         if ".modules_to_save." in first or (heads and first.startswith(heads)):
             result.head += n
@@ -122,17 +169,17 @@ def breakdown(model: nn.Module) -> Breakdown:
         elif located:
             sites[next(iter(located))] += n
         else:
-            match = _LAYER_RE.search(first)
-            if match:
-                sites[(int(match.group(1)), "other", "weight")] += n
+            layer = locate.layer(first)
+            if layer is not None:  # the rest of a layer no adapted path names (e.g. under ``full``)
+                sites[(layer, "other", "weight")] += n
             else:
                 result.other[first] = n
-    result.frozen_shared = _frozen_shared(model)
-    result.sites = dict(sorted(sites.items(), key=lambda kv: (kv[0][0], SHORT_ORDER.index(kv[0][1]), kv[0][2])))
+    result.frozen_shared = _frozen_shared(model, locate)
+    result.sites = dict(sorted(sites.items(), key=lambda kv: (kv[0][0], module_order(kv[0][1]), kv[0][2])))
     return result
 
 
-def _frozen_shared(model: nn.Module) -> dict[str, Shared]:
+def _frozen_shared(model: nn.Module, locate: _Locator) -> dict[str, Shared]:
     """Frozen tensors (buffers or non-trainable parameters) used by several adapted modules, such as
     VeRA's random projections: they cost no budget, and one copy per module would cost memory."""
     located: dict[int, set] = defaultdict(set)
@@ -140,7 +187,7 @@ def _frozen_shared(model: nn.Module) -> dict[str, Shared]:
     tensors = list(model.named_buffers(remove_duplicate=False))
     tensors += [(n, p) for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad]
     for name, tensor in tensors:
-        site = _site_of(name)
+        site = locate.site(name)
         if site:
             located[id(tensor)].add(site[:2])
             sizes[id(tensor)] = (site[2], tensor.numel())
@@ -164,7 +211,7 @@ def format_breakdown(b: Breakdown, budget: Optional[int], title: str = "", metho
     head, total, budget, verdict."""
     lines = [title] if title else []
     by_site = b.lora
-    modules = [m for m in SHORT_ORDER if any(k[1] == m for k in by_site)]
+    modules = sorted({k[1] for k in by_site}, key=module_order)
     layers = sorted({k[0] for k in by_site})
     if modules:
         widths = [max(10, len(m) + 2) for m in modules]

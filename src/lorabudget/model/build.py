@@ -8,12 +8,14 @@ live count by construction; ``tests/test_budget.py`` checks it anyway.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Optional
 from urllib.parse import urlparse
 
@@ -23,7 +25,7 @@ from torch import nn
 from lorabudget.config import AdapterConfig, HeadConfig, PlacementConfig, RunConfig
 from lorabudget.errors import LorabudgetError
 from lorabudget.methods import registry as adapters
-from lorabudget.methods.sites import LINEAR_PATHS, MODULE_SHORT_NAMES, NORM_PATHS
+from lorabudget.methods.sites import MODULE_SHORT_NAMES, Family, LayerSharing, family_of, supported_families
 
 # The head's one definition: the file is also shipped, standalone, as an export's remote code.
 from lorabudget.model.hf_classifier import PooledLinearHead
@@ -91,6 +93,106 @@ BUILTIN_CONFIGS: dict[str, dict[str, Any]] = {
         hidden_act="gelu",
     ),
 }
+# One common checkpoint per family. distilbert-base-uncased and ModernBERT-base are the config classes'
+# defaults; the others are their published config.json values (the transformers defaults are other sizes).
+BUILTIN_CONFIGS.update(
+    {
+        "xlm-roberta-base": dict(
+            _ROBERTA_COMMON,
+            model_type="xlm-roberta",
+            vocab_size=250002,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+        ),
+        "google/electra-base-discriminator": dict(
+            model_type="electra",
+            vocab_size=30522,
+            embedding_size=768,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            max_position_embeddings=512,
+            type_vocab_size=2,
+            pad_token_id=0,
+        ),
+        "distilbert-base-uncased": dict(
+            model_type="distilbert",
+            vocab_size=30522,
+            dim=768,
+            n_layers=6,
+            n_heads=12,
+            hidden_dim=3072,
+            max_position_embeddings=512,
+            pad_token_id=0,
+        ),
+        "microsoft/deberta-v3-base": dict(
+            model_type="deberta-v2",
+            vocab_size=128100,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            max_position_embeddings=512,
+            type_vocab_size=0,
+            layer_norm_eps=1e-7,
+            relative_attention=True,
+            max_relative_positions=-1,
+            position_buckets=256,
+            norm_rel_ebd="layer_norm",
+            share_att_key=True,
+            pos_att_type=["p2c", "c2p"],
+            position_biased_input=False,
+            pad_token_id=0,
+            pooler_hidden_size=768,
+            pooler_dropout=0.0,
+            pooler_hidden_act="gelu",
+        ),
+        "answerdotai/ModernBERT-base": dict(
+            model_type="modernbert",
+            vocab_size=50368,
+            hidden_size=768,
+            intermediate_size=1152,
+            num_hidden_layers=22,
+            num_attention_heads=12,
+            max_position_embeddings=8192,
+            global_attn_every_n_layers=3,
+            local_attention=128,
+            pad_token_id=50283,
+            bos_token_id=50281,
+            eos_token_id=50282,
+            cls_token_id=50281,
+            sep_token_id=50282,
+        ),
+        "albert-base-v2": dict(
+            model_type="albert",
+            vocab_size=30000,
+            embedding_size=128,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_hidden_groups=1,
+            inner_group_num=1,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            hidden_act="gelu_new",
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            max_position_embeddings=512,
+            type_vocab_size=2,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
+        ),
+    }
+)
+for _short, _hub in (
+    ("xlm-roberta-base", "FacebookAI/xlm-roberta-base"),
+    ("distilbert-base-uncased", "distilbert/distilbert-base-uncased"),
+    ("albert-base-v2", "albert/albert-base-v2"),
+):
+    BUILTIN_CONFIGS[_hub] = BUILTIN_CONFIGS[_short]
 BUILTIN_CONFIGS["FacebookAI/roberta-base"] = BUILTIN_CONFIGS["roberta-base"]
 BUILTIN_CONFIGS["FacebookAI/roberta-large"] = BUILTIN_CONFIGS["roberta-large"]
 BUILTIN_CONFIGS["google-bert/bert-base-uncased"] = BUILTIN_CONFIGS["bert-base-uncased"]
@@ -229,11 +331,21 @@ class EncoderWithLinearHead(nn.Module):
 
 
 def head_module_names(model: nn.Module) -> list[str]:
-    """Names of the modules that make up the classification head (trained in full)."""
+    """Names of the modules that make up the classification head (trained in full).
+
+    transformers' own head (``head.type: full``) is every module of the sequence-classification model
+    beside its base model that holds parameters (DistilBERT's pre_classifier, DeBERTa's pooler,
+    ModernBERT's head ...), and the base model's pooler where the classifier reads it (BERT, ALBERT).
+    """
     if isinstance(model, EncoderWithLinearHead):
         return ["head"]
-    names = ["classifier"]
     prefix = getattr(model, "base_model_prefix", "")  # absent on a bare module: then no pooler either
+    family = model_family(model)
+    names = list(family.head_modules) if family else ["classifier"]
+    for name, child in model.named_children():
+        if name != prefix and name not in names and any(True for _ in child.parameters()):
+            names.append(name)
+    names = [n for n in names if getattr(model, n, None) is not None]
     base = getattr(model, prefix, None) if prefix else None
     if getattr(base, "pooler", None) is not None:
         # BERT's classifier reads the pooler's output; a fresh task needs it trained too.
@@ -323,15 +435,61 @@ class AdapterSite:
     dims: tuple[int, ...] = ()  # (in_features, out_features) of a linear module, (width,) of a LayerNorm
 
 
+def model_family(model: nn.Module) -> Optional[Family]:
+    """The encoder family (methods/sites.py) of a model, PEFT-wrapped or not; None when no family has it."""
+    return family_of(getattr(getattr(model, "config", None), "model_type", None))
+
+
+def _holds_linear(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.Linear) for m in module.modules())
+
+
+def encoder_layers(model: nn.Module) -> list[str]:
+    """Full names of the encoder's layers, in order, discovered from the model.
+
+    The layers are the items of the innermost ModuleLists whose every item holds a Linear
+    (``encoder.layer`` in BERT, ``transformer.layer`` in DistilBERT, ``layers`` in ModernBERT, each
+    ``albert_layer_groups.G.albert_layers`` in ALBERT): no path is assumed.
+    """
+    lists = [
+        (name, len(module))
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) and all(_holds_linear(m) for m in module)
+    ]
+    inner = [(name, n) for name, n in lists if not any(other.startswith(name + ".") for other, _ in lists)]
+    if not inner:
+        raise LorabudgetError(
+            f"model type '{getattr(getattr(model, 'config', None), 'model_type', '?')}' is not supported: "
+            "lorabudget found no list of encoder layers in it (a ModuleList of layers holding Linear modules)"
+        )
+    return [f"{name}.{i}" for name, n in inner for i in range(n)]
+
+
 def encoder_layer_prefix(model: nn.Module) -> tuple[str, int]:
-    """Return ``(name of the encoder's layer list, number of layers)`` for a BERT-family model."""
-    for name, module in model.named_modules():
-        if name.endswith("encoder.layer") and isinstance(module, nn.ModuleList):
-            return name, len(module)
-    raise LorabudgetError(
-        f"model type '{getattr(model.config, 'model_type', '?')}' is not supported: lorabudget places "
-        "adapters on BERT-family encoders (BERT, RoBERTa, XLM-RoBERTa, MiniLM ...) with encoder.layer.N"
-    )
+    """``(name of the encoder's layer list, number of layers)``; for models with one layer list."""
+    layers = encoder_layers(model)
+    return layers[0].rpartition(".")[0], len(layers)
+
+
+def layer_sharing(model: nn.Module) -> Optional[LayerSharing]:
+    """How often the layers' weights are applied, where a model reuses them (ALBERT); else None."""
+    applied = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    distinct = len(encoder_layers(model))
+    if isinstance(applied, int) and applied > distinct:
+        return LayerSharing(distinct, applied)
+    return None
+
+
+def model_notes(model: nn.Module) -> list[str]:
+    """What ``plan`` says about the model's layout: fused modules, shared layers."""
+    notes = []
+    family = model_family(model)
+    if family and family.fused:
+        notes.append(family.fused)
+    sharing = layer_sharing(model)
+    if sharing:
+        notes.append(sharing.note())
+    return notes
 
 
 def _dims(module: nn.Module) -> tuple[int, ...]:
@@ -341,42 +499,108 @@ def _dims(module: nn.Module) -> tuple[int, ...]:
     return tuple(int(d) for d in shape) if shape else ()
 
 
+def _site_order(site: "AdapterSite") -> tuple[int, int, str]:
+    known = MODULE_SHORT_NAMES.index(site.module) if site.module in MODULE_SHORT_NAMES else len(MODULE_SHORT_NAMES)
+    return site.layer, known, site.name
+
+
+def _target_module_sites(model: nn.Module, adapter: AdapterConfig, layers: list[str]) -> list[AdapterSite]:
+    """Sites named by ``adapter.target_modules``, matched by PEFT's own target-module rules (a list:
+    exact names or name suffixes; a string: a regex matched against the full name)."""
+    from peft.tuners.tuners_utils import _ExcludedModule, check_target_module_exists
+
+    matcher = SimpleNamespace(
+        target_modules=adapter.target_modules,
+        target_parameters=None,
+        exclude_modules=None,
+        modules_to_save=head_module_names(model),
+        layers_to_transform=None,
+        layers_pattern=None,
+    )
+    method = adapters.get_method(adapter.method)
+    kind = nn.LayerNorm if method.placement == "norm" else nn.Linear
+    sites = []
+    for name, module in model.named_modules():
+        if not name or not isinstance(module, kind):
+            continue
+        found = check_target_module_exists(matcher, name)
+        if not found or isinstance(found, _ExcludedModule):  # the head's modules are never adapter targets
+            continue
+        layer = next((i for i, prefix in enumerate(layers) if name.startswith(prefix + ".")), -1)
+        if adapter.layers is not None and layer not in adapter.layers:
+            continue
+        if method.needs_bias and module.bias is None:
+            raise LorabudgetError(
+                f"adapter.target_modules: adapter.method '{method.name}' offsets biases; {name} has none"
+            )
+        path = name[len(layers[layer]) + 1 :] if layer >= 0 else name
+        sites.append(AdapterSite(layer, path, name, int(adapter.r), float(adapter.alpha), _dims(module)))
+    if not sites:
+        raise LorabudgetError(
+            f"adapter.target_modules: {adapter.target_modules!r} matches no {kind.__name__} module of this model"
+        )
+    return sorted(sites, key=_site_order)
+
+
 def plan_sites(model: nn.Module, adapter: AdapterConfig) -> list[AdapterSite]:
     """Expand the adapter config into concrete modules, checking layers and module names."""
     method = adapters.get_method(adapter.method)
-    prefix, num_layers = encoder_layer_prefix(model)
+    layers = encoder_layers(model)
+    num_layers = len(layers)
     if method.placement == "model":
         return []
-    paths = NORM_PATHS if method.placement == "norm" else LINEAR_PATHS
+    if adapter.target_modules is not None:
+        return _target_module_sites(model, adapter, layers)
+    family = model_family(model)
+    if family is None:
+        raise LorabudgetError(
+            f"model type '{getattr(model.config, 'model_type', '?')}' is in no encoder family lorabudget maps "
+            f"short module names for ({supported_families()}): name its modules with adapter.target_modules "
+            "(PEFT-style names or a regex)"
+        )
+    paths = family.norms if method.placement == "norm" else family.linear
+    fused = family.fused_groups() if method.placement != "norm" else {}
     modules = dict(model.named_modules())
     groups = adapter.placements or [PlacementConfig(modules=adapter.modules, layers=adapter.layers)]
     sites: dict[str, AdapterSite] = {}
     for index, group in enumerate(groups):
         where = f"adapter.placements[{index}]" if adapter.placements else "adapter"
-        layers = list(range(num_layers)) if group.layers is None else list(group.layers)
-        for layer in layers:
+        chosen = list(range(num_layers)) if group.layers is None else list(group.layers)
+        for layer in chosen:
             if not 0 <= layer < num_layers:
                 raise LorabudgetError(
                     f"{where}.layers: layer {layer} is out of range; this model has layers 0..{num_layers - 1}"
                 )
+        for names in fused.values():
+            picked = [m for m in group.modules if m in names]
+            if picked and len(picked) != len(names):
+                raise LorabudgetError(f"{where}.modules: {family.fused}")
         for module in group.modules:
             if module not in paths:
                 raise LorabudgetError(
                     f"{where}.modules: unknown module '{module}' for method '{method.name}'; this model has: "
                     + ", ".join(paths)
                 )
-            for layer in layers:
-                full = f"{prefix}.{layer}.{paths[module]}"
+            short = fused.get(paths[module], (module,))[0]  # a fused Linear is one site, named by its first
+            for layer in chosen:
+                full = f"{layers[layer]}.{paths[module]}"
                 if full not in modules:
-                    present = [m for m, path in paths.items() if f"{prefix}.0.{path}" in modules]
+                    present = [m for m, path in paths.items() if f"{layers[0]}.{path}" in modules]
                     raise LorabudgetError(
-                        f"{where}.modules: module '{module}' does not exist in this model; it has: "
+                        f"{where}.modules: module '{module}' does not exist in this {family.name} model; it has: "
                         + ", ".join(present)
                     )
-                r = group.r or adapter.rank_pattern.get(module, adapter.r)
-                alpha = group.alpha or adapter.alpha_pattern.get(module, adapter.alpha)
-                sites[full] = AdapterSite(layer, module, full, int(r), float(alpha), _dims(modules[full]))
-    return sorted(sites.values(), key=lambda s: (s.layer, MODULE_SHORT_NAMES.index(s.module)))
+                if not any(True for _ in modules[full].parameters()):
+                    continue  # an identity in place of a norm (ModernBERT's first layer): nothing to tune
+                if method.needs_bias and getattr(modules[full], "bias", True) is None:
+                    raise LorabudgetError(
+                        f"{where}.modules: adapter.method '{method.name}' offsets biases, and '{module}' "
+                        f"({paths[module]}) has no bias in this {family.name} model"
+                    )
+                r = group.r or adapter.rank_pattern.get(short, adapter.r)
+                alpha = group.alpha or adapter.alpha_pattern.get(short, adapter.alpha)
+                sites[full] = AdapterSite(layer, short, full, int(r), float(alpha), _dims(modules[full]))
+    return sorted(sites.values(), key=_site_order)
 
 
 @dataclass
@@ -384,6 +608,8 @@ class BuiltModel:
     model: nn.Module  # a peft.PeftModel, or the plain model for method ``full``
     sites: list[AdapterSite]
     config_source: str
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """What ``plan`` says about the model's layout (fused modules, ALBERT's shared layers)."""
 
 
 # Stands in for the training length when only counting: no method's count depends on it.
@@ -411,7 +637,7 @@ def build_model(cfg: RunConfig, weights: bool = True, total_steps: Optional[int]
     if method.build is None:  # full fine-tuning: every weight trains, nothing wraps the model
         for param in base.parameters():
             param.requires_grad_(True)
-        return BuiltModel(base, sites, config_source)
+        return BuiltModel(base, sites, config_source, model_notes(base))
     if weights and cfg.model.quantization != "none":
         from peft import prepare_model_for_kbit_training
 
@@ -426,7 +652,7 @@ def build_model(cfg: RunConfig, weights: bool = True, total_steps: Optional[int]
             raise LorabudgetError(
                 f"adapter.method '{method.name}' cannot be built with these settings: {first}"
             ) from err
-    return BuiltModel(peft_model, sites, config_source)
+    return BuiltModel(peft_model, sites, config_source, model_notes(base))
 
 
 def merge_adapters(model: nn.Module) -> nn.Module:

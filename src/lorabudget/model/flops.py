@@ -142,23 +142,27 @@ def training_coefficients(shape: EncoderShape) -> Coefficients:
 
 
 def encoder_shape(model: torch.nn.Module) -> EncoderShape:
-    """The shape of a BERT-family model as built by lorabudget (PEFT-wrapped or merged)."""
+    """The shape of an encoder as built by lorabudget (PEFT-wrapped or merged), for the families whose
+    six linear modules are separate and whose layers are not shared (not ModernBERT, not ALBERT)."""
     from torch import nn
 
-    from lorabudget.methods.sites import LINEAR_PATHS
-    from lorabudget.model.build import encoder_layer_prefix
+    from lorabudget.errors import LorabudgetError
+    from lorabudget.model.build import encoder_layers, layer_sharing, model_family
 
-    prefix, num_layers = encoder_layer_prefix(model)
+    layer_names = encoder_layers(model)
+    family = model_family(model)
+    if family is None or family.fused_groups() or layer_sharing(model):
+        raise LorabudgetError("FLOPs are counted for encoders with six separate linear modules and unshared layers")
     modules = dict(model.named_modules())
 
     def trainable(module: nn.Module) -> bool:
         return any(p.requires_grad for p in module.parameters())
 
     layers = []
-    for i in range(num_layers):
+    for layer_name in layer_names:
         sites = {}
-        for short, path in LINEAR_PATHS.items():
-            module = modules[f"{prefix}.{i}.{path}"]
+        for short, path in family.linear.items():
+            module = modules[f"{layer_name}.{path}"]
             base = getattr(module, "base_layer", module)  # PEFT tuner layers wrap the original Linear
             rank = 0
             lora_a = getattr(module, "lora_A", None)
@@ -166,15 +170,15 @@ def encoder_shape(model: torch.nn.Module) -> EncoderShape:
                 active = getattr(module, "active_adapters", list(lora_a.keys()))
                 rank = sum(lora_a[a].out_features for a in active if a in lora_a)
             sites[short] = LinearSite(base.in_features, base.out_features, base.weight.requires_grad, rank)
-        layer = modules[f"{prefix}.{i}"]
+        layer = modules[layer_name]
         norms = any(trainable(m) for m in layer.modules() if isinstance(m, nn.LayerNorm))
         layers.append(LayerShape(sites, norms))
     embeddings = [m for n, m in modules.items() if n.endswith("embeddings") and n.count("embeddings") == 1]
     head, head_trainable = [], False
     for name, module in modules.items():
-        if not isinstance(module, nn.Linear) or name.startswith(prefix) or "original_module" in name:
+        if not isinstance(module, nn.Linear) or "original_module" in name or ".lora_" in name:
             continue
-        if "encoder.layer" in name or ".lora_" in name:
+        if any(name.startswith(layer_name + ".") for layer_name in layer_names):
             continue
         head.append((module.in_features, module.out_features))
         head_trainable = head_trainable or trainable(module)
