@@ -27,6 +27,7 @@ LAYERS = [
     {"report"},
     {"export"},
     {"search"},
+    {"serve"},
     {"cli", "__init__"},
 ]
 
