@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32", help="numbers of concurrent clients")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads of each server")
     parser.add_argument("--max-batch", type=int, default=32)
-    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--max-wait-ms", type=float, default=0.0)
     parser.add_argument("--precision", default="fp32", help="lorabudget serve's precision (the pipeline runs fp32)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--baseline-server", help=argparse.SUPPRESS)  # internal: run the pipeline server

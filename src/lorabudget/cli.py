@@ -532,8 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-wait-ms",
         type=float,
-        default=5.0,
-        help="how long a text may wait for others to fill its batch (default 5)",
+        default=0.0,
+        help="how long a text may wait for others to fill its batch (default 0: a batch is what queued up "
+        "while the model ran the previous one)",
     )
     p.set_defaults(func=cmd_serve)
 

@@ -49,7 +49,7 @@ class DynamicBatcher:
         self,
         infer: Callable[[list[str]], np.ndarray],
         max_batch: int = 32,
-        max_wait_ms: float = 5.0,
+        max_wait_ms: float = 0.0,
         max_queued_texts: int = 4096,
     ):
         if max_batch < 1:

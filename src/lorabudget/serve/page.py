@@ -25,8 +25,8 @@ def _facts(info: dict[str, Any]) -> list[tuple[str, str]]:
         text = f"{validation['accuracy']:.1%}"
         low_high = validation.get("accuracy_ci95")
         if low_high:
-            text += f" (95% CI {low_high[0]:.1%}–{low_high[1]:.1%}"
-            text += f", {validation['rows']:,} rows)" if validation.get("rows") else ")"
+            text += f" (95% CI {100 * low_high[0]:.1f}–{low_high[1]:.1%}"
+            text += f", n={validation['rows']:,})" if validation.get("rows") else ")"
         facts.append(("validation accuracy", text))
     facts.append(("engine", f"{info.get('engine')} · {info.get('precision')}"))
     return facts
@@ -66,7 +66,7 @@ PAGE = """<!doctype html>
   * { box-sizing: border-box; }
   body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--ink);
          background: var(--bg); }
-  main { max-width: 860px; margin: 0 auto; padding: 28px 20px 40px; }
+  main { max-width: 920px; margin: 0 auto; padding: 28px 20px 40px; }
   header h1 { margin: 0; font-size: 24px; }
   header .sub { color: var(--muted); margin-top: 2px; font-size: 13px; word-break: break-all; }
   .facts { display: flex; flex-wrap: wrap; gap: 10px; margin: 16px 0 20px; }
