@@ -282,6 +282,23 @@ def test_onnx_engine_in_process_server(trained):
         sock.close()
 
 
+def test_bf16_weights_are_cast_once_and_give_predicts_logits(trained):
+    import torch
+
+    from lorabudget.inference.runs import load_run
+    from lorabudget.serve.app import load_for_serving
+
+    served = load_for_serving(trained["run"], precision="bf16", threads=1)
+    assert served.precision == "bf16"
+    assert {p.dtype for p in served.model.parameters() if p.is_floating_point()} == {torch.bfloat16}
+    reference = load_run(trained["run"], threads=1, precision="bf16")  # casts per call, as predict does
+    texts = trained["texts"][:24]
+    np.testing.assert_array_equal(
+        served.logits(texts, batch_size=8, token_cache=False), reference.logits(texts, batch_size=8)
+    )
+    assert {p.dtype for p in reference.model.parameters() if p.is_floating_point()} == {torch.float32}
+
+
 def test_serve_refuses_a_missing_or_corrupted_run_before_listening(trained, tmp_path, capsys):
     assert main(["serve", str(tmp_path / "missing"), "--port", str(_free_port())]) == 2
     assert "run directory not found" in capsys.readouterr().err

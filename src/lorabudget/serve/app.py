@@ -295,7 +295,22 @@ def load_for_serving(
         from lorabudget.export.formats import ensure_onnx_export
 
         ensure_onnx_export(files.path)
-    return load_run(run_dir, threads=threads, precision=precision, engine=engine)
+    run = load_run(run_dir, threads=threads, precision=precision, engine=engine)
+    if run.engine == "torch" and run.precision == "bf16" and run.cfg.model.quantization == "none":
+        hold_weights_in_bf16(run.model)
+    return run
+
+
+def hold_weights_in_bf16(model) -> None:
+    """Cast every floating-point parameter to bf16 once, for good. ``predict`` casts them for each call
+    and puts the fp32 originals back (``inference_weights_in``); a server would pay that for every batch.
+    The forward pass then finds them in bf16 already and computes exactly what ``predict`` computes."""
+    import torch
+
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.is_floating_point() and param.dtype != torch.bfloat16:
+                param.data = param.data.to(torch.bfloat16)
 
 
 def serve(run: LoadedRun, host: str, port: int, settings: ServeSettings, sockets=None, log_level: str = "info"):
