@@ -381,15 +381,18 @@ def main() -> int:
     half_t, half_p = size["train_rows"] // rounds, size["predict_rows"] // rounds
     peak_seconds = 0.1 if mode == "tiny" else 1.0
     peaks = matmul_peaks(peak_seconds)
+    from lorabudget.envinfo import cpu_summary
+
+    cpu = cpu_summary()  # figures differ by CPU kind (bf16 above all): every figure names its CPU
     print(
         f"mode {mode}: training {size['train_rows']} rows, predicting {size['predict_rows']} rows per side; "
-        f"matmul peak " + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items()),
+        f"matmul peak " + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items()) + f"; CPU {cpu}",
         flush=True,
     )
 
     train = alternate(
         [
-            # fp32 explicitly: `auto` picks bf16 on CPUs with native bf16, and the notebook recipe trains in fp32.
+            # fp32 explicitly: `auto` may pick bf16 (measured per CPU), and the notebook recipe trains in fp32.
             (
                 "lorabudget",
                 lambda r: run_worker(
@@ -464,6 +467,7 @@ def main() -> int:
         "Matmul peak of this machine, measured in this run: "
         + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items())
         + ".",
+        f"CPU: {cpu}.",
         "",
         "| measurement | notebook recipe | lorabudget | ratio |",
         "|---|---:|---:|---:|",

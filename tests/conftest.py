@@ -7,14 +7,22 @@ under test loads them exactly as it loads a user's local model directory.
 from __future__ import annotations
 
 import csv
+import glob
 import os
 import random
+import shutil
+import socket
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `auto` precision measures fp32 against bf16 per machine, and under the suite's own load a probe can
+# come out either way: tests train in one fixed precision (tests of the probe itself unset this).
+os.environ.setdefault("LORABUDGET_AUTO_PRECISION", "fp32")
 
 CLASS_WORDS = {
     0: ["president", "election", "minister", "war", "embassy", "treaty", "parliament", "refugees"],
@@ -161,3 +169,78 @@ def padded_batch():
         return ids, mask
 
     return make
+
+
+# --------------------------------------------------------------------------------------------
+# A real PostgreSQL server, started for the session by the tests that need one
+
+
+def _postgres_bin() -> str | None:
+    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if os.path.isfile(os.path.join(folder, "initdb")) and os.path.isfile(os.path.join(folder, "pg_ctl")):
+            return folder
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """URL of a PostgreSQL server's `postgres` database, the server started in a temporary folder."""
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/*/bin; "
+            "install the `postgresql` package"
+        )
+    pytest.importorskip("psycopg2", reason="psycopg2 (psycopg2-binary) is needed for Optuna's PostgreSQL storage")
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        import pwd
+
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no `postgres` user to run the server as")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    folder = Path(tempfile.mkdtemp(prefix="lorabudget-pg-"))
+    data = folder / "data"
+    if as_user:
+        os.chown(folder, pw.pw_uid, pw.pw_gid)
+    port = _free_port()
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True, timeout=120)
+
+    try:
+        run(f"{bindir}/initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
+        run(
+            f"{bindir}/pg_ctl",
+            "-D",
+            str(data),
+            "-l",
+            str(folder / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={folder} -c fsync=off",
+            "start",
+        )
+    except subprocess.CalledProcessError as err:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise RuntimeError(f"could not start PostgreSQL: {err.stderr}") from err
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run(
+            [*as_user, f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"],
+            check=False,
+            capture_output=True,
+            timeout=120,
+        )
+        shutil.rmtree(folder, ignore_errors=True)

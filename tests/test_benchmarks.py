@@ -28,5 +28,6 @@ def test_speed_benchmark_tiny_mode(tmp_path, tiny_roberta, data_dir):
     assert res.returncode == 0, res.stderr[-3000:]
     text = out.read_text()
     assert "training samples/s" in text and "inference samples/s" in text and "Machine:" in text
+    assert "\nCPU: " in text and "flags: " in text  # every block names its CPU kind and the flags that matter
     assert "<!-- speed:tiny -->" in text and text.count("x** |") == 4
     assert "training GFLOP/s executed" in text and "% of fp32" in text and "Matmul peak of this machine" in text

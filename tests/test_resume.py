@@ -75,8 +75,9 @@ def test_kill_9_and_resume_matches_uninterrupted(tiny_config, tmp_path, method):
     assert (run / "checkpoint" / "state.pt").is_file() and not (run / "summary.json").exists()
     assert max(l["step"] for l in _lines(run)) == KILL_AFTER_STEP  # lines past the checkpoint exist
     assert json.loads((run / ".lock").read_text())["pid"] == child.pid  # a stale lock, taken over below
+    saved = torch.load(run / "checkpoint" / "state.pt", weights_only=True)
+    assert saved["mixed_precision"] == "no"  # what the resumed part trains in (the suite pins auto to fp32)
     if method == "adalora":  # the allocator's importance scores travel with the weights
-        saved = torch.load(run / "checkpoint" / "state.pt", weights_only=True)
         assert saved["method_state"]["exp_avg_ipt"] and saved["method_state"]["rank_pattern"]
 
     assert main(argv + ["--resume"]) == 0

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import csv
 import gc
-import glob
 import json
-import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -500,74 +495,9 @@ def test_two_workers_share_sqlite(tmp_path, tiny_roberta, data_dir):
     _check_workers(out, f"sqlite:///{out / 'study.db'}", "tiny-search", 4)
 
 
-# --------------------------------------------------------------------------------------------
-# A real PostgreSQL server, started by the test
-
-
-def _postgres_bin() -> str | None:
-    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
-        if os.path.isfile(os.path.join(folder, "initdb")) and os.path.isfile(os.path.join(folder, "pg_ctl")):
-            return folder
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    bindir = _postgres_bin()
-    if bindir is None:
-        pytest.skip(
-            "PostgreSQL server binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/*/bin; "
-            "install the `postgresql` package"
-        )
-    pytest.importorskip("psycopg2", reason="psycopg2 (psycopg2-binary) is needed for Optuna's PostgreSQL storage")
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        import pwd
-
-        try:
-            pw = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no `postgres` user to run the server as")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    folder = Path(tempfile.mkdtemp(prefix="lorabudget-pg-"))
-    data = folder / "data"
-    if as_user:
-        os.chown(folder, pw.pw_uid, pw.pw_gid)
-    port = _free_port()
-    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True, timeout=120)  # noqa: E731
-    try:
-        run(f"{bindir}/initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
-        run(
-            f"{bindir}/pg_ctl",
-            "-D",
-            str(data),
-            "-l",
-            str(folder / "server.log"),
-            "-w",
-            "-t",
-            "60",
-            "-o",
-            f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={folder} -c fsync=off",
-            "start",
-        )
-    except subprocess.CalledProcessError as err:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise RuntimeError(f"could not start PostgreSQL: {err.stderr}") from err
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*as_user, f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"],
-            capture_output=True,
-            timeout=120,
-        )
-        shutil.rmtree(folder, ignore_errors=True)
+@pytest.fixture
+def postgres_url(postgres_server):
+    return f"{postgres_server}/postgres"
 
 
 def test_two_workers_share_postgresql(tmp_path, tiny_roberta, data_dir, postgres_url):

@@ -8,13 +8,9 @@ must complete exactly ``--trials`` trials, each trial number once.
 
 from __future__ import annotations
 
-import glob
 import multiprocessing
 import os
-import shutil
 import socket
-import subprocess
-import tempfile
 import time
 import traceback
 import uuid
@@ -117,81 +113,6 @@ def test_workers_start_together_on_a_journal_file(tmp_path, round_):
 @pytest.mark.parametrize("round_", range(ROUNDS))
 def test_workers_start_together_on_sqlite(tmp_path, round_):
     _run_together(f"sqlite:///{tmp_path / 'study.db'}", tmp_path / "out")
-
-
-# --------------------------------------------------------------------------------------------
-# A real PostgreSQL server, started by the test (as in test_search.py)
-
-
-def _postgres_bin() -> str | None:
-    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
-        if os.path.isfile(os.path.join(folder, "initdb")) and os.path.isfile(os.path.join(folder, "pg_ctl")):
-            return folder
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres_server():
-    """URL of a PostgreSQL server's `postgres` database, the server started in a temporary folder."""
-    bindir = _postgres_bin()
-    if bindir is None:
-        pytest.skip(
-            "PostgreSQL server binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/*/bin; "
-            "install the `postgresql` package"
-        )
-    pytest.importorskip("psycopg2", reason="psycopg2 (psycopg2-binary) is needed for Optuna's PostgreSQL storage")
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        import pwd
-
-        try:
-            pw = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no `postgres` user to run the server as")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    folder = Path(tempfile.mkdtemp(prefix="lorabudget-pg-"))
-    data = folder / "data"
-    if as_user:
-        os.chown(folder, pw.pw_uid, pw.pw_gid)
-    port = _free_port()
-
-    def run(*cmd: str) -> None:
-        subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True, timeout=120)
-
-    try:
-        run(f"{bindir}/initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
-        run(
-            f"{bindir}/pg_ctl",
-            "-D",
-            str(data),
-            "-l",
-            str(folder / "server.log"),
-            "-w",
-            "-t",
-            "60",
-            "-o",
-            f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={folder} -c fsync=off",
-            "start",
-        )
-    except subprocess.CalledProcessError as err:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise RuntimeError(f"could not start PostgreSQL: {err.stderr}") from err
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run(
-            [*as_user, f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"],
-            check=False,
-            capture_output=True,
-            timeout=120,
-        )
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

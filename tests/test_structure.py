@@ -28,7 +28,7 @@ LAYERS = [
     {"export"},
     {"search"},
     {"serve"},
-    {"cli", "__init__"},
+    {"cli", "envinfo", "__init__"},
 ]
 
 

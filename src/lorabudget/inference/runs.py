@@ -134,7 +134,8 @@ def load_run(
 ) -> LoadedRun:
     """Load a trained run for inference; adapters are merged into the base weights by default.
 
-    ``precision``: ``fp32``, ``bf16`` or ``auto`` (bf16 on a GPU that supports it or a CPU with native bf16, else fp32).
+    ``precision``: ``fp32``, ``bf16`` or ``auto`` (bf16 on a GPU that supports it or a CPU where it measured
+    clearly faster than fp32: ``precision.resolve``, else fp32).
     ``engine``: ``torch``, or ``onnx`` (ONNX Runtime, fp32; ``run_dir`` may also be a folder written by
     ``lorabudget export --format onnx``, which always runs on ONNX Runtime).
     The adapter weights are checked first (:func:`verify_adapter`).
@@ -159,7 +160,8 @@ def load_run(
     if cfg.model.quantization == "none":  # bitsandbytes places a quantized model itself
         model.to(device)
     model.eval()
-    return LoadedRun(run_dir, cfg, model, tokenizer, resolve_precision(precision))
+    chosen = resolve_precision(precision, model=model, cache_dir=cfg.data.cache_dir)  # auto on a CPU: measured
+    return LoadedRun(run_dir, cfg, model, tokenizer, chosen)
 
 
 def evaluate_run(run: LoadedRun, data_source: str, trust_pickle: bool = False) -> dict[str, Any]:

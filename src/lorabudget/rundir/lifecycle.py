@@ -144,6 +144,19 @@ def _remove_made(made: list[Path]) -> None:
             folder.rmdir()  # only if still empty
 
 
+def requested_run_dir(folder: Path) -> Path:
+    """The run directory a run trained in ``folder`` ends up in: the one asked for, where ``folder``
+    is the hidden sibling an ``--overwrite`` trains in (``PARENT/.NAME.overwrite``, swapped in at the
+    end: :func:`run_directory`), else ``folder`` itself."""
+    folder = Path(folder)
+    name = folder.name
+    if name.startswith(".") and name.endswith(".overwrite") and len(name) > len("..overwrite"):
+        asked = folder.parent / name[1 : -len(".overwrite")]
+        if RunDir(asked).is_run():  # the run being replaced is still there until the swap
+            return asked
+    return folder
+
+
 @contextlib.contextmanager
 def run_directory(run_dir: Path, overwrite: bool = False, resume: bool = False) -> Iterator[Path]:
     """Yield the folder to train into, locked for this process; see the module docstring."""

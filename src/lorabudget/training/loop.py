@@ -33,6 +33,7 @@ from lorabudget.model.flops import FlopCounter
 from lorabudget.model.flops import training_summary as training_flops
 from lorabudget.model.precision import frozen_base_in
 from lorabudget.rundir.layout import RunDir
+from lorabudget.rundir.lifecycle import requested_run_dir
 from lorabudget.rundir.weights import save_trained
 from lorabudget.training.setup import (
     LossFn,
@@ -224,14 +225,16 @@ def train(
     ``summary`` set. A non-finite loss or gradient norm raises :class:`TrainingDiverged`, keeping the
     best finite adapter and the last finite checkpoint.
     """
-    accelerator = make_accelerator(cfg, run_dir, log)
+    checkpoints = Checkpointer(run_dir, method=cfg.adapter.method)
+    resumed = checkpoints.load() if resume else None  # before any weights load: a bad checkpoint fails fast
+    # A resumed run keeps the precision it started in (`auto` measures, and may measure otherwise now).
+    accelerator = make_accelerator(cfg, run_dir, log, started_in=resumed.get("mixed_precision") if resumed else None)
+    checkpoints.accelerator = accelerator
     main = accelerator.is_main_process
     if not main:
         log = lambda *_: None  # noqa: E731 - only the main process talks and writes
     if cfg.training.threads:
         torch.set_num_threads(cfg.training.threads)
-    checkpoints = Checkpointer(run_dir, accelerator, cfg.adapter.method)
-    resumed = checkpoints.load() if resume else None  # before any weights load: a bad checkpoint fails fast
     model, data, live = start_run(cfg, run_dir, data, log, accelerator, resumed is not None)
 
     t = cfg.training
@@ -464,7 +467,9 @@ def finish(
             else f"best validation accuracy {best.accuracy:.4f} (95% CI {best.metrics['accuracy_ci95'][0]:.4f}–"
             f"{best.metrics['accuracy_ci95'][1]:.4f} on {best.metrics['n']:,} rows)"
         )
-        log(f"{kept} at step {best.step}; trained {state.step} steps in {train_time:.1f}s; run directory: {run_dir}")
+        log(
+            f"{kept} at step {best.step}; trained {state.step} steps in {train_time:.1f}s; run directory: {requested_run_dir(run_dir)}"
+        )  # not the --overwrite sibling
     accelerator.wait_for_everyone()
     return summary
 

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from lorabudget.config import RunConfig
-from lorabudget.data.batching import TokenizedTexts, default_cache_dir, tokenize
+from lorabudget.data.batching import TokenizedTexts, default_cache_dir, position_cap, tokenize
 from lorabudget.data.load import TextData, load_labelled, split_validation
 from lorabudget.methods import registry as methods
 from lorabudget.model import budget as budget_mod
-from lorabudget.model.build import build_model, load_tokenizer
+from lorabudget.model.build import build_model, load_model_config, load_tokenizer
 from lorabudget.training.tracking import accelerator_kwargs
 
 # A loss on one batch: (student logits [B, C], batch dict) -> scalar. Distillation plugs in here.
@@ -31,17 +31,48 @@ def cross_entropy_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> 
     return F.cross_entropy(logits.float(), batch["labels"])
 
 
-def make_accelerator(cfg: RunConfig, run_dir: Optional[Path] = None, log: Callable[[str], None] = print):
+def make_accelerator(
+    cfg: RunConfig,
+    run_dir: Optional[Path] = None,
+    log: Callable[[str], None] = print,
+    started_in: Optional[str] = None,
+):
     """The Accelerator, with the precision chosen for this hardware (one log line says which and why)
-    and the run's experiment trackers.
+    and the run's experiment trackers. ``started_in``: the Accelerate precision a resumed run started
+    in (``no`` or ``bf16``), which ``auto`` then keeps.
 
     bf16 is Accelerate's autocast (on CPUs too): trained weights, gradients and optimizer state stay
     fp32 (the frozen base is held in bf16 during the loop: ``precision.frozen_base_in``)."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import broadcast_object_list
 
+    from lorabudget.model.precision import Precision
     from lorabudget.model.precision import resolve as resolve_precision
 
-    precision = resolve_precision(cfg.training.mixed_precision)
+    # The processes (and their CPU threads) are set up first; the main process decides, and every
+    # process trains in its choice (on a CPU, `auto` measures: precision.resolve).
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if started_in is not None and cfg.training.mixed_precision == "auto":
+        name = "fp32" if started_in == "no" else started_in
+        precision = Precision(name, "auto: as this run started, before it was resumed")
+    elif state.is_main_process:
+        precision = resolve_precision(
+            cfg.training.mixed_precision,
+            workload=lambda: training_workload(cfg),
+            threads=cfg.training.threads or torch.get_num_threads(),
+            cache_dir=default_cache_dir(cfg.data.cache_dir),
+        )
+    else:
+        precision = None
+    if state.num_processes > 1:
+        precision = broadcast_object_list([precision])[0]
+    else:
+        # One process may train several runs (a teacher then its student, a search's trials), and `auto`
+        # may measure differently for each; Accelerate keeps one process-wide state that refuses a second
+        # precision, so a single process starts each run's state afresh (launched processes share theirs).
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()
     kwargs: dict[str, Any] = {}
     if cfg.training.compile:
         from accelerate.utils import TorchDynamoPlugin
@@ -59,6 +90,16 @@ def make_accelerator(cfg: RunConfig, run_dir: Optional[Path] = None, log: Callab
     if accelerator.is_main_process:
         log(precision.line("training"))
     return accelerator
+
+
+def training_workload(cfg: RunConfig):
+    """What the precision probe times for this config: the model's layer shapes on the row chunks a
+    CPU run trains on (batch rows × max_length, within the bf16 position cap)."""
+    from lorabudget.model.precision import workload_from_config
+
+    cap = position_cap(cfg.training.max_batch_positions, "cpu", bf16=True)
+    rows = cfg.training.batch_size * cfg.model.max_length
+    return workload_from_config(load_model_config(cfg, allow_builtin=True)[0], min(rows, cap or rows), training=True)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:

@@ -285,6 +285,7 @@ class Checkpointer:
             unwrapped = accelerator.unwrap_model(model)
             payload = {
                 "format": CHECKPOINT_FORMAT,
+                "mixed_precision": accelerator.mixed_precision,  # a resume trains on in the same precision
                 "trainable": trainable_weights(unwrapped),
                 "method_state": methods.training_state(unwrapped, self.method),
                 "optimizer": optimizer.state_dict(),
