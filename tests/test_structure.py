@@ -27,6 +27,7 @@ LAYERS = [
     {"report"},
     {"export"},
     {"search"},
+    {"serve"},
     {"cli", "envinfo", "__init__"},
 ]
 

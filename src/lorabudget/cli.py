@@ -282,6 +282,17 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lorabudget.serve.app import ServeSettings, load_for_serving, serve
+
+    if args.max_batch < 1 or args.max_wait_ms < 0 or not 0 <= args.port <= 65535:
+        raise LorabudgetError("--max-batch must be at least 1, --max-wait-ms not negative, --port within 0-65535")
+    settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    run = load_for_serving(Path(args.run), args.engine, args.precision, args.threads)  # integrity checked here
+    serve(run, args.host, args.port, settings)
+    return 0
+
+
 def load_search_config(
     config: str, overrides: list[str], trial_overrides: list[str], space_file: Optional[str]
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
@@ -521,6 +532,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = run_parser("classify", "print class and probability for texts given on the command line")
     p.add_argument("texts", nargs="+", help="texts to classify ('-' reads one text per line from stdin)")
     p.set_defaults(func=cmd_classify)
+
+    p = run_parser("serve", "serve a run over HTTP: JSON API with dynamic batching and a page to try it")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--engine", choices=["torch", "onnx"], default="torch", help="torch (default) or onnx (RUN/onnx)")
+    p.add_argument("--max-batch", type=int, default=32, help="texts per forward pass, from all requests (default 32)")
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=0.0,
+        help="how long a text may wait for others to fill its batch (default 0: a batch is what queued up "
+        "while the model ran the previous one)",
+    )
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
         "export", help="export a run for transformers (hf), PEFT (peft) or ONNX Runtime (onnx), with a model card"

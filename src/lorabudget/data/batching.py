@@ -131,10 +131,12 @@ def tokenize(
     The cache key covers the tokenizer definition, ``max_length`` and every text, so any change
     gives a new entry; an unreadable or inconsistent cache file is ignored and rewritten.
     """
-    key = hashlib.sha256(
-        f"{CACHE_VERSION}|{tokenizer_fingerprint(tokenizer)}|{max_length}|{texts_fingerprint(texts)}".encode()
-    ).hexdigest()[:32]
-    path = cache_dir / "tokens" / f"{key}.npz" if cache_dir is not None else None
+    path = None
+    if cache_dir is not None:  # the fingerprint serializes the whole tokenizer: only worth it for a cache
+        key = hashlib.sha256(
+            f"{CACHE_VERSION}|{tokenizer_fingerprint(tokenizer)}|{max_length}|{texts_fingerprint(texts)}".encode()
+        ).hexdigest()[:32]
+        path = cache_dir / "tokens" / f"{key}.npz"
     if path is not None and path.is_file():
         try:
             with np.load(path) as cached:

@@ -55,12 +55,16 @@ class LoadedRun:
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     def logits(
-        self, texts: Sequence[str], batch_size: Optional[int] = None, progress: Optional[str] = None
+        self,
+        texts: Sequence[str],
+        batch_size: Optional[int] = None,
+        progress: Optional[str] = None,
+        token_cache: bool = True,
     ) -> np.ndarray:
-        """Logits [len(texts), classes] in input order."""
-        tokens = tokenize(
-            self.tokenizer, list(texts), self.cfg.model.max_length, default_cache_dir(self.cfg.data.cache_dir)
-        )
+        """Logits [len(texts), classes] in input order. ``token_cache=False`` skips the on-disk token
+        cache (a server's small batches would each leave a file there)."""
+        cache_dir = default_cache_dir(self.cfg.data.cache_dir) if token_cache else None
+        tokens = tokenize(self.tokenizer, list(texts), self.cfg.model.max_length, cache_dir)
         batch_size = batch_size or self.cfg.training.eval_batch_size
         if self.engine == "onnx":
             return predict_logits_onnx(self.model, tokens, self.pad_id, batch_size, progress)
@@ -73,9 +77,9 @@ class LoadedRun:
             precision=self.precision,
         )
 
-    def predict(self, texts: Sequence[str], batch_size: Optional[int] = None) -> Predictions:
+    def predict(self, texts: Sequence[str], batch_size: Optional[int] = None, token_cache: bool = True) -> Predictions:
         """Class names and probabilities for ``texts`` (length-sorted batches, results in input order)."""
-        probs = softmax(self.logits(texts, batch_size))
+        probs = softmax(self.logits(texts, batch_size, token_cache=token_cache))
         ids = probs.argmax(axis=1)
         names = list(self.cfg.model.labels)
         return Predictions([names[i] for i in ids], ids, probs, names)
