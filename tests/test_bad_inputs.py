@@ -8,12 +8,15 @@ of one finished run, a config and data files; the whole workspace is compared be
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pickle
 import shutil
 import socket
+import stat
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -80,6 +83,57 @@ def ws(finished, tmp_path, data_dir, monkeypatch):
     return Workspace(root, root / "cfg.yaml", root / "run", marker)
 
 
+@pytest.fixture(scope="module")
+def onnx_export(finished) -> Path:
+    """An ONNX export folder of the finished run, copied into the cases that need one."""
+    folder = finished / "exp"
+    assert main(["export", str(finished / "run"), "--format", "onnx", "--output", str(folder)]) == 0
+    return folder
+
+
+def _mount_tmpfs(where: Path, options: str) -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'})")
+
+
+@pytest.fixture
+def mounts(tmp_path):
+    """Small file systems outside the workspace: ``full`` (3 MB tmpfs, filled to its last few KB) and
+    ``readonly`` (a read-only tmpfs); skipped where mounting is not permitted."""
+    made = []
+
+    def mount(name: str) -> Path:
+        where = tmp_path / "mnt" / name
+        _mount_tmpfs(where, "size=3m" if name == "full" else "size=1m,ro")
+        made.append(where)
+        if name == "full":  # filled to the last block: files can be created, not written
+            with open(where / "filler", "wb") as fh:
+                with contextlib.suppress(OSError):
+                    while True:
+                        fh.write(b"\0" * 65536)
+                        fh.flush()
+        return where
+
+    yield mount
+    for where in made:
+        subprocess.run(["umount", str(where)], capture_output=True)
+
+
+def device_node(name: str, major: int, minor: int) -> Callable[[Workspace], None]:
+    """A character device made beside the workspace (never inside: the snapshot would read it)."""
+
+    def setup(w: Workspace) -> None:
+        path = w.root.parent / name
+        try:
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        except (PermissionError, OSError) as err:
+            pytest.skip(f"mknod is not allowed here ({err.strerror})")
+
+    return setup
+
+
 def snapshot(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
@@ -140,6 +194,43 @@ def fill_nan(path: Path) -> None:
 
     tensors = load_file(str(path))
     save_file({k: v * float("nan") for k, v in tensors.items()}, str(path))
+
+
+def alias_bomb() -> str:
+    """A YAML list whose last item expands to 9**8 strings (a "billion laughs")."""
+    items = ["&a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    items += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    return "[" + ", ".join(items) + "]"
+
+
+def with_export(change: Optional[Callable[[Path], None]] = None, drop_checksums: bool = False):
+    """Copy the ONNX export into the workspace as ``exp``, then change its model file."""
+
+    def setup(w: Workspace) -> None:
+        source = w.root.parent / "onnx-export"
+        shutil.copytree(source.resolve(), w / "exp")
+        if drop_checksums:
+            meta = json.loads((w / "exp" / "lorabudget_export.json").read_text())
+            meta.pop("files_sha256")
+            (w / "exp" / "lorabudget_export.json").write_text(json.dumps(meta))
+        if change:
+            change(w / "exp" / "model.onnx")
+
+    return setup
+
+
+def negate_head(path: Path) -> None:
+    """Negate the classifier's weights inside the ONNX graph: a valid model that labels differently."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    floats = [i for i in model.graph.initializer if numpy_helper.to_array(i).dtype == np.float32]
+    heads = [i for i in floats if "head" in i.name or "classifier" in i.name] or floats[-1:]
+    for init in heads:
+        init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init), init.name))
+    onnx.save(model, str(path))
 
 
 def pickle_of(name: str, obj) -> Callable[[Workspace], None]:
@@ -438,11 +529,132 @@ CASES = [
         "nothing to resume",
     ),
     Case("argparse-missing-option", lambda w: ["predict", "run"], "required: --input"),
+    # --- issue 32: seeds and names
+    Case("seed-negative", lambda w: T(w, "--output", "new", "--set", "training.seed=-1"), "'training.seed': must be"),
+    Case("seed-negative-in-plan", lambda w: ["plan", str(w.cfg), "--set", "training.seed=-1"], "'training.seed'"),
+    Case(
+        "seed-above-2-32",
+        lambda w: T(w, "--output", "new", "--set", "training.seed=4294967296"),
+        "0 .. 4294967295",
+    ),
+    Case("seed-1e23", lambda w: T(w, "--output", "new", "--set", "training.seed=1e23"), "'training.seed'"),
+    Case("name-escapes-runs", lambda w: T(w, "--set", "name=../../escaped-run"), "not a plain folder name"),
+    Case("name-with-separator", lambda w: ["plan", str(w.cfg), "--set", "name=a/b"], "not a plain folder name"),
+    Case(
+        "alias-bomb-report-to",
+        lambda w: ["plan", "bomb.yaml"],
+        "'training.report_to[0]'",
+        setup=lambda w: (w / "bomb.yaml").write_text(f"name: bomb\ntraining:\n  report_to: {alias_bomb()}\n"),
+    ),
+    Case(
+        "alias-bomb-adapter-options",
+        lambda w: ["plan", "bomb.yaml"],
+        "adapter.options",
+        setup=lambda w: (w / "bomb.yaml").write_text(
+            f"name: bomb\nadapter:\n  options:\n    exclude_modules: {alias_bomb()}\n"
+        ),
+    ),
+    # --- issue 32: paths, devices, full and read-only disks
+    Case(
+        "export-output-under-a-file",
+        lambda w: ["export", "run", "--format", "peft", "--output", "train.csv/sub"],
+        "is not a folder",
+    ),
+    Case(
+        "predict-to-full-device",
+        lambda w: ["predict", "run", "--input", "unlabelled.csv", "--output", str(w.root.parent / "fulldev")],
+        "No space left on device",
+        setup=device_node("fulldev", 1, 7),
+    ),
+    Case(
+        "train-onto-full-disk",
+        lambda w: T(w, "--output", str(w.root.parent / "mnt" / "full" / "run")),
+        "No space left on device",
+        tags={"full"},
+    ),
+    Case(
+        "predict-onto-full-disk",
+        lambda w: ["predict", "run", "--input", "unlabelled.csv", "--output", str(w.root.parent / "mnt/full/p.csv")],
+        "No space left on device",
+        tags={"full"},
+    ),
+    Case(
+        "export-onto-full-disk",
+        lambda w: ["export", "run", "--format", "hf", "--output", str(w.root.parent / "mnt" / "full" / "exp")],
+        "No space left on device",
+        tags={"full"},
+    ),
+    Case(
+        "train-onto-read-only-disk",
+        lambda w: T(w, "--output", str(w.root.parent / "mnt" / "readonly" / "run")),
+        "Read-only file system",
+        tags={"readonly"},
+    ),
+    Case(
+        "export-onto-read-only-disk",
+        lambda w: ["export", "run", "--format", "peft", "--output", str(w.root.parent / "mnt" / "readonly" / "e")],
+        "Read-only file system",
+        tags={"readonly"},
+    ),
+    # --- issue 32: tampered ONNX
+    Case(
+        "onnx-export-tampered",
+        lambda w: ["predict", "exp", "--input", "unlabelled.csv", "--output", "p.csv"],
+        "sha256 does not match",
+        setup=with_export(negate_head),
+    ),
+    Case(
+        "onnx-export-truncated",
+        lambda w: ["predict", "exp", "--input", "unlabelled.csv", "--output", "p.csv"],
+        "sha256 does not match",
+        setup=with_export(truncate),
+    ),
+    Case(
+        "onnx-export-truncated-without-checksums",
+        lambda w: ["predict", "exp", "--input", "unlabelled.csv", "--output", "p.csv"],
+        "unreadable ONNX model",
+        setup=with_export(truncate, drop_checksums=True),
+    ),
+    # --- issue 32: a run being replaced (--overwrite) or trained holds its lock: writers into it refuse
+    Case(
+        "predict-during-overwrite",
+        lambda w: ["predict", "run", "--input", "unlabelled.csv"],
+        "in use by process 1",
+        setup=lock_held_by(1, socket.gethostname()),
+    ),
+    Case(
+        "predict-onnx-during-overwrite",
+        lambda w: ["predict", "run", "--input", "unlabelled.csv", "--output", "p.csv", "--engine", "onnx"],
+        "in use by process 1",
+        setup=lock_held_by(1, socket.gethostname()),
+    ),
+    Case(
+        "evaluate-during-overwrite",
+        lambda w: ["evaluate", "run", "--data", "train.csv"],
+        "in use by process 1",
+        setup=lock_held_by(1, socket.gethostname()),
+    ),
+    Case(
+        "report-during-overwrite",
+        lambda w: ["report", "run"],
+        "in use by process 1",
+        setup=lock_held_by(1, socket.gethostname()),
+    ),
+    Case(
+        "export-into-run-during-overwrite",
+        lambda w: ["export", "run", "--format", "peft", "--output", "run/exported"],
+        "in use by process 1",
+        setup=lock_held_by(1, socket.gethostname()),
+    ),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case: Case, ws: Workspace, capsys):
+def test_bad_input(case: Case, ws: Workspace, capsys, request):
+    if "full" in case.tags or "readonly" in case.tags:
+        request.getfixturevalue("mounts")("full" if "full" in case.tags else "readonly")
+    if case.setup and case.setup.__qualname__.startswith("with_export"):
+        (ws.root.parent / "onnx-export").symlink_to(request.getfixturevalue("onnx_export"))
     if case.setup:
         case.setup(ws)
     before = snapshot(ws.root)

@@ -33,7 +33,9 @@ from lorabudget.model.flops import FlopCounter
 from lorabudget.model.flops import training_summary as training_flops
 from lorabudget.model.precision import frozen_base_in
 from lorabudget.rundir.layout import RunDir
+from lorabudget.rundir.lifecycle import requested_run_dir
 from lorabudget.rundir.weights import save_trained
+from lorabudget.signals import Terminated, deferred_termination, stop_pending
 from lorabudget.training.setup import (
     LossFn,
     PreparedData,
@@ -306,6 +308,7 @@ def train(
     cleanup.enter_context(frozen_base_in(run.unwrapped, torch.bfloat16 if bf16 else None))
     if t.fast_dropout and accelerator.device.type == "cpu":  # attention probabilities' masks too
         cleanup.enter_context(fast_attention_dropout(run.unwrapped))
+    cleanup.enter_context(deferred_termination())  # SIGTERM/SIGHUP: stop at the next step boundary
     try:
         for epoch in range(state.epoch, num_epochs):
             if state.done or state.step >= total_steps:
@@ -341,11 +344,17 @@ def train(
                 evaluated = (state.step % t.eval_every == 0 if t.eval_every else epoch_end) or state.step == total_steps
                 result = run.evaluate(epoch_pos) if evaluated else None
                 every = bool(t.checkpoint_every) and state.step % t.checkpoint_every == 0
-                if (evaluated or every) and state.step < total_steps and not state.done:
+                saved = (evaluated or every) and state.step < total_steps and not state.done
+                if saved:
                     run.checkpoint()
                 if evaluated:
                     stopped = agree(accelerator, run_on_eval(on_eval, state.step, result) if main else None)
                     state.done = state.done or stopped is not None
+                signum = stop_pending()
+                if signum is not None and state.step < total_steps and not state.done:
+                    if not saved:  # cheap: trainable weights and optimizer state only
+                        run.checkpoint()
+                    raise Terminated(signum, f"checkpoint at step {state.step} of {total_steps} saved")
                 run.window.start += time.perf_counter() - pause_start  # logged throughput counts training time only
                 if state.done or state.step >= total_steps:
                     break
@@ -464,7 +473,10 @@ def finish(
             else f"best validation accuracy {best.accuracy:.4f} (95% CI {best.metrics['accuracy_ci95'][0]:.4f}–"
             f"{best.metrics['accuracy_ci95'][1]:.4f} on {best.metrics['n']:,} rows)"
         )
-        log(f"{kept} at step {best.step}; trained {state.step} steps in {train_time:.1f}s; run directory: {run_dir}")
+        log(
+            f"{kept} at step {best.step}; trained {state.step} steps in {train_time:.1f}s; "
+            f"run directory: {requested_run_dir(run_dir)}"  # not the hidden --overwrite sibling
+        )
     accelerator.wait_for_everyone()
     return summary
 
