@@ -679,3 +679,134 @@ def test_bad_input(case: Case, ws: Workspace, capsys, request):
 
 def test_table_is_big_enough():
     assert len(CASES) >= 40
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 32: damage and odd outputs that are handled (exit 0) rather than refused, each with its warning
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def test_device_output_is_written_through_not_replaced(ws: Workspace, capsys):
+    node = ws.root.parent / "nulldev"
+    device_node("nulldev", 1, 3)(ws)  # skips where mknod is not allowed
+    code, out, err = run_cli(["predict", "run", "--input", "unlabelled.csv", "--output", str(node)], capsys)
+    assert code == 0, err
+    assert stat.S_ISCHR(os.stat(node).st_mode), "the device node was replaced by a regular file"
+    assert not [p for p in node.parent.iterdir() if p.name.startswith(".nulldev.")]
+
+
+def test_output_dash_writes_the_csv_to_stdout(ws: Workspace, capsys):
+    code, out, err = run_cli(["predict", "run", "--input", "unlabelled.csv", "--output", "-", "--no-report"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "ID,Label" and len(lines) == 81  # 80 input rows, nothing else on stdout
+    assert "to stdout" in err and not (ws.root / "-").exists()
+
+
+def test_predict_elsewhere_while_run_is_locked_keeps_the_run(ws: Workspace, capsys):
+    lock_held_by(1, socket.gethostname())(ws)
+    before = snapshot(ws.run)
+    code, out, err = run_cli(["predict", "run", "--input", "unlabelled.csv", "--output", "p.csv"], capsys)
+    assert code == 0, err
+    assert "in use by another process" in err and (ws / "p.csv").is_file()
+    assert snapshot(ws.run) == before  # nothing written into the run that the swap would delete
+
+
+def test_report_and_compare_skip_damaged_metrics_lines(ws: Workspace, capsys):
+    with open(ws.run / "metrics.jsonl", "ab") as fh:
+        fh.write(b'\xff\xfe\x00garbage\n{"type": "train", "step": 3, "lo')  # undecodable, then a partial line
+    code, out, err = run_cli(["report", "run"], capsys)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "unreadable line" in line]
+    assert warnings and "metrics.jsonl" in warnings[0] and "skipped 2" in warnings[0]
+    code, out, err = run_cli(["compare", "run", "--output", "cmp"], capsys)  # reads summaries and evaluations
+    assert code == 0, err
+
+
+def test_classify_replaces_invalid_utf8_and_counts_blank_lines(ws: Workspace, capsys, monkeypatch):
+    import io
+    import sys
+
+    stdin = io.TextIOWrapper(io.BytesIO(b"stocks rallied\n\xff\xfe broken bytes\n\n  \nthe match ended\n"))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    code, out, err = run_cli(["classify", "run", "-"], capsys)
+    assert code == 0, err
+    assert len(out.splitlines()) == 3 and "\ufffd" in out.splitlines()[1]
+    assert "1 text(s) held invalid UTF-8" in err and "skipped 2 blank line(s)" in err
+    # on the command line Python keeps invalid bytes as surrogates
+    code, out, err = run_cli(["classify", "run", b"caf\xe9 news".decode("utf-8", "surrogateescape")], capsys)
+    assert code == 0 and "1 text(s) held invalid UTF-8" in err
+
+
+def test_run_without_checksums_says_it_cannot_verify(ws: Workspace, capsys):
+    without_checksum(lambda path: None)(ws)
+    code, out, err = run_cli(["classify", "run", "hello"], capsys)
+    assert code == 0, err
+    assert "cannot be verified" in err
+
+
+def test_rewritten_token_cache_is_rebuilt_not_used(ws: Workspace, capsys):
+    import numpy as np
+
+    argv = ["predict", "run", "--input", "unlabelled.csv", "--output", "p1.csv", "--no-report"]
+    assert run_cli(argv, capsys)[0] == 0
+    cache = Path(yaml.safe_load((ws.run / "config.yaml").read_text())["data"]["cache_dir"]) / "tokens"
+    for path in cache.glob("*.npz"):  # a valid file with other token ids, its recorded checksum left as it was
+        with np.load(path) as data:
+            entry = {k: data[k] for k in data.files}
+        entry["ids"] = np.roll(entry["ids"], 7)
+        np.savez(path, **entry)
+    code, out, err = run_cli(argv[:5] + ["p2.csv", "--no-report"], capsys)
+    assert code == 0, err
+    assert "does not match its key or checksum: rebuilding it" in err
+    assert (ws / "p1.csv").read_text() == (ws / "p2.csv").read_text()
+
+
+def test_teacher_logit_cache_with_other_columns_is_rebuilt(tmp_path):
+    import numpy as np
+
+    from lorabudget.training.distill import TeacherLogitsCache
+
+    cache = TeacherLogitsCache(tmp_path)
+    key = cache.key("teacher", ["a", "b"])
+    cache.save(key, np.ones((2, 4), dtype=np.float32))
+    assert cache.load(key, 2) is not None
+    with np.load(cache.path(key)) as data:
+        entry = {k: data[k] for k in data.files}
+    entry["logits"] = np.ones((2, 3), dtype=np.float32)  # key and row count still match
+    np.savez(cache.path(key), **entry)
+    assert cache.load(key, 2) is None
+
+
+def test_tampered_run_onnx_export_is_made_again(ws: Workspace, capsys):
+    argv = ["predict", "run", "--input", "unlabelled.csv", "--engine", "onnx", "--no-report"]
+    assert run_cli(argv + ["--output", "p1.csv"], capsys)[0] == 0
+    negate_head(ws.run / "onnx" / "model.onnx")
+    code, out, err = run_cli(argv + ["--output", "p2.csv"], capsys)
+    assert code == 0, err
+    assert "sha256 does not match" in err and "exporting it again" in err
+    assert (ws / "p1.csv").read_text() == (ws / "p2.csv").read_text()
+
+
+def test_sigterm_inside_atomic_outputs_leaves_no_temporary_files(tmp_path):
+    import signal
+
+    from lorabudget.io import atomic_dir, atomic_path
+    from lorabudget.signals import Terminated, handle_termination
+
+    for writer in (atomic_dir, atomic_path):
+        with handle_termination(), pytest.raises(Terminated) as stopped:
+            with writer(tmp_path / "out") as tmp:
+                (tmp / "part").write_text("x") if writer is atomic_dir else tmp.write_text("x")
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(100):  # the handler runs between bytecodes
+                    pass
+        assert stopped.value.exit_code == 143
+        assert list(tmp_path.iterdir()) == []
