@@ -596,6 +596,12 @@ CASES = [
         "Read-only file system",
         tags={"readonly"},
     ),
+    Case(
+        "export-unfinished-run-without-weights",
+        lambda w: ["export", "run", "--format", "peft", "--output", "e"],
+        "has no trained weights yet",
+        setup=lambda w: (unfinished(w), shutil.rmtree(w.run / "adapter")),
+    ),
     # --- issue 32: tampered ONNX
     Case(
         "onnx-export-tampered",
@@ -810,3 +816,22 @@ def test_sigterm_inside_atomic_outputs_leaves_no_temporary_files(tmp_path):
                     pass
         assert stopped.value.exit_code == 143
         assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_elsewhere_from_a_read_only_run(ws: Workspace, tmp_path, capsys):
+    mnt = tmp_path / "mnt" / "ro-run"
+    _mount_tmpfs(mnt, "size=8m")
+    try:
+        shutil.copytree(ws.run, mnt / "run")
+        remount = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True, text=True)
+        if remount.returncode:
+            pytest.skip(f"cannot remount read-only ({remount.stderr.strip()})")
+        argv = ["predict", str(mnt / "run"), "--input", "unlabelled.csv", "--no-report"]
+        code, out, err = run_cli(argv + ["--output", "p.csv"], capsys)
+        assert code == 0, err
+        assert (ws / "p.csv").is_file() and "Read-only file system" in err  # a warning: its record is skipped
+        code, out, err = run_cli(argv, capsys)  # the default output is inside the run: one line, exit 2
+        assert code == 2 and len([line for line in err.splitlines() if "error:" in line]) == 1
+        assert "Read-only file system" in err
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)

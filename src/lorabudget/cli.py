@@ -299,6 +299,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from lorabudget.rundir.layout import RunDir
     from lorabudget.rundir.lifecycle import check_can_create, check_not_in_use
 
+    files = RunDir(args.run)
+    if files.is_run() and not files.finished() and not files.weight_files():
+        raise LorabudgetError(
+            f"{args.run} has no trained weights yet (training has not finished): continue it with "
+            f"`lorabudget train CONFIG --output {args.run} --resume`, then export it"
+        )
     if Path(args.output).absolute().is_relative_to(Path(args.run).absolute()):
         check_not_in_use(Path(args.run), "an export written into it now")
     check_can_create(Path(args.output))  # a path under a file, a read-only disk: before any work
