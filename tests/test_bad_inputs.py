@@ -709,7 +709,7 @@ def test_device_output_is_written_through_not_replaced(ws: Workspace, capsys):
 
 
 def test_output_dash_writes_the_csv_to_stdout(ws: Workspace, capsys):
-    code, out, err = run_cli(["predict", "run", "--input", "unlabelled.csv", "--output", "-", "--no-report"], capsys)
+    code, out, err = run_cli(["predict", "run", "--input", "unlabelled.csv", "--output", "-"], capsys)
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == "ID,Label" and len(lines) == 81  # 80 input rows, nothing else on stdout

@@ -8,6 +8,7 @@ loss or gradient norm), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import sys
@@ -137,9 +138,10 @@ def _train_into(run_dir: Path, args: argparse.Namespace, fit) -> None:
             if folder != run_dir:
                 err.detail = f"the new run was discarded and {run_dir} is left as it was"
             elif err.detail:  # a checkpoint was saved
-                sets = " --set ..." if args.overrides else ""
+                same = " ..." if args.overrides or args.command == "distill" else ""  # the same --set, teachers
                 err.detail += (
-                    f"; continue with: lorabudget {args.command} {args.config}{sets} --output {run_dir} --resume"
+                    f"; continue with the same options: lorabudget {args.command} {args.config}{same} "
+                    f"--output {run_dir} --resume"
                 )
             raise
 
@@ -264,7 +266,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         file=sys.stderr if to_stdout else sys.stdout,  # stdout carries the CSV alone
     )
     if record:
-        _report(run.run_dir, args)
+        with contextlib.redirect_stdout(sys.stderr) if to_stdout else contextlib.nullcontext():
+            _report(run.run_dir, args)
     return 0
 
 
