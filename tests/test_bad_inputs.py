@@ -835,3 +835,43 @@ def test_predict_elsewhere_from_a_read_only_run(ws: Workspace, tmp_path, capsys)
         assert "Read-only file system" in err
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+EXPORT_CHILD = """
+import sys, time
+import lorabudget.export.formats as F
+def stalled_export(*args, **kwargs):
+    print("TERM ME", flush=True)
+    time.sleep(300)  # the SIGTERM handler raises out of the sleep
+F.export_onnx = stalled_export
+from lorabudget.cli import main
+sys.exit(main({argv!r}))
+"""
+
+
+def test_sigterm_during_onnx_export_removes_its_temporary_folder(ws: Workspace):
+    import signal
+    import sys
+    import time
+
+    argv = ["export", str(ws.run), "--format", "onnx", "--output", str(ws / "exp")]
+    child = subprocess.Popen(
+        [sys.executable, "-c", EXPORT_CHILD.format(argv=argv)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        for line in child.stdout:
+            if "TERM ME" in line or time.time() > deadline:
+                break
+        assert [p.name for p in ws.root.iterdir() if p.name.startswith(".exp.")], "the export had not started"
+        os.kill(child.pid, signal.SIGTERM)
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "lorabudget export: stopped by SIGTERM"
+    assert not [p.name for p in ws.root.iterdir() if p.name.startswith(".exp") or p.name == "exp"]
