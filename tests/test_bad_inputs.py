@@ -8,12 +8,15 @@ of one finished run, a config and data files; the whole workspace is compared be
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pickle
 import shutil
 import socket
+import stat
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -80,6 +83,57 @@ def ws(finished, tmp_path, data_dir, monkeypatch):
     return Workspace(root, root / "cfg.yaml", root / "run", marker)
 
 
+@pytest.fixture(scope="module")
+def onnx_export(finished) -> Path:
+    """An ONNX export folder of the finished run, copied into the cases that need one."""
+    folder = finished / "exp"
+    assert main(["export", str(finished / "run"), "--format", "onnx", "--output", str(folder)]) == 0
+    return folder
+
+
+def _mount_tmpfs(where: Path, options: str) -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'})")
+
+
+@pytest.fixture
+def mounts(tmp_path):
+    """Small file systems outside the workspace: ``full`` (3 MB tmpfs, filled to its last few KB) and
+    ``readonly`` (a read-only tmpfs); skipped where mounting is not permitted."""
+    made = []
+
+    def mount(name: str) -> Path:
+        where = tmp_path / "mnt" / name
+        _mount_tmpfs(where, "size=3m" if name == "full" else "size=1m,ro")
+        made.append(where)
+        if name == "full":  # filled to the last block: files can be created, not written
+            with open(where / "filler", "wb") as fh:
+                with contextlib.suppress(OSError):
+                    while True:
+                        fh.write(b"\0" * 65536)
+                        fh.flush()
+        return where
+
+    yield mount
+    for where in made:
+        subprocess.run(["umount", str(where)], capture_output=True)
+
+
+def device_node(name: str, major: int, minor: int) -> Callable[[Workspace], None]:
+    """A character device made beside the workspace (never inside: the snapshot would read it)."""
+
+    def setup(w: Workspace) -> None:
+        path = w.root.parent / name
+        try:
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        except (PermissionError, OSError) as err:
+            pytest.skip(f"mknod is not allowed here ({err.strerror})")
+
+    return setup
+
+
 def snapshot(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
@@ -140,6 +194,43 @@ def fill_nan(path: Path) -> None:
 
     tensors = load_file(str(path))
     save_file({k: v * float("nan") for k, v in tensors.items()}, str(path))
+
+
+def alias_bomb() -> str:
+    """A YAML list whose last item expands to 9**8 strings (a "billion laughs")."""
+    items = ["&a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    items += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    return "[" + ", ".join(items) + "]"
+
+
+def with_export(change: Optional[Callable[[Path], None]] = None, drop_checksums: bool = False):
+    """Copy the ONNX export into the workspace as ``exp``, then change its model file."""
+
+    def setup(w: Workspace) -> None:
+        source = w.root.parent / "onnx-export"
+        shutil.copytree(source.resolve(), w / "exp")
+        if drop_checksums:
+            meta = json.loads((w / "exp" / "lorabudget_export.json").read_text())
+            meta.pop("files_sha256")
+            (w / "exp" / "lorabudget_export.json").write_text(json.dumps(meta))
+        if change:
+            change(w / "exp" / "model.onnx")
+
+    return setup
+
+
+def negate_head(path: Path) -> None:
+    """Negate the classifier's weights inside the ONNX graph: a valid model that labels differently."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    floats = [i for i in model.graph.initializer if numpy_helper.to_array(i).dtype == np.float32]
+    heads = [i for i in floats if "head" in i.name or "classifier" in i.name] or floats[-1:]
+    for init in heads:
+        init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init), init.name))
+    onnx.save(model, str(path))
 
 
 def pickle_of(name: str, obj) -> Callable[[Workspace], None]:
@@ -438,11 +529,138 @@ CASES = [
         "nothing to resume",
     ),
     Case("argparse-missing-option", lambda w: ["predict", "run"], "required: --input"),
+    # --- issue 32: seeds and names
+    Case("seed-negative", lambda w: T(w, "--output", "new", "--set", "training.seed=-1"), "'training.seed': must be"),
+    Case("seed-negative-in-plan", lambda w: ["plan", str(w.cfg), "--set", "training.seed=-1"], "'training.seed'"),
+    Case(
+        "seed-above-2-32",
+        lambda w: T(w, "--output", "new", "--set", "training.seed=4294967296"),
+        "0 .. 4294967295",
+    ),
+    Case("seed-1e23", lambda w: T(w, "--output", "new", "--set", "training.seed=1e23"), "'training.seed'"),
+    Case("name-escapes-runs", lambda w: T(w, "--set", "name=../../escaped-run"), "not a plain folder name"),
+    Case("name-with-separator", lambda w: ["plan", str(w.cfg), "--set", "name=a/b"], "not a plain folder name"),
+    Case(
+        "alias-bomb-report-to",
+        lambda w: ["plan", "bomb.yaml"],
+        "'training.report_to[0]'",
+        setup=lambda w: (w / "bomb.yaml").write_text(f"name: bomb\ntraining:\n  report_to: {alias_bomb()}\n"),
+    ),
+    Case(
+        "alias-bomb-adapter-options",
+        lambda w: ["plan", "bomb.yaml"],
+        "adapter.options",
+        setup=lambda w: (w / "bomb.yaml").write_text(
+            f"name: bomb\nadapter:\n  options:\n    exclude_modules: {alias_bomb()}\n"
+        ),
+    ),
+    # --- issue 32: paths, devices, full and read-only disks
+    Case(
+        "export-output-under-a-file",
+        lambda w: ["export", "run", "--format", "peft", "--output", "train.csv/sub"],
+        "is not a folder",
+    ),
+    Case(
+        "predict-to-full-device",
+        lambda w: ["predict", "run", "--input", "unlabelled.csv", "--output", str(w.root.parent / "fulldev")],
+        "No space left on device",
+        setup=device_node("fulldev", 1, 7),
+    ),
+    Case(
+        "train-onto-full-disk",
+        lambda w: T(w, "--output", str(w.root.parent / "mnt" / "full" / "run")),
+        "No space left on device",
+        tags={"full"},
+    ),
+    Case(
+        "predict-onto-full-disk",
+        lambda w: ["predict", "run", "--input", "unlabelled.csv", "--output", str(w.root.parent / "mnt/full/p.csv")],
+        "No space left on device",
+        tags={"full"},
+    ),
+    Case(
+        "export-onto-full-disk",
+        lambda w: ["export", "run", "--format", "hf", "--output", str(w.root.parent / "mnt" / "full" / "exp")],
+        "No space left on device",
+        tags={"full"},
+    ),
+    Case(
+        "train-onto-read-only-disk",
+        lambda w: T(w, "--output", str(w.root.parent / "mnt" / "readonly" / "run")),
+        "Read-only file system",
+        tags={"readonly"},
+    ),
+    Case(
+        "export-onto-read-only-disk",
+        lambda w: ["export", "run", "--format", "peft", "--output", str(w.root.parent / "mnt" / "readonly" / "e")],
+        "Read-only file system",
+        tags={"readonly"},
+    ),
+    Case(
+        "export-unfinished-run-without-weights",
+        lambda w: ["export", "run", "--format", "peft", "--output", "e"],
+        "has no trained weights yet",
+        setup=lambda w: (unfinished(w), shutil.rmtree(w.run / "adapter")),
+    ),
+    # --- issue 32: tampered ONNX
+    Case(
+        "onnx-export-tampered",
+        lambda w: ["predict", "exp", "--input", "unlabelled.csv", "--output", "p.csv"],
+        "sha256 does not match",
+        setup=with_export(negate_head),
+    ),
+    Case(
+        "onnx-export-truncated",
+        lambda w: ["predict", "exp", "--input", "unlabelled.csv", "--output", "p.csv"],
+        "sha256 does not match",
+        setup=with_export(truncate),
+    ),
+    Case(
+        "onnx-export-truncated-without-checksums",
+        lambda w: ["predict", "exp", "--input", "unlabelled.csv", "--output", "p.csv"],
+        "unreadable ONNX model",
+        setup=with_export(truncate, drop_checksums=True),
+    ),
+    # --- issue 32: a run being replaced (--overwrite) or trained holds its lock: writers into it refuse
+    Case(
+        "predict-during-overwrite",
+        lambda w: ["predict", "run", "--input", "unlabelled.csv"],
+        "in use by process 1",
+        setup=lock_held_by(1, socket.gethostname()),
+    ),
+    Case(
+        "predict-onnx-during-overwrite",
+        lambda w: ["predict", "run", "--input", "unlabelled.csv", "--output", "p.csv", "--engine", "onnx"],
+        "in use by process 1",
+        setup=lock_held_by(1, socket.gethostname()),
+    ),
+    Case(
+        "evaluate-during-overwrite",
+        lambda w: ["evaluate", "run", "--data", "train.csv"],
+        "in use by process 1",
+        setup=lock_held_by(1, socket.gethostname()),
+    ),
+    Case(
+        "report-during-overwrite",
+        lambda w: ["report", "run"],
+        "in use by process 1",
+        setup=lock_held_by(1, socket.gethostname()),
+    ),
+    Case(
+        "export-into-run-during-overwrite",
+        lambda w: ["export", "run", "--format", "peft", "--output", "run/exported"],
+        "in use by process 1",
+        setup=lock_held_by(1, socket.gethostname()),
+    ),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case: Case, ws: Workspace, capsys):
+def test_bad_input(case: Case, ws: Workspace, capsys, request):
+    if "full" in case.tags or "readonly" in case.tags:
+        request.getfixturevalue("mounts")("full" if "full" in case.tags else "readonly")
+    if case.setup and case.setup.__qualname__.startswith("with_export"):
+        (ws.root.parent / "onnx-export").symlink_to(request.getfixturevalue("onnx_export"))
     if case.setup:
         case.setup(ws)
     before = snapshot(ws.root)
@@ -467,3 +685,193 @@ def test_bad_input(case: Case, ws: Workspace, capsys):
 
 def test_table_is_big_enough():
     assert len(CASES) >= 40
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 32: damage and odd outputs that are handled (exit 0) rather than refused, each with its warning
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def test_device_output_is_written_through_not_replaced(ws: Workspace, capsys):
+    node = ws.root.parent / "nulldev"
+    device_node("nulldev", 1, 3)(ws)  # skips where mknod is not allowed
+    code, out, err = run_cli(["predict", "run", "--input", "unlabelled.csv", "--output", str(node)], capsys)
+    assert code == 0, err
+    assert stat.S_ISCHR(os.stat(node).st_mode), "the device node was replaced by a regular file"
+    assert not [p for p in node.parent.iterdir() if p.name.startswith(".nulldev.")]
+
+
+def test_output_dash_writes_the_csv_to_stdout(ws: Workspace, capsys):
+    code, out, err = run_cli(["predict", "run", "--input", "unlabelled.csv", "--output", "-"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "ID,Label" and len(lines) == 81  # 80 input rows, nothing else on stdout
+    assert "to stdout" in err and not (ws.root / "-").exists()
+
+
+def test_predict_elsewhere_while_run_is_locked_keeps_the_run(ws: Workspace, capsys):
+    lock_held_by(1, socket.gethostname())(ws)
+    before = snapshot(ws.run)
+    code, out, err = run_cli(["predict", "run", "--input", "unlabelled.csv", "--output", "p.csv"], capsys)
+    assert code == 0, err
+    assert "in use by another process" in err and (ws / "p.csv").is_file()
+    assert snapshot(ws.run) == before  # nothing written into the run that the swap would delete
+
+
+def test_report_and_compare_skip_damaged_metrics_lines(ws: Workspace, capsys):
+    with open(ws.run / "metrics.jsonl", "ab") as fh:
+        fh.write(b'\xff\xfe\x00garbage\n{"type": "train", "step": 3, "lo')  # undecodable, then a partial line
+    code, out, err = run_cli(["report", "run"], capsys)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "unreadable line" in line]
+    assert warnings and "metrics.jsonl" in warnings[0] and "skipped 2" in warnings[0]
+    code, out, err = run_cli(["compare", "run", "--output", "cmp"], capsys)  # reads summaries and evaluations
+    assert code == 0, err
+
+
+def test_classify_replaces_invalid_utf8_and_counts_blank_lines(ws: Workspace, capsys, monkeypatch):
+    import io
+    import sys
+
+    stdin = io.TextIOWrapper(io.BytesIO(b"stocks rallied\n\xff\xfe broken bytes\n\n  \nthe match ended\n"))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    code, out, err = run_cli(["classify", "run", "-"], capsys)
+    assert code == 0, err
+    assert len(out.splitlines()) == 3 and "\ufffd" in out.splitlines()[1]
+    assert "1 text(s) held invalid UTF-8" in err and "skipped 2 blank line(s)" in err
+    # on the command line Python keeps invalid bytes as surrogates
+    code, out, err = run_cli(["classify", "run", b"caf\xe9 news".decode("utf-8", "surrogateescape")], capsys)
+    assert code == 0 and "1 text(s) held invalid UTF-8" in err
+
+
+def test_run_without_checksums_says_it_cannot_verify(ws: Workspace, capsys):
+    without_checksum(lambda path: None)(ws)
+    code, out, err = run_cli(["classify", "run", "hello"], capsys)
+    assert code == 0, err
+    assert "cannot be verified" in err
+
+
+def test_rewritten_token_cache_is_rebuilt_not_used(ws: Workspace, capsys):
+    import numpy as np
+
+    argv = ["predict", "run", "--input", "unlabelled.csv", "--output", "p1.csv", "--no-report"]
+    assert run_cli(argv, capsys)[0] == 0
+    cache = Path(yaml.safe_load((ws.run / "config.yaml").read_text())["data"]["cache_dir"]) / "tokens"
+    for path in cache.glob("*.npz"):  # a valid file with other token ids, its recorded checksum left as it was
+        with np.load(path) as data:
+            entry = {k: data[k] for k in data.files}
+        entry["ids"] = np.roll(entry["ids"], 7)
+        np.savez(path, **entry)
+    code, out, err = run_cli(argv[:5] + ["p2.csv", "--no-report"], capsys)
+    assert code == 0, err
+    assert "does not match its key or checksum: rebuilding it" in err
+    assert (ws / "p1.csv").read_text() == (ws / "p2.csv").read_text()
+
+
+def test_teacher_logit_cache_with_other_columns_is_rebuilt(tmp_path):
+    import numpy as np
+
+    from lorabudget.training.distill import TeacherLogitsCache
+
+    cache = TeacherLogitsCache(tmp_path)
+    key = cache.key("teacher", ["a", "b"])
+    cache.save(key, np.ones((2, 4), dtype=np.float32))
+    assert cache.load(key, 2) is not None
+    with np.load(cache.path(key)) as data:
+        entry = {k: data[k] for k in data.files}
+    entry["logits"] = np.ones((2, 3), dtype=np.float32)  # key and row count still match
+    np.savez(cache.path(key), **entry)
+    assert cache.load(key, 2) is None
+
+
+def test_tampered_run_onnx_export_is_made_again(ws: Workspace, capsys):
+    argv = ["predict", "run", "--input", "unlabelled.csv", "--engine", "onnx", "--no-report"]
+    assert run_cli(argv + ["--output", "p1.csv"], capsys)[0] == 0
+    negate_head(ws.run / "onnx" / "model.onnx")
+    code, out, err = run_cli(argv + ["--output", "p2.csv"], capsys)
+    assert code == 0, err
+    assert "sha256 does not match" in err and "exporting it again" in err
+    assert (ws / "p1.csv").read_text() == (ws / "p2.csv").read_text()
+
+
+def test_sigterm_inside_atomic_outputs_leaves_no_temporary_files(tmp_path):
+    import signal
+
+    from lorabudget.io import atomic_dir, atomic_path
+    from lorabudget.signals import Terminated, handle_termination
+
+    for writer in (atomic_dir, atomic_path):
+        with handle_termination(), pytest.raises(Terminated) as stopped:
+            with writer(tmp_path / "out") as tmp:
+                (tmp / "part").write_text("x") if writer is atomic_dir else tmp.write_text("x")
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(100):  # the handler runs between bytecodes
+                    pass
+        assert stopped.value.exit_code == 143
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_elsewhere_from_a_read_only_run(ws: Workspace, tmp_path, capsys):
+    mnt = tmp_path / "mnt" / "ro-run"
+    _mount_tmpfs(mnt, "size=8m")
+    try:
+        shutil.copytree(ws.run, mnt / "run")
+        remount = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True, text=True)
+        if remount.returncode:
+            pytest.skip(f"cannot remount read-only ({remount.stderr.strip()})")
+        argv = ["predict", str(mnt / "run"), "--input", "unlabelled.csv", "--no-report"]
+        code, out, err = run_cli(argv + ["--output", "p.csv"], capsys)
+        assert code == 0, err
+        assert (ws / "p.csv").is_file() and "Read-only file system" in err  # a warning: its record is skipped
+        code, out, err = run_cli(argv, capsys)  # the default output is inside the run: one line, exit 2
+        assert code == 2 and len([line for line in err.splitlines() if "error:" in line]) == 1
+        assert "Read-only file system" in err
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+EXPORT_CHILD = """
+import sys, time
+import lorabudget.export.formats as F
+def stalled_export(*args, **kwargs):
+    print("TERM ME", flush=True)
+    time.sleep(300)  # the SIGTERM handler raises out of the sleep
+F.export_onnx = stalled_export
+from lorabudget.cli import main
+sys.exit(main({argv!r}))
+"""
+
+
+def test_sigterm_during_onnx_export_removes_its_temporary_folder(ws: Workspace):
+    import signal
+    import sys
+    import time
+
+    argv = ["export", str(ws.run), "--format", "onnx", "--output", str(ws / "exp")]
+    child = subprocess.Popen(
+        [sys.executable, "-c", EXPORT_CHILD.format(argv=argv)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        for line in child.stdout:
+            if "TERM ME" in line or time.time() > deadline:
+                break
+        assert [p.name for p in ws.root.iterdir() if p.name.startswith(".exp.")], "the export had not started"
+        os.kill(child.pid, signal.SIGTERM)
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "lorabudget export: stopped by SIGTERM"
+    assert not [p.name for p in ws.root.iterdir() if p.name.startswith(".exp") or p.name == "exp"]

@@ -97,6 +97,78 @@ def test_kill_9_and_resume_matches_uninterrupted(tiny_config, tmp_path, method):
     ).read_bytes()
 
 
+# The child waits for a signal right after writing the training line of step 6 (no checkpoint is due
+# there: evaluations at 4 and 8), as a process stopped by `timeout`, Docker or Slurm would be.
+TERM_CHILD = """
+import sys, time
+import lorabudget.signals as S
+import lorabudget.training.loop as T
+write = T.MetricsLog.write
+def waiting_write(self, **record):
+    write(self, **record)
+    if record.get("type") == "train" and record.get("step") == {step}:
+        print("TERM ME", flush=True)
+        deadline = time.time() + 300
+        while S.stop_pending() is None and time.time() < deadline:  # until the SIGTERM handler has run
+            time.sleep(0.05)
+T.MetricsLog.write = waiting_write
+from lorabudget.cli import main
+sys.exit(main({argv!r}))
+"""
+
+
+def test_sigterm_saves_a_checkpoint_releases_the_lock_and_resumes_to_the_same_end(tiny_config, tmp_path):
+    values = tiny_config(
+        data={"max_train_rows": 96},
+        training={"epochs": 2, "eval_every": 4, "log_every": 2},
+        adapter={"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"]},
+    )
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(values))
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert main(["train", str(cfg), "--output", str(ref), "--no-report"]) == 0
+
+    argv = ["train", str(cfg), "--output", str(run), "--no-report"]
+    child = subprocess.Popen(
+        [sys.executable, "-c", TERM_CHILD.format(step=KILL_AFTER_STEP, argv=argv)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+    deadline = time.time() + 300
+    for line in child.stdout:
+        if "TERM ME" in line or time.time() > deadline:
+            break
+    os.kill(child.pid, signal.SIGTERM)
+    try:
+        _, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 143, err[-2000:]
+    assert "Traceback" not in err
+    last = [line for line in err.splitlines() if line.strip()][-1]
+    assert last.startswith("lorabudget train: stopped by SIGTERM; checkpoint at step 6") and "--resume" in last
+    assert f"--output {run} --resume" in last
+    assert not (run / ".lock").exists(), "the lock was left behind"
+    assert (run / "checkpoint" / "state.pt").is_file() and not (run / "summary.json").exists()
+    assert max(l["step"] for l in _lines(run)) == KILL_AFTER_STEP
+
+    assert main(argv + ["--resume"]) == 0
+    got, want = json.loads((run / "summary.json").read_text()), json.loads((ref / "summary.json").read_text())
+    assert got["steps"] == want["steps"] == 12
+    assert got["best_step"] == want["best_step"]
+    assert got["validation_accuracy"] == want["validation_accuracy"]
+    mine, theirs = _trajectory(run), _trajectory(ref)
+    assert [m[:2] for m in mine] == [t[:2] for t in theirs]
+    assert all(abs(a - b) < 1e-4 for m, t in zip(mine, theirs) for a, b in zip(m[2:], t[2:]) if a is not None)
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == (
+        ref / "adapter" / "adapter_model.safetensors"
+    ).read_bytes()
+    assert not (run / ".lock").exists() and not (run / "checkpoint").exists()
+
+
 def test_on_eval_stop_checkpoint_every_umask_and_overwrite(tiny_config, tmp_path, monkeypatch):
     import lorabudget.training.loop as train_mod
     from lorabudget.config import from_dict

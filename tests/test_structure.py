@@ -17,7 +17,7 @@ README = SRC.parents[1] / "README.md"
 
 # Bottom to top: a module may import from its own layer's package and from layers below, never above.
 LAYERS = [
-    {"errors", "io", "console", "stats", "metrics"},
+    {"errors", "io", "console", "stats", "metrics", "signals"},
     {"methods"},
     {"config"},
     {"model", "data"},

@@ -8,6 +8,7 @@ loss or gradient norm), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import sys
@@ -18,8 +19,10 @@ from lorabudget import __version__
 from lorabudget.config import apply_overrides, from_dict, load_yaml, resolve_config_path
 from lorabudget.console import say
 from lorabudget.errors import BudgetExceededError, LorabudgetError
+from lorabudget.io import environment_error, writes_through
 from lorabudget.search.space import default_space_raw
 from lorabudget.search.study import SearchSettings
+from lorabudget.signals import Terminated, handle_termination
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -133,6 +136,16 @@ def _train_into(run_dir: Path, args: argparse.Namespace, fit) -> None:
             if folder != run_dir:
                 err.kept = f"the new run was discarded and {run_dir} is left as it was"
             raise
+        except Terminated as err:  # SIGTERM/SIGHUP: the lock is released on the way out
+            if folder != run_dir:
+                err.detail = f"the new run was discarded and {run_dir} is left as it was"
+            elif err.detail:  # a checkpoint was saved
+                same = " ..." if args.overrides or args.command == "distill" else ""  # the same --set, teachers
+                err.detail += (
+                    f"; continue with the same options: lorabudget {args.command} {args.config}{same} "
+                    f"--output {run_dir} --resume"
+                )
+            raise
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -163,8 +176,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from lorabudget.report.modelcard import write_model_card
     from lorabudget.report.run_report import write_report
     from lorabudget.rundir.layout import RunDir
+    from lorabudget.rundir.lifecycle import check_not_in_use
 
     RunDir(args.run).read_config()  # a clear error for a folder that is not a run
+    check_not_in_use(Path(args.run), "a report written now")
 
     write_model_card(Path(args.run))
     print(f"report: {write_report(Path(args.run))}")
@@ -210,10 +225,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from lorabudget.inference.runs import evaluate_run, load_run
     from lorabudget.metrics import format_metrics
     from lorabudget.rundir.layout import RunDir
-    from lorabudget.rundir.lifecycle import check_can_create
+    from lorabudget.rundir.lifecycle import check_can_create, check_not_in_use
 
     files = RunDir(args.run)
     files.read_config()
+    check_not_in_use(files.path, "an evaluation written now")
     check_can_create(files.eval_path)  # before inference, not after
     run = load_run(Path(args.run), threads=args.threads, precision=args.precision)
     metrics = evaluate_run(run, args.data, trust_pickle=args.trust_pickle)
@@ -233,23 +249,70 @@ def cmd_predict(args: argparse.Namespace) -> int:
         files.read_config()  # a clear error for a folder that is not a run, before anything else
     check_threads(args.threads)
     output = Path(args.output) if args.output else files.predictions_path
-    _check_output_file(output, args.input)
+    to_stdout = args.output == "-"
+    if not to_stdout:
+        _check_output_file(output, args.input)
+    record = _can_record_in(files, output, args.engine == "onnx")
     if args.engine == "onnx" and files.is_run():
         from lorabudget.export.formats import ensure_onnx_export
 
         ensure_onnx_export(files.path)  # RUN/onnx/, made once and refreshed when the weights change
     run = load_run(Path(args.run), threads=args.threads, precision=args.precision, engine=args.engine)
-    summary = predict_file(run, args.input, output, probabilities=args.probabilities, trust_pickle=args.trust_pickle)
+    summary = predict_file(
+        run, args.input, output, probabilities=args.probabilities, trust_pickle=args.trust_pickle, record=record
+    )
     counts = ", ".join(f"{k} {v:,}" for k, v in summary["counts"].items())
-    print(f"wrote {summary['rows']:,} predictions to {output} ({counts}; {summary['samples_per_s']:.1f} rows/s)")
-    _report(run.run_dir, args)
+    where = "stdout" if to_stdout else output
+    print(
+        f"wrote {summary['rows']:,} predictions to {where} ({counts}; {summary['samples_per_s']:.1f} rows/s)",
+        file=sys.stderr if to_stdout else sys.stdout,  # stdout carries the CSV alone
+    )
+    if record:
+        with contextlib.redirect_stdout(sys.stderr) if to_stdout else contextlib.nullcontext():
+            _report(run.run_dir, args)
     return 0
+
+
+def _can_record_in(files, output: Path, onnx: bool) -> bool:
+    """Whether predict may write its record (predictions.json, report) into the run: not while another
+    process trains or replaces it, nor into a read-only run (then only when the CSV goes elsewhere)."""
+    from lorabudget.console import warn
+    from lorabudget.rundir.lifecycle import check_can_create, check_not_in_use
+
+    if not files.is_run():
+        return True
+    inside = str(output) != "-" and output.absolute().is_relative_to(files.path.absolute())
+    try:
+        check_not_in_use(files.path, "predictions written into it now")
+    except LorabudgetError:
+        if inside or onnx:
+            raise
+        warn(f"{files.path} is in use by another process: its predictions record and report are not updated")
+        return False
+    try:
+        check_can_create(files.predictions_summary_path)
+    except LorabudgetError as err:
+        if inside:
+            raise
+        warn(f"{err}: the run's predictions record and report are not updated")
+        return False
+    return True
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from lorabudget.export.formats import export_run
     from lorabudget.rundir.layout import RunDir
+    from lorabudget.rundir.lifecycle import check_can_create, check_not_in_use
 
+    files = RunDir(args.run)
+    if files.is_run() and not files.finished() and not files.weight_files():
+        raise LorabudgetError(
+            f"{args.run} has no trained weights yet (training has not finished): continue it with "
+            f"`lorabudget train CONFIG --output {args.run} --resume`, then export it"
+        )
+    if Path(args.output).absolute().is_relative_to(Path(args.run).absolute()):
+        check_not_in_use(Path(args.run), "an export written into it now")
+    check_can_create(Path(args.output))  # a path under a file, a read-only disk: before any work
     path = export_run(Path(args.run), Path(args.output), args.format, quantize=args.quantize, overwrite=args.overwrite)
     print(f"exported {args.run} as {args.format} to {path} (model card: {RunDir(path).model_card_path})")
     return 0
@@ -263,16 +326,46 @@ def _check_output_file(output: Path, input_source: str) -> None:
         raise LorabudgetError(f"--output {output} is a folder; name the CSV file to write")
     if Path(input_source).exists() and output.resolve() == Path(input_source).resolve():
         raise LorabudgetError(f"--output {output} is the input file; choose another file so the input is kept")
+    if writes_through(output):  # a device or FIFO: written in place, so only it must be writable
+        if not os.access(output, os.W_OK):
+            raise LorabudgetError(f"cannot write {output}: permission denied")
+        return
     check_can_create(output)
 
 
+def _valid_text(text: str) -> tuple[str, bool]:
+    """``text`` with invalid UTF-8 (kept by Python as lone surrogates, which no tokenizer encodes) replaced
+    by U+FFFD, and whether anything was replaced."""
+    try:
+        text.encode("utf-8")
+        return text, False
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape" if _escaped_only(text) else "replace").decode(
+            "utf-8", "replace"
+        ), True
+
+
+def _escaped_only(text: str) -> bool:
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
+    from lorabudget.console import warn
     from lorabudget.inference.runs import check_threads, classify_texts, load_run
 
     check_threads(args.threads)
-    texts = list(args.texts)
-    if texts == ["-"]:
-        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    given = list(args.texts)
+    if given == ["-"]:
+        raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8", "replace")
+        lines = raw.splitlines()
+        given = [line.decode("utf-8", "surrogateescape") for line in lines if line.strip()]
+        if len(lines) > len(given):
+            warn(f"skipped {len(lines) - len(given):,} blank line(s) of stdin")
+    checked = [_valid_text(t) for t in given]
+    texts = [text for text, _ in checked]
+    replaced = sum(changed for _, changed in checked)
+    if replaced:
+        warn(f"{replaced:,} text(s) held invalid UTF-8: those bytes were replaced with U+FFFD")
     if not texts or any(not t.strip() for t in texts):
         raise LorabudgetError("classify needs one or more non-empty texts")
     run = load_run(Path(args.run), threads=args.threads, precision=args.precision)
@@ -597,7 +690,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return args.func(args)
+        with handle_termination():  # SIGTERM/SIGHUP raise Terminated: cleanups run, locks are released
+            return args.func(args)
     except LorabudgetError as err:
         if args.debug:
             raise
@@ -606,6 +700,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"lorabudget {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated as err:
+        print(f"lorabudget {args.command}: {err}", file=sys.stderr)
+        return err.exit_code
+    except Exception as err:  # noqa: BLE001 - only environment errors (full disk, read-only ...) are reworded
+        message = environment_error(err)
+        if message is None or args.debug:
+            raise
+        print(f"lorabudget {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,11 +282,21 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 60, 60
+
+
+def _shown(value: Any) -> str:
+    """A bounded ``repr`` for error messages: a YAML alias bomb or a huge value is never expanded."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and return it converted (int -> float etc.)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    bad = LorabudgetError(f"config key '{key}': {value!r} is not {_type_name(tp)}")
+    bad = LorabudgetError(f"config key '{key}': {_shown(value)} is not {_type_name(tp)}")
     if tp is Any:
         return value
     if origin is Union:
@@ -308,7 +319,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             value = word  # YAML 1.1 reads an unquoted no/yes as a boolean
         if value not in args:
             raise LorabudgetError(
-                f"config key '{key}': {value!r} is not allowed; allowed values: " + ", ".join(repr(a) for a in args)
+                f"config key '{key}': {_shown(value)} is not allowed; allowed values: "
+                + ", ".join(repr(a) for a in args)
             )
         return value
     if origin is list:
@@ -337,12 +349,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             except ValueError:
                 raise bad from None
             if not math.isfinite(number):
-                raise LorabudgetError(f"config key '{key}': {value!r} is not a finite number")
+                raise LorabudgetError(f"config key '{key}': {_shown(value)} is not a finite number")
             return number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         if not math.isfinite(value):
-            raise LorabudgetError(f"config key '{key}': {value!r} is not a finite number")
+            raise LorabudgetError(f"config key '{key}': {_shown(value)} is not a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -355,7 +367,7 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise LorabudgetError(f"config key '{prefix}' must be a mapping, got {values!r}")
+        raise LorabudgetError(f"config key '{prefix}' must be a mapping, got {_shown(values)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -451,6 +463,14 @@ def validate(cfg: RunConfig) -> RunConfig:
         )
     t = cfg.training
     _check_positive("training.epochs", t.epochs)
+    for key, seed in (("training.seed", t.seed), ("data.split_seed", cfg.data.split_seed)):
+        if not 0 <= seed <= 2**32 - 1:  # NumPy's seeds
+            raise LorabudgetError(f"config key '{key}': must be in 0 .. 4294967295 (2**32 - 1), got {_shown(seed)}")
+    if not cfg.name or cfg.name in (".", "..") or any(c in cfg.name for c in "/\\\0") or cfg.name.strip() != cfg.name:
+        raise LorabudgetError(
+            f"config key 'name': {_shown(cfg.name)} is not a plain folder name (no path separators, no '..', "
+            "no surrounding spaces); runs go to runs/<name> (choose the folder with --output)"
+        )
     if t.max_steps is not None:
         _check_positive("training.max_steps", t.max_steps)
     for key in ("batch_size", "gradient_accumulation", "eval_batch_size", "log_every"):

@@ -2,15 +2,19 @@
 
 An interrupted or failed command therefore never leaves a half-written output behind. The
 temporary files are created private (mode 0600/0700); before the rename they get the mode a plain
-``open()``/``mkdir()`` would have given them under the process's umask.
+``open()``/``mkdir()`` would have given them under the process's umask. An output that is not a
+regular file (a character device such as ``/dev/null``, a FIFO, ``/dev/stdout``) is written through,
+never renamed over: replacing a device node with a regular file would break the system.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Union
@@ -32,10 +36,72 @@ def current_umask() -> int:
     return mask
 
 
+def writes_through(path: PathLike) -> bool:
+    """Whether ``path`` is an existing output that is not a regular file (a device, a FIFO, a socket, or
+    a link into ``/dev`` or ``/proc`` such as ``/dev/stdout``): written in place, never replaced."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    if stat.S_ISDIR(mode):
+        return False
+    if not stat.S_ISREG(mode):
+        return True
+    if path.is_symlink():
+        target = str(path.resolve())
+        return target.startswith(("/proc/", "/dev/")) or str(path.absolute()).startswith("/dev/")
+    return False
+
+
+# Failures of the machine rather than of the program: reported as one line (exit 2), never a traceback.
+ENVIRONMENT_ERRNOS = {
+    code
+    for code in (
+        errno.ENOSPC,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENOTDIR,
+        getattr(errno, "EDQUOT", None),
+        errno.EFBIG,
+        errno.EIO,
+    )
+    if code is not None
+}
+
+
+def environment_error(err: BaseException) -> str | None:
+    """One line describing a full disk, read-only file system, missing permission or a path under a file
+    found in ``err`` or its causes, else None. Libraries written in Rust (tokenizers, safetensors) raise
+    plain exceptions whose text holds the system's message, so that text is recognised too."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in ENVIRONMENT_ERRNOS:
+            what = current.strerror or os.strerror(current.errno)
+            return f"{_short(current.filename)}: {what}" if current.filename else f"{what} while writing output"
+        current = current.__cause__ or current.__context__
+    text = str(err)
+    for code in sorted(ENVIRONMENT_ERRNOS):
+        if os.strerror(code) in text:
+            return f"{os.strerror(code)} while writing output ({type(err).__name__})"
+    return None
+
+
+def _short(value: object, limit: int = 200) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it is renamed to ``path`` only if the block succeeds."""
     path = Path(path)
+    if writes_through(path):
+        yield path
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from lorabudget.console import warn
 from lorabudget.io import atomic_path
 
 CACHE_VERSION = "1"
@@ -131,20 +132,30 @@ def tokenize(
     The cache key covers the tokenizer definition, ``max_length`` and every text, so any change
     gives a new entry; an unreadable or inconsistent cache file is ignored and rewritten.
     """
-    path = None
+    path = full_key = None
     if cache_dir is not None:  # the fingerprint serializes the whole tokenizer: only worth it for a cache
-        key = hashlib.sha256(
+        full_key = hashlib.sha256(
             f"{CACHE_VERSION}|{tokenizer_fingerprint(tokenizer)}|{max_length}|{texts_fingerprint(texts)}".encode()
-        ).hexdigest()[:32]
-        path = cache_dir / "tokens" / f"{key}.npz"
+        ).hexdigest()
+        path = cache_dir / "tokens" / f"{full_key[:32]}.npz"
     if path is not None and path.is_file():
+        # The entry records the key it was built for and a checksum of its content: a file rewritten
+        # with other (valid) ids, or one left by another tokenizer, is rebuilt, never used.
         try:
             with np.load(path) as cached:
                 ids, offsets = cached["ids"], cached["offsets"]
-            if len(offsets) == len(texts) + 1 and offsets[-1] == len(ids):
+                stored_key = str(cached["key"]) if "key" in cached.files else None
+                stored_sum = str(cached["checksum"]) if "checksum" in cached.files else None
+            if (
+                stored_key == full_key
+                and stored_sum == content_sha256(ids, offsets)
+                and len(offsets) == len(texts) + 1
+                and offsets[-1] == len(ids)
+            ):
                 return TokenizedTexts(ids, offsets)
+            warn(f"token cache {path} does not match its key or checksum: rebuilding it")
         except Exception:  # noqa: BLE001 - corrupt or truncated (BadZipFile, OSError, ...): rebuild below
-            pass
+            warn(f"token cache {path} is unreadable: rebuilding it")
     pieces: list[np.ndarray] = []
     for start in range(0, len(texts), chunk):
         encoded = tokenizer(list(texts[start : start + chunk]), truncation=True, max_length=max_length)
@@ -155,8 +166,24 @@ def tokenize(
     if path is not None:
         with atomic_path(path, suffix=".npz") as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, ids=ids, offsets=offsets)
+                np.savez(
+                    fh,
+                    ids=ids,
+                    offsets=offsets,
+                    key=np.array(full_key),
+                    checksum=np.array(content_sha256(ids, offsets)),
+                )
     return TokenizedTexts(ids, offsets)
+
+
+def content_sha256(*arrays: np.ndarray) -> str:
+    """sha256 of arrays' dtypes, shapes and bytes: a cache entry's checksum of its content."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 class RowDataset(Dataset):

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lorabudget.config import RunConfig, from_dict
+from lorabudget.console import warn
 from lorabudget.errors import LorabudgetError
-from lorabudget.rundir.layout import RunDir, read_export_meta
+from lorabudget.rundir.layout import RunDir, read_export_meta, verify_export
 
 
 def require_onnx() -> None:
@@ -32,8 +33,15 @@ def onnx_session(path: Path, threads: Optional[int] = None):
 def run_export_is_current(run_dir: Path) -> bool:
     """Whether ``RUN/onnx/`` holds an fp32 ONNX export of the run's present weights."""
     files = RunDir(run_dir)
-    cached = read_export_meta(files.onnx_dir)
-    return cached is not None and cached.get("adapter_digest") == files.adapter_digest() and not cached.get("quantize")
+    try:
+        cached = read_export_meta(files.onnx_dir)
+        current = cached is not None and cached.get("adapter_digest") == files.adapter_digest()
+        if current and not cached.get("quantize"):
+            verify_export(files.onnx_dir, cached)
+            return True
+    except LorabudgetError as err:  # changed or truncated: made again from the run's verified weights
+        warn(f"{err}; exporting it again")
+    return False
 
 
 def open_onnx_export(path: Path, threads: Optional[int] = None) -> tuple[RunConfig, Any, Any]:
@@ -63,6 +71,14 @@ def open_onnx_export(path: Path, threads: Optional[int] = None) -> tuple[RunConf
         meta = read_export_meta(folder)
     if threads:
         torch.set_num_threads(threads)
+    verify_export(folder, meta)  # a changed or truncated model is refused, never run
     cfg = from_dict(meta["config"])
-    session = onnx_session(folder / meta["onnx_file"], threads)
+    try:
+        session = onnx_session(folder / meta["onnx_file"], threads)
+    except LorabudgetError:
+        raise
+    except Exception as err:  # noqa: BLE001 - onnxruntime's InvalidProtobuf, Fail, ... on a damaged file
+        raise LorabudgetError(
+            f"{folder / meta['onnx_file']}: unreadable ONNX model ({type(err).__name__}); export the run again"
+        ) from None
     return cfg, session, load_tokenizer(str(folder))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,17 +187,28 @@ def predictions_csv(preds: np.ndarray, class_names: Sequence[str], probs: Option
 
 
 def predict_file(
-    run: LoadedRun, input_source: str, output: Path, probabilities: bool = False, trust_pickle: bool = False
+    run: LoadedRun,
+    input_source: str,
+    output: Path,
+    probabilities: bool = False,
+    trust_pickle: bool = False,
+    record: bool = True,
 ) -> dict[str, Any]:
+    """Write the predictions CSV to ``output`` (``-``: stdout); ``record``: also the run's predictions.json."""
     data = load_unlabelled(input_source, trust_pickle=trust_pickle)
     start = time.perf_counter()
     logits = run.logits(data.texts, progress="predict")
     elapsed = time.perf_counter() - start
     preds = logits.argmax(axis=1)
     probs = softmax(logits)
-    with atomic_path(output) as tmp:
-        text = predictions_csv(preds, run.cfg.model.labels, probs if probabilities else None)
-        tmp.write_text(text, encoding="utf-8")
+    text = predictions_csv(preds, run.cfg.model.labels, probs if probabilities else None)
+    if str(output) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        with atomic_path(output) as tmp:  # a device or FIFO is written through, never replaced
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
     summary = {
         "input": str(input_source),
         "output": str(output),
@@ -207,7 +219,8 @@ def predict_file(
         "samples_per_s": len(data) / elapsed if elapsed > 0 else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    RunDir(run.run_dir).write_predictions_summary(summary)
+    if record:
+        RunDir(run.run_dir).write_predictions_summary(summary)
     return summary
 
 

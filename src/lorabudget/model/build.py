@@ -642,7 +642,14 @@ def build_model(cfg: RunConfig, weights: bool = True, total_steps: Optional[int]
         from peft import prepare_model_for_kbit_training
 
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-    peft_cfg = method.build(cfg, sites, heads, total_steps or PLANNING_STEPS)
+    try:
+        peft_cfg = method.build(cfg, sites, heads, total_steps or PLANNING_STEPS)
+    except (TypeError, ValueError) as err:  # PEFT's own checks of adapter.options values; its text is unbounded
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise LorabudgetError(
+            f"adapter.options rejected by PEFT for method '{cfg.adapter.method}': "
+            + (text if len(text) <= 200 else text[:197] + "...")
+        ) from None
     with torch.device("meta") if not weights else contextlib.nullcontext(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PEFT's notes on meta tensors and frozen heads; not the user's concern
         try:

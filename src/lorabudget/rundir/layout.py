@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from lorabudget.config import RunConfig, from_dict, load_yaml, save_config
+from lorabudget.console import warn
 from lorabudget.errors import LorabudgetError
 from lorabudget.io import atomic_write_json
 
@@ -243,9 +244,12 @@ class RunDir:
         if not self.summary_path.is_file():
             return {}
         try:
-            return json.loads(self.summary_path.read_text(encoding="utf-8")).get("adapter_sha256") or {}
+            recorded = json.loads(self.summary_path.read_text(encoding="utf-8")).get("adapter_sha256")
         except (OSError, ValueError, AttributeError):
             raise LorabudgetError(f"{self.summary_path}: not readable JSON") from None
+        if not recorded:
+            warn(f"{self.summary_path} records no adapter_sha256: the adapter weights cannot be verified")
+        return recorded or {}
 
     def weight_files(self) -> list[Path]:
         return weight_files(self.adapter_dir)
@@ -281,18 +285,28 @@ class RunDir:
 
     # ---- metrics
     def read_metrics(self) -> tuple[list[dict], list[dict]]:
-        """(training lines, evaluation lines) of ``metrics.jsonl``; unreadable lines are skipped."""
+        """(training lines, evaluation lines) of ``metrics.jsonl``; an undecodable, partial or non-object
+        line (a crash mid-write, appended garbage) is skipped with a warning naming it."""
         train, evals = [], []
         if self.metrics_path.is_file():
-            for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            skipped = []
+            for number, line in enumerate(self.metrics_path.read_bytes().splitlines(), start=1):
+                if not line.strip():
+                    continue
                 try:
-                    record = json.loads(line)
-                except ValueError:
+                    record = json.loads(line.decode("utf-8"))
+                except ValueError:  # UnicodeDecodeError included
+                    record = None
+                if not isinstance(record, dict):
+                    skipped.append(number)
                     continue
                 if record.get("type") == "train":
                     train.append(record)
                 elif record.get("type") == "eval":
                     evals.append(record)
+            if skipped:
+                shown = ", ".join(map(str, skipped[:5])) + (" ..." if len(skipped) > 5 else "")
+                warn(f"{self.metrics_path}: skipped {len(skipped)} unreadable line(s) (line {shown})")
         return train, evals
 
     # ---- evaluations
@@ -340,8 +354,43 @@ def read_export_meta(folder: PathLike) -> Optional[dict[str, Any]]:
     path = Path(folder) / EXPORT_META
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise LorabudgetError(f"{path}: not readable JSON; export the run again") from None
+    if not isinstance(meta, dict):
+        raise LorabudgetError(f"{path}: not a lorabudget export record; export the run again")
+    return meta
+
+
+EXPORT_CHECKSUMS = "files_sha256"  # key of the export metadata: sha256 of each weight file in the folder
+EXPORT_WEIGHT_SUFFIXES = (".onnx", ".safetensors", ".bin", ".data")
+
+
+def export_weight_files(folder: PathLike) -> list[Path]:
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix in EXPORT_WEIGHT_SUFFIXES)
 
 
 def write_export_meta(folder: PathLike, meta: dict[str, Any]) -> None:
+    """The export's metadata, with the sha256 of every weight file (checked by :func:`verify_export`)."""
+    meta = dict(meta, **{EXPORT_CHECKSUMS: {p.name: file_sha256(p) for p in export_weight_files(folder)}})
     atomic_write_json(Path(folder) / EXPORT_META, meta)
+
+
+def verify_export(folder: PathLike, meta: dict[str, Any]) -> None:
+    """Check an export's weight files against the sha256 its metadata recorded (a one-line error when one
+    was changed, truncated or removed); an export without checksums is used with a warning."""
+    folder = Path(folder)
+    expected = meta.get(EXPORT_CHECKSUMS)
+    if not isinstance(expected, dict):
+        warn(f"{folder / EXPORT_META} records no checksums (an older export): its files cannot be verified")
+        return
+    for name, digest in sorted(expected.items()):
+        path = folder / str(name)
+        if not path.is_file():
+            raise LorabudgetError(f"{path}: missing ({EXPORT_META} records it)")
+        if file_sha256(path) != digest:
+            raise LorabudgetError(
+                f"{path}: sha256 does not match the one {EXPORT_META} recorded; the file was changed or "
+                "truncated (export the run again)"
+            )

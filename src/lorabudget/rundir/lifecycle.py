@@ -100,6 +100,23 @@ class RunLock:
             self.held = False
 
 
+def check_not_in_use(run_dir: Path, action: str) -> None:
+    """Refuse to write into ``run_dir`` while a live process holds its lock (training it, or replacing it
+    with ``--overwrite``: the swap at the end would delete what was written meanwhile)."""
+    holder = RunLock(run_dir).holder()
+    if holder is None:
+        return
+    pid, host = holder.get("pid"), holder.get("host")
+    here = socket.gethostname()
+    if host == here and (pid == os.getpid() or (isinstance(pid, int) and not pid_alive(pid))):
+        return  # this process, or a lock left by a process that is gone
+    who = f"process {pid} on {host}" if pid else "another process (unreadable lock)"
+    raise LorabudgetError(
+        f"{run_dir} is in use by {who} (training, or being replaced with --overwrite); {action} would be lost "
+        "or mixed with the new run: wait for it to finish"
+    )
+
+
 def check_can_create(path: Path) -> None:
     """Fail now, before any work, if ``path`` (a file or folder to create) cannot be written."""
     import tempfile

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from lorabudget.config import RunConfig, load_config
-from lorabudget.data.batching import TokenizedTexts, default_cache_dir, texts_fingerprint, tokenize
+from lorabudget.data.batching import TokenizedTexts, content_sha256, default_cache_dir, texts_fingerprint, tokenize
 from lorabudget.data.load import TextData, load_unlabelled
 from lorabudget.errors import LorabudgetError
 from lorabudget.io import atomic_path
@@ -128,9 +128,12 @@ class TeacherLogitsCache:
             with np.load(path) as data:
                 logits = data["logits"]
                 stored_key = str(data["key"])
+                stored_sum = str(data["checksum"]) if "checksum" in data.files else None
         except Exception:  # noqa: BLE001 - truncated or corrupt file: rebuild
             return None
-        if stored_key != key or logits.shape[0] != rows or not np.isfinite(logits).all():
+        if stored_sum != content_sha256(logits):  # rewritten (another shape, other values): rebuild
+            return None
+        if stored_key != key or logits.ndim != 2 or logits.shape[0] != rows or not np.isfinite(logits).all():
             return None
         return logits
 
@@ -138,7 +141,8 @@ class TeacherLogitsCache:
         path = self.path(key)
         with atomic_path(path, suffix=".npz") as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, logits=logits.astype(np.float32), key=np.array(key))
+                logits = logits.astype(np.float32)
+                np.savez(fh, logits=logits, key=np.array(key), checksum=np.array(content_sha256(logits)))
         return path
 
 

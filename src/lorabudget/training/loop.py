@@ -37,6 +37,7 @@ from lorabudget.model.precision import frozen_base_in
 from lorabudget.rundir.layout import RunDir
 from lorabudget.rundir.lifecycle import requested_run_dir
 from lorabudget.rundir.weights import save_trained
+from lorabudget.signals import Terminated, deferred_termination, stop_pending
 from lorabudget.training.setup import (
     LossFn,
     PreparedData,
@@ -184,6 +185,7 @@ class Session:
         stack.enter_context(frozen_base_in(self.unwrapped, torch.bfloat16 if bf16 else None))
         if self.cfg.training.fast_dropout and self.accelerator.device.type == "cpu":  # attention probabilities too
             stack.enter_context(fast_attention_dropout(self.unwrapped))
+        stack.enter_context(deferred_termination())  # SIGTERM/SIGHUP: stop at the next step boundary
         return stack
 
     def forward_backward(self, batch: dict[str, torch.Tensor], loss_fn: LossFn) -> None:
@@ -219,13 +221,19 @@ class Session:
         evaluated = (state.step % t.eval_every == 0 if t.eval_every else epoch_end) or last
         result = self.evaluate(epoch_pos) if evaluated else None
         every = bool(t.checkpoint_every) and state.step % t.checkpoint_every == 0
-        if (evaluated or every) and not last and not state.done:
+        saved = (evaluated or every) and not last and not state.done
+        if saved:
             self.checkpoint()
         stopped = None
         if evaluated:
             main = self.accelerator.is_main_process
             stopped = agree(self.accelerator, run_on_eval(on_eval, state.step, result) if main else None)
             state.done = state.done or stopped is not None
+        signum = stop_pending()
+        if signum is not None and not last and not state.done:
+            if not saved:  # cheap: trainable weights and optimizer state only
+                self.checkpoint()
+            raise Terminated(signum, f"checkpoint at step {state.step} of {self.total_steps} saved")
         self.window.start += time.perf_counter() - pause_start  # logged throughput counts training time only
         return stopped
 
@@ -486,8 +494,9 @@ def finish(
             f"{best.metrics['accuracy_ci95'][1]:.4f} on {best.metrics['n']:,} rows)"
         )
         log(
-            f"{kept} at step {best.step}; trained {state.step} steps in {train_time:.1f}s; run directory: {requested_run_dir(run_dir)}"
-        )  # not the --overwrite sibling
+            f"{kept} at step {best.step}; trained {state.step} steps in {train_time:.1f}s; "
+            f"run directory: {requested_run_dir(run_dir)}"  # not the hidden --overwrite sibling
+        )
     accelerator.wait_for_everyone()
     return summary
 
