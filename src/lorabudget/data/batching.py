@@ -68,6 +68,9 @@ def bucketed(lengths: np.ndarray, widths: Sequence[int]) -> np.ndarray:
     return out
 
 
+TOKENS_FOLDER = "tokens"  # under the cache root: tokenized training and validation texts
+
+
 def default_cache_dir(configured: Optional[str] = None) -> Path:
     if configured:
         return Path(configured).expanduser()
@@ -134,7 +137,7 @@ def tokenize(
     key = hashlib.sha256(
         f"{CACHE_VERSION}|{tokenizer_fingerprint(tokenizer)}|{max_length}|{texts_fingerprint(texts)}".encode()
     ).hexdigest()[:32]
-    path = cache_dir / "tokens" / f"{key}.npz" if cache_dir is not None else None
+    path = cache_dir / TOKENS_FOLDER / f"{key}.npz" if cache_dir is not None else None
     if path is not None and path.is_file():
         try:
             with np.load(path) as cached:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lorabudget.config import RunConfig
-from lorabudget.data.batching import default_cache_dir, tokenize
+from lorabudget.data.batching import tokenize
 from lorabudget.data.load import load_labelled, load_unlabelled
 from lorabudget.errors import LorabudgetError
 from lorabudget.inference.batched import predict_logits, predict_logits_onnx, resolve_precision
@@ -58,9 +58,9 @@ class LoadedRun:
         self, texts: Sequence[str], batch_size: Optional[int] = None, progress: Optional[str] = None
     ) -> np.ndarray:
         """Logits [len(texts), classes] in input order."""
-        tokens = tokenize(
-            self.tokenizer, list(texts), self.cfg.model.max_length, default_cache_dir(self.cfg.data.cache_dir)
-        )
+        # No token cache here: each predict/classify/evaluate call has its own texts, so a cache file per
+        # call would only pile up (tokenizing is cheap next to the forward pass); training keeps its cache.
+        tokens = tokenize(self.tokenizer, list(texts), self.cfg.model.max_length, cache_dir=None)
         batch_size = batch_size or self.cfg.training.eval_batch_size
         if self.engine == "onnx":
             return predict_logits_onnx(self.model, tokens, self.pad_id, batch_size, progress)
