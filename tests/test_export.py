@@ -163,6 +163,10 @@ def test_onnx_engine_equals_torch(runs, name):
     torch_logits = load_run(run).logits(TEXTS)
     onnx_run = load_run(run, engine="onnx")  # exported once into RUN/onnx/
     assert onnx_run.engine == "onnx" and (run / "onnx" / "model.onnx").is_file()
+    import onnx
+
+    graph = onnx.load(str(run / "onnx" / "model.onnx")).graph  # dynamo export: batch and sequence stay symbolic
+    assert [[bool(d.dim_param) for d in i.type.tensor_type.shape.dim] for i in graph.input] == [[True, True]] * 2
     np.testing.assert_allclose(onnx_run.logits(TEXTS), torch_logits, atol=1e-4)
     mtime = (run / "onnx" / "model.onnx").stat().st_mtime_ns
     load_run(run, engine="onnx")
