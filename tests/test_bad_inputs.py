@@ -758,21 +758,23 @@ def test_run_without_checksums_says_it_cannot_verify(ws: Workspace, capsys):
     assert "cannot be verified" in err
 
 
-def test_rewritten_token_cache_is_rebuilt_not_used(ws: Workspace, capsys):
+def test_rewritten_token_cache_is_rebuilt_not_used(tiny_roberta, tmp_path, capsys):
+    """Training's token cache (inference keeps none): a valid entry rewritten with other ids is rebuilt."""
     import numpy as np
 
-    argv = ["predict", "run", "--input", "unlabelled.csv", "--output", "p1.csv", "--no-report"]
-    assert run_cli(argv, capsys)[0] == 0
-    cache = Path(yaml.safe_load((ws.run / "config.yaml").read_text())["data"]["cache_dir"]) / "tokens"
-    for path in cache.glob("*.npz"):  # a valid file with other token ids, its recorded checksum left as it was
-        with np.load(path) as data:
-            entry = {k: data[k] for k in data.files}
-        entry["ids"] = np.roll(entry["ids"], 7)
-        np.savez(path, **entry)
-    code, out, err = run_cli(argv[:5] + ["p2.csv", "--no-report"], capsys)
-    assert code == 0, err
-    assert "does not match its key or checksum: rebuilding it" in err
-    assert (ws / "p1.csv").read_text() == (ws / "p2.csv").read_text()
+    from lorabudget.data.batching import TOKENS_FOLDER, tokenize
+    from lorabudget.model.build import load_tokenizer
+
+    tokenizer, texts = load_tokenizer(str(tiny_roberta)), ["the market rallied", "a game of the season"]
+    first = tokenize(tokenizer, texts, 32, tmp_path)
+    (path,) = (tmp_path / TOKENS_FOLDER).glob("*.npz")
+    with np.load(path) as data:  # its recorded key and checksum left as they were
+        entry = {k: data[k] for k in data.files}
+    entry["ids"] = np.roll(entry["ids"], 1)
+    np.savez(path, **entry)
+    again = tokenize(tokenizer, texts, 32, tmp_path)
+    assert "does not match its key or checksum: rebuilding it" in capsys.readouterr().err
+    assert np.array_equal(again.ids, first.ids) and np.array_equal(again.offsets, first.offsets)
 
 
 def test_teacher_logit_cache_with_other_columns_is_rebuilt(tmp_path):

@@ -213,3 +213,68 @@ def test_three_tiny_trained_runs_through_the_cli(tmp_path, tiny_roberta, data_di
     records = [json.loads(p.read_text()) for o in variants for p in (runs / o / "evals").glob("*.json")]
     tests = {r["accuracy"] for r in records if r["kind"] == "evaluate"}
     assert len(front) == 1 and set(np.round(front[0].get_data()[1], 6)) <= {round(100 * t, 6) for t in tests}
+
+
+def _label_boxes(fig):
+    """Each run label's text box in pixels (budget notes and leader lines left out)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from lorabudget.report.plots import text_box
+
+    ax = fig.axes[0]
+    renderer = FigureCanvasAgg(fig).get_renderer()  # a closed figure lost its canvas; same dpi, same pixels
+    labels = [t for t in ax.texts if not t.get_text().startswith("budget ") and t.get_gid() != "label-key"]
+    return labels, [text_box(t, renderer) for t in labels]
+
+
+def test_a_run_at_chance_is_marked_at_the_edge_and_the_range_fits_the_others(tmp_path, figures):
+    # Twelve runs that learned (84-88%) and one at chance (25%) on the same 1,000 rows, under three budgets.
+    counts = [850, 845, 840, 838, 866, 864, 875, 860, 858, 855, 880, 835, 250]
+    params = [6_148, 8_452, 9_220, 9_940, 29_188, 31_492, 84_484, 84_484, 86_532, 95_140, 665_092, 9_000, 9_732]
+    budgets = [10_000] * 4 + [100_000] * 2 + [100_000] * 4 + [1_000_000, 10_000, 10_000]
+    runs = [
+        _fake_run(tmp_path / f"run-{k}-with-a-long-name", "x", p, 0.9, c, data="t.csv", budget=b)
+        for k, (p, c, b) in enumerate(zip(params, _nested(1000, counts), budgets))
+    ]
+    write_comparison(runs, tmp_path / "cmp")
+    fig = figures[-1]
+    ax, legend, front, names = _axes_facts(fig)
+    bottom, top = ax.get_ylim()
+    assert 75 < bottom < 84.0 and 88.5 < top < 95  # fits the runs that learned, not the one at 25%
+    [chance] = [t for t in ax.texts if "run-12-" in t.get_text()]
+    assert chance.get_text() == "run-12-with-a-long-name (25.0%)"
+    [edge_marks] = [c for c in ax.collections if c.get_label().startswith("far below the range")]
+    [(_, edge_y)] = edge_marks.get_offsets()
+    assert bottom < edge_y < bottom + 0.2 * (top - bottom)  # at the bottom edge, inside the axes
+    # every run has a label, and no two labels' boxes overlap; all lie inside the axes
+    labels, boxes = _label_boxes(fig)
+    assert len(labels) == len(runs)
+    frame = ax.get_window_extent(fig.canvas.get_renderer())  # the canvas _label_boxes attached
+    for a in range(len(boxes)):
+        assert frame.x0 <= boxes[a].x0 and boxes[a].x1 <= frame.x1 and frame.y0 <= boxes[a].y0 <= frame.y1
+        for b in range(a + 1, len(boxes)):
+            assert not boxes[a].overlaps(boxes[b]), (labels[a].get_text(), labels[b].get_text())
+    # the front spans all three budgets; each budget line's best run is starred
+    assert list(front[0].get_data()[0]) == [6_148, 29_188, 84_484, 665_092]
+    [stars] = [c for c in ax.collections if c.get_label() == "best run within each budget"]
+    assert sorted(map(tuple, np.round(stars.get_offsets(), 6).tolist())) == [(6_148, 85), (84_484, 87.5), (665_092, 88)]
+
+
+def test_labels_that_find_no_free_place_are_numbered_with_a_key(tmp_path, figures):
+    # Sixteen runs on one spot with long names: no room beside the point for every name.
+    counts = [870] * 16
+    long = "a-rather-long-run-name-" * 3
+    runs = [
+        _fake_run(tmp_path / f"{long}{k:02d}", "x", 50_000, 0.9, c, data="t.csv", budget=100_000)
+        for k, c in enumerate(_nested(1000, counts))
+    ]
+    write_comparison(runs, tmp_path / "cmp")
+    fig = figures[-1]
+    labels, boxes = _label_boxes(fig)
+    assert len(labels) == 16
+    for a in range(len(boxes)):
+        for b in range(a + 1, len(boxes)):
+            assert not boxes[a].overlaps(boxes[b])
+    [key] = [t for t in fig.axes[0].texts if t.get_gid() == "label-key"]
+    numbered = [t.get_text() for t in labels if t.get_text().startswith("[")]
+    assert numbered and all(f"{n} {long}" in key.get_text() for n in numbered)

@@ -163,6 +163,10 @@ def test_onnx_engine_equals_torch(runs, name):
     torch_logits = load_run(run).logits(TEXTS)
     onnx_run = load_run(run, engine="onnx")  # exported once into RUN/onnx/
     assert onnx_run.engine == "onnx" and (run / "onnx" / "model.onnx").is_file()
+    import onnx
+
+    graph = onnx.load(str(run / "onnx" / "model.onnx")).graph  # dynamo export: batch and sequence stay symbolic
+    assert [[bool(d.dim_param) for d in i.type.tensor_type.shape.dim] for i in graph.input] == [[True, True]] * 2
     np.testing.assert_allclose(onnx_run.logits(TEXTS), torch_logits, atol=1e-4)
     mtime = (run / "onnx" / "model.onnx").stat().st_mtime_ns
     load_run(run, engine="onnx")
@@ -276,6 +280,20 @@ def test_model_card_parses(tmp_path):
     assert meta["library_name"] == "peft" and meta["pipeline_tag"] == "text-classification"
     assert meta["datasets"] == ["ag_news"] and meta["metrics"] == ["accuracy", "f1"]
     assert "lorabudget" in meta["tags"] and "lora" in meta["tags"]  # method defaults to lora for older runs
+    # The measured figures, as the Hub reads them (model-index, written by huggingface_hub's ModelCardData).
+    [entry] = meta["model-index"]
+    assert entry["name"] == "card-test"
+    [result] = entry["results"]
+    assert result["task"]["type"] == "text-classification"
+    assert result["dataset"] == {"type": "validation", "name": "validation", "split": "validation"}
+    assert {m["type"]: m["value"] for m in result["metrics"]} == {"accuracy": 0.9033, "f1": 0.9021}
+    from huggingface_hub import ModelCard
+
+    hub_card = ModelCard(card_path.read_text())  # the Hub's own parser reads the values back
+    assert [(r.metric_type, r.metric_value) for r in hub_card.data.eval_results] == [
+        ("accuracy", 0.9033),
+        ("f1", 0.9021),
+    ]
     headings = [line for line in body.splitlines() if line.startswith("## ")]
     assert headings == [
         "## Trainable-parameter budget",
@@ -291,6 +309,14 @@ def test_model_card_parses(tmp_path):
     assert "[0.8648, 0.9318]" in body and "451.0 s" in body
     plain_meta, plain_body = parse_model_card(write_model_card(_card_run(tmp_path, with_ci=False)).read_text())
     assert "95% interval" not in plain_body and "0.9033" in plain_body
+
+
+def test_model_card_leaves_out_validation_rows_the_run_trained_on(tmp_path):
+    run = _card_run(tmp_path, with_ci=False)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "validation_trained_on": True}))
+    meta, _ = parse_model_card(write_model_card(run).read_text())
+    assert "model-index" not in meta and meta["metrics"] == ["accuracy", "f1"]
 
 
 def test_model_card_of_a_trained_run_shows_its_budget(tiny_config, tmp_path):

@@ -293,9 +293,7 @@ def test_bf16_weights_are_cast_once_and_give_predicts_logits(trained):
     assert {p.dtype for p in served.model.parameters() if p.is_floating_point()} == {torch.bfloat16}
     reference = load_run(trained["run"], threads=1, precision="bf16")  # casts per call, as predict does
     texts = trained["texts"][:24]
-    np.testing.assert_array_equal(
-        served.logits(texts, batch_size=8, token_cache=False), reference.logits(texts, batch_size=8)
-    )
+    np.testing.assert_array_equal(served.logits(texts, batch_size=8), reference.logits(texts, batch_size=8))
     assert {p.dtype for p in reference.model.parameters() if p.is_floating_point()} == {torch.float32}
 
 

@@ -447,7 +447,38 @@ def settings_from_args(args) -> SearchSettings:
     )
 
 
+def require_extra(module: str, command: str, extra: str) -> None:
+    """One line naming the extra to install when an optional dependency is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise LorabudgetError(f"{command} needs {module}: pip install 'lorabudget[{extra}]'")
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from lorabudget.report.presets import format_preset_table, preset_rows
+
+    if args.action == "show":
+        if not args.name:
+            raise LorabudgetError("presets show needs a preset name")
+        print(resolve_config_path(args.name).read_text(encoding="utf-8"), end="")
+        return 0
+    print(format_preset_table(preset_rows()))
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from lorabudget.data.cache import cache_folders, clear_caches, human_size
+
+    held = clear_caches() if args.action == "clear" else cache_folders()
+    verb = "removed" if args.action == "clear" else "holds"
+    for folder in held:
+        print(f"{folder.path} {verb} {folder.files:,} files, {human_size(folder.bytes)}")
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
+    require_extra("optuna", "lorabudget search", "search")
     from lorabudget.search.worker import run_search
 
     run_search(settings_from_args(args))
@@ -657,6 +688,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("presets", help="list the presets (name, model, method, trainable count, budget, purpose)")
+    p.add_argument("action", nargs="?", choices=["list", "show"], default="list", help="list (default) or show NAME")
+    p.add_argument("name", nargs="?", help="the preset to print (with show)")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("cache", help="lorabudget's caches (tokens, teacher logits): info or clear")
+    p.add_argument("action", choices=["info", "clear"])
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("report", help="write figures and report.md for a run directory")
     p.add_argument("run", help="run directory")

@@ -9,6 +9,7 @@ Every field is documented on its dataclass below. Unknown keys and bad values ra
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import os
 import reprlib
@@ -564,23 +565,31 @@ def load_yaml(path: Union[str, Path]) -> dict[str, Any]:
 
 
 def presets_dir() -> Path:
-    """The ``configs/`` folder: beside the source tree, or ``$LORABUDGET_CONFIGS``."""
-    env = os.environ.get("LORABUDGET_CONFIGS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "configs"
+    """The presets shipped inside the package (``lorabudget/presets/*.yaml``, package data)."""
+    return Path(str(importlib.resources.files("lorabudget") / "presets"))
+
+
+def preset_files() -> dict[str, Path]:
+    """Preset name -> YAML file: the shipped presets, then every folder in ``$LORABUDGET_CONFIGS``
+    (separated by ``os.pathsep``), whose files add presets or replace shipped ones of the same name."""
+    folders = [presets_dir()]
+    folders += [Path(f).expanduser() for f in os.environ.get("LORABUDGET_CONFIGS", "").split(os.pathsep) if f]
+    found: dict[str, Path] = {}
+    for folder in folders:
+        for path in sorted(folder.glob("*.yaml")):
+            found[path.stem] = path
+    return dict(sorted(found.items()))
 
 
 def resolve_config_path(name_or_path: str) -> Path:
-    """A path to a YAML file, or a preset name such as ``seed-lora`` found in ``configs/``."""
+    """A path to a YAML file, or a preset name such as ``seed-lora`` (see ``preset_files``)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    preset = presets_dir() / f"{name_or_path}.yaml"
-    if preset.is_file():
-        return preset
-    available = sorted(p.stem for p in presets_dir().glob("*.yaml"))
-    raise LorabudgetError(f"config '{name_or_path}' is neither a file nor a preset; presets: " + ", ".join(available))
+    presets = preset_files()
+    if name_or_path in presets:
+        return presets[name_or_path]
+    raise LorabudgetError(f"config '{name_or_path}' is neither a file nor a preset; presets: " + ", ".join(presets))
 
 
 def load_config(name_or_path: Optional[str], overrides: list[str] = ()) -> RunConfig:

@@ -69,6 +69,9 @@ def bucketed(lengths: np.ndarray, widths: Sequence[int]) -> np.ndarray:
     return out
 
 
+TOKENS_FOLDER = "tokens"  # under the cache root: tokenized training and validation texts
+
+
 def default_cache_dir(configured: Optional[str] = None) -> Path:
     if configured:
         return Path(configured).expanduser()
@@ -137,7 +140,7 @@ def tokenize(
         full_key = hashlib.sha256(
             f"{CACHE_VERSION}|{tokenizer_fingerprint(tokenizer)}|{max_length}|{texts_fingerprint(texts)}".encode()
         ).hexdigest()
-        path = cache_dir / "tokens" / f"{full_key[:32]}.npz"
+        path = cache_dir / TOKENS_FOLDER / f"{full_key[:32]}.npz"
     if path is not None and path.is_file():
         # The entry records the key it was built for and a checksum of its content: a file rewritten
         # with other (valid) ids, or one left by another tokenizer, is rebuilt, never used.

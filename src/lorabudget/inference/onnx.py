@@ -12,12 +12,18 @@ from lorabudget.errors import LorabudgetError
 from lorabudget.rundir.layout import RunDir, read_export_meta, verify_export
 
 
-def require_onnx() -> None:
+def require_onnx(export: bool = False) -> None:
+    """onnx and onnxruntime to run an ONNX model; onnxscript too to ``export`` one (torch's dynamo exporter)."""
     try:
         import onnx  # noqa: F401 - the quantizer needs it
         import onnxruntime  # noqa: F401
+
+        if export:
+            import onnxscript  # noqa: F401
     except ImportError as err:
-        raise LorabudgetError(f"ONNX needs onnx and onnxruntime ({err}); pip install 'lorabudget[onnx]'") from err
+        raise LorabudgetError(
+            f"ONNX needs onnx, onnxruntime and onnxscript ({err}); pip install 'lorabudget[onnx]'"
+        ) from err
 
 
 def onnx_session(path: Path, threads: Optional[int] = None):

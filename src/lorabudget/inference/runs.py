@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lorabudget.config import RunConfig
-from lorabudget.data.batching import default_cache_dir, tokenize
+from lorabudget.data.batching import tokenize
 from lorabudget.data.load import load_labelled, load_unlabelled
 from lorabudget.errors import LorabudgetError
 from lorabudget.inference.batched import predict_logits, predict_logits_onnx, resolve_precision
@@ -56,16 +56,12 @@ class LoadedRun:
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     def logits(
-        self,
-        texts: Sequence[str],
-        batch_size: Optional[int] = None,
-        progress: Optional[str] = None,
-        token_cache: bool = True,
+        self, texts: Sequence[str], batch_size: Optional[int] = None, progress: Optional[str] = None
     ) -> np.ndarray:
-        """Logits [len(texts), classes] in input order. ``token_cache=False`` skips the on-disk token
-        cache (a server's small batches would each leave a file there)."""
-        cache_dir = default_cache_dir(self.cfg.data.cache_dir) if token_cache else None
-        tokens = tokenize(self.tokenizer, list(texts), self.cfg.model.max_length, cache_dir)
+        """Logits [len(texts), classes] in input order."""
+        # No token cache here: each predict/classify/evaluate call has its own texts, so a cache file per
+        # call would only pile up (tokenizing is cheap next to the forward pass); training keeps its cache.
+        tokens = tokenize(self.tokenizer, list(texts), self.cfg.model.max_length, cache_dir=None)
         batch_size = batch_size or self.cfg.training.eval_batch_size
         if self.engine == "onnx":
             return predict_logits_onnx(self.model, tokens, self.pad_id, batch_size, progress)
@@ -78,9 +74,9 @@ class LoadedRun:
             precision=self.precision,
         )
 
-    def predict(self, texts: Sequence[str], batch_size: Optional[int] = None, token_cache: bool = True) -> Predictions:
+    def predict(self, texts: Sequence[str], batch_size: Optional[int] = None) -> Predictions:
         """Class names and probabilities for ``texts`` (length-sorted batches, results in input order)."""
-        probs = softmax(self.logits(texts, batch_size, token_cache=token_cache))
+        probs = softmax(self.logits(texts, batch_size))
         ids = probs.argmax(axis=1)
         names = list(self.cfg.model.labels)
         return Predictions([names[i] for i in ids], ids, probs, names)

@@ -360,7 +360,7 @@ def quantization_config(cfg: RunConfig, head_modules: list[str]):
         return None
     if importlib.util.find_spec("bitsandbytes") is None:
         raise LorabudgetError(
-            f"model.quantization: {kind} needs bitsandbytes: pip install 'lorabudget[quantization]' "
+            f"model.quantization: {kind} needs bitsandbytes: pip install 'lorabudget[quant]' "
             "(or pip install bitsandbytes)"
         )
     from transformers import BitsAndBytesConfig

@@ -46,23 +46,64 @@ def _method(cfg: RunConfig, summary: dict[str, Any]) -> str:
     return str(summary.get("method") or getattr(cfg.adapter, "method", None) or "lora")
 
 
-def front_matter(cfg: RunConfig, summary: dict[str, Any], export_format: Optional[str]) -> dict[str, Any]:
+def eval_results(cfg: RunConfig, run_dir: Optional[Path], summary: dict[str, Any]) -> list[Any]:
+    """The run's measured accuracy and macro F1 per evaluated data set, as ``huggingface_hub`` ``EvalResult``s
+    (the card's ``model-index``). Validation rows the run trained on are left out: they estimate nothing."""
+    from huggingface_hub import EvalResult
+
+    if run_dir is None:
+        return []
+    trained_on = bool(summary.get("validation_trained_on"))
+    results = []
+    for record in RunDir(run_dir).eval_records():
+        kind = str(record.get("kind") or "evaluation")
+        if trained_on and kind == "validation":
+            continue
+        data = str(record.get("data") or cfg.data.train)
+        common = {
+            "task_type": "text-classification",
+            "dataset_type": HUB_DATASETS.get(data.split(":", 1)[0], data),
+            "dataset_name": data,
+            "dataset_split": kind,
+        }
+        if isinstance(record.get("accuracy"), (int, float)):
+            results.append(EvalResult(metric_type="accuracy", metric_value=round(record["accuracy"], 4), **common))
+        if isinstance(record.get("macro_f1"), (int, float)):
+            results.append(
+                EvalResult(
+                    metric_type="f1",
+                    metric_name="macro F1",
+                    metric_args={"average": "macro"},
+                    metric_value=round(record["macro_f1"], 4),
+                    **common,
+                )
+            )
+    return results
+
+
+def front_matter(
+    cfg: RunConfig, summary: dict[str, Any], export_format: Optional[str], run_dir: Optional[Path] = None
+) -> dict[str, Any]:
+    """The card's YAML metadata through ``huggingface_hub.ModelCardData``; with ``run_dir``, a
+    ``model-index`` holding the accuracy and macro F1 each evaluation measured."""
+    from huggingface_hub import ModelCardData
+
     method = _method(cfg, summary)
-    meta: dict[str, Any] = {}
-    base = base_model_name(cfg)
-    if base:
-        meta["base_model"] = base
-    libraries = {None: "peft", "peft": "peft", "onnx": "onnx", "hf": "transformers"}
-    meta["library_name"] = libraries[export_format]
-    meta["pipeline_tag"] = "text-classification"
     dataset = _dataset_name(cfg)
-    if dataset:
-        meta["datasets"] = [dataset]
-    meta["metrics"] = ["accuracy", "f1"]
-    meta["tags"] = ["lorabudget", method, "text-classification", "parameter-efficient-fine-tuning"] + (
-        ["onnx"] if export_format == "onnx" else []
+    libraries = {None: "peft", "peft": "peft", "onnx": "onnx", "hf": "transformers"}
+    results = eval_results(cfg, run_dir, summary)
+    data = ModelCardData(
+        base_model=base_model_name(cfg),
+        library_name=libraries[export_format],
+        pipeline_tag="text-classification",
+        datasets=[dataset] if dataset else None,
+        metrics=["accuracy", "f1"],
+        tags=["lorabudget", method, "text-classification", "parameter-efficient-fine-tuning"]
+        + (["onnx"] if export_format == "onnx" else []),
+        model_name=cfg.name if results else None,
+        eval_results=results or None,
     )
-    return meta
+    return data.to_dict()
 
 
 def _layers(layers: Optional[list[int]]) -> str:
@@ -305,7 +346,7 @@ def model_card(run_dir: Path, cfg: RunConfig, export_format: Optional[str] = Non
     limit = (budget or {}).get("budget")
     md = [
         "---",
-        yaml.safe_dump(front_matter(cfg, summary, export_format), sort_keys=False).rstrip("\n"),
+        yaml.safe_dump(front_matter(cfg, summary, export_format, run_dir), sort_keys=False).rstrip("\n"),
         "---",
         "",
         f"# {cfg.name}",

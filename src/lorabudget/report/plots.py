@@ -51,34 +51,95 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def place_labels(ax, xs: Sequence[float], ys: Sequence[float], names: Sequence[str], fontsize: int = 8) -> None:
-    """Annotate points, trying a few offsets per label so labels do not cover each other (greedy)."""
-    ax.autoscale_view()
+def far_below(values: Sequence[float], min_gap: float = 10.0) -> list[bool]:
+    """Which values lie far below the rest (a run that did not learn, e.g. at chance): more than
+    ``min_gap`` (and six robust standard deviations) under the median. A plot's range fits the others."""
+    if len(values) < 3:
+        return [False] * len(values)
+    ordered = sorted(values)
+    median = ordered[len(ordered) // 2] if len(ordered) % 2 else sum(ordered[len(ordered) // 2 - 1 :][:2]) / 2
+    deviations = sorted(abs(v - median) for v in values)
+    mad = deviations[len(deviations) // 2]
+    threshold = median - max(min_gap, 6 * 1.4826 * mad)
+    return [v < threshold for v in values]
+
+
+LABEL_KEY_GID = "label-key"  # the key of numbered labels (place_labels' fallback), told apart from labels
+
+
+def _overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def text_box(text, renderer):
+    """A label's own box in pixels (an annotation's leader line left out)."""
+    from matplotlib.text import Annotation, Text
+
+    if isinstance(text, Annotation):
+        text.update_positions(renderer)  # an annotation computes where its text goes only when asked
+    return Text.get_window_extent(text, renderer)
+
+
+def place_labels(
+    ax,
+    xs: Sequence[float],
+    ys: Sequence[float],
+    names: Sequence[str],
+    fontsize: int = 8,
+    avoid: Sequence = (),
+    marks: Sequence[tuple[float, float]] = (),
+) -> list:
+    """Label each point where its text covers no other label, no point, no other mark (``marks``: data
+    points without labels) and nothing in ``avoid`` (artists already drawn, e.g. budget notes), inside the
+    axes: offsets on growing rings around the point, with a leader line once the label sits away from it.
+    The axis limits must be final. A label that finds no free place becomes a number, listed with its name
+    in a key right of the axes. Returns the labels."""
+    from matplotlib.transforms import Bbox
+
     fig = ax.figure
-    to_px = ax.transData.transform
-    scale = fig.dpi / 72.0  # offsets are in points; overlap is checked in pixels
-    char_w, line_h = 0.62 * fontsize * scale, 1.3 * fontsize * scale
-    candidates = [(4, 5), (4, -13), (-4, 5), (-4, -13), (4, 16), (4, -24), (-4, 16), (-4, -24)]
-    placed: list[tuple[float, float, float, float]] = []
-    for x, y, name in sorted(zip(xs, ys, names), key=lambda p: (-p[1], p[0])):
-        px, py = to_px((x, y))
-        width = char_w * len(name)
-        choice = candidates[0]
-        for dx, dy in candidates:
-            left = px + dx * scale - (width if dx < 0 else 0)
-            box = (left, py + dy * scale, left + width, py + dy * scale + line_h)
-            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
-                choice = (dx, dy)
-                placed.append(box)
-                break
-        else:
-            left = px + 4 * scale
-            placed.append((left, py + 5 * scale, left + width, py + 5 * scale + line_h))
-        ax.annotate(
-            name,
-            (x, y),
-            textcoords="offset points",
-            xytext=choice,
-            fontsize=fontsize,
-            ha="right" if choice[0] < 0 else "left",
-        )
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    scale = fig.dpi / 72.0
+    marker = 7 * scale  # half the largest marker (a best-run star), in pixels: labels keep off every point
+    points = [ax.transData.transform((x, y)) for x, y in [*zip(xs, ys), *marks]]
+    taken = [Bbox.from_extents(px - marker, py - marker, px + marker, py + marker) for px, py in points]
+    taken += [text_box(a, renderer) for a in avoid]
+    directions = [(1, 0), (1, 1), (1, -1), (0, 1), (0, -1), (-1, 0), (-1, 1), (-1, -1)]
+    candidates = [(r * dx, r * dy) for r in (5, 12, 20, 30, 42, 56, 72, 90) for dx, dy in directions]
+    labels, keyed = [], []
+    for k in sorted(range(len(names)), key=lambda k: (-ys[k], xs[k])):
+        for text in (names[k], f"[{len(keyed) + 1}]"):
+            label = ax.annotate(
+                text,
+                (xs[k], ys[k]),
+                textcoords="offset points",
+                xytext=(0, 0),
+                fontsize=fontsize,
+                annotation_clip=False,
+                arrowprops={"arrowstyle": "-", "color": "0.55", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 3},
+            )
+            for dx, dy in candidates:
+                label.xyann = (dx, dy)
+                label.set_ha("left" if dx > 0 else "right" if dx < 0 else "center")
+                label.set_va("bottom" if dy > 0 else "top" if dy < 0 else "center")
+                box = text_box(label, renderer)
+                inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+                if inside and not any(_overlaps(box, t) for t in taken):
+                    taken.append(box)
+                    label.arrow_patch.set_visible(max(abs(dx), abs(dy)) > 12)
+                    break
+            else:
+                label.remove()
+                if text == names[k]:
+                    continue  # try again as a number with a key
+                # Nowhere free even for a number (not met in practice): keep the first place, overlapping.
+                label = ax.annotate(text, (xs[k], ys[k]), textcoords="offset points", xytext=(5, 5), fontsize=fontsize)
+                taken.append(text_box(label, renderer))
+            if text != names[k]:
+                keyed.append(names[k])
+            labels.append(label)
+            break
+    if keyed:
+        key = "\n".join(f"[{i + 1}] {name}" for i, name in enumerate(keyed))
+        ax.text(1.02, 1.0, key, transform=ax.transAxes, va="top", ha="left", fontsize=fontsize, gid=LABEL_KEY_GID)
+    return labels

@@ -184,11 +184,11 @@ class Worker:
         """(label, typed config, scale down to the budget) of the trials a new study starts with: the
         base config, then the presets measured for the same model at a budget within this search's,
         largest budget first (distillation presets excluded: their settings were tuned for soft labels)."""
-        from lorabudget.config import load_yaml, presets_dir
+        from lorabudget.config import load_yaml, preset_files
 
         base = from_dict(copy.deepcopy(self.s.base))
         found: list[tuple[int, str, RunConfig]] = []
-        for path in sorted(presets_dir().glob("*.yaml")):
+        for path in preset_files().values():
             try:
                 raw = load_yaml(path)
                 budget = (raw.get("budget") or {}).get("max_trainable_params")

@@ -203,7 +203,7 @@ def create_app(run: LoadedRun, settings: ServeSettings = ServeSettings()) -> Fas
 
     names = list(run.cfg.model.labels)
     batcher = DynamicBatcher(
-        lambda texts: run.logits(texts, batch_size=settings.max_batch, token_cache=False),
+        lambda texts: run.logits(texts, batch_size=settings.max_batch),
         max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,
         max_queued_texts=settings.max_queued_texts,

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from lorabudget.config import RunConfig, load_config
 from lorabudget.data.batching import TokenizedTexts, content_sha256, default_cache_dir, texts_fingerprint, tokenize
+from lorabudget.data.cache import TEACHER_LOGITS_FOLDER
 from lorabudget.data.load import TextData, load_unlabelled
 from lorabudget.errors import LorabudgetError
 from lorabudget.io import atomic_path
@@ -111,7 +112,7 @@ class TeacherLogitsCache:
     """
 
     def __init__(self, cache_dir: Path):
-        self.folder = Path(cache_dir) / "teacher_logits"
+        self.folder = Path(cache_dir) / TEACHER_LOGITS_FOLDER
 
     @staticmethod
     def key(teacher_fp: str, texts: Sequence[str]) -> str:

@@ -35,7 +35,8 @@ def check_trackers(names: list[str]) -> None:
                 f"config key 'training.report_to': unknown tracker '{name}'; allowed: " + ", ".join(known)
             )
         if name not in available:
-            raise LorabudgetError(f"training.report_to: tracker '{name}' is not installed (pip install {name})")
+            extra = "pip install 'lorabudget[tracking]'" if name == "tensorboard" else f"pip install {name}"
+            raise LorabudgetError(f"training.report_to: tracker '{name}' is not installed ({extra})")
 
 
 def accelerator_kwargs(cfg: RunConfig, run_dir: Optional[Path]) -> dict[str, Any]:

@@ -1,0 +1,50 @@
+"""lorabudget's on-disk caches (``lorabudget cache info|clear``): the folders under the cache root
+(``data.cache_dir``, ``$LORABUDGET_CACHE`` or ``~/.cache/lorabudget``) and what they hold."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorabudget.data.batching import TOKENS_FOLDER, default_cache_dir
+
+# The folders lorabudget writes under the cache root. Only these are cleared: the root may be a folder
+# the user chose ($LORABUDGET_CACHE) that holds other things too.
+TEACHER_LOGITS_FOLDER = "teacher_logits"  # distillation teachers' logits (training/distill.py)
+CACHE_FOLDERS = (TOKENS_FOLDER, TEACHER_LOGITS_FOLDER)
+
+
+@dataclass
+class CacheFolder:
+    path: Path
+    files: int
+    bytes: int
+
+
+def cache_folders(root: Path | None = None) -> list[CacheFolder]:
+    """Each of lorabudget's cache folders with its file count and size (zero when absent)."""
+    root = Path(root) if root is not None else default_cache_dir()
+    found = []
+    for name in CACHE_FOLDERS:
+        folder = root / name
+        files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+        found.append(CacheFolder(folder, len(files), sum(p.stat().st_size for p in files)))
+    return found
+
+
+def clear_caches(root: Path | None = None) -> list[CacheFolder]:
+    """Remove lorabudget's cache folders; returns what they held."""
+    held = cache_folders(root)
+    for folder in held:
+        if folder.path.is_dir():
+            shutil.rmtree(folder.path)
+    return held
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:,} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
