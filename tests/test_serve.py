@@ -209,6 +209,8 @@ def test_health_model_and_docs(server, trained):
     assert info["limits"]["texts_per_request"] == 64
     docs = httpx.get(server + "/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert "cdn" not in docs.text and "/docs-static/swagger-ui-bundle.js" in docs.text  # renders offline
+    assert httpx.get(server + "/docs-static/swagger-ui-bundle.js").status_code == 200
     schema = httpx.get(server + "/openapi.json").json()
     assert {"/v1/classify", "/v1/health", "/v1/model"} <= set(schema["paths"])
     page = httpx.get(server + "/")

@@ -197,6 +197,25 @@ def _validation_message(err: RequestValidationError) -> str:
     return f"invalid request at {where}: {first.get('msg', 'malformed')}"
 
 
+def _offline_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI from the ``swagger-ui-bundle`` package's files, so it renders with no network."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/docs-static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Any:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title} - docs",
+            swagger_js_url="/docs-static/swagger-ui-bundle.js",
+            swagger_css_url="/docs-static/swagger-ui.css",
+            swagger_favicon_url="/docs-static/favicon-32x32.png",
+        )
+
+
 def create_app(run: LoadedRun, settings: ServeSettings = ServeSettings()) -> FastAPI:
     """The application serving ``run``; its batcher starts and stops with the application's lifespan."""
     from contextlib import asynccontextmanager
@@ -222,7 +241,9 @@ def create_app(run: LoadedRun, settings: ServeSettings = ServeSettings()) -> Fas
         f"{info['trainable_params'] or '?'} trainable parameters). Classes: {', '.join(names)}.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # served below from local files: FastAPI's default page loads Swagger UI from a CDN
     )
+    _offline_docs(app)
     app.state.batcher = batcher
     app.state.run = run
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
