@@ -8,7 +8,8 @@
 - ``peft``: the PEFT adapter folder (adapters and trained head), loaded by ``PeftModel.from_pretrained``
   on the base model; for the ``linear`` head the folder also holds the model class to build the base.
 - ``onnx``: the merged model traced by ``torch.onnx`` (inputs ``input_ids`` and ``attention_mask``,
-  output ``logits``, dynamic batch and sequence axes), optionally quantized to int8 weights by
+  plus ``token_type_ids`` for a sentence-pair run on a BERT-style tokenizer; output ``logits``,
+  dynamic batch and sequence axes), optionally quantized to int8 weights by
   ONNX Runtime's dynamic quantizer.
 
 Every export holds the tokenizer, a model card (``README.md``) and ``lorabudget_export.json``.
@@ -65,8 +66,8 @@ def _save_tokenizer(tokenizer, cfg: RunConfig, folder: Path) -> None:
 def _label_maps(cfg: RunConfig) -> dict[str, Any]:
     return dict(
         num_labels=cfg.num_labels,
-        id2label=dict(enumerate(cfg.model.labels)),
-        label2id={label: i for i, label in enumerate(cfg.model.labels)},
+        id2label=dict(enumerate(cfg.class_names)),
+        label2id={label: i for i, label in enumerate(cfg.class_names)},
     )
 
 
@@ -150,14 +151,17 @@ def export_peft(run_dir: Path, cfg: RunConfig, tokenizer, folder: Path) -> None:
 
 
 class _LogitsOnly(nn.Module):
-    """``(input_ids, attention_mask) -> logits``: the signature traced into the ONNX graph."""
+    """``(input_ids, attention_mask[, token_type_ids]) -> logits``: the signature traced into the ONNX graph."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
 
 
 def export_onnx(run, folder: Path, quantize: Optional[str] = None) -> str:
@@ -169,8 +173,14 @@ def export_onnx(run, folder: Path, quantize: Optional[str] = None) -> str:
     wrapper = _LogitsOnly(run.model.to("cpu").eval()).eval()
     # Two lengths, so the traced sample has padding: the attention mask's path is in the graph.
     texts = ["a short text", "a somewhat longer text to vary the width"]
-    sample = run.tokenizer(texts, padding=True, return_tensors="pt")
+    seconds = ["and its second text", "another"] if run.is_pair_run else None
+    sample = run.tokenizer(texts, seconds, padding=True, return_tensors="pt")
     inputs = (sample["input_ids"], sample["attention_mask"])
+    names = ["input_ids", "attention_mask"]
+    types = sample.get("token_type_ids")
+    if seconds is not None and types is not None and bool(types.any()):
+        # A BERT-style pair: the segment ids are an input, so ONNX and torch see the same pair.
+        inputs, names = inputs + (types,), names + ["token_type_ids"]
     path = folder / ONNX_FILE
     axes = {0: "batch", 1: "sequence"}
     with warnings.catch_warnings(), torch.no_grad():
@@ -180,14 +190,14 @@ def export_onnx(run, folder: Path, quantize: Optional[str] = None) -> str:
             wrapper,
             inputs,
             str(path),
-            input_names=["input_ids", "attention_mask"],
+            input_names=names,
             output_names=["logits"],
-            dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": {0: "batch"}},
+            dynamic_axes={**{name: axes for name in names}, "logits": {0: "batch"}},
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
         expected = wrapper(*inputs).numpy()
-    got = onnx_session(path).run(["logits"], {"input_ids": inputs[0].numpy(), "attention_mask": inputs[1].numpy()})[0]
+    got = onnx_session(path).run(["logits"], {name: t.numpy() for name, t in zip(names, inputs)})[0]
     diff = float(np.abs(got - expected).max())
     if diff > ONNX_TOLERANCE:
         raise RuntimeError(f"ONNX export differs from torch by {diff:.2e} (> {ONNX_TOLERANCE})")  # a bug
