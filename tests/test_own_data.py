@@ -280,7 +280,7 @@ def test_pair_task_trains_predicts_classifies_and_exports(pair_model, tmp_path, 
     assert not np.allclose(predict_logits(loaded.model, tokens, loaded.pad_id, 8), torch_logits, atol=1e-4)
 
     capsys.readouterr()
-    assert main(["classify", str(run), f"{firsts[0]}\t{seconds[0]}", "--pair", firsts[1], seconds[1]]) == 0
+    assert main(["classify", str(run), f"{firsts[0]}\t{seconds[0]}", f"{firsts[1]}\t{seconds[1]}"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == predicted[:2]
     assert main(["classify", str(run), "only one text"]) == 2

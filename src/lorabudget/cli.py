@@ -303,22 +303,16 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if texts == ["-"]:
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     pairs = None
-    if args.pair:  # --pair FIRST SECOND (repeatable)
-        texts, pairs = texts + [a for a, _ in args.pair], [""] * len(texts) + [b for _, b in args.pair]
     if not texts or any(not t.strip() for t in texts):
         raise LorabudgetError("classify needs one or more non-empty texts")
     run = load_run(Path(args.run), threads=args.threads, precision=args.precision)
-    if run.is_pair_run:  # a pair is FIRST<TAB>SECOND in a text argument or stdin line, or --pair FIRST SECOND
-        pairs = pairs or [""] * len(texts)
-        split = [t.split("\t", 1) if not p and "\t" in t else [t, p] for t, p in zip(texts, pairs)]
-        if any(not second.strip() for _, second in split):
+    if run.is_pair_run:  # a pair is FIRST<TAB>SECOND in a text argument or stdin line
+        split = [t.split("\t", 1) if "\t" in t else [t, ""] for t in texts]
+        if any(not first.strip() or not second.strip() for first, second in split):
             raise LorabudgetError(
-                "this run classifies sentence pairs: give each as FIRST<TAB>SECOND (arguments or stdin lines) "
-                "or --pair FIRST SECOND"
+                "this run classifies sentence pairs: give each as FIRST<TAB>SECOND (arguments or stdin lines)"
             )
         texts, pairs = [first for first, _ in split], [second for _, second in split]
-    elif pairs is not None:
-        raise LorabudgetError(f"{args.run} was not trained on sentence pairs; drop --pair")
     for text, (label, prob, _) in zip(texts, classify_texts(run, texts, pairs)):
         short = text if len(text) <= 70 else text[:67] + "..."
         print(f"{label}\t{prob:.3f}\t{short}")
@@ -575,11 +569,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = run_parser("classify", "print class and probability for texts given on the command line")
     p.add_argument(
         "texts",
-        nargs="*",
+        nargs="+",
         help="texts to classify ('-' reads one text per line from stdin); for a sentence-pair run "
-        "each is FIRST<TAB>SECOND",
+        "each is FIRST<TAB>SECOND (in bash: $'first\\tsecond')",
     )
-    p.add_argument("--pair", nargs=2, action="append", metavar=("FIRST", "SECOND"), help="a sentence pair (repeatable)")
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser(
