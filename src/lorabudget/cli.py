@@ -42,8 +42,12 @@ def _add_column_args(p: argparse.ArgumentParser) -> None:
 
 def _column_overrides(args: argparse.Namespace) -> list[str]:
     """``--text-column`` ... as ``--set data.text_column=...`` values."""
-    names = (("text_column", args.text_column), ("text_pair_column", args.text_pair_column))
-    return [f"data.{key}={value}" for key, value in names + (("label_column", args.label_column),) if value]
+    given = {
+        "text_column": args.text_column,
+        "text_pair_column": args.text_pair_column,
+        "label_column": args.label_column,
+    }
+    return [f"data.{key}={value}" for key, value in given.items() if value]
 
 
 def _columns(args: argparse.Namespace, run):
