@@ -96,6 +96,18 @@ def test_question_category_csv_infers_six_names_and_predicts_them(six_model, tmp
     ev = json.loads((run / "eval.json").read_text())
     assert ev["class_names"] == SIX and [c["support"] for c in ev["per_class"]] == [16] * 6
     assert "macro F1" in capsys.readouterr().out
+    from lorabudget.report.modelcard import write_model_card
+    from lorabudget.report.run_report import write_report
+
+    write_model_card(run)
+    for text in (write_report(run).read_text(), (run / "README.md").read_text()):
+        assert "| class | precision | recall | F1 | support |" in text and "| **macro** |" in text
+        assert (
+            sum(
+                line.startswith(f"| {name} |") and line.endswith("| 16 |") for name in SIX for line in text.splitlines()
+            )
+            == 6
+        )
 
 
 def test_label_inference_rules(tmp_path):
