@@ -298,6 +298,15 @@ def test_pair_task_trains_predicts_classifies_and_exports(pair_model, tmp_path, 
     assert main(["classify", str(run), "only one text"]) == 2
     assert "FIRST<TAB>SECOND" in capsys.readouterr().err
 
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    hf = export_run(run, tmp_path / "hf", "hf")  # the linear head ships as code: it must take the segment ids
+    model = AutoModelForSequenceClassification.from_pretrained(str(hf), trust_remote_code=True).eval()
+    encoded = AutoTokenizer.from_pretrained(str(hf))(firsts, seconds, padding=True, return_tensors="pt")
+    assert "token_type_ids" in encoded
+    with torch.no_grad():
+        np.testing.assert_allclose(model(**encoded).logits.numpy(), torch_logits, atol=1e-4)
+
     folder = export_run(run, tmp_path / "onnx", "onnx")
     onnx_run = load_run(folder)
     assert "token_type_ids" in {i.name for i in onnx_run.model.get_inputs()}
