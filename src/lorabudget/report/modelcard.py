@@ -221,6 +221,15 @@ print(classifier(["Stocks rallied after the earnings report."]))
             else ["`AutoModelForSequenceClassification.from_pretrained(DIR)` loads the same model.", ""]
         )
         + ["`truncation=True` cuts texts where training did (the tokenizer's `model_max_length`).", ""]
+        + (
+            [
+                f"The model reads sentence pairs ({cfg.data.text_column or 'text'}, {cfg.data.text_pair_column}): "
+                'pass each as `{"text": FIRST, "text_pair": SECOND}`.',
+                "",
+            ]
+            if cfg.data.text_pair_column
+            else []
+        )
     )
     peft_dir = folder if export_format == "peft" else "DIR"
     if remote:
