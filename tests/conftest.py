@@ -217,7 +217,11 @@ def tiny_config(tiny_roberta, data_dir, tmp_path):
     def make(**sections):
         values = {
             "name": "tiny",
-            "model": {"name": str(tiny_roberta), "max_length": 64},
+            "model": {
+                "name": str(tiny_roberta),
+                "max_length": 64,
+                "labels": ["World", "Sports", "Business", "Sci/Tech"],
+            },
             "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"]},
             "data": {"train": str(data_dir / "train.csv"), "validation_size": 40, "cache_dir": str(tmp_path / "cache")},
             "training": {"epochs": 2, "batch_size": 16, "learning_rate": 5e-3, "log_every": 2, "seed": 7},

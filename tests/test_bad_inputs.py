@@ -51,7 +51,7 @@ class Workspace:
 def _config(model: Path, train_csv: Path, cache: Path, **training) -> dict:
     return {
         "name": "tiny",
-        "model": {"name": str(model), "max_length": 64},
+        "model": {"name": str(model), "max_length": 64, "labels": ["World", "Sports", "Business", "Sci/Tech"]},
         "head": {"type": "linear", "pooling": "mean"},
         "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"]},
         "data": {"train": str(train_csv), "validation_size": 40, "cache_dir": str(cache)},

@@ -25,7 +25,7 @@ def trained_run(tmp_path_factory, tiny_roberta, data_dir):
     tmp = tmp_path_factory.mktemp("e2e")
     values = {
         "name": "tiny",
-        "model": {"name": str(tiny_roberta), "max_length": 64},
+        "model": {"name": str(tiny_roberta), "max_length": 64, "labels": ["World", "Sports", "Business", "Sci/Tech"]},
         # A random tiny encoder carries keyword identity in its mean token state, not in <s>.
         "head": {"type": "linear", "pooling": "mean"},
         "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"]},

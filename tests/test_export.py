@@ -46,7 +46,7 @@ def make_run(path: Path, model_dir: Path, head: str, pooling: str, cache: Path) 
     cfg = from_dict(
         {
             "name": path.name,
-            "model": {"name": str(model_dir), "max_length": 32},
+            "model": {"name": str(model_dir), "max_length": 32, "labels": ["World", "Sports", "Business", "Sci/Tech"]},
             "head": {"type": head, "pooling": pooling},
             "adapter": {"r": 4, "alpha": 8, "modules": ["query", "value"]},
             "data": {"train": "train.csv", "cache_dir": str(cache)},

@@ -37,13 +37,37 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_column_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-column", help="column holding the text (the first text of a pair); default: found by name")
+    p.add_argument("--text-pair-column", help="column holding the second text of a sentence pair (e.g. hypothesis)")
+    p.add_argument("--label-column", help="column holding the label; default: found by name")
+
+
+def _column_overrides(args: argparse.Namespace) -> list[str]:
+    """``--text-column`` ... as ``--set data.text_column=...`` values."""
+    given = {
+        "text_column": args.text_column,
+        "text_pair_column": args.text_pair_column,
+        "label_column": args.label_column,
+    }
+    return [f"data.{key}={value}" for key, value in given.items() if value]
+
+
+def _columns(args: argparse.Namespace, run):
+    return run.columns(args.text_column, args.text_pair_column, args.label_column)
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from lorabudget.config import load_config
+    from lorabudget.data.load import resolve_labels
     from lorabudget.methods.registry import get_method
     from lorabudget.model.budget import breakdown, format_breakdown, within_budget
     from lorabudget.model.build import build_model
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides) + _column_overrides(args)
+    cfg = load_config(args.config, overrides + ([f"data.train={args.data}"] if args.data else []))
+    if cfg.model.labels is None and (args.data or cfg.model.num_labels is None):
+        resolve_labels(cfg)  # the class count from the data's label column
     built = build_model(cfg, weights=False)
     b = breakdown(built.model)
     method = get_method(cfg.adapter.method)
@@ -68,15 +92,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _new_run(args: argparse.Namespace):
     """Load the config of a train/distill command and check its run directory before any work."""
     from lorabudget.config import load_config
+    from lorabudget.data.load import resolve_labels
     from lorabudget.rundir.layout import RunDir
     from lorabudget.rundir.lifecycle import check_can_create, is_main_launch_process
 
-    overrides = list(args.overrides)
+    overrides = list(args.overrides) + _column_overrides(args)
     if args.data:
         overrides.append(f"data.train={args.data}")
     if args.trust_pickle:
         overrides.append("data.trust_pickle=true")
     cfg = load_config(args.config, overrides)
+    if is_main_launch_process():
+        resolve_labels(cfg)  # class names and label format from the data, before a resume compares configs
     run_dir = Path(args.output) if args.output else Path("runs") / cfg.name
     if args.resume and args.overwrite:
         raise LorabudgetError("--resume continues a run and --overwrite replaces it: pass only one")
@@ -232,7 +259,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     check_not_in_use(files.path, "an evaluation written now")
     check_can_create(files.eval_path)  # before inference, not after
     run = load_run(Path(args.run), threads=args.threads, precision=args.precision)
-    metrics = evaluate_run(run, args.data, trust_pickle=args.trust_pickle)
+    metrics = evaluate_run(run, args.data, trust_pickle=args.trust_pickle, columns=_columns(args, run))
     files.write_eval(metrics, args.data, "evaluate")
     print(format_metrics(metrics))
     print(f"written: {files.eval_path}")
@@ -259,7 +286,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         ensure_onnx_export(files.path)  # RUN/onnx/, made once and refreshed when the weights change
     run = load_run(Path(args.run), threads=args.threads, precision=args.precision, engine=args.engine)
     summary = predict_file(
-        run, args.input, output, probabilities=args.probabilities, trust_pickle=args.trust_pickle, record=record
+        run,
+        args.input,
+        output,
+        probabilities=args.probabilities,
+        trust_pickle=args.trust_pickle,
+        columns=_columns(args, run),
+        label_format=args.label_format,
+        record=record,
     )
     counts = ", ".join(f"{k} {v:,}" for k, v in summary["counts"].items())
     where = "stdout" if to_stdout else output
@@ -366,10 +400,18 @@ def cmd_classify(args: argparse.Namespace) -> int:
     replaced = sum(changed for _, changed in checked)
     if replaced:
         warn(f"{replaced:,} text(s) held invalid UTF-8: those bytes were replaced with U+FFFD")
+    pairs = None
     if not texts or any(not t.strip() for t in texts):
         raise LorabudgetError("classify needs one or more non-empty texts")
     run = load_run(Path(args.run), threads=args.threads, precision=args.precision)
-    for text, (label, prob, _) in zip(texts, classify_texts(run, texts)):
+    if run.is_pair_run:  # a pair is FIRST<TAB>SECOND in a text argument or stdin line
+        split = [t.split("\t", 1) if "\t" in t else [t, ""] for t in texts]
+        if any(not first.strip() or not second.strip() for first, second in split):
+            raise LorabudgetError(
+                "this run classifies sentence pairs: give each as FIRST<TAB>SECOND (arguments or stdin lines)"
+            )
+        texts, pairs = [first for first, _ in split], [second for _, second in split]
+    for text, (label, prob, _) in zip(texts, classify_texts(run, texts, pairs)):
         short = text if len(text) <= 70 else text[:67] + "..."
         print(f"{label}\t{prob:.3f}\t{short}")
     return 0
@@ -405,6 +447,12 @@ def load_search_config(
         space = default_space_raw()
     best_values = apply_overrides(copy.deepcopy(values), list(overrides))
     best_cfg = from_dict(copy.deepcopy(best_values))  # bad keys fail here, before any trial
+    if best_cfg.model.labels is None or best_cfg.model.label_format is None:
+        from lorabudget.data.load import resolve_labels
+
+        resolve_labels(best_cfg)  # every trial and best.yaml get the classes read from the data once
+        model_values = best_values.setdefault("model", {})
+        model_values["labels"], model_values["label_format"] = best_cfg.model.labels, best_cfg.model.label_format
     trial_values = apply_overrides(copy.deepcopy(best_values), list(trial_overrides))
     trial_cfg = from_dict(copy.deepcopy(trial_values))
     if trial_cfg.data.train_on_validation:
@@ -416,7 +464,7 @@ def load_search_config(
 
 
 def settings_from_args(args) -> SearchSettings:
-    overrides = list(args.overrides)
+    overrides = list(args.overrides) + _column_overrides(args)
     if args.data:
         overrides.append(f"data.train={args.data}")
     if args.budget is not None:
@@ -517,6 +565,7 @@ def _add_search_parser(sub) -> None:
     )
     p.add_argument("--workers", type=int, default=1, help="local worker processes sharing the storage (default 1)")
     p.add_argument("--data", help="training data file (shortcut for --set data.train=FILE)")
+    _add_column_args(p)
     p.add_argument("--output", help="search directory (default: runs/<study name>)")
     p.add_argument(
         "--trial-set",
@@ -580,11 +629,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="count trainable parameters exactly (no weights loaded) and check the budget")
     _add_config_args(p)
+    p.add_argument("--data", help="training data whose label column gives the class count (when model.labels is null)")
+    _add_column_args(p)
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("train", help="train a config into a run directory")
     _add_config_args(p)
     p.add_argument("--data", help="training data file (shortcut for --set data.train=FILE)")
+    _add_column_args(p)
     p.add_argument("--output", help="run directory (default: runs/<config name>)")
     _add_run_dir_args(p, "replace an existing run directory once the new run has finished")
     p.set_defaults(func=cmd_train)
@@ -615,6 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra texts (no labels) taught by the teacher's soft labels only (repeatable)",
     )
     p.add_argument("--data", help="training data file (shortcut for --set data.train=FILE)")
+    _add_column_args(p)
     p.add_argument("--output", help="student run directory (default: runs/<config name>)")
     _add_run_dir_args(p, "replace an existing student run directory once the new run has finished")
     p.set_defaults(func=cmd_distill)
@@ -633,7 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
         return q
 
     p = run_parser("evaluate", "accuracy, macro P/R/F1, per-class table and confusion matrix on labelled data")
-    p.add_argument("--data", required=True, help="labelled data file (or ag_news:test)")
+    p.add_argument("--data", required=True, help="labelled data file (or ag_news:test, hub:REPO[:CONFIG]:SPLIT)")
+    _add_column_args(p)
     p.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
     p.add_argument("--no-report", action="store_true", help="do not rewrite report.md and figures")
     p.set_defaults(func=cmd_evaluate)
@@ -649,12 +703,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="texts to label: CSV, JSON Lines, Parquet or pickle")
     p.add_argument("--output", help="CSV to write (default: RUN/predictions.csv)")
     p.add_argument("--probabilities", action="store_true", help="add one probability column per class")
+    p.add_argument(
+        "--label-format",
+        choices=["id", "name"],
+        help="write labels as class ids or names (default: as the training data wrote them)",
+    )
+    _add_column_args(p)
     p.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
     p.add_argument("--no-report", action="store_true", help="do not rewrite report.md and figures")
     p.set_defaults(func=cmd_predict)
 
     p = run_parser("classify", "print class and probability for texts given on the command line")
-    p.add_argument("texts", nargs="+", help="texts to classify ('-' reads one text per line from stdin)")
+    p.add_argument(
+        "texts",
+        nargs="+",
+        help="texts to classify ('-' reads one text per line from stdin); for a sentence-pair run "
+        "each is FIRST<TAB>SECOND (in bash: $'first\\tsecond')",
+    )
     p.set_defaults(func=cmd_classify)
 
     p = run_parser("serve", "serve a run over HTTP: JSON API with dynamic batching and a page to try it")

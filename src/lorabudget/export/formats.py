@@ -8,7 +8,8 @@
 - ``peft``: the PEFT adapter folder (adapters and trained head), loaded by ``PeftModel.from_pretrained``
   on the base model; for the ``linear`` head the folder also holds the model class to build the base.
 - ``onnx``: the merged model traced by ``torch.onnx`` (inputs ``input_ids`` and ``attention_mask``,
-  output ``logits``, dynamic batch and sequence axes), optionally quantized to int8 weights by
+  plus ``token_type_ids`` for a sentence-pair run on a BERT-style tokenizer; output ``logits``,
+  dynamic batch and sequence axes), optionally quantized to int8 weights by
   ONNX Runtime's dynamic quantizer.
 
 Every export holds the tokenizer, a model card (``README.md``) and ``lorabudget_export.json``.
@@ -65,8 +66,8 @@ def _save_tokenizer(tokenizer, cfg: RunConfig, folder: Path) -> None:
 def _label_maps(cfg: RunConfig) -> dict[str, Any]:
     return dict(
         num_labels=cfg.num_labels,
-        id2label=dict(enumerate(cfg.model.labels)),
-        label2id={label: i for i, label in enumerate(cfg.model.labels)},
+        id2label=dict(enumerate(cfg.class_names)),
+        label2id={label: i for i, label in enumerate(cfg.class_names)},
     )
 
 
@@ -150,26 +151,27 @@ def export_peft(run_dir: Path, cfg: RunConfig, tokenizer, folder: Path) -> None:
 
 
 class _LogitsOnly(nn.Module):
-    """``(input_ids, attention_mask) -> logits``: the signature traced into the ONNX graph."""
+    """``(input_ids, attention_mask[, token_type_ids]) -> logits``: the signature traced into the ONNX graph."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
 
 
-def _check_onnx_against_torch(path: Path, wrapper: nn.Module, tokenizer, samples: list) -> None:
-    """The exported graph must give torch's logits, on the traced shape and on another batch and width
-    (the dynamic axes at work); a difference beyond ``ONNX_TOLERANCE`` is a bug, not user input."""
-    other = tokenizer(["one", "three texts of", "different lengths here, the longest of the three"], padding=True)
-    samples = samples + [(torch.tensor(other["input_ids"]), torch.tensor(other["attention_mask"]))]
+def _check_onnx_against_torch(path: Path, wrapper: nn.Module, names: list[str], samples: list[tuple]) -> None:
+    """The exported graph must give torch's logits on every sample (tensors in the order of ``names``);
+    a difference beyond ``ONNX_TOLERANCE`` is a bug, not user input."""
     session = onnx_session(path)
-    for input_ids, attention_mask in samples:
+    for sample in samples:
         with torch.no_grad():
-            expected = wrapper(input_ids, attention_mask).numpy()
-        feed = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
+            expected = wrapper(*sample).numpy()
+        feed = {name: t.numpy() for name, t in zip(names, sample)}
         diff = float(np.abs(session.run(["logits"], feed)[0] - expected).max())
         if diff > ONNX_TOLERANCE:
             raise RuntimeError(f"ONNX export differs from torch by {diff:.2e} (> {ONNX_TOLERANCE})")
@@ -187,8 +189,14 @@ def export_onnx(run, folder: Path, quantize: Optional[str] = None) -> str:
     wrapper = _LogitsOnly(run.model.to("cpu").eval()).eval()
     # Two lengths, so the sample has padding: the attention mask's path is in the graph.
     texts = ["a short text", "a somewhat longer text to vary the width"]
-    sample = run.tokenizer(texts, padding=True, return_tensors="pt")
+    seconds = ["and its second text", "another"] if run.is_pair_run else None
+    sample = run.tokenizer(texts, seconds, padding=True, return_tensors="pt")
     inputs = (sample["input_ids"], sample["attention_mask"])
+    names = ["input_ids", "attention_mask"]
+    types = sample.get("token_type_ids")
+    if seconds is not None and types is not None and bool(types.any()):
+        # A BERT-style pair: the segment ids are an input, so ONNX and torch see the same pair.
+        inputs, names = inputs + (types,), names + ["token_type_ids"]
     path = folder / ONNX_FILE
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     axes = {0: batch, 1: sequence}
@@ -203,9 +211,9 @@ def export_onnx(run, folder: Path, quantize: Optional[str] = None) -> str:
             program = torch.onnx.export(
                 wrapper,
                 inputs,
-                input_names=["input_ids", "attention_mask"],
+                input_names=names,
                 output_names=["logits"],
-                dynamic_shapes=(axes, axes),
+                dynamic_shapes=tuple(axes for _ in names),
                 opset_version=ONNX_OPSET,
                 dynamo=True,
                 external_data=False,
@@ -214,7 +222,11 @@ def export_onnx(run, folder: Path, quantize: Optional[str] = None) -> str:
         finally:
             registration_log.setLevel(level)
         program.save(str(path))
-    _check_onnx_against_torch(path, wrapper, run.tokenizer, [inputs])
+    # Another batch size and width than the traced sample: the dynamic axes at work.
+    other_texts = ["one", "three texts of", "different lengths here, the longest of the three"]
+    other_seconds = ["a", "second text", "and the last second text"] if seconds is not None else None
+    other = run.tokenizer(other_texts, other_seconds, padding=True, return_tensors="pt")
+    _check_onnx_against_torch(path, wrapper, names, [inputs, tuple(other[name] for name in names)])
     if quantize is None:
         return ONNX_FILE
     if quantize != "int8":

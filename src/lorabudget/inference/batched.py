@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lorabudget.data.batching import TokenizedTexts, inference_loader
+from lorabudget.data.batching import TokenizedTexts, inference_loader, model_inputs
 from lorabudget.model.precision import gpu_supports_bf16, inference_weights_in  # noqa: F401 - re-exported
 from lorabudget.model.precision import resolve as resolve_device_precision
 
@@ -91,9 +91,7 @@ def predict_logits(
     with inference_weights_in(model, torch.bfloat16 if bf16 else None):
         for batch in tqdm(loader, desc=progress, disable=not show, unit="batch", leave=False):
             with autocast:
-                logits = model(
-                    input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-                ).logits.float()
+                logits = model(**model_inputs(batch, device)).logits.float()
             index = batch["index"].to(device)
             if accelerator is not None and accelerator.num_processes > 1:
                 # Shards may hold batches of different sizes: pad to a common size (index -1 marks padding).
@@ -120,12 +118,15 @@ def predict_logits_onnx(
     uses_gpu = "CUDAExecutionProvider" in session.get_providers()
     max_tokens = max_tokens_per_batch("cuda" if uses_gpu else "cpu", batch_size)
     loader = inference_loader(tokens, pad_id, batch_size, max_tokens=max_tokens)
+    names = {i.name for i in session.get_inputs()}
     out: Optional[np.ndarray] = None
     seen = np.zeros(len(tokens), dtype=bool)
     for batch in tqdm(loader, desc=progress, disable=progress is None, unit="batch", leave=False):
-        (logits,) = session.run(
-            ["logits"], {"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()}
-        )
+        feed = {"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()}
+        if "token_type_ids" in names:  # BERT-style exports: zeros for single texts, the pair's types for pairs
+            types = batch.get("token_type_ids")
+            feed["token_type_ids"] = types.numpy() if types is not None else np.zeros_like(feed["input_ids"])
+        (logits,) = session.run(["logits"], feed)
         index = batch["index"].numpy()
         if out is None:
             out = np.zeros((len(tokens), logits.shape[1]), dtype=np.float32)

@@ -20,7 +20,7 @@ import torch
 
 from lorabudget.config import RunConfig
 from lorabudget.data.batching import tokenize
-from lorabudget.data.load import load_labelled, load_unlabelled
+from lorabudget.data.load import Columns, load_labelled, load_unlabelled
 from lorabudget.errors import LorabudgetError
 from lorabudget.inference.batched import predict_logits, predict_logits_onnx, resolve_precision
 from lorabudget.inference.onnx import open_onnx_export
@@ -55,13 +55,38 @@ class LoadedRun:
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
+    @property
+    def is_pair_run(self) -> bool:
+        """Whether the run was trained on sentence pairs (``data.text_pair_column``)."""
+        return bool(self.cfg.data.text_pair_column)
+
+    def columns(self, text: Optional[str] = None, text_pair: Optional[str] = None, label: Optional[str] = None):
+        """The run's data columns, each replaced by the one given."""
+        d = self.cfg.data
+        return Columns(text or d.text_column, text_pair or d.text_pair_column, label or d.label_column)
+
     def logits(
-        self, texts: Sequence[str], batch_size: Optional[int] = None, progress: Optional[str] = None
+        self,
+        texts: Sequence[str],
+        batch_size: Optional[int] = None,
+        progress: Optional[str] = None,
+        pairs: Optional[Sequence[str]] = None,
     ) -> np.ndarray:
-        """Logits [len(texts), classes] in input order."""
+        """Logits [len(texts), classes] in input order; ``pairs``: the second texts of sentence pairs."""
+        if self.is_pair_run and pairs is None:
+            raise LorabudgetError(
+                f"{self.run_dir} was trained on sentence pairs ({self.cfg.data.text_column or 'text'}, "
+                f"{self.cfg.data.text_pair_column}): give the second text of each row too"
+            )
         # No token cache here: each predict/classify/evaluate call has its own texts, so a cache file per
         # call would only pile up (tokenizing is cheap next to the forward pass); training keeps its cache.
-        tokens = tokenize(self.tokenizer, list(texts), self.cfg.model.max_length, cache_dir=None)
+        tokens = tokenize(
+            self.tokenizer,
+            list(texts),
+            self.cfg.model.max_length,
+            cache_dir=None,
+            pairs=None if pairs is None else list(pairs),
+        )
         batch_size = batch_size or self.cfg.training.eval_batch_size
         if self.engine == "onnx":
             return predict_logits_onnx(self.model, tokens, self.pad_id, batch_size, progress)
@@ -74,11 +99,14 @@ class LoadedRun:
             precision=self.precision,
         )
 
-    def predict(self, texts: Sequence[str], batch_size: Optional[int] = None) -> Predictions:
-        """Class names and probabilities for ``texts`` (length-sorted batches, results in input order)."""
-        probs = softmax(self.logits(texts, batch_size))
+    def predict(
+        self, texts: Sequence[str], batch_size: Optional[int] = None, pairs: Optional[Sequence[str]] = None
+    ) -> Predictions:
+        """Class names and probabilities for ``texts`` (and their ``pairs`` for a pair task; length-sorted
+        batches, results in input order)."""
+        probs = softmax(self.logits(texts, batch_size, pairs=pairs))
         ids = probs.argmax(axis=1)
-        names = list(self.cfg.model.labels)
+        names = list(self.cfg.class_names)
         return Predictions([names[i] for i in ids], ids, probs, names)
 
 
@@ -161,21 +189,27 @@ def load_run(
     return LoadedRun(run_dir, cfg, model, tokenizer, chosen)
 
 
-def evaluate_run(run: LoadedRun, data_source: str, trust_pickle: bool = False) -> dict[str, Any]:
-    data = load_labelled(data_source, run.cfg.model.labels, trust_pickle=trust_pickle)
-    logits = run.logits(data.texts, progress="evaluate")
-    return classification_metrics(logits, data.labels, run.cfg.model.labels, texts=data.texts)
+def evaluate_run(
+    run: LoadedRun, data_source: str, trust_pickle: bool = False, columns: Optional[Columns] = None
+) -> dict[str, Any]:
+    """Metrics of the run on a labelled source; ``columns`` default to the run's own data columns."""
+    data = load_labelled(data_source, run.cfg.class_names, trust_pickle=trust_pickle, columns=columns or run.columns())
+    logits = run.logits(data.texts, progress="evaluate", pairs=data.pairs)
+    return classification_metrics(logits, data.labels, run.cfg.class_names, texts=data.texts)
 
 
-def predictions_csv(preds: np.ndarray, class_names: Sequence[str], probs: Optional[np.ndarray] = None) -> str:
-    """``ID,Label`` rows (ID = input row from 0) for ``preds`` [n]; with ``probs`` [n, classes], one
-    probability column per class follows."""
+def predictions_csv(
+    preds: np.ndarray, class_names: Sequence[str], probs: Optional[np.ndarray] = None, label_format: str = "id"
+) -> str:
+    """``ID,Label`` rows (ID = input row from 0) for ``preds`` [n]: the class id, or with
+    ``label_format="name"`` the class name; with ``probs`` [n, classes], one probability column per
+    class follows."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     header = ["ID", "Label"] + ([f"prob_{name}" for name in class_names] if probs is not None else [])
     writer.writerow(header)
     for i, label in enumerate(preds):
-        row: list[Any] = [i, int(label)]
+        row: list[Any] = [i, class_names[int(label)] if label_format == "name" else int(label)]
         if probs is not None:
             row += [f"{p:.6f}" for p in probs[i]]
         writer.writerow(row)
@@ -188,16 +222,22 @@ def predict_file(
     output: Path,
     probabilities: bool = False,
     trust_pickle: bool = False,
+    columns: Optional[Columns] = None,
+    label_format: Optional[str] = None,
     record: bool = True,
 ) -> dict[str, Any]:
-    """Write the predictions CSV to ``output`` (``-``: stdout); ``record``: also the run's predictions.json."""
-    data = load_unlabelled(input_source, trust_pickle=trust_pickle)
+    """Predict every row of ``input_source`` into the CSV ``output`` (``-``: stdout); ``record``: also the
+    run's predictions.json. Labels are written as the training data wrote them (``model.label_format``:
+    class names or ids; ids for runs that did not record it) unless ``label_format`` (``id`` or ``name``)
+    says otherwise."""
+    data = load_unlabelled(input_source, trust_pickle=trust_pickle, columns=columns or run.columns())
+    label_format = label_format or run.cfg.model.label_format or "id"
     start = time.perf_counter()
-    logits = run.logits(data.texts, progress="predict")
+    logits = run.logits(data.texts, progress="predict", pairs=data.pairs)
     elapsed = time.perf_counter() - start
     preds = logits.argmax(axis=1)
     probs = softmax(logits)
-    text = predictions_csv(preds, run.cfg.model.labels, probs if probabilities else None)
+    text = predictions_csv(preds, run.cfg.class_names, probs if probabilities else None, label_format)
     if str(output) == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -209,7 +249,8 @@ def predict_file(
         "input": str(input_source),
         "output": str(output),
         "rows": len(data),
-        "counts": {name: int((preds == i).sum()) for i, name in enumerate(run.cfg.model.labels)},
+        "label_format": label_format,
+        "counts": {name: int((preds == i).sum()) for i, name in enumerate(run.cfg.class_names)},
         "mean_confidence": float(probs.max(axis=1).mean()),
         "seconds": elapsed,
         "samples_per_s": len(data) / elapsed if elapsed > 0 else None,
@@ -220,7 +261,9 @@ def predict_file(
     return summary
 
 
-def classify_texts(run: LoadedRun, texts: Sequence[str]) -> list[tuple[str, float, np.ndarray]]:
-    """For each text: (class name, its probability, all class probabilities)."""
-    probs = softmax(run.logits(texts))
-    return [(run.cfg.model.labels[int(p.argmax())], float(p.max()), p) for p in probs]
+def classify_texts(
+    run: LoadedRun, texts: Sequence[str], pairs: Optional[Sequence[str]] = None
+) -> list[tuple[str, float, np.ndarray]]:
+    """For each text (and its second text for a pair task): (class name, its probability, all class probabilities)."""
+    probs = softmax(run.logits(texts, pairs=pairs))
+    return [(run.cfg.class_names[int(p.argmax())], float(p.max()), p) for p in probs]

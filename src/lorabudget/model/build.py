@@ -286,8 +286,8 @@ def load_model_config(cfg: RunConfig, allow_builtin: bool = False) -> tuple[Any,
     name = cfg.model.name
     label_kwargs = dict(
         num_labels=cfg.num_labels,
-        id2label=dict(enumerate(cfg.model.labels)),
-        label2id={label: i for i, label in enumerate(cfg.model.labels)},
+        id2label=dict(enumerate(cfg.class_names)),
+        label2id={label: i for i, label in enumerate(cfg.class_names)},
     )
     source = resolve_model_source(name)
     if allow_builtin and name in BUILTIN_CONFIGS and not os.path.isdir(source):
@@ -325,8 +325,16 @@ class EncoderWithLinearHead(nn.Module):
         self.head = head
         self.config = backbone.config
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> ClassifierOutput:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: Optional[torch.Tensor] = None,
+        **_: Any,
+    ) -> ClassifierOutput:
+        # token_type_ids: the segments of a sentence pair (BERT); absent for single texts (all zeros).
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         return ClassifierOutput(logits=self.head(hidden, attention_mask))
 
 

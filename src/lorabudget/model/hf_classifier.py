@@ -83,12 +83,15 @@ class LorabudgetForSequenceClassification(PreTrainedModel):
         input_ids: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
         labels: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
         **kwargs,
     ) -> SequenceClassifierOutput:
-        # token_type_ids (BERT tokenizers send zeros for one text) are dropped: lorabudget trains without them.
+        # token_type_ids: BERT tokenizers send zeros for one text (the model's default) and the segments
+        # of a sentence pair, which lorabudget trains with.
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         logits = self.head(hidden, attention_mask)
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)

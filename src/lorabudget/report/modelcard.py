@@ -16,7 +16,7 @@ import yaml
 from lorabudget.config import RunConfig
 from lorabudget.io import atomic_write_text
 from lorabudget.model.build import PACKAGED_MODELS
-from lorabudget.report.run_report import budget_table
+from lorabudget.report.run_report import budget_table, per_class_table
 from lorabudget.rundir.layout import RunDir
 
 HUB_DATASETS = {"ag_news": "ag_news", "fancyzhx/ag_news": "fancyzhx/ag_news"}
@@ -157,10 +157,10 @@ def _data_lines(cfg: RunConfig, summary: dict[str, Any]) -> list[str]:
         validation += ", trained on too (`data.train_on_validation`): its figures are no estimate"
     lines = [f"- training data: `{d.train}`" + (f", {summary['train_rows']:,} rows" if "train_rows" in summary else "")]
     lines.append(f"- validation: {validation}")
-    lines.append("- classes (label id: name): " + ", ".join(f"{i}: {n}" for i, n in enumerate(cfg.model.labels)))
+    lines.append("- classes (label id: name): " + ", ".join(f"{i}: {n}" for i, n in enumerate(cfg.class_names)))
     dist = summary.get("train_label_distribution")
     if dist:
-        lines.append("- training class shares: " + ", ".join(f"{n} {p:.1%}" for n, p in zip(cfg.model.labels, dist)))
+        lines.append("- training class shares: " + ", ".join(f"{n} {p:.1%}" for n, p in zip(cfg.class_names, dist)))
     return lines
 
 
@@ -184,6 +184,8 @@ def _results_lines(run_dir: Path, summary: dict[str, Any]) -> list[str]:
         )
     if with_ci:
         lines += ["", "Intervals: Wilson 95% intervals of the accuracy over the evaluated rows."]
+    if rows[-1].get("per_class"):
+        lines += ["", f"Per class on {rows[-1].get('data', 'the latest evaluation')}:", ""] + per_class_table(rows[-1])
     if trained_on:
         lines += [
             "",
@@ -217,7 +219,7 @@ def _training_lines(summary: dict[str, Any]) -> list[str]:
 
 
 def _intended_use(cfg: RunConfig) -> list[str]:
-    names = ", ".join(cfg.model.labels)
+    names = ", ".join(cfg.class_names)
     what = "one English news text" if _dataset_name(cfg) else "one text"
     return [
         f"Classifies {what} into one of {cfg.num_labels} classes ({names}). It was trained on the data "
@@ -237,7 +239,7 @@ def load_instructions(cfg: RunConfig, export_format: Optional[str], folder: str)
     base = base_model_name(cfg) or cfg.model.name  # a local folder: the path the run read
     remote = cfg.head.type == "linear"
     trust = ", trust_remote_code=True" if remote else ""
-    labels = repr(dict(enumerate(cfg.model.labels)))
+    labels = repr(dict(enumerate(cfg.class_names)))
     sections: dict[Optional[str], list[str]] = {}
     sections["hf"] = (
         ["### transformers (`lorabudget export RUN --format hf --output DIR`)", ""]
@@ -260,6 +262,15 @@ print(classifier(["Stocks rallied after the earnings report."]))
             else ["`AutoModelForSequenceClassification.from_pretrained(DIR)` loads the same model.", ""]
         )
         + ["`truncation=True` cuts texts where training did (the tokenizer's `model_max_length`).", ""]
+        + (
+            [
+                f"The model reads sentence pairs ({cfg.data.text_column or 'text'}, {cfg.data.text_pair_column}): "
+                'pass each as `{"text": FIRST, "text_pair": SECOND}`.',
+                "",
+            ]
+            if cfg.data.text_pair_column
+            else []
+        )
     )
     peft_dir = folder if export_format == "peft" else "DIR"
     if remote:

@@ -257,6 +257,22 @@ def budget_table(budget: Optional[dict]) -> list[str]:
     return lines
 
 
+def per_class_table(ev: dict) -> list[str]:
+    """Markdown rows of an evaluation's per-class precision, recall, F1 and support (rows of that
+    class), closed by the macro averages: with imbalanced classes accuracy alone hides the small ones."""
+    lines = ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+    for row in ev.get("per_class") or []:
+        lines.append(
+            f"| {row['class']} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']:,} |"
+        )
+    if "macro_f1" in ev:
+        lines.append(
+            f"| **macro** | {ev.get('macro_precision', float('nan')):.4f} | {ev.get('macro_recall', float('nan')):.4f} "
+            f"| **{ev['macro_f1']:.4f}** | {ev.get('rows', 0):,} |"
+        )
+    return lines
+
+
 def write_report(run_dir: Path) -> Path:
     """Write the run's figures and ``report.md``; return the report's path."""
     files = RunDir(run_dir)
@@ -306,6 +322,8 @@ def write_report(run_dir: Path) -> Path:
     else:
         md.append("summary.json is missing: the run has not finished training.")
     md.append("")
+    if ev and ev.get("per_class"):
+        md += [f"### Per class on {ev.get('data', 'the last evaluated set')}", ""] + per_class_table(ev) + [""]
     missing = []
     figures = []
     if train:

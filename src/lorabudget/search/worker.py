@@ -66,7 +66,7 @@ class DataCache:
         d = cfg.data
         return (
             cfg.model.name,
-            tuple(cfg.model.labels),
+            tuple(cfg.class_names),
             cfg.model.max_length,
             d.train,
             d.validation,

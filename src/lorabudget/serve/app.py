@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -104,7 +104,7 @@ def model_info(run: LoadedRun, settings: ServeSettings) -> dict[str, Any]:
         "method": run.cfg.adapter.method,
         "budget": run.cfg.budget.max_trainable_params,
         "trainable_params": summary.get("trainable_params", budget.get("total")),
-        "classes": list(run.cfg.model.labels),
+        "classes": list(run.cfg.class_names),
         "max_length": run.cfg.model.max_length,
         "text_pairs": pair_column(run) is not None,
         # A run that trained on its validation rows has no estimate of its accuracy there.
@@ -166,29 +166,40 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": payload})
 
 
-def _check_request(request: ClassifyRequest, run: LoadedRun, settings: ServeSettings) -> list[str]:
-    """The texts to classify, after the limits and the pair rules; ApiError otherwise."""
+def _check_request(request: ClassifyRequest, run: LoadedRun, settings: ServeSettings) -> list:
+    """The rows to classify (texts, or (first, second) pairs for a pair run), after the limits and the
+    pair rules; ApiError otherwise."""
     if (request.texts is None) == (request.pairs is None):
         raise ApiError(422, 'send exactly one of "texts" (a list of strings) and "pairs"')
     pairs_column = pair_column(run)
-    if request.pairs is not None:
-        if pairs_column is None:
-            raise ApiError(422, 'this run was trained on single texts, not pairs: send "texts"')
-        # Pair inference arrives with pair training; until LoadedRun reads pairs the request is refused.
-        raise ApiError(422, "text pairs are not supported by this version of lorabudget serve")
-    if pairs_column is not None:
+    if request.pairs is not None and pairs_column is None:
+        raise ApiError(422, 'this run was trained on single texts, not pairs: send "texts"')
+    if request.texts is not None and pairs_column is not None:
         raise ApiError(422, f'this run was trained on text pairs ({pairs_column}): send "pairs"')
-    texts = request.texts or []
-    if not texts:
-        raise ApiError(422, '"texts" is empty: send one or more texts')
-    if len(texts) > settings.max_texts:
-        raise ApiError(413, f"{len(texts)} texts in one request; at most {settings.max_texts}")
-    for i, text in enumerate(texts):
-        if len(text) > settings.max_chars:
-            raise ApiError(413, f"text {i} has {len(text):,} characters; at most {settings.max_chars:,}")
-        if not text.strip():
-            raise ApiError(422, f"text {i} is empty")
-    return texts
+    rows = list(request.pairs) if request.pairs is not None else list(request.texts or [])
+    if not rows:
+        key = "pairs" if request.pairs is not None else "texts"
+        raise ApiError(422, f'"{key}" is empty: send one or more {key}')
+    if len(rows) > settings.max_texts:
+        raise ApiError(413, f"{len(rows)} texts in one request; at most {settings.max_texts}")
+    for i, row in enumerate(rows):
+        for text in row if isinstance(row, tuple) else (row,):
+            if len(text) > settings.max_chars:
+                raise ApiError(413, f"text {i} has {len(text):,} characters; at most {settings.max_chars:,}")
+            if not text.strip():
+                raise ApiError(422, f"text {i} is empty")
+    return [tuple(row) for row in rows] if request.pairs is not None else rows
+
+
+def _forward(run: LoadedRun, batch_size: int) -> Callable[[list], Any]:
+    """The batcher's model call: texts, or a batch of (first, second) pairs (a run is one or the other)."""
+
+    def logits(rows: list) -> Any:
+        if rows and isinstance(rows[0], tuple):
+            return run.logits([a for a, _ in rows], batch_size=batch_size, pairs=[b for _, b in rows])
+        return run.logits(rows, batch_size=batch_size)
+
+    return logits
 
 
 def _validation_message(err: RequestValidationError) -> str:
@@ -220,9 +231,9 @@ def create_app(run: LoadedRun, settings: ServeSettings = ServeSettings()) -> Fas
     """The application serving ``run``; its batcher starts and stops with the application's lifespan."""
     from contextlib import asynccontextmanager
 
-    names = list(run.cfg.model.labels)
+    names = list(run.cfg.class_names)
     batcher = DynamicBatcher(
-        lambda texts: run.logits(texts, batch_size=settings.max_batch),
+        _forward(run, settings.max_batch),
         max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,
         max_queued_texts=settings.max_queued_texts,

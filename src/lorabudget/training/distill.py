@@ -30,15 +30,22 @@ import torch
 import torch.nn.functional as F
 
 from lorabudget.config import RunConfig, load_config
-from lorabudget.data.batching import TokenizedTexts, content_sha256, default_cache_dir, texts_fingerprint, tokenize
+from lorabudget.data.batching import (
+    TokenizedTexts,
+    content_sha256,
+    default_cache_dir,
+    pairs_fingerprint,
+    texts_fingerprint,
+    tokenize,
+)
 from lorabudget.data.cache import TEACHER_LOGITS_FOLDER
-from lorabudget.data.load import TextData, load_unlabelled
+from lorabudget.data.load import Columns, TextData, load_unlabelled
 from lorabudget.errors import LorabudgetError
 from lorabudget.io import atomic_path
 from lorabudget.metrics import classification_metrics, softmax
 from lorabudget.rundir.layout import RunDir, file_sha256
 from lorabudget.training.loop import train
-from lorabudget.training.setup import PreparedData, plan_or_refuse, prepare_data
+from lorabudget.training.setup import PreparedData, class_weights_for, plan_or_refuse, prepare_data
 
 CACHE_VERSION = "2"
 
@@ -49,21 +56,30 @@ def kd_loss(
     labels: torch.Tensor,
     temperature: float,
     weight: float,
+    class_weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``(1 - weight)·CE + weight·T²·KL(softmax(teacher/T) ‖ softmax(student/T))``.
 
     ``student_logits``, ``teacher_logits`` [B, C]; ``labels`` [B] with -1 for rows without a gold
     label. CE is the mean over labelled rows (0 when none), KL the mean over all rows. With
-    ``weight`` 0 the loss is plain cross-entropy and every row must be labelled.
+    ``weight`` 0 the loss is plain cross-entropy and every row must be labelled. ``class_weights``
+    [C] (``training.class_weights``) weight each labelled row's CE by its gold class.
     """
     student_logits = student_logits.float()
-    if weight == 0:
+    if class_weights is not None:
+        labelled = (labels >= 0).to(student_logits.dtype) * class_weights[labels.clamp(min=0)]
+        ce_rows = F.cross_entropy(student_logits, labels.clamp(min=0), reduction="none")
+        ce = (ce_rows * labelled).sum() / (labels >= 0).sum().clamp(min=1)
+        if weight == 0:
+            return ce
+    elif weight == 0:
         # Exactly plain training: the same call as lorabudget.training.loop.cross_entropy_loss.
         return F.cross_entropy(student_logits, labels)
-    # Mean CE over labelled rows, written without data-dependent branches (no host sync per step).
-    labelled = (labels >= 0).to(student_logits.dtype)
-    ce_rows = F.cross_entropy(student_logits, labels.clamp(min=0), reduction="none")
-    ce = (ce_rows * labelled).sum() / labelled.sum().clamp(min=1.0)
+    else:
+        # Mean CE over labelled rows, written without data-dependent branches (no host sync per step).
+        labelled = (labels >= 0).to(student_logits.dtype)
+        ce_rows = F.cross_entropy(student_logits, labels.clamp(min=0), reduction="none")
+        ce = (ce_rows * labelled).sum() / labelled.sum().clamp(min=1.0)
     t = temperature
     kl = F.kl_div(
         F.log_softmax(student_logits / t, dim=-1),
@@ -115,8 +131,10 @@ class TeacherLogitsCache:
         self.folder = Path(cache_dir) / TEACHER_LOGITS_FOLDER
 
     @staticmethod
-    def key(teacher_fp: str, texts: Sequence[str]) -> str:
-        return f"{teacher_fp[:24]}-{texts_fingerprint(texts)[:24]}"
+    def key(teacher_fp: str, texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> str:
+        """Teacher and texts; for sentence pairs the second texts too (single texts keep their old keys)."""
+        key = f"{teacher_fp[:24]}-{texts_fingerprint(texts)[:24]}"
+        return key if pairs is None else f"{key}-{pairs_fingerprint(pairs)[5:29]}"
 
     def path(self, key: str) -> Path:
         return self.folder / f"{key}.npz"
@@ -153,8 +171,10 @@ def teacher_logits(
     cache: TeacherLogitsCache,
     log: Callable[[str], None] = print,
     what: str = "texts",
+    pairs: Optional[Sequence[str]] = None,
 ) -> np.ndarray:
     """Logits [len(texts), C] of the teacher (or ensemble of teachers), from the cache or computed once.
+    ``pairs``: the second texts of sentence pairs (tokenized as pairs, part of the cache key).
 
     An ensemble's logits are cached under a key made of all its members, so a change to any member
     gives a new key; each member's own logits are cached too (reused by single-teacher students).
@@ -164,7 +184,7 @@ def teacher_logits(
     members = [Path(teacher_dir)] if isinstance(teacher_dir, (str, Path)) else [Path(d) for d in teacher_dir]
     if not members:
         raise LorabudgetError("distillation needs at least one teacher")
-    key = cache.key(ensemble_fingerprint(members), texts)
+    key = cache.key(ensemble_fingerprint(members), texts, pairs)
     cached = cache.load(key, len(texts))
     if cached is not None:
         log(f"teacher logits for {len(texts):,} {what}: from cache {cache.path(key)}")
@@ -173,7 +193,9 @@ def teacher_logits(
         log(f"teacher logits cache {cache.path(key)} is unreadable or does not match: rebuilding it")
     if len(members) > 1:
         ordered = sorted(members, key=teacher_fingerprint)  # the same mean, bit for bit, in any order given
-        logits = ensemble_logits([teacher_logits(m, texts, cache, log, f"{what}, member {m.name}") for m in ordered])
+        logits = ensemble_logits(
+            [teacher_logits(m, texts, cache, log, f"{what}, member {m.name}", pairs) for m in ordered]
+        )
         path = cache.save(key, logits)
         log(
             f"teacher logits for {len(texts):,} {what}: ensemble of {len(members)} teachers "
@@ -181,7 +203,7 @@ def teacher_logits(
         )
         return logits
     run = load_run(members[0])
-    logits = run.logits(texts, progress=f"teacher on {what}")
+    logits = run.logits(texts, progress=f"teacher on {what}", pairs=pairs)
     del run
     path = cache.save(key, logits)
     log(f"teacher logits for {len(texts):,} {what}: computed once, cached at {path}")
@@ -210,7 +232,8 @@ def take_tokens(tokens: TokenizedTexts, index: Sequence[int]) -> TokenizedTexts:
     lengths = tokens.lengths[index]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     ids = np.concatenate([tokens.row(i) for i in index]) if len(index) else np.zeros(0, dtype=tokens.ids.dtype)
-    return TokenizedTexts(ids.astype(tokens.ids.dtype), offsets)
+    type_ids = None if tokens.type_ids is None else np.concatenate([tokens.type_row(i) for i in index])
+    return TokenizedTexts(ids.astype(tokens.ids.dtype), offsets, type_ids)
 
 
 def without_transfer_rows(data: PreparedData, fraction: float, seed: int) -> PreparedData:
@@ -246,6 +269,8 @@ def resolve_teacher(
             raise LorabudgetError(f"teacher {teacher} is not a finished lorabudget run directory")
         return path
     cfg = replace(load_config(teacher, list(overrides)), data=student.data)
+    # The student's classes (inferred from its data when it named none), so teacher and student agree.
+    cfg.model = replace(cfg.model, labels=student.class_names, label_format=student.model.label_format)
     seed = cfg.data.split_seed
     marker = {"fraction": transfer_fraction, "seed": seed} if transfer_fraction else None
     target = student_run.parent / (cfg.name + (f"-without-transfer-{transfer_fraction:g}" if marker else ""))
@@ -325,21 +350,34 @@ def distill(
             f"distill: {len(transfer):,} of {len(labels):,} labelled training rows ({fraction:.0%}, seed "
             f"{cfg.data.split_seed}) used as transfer texts, without their labels"
         )
-    extra = [load_unlabelled(path, trust_pickle=cfg.data.trust_pickle) for path in unlabelled]
-    extra_texts = [t for e in extra for t in e.texts if t]
+    columns = Columns.of(cfg)
+    extra = [load_unlabelled(path, trust_pickle=cfg.data.trust_pickle, columns=columns) for path in unlabelled]
+    pair_mode = data.train.pairs is not None
+    kept = [(t, e.pairs[i] if pair_mode else None) for e in extra for i, t in enumerate(e.texts) if t]
+    extra_texts = [t for t, _ in kept]
+    extra_pairs = [p for _, p in kept] if pair_mode else None
     if extra_texts:
         log(f"distill: adding {len(extra_texts):,} unlabelled texts taught by the teacher's soft labels only")
     train_texts = data.train.texts + extra_texts
+    train_pairs = data.train.pairs + extra_pairs if pair_mode else None
     labels = np.concatenate([labels, np.full(len(extra_texts), -1, dtype=np.int64)])
     tokens = data.train_tokens
     if extra_texts:
         tokens = tokens.concat(
-            tokenize(data.tokenizer, extra_texts, cfg.model.max_length, default_cache_dir(cfg.data.cache_dir))
+            tokenize(
+                data.tokenizer,
+                extra_texts,
+                cfg.model.max_length,
+                default_cache_dir(cfg.data.cache_dir),
+                pairs=extra_pairs,
+            )
         )
     cache = TeacherLogitsCache(default_cache_dir(cfg.data.cache_dir))
-    train_logits = teacher_logits(teacher_dirs, train_texts, cache, log, "training texts")
-    val_logits = teacher_logits(teacher_dirs, data.validation.texts, cache, log, "validation texts")
-    teacher_val = classification_metrics(val_logits, data.validation.labels, cfg.model.labels)
+    train_logits = teacher_logits(teacher_dirs, train_texts, cache, log, "training texts", train_pairs)
+    val_logits = teacher_logits(
+        teacher_dirs, data.validation.texts, cache, log, "validation texts", data.validation.pairs
+    )
+    teacher_val = classification_metrics(val_logits, data.validation.labels, cfg.class_names)
     ci = teacher_val["accuracy_ci95"]
     log(
         f"teacher validation accuracy {teacher_val['accuracy']:.4f} (95% CI {ci[0]:.4f}–{ci[1]:.4f}, macro F1 "
@@ -362,19 +400,27 @@ def distill(
     if not keep.all():
         index = np.flatnonzero(keep)
         train_texts = [train_texts[i] for i in index]
+        train_pairs = [train_pairs[i] for i in index] if pair_mode else None
         labels, train_logits, tokens = labels[index], train_logits[index], take_tokens(tokens, index)
-    merged = TextData(train_texts, labels, np.arange(len(train_texts), dtype=np.int64), data.train.source)
+    merged = TextData(
+        train_texts, labels, np.arange(len(train_texts), dtype=np.int64), data.train.source, pairs=train_pairs
+    )
     data = replace(data, train=merged, train_tokens=tokens)
 
     # The whole table moves to the training device once (first step), so looking rows up by their
     # dataset index needs no host round trip per step.
     table = {"logits": torch.from_numpy(np.ascontiguousarray(train_logits))}
+    weights = class_weights_for(cfg, labels)
+    if weights is not None:
+        table["weights"] = torch.from_numpy(weights)
 
     def loss_fn(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if table["logits"].device != logits.device:
             table["logits"] = table["logits"].to(logits.device)
         teacher_batch = table["logits"][batch["index"].to(logits.device)]
-        return kd_loss(logits, teacher_batch, batch["labels"], d.temperature, d.alpha)
+        if "weights" in table and table["weights"].device != logits.device:
+            table["weights"] = table["weights"].to(logits.device)
+        return kd_loss(logits, teacher_batch, batch["labels"], d.temperature, d.alpha, table.get("weights"))
 
     extra_summary = {
         # `method` stays the adapter method the training loop reports; distillation is said here.

@@ -23,7 +23,14 @@ import torch
 from tqdm.auto import tqdm
 
 from lorabudget.config import RunConfig
-from lorabudget.data.batching import BUCKET_MULTIPLE, INFERENCE_BUCKET_MULTIPLE, position_cap, split_rows, train_loader
+from lorabudget.data.batching import (
+    BUCKET_MULTIPLE,
+    INFERENCE_BUCKET_MULTIPLE,
+    model_inputs,
+    position_cap,
+    split_rows,
+    train_loader,
+)
 from lorabudget.errors import TrainingStopped
 from lorabudget.inference.batched import predict_logits
 from lorabudget.methods import registry as methods
@@ -42,6 +49,7 @@ from lorabudget.training.setup import (
     LossFn,
     PreparedData,
     budget_json,
+    class_weights_for,
     cross_entropy_loss,
     label_distribution,
     make_accelerator,
@@ -50,6 +58,7 @@ from lorabudget.training.setup import (
     plan_or_refuse,
     prepare_data,
     seed_everything,
+    weighted_cross_entropy_loss,
 )
 from lorabudget.training.state import (
     BestKeeper,
@@ -192,7 +201,7 @@ class Session:
         """One batch's loss and gradients, accumulated (in row chunks under the memory cap)."""
         loss = torch.zeros((), device=self.accelerator.device)
         for part, share in split_rows(batch, self.max_positions):
-            logits = self.model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+            logits = self.model(**model_inputs(part)).logits
             part_loss = loss_fn(logits, part) * share
             self.accelerator.backward(part_loss / self.cfg.training.gradient_accumulation)
             loss += part_loss.detach()
@@ -364,6 +373,10 @@ def train(
     if cfg.training.threads:
         torch.set_num_threads(cfg.training.threads)
     model, data, live = start_run(cfg, run_dir, data, log, accelerator, resumed is not None)
+    weights = class_weights_for(cfg, data.train.labels)
+    if weights is not None and loss_fn is cross_entropy_loss:  # distillation weights its own gold term
+        loss_fn = weighted_cross_entropy_loss(weights)
+        log("class weights (balanced): " + ", ".join(f"{n} {w:.3f}" for n, w in zip(cfg.class_names, weights)))
     run = Session.start_loop(cfg, run_dir, accelerator, model, data, checkpoints, log, resumed)
     state, total, loader = run.state, run.total_steps, run.loader
     progress = tqdm(
@@ -468,7 +481,7 @@ def finish(
             if flops
             else {}
         ),
-        "class_names": list(cfg.model.labels),
+        "class_names": list(cfg.class_names),
         "train_label_distribution": label_distribution(data.train.labels, cfg.num_labels),
         **(extra_summary or {}),
     }
@@ -503,4 +516,4 @@ def finish(
 
 def evaluate_during_training(model, data: PreparedData, cfg: RunConfig, accelerator) -> dict[str, Any]:
     logits = predict_logits(model, data.validation_tokens, data.pad_id, cfg.training.eval_batch_size, accelerator)
-    return classification_metrics(logits, data.validation.labels, cfg.model.labels)
+    return classification_metrics(logits, data.validation.labels, cfg.class_names)

@@ -14,14 +14,11 @@ import torch.nn.functional as F
 
 from lorabudget.config import RunConfig
 from lorabudget.data.batching import TokenizedTexts, default_cache_dir, position_cap, tokenize
-from lorabudget.data.load import TextData, load_labelled, split_validation
+from lorabudget.data.load import Columns, TextData, load_labelled, resolve_labels, split_validation
 from lorabudget.methods import registry as methods
 from lorabudget.model import budget as budget_mod
 from lorabudget.model.build import build_model, load_model_config, load_tokenizer
 from lorabudget.training.tracking import accelerator_kwargs
-
-# A loss on one batch: (student logits [B, C], batch dict) -> scalar. Distillation plugs in here.
-
 
 # A loss on one batch: (student logits [B, C], batch dict) -> scalar. Distillation plugs in here.
 LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
@@ -29,6 +26,43 @@ LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 
 def cross_entropy_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(logits.float(), batch["labels"])
+
+
+def balanced_class_weights(labels: np.ndarray, num_labels: int) -> np.ndarray:
+    """scikit-learn's "balanced" weights, n_rows / (n_classes · n_rows_of_class), over the labelled rows
+    (rows labelled -1 have no gold label); a class without rows gets weight 0 (it never appears)."""
+    gold = labels[labels >= 0]
+    counts = np.bincount(gold, minlength=num_labels).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(num_labels, dtype=np.float64)
+    weights[present] = len(gold) / (present.sum() * counts[present])
+    return weights.astype(np.float32)
+
+
+def weighted_cross_entropy_loss(weights: np.ndarray) -> LossFn:
+    """Cross-entropy with a weight per class: the mean over the batch's rows of weight[gold] · CE.
+
+    Divided by the row count, not by the sum of the weights (torch's weighted mean), so that chunks
+    of a batch (``split_rows``) add up exactly to the whole batch's loss; balanced weights average 1
+    over the training rows, so the loss keeps its usual scale.
+    """
+    table = {"weights": torch.as_tensor(weights, dtype=torch.float32)}
+
+    def loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if table["weights"].device != logits.device:
+            table["weights"] = table["weights"].to(logits.device)
+        labels = batch["labels"]
+        rows = F.cross_entropy(logits.float(), labels, reduction="none")
+        return (rows * table["weights"][labels]).mean()
+
+    return loss
+
+
+def class_weights_for(cfg: RunConfig, labels: np.ndarray) -> Optional[np.ndarray]:
+    """Per-class loss weights for ``training.class_weights`` (None: unweighted)."""
+    if cfg.training.class_weights == "balanced":
+        return balanced_class_weights(labels, cfg.num_labels)
+    return None
 
 
 def make_accelerator(
@@ -126,12 +160,14 @@ class PreparedData:
 
 def prepare_data(cfg: RunConfig, log: Callable[[str], None] = print) -> PreparedData:
     """Load, split and tokenize the configured training and validation data."""
+    resolve_labels(cfg)
     tokenizer = load_tokenizer(cfg.model.name)
-    names = cfg.model.labels
+    names = cfg.class_names
     trust = cfg.data.trust_pickle
-    full = load_labelled(cfg.data.train, names, trust_pickle=trust)
+    columns = Columns.of(cfg)
+    full = load_labelled(cfg.data.train, names, trust_pickle=trust, columns=columns)
     if cfg.data.validation:
-        train, validation = full, load_labelled(cfg.data.validation, names, trust_pickle=trust)
+        train, validation = full, load_labelled(cfg.data.validation, names, trust_pickle=trust, columns=columns)
     else:
         train, validation = split_validation(full, cfg.data.validation_size, cfg.data.split_seed)
         if cfg.data.train_on_validation:
@@ -139,11 +175,12 @@ def prepare_data(cfg: RunConfig, log: Callable[[str], None] = print) -> Prepared
     if cfg.data.max_train_rows is not None and cfg.data.max_train_rows < len(train):
         train = train.subset(range(cfg.data.max_train_rows))
     cache = default_cache_dir(cfg.data.cache_dir)
-    train_tokens = tokenize(tokenizer, train.texts, cfg.model.max_length, cache)
-    validation_tokens = tokenize(tokenizer, validation.texts, cfg.model.max_length, cache)
+    train_tokens = tokenize(tokenizer, train.texts, cfg.model.max_length, cache, pairs=train.pairs)
+    validation_tokens = tokenize(tokenizer, validation.texts, cfg.model.max_length, cache, pairs=validation.pairs)
     lengths = train_tokens.lengths
     log(
         f"data: {len(train):,} training rows, {len(validation):,} validation rows"
+        + (" (sentence pairs)" if train.pairs is not None else "")
         + (" (trained on too: data.train_on_validation)" if cfg.data.train_on_validation else "")
         + f"; tokens per row mean "
         f"{lengths.mean():.1f}, p99 {np.percentile(lengths, 99):.0f}, max {lengths.max()} "
@@ -154,7 +191,11 @@ def prepare_data(cfg: RunConfig, log: Callable[[str], None] = print) -> Prepared
 
 
 def plan_or_refuse(cfg: RunConfig, log: Callable[[str], None] = print) -> budget_mod.Breakdown:
-    """Count trainable parameters from the config alone; raise before any weights load if over budget."""
+    """Count trainable parameters from the config alone; raise before any weights load if over budget.
+
+    Class names not given (``model.labels: null``) are read from the training data's labels first:
+    the head's size depends on them."""
+    resolve_labels(cfg)
     planned = budget_mod.breakdown(build_model(cfg, weights=False).model)
     if not budget_mod.within_budget(planned, cfg.budget.max_trainable_params):
         log(
