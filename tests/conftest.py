@@ -210,11 +210,13 @@ def data_dir(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture
-def tiny_config(tiny_roberta, data_dir, tmp_path):
-    """A small, fast run config dict on the tiny RoBERTa."""
+@pytest.fixture(scope="session")
+def make_config(tiny_roberta, data_dir):
+    """The one source of run configs in the tests: ``make(cache_dir, **sections)`` -> a small, fast config
+    dict for the tiny RoBERTa on the synthetic data; a dict section updates the base's section (e.g.
+    ``model={"name": other_dir}``), anything else replaces it."""
 
-    def make(**sections):
+    def make(cache_dir: Path, **sections):
         values = {
             "name": "tiny",
             "model": {
@@ -223,7 +225,7 @@ def tiny_config(tiny_roberta, data_dir, tmp_path):
                 "labels": ["World", "Sports", "Business", "Sci/Tech"],
             },
             "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"]},
-            "data": {"train": str(data_dir / "train.csv"), "validation_size": 40, "cache_dir": str(tmp_path / "cache")},
+            "data": {"train": str(data_dir / "train.csv"), "validation_size": 40, "cache_dir": str(cache_dir)},
             "training": {"epochs": 2, "batch_size": 16, "learning_rate": 5e-3, "log_every": 2, "seed": 7},
         }
         for section, overrides in sections.items():
@@ -234,6 +236,12 @@ def tiny_config(tiny_roberta, data_dir, tmp_path):
         return values
 
     return make
+
+
+@pytest.fixture
+def tiny_config(make_config, tmp_path):
+    """:func:`make_config` with this test's own cache folder: ``tiny_config(**sections)``."""
+    return lambda **sections: make_config(tmp_path / "cache", **sections)
 
 
 @pytest.fixture

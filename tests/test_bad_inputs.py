@@ -48,23 +48,15 @@ class Workspace:
         return self.root / name
 
 
-def _config(model: Path, train_csv: Path, cache: Path, **training) -> dict:
-    return {
-        "name": "tiny",
-        "model": {"name": str(model), "max_length": 64, "labels": ["World", "Sports", "Business", "Sci/Tech"]},
-        "head": {"type": "linear", "pooling": "mean"},
-        "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"]},
-        "data": {"train": str(train_csv), "validation_size": 40, "cache_dir": str(cache)},
-        "training": {"epochs": 1, "batch_size": 16, "learning_rate": 2e-2, "log_every": 2, "seed": 7, **training},
-    }
-
-
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, tiny_roberta, data_dir):
+def finished(tmp_path_factory, make_config):
     """One finished tiny run (13 steps) and its config, copied into every case's workspace."""
     base = tmp_path_factory.mktemp("bad-inputs")
     cfg = base / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump(_config(tiny_roberta, data_dir / "train.csv", base / "cache")))
+    values = make_config(
+        base / "cache", head={"type": "linear", "pooling": "mean"}, training={"epochs": 1, "learning_rate": 2e-2}
+    )
+    cfg.write_text(yaml.safe_dump(values))
     assert main(["train", str(cfg), "--output", str(base / "run"), "--no-report"]) == 0
     return base
 

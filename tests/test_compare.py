@@ -170,24 +170,15 @@ def test_display_names():
     assert display_names([Path("runs/a"), Path("runs/b")], ["big"]) == ["big", "b"]
 
 
-def test_three_tiny_trained_runs_through_the_cli(tmp_path, tiny_roberta, data_dir, figures, capsys):
+def test_three_tiny_trained_runs_through_the_cli(tmp_path, tiny_config, data_dir, figures, capsys):
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "name": "tiny",
-                "model": {"name": str(tiny_roberta), "max_length": 64},
-                "head": {"type": "linear", "pooling": "mean"},
-                "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "modules": ["query", "key", "value", "output"]},
-                "data": {
-                    "train": str(data_dir / "train.csv"),
-                    "validation_size": 40,
-                    "cache_dir": str(tmp_path / "cache"),
-                },
-                "training": {"max_steps": 2, "batch_size": 32, "learning_rate": 2e-2, "log_every": 1},
-            }
-        )
+    values = tiny_config(
+        model={"labels": None},
+        head={"type": "linear", "pooling": "mean"},
+        adapter={"r": 8, "alpha": 16, "modules": ["query", "key", "value", "output"]},
+        training={"max_steps": 2, "epochs": 3.0, "batch_size": 32, "learning_rate": 2e-2, "log_every": 1, "seed": 42},
     )
+    cfg.write_text(yaml.safe_dump(values))
     runs = tmp_path / "runs"
     variants = {
         "tiny": [],

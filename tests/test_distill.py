@@ -52,35 +52,33 @@ def _write(tmp_path, name, values):
 
 
 @pytest.fixture(scope="module")
-def teacher_run(tmp_path_factory, tiny_roberta, data_dir):
+def teacher_run(tmp_path_factory, make_config):
     tmp = tmp_path_factory.mktemp("teacher")
-    cfg = _write(
-        tmp,
-        "teacher",
-        {
-            "name": "teacher",
-            "model": {"name": str(tiny_roberta), "max_length": 64},
-            "head": {"type": "linear", "pooling": "mean"},
-            "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "modules": ["query", "key", "value", "output"]},
-            "data": {"train": str(data_dir / "train.csv"), "validation_size": 40, "cache_dir": str(tmp / "cache")},
-            "training": {"epochs": 4, "batch_size": 16, "learning_rate": 2e-2, "log_every": 5},
-            "budget": {"max_trainable_params": 10_000_000},
-        },
+    values = make_config(
+        tmp / "cache",
+        name="teacher",
+        model={"labels": None},
+        head={"type": "linear", "pooling": "mean"},
+        adapter={"r": 8, "alpha": 16, "modules": ["query", "key", "value", "output"]},
+        training={"epochs": 4, "learning_rate": 2e-2, "log_every": 5, "seed": 42},
+        budget={"max_trainable_params": 10_000_000},
     )
+    cfg = _write(tmp, "teacher", values)
     assert main(["train", str(cfg), "--output", str(tmp / "teacher"), "--no-report"]) == 0
     return tmp / "teacher"
 
 
-def _student(tiny_roberta, data_dir, cache, **distill):
-    return {
-        "name": "student",
-        "model": {"name": str(tiny_roberta), "max_length": 64},
-        "head": {"type": "linear", "pooling": "mean"},
-        "adapter": {"r": 2, "alpha": 4, "dropout": 0.0, "modules": ["query", "value"]},
-        "data": {"train": str(data_dir / "train.csv"), "validation_size": 40, "cache_dir": str(cache)},
-        "training": {"epochs": 2, "batch_size": 16, "learning_rate": 2e-2, "log_every": 2, "eval_every": 6, "seed": 3},
-        "distill": distill,
-    }
+def _student(make_config, cache, model_dir=None, **distill):
+    model = {"labels": None, **({"name": str(model_dir)} if model_dir else {})}
+    return make_config(
+        cache,
+        name="student",
+        model=model,
+        head={"type": "linear", "pooling": "mean"},
+        adapter={"r": 2, "alpha": 4},
+        training={"learning_rate": 2e-2, "eval_every": 6, "seed": 3},
+        distill=distill,
+    )
 
 
 def test_cached_logits_equal_live_teacher_under_shuffling(teacher_run, data_dir, tmp_path):
@@ -134,9 +132,9 @@ def test_cache_invalidation_and_truncation(teacher_run, tmp_path):
     assert cache.load("a-b", 2) is None
 
 
-def test_lambda_zero_reproduces_plain_training(teacher_run, tiny_roberta, data_dir, tmp_path):
-    plain = _write(tmp_path, "plain", _student(tiny_roberta, data_dir, tmp_path / "cache"))
-    kd0 = _write(tmp_path, "kd0", _student(tiny_roberta, data_dir, tmp_path / "cache", alpha=0.0, temperature=3.0))
+def test_lambda_zero_reproduces_plain_training(make_config, teacher_run, tiny_roberta, data_dir, tmp_path):
+    plain = _write(tmp_path, "plain", _student(make_config, tmp_path / "cache"))
+    kd0 = _write(tmp_path, "kd0", _student(make_config, tmp_path / "cache", alpha=0.0, temperature=3.0))
     assert main(["train", str(plain), "--output", str(tmp_path / "plain"), "--no-report"]) == 0
     assert (
         main(["distill", str(kd0), "--teacher", str(teacher_run), "--output", str(tmp_path / "kd0"), "--no-report"])
@@ -150,7 +148,9 @@ def test_lambda_zero_reproduces_plain_training(teacher_run, tiny_roberta, data_d
     assert read("plain") == read("kd0")
 
 
-def test_distill_end_to_end_with_config_teacher_and_unlabelled(tiny_roberta, data_dir, tmp_path, monkeypatch, capsys):
+def test_distill_end_to_end_with_config_teacher_and_unlabelled(
+    make_config, tiny_roberta, data_dir, tmp_path, monkeypatch, capsys
+):
     teacher_cfg = _write(
         tmp_path,
         "tcfg",
@@ -163,9 +163,7 @@ def test_distill_end_to_end_with_config_teacher_and_unlabelled(tiny_roberta, dat
             "budget": {"max_trainable_params": 10_000_000},
         },
     )
-    student = _write(
-        tmp_path, "student", _student(tiny_roberta, data_dir, tmp_path / "cache", alpha=0.5, temperature=2.0)
-    )
+    student = _write(tmp_path, "student", _student(make_config, tmp_path / "cache", alpha=0.5, temperature=2.0))
     runs = tmp_path / "runs"
     argv = [
         "distill",
@@ -202,15 +200,15 @@ def test_distill_end_to_end_with_config_teacher_and_unlabelled(tiny_roberta, dat
     assert "reusing the trained run" in out and out.count("from cache") == 2
 
 
-def test_distill_errors(tiny_roberta, data_dir, tmp_path, capsys):
-    student = _write(tmp_path, "s", _student(tiny_roberta, data_dir, tmp_path / "cache"))
+def test_distill_errors(make_config, tiny_roberta, data_dir, tmp_path, capsys):
+    student = _write(tmp_path, "s", _student(make_config, tmp_path / "cache"))
     assert main(["distill", str(student), "--output", str(tmp_path / "o")]) == 2
     assert "needs a teacher" in capsys.readouterr().err
     assert main(["distill", str(student), "--teacher", str(tmp_path), "--output", str(tmp_path / "o2")]) == 2
     assert "not a finished lorabudget run directory" in capsys.readouterr().err
     with pytest.raises(Exception, match="distill.alpha"):
         from_dict({"distill": {"alpha": 1.5}})
-    zero = _write(tmp_path, "z", _student(tiny_roberta, data_dir, tmp_path / "cache", alpha=0.0))
+    zero = _write(tmp_path, "z", _student(make_config, tmp_path / "cache", alpha=0.0))
     assert (
         main(
             [
@@ -314,7 +312,7 @@ def test_transfer_rows_are_seeded_and_tokens_follow():
     assert [taken.row(0).tolist(), taken.row(1).tolist()] == [[6, 7, 8, 9], [2, 3, 4]]
 
 
-def test_distill_with_transfer_fraction_and_confidence_filter(tiny_roberta, data_dir, tmp_path, capsys):
+def test_distill_with_transfer_fraction_and_confidence_filter(make_config, tiny_roberta, data_dir, tmp_path, capsys):
     teacher_cfg = _write(
         tmp_path,
         "tcfg",
@@ -327,9 +325,7 @@ def test_distill_with_transfer_fraction_and_confidence_filter(tiny_roberta, data
             "budget": {"max_trainable_params": 10_000_000},
         },
     )
-    values = _student(
-        tiny_roberta, data_dir, tmp_path / "cache", alpha=0.5, temperature=2.0, min_teacher_confidence=0.4
-    )
+    values = _student(make_config, tmp_path / "cache", alpha=0.5, temperature=2.0, min_teacher_confidence=0.4)
     values["training"].update(epochs=1)
     student = _write(tmp_path, "student", values)
     runs = tmp_path / "runs"
@@ -358,12 +354,14 @@ def test_distill_with_transfer_fraction_and_confidence_filter(tiny_roberta, data
     assert summary["unlabelled_rows"] == 0 and summary["transfer_fraction"] == 0.5
 
 
-def test_teacher_of_another_architecture_reads_texts_with_its_own_tokenizer(teacher_run, tiny_bert, data_dir, tmp_path):
+def test_teacher_of_another_architecture_reads_texts_with_its_own_tokenizer(
+    make_config, teacher_run, tiny_bert, data_dir, tmp_path
+):
     """A BERT student taught by a RoBERTa teacher (another vocabulary and special tokens): the teacher
     scores the student's validation rows exactly as it scored them when it was trained (same rows,
     its own tokenizer), which would not hold if it were fed the student's token ids."""
     student = _write(
-        tmp_path, "bert-student", _student(tiny_bert, data_dir, tmp_path / "cache", alpha=0.5, temperature=2.0)
+        tmp_path, "bert-student", _student(make_config, tmp_path / "cache", tiny_bert, alpha=0.5, temperature=2.0)
     )
     assert (
         main(["distill", str(student), "--teacher", str(teacher_run), "--output", str(tmp_path / "s"), "--no-report"])

@@ -14,24 +14,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _config(tmp_path, tiny_roberta, data_dir, batch_size, name):
-    values = {
-        "name": name,
-        "model": {"name": str(tiny_roberta), "max_length": 64},
-        "head": {"type": "linear", "pooling": "mean"},
-        "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"]},
+def _config(tmp_path, tiny_config, batch_size, name):
+    values = tiny_config(
+        name=name,
+        model={"labels": None},
+        head={"type": "linear", "pooling": "mean"},
         # 192 training rows split evenly into batches; 48 validation rows in batches of 5: uneven shards.
-        "data": {"train": str(data_dir / "train.csv"), "validation_size": 48, "cache_dir": str(tmp_path / "cache")},
-        "training": {
+        data={"validation_size": 48},
+        training={
             "epochs": 4,
             "batch_size": batch_size,
             "learning_rate": 2e-2,
-            "log_every": 2,
             "eval_every": 6,
             "eval_batch_size": 5,
             "seed": 11,
         },
-    }
+    )
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
@@ -41,9 +39,9 @@ def _lines(run):
     return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_match_one_process(tmp_path, tiny_roberta, data_dir):
-    one = _config(tmp_path, tiny_roberta, data_dir, batch_size=16, name="one")
-    two = _config(tmp_path, tiny_roberta, data_dir, batch_size=8, name="two")  # 2 x 8 = same effective batch
+def test_two_processes_match_one_process(tmp_path, tiny_config):
+    one = _config(tmp_path, tiny_config, batch_size=16, name="one")
+    two = _config(tmp_path, tiny_config, batch_size=8, name="two")  # 2 x 8 = same effective batch
     from lorabudget.cli import main
 
     assert main(["train", str(one), "--output", str(tmp_path / "one"), "--no-report"]) == 0

@@ -21,23 +21,20 @@ def _png_size(path):
 
 
 @pytest.fixture(scope="module")
-def reported_run(tmp_path_factory, tiny_bert, data_dir):
+def reported_run(tmp_path_factory, tiny_bert, data_dir, make_config):
     import yaml
 
     tmp = tmp_path_factory.mktemp("report")
     cfg = tmp / "cfg.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "name": "tiny-report",
-                "model": {"name": str(tiny_bert), "max_length": 64},
-                "head": {"type": "linear", "pooling": "mean"},
-                "adapter": {"r": 2, "alpha": 4, "modules": ["query"]},
-                "data": {"train": str(data_dir / "train.csv"), "validation_size": 40, "cache_dir": str(tmp / "cache")},
-                "training": {"epochs": 2, "batch_size": 32, "learning_rate": 2e-2, "log_every": 1, "eval_every": 3},
-            }
-        )
+    values = make_config(
+        tmp / "cache",
+        name="tiny-report",
+        model={"name": str(tiny_bert), "labels": None},  # class names read from the data: "0".."3"
+        head={"type": "linear", "pooling": "mean"},
+        adapter={"r": 2, "alpha": 4, "dropout": 0.1, "modules": ["query"]},
+        training={"batch_size": 32, "learning_rate": 2e-2, "log_every": 1, "eval_every": 3, "seed": 42},
     )
+    cfg.write_text(yaml.safe_dump(values))
     run = tmp / "run"
     assert main(["train", str(cfg), "--output", str(run)]) == 0
     assert main(["evaluate", str(run), "--data", str(data_dir / "test.csv")]) == 0
@@ -135,3 +132,19 @@ def test_pareto_front_and_ece():
 def test_report_on_non_run_is_an_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "not a lorabudget run directory" in capsys.readouterr().err
+
+
+def test_evaluations_written_in_the_same_second_keep_their_order(tmp_path):
+    from lorabudget.rundir.layout import RunDir
+
+    files = RunDir(tmp_path)
+    metrics = {"accuracy": 0.5, "time": "ignored"}
+    files.write_eval(metrics, "zz-validation", "validation")  # a name sorting after the next one
+    files.write_eval(metrics, "aa-test.csv", "evaluate")
+    same = {"time": "2026-12-02T08:00:00"}
+    for path in (tmp_path / "evals").glob("*.json"):  # both in one second, as a fast evaluate after training
+        path.write_text(json.dumps({**json.loads(path.read_text()), **same}))
+    import os
+
+    os.utime(tmp_path / "evals" / "aa-test.csv.json", ns=(2_000_000_000_000_000_000, 2_000_000_000_000_000_000))
+    assert [r["kind"] for r in files.eval_records()] == ["validation", "evaluate"]

@@ -27,26 +27,23 @@ SPACE = {
 }
 
 
-def _config(tmp_path: Path, tiny_roberta, data_dir, budget: int = 600, name: str = "tiny", **training) -> Path:
-    values = {
-        "name": name,
-        "model": {"name": str(tiny_roberta), "max_length": 64},
-        "head": {"type": "linear", "pooling": "mean"},
-        "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"]},
-        "data": {"train": str(data_dir / "train.csv"), "validation_size": 40, "cache_dir": str(tmp_path / "cache")},
-        "training": {
+def _config(make_config, tmp_path: Path, budget: int = 600, name: str = "tiny", **training) -> Path:
+    values = make_config(
+        tmp_path / "cache",
+        name=name,
+        model={"labels": None},
+        head={"type": "linear", "pooling": "mean"},
+        training={
             "max_steps": 4,
             "eval_every": 2,
-            "batch_size": 16,
             "learning_rate": 2e-2,
-            "log_every": 2,
-            "seed": 7,
             "threads": 1,
+            "epochs": 3.0,
             **training,
         },
-        "budget": {"max_trainable_params": budget},
-        "search": SPACE,
-    }
+        budget={"max_trainable_params": budget},
+        search=SPACE,
+    )
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
@@ -74,12 +71,12 @@ def _live_peft_models() -> int:
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory, tiny_roberta, data_dir):
+def searched(make_config, tmp_path_factory, tiny_roberta, data_dir):
     """One in-process search of 3 trained trials at a budget some samples exceed."""
     import lorabudget.training.setup as setup_mod
 
     tmp = tmp_path_factory.mktemp("search")
-    cfg = _config(tmp, tiny_roberta, data_dir)
+    cfg = _config(make_config, tmp)
     calls = []
     original = setup_mod.prepare_data
 
@@ -177,9 +174,9 @@ def _header_text(out: Path) -> str:
     return "".join(line for line in (out / "best.yaml").read_text().splitlines(keepends=True) if line.startswith("#"))
 
 
-def test_over_budget_space_rejects_every_sample(tmp_path, tiny_roberta, data_dir, capsys):
+def test_over_budget_space_rejects_every_sample(make_config, tmp_path, tiny_roberta, data_dir, capsys):
     # The linear head alone is 132 parameters: nothing in the space fits 100.
-    cfg = _config(tmp_path, tiny_roberta, data_dir, budget=100)
+    cfg = _config(make_config, tmp_path, budget=100)
     out = tmp_path / "out"
     rc = main(["search", str(cfg), "--trials", "2", "--output", str(out), "--max-rejections", "4"])
     assert rc == 3
@@ -198,7 +195,9 @@ def test_over_budget_space_rejects_every_sample(tmp_path, tiny_roberta, data_dir
     assert not (out / "best.yaml").exists()
 
 
-def test_pruning_stops_a_trial_and_a_crash_does_not_stop_the_search(tmp_path, tiny_roberta, data_dir, monkeypatch):
+def test_pruning_stops_a_trial_and_a_crash_does_not_stop_the_search(
+    make_config, tmp_path, tiny_roberta, data_dir, monkeypatch
+):
     import optuna
 
     import lorabudget.training.loop as train_mod
@@ -215,7 +214,7 @@ def test_pruning_stops_a_trial_and_a_crash_does_not_stop_the_search(tmp_path, ti
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(train_mod, "train", crash_once)
-    cfg = _config(tmp_path, tiny_roberta, data_dir, max_steps=6, eval_every=2)
+    cfg = _config(make_config, tmp_path, max_steps=6, eval_every=2)
     base, best_base, space, _ = load_search_config(str(cfg), [], [], None)
     # Accuracy can never reach 2.0: the pruner stops each trial at its first evaluation.
     settings = SearchSettings(
@@ -240,8 +239,8 @@ def test_pruning_stops_a_trial_and_a_crash_does_not_stop_the_search(tmp_path, ti
     assert "step 2:" in log and "step 4:" not in log
 
 
-def test_same_seed_same_trials(tmp_path, tiny_roberta, data_dir):
-    cfg = _config(tmp_path, tiny_roberta, data_dir, max_steps=2)
+def test_same_seed_same_trials(make_config, tmp_path, tiny_roberta, data_dir):
+    cfg = _config(make_config, tmp_path, max_steps=2)
     outs = []
     for i in range(2):
         out = tmp_path / f"out{i}"
@@ -251,11 +250,11 @@ def test_same_seed_same_trials(tmp_path, tiny_roberta, data_dir):
 
 
 def test_search_starts_from_the_base_config_and_the_models_presets(
-    tmp_path, tiny_roberta, data_dir, capsys, monkeypatch
+    make_config, tmp_path, tiny_roberta, data_dir, capsys, monkeypatch
 ):
     # The base config is LoRA r=4 on query+value of all 3 layers: over the budget of 600 at r=4 (1,668)
     # and r=2 (900); r=1 costs 64*2*3 + 132 = 516.
-    cfg = _config(tmp_path, tiny_roberta, data_dir, max_steps=2)
+    cfg = _config(make_config, tmp_path, max_steps=2)
     presets = tmp_path / "presets"
     presets.mkdir()
     base = yaml.safe_load(cfg.read_text())
@@ -427,10 +426,10 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_killed_search_resumes(tmp_path, tiny_roberta, data_dir):
+def test_killed_search_resumes(make_config, tmp_path, tiny_roberta, data_dir):
     from lorabudget.search.study import done_count, trial_kind
 
-    cfg = _config(tmp_path, tiny_roberta, data_dir, max_steps=6)
+    cfg = _config(make_config, tmp_path, max_steps=6)
     out = tmp_path / "out"
     journal = tmp_path / "study.journal"
     args = [
@@ -488,8 +487,8 @@ def _check_workers(out: Path, storage: str, name: str, trials: int) -> None:
     assert len([r for r in _rows(out) if r["state"] == "complete"]) == trials
 
 
-def test_two_workers_share_sqlite(tmp_path, tiny_roberta, data_dir):
-    cfg = _config(tmp_path, tiny_roberta, data_dir, max_steps=2)
+def test_two_workers_share_sqlite(make_config, tmp_path, tiny_roberta, data_dir):
+    cfg = _config(make_config, tmp_path, max_steps=2)
     out = tmp_path / "out"
     assert main(["search", str(cfg), "--trials", "4", "--workers", "2", "--output", str(out), "--pruner", "none"]) == 0
     _check_workers(out, f"sqlite:///{out / 'study.db'}", "tiny-search", 4)
@@ -500,8 +499,8 @@ def postgres_url(postgres_server):
     return f"{postgres_server}/postgres"
 
 
-def test_two_workers_share_postgresql(tmp_path, tiny_roberta, data_dir, postgres_url):
-    cfg = _config(tmp_path, tiny_roberta, data_dir, max_steps=2)
+def test_two_workers_share_postgresql(make_config, tmp_path, tiny_roberta, data_dir, postgres_url):
+    cfg = _config(make_config, tmp_path, max_steps=2)
     out = tmp_path / "out"
     assert (
         main(

@@ -67,18 +67,16 @@ def _predicted(run: Path, texts_csv: Path, out: Path, *engine: str) -> tuple[lis
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_roberta, data_dir):
+def trained(tmp_path_factory, make_config, data_dir):
     """A tiny run trained through the CLI, its texts, and `lorabudget predict`'s labels for them."""
     tmp = tmp_path_factory.mktemp("serve")
-    values = {
-        "name": "tiny-serve",
-        "model": {"name": str(tiny_roberta), "max_length": 64},
-        "head": {"type": "linear", "pooling": "mean"},
-        "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"]},
-        "budget": {"max_trainable_params": 5000},
-        "data": {"train": str(data_dir / "train.csv"), "validation_size": 40, "cache_dir": str(tmp / "cache")},
-        "training": {"epochs": 3, "batch_size": 16, "learning_rate": 2e-2, "log_every": 5, "seed": 7},
-    }
+    values = make_config(
+        tmp / "cache",
+        name="tiny-serve",
+        head={"type": "linear", "pooling": "mean"},
+        budget={"max_trainable_params": 5000},
+        training={"epochs": 3, "learning_rate": 2e-2, "log_every": 5},
+    )
     cfg = tmp / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(values))
     run = tmp / "run"

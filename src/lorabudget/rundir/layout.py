@@ -326,14 +326,18 @@ class RunDir:
 
     def eval_records(self) -> list[dict[str, Any]]:
         """Every evaluation the run kept (``evals/``, else ``eval.json``), oldest first."""
-        records = []
+        found = []
         evals_dir = self.path / EVALS
         if evals_dir.is_dir():
-            records = [e for e in (read_json(p) for p in sorted(evals_dir.glob("*.json"))) if isinstance(e, dict)]
-        if not records:
+            for path in evals_dir.glob("*.json"):
+                record = read_json(path)
+                if isinstance(record, dict):
+                    # Records name the second they were written; the file's time orders two of the same second.
+                    found.append((str(record.get("time", "")), path.stat().st_mtime_ns, path.name, record))
+        if not found:
             latest = self.latest_eval()
-            records = [latest] if latest else []
-        return sorted(records, key=lambda e: str(e.get("time", "")))
+            return [latest] if latest else []
+        return [record for *_, record in sorted(found, key=lambda item: item[:3])]
 
     # ---- predictions
     def write_predictions_summary(self, summary: dict[str, Any]) -> None:
