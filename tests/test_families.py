@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from conftest import FAMILY_KINDS, synthetic_rows, write_csv
+from method_cases import IDENTITY_AT_INIT, METHOD_SETTINGS
 
 from lorabudget.cli import main
 from lorabudget.config import from_dict
@@ -26,23 +27,6 @@ from lorabudget.model.build import build_model, encoder_layers, merge_adapters
 from lorabudget.rundir.weights import load_trained_model, save_trained
 from lorabudget.training.setup import param_groups
 
-# Settings small enough for the tiny models (hidden 32, 3 layers); as tests/test_methods.py.
-METHOD_SETTINGS = {
-    "lora": {"r": 4, "modules": ["query", "value", "output"]},
-    "adalora": {"r": 4, "modules": ["query", "value"]},
-    "vera": {"r": 16, "modules": ["query", "value", "intermediate"]},
-    "vblora": {"r": 2, "modules": ["query", "value"], "options": {"num_vectors": 8, "vector_length": 16}},
-    "tinylora": {"r": 2, "modules": ["query", "value"], "options": {"u": 8, "weight_tying": 0.5}},
-    "fourierft": {"modules": ["query", "value"], "options": {"n_frequency": 20}},
-    "ia3": {"modules": ["key", "value", "output"]},
-    "loha": {"r": 2, "modules": ["query", "value"]},
-    "lokr": {"r": 2, "modules": ["query", "value"]},
-    "bitfit": {"modules": ["query", "attention_output", "output"]},
-    "ln_tuning": {"modules": ["attention_output", "output"]},
-    "full": {},
-}
-# Methods whose update is zero at initialisation (PEFT's defaults): the adapted model is the base.
-IDENTITY_AT_INIT = {"lora", "adalora", "vera", "ia3", "loha", "lokr", "bitfit", "ln_tuning"}
 MERGEABLE = sorted(name for name, method in adapters.METHODS.items() if method.mergeable)
 # (family, method) pairs that cannot run, with the reason. ModernBERT's fused attn.Wqkv is adapted as
 # one module (see family_settings), so every other method adapts every family.

@@ -703,3 +703,29 @@ def test_default_space_samples_build_for_every_method(tiny_roberta):
         built[cfg.adapter.method] += 1
         study.tell(trial, 0.0)
     assert len(built) >= 6, built
+
+
+def test_the_space_can_vary_the_base_model(make_config, tiny_bert, tiny_roberta, tmp_path):
+    values = make_config(
+        tmp_path / "cache",
+        model={"labels": None},
+        head={"type": "linear", "pooling": "mean"},
+        training={"max_steps": 2, "eval_every": 2, "learning_rate": 2e-2, "threads": 1},
+        search={"model": [str(tiny_roberta), str(tiny_bert)], "r": [1, 2], "layers": ["all", "top"]},
+    )
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(values))
+    out = tmp_path / "out"
+    argv = ["search", str(cfg), "--trials", "4", "--output", str(out), "--seed", "5", "--pruner", "none"]
+    assert main(argv + ["--no-warm-start"]) == 0
+    rows = [r for r in _rows(out) if r["state"] == "complete"]
+    bases = {r["base_model"] for r in rows}
+    assert len(rows) == 4 and bases <= {str(tiny_roberta), str(tiny_bert)} and len(bases) == 2, bases
+    for r in rows:  # the frozen size is the base's own: the budget counts only the trainable parameters
+        frozen = int(r["frozen_params"])
+        assert frozen > 0 and r["param:model"] == r["base_model"]
+    assert {int(r["frozen_params"]) for r in rows if r["base_model"] == str(tiny_bert)} != {
+        int(r["frozen_params"]) for r in rows if r["base_model"] == str(tiny_roberta)
+    }
+    text = (out / "search.md").read_text()
+    assert "| base model | frozen params |" in text and f"`{tiny_bert}`" in text

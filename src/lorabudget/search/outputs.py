@@ -24,6 +24,8 @@ CSV_FIXED = [
     "validation_accuracy",
     "validation_macro_f1",
     "trainable_params",
+    "base_model",
+    "frozen_params",
     "steps",
     "pruned_at_step",
     "seconds",
@@ -55,6 +57,8 @@ def trial_rows(study) -> list[dict[str, Any]]:
             "validation_accuracy": a.get("validation_accuracy"),
             "validation_macro_f1": a.get("validation_macro_f1"),
             "trainable_params": a.get("trainable_params"),
+            "base_model": a.get("base_model", ""),
+            "frozen_params": a.get("frozen_params"),
             "steps": a.get("steps"),
             "pruned_at_step": a.get("pruned_at_step"),
             "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
@@ -220,6 +224,8 @@ def write_outputs(study, s) -> dict[str, Any]:
     best_path = out / "best.yaml"
     complete = sorted((r for r in rows if r["state"] == "complete"), key=lambda r: -(r["value"] or 0))
     versus = versus_best(complete, best.number) if best is not None and not s.multi_objective else {}
+    # A space that varies the base model shows each trial's base and its frozen size (time, not budget).
+    bases = "model" in (s.space or {}) or len({r["base_model"] for r in complete}) > 1
     within_noise = noise_sentence(versus)
     if best is not None:
         best_values = best_config_values(s, best)
@@ -285,15 +291,18 @@ def write_outputs(study, s) -> dict[str, Any]:
             "",
             "## Complete trials (best first)",
             "",
-            "| trial | validation accuracy | macro F1 | vs best: McNemar p | trainable params | time (s) | configuration |",
-            "|---:|---:|---:|---:|---:|---:|---|",
+            "| trial | validation accuracy | macro F1 | vs best: McNemar p | trainable params | "
+            + ("base model | frozen params | " if bases else "")
+            + "time (s) | configuration |",
+            "|---:|---:|---:|---:|---:|" + ("---|---:|" if bases else "") + "---:|---|",
         ]
         for r in complete[:20]:
             p_value = versus.get(r["number"], {}).get("p_value")
             origin = f" (starting trial: {r['origin']})" if r["origin"] else ""
+            base = f"`{r['base_model']}` | {_fmt(r['frozen_params'], ',')} | " if bases else ""
             lines.append(
                 f"| {r['number']} | {_fmt(r['validation_accuracy'], '.4f')} | {_fmt(r['validation_macro_f1'], '.4f')} | "
-                f"{_fmt(p_value, '.3f')} | {_fmt(r['trainable_params'], ',')} | {_fmt(r['seconds'], '.0f')} | "
+                f"{_fmt(p_value, '.3f')} | {_fmt(r['trainable_params'], ',')} | {base}{_fmt(r['seconds'], '.0f')} | "
                 f"{r['description']}{origin} |"
             )
         if len(complete) > 20:

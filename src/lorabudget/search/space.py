@@ -10,6 +10,7 @@ optional; what the space leaves out keeps the base config's value. A value is a 
 
 Named entries:
 
+``model``             base models (``model.name``) to choose from; each trial records its base and frozen size
 ``method``            PEFT method (``adapter.method``): lora, vera, ia3, loha, lokr, fourierft, vblora, ...
 ``modules``           module kinds: ``{subsets_of: [query, value, ...]}`` (each kind in or out) or a
                       list of module lists (one list is chosen)
@@ -35,7 +36,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Union
 
 from lorabudget.errors import LorabudgetError
 from lorabudget.methods.registry import METHODS, get_method
@@ -46,6 +47,7 @@ SEARCHABLE_BY_DEFAULT = tuple(name for name, m in METHODS.items() if m.searched_
 LAYER_MODES = ("all", "range", "top", "bottom", "subset")
 HEADS = {"full": ("full", None), "linear-first": ("linear", "first"), "linear-mean": ("linear", "mean")}
 NAMED = (
+    "model",
     "method",
     "modules",
     "layers",
@@ -156,6 +158,7 @@ class SearchSpace:
     """A parsed space. ``raw`` is what it was read from (stored with the study so workers agree)."""
 
     raw: dict[str, Any]
+    model: Optional[Dist] = None  # base models (model.name) to choose from: the frozen base costs time, not budget
     method: Optional[Dist] = None
     modules_subsets_of: Optional[tuple[str, ...]] = None
     modules_choices: Optional[Dist] = None  # categorical over "query+value"-style keys
@@ -186,6 +189,12 @@ def parse_space(raw: Any) -> SearchSpace:
     if unknown:
         raise LorabudgetError(f"unknown search key '{unknown[0]}'; allowed keys: " + ", ".join(NAMED))
     space = SearchSpace(raw=copy.deepcopy(raw))
+    if "model" in raw:
+        space.model = parse_dist("model", raw["model"])
+        if space.model.kind not in ("fixed", "categorical") or not all(
+            isinstance(v, str) and v for v in space.model.values()
+        ):
+            raise LorabudgetError("search key 'model': give a model name or a list of model names")
     if "method" in raw:
         space.method = parse_dist("method", raw["method"])
         for m in space.methods():
@@ -324,7 +333,7 @@ def _layers(trial, mode: str, num_layers: int) -> Optional[list[int]]:
 def sample(
     trial,
     space: SearchSpace,
-    num_layers: int,
+    num_layers: Union[int, Callable[[Optional[str]], int]],
     base_method: str = "lora",
     base_rates: tuple[Optional[float], Optional[float]] = (None, None),
 ) -> dict[str, Any]:
@@ -339,6 +348,10 @@ def sample(
     caller records it as a rejected sample.
     """
     out: dict[str, Any] = {}
+    if space.model:
+        out["model.name"] = space.model.suggest(trial, "model")
+    if callable(num_layers):  # layers of the drawn base model (None: the config's own)
+        num_layers = num_layers(out.get("model.name"))
     method = space.method.suggest(trial, "method") if space.method else base_method
     if method != base_method:
         out["adapter.method"] = method

@@ -123,15 +123,15 @@ class Worker:
     def __init__(
         self, s: SearchSettings, say: Callable[[str], None] = print, on_trial: Optional[Callable[[Any], None]] = None
     ):
-        from lorabudget.model.build import load_model_config
-
         self.s = s
         self.say = say
         self.on_trial = on_trial or (lambda study: None)
         self.study = open_study(s)
         self.space: SearchSpace = parse_space(s.space)
         base_cfg = from_dict(copy.deepcopy(s.base))
-        self.num_layers = int(load_model_config(base_cfg, allow_builtin=True)[0].num_hidden_layers)
+        self.base_cfg = base_cfg
+        self.layer_counts: dict[str, int] = {}
+        self.num_layers = self.layers_of(None)
         self.base_method = str(s.base.get("adapter", {}).get("method", "lora"))
         # Typed values (a "--set training.learning_rate=3e-3" is a string in the raw mapping); a rate
         # the base config leaves null is the method's default here, which is what lr_scale uses anyway.
@@ -228,7 +228,7 @@ class Worker:
                 continue
             for params in points:
                 try:
-                    overrides, _, planned = self.plan(optuna.trial.FixedTrial(params))
+                    overrides, _, planned, _ = self.plan(optuna.trial.FixedTrial(params))
                 except (LorabudgetError, ValueError) as err:
                     self.say(f"search: {label} is not a starting trial: {err}")
                     break
@@ -258,18 +258,31 @@ class Worker:
         self.say(f"trial {trial.number}: rejected, {reason}")
         return "rejected", reason
 
-    def plan(self, trial, name: Optional[str] = None) -> tuple[dict[str, Any], RunConfig, int]:
-        """Draw ``trial``'s configuration (a live trial or a FixedTrial) and count its trainable
-        parameters on the meta device: (config overrides, typed config, trainable count)."""
+    def layers_of(self, model_name: Optional[str]) -> int:
+        """Encoder layers of a base model the space may draw (None: the config's own), read once."""
+        from lorabudget.model.build import load_model_config
+
+        name = model_name or self.base_cfg.model.name
+        if name not in self.layer_counts:
+            cfg = copy.deepcopy(self.base_cfg)
+            cfg.model.name = name
+            self.layer_counts[name] = int(load_model_config(cfg, allow_builtin=True)[0].num_hidden_layers)
+        return self.layer_counts[name]
+
+    def plan(self, trial, name: Optional[str] = None) -> tuple[dict[str, Any], RunConfig, int, int]:
+        """Draw ``trial``'s configuration (a live trial or a FixedTrial) and count its parameters on the
+        meta device: (config overrides, typed config, trainable count, frozen count)."""
         from lorabudget.model.budget import breakdown
         from lorabudget.model.build import build_model
 
-        overrides = sample(trial, self.space, self.num_layers, self.base_method, self.base_rates)
+        overrides = sample(trial, self.space, self.layers_of, self.base_method, self.base_rates)
         values = apply_sample(self.s.base, overrides)
         if name:
             values["name"] = name
         cfg = from_dict(values)
-        return overrides, cfg, breakdown(build_model(cfg, weights=False).model).total
+        model = build_model(cfg, weights=False).model
+        trainable = breakdown(model).total
+        return overrides, cfg, trainable, sum(p.numel() for p in model.parameters()) - trainable
 
     def run_trial(self, trial) -> tuple[str, str]:
         from optuna.trial import TrialState
@@ -278,12 +291,15 @@ class Worker:
         trial.set_user_attr("worker", worker_id())
         trial.set_user_attr("alive_at", time.time())
         try:
-            overrides, cfg, planned = self.plan(trial, f"{s.name}-{trial_dir_name(trial.number)}")
+            overrides, cfg, planned, frozen = self.plan(trial, f"{s.name}-{trial_dir_name(trial.number)}")
         except LorabudgetError as err:
             return self._reject(trial, f"invalid: {err}", 1.0)
         trial.set_user_attr("sample", json.loads(json.dumps(overrides)))
         trial.set_user_attr("description", describe(overrides, self.base_method))
         trial.set_user_attr("trainable_params", planned)
+        # The budget counts trainable parameters only: a larger frozen base costs time and memory instead.
+        trial.set_user_attr("base_model", cfg.model.name)
+        trial.set_user_attr("frozen_params", frozen)
         if planned > s.budget:
             return self._reject(
                 trial, f"over budget: {planned:,} > {s.budget:,} trainable parameters", planned - s.budget
