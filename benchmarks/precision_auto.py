@@ -63,7 +63,7 @@ def train_once(preset: str, data: Path, run: Path, steps: int, precision: str) -
 
 
 def main() -> int:
-    from lorabudget.batching import default_cache_dir
+    from lorabudget.data.batching import default_cache_dir
     from lorabudget.envinfo import cpu_summary
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
