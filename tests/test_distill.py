@@ -68,6 +68,18 @@ def teacher_run(tmp_path_factory, make_config):
     return tmp / "teacher"
 
 
+def _teacher_config(model_dir, epochs: int) -> dict:
+    """A teacher config for `distill --teacher CONFIG`: no data section, it trains on the student's data."""
+    return {
+        "name": "tiny-teacher",
+        "model": {"name": str(model_dir), "max_length": 64},
+        "head": {"type": "linear", "pooling": "mean"},
+        "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "modules": ["query", "value", "output"]},
+        "training": {"epochs": epochs, "batch_size": 16, "learning_rate": 2e-2},
+        "budget": {"max_trainable_params": 10_000_000},
+    }
+
+
 def _student(make_config, cache, model_dir=None, **distill):
     model = {"labels": None, **({"name": str(model_dir)} if model_dir else {})}
     return make_config(
@@ -154,14 +166,7 @@ def test_distill_end_to_end_with_config_teacher_and_unlabelled(
     teacher_cfg = _write(
         tmp_path,
         "tcfg",
-        {
-            "name": "tiny-teacher",
-            "model": {"name": str(tiny_roberta), "max_length": 64},
-            "head": {"type": "linear", "pooling": "mean"},
-            "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "modules": ["query", "value", "output"]},
-            "training": {"epochs": 3, "batch_size": 16, "learning_rate": 2e-2},
-            "budget": {"max_trainable_params": 10_000_000},
-        },
+        _teacher_config(tiny_roberta, epochs=3),
     )
     student = _write(tmp_path, "student", _student(make_config, tmp_path / "cache", alpha=0.5, temperature=2.0))
     runs = tmp_path / "runs"
@@ -316,14 +321,7 @@ def test_distill_with_transfer_fraction_and_confidence_filter(make_config, tiny_
     teacher_cfg = _write(
         tmp_path,
         "tcfg",
-        {
-            "name": "tiny-teacher",
-            "model": {"name": str(tiny_roberta), "max_length": 64},
-            "head": {"type": "linear", "pooling": "mean"},
-            "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "modules": ["query", "value", "output"]},
-            "training": {"epochs": 2, "batch_size": 16, "learning_rate": 2e-2},
-            "budget": {"max_trainable_params": 10_000_000},
-        },
+        _teacher_config(tiny_roberta, epochs=2),
     )
     values = _student(make_config, tmp_path / "cache", alpha=0.5, temperature=2.0, min_teacher_confidence=0.4)
     values["training"].update(epochs=1)

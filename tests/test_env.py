@@ -9,6 +9,7 @@ import yaml
 
 from lorabudget import envinfo
 from lorabudget.cli import main
+from lorabudget.data.cache import folder_size, human_size
 from lorabudget.model import precision as prec
 
 
@@ -94,8 +95,8 @@ def test_size_and_cpu_helpers(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.bin").write_bytes(b"0" * 3000)
     (tmp_path / "y.bin").write_bytes(b"0" * 100)
-    assert envinfo.folder_size(tmp_path) == 3100 and envinfo.folder_size(tmp_path / "missing") == 0
-    assert envinfo.human_size(100) == "100 B" and envinfo.human_size(3 * 1024**2) == "3.0 MB"
+    assert folder_size(tmp_path) == 3100 and folder_size(tmp_path / "missing") == 0
+    assert human_size(100) == "100 B" and human_size(3 * 1024**2) == "3.0 MB"
     assert prec.cpu_info()["model"] in envinfo.cpu_summary()
 
 

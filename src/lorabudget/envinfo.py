@@ -88,27 +88,6 @@ def cpu_summary() -> str:
     )
 
 
-def folder_size(path: str | Path) -> int:
-    """Bytes of the files under ``path`` (links not followed); 0 when it does not exist."""
-    total = 0
-    for folder, _, files in os.walk(path):
-        for name in files:
-            try:
-                stat = os.lstat(os.path.join(folder, name))
-            except OSError:
-                continue
-            total += stat.st_size
-    return total
-
-
-def human_size(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
-        size /= 1024
-    return f"{size:,.1f} TB"  # pragma: no cover
-
-
 def device_line() -> str:
     import torch
 
@@ -168,6 +147,7 @@ def precision_lines(cache_dir: str | Path | None = None, probe: bool = True) -> 
 
 def cache_lines(cache_dir: str | Path | None = None) -> list[str]:
     from lorabudget.data.batching import default_cache_dir
+    from lorabudget.data.cache import folder_size, human_size
 
     ours = default_cache_dir(str(cache_dir) if cache_dir else None)
     probes = list((ours / "precision").glob("bf16-probe-*.json")) if (ours / "precision").is_dir() else []
