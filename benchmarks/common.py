@@ -27,9 +27,15 @@ def write_rows(path: Path, rows) -> Path:
 
 
 def split_held_out(source: Path, folder: Path, held_out: int = 1000) -> tuple[Path, Path]:
-    """Write ``train.csv`` (all but the last ``held_out`` rows) and ``test.csv`` (the last ones)."""
+    """Write ``train.csv`` (all but the last ``held_out`` rows) and ``test.csv`` (the last ones). A header
+    (a first row whose last field is not a class index, as SST-2's ``sentence,label``) heads both files."""
     rows = read_rows(source)
-    return write_rows(folder / "train.csv", rows[:-held_out]), write_rows(folder / "test.csv", rows[-held_out:])
+    header = rows[:1] if rows and not rows[0][-1].strip().isdigit() else []
+    body = rows[len(header) :]
+    return (
+        write_rows(folder / "train.csv", header + body[:-held_out]),
+        write_rows(folder / "test.csv", header + body[-held_out:]),
+    )
 
 
 def held_out_task(data: Path, work: Path) -> tuple[Path, Path, list[int]] | None:
@@ -37,11 +43,12 @@ def held_out_task(data: Path, work: Path) -> tuple[Path, Path, list[int]] | None
     return both paths and the held-out labels (class indices). ``None``, after one line saying so,
     when ``data`` is missing (the shared AG News rows are not on every machine)."""
     if not data.is_file():
-        print(f"skipped: {data} not found (the benchmark needs the shared AG News rows)")
+        print(f"skipped: {data} not found (the benchmark needs the shared data rows)")
         return None
     work.mkdir(parents=True, exist_ok=True)
     train_csv, test_csv = split_held_out(data, work)
-    return train_csv, test_csv, [int(r[-1]) for r in read_rows(test_csv)]  # text,label with class indices 0-3
+    # the last field holds the class index (AG News 0-3, SST-2 0/1); a header row is skipped
+    return train_csv, test_csv, [int(r[-1]) for r in read_rows(test_csv) if r[-1].strip().isdigit()]
 
 
 def machine() -> str:

@@ -161,8 +161,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"skipped: {args.data} not found (the benchmark needs the shared AG News rows)")
         return 0
 
-    from lorabudget.data.batching import default_cache_dir
     from lorabudget.inference.runs import evaluate_run, load_run
+    from lorabudget.io import default_cache_dir
     from lorabudget.metrics import classification_metrics
     from lorabudget.stats import format_interval, mcnemar
     from lorabudget.training.distill import (

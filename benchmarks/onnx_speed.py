@@ -56,11 +56,12 @@ def main() -> int:
 
     import torch
 
-    from lorabudget.data.batching import default_cache_dir, tokenize
+    from lorabudget.data.batching import tokenize
     from lorabudget.data.load import load_labelled
     from lorabudget.export.formats import ONNX_FILE, ONNX_INT8_FILE, export_run, onnx_session
     from lorabudget.inference.batched import predict_logits, predict_logits_onnx
     from lorabudget.inference.runs import load_run
+    from lorabudget.io import default_cache_dir
 
     tmp = Path(tempfile.mkdtemp())
     data_path = args.data

@@ -63,8 +63,8 @@ def train_once(preset: str, data: Path, run: Path, steps: int, precision: str) -
 
 
 def main() -> int:
-    from lorabudget.data.batching import default_cache_dir
     from lorabudget.envinfo import cpu_summary
+    from lorabudget.io import default_cache_dir
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=TRAIN_5K)

@@ -111,3 +111,24 @@ def test_budget_guard_and_breakdown_text(tiny_roberta):
     text = format_breakdown(b, 100)
     assert "OVER budget" in text and f"{b.total:,}" in text and "classification head" in text
     assert "WITHIN budget" in format_breakdown(b, b.total)
+
+
+@pytest.mark.parametrize(
+    "preset,expected,budget",
+    [("mpnet-cpu", 666_628, 10**6), ("mpnet-cpu-100k", 86_020, 10**5), ("mpnet-cpu-10k", 9_220, 10**4)],
+)
+def test_mpnet_presets_exact_counts_offline(preset, expected, budget, monkeypatch):
+    # Without the [mpnet] packages `plan` counts from all-mpnet-base-v2's built-in published config;
+    # with them, from the unpacked model's config.json: the same architecture, the same count.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = load_config(preset)
+    b = breakdown(build_model(cfg, weights=False).model)
+    assert b.total == expected and b.head == 3_076
+    assert cfg.budget.max_trainable_params == budget
+    assert b.other == {}
+    if preset == "mpnet-cpu-10k":  # (IA)3 vectors on key and value of the top four layers only
+        assert b.lora == {(layer, module): 768 for layer in (8, 9, 10, 11) for module in ("key", "value")}
+    elif preset == "mpnet-cpu-100k":  # LoRA r=1 on the six modules of the top six layers
+        assert {layer for layer, _ in b.lora} == set(range(6, 12)) and len(b.lora) == 36
+    else:
+        assert {layer for layer, _ in b.lora} == set(range(12)) and len(b.lora) == 72

@@ -79,6 +79,7 @@ def test_inference_writes_no_token_cache_and_cache_command(tmp_path, tiny_config
     info = capsys.readouterr().out.splitlines()
     assert info[0].startswith(f"{tokens} holds {len(before)} files, ")
     assert info[1] == f"{cache / 'teacher_logits'} holds 0 files, 0 B"
+    assert info[2] == f"{cache / 'models'} holds 0 files, 0 B"  # packaged models unpacked from split zips
     (cache / "unrelated").mkdir()  # the cache root may hold other things: clear leaves them
     assert main(["cache", "clear"]) == 0
     assert capsys.readouterr().out.startswith(f"{tokens} removed {len(before)} files")

@@ -759,7 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="the preset to print (with show)")
     p.set_defaults(func=cmd_presets)
 
-    p = sub.add_parser("cache", help="lorabudget's caches (tokens, teacher logits): info or clear")
+    p = sub.add_parser("cache", help="lorabudget's caches (tokens, teacher logits, unpacked models): info or clear")
     p.add_argument("action", choices=["info", "clear"])
     p.set_defaults(func=cmd_cache)
 

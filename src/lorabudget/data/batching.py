@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -70,12 +69,6 @@ def bucketed(lengths: np.ndarray, widths: Sequence[int]) -> np.ndarray:
 
 
 TOKENS_FOLDER = "tokens"  # under the cache root: tokenized training and validation texts
-
-
-def default_cache_dir(configured: Optional[str] = None) -> Path:
-    if configured:
-        return Path(configured).expanduser()
-    return Path(os.environ.get("LORABUDGET_CACHE", Path.home() / ".cache" / "lorabudget"))
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -8,12 +8,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorabudget.data.batching import TOKENS_FOLDER, default_cache_dir
+from lorabudget.data.batching import TOKENS_FOLDER
+from lorabudget.io import default_cache_dir
+from lorabudget.model.packaged import MODELS_FOLDER
 
 # The folders lorabudget writes under the cache root. Only these are cleared: the root may be a folder
 # the user chose ($LORABUDGET_CACHE) that holds other things too.
 TEACHER_LOGITS_FOLDER = "teacher_logits"  # distillation teachers' logits (training/distill.py)
-CACHE_FOLDERS = (TOKENS_FOLDER, TEACHER_LOGITS_FOLDER)
+# MODELS_FOLDER: packaged models unpacked from split zips (model/packaged.py); unpacked again when needed.
+CACHE_FOLDERS = (TOKENS_FOLDER, TEACHER_LOGITS_FOLDER, MODELS_FOLDER)
 
 
 @dataclass

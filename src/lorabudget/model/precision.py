@@ -459,8 +459,7 @@ def cached_probe(
     cannot be written only costs the next run another probe. ``cache_dir`` defaults to the
     project's (``$LORABUDGET_CACHE`` or ``~/.cache/lorabudget``); ``measure`` replaces :func:`probe`
     (tests)."""
-    from lorabudget.data.batching import default_cache_dir
-    from lorabudget.io import atomic_write_json
+    from lorabudget.io import atomic_write_json, default_cache_dir
 
     threads = threads or torch.get_num_threads()
     key = probe_key(workload, threads)

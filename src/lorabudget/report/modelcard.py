@@ -15,7 +15,7 @@ import yaml
 
 from lorabudget.config import RunConfig
 from lorabudget.io import atomic_write_text
-from lorabudget.model.build import PACKAGED_MODELS
+from lorabudget.model.packaged import packaged_model
 from lorabudget.report.run_report import budget_table, per_class_table
 from lorabudget.rundir.layout import RunDir
 
@@ -25,9 +25,9 @@ HUB_DATASETS = {"ag_news": "ag_news", "fancyzhx/ag_news": "fancyzhx/ag_news"}
 def base_model_name(cfg: RunConfig) -> Optional[str]:
     """The base model's Hugging Face hub name, or ``None`` when the run used a local folder."""
     name = cfg.model.name
-    packaged = PACKAGED_MODELS.get(name.lower())
+    packaged = packaged_model(name)
     if packaged:
-        return packaged[2]
+        return packaged.hub_name
     if os.path.isdir(os.path.expanduser(name)):
         return None
     return name

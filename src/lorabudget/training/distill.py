@@ -33,7 +33,6 @@ from lorabudget.config import RunConfig, load_config
 from lorabudget.data.batching import (
     TokenizedTexts,
     content_sha256,
-    default_cache_dir,
     pairs_fingerprint,
     texts_fingerprint,
     tokenize,
@@ -41,7 +40,7 @@ from lorabudget.data.batching import (
 from lorabudget.data.cache import TEACHER_LOGITS_FOLDER
 from lorabudget.data.load import Columns, TextData, load_unlabelled
 from lorabudget.errors import LorabudgetError
-from lorabudget.io import atomic_path
+from lorabudget.io import atomic_path, default_cache_dir
 from lorabudget.metrics import classification_metrics, softmax
 from lorabudget.rundir.layout import RunDir, file_sha256
 from lorabudget.training.loop import train

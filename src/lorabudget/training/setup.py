@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from lorabudget.config import RunConfig
-from lorabudget.data.batching import TokenizedTexts, default_cache_dir, position_cap, tokenize
+from lorabudget.data.batching import TokenizedTexts, position_cap, tokenize
 from lorabudget.data.load import Columns, TextData, load_labelled, resolve_labels, split_validation
+from lorabudget.io import default_cache_dir
 from lorabudget.methods import registry as methods
 from lorabudget.model import budget as budget_mod
 from lorabudget.model.build import build_model, load_model_config, load_tokenizer
