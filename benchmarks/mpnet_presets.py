@@ -81,7 +81,7 @@ def score(label: str, preset: str, overrides: list[str], summary: dict, run_dir:
         "precision": summary["mixed_precision"],
         "accuracy": metrics["accuracy"],
         "macro_f1": metrics["macro_f1"],
-        "correct": [bool(c) for c in (logits.argmax(1) == data.labels)],
+        "correct": metrics["correct"],
         "infer_rows_per_s": len(data.texts) / seconds,
     }
 

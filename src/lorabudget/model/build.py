@@ -184,9 +184,9 @@ for _short, _hub in (
 ):
     BUILTIN_CONFIGS[_hub] = BUILTIN_CONFIGS[_short]
 BUILTIN_CONFIGS["FacebookAI/roberta-base"] = BUILTIN_CONFIGS["roberta-base"]
-BUILTIN_CONFIGS["all-mpnet-base-v2"] = BUILTIN_CONFIGS["sentence-transformers/all-mpnet-base-v2"]
 BUILTIN_CONFIGS["FacebookAI/roberta-large"] = BUILTIN_CONFIGS["roberta-large"]
 BUILTIN_CONFIGS["google-bert/bert-base-uncased"] = BUILTIN_CONFIGS["bert-base-uncased"]
+BUILTIN_CONFIGS["all-mpnet-base-v2"] = BUILTIN_CONFIGS["sentence-transformers/all-mpnet-base-v2"]  # the short name
 
 
 def resolve_model_source(name: str) -> str:
