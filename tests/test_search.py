@@ -201,7 +201,7 @@ def test_pruning_stops_a_trial_and_a_crash_does_not_stop_the_search(
     import optuna
 
     import lorabudget.training.loop as train_mod
-    from lorabudget.cli import load_search_config
+    from lorabudget.api.studies import search_config, search_space
     from lorabudget.search.study import SearchSettings
     from lorabudget.search.worker import run_search
 
@@ -215,7 +215,8 @@ def test_pruning_stops_a_trial_and_a_crash_does_not_stop_the_search(
 
     monkeypatch.setattr(train_mod, "train", crash_once)
     cfg = _config(make_config, tmp_path, max_steps=6, eval_every=2)
-    base, best_base, space, _ = load_search_config(str(cfg), [], [], None)
+    base, best_base, _ = search_config(str(cfg), None, None, {})
+    space = search_space(str(cfg), None)
     # Accuracy can never reach 2.0: the pruner stops each trial at its first evaluation.
     settings = SearchSettings(
         name="prune",
@@ -532,12 +533,12 @@ def test_two_workers_share_postgresql(make_config, tmp_path, tiny_roberta, data_
 
 
 def test_search_refuses_a_base_config_that_trains_on_its_validation_rows(tiny_config, tmp_path):
-    from lorabudget.cli import load_search_config
+    from lorabudget.api.studies import search_config
 
     cfg = tmp_path / "base.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config()))
     with pytest.raises(LorabudgetError, match="a search chooses by validation rows its trials do not train on"):
-        load_search_config(str(cfg), ["data.train_on_validation=true"], [], None)
+        search_config(str(cfg), ["data.train_on_validation=true"], None, {})
 
 
 def test_best_yaml_trains_on_the_validation_rows_unless_a_setting_forbids_it(tiny_config):

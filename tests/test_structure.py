@@ -17,7 +17,7 @@ README = SRC.parents[1] / "README.md"
 
 # Bottom to top: a module may import from its own layer's package and from layers below, never above.
 LAYERS = [
-    {"errors", "io", "console", "stats", "metrics", "signals"},
+    {"errors", "io", "console", "stats", "metrics", "signals", "runconfig"},
     {"methods"},
     {"config"},
     {"model", "data"},
@@ -28,6 +28,7 @@ LAYERS = [
     {"export"},
     {"search"},
     {"serve"},
+    {"api"},
     {"cli", "envinfo", "__init__"},
 ]
 

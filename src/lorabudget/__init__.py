@@ -1,23 +1,94 @@
-"""lorabudget: fine-tuning transformer encoders with PEFT methods under a hard trainable-parameter budget.
+"""lorabudget: fine-tune transformer encoders for text classification under a hard budget of
+trainable parameters, counted exactly (head included), with reports you can show.
 
-From Python::
+From Python (a notebook or a script)::
 
-    from lorabudget import load_run
-    run = load_run("runs/minilm-cpu")
-    run.predict(["Stocks rallied after the earnings report."]).labels  # ['Business']
+    import lorabudget as lb
+
+    lb.plan("minilm-cpu-10k")                                  # the exact count, before any weight is read
+    run = lb.train("minilm-cpu-10k", data=df, output="runs/news")   # df: a DataFrame with text and label
+    run.evaluate(test_df).accuracy
+    run.predict(["Stocks rallied after the earnings report."]).labels
+
+The names below are loaded on first use, so ``import lorabudget`` does not import torch.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
-from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # importing torch and transformers is left to the first call
-    from lorabudget.inference.runs import LoadedRun
+from lorabudget.errors import BudgetExceededError, LorabudgetError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lorabudget.api import (
+        Comparison,
+        Evaluation,
+        Plan,
+        Predictions,
+        Run,
+        Search,
+        compare,
+        distill,
+        load_run,
+        plan,
+        resolve_config,
+        search,
+        train,
+    )
+    from lorabudget.runconfig import RunConfig
 
 __version__ = "0.1.0"
-__all__ = ["load_run", "__version__"]
+
+_LAZY = {
+    "Comparison": "lorabudget.api",
+    "Evaluation": "lorabudget.api",
+    "Plan": "lorabudget.api",
+    "Predictions": "lorabudget.api",
+    "Run": "lorabudget.api",
+    "Search": "lorabudget.api",
+    "compare": "lorabudget.api",
+    "distill": "lorabudget.api",
+    "load_run": "lorabudget.api",
+    "plan": "lorabudget.api",
+    "resolve_config": "lorabudget.api",
+    "search": "lorabudget.api",
+    "train": "lorabudget.api",
+    "RunConfig": "lorabudget.runconfig",
+}
+__all__ = [
+    "BudgetExceededError",
+    "Comparison",
+    "Evaluation",
+    "LorabudgetError",
+    "Plan",
+    "Predictions",
+    "Run",
+    "RunConfig",
+    "Search",
+    "__version__",
+    "compare",
+    "distill",
+    "load_run",
+    "plan",
+    "resolve_config",
+    "search",
+    "train",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lorabudget' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 class _OptionalKernelsHint(logging.Filter):
@@ -29,24 +100,3 @@ class _OptionalKernelsHint(logging.Filter):
 
 
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_OptionalKernelsHint())
-
-
-def load_run(
-    path: Union[str, Path], engine: str = "torch", threads: Optional[int] = None, precision: str = "fp32"
-) -> "LoadedRun":
-    """Load a run directory (or an ONNX export folder) for prediction.
-
-    ``engine``: ``torch`` (adapters merged into the weights) or ``onnx`` (ONNX Runtime; the run is
-    exported to ``RUN/onnx/`` once). ``precision``: ``fp32``, ``bf16`` or ``auto`` (torch only).
-    The result's ``predict(texts)`` returns :class:`~lorabudget.inference.runs.Predictions` (``labels``,
-    ``label_ids``, ``probabilities``); ``logits(texts)`` returns the raw logits [n, classes].
-    """
-    from lorabudget.inference.runs import load_run as _load_run
-
-    if engine == "onnx":
-        from lorabudget.export.formats import ensure_onnx_export
-        from lorabudget.rundir.layout import RunDir
-
-        if RunDir(path).is_run():  # a run directory runs its RUN/onnx/ export, made or refreshed here
-            ensure_onnx_export(Path(path))
-    return _load_run(Path(path), threads=threads, precision=precision, engine=engine)

@@ -334,6 +334,33 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     return frame
 
 
+MEMORY_PREFIX = "memory:"
+_FRAMES: dict[str, pd.DataFrame] = {}
+
+
+def register_frame(frame: pd.DataFrame, name: Optional[str] = None) -> str:
+    """Keep a copy of ``frame`` for this process and return the source string that reads it."""
+    import hashlib
+
+    key = name or hashlib.sha256(frame.to_csv(index=False).encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    _FRAMES[key] = frame.copy()
+    return MEMORY_PREFIX + key
+
+
+def _registered_frame(source: str) -> pd.DataFrame:
+    frame = _FRAMES.get(source[len(MEMORY_PREFIX) :])
+    if frame is None:
+        raise LorabudgetError(f"data source '{source}' is an in-memory table of another process; pass the data again")
+    return frame.copy()
+
+
+def describe_source(source: str) -> str:
+    if source.startswith(MEMORY_PREFIX):
+        frame = _FRAMES.get(source[len(MEMORY_PREFIX) :])
+        return f"DataFrame ({len(frame):,} rows)" if frame is not None else source
+    return Path(source).name if not is_hub_source(source) else source
+
+
 def read_table(source: str, trust_pickle: bool = False, columns: Columns = Columns()) -> tuple[pd.DataFrame, int]:
     """Read ``source`` into a DataFrame with its own column names; return it and the label base.
 
@@ -341,6 +368,8 @@ def read_table(source: str, trust_pickle: bool = False, columns: Columns = Colum
     ``datasets``) are in ``frame.attrs["class_labels"]`` (column -> names). Pickle files are refused
     unless ``trust_pickle``: unpickling runs code from the file.
     """
+    if source.startswith(MEMORY_PREFIX):
+        return _registered_frame(source), 0
     if is_hub_source(source):
         return _load_hub(source)
     path = Path(source).expanduser()
@@ -516,7 +545,7 @@ def infer_labels(source: str, columns: Columns = Columns(), trust_pickle: bool =
     return names, fmt
 
 
-def resolve_labels(cfg: RunConfig, log=warn) -> RunConfig:
+def resolve_labels(cfg: RunConfig, log=warn, preset_labels: bool = False) -> RunConfig:
     """Fill ``model.labels`` (when null) and ``model.label_format`` from the training data, in place.
 
     A run records both in its ``config.yaml``, so evaluation, prediction and exports use the same

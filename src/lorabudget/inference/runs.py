@@ -41,6 +41,42 @@ class Predictions:
     probabilities: np.ndarray  # [n, classes] float: softmax of the logits
     class_names: list[str]
 
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to_frame(self):
+        """One row per text: ``label``, ``label_id``, ``confidence`` and one probability column per class."""
+        import pandas as pd
+
+        frame = pd.DataFrame({"label": self.labels, "label_id": np.asarray(self.label_ids, dtype=np.int64)})
+        frame["confidence"] = self.probabilities.max(axis=1) if len(self.labels) else []
+        for i, name in enumerate(self.class_names):
+            frame[f"prob_{name}"] = self.probabilities[:, i]
+        return frame
+
+    def _repr_html_(self) -> str:
+        return self.to_frame().head(50).to_html(float_format=lambda v: f"{v:.3f}")
+
+
+def text_list(texts: Any, what: str = "texts") -> list[str]:
+    """``texts`` as a list of strings: one string is one text; a list, tuple or pandas Series of strings
+    is taken in order. Anything else (a number, a dict, a list holding a non-string) is a ``TypeError``
+    naming what was given, so a string is never split into characters."""
+    if isinstance(texts, str):
+        return [texts]
+    if type(texts).__name__ == "Series" and hasattr(texts, "tolist"):
+        texts = texts.tolist()
+    elif isinstance(texts, np.ndarray) and texts.ndim == 1:
+        texts = texts.tolist()
+    if not isinstance(texts, (list, tuple)):
+        raise TypeError(
+            f"{what} must be a string or a list, tuple or pandas Series of strings, not {type(texts).__name__}"
+        )
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{what}[{i}] is {type(text).__name__}, not a string")
+    return list(texts)
+
 
 @dataclass
 class LoadedRun:
@@ -67,17 +103,24 @@ class LoadedRun:
 
     def logits(
         self,
-        texts: Sequence[str],
+        texts: Union[str, Sequence[str]],
         batch_size: Optional[int] = None,
         progress: Optional[str] = None,
-        pairs: Optional[Sequence[str]] = None,
+        pairs: Union[None, str, Sequence[str]] = None,
     ) -> np.ndarray:
-        """Logits [len(texts), classes] in input order; ``pairs``: the second texts of sentence pairs."""
+        """Logits [len(texts), classes] in input order (one string is one text); ``pairs``: the second
+        texts of sentence pairs."""
+        texts = text_list(texts)
+        pairs = None if pairs is None else text_list(pairs, "pairs")
+        if pairs is not None and len(pairs) != len(texts):
+            raise LorabudgetError(f"{len(texts)} texts but {len(pairs)} second texts (pairs): give one per text")
         if self.is_pair_run and pairs is None:
             raise LorabudgetError(
                 f"{self.run_dir} was trained on sentence pairs ({self.cfg.data.text_column or 'text'}, "
                 f"{self.cfg.data.text_pair_column}): give the second text of each row too"
             )
+        if not texts:
+            return np.zeros((0, len(self.cfg.class_names)), dtype=np.float32)
         # No token cache here: each predict/classify/evaluate call has its own texts, so a cache file per
         # call would only pile up (tokenizing is cheap next to the forward pass); training keeps its cache.
         tokens = tokenize(
@@ -100,7 +143,10 @@ class LoadedRun:
         )
 
     def predict(
-        self, texts: Sequence[str], batch_size: Optional[int] = None, pairs: Optional[Sequence[str]] = None
+        self,
+        texts: Union[str, Sequence[str]],
+        batch_size: Optional[int] = None,
+        pairs: Union[None, str, Sequence[str]] = None,
     ) -> Predictions:
         """Class names and probabilities for ``texts`` (and their ``pairs`` for a pair task; length-sorted
         batches, results in input order)."""

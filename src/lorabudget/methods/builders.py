@@ -15,8 +15,8 @@ from lorabudget.errors import LorabudgetError
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-    from lorabudget.config import RunConfig
     from lorabudget.model.build import AdapterSite
+    from lorabudget.runconfig import RunConfig
 
 # Builders: each returns a PEFT config for the given sites. Sites carry full module names, so
 # PEFT's suffix matching cannot also catch ``attention.output.dense`` when ``output.dense`` is meant.

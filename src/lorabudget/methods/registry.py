@@ -23,8 +23,8 @@ from lorabudget.methods.sites import MODULE_SHORT_NAMES, NORM_PATHS
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-    from lorabudget.config import RunConfig
     from lorabudget.model.build import AdapterSite
+    from lorabudget.runconfig import RunConfig
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,126 @@
+"""Commands that write files from a run: predictions for a whole input file, and exports.
+
+Every output is checked before any inference runs: a folder, the input itself, a path that cannot be
+written, or one of a run's own records and weights is refused in one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from lorabudget.console import warn
+from lorabudget.errors import LorabudgetError
+from lorabudget.io import writes_through
+
+
+def check_output_file(output: Path, input_source: str) -> None:
+    """Refuse an output that is a folder, is the input, or cannot be written: before any inference runs."""
+    from lorabudget.rundir.lifecycle import check_can_create
+
+    if output.is_dir():
+        raise LorabudgetError(f"--output {output} is a folder; name the CSV file to write")
+    if Path(input_source).exists() and output.resolve() == Path(input_source).resolve():
+        raise LorabudgetError(f"--output {output} is the input file; choose another file so the input is kept")
+    if writes_through(output):  # a device or FIFO: written in place, so only it must be writable
+        if not os.access(output, os.W_OK):
+            raise LorabudgetError(f"cannot write {output}: permission denied")
+        return
+    check_can_create(output)
+
+
+def can_record_in(files, output: Path, onnx: bool) -> bool:
+    """Whether predict may write its record (predictions.json, report) into the run: not while another
+    process trains or replaces it, nor into a read-only run (then only when the CSV goes elsewhere)."""
+    from lorabudget.rundir.lifecycle import check_can_create, check_not_in_use
+
+    if not files.is_run():
+        return True
+    inside = str(output) != "-" and output.absolute().is_relative_to(files.path.absolute())
+    try:
+        check_not_in_use(files.path, "predictions written into it now")
+    except LorabudgetError:
+        if inside or onnx:
+            raise
+        warn(f"{files.path} is in use by another process: its predictions record and report are not updated")
+        return False
+    try:
+        check_can_create(files.predictions_summary_path)
+    except LorabudgetError as err:
+        if inside:
+            raise
+        warn(f"{err}: the run's predictions record and report are not updated")
+        return False
+    return True
+
+
+def predict_to_file(
+    run,
+    input_source: str,
+    output: Optional[str] = None,
+    *,
+    probabilities: bool = False,
+    label_format: Optional[str] = None,
+    columns: Optional[dict[str, Optional[str]]] = None,
+    trust_pickle: bool = False,
+    report: bool = True,
+) -> dict[str, Any]:
+    """``ID,Label`` predictions for every row of ``input_source`` into the CSV ``output`` (default
+    ``RUN/predictions.csv``; ``-`` writes to stdout); returns the summary (rows, counts, speed)."""
+    from lorabudget.api.training import write_run_report
+    from lorabudget.inference.runs import check_threads, predict_file
+    from lorabudget.rundir.layout import is_export_folder
+
+    files = run.files
+    if not is_export_folder(run.path):  # an ONNX export folder is no run directory
+        files.read_config()  # a clear error for a folder that is not a run, before anything else
+    check_threads(run.threads)
+    target = Path(output) if output else files.predictions_path
+    to_stdout = output == "-"
+    if not to_stdout:
+        check_output_file(target, input_source)
+    record = can_record_in(files, target, run.engine == "onnx")
+    columns = columns or {}
+    summary = predict_file(
+        run.loaded,
+        input_source,
+        target,
+        probabilities=probabilities,
+        trust_pickle=trust_pickle,
+        columns=run.loaded.columns(columns.get("text"), columns.get("text_pair"), columns.get("label")),
+        label_format=label_format,
+        record=record,
+    )
+    counts = ", ".join(f"{k} {v:,}" for k, v in summary["counts"].items())
+    where = "stdout" if to_stdout else target
+    print(
+        f"wrote {summary['rows']:,} predictions to {where} ({counts}; {summary['samples_per_s']:.1f} rows/s)",
+        file=sys.stderr if to_stdout else sys.stdout,  # stdout carries the CSV alone
+    )
+    if record:
+        with contextlib.redirect_stdout(sys.stderr) if to_stdout else contextlib.nullcontext():
+            write_run_report(run.path, report, log=print)
+    return summary
+
+
+def export_run_checked(
+    run_dir: Path, output: Path, fmt: str, quantize: Optional[str] = None, overwrite: bool = False
+) -> Path:
+    """Export a finished run as ``hf``, ``peft`` or ``onnx`` into ``output``; checks come first."""
+    from lorabudget.export.formats import export_run
+    from lorabudget.rundir.layout import RunDir
+    from lorabudget.rundir.lifecycle import check_can_create, check_not_in_use
+
+    files = RunDir(run_dir)
+    if files.is_run() and not files.finished() and not files.weight_files():
+        raise LorabudgetError(
+            f"{run_dir} has no trained weights yet (training has not finished): continue it with "
+            f"`lorabudget train CONFIG --output {run_dir} --resume`, then export it"
+        )
+    if Path(output).absolute().is_relative_to(Path(run_dir).absolute()):
+        check_not_in_use(Path(run_dir), "an export written into it now")
+    check_can_create(Path(output))  # a path under a file, a read-only disk: before any work
+    return export_run(Path(run_dir), Path(output), fmt, quantize=quantize, overwrite=overwrite)

@@ -1,0 +1,235 @@
+"""A run directory from Python: :class:`Run` (evaluate, predict, report, export) and :class:`Evaluation`."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from lorabudget.api import html_parts
+from lorabudget.api.sources import as_source
+from lorabudget.errors import LorabudgetError
+from lorabudget.inference.runs import Predictions, text_list
+from lorabudget.runconfig import RunConfig
+from lorabudget.rundir.layout import RunDir, is_export_folder
+
+
+@dataclass
+class Evaluation:
+    """Metrics of a run on labelled rows: ``accuracy`` with its Wilson 95% ``interval``, ``macro_f1``,
+    ``per_class`` and ``confusion`` (rows true, columns predicted) as DataFrames, ``metrics`` the whole
+    record (as ``eval.json`` holds it) and ``data`` what was evaluated."""
+
+    metrics: dict[str, Any]
+    data: str
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.metrics["accuracy"])
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        low, high = self.metrics["accuracy_ci95"]
+        return float(low), float(high)
+
+    @property
+    def macro_f1(self) -> float:
+        return float(self.metrics["macro_f1"])
+
+    @property
+    def rows(self) -> int:
+        return int(self.metrics["rows"])
+
+    @property
+    def per_class(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.metrics["per_class"]).set_index("class")
+
+    @property
+    def confusion(self):
+        import pandas as pd
+
+        names = self.metrics["class_names"]
+        frame = pd.DataFrame(self.metrics["confusion_matrix"], index=names, columns=names)
+        frame.index.name, frame.columns.name = "true", "predicted"
+        return frame
+
+    def __str__(self) -> str:
+        from lorabudget.metrics import format_metrics
+
+        return format_metrics(self.metrics)
+
+    def __repr__(self) -> str:
+        low, high = self.interval
+        return f"Evaluation({self.data}: accuracy {self.accuracy:.4f} [{low:.4f}, {high:.4f}] on {self.rows:,} rows)"
+
+    def _repr_html_(self) -> str:
+        low, high = self.interval
+        head = (
+            f"<p><b>{html.escape(self.data)}</b>: accuracy <b>{self.accuracy:.2%}</b> "
+            f"(95% interval {low:.2%} to {high:.2%}, {self.rows:,} rows), macro F1 {self.macro_f1:.4f}</p>"
+        )
+        tables = self.per_class.to_html(float_format=lambda v: f"{v:.3f}") + self.confusion.to_html()
+        return head + tables
+
+
+@dataclass
+class Run:
+    """A run directory: what ``lorabudget train`` (or :func:`lorabudget.train`) wrote.
+
+    The model is loaded on first use (``predict``, ``logits``, ``evaluate``) with the ``engine``
+    (``torch`` or ``onnx``), ``threads`` and ``precision`` (``fp32``, ``bf16``, ``auto``) given here.
+    """
+
+    path: Path
+    engine: str = "torch"
+    threads: Optional[int] = None
+    precision: str = "fp32"
+    _loaded: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+
+    @property
+    def files(self) -> RunDir:
+        return RunDir(self.path)
+
+    @property
+    def config(self) -> RunConfig:
+        """The run's resolved config (``config.yaml``)."""
+        return self.loaded.cfg if self._loaded is not None else self.files.read_config()
+
+    cfg = config
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """``summary.json``: what training recorded (accuracy, parameters, time, data ...)."""
+        return self.files.read_summary()
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config.class_names)
+
+    @property
+    def loaded(self):
+        """The model and tokenizer, loaded (and checked) once."""
+        if self._loaded is None:
+            from lorabudget.inference.runs import load_run as load_for_inference
+
+            if self.engine == "onnx" and self.files.is_run():
+                from lorabudget.export.formats import ensure_onnx_export
+
+                ensure_onnx_export(self.path)  # RUN/onnx/, made once and refreshed when the weights change
+            self._loaded = load_for_inference(
+                self.path, threads=self.threads, precision=self.precision, engine=self.engine
+            )
+        return self._loaded
+
+    def logits(self, texts: Any, pairs: Any = None, batch_size: Optional[int] = None):
+        """Raw logits [n, classes] for ``texts`` (one string is one text)."""
+        return self.loaded.logits(text_list(texts), batch_size, pairs=pairs)
+
+    def predict(self, texts: Any, pairs: Any = None, batch_size: Optional[int] = None) -> Predictions:
+        """Predictions for one string (one text), a list, tuple or pandas Series of strings, or a
+        DataFrame (its text columns as the run was trained on them: ``text``, or the configured ones)."""
+        import pandas as pd
+
+        if isinstance(texts, pd.DataFrame):
+            from lorabudget.data.load import load_unlabelled
+
+            data = load_unlabelled(as_source(texts, "texts").source, columns=self.loaded.columns())
+            texts, pairs = data.texts, data.pairs
+        return self.loaded.predict(text_list(texts), batch_size, pairs=pairs)
+
+    def evaluate(
+        self,
+        data: Any,
+        *,
+        text_column: Optional[str] = None,
+        text_pair_column: Optional[str] = None,
+        label_column: Optional[str] = None,
+        trust_pickle: bool = False,
+        record: bool = True,
+        report: bool = True,
+    ) -> Evaluation:
+        """Metrics on labelled ``data`` (a path, DataFrame, ``datasets.Dataset`` or list of tuples).
+
+        ``record``: keep the evaluation in the run (``eval.json``; compare and the report read it) and,
+        with ``report``, rewrite ``report.md`` and the model card."""
+        from lorabudget.data.load import describe_source
+        from lorabudget.inference.runs import evaluate_run
+        from lorabudget.rundir.lifecycle import check_can_create, check_not_in_use
+
+        source = as_source(data)
+        files = self.files
+        files.read_config()  # a clear error for a folder that is not a run
+        if record:
+            check_not_in_use(files.path, "an evaluation written now")
+            check_can_create(files.eval_path)  # before inference, not after
+        columns = self.loaded.columns(
+            text_column or source.text_column,
+            text_pair_column or source.text_pair_column,
+            label_column or source.label_column,
+        )
+        metrics = evaluate_run(self.loaded, source.source, trust_pickle=trust_pickle, columns=columns)
+        name = describe_source(source.source) if source.source.startswith("memory:") else source.source
+        if record:
+            files.write_eval(metrics, name, "evaluate")
+            if report:
+                self.report()
+        return Evaluation(metrics, name)
+
+    def report(self) -> Path:
+        """Write the figures, ``report.md`` and the model card (``README.md``); return the report's path."""
+        from lorabudget.report.modelcard import write_model_card
+        from lorabudget.report.run_report import write_report
+
+        if not self.files.is_run():
+            raise LorabudgetError(f"{self.path} is not a lorabudget run directory (an export has no report)")
+        write_model_card(self.path)
+        return write_report(self.path)
+
+    def export(
+        self, format: str, output: Union[str, Path], *, quantize: Optional[str] = None, overwrite: bool = False
+    ) -> Path:
+        """Export as ``hf`` (adapters merged, plain transformers), ``peft`` or ``onnx`` into ``output``."""
+        from lorabudget.api.files import export_run_checked
+
+        return export_run_checked(self.path, Path(output), format, quantize=quantize, overwrite=overwrite)
+
+    def figures(self) -> list[Path]:
+        """The report's figures (PNG files), written by :meth:`report`."""
+        folder = self.files.figures_dir
+        return sorted(folder.glob("*.png")) if folder.is_dir() else []
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    def _repr_html_(self) -> str:
+        if is_export_folder(self.path):
+            return f"<p>ONNX export <code>{html.escape(str(self.path))}</code></p>"
+        return html_parts.run_html(self)
+
+
+def load_run(
+    path: Union[str, Path], engine: str = "torch", threads: Optional[int] = None, precision: str = "fp32"
+) -> Run:
+    """Open a run directory (or an ONNX export folder) and load its model for prediction, checking its
+    weights first.
+
+    ``engine``: ``torch`` (adapters merged into the weights) or ``onnx`` (ONNX Runtime; a run is exported
+    to ``RUN/onnx/`` once). ``precision``: ``fp32``, ``bf16`` or ``auto`` (torch only).
+
+    >>> run = load_run("runs/minilm-cpu")                      # doctest: +SKIP
+    >>> run.predict("Stocks rallied after the earnings report.").labels  # doctest: +SKIP
+    ['Business']
+    """
+    run = Run(Path(path), engine=engine, threads=threads, precision=precision)
+    run.loaded  # noqa: B018 - load and check now, so a broken run fails here
+    return run

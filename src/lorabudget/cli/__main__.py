@@ -1,0 +1,5 @@
+import sys
+
+from lorabudget.cli import main
+
+sys.exit(main())
