@@ -20,6 +20,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from lorabudget.errors import BudgetExceededError, LorabudgetError
+from lorabudget.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from lorabudget.api import (
@@ -39,7 +40,6 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from lorabudget.runconfig import RunConfig
 
-__version__ = "0.1.0"
 
 _LAZY = {
     "Comparison": "lorabudget.api",

@@ -175,7 +175,7 @@ def report(cache_dir: str | Path | None = None, probe: bool = True) -> str:
     """The whole ``lorabudget env`` text."""
     import torch
 
-    from lorabudget import __version__
+    from lorabudget.version import __version__
 
     present, absent = cpu_flags_that_matter()
     try:

@@ -10,9 +10,9 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from lorabudget.console import warn
+from lorabudget.console import say, warn
 from lorabudget.errors import LorabudgetError
 from lorabudget.io import writes_through
 
@@ -70,7 +70,6 @@ def predict_to_file(
 ) -> dict[str, Any]:
     """``ID,Label`` predictions for every row of ``input_source`` into the CSV ``output`` (default
     ``RUN/predictions.csv``; ``-`` writes to stdout); returns the summary (rows, counts, speed)."""
-    from lorabudget.api.training import write_run_report
     from lorabudget.inference.runs import check_threads, predict_file
     from lorabudget.rundir.layout import is_export_folder
 
@@ -124,3 +123,16 @@ def export_run_checked(
         check_not_in_use(Path(run_dir), "an export written into it now")
     check_can_create(Path(output))  # a path under a file, a read-only disk: before any work
     return export_run(Path(run_dir), Path(output), fmt, quantize=quantize, overwrite=overwrite)
+
+
+def write_run_report(run_dir: Path, report: bool = True, log: Callable[[str], None] = say) -> None:
+    """The model card always, ``report.md`` and figures unless ``report`` is false."""
+    from lorabudget.report.modelcard import write_model_card
+    from lorabudget.report.run_report import write_report
+    from lorabudget.rundir.layout import RunDir
+
+    if not RunDir(run_dir).is_run():
+        return  # an exported folder (predict on an ONNX export): nothing to report
+    write_model_card(run_dir)
+    if report:
+        log(f"report: {write_report(run_dir)}")

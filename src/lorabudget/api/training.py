@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
+from lorabudget.api.files import write_run_report
 from lorabudget.api.resolve import resolve_config
 from lorabudget.api.runs import Run
 from lorabudget.config import ConfigSource, Overrides
@@ -112,19 +113,6 @@ def train_into(run_dir: Path, fit: Callable[[Path], Any], overwrite: bool, resum
             else:
                 err.resumable, err.run_dir = bool(err.detail), run_dir  # resumable when a checkpoint was saved
             raise
-
-
-def write_run_report(run_dir: Path, report: bool = True, log: Callable[[str], None] = say) -> None:
-    """The model card always, ``report.md`` and figures unless ``report`` is false."""
-    from lorabudget.report.modelcard import write_model_card
-    from lorabudget.report.run_report import write_report
-    from lorabudget.rundir.layout import RunDir
-
-    if not RunDir(run_dir).is_run():
-        return  # an exported folder (predict on an ONNX export): nothing to report
-    write_model_card(run_dir)
-    if report:
-        log(f"report: {write_report(run_dir)}")
 
 
 def train(

@@ -7,8 +7,8 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from lorabudget import __version__
 from lorabudget.cli import info, runs, training
+from lorabudget.version import __version__
 
 Arg = tuple[tuple[str, ...], dict[str, Any]]
 

@@ -30,7 +30,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     print(evaluation)
     print(f"written: {api.Run(Path(args.run)).files.eval_path}")
-    from lorabudget.api.training import write_run_report
+    from lorabudget.api.files import write_run_report
 
     write_run_report(Path(args.run), not args.no_report, log=print)
     return 0

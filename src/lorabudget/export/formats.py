@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from lorabudget import __version__
 from lorabudget.config import RunConfig
 from lorabudget.errors import LorabudgetError
 from lorabudget.inference.onnx import onnx_session, require_onnx, run_export_is_current
@@ -35,6 +34,7 @@ from lorabudget.io import atomic_dir, atomic_write_json
 from lorabudget.model.build import load_model_config, load_tokenizer
 from lorabudget.report.modelcard import base_model_name, write_model_card
 from lorabudget.rundir.layout import PEFT_ADAPTER_CONFIG, RunDir, write_export_meta
+from lorabudget.version import __version__
 
 FORMATS = ("hf", "peft", "onnx")
 QUANTIZATIONS = ("int8",)

@@ -15,7 +15,7 @@ from lorabudget.errors import LorabudgetError
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-    from lorabudget.model.build import AdapterSite
+    from lorabudget.methods.sites import AdapterSite
     from lorabudget.runconfig import RunConfig
 
 # Builders: each returns a PEFT config for the given sites. Sites carry full module names, so

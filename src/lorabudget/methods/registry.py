@@ -23,7 +23,7 @@ from lorabudget.methods.sites import MODULE_SHORT_NAMES, NORM_PATHS
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-    from lorabudget.model.build import AdapterSite
+    from lorabudget.methods.sites import AdapterSite
     from lorabudget.runconfig import RunConfig
 
 

@@ -166,3 +166,15 @@ class LayerSharing:
             f"layers): an adapter on a shared module is counted once and acts at every layer that uses it; "
             f"adapter.layers indexes the {self.distinct} distinct layer(s)"
         )
+
+
+@dataclass(frozen=True)
+class AdapterSite:
+    """One adapted module of a built model: where it is and the rank and alpha it gets."""
+
+    layer: int
+    module: str  # short name
+    name: str  # full module name inside the base model
+    r: int
+    alpha: float
+    dims: tuple[int, ...] = ()  # (in_features, out_features) of a linear module, (width,) of a LayerNorm

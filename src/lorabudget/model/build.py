@@ -24,7 +24,14 @@ from torch import nn
 from lorabudget.config import AdapterConfig, HeadConfig, PlacementConfig, RunConfig
 from lorabudget.errors import LorabudgetError
 from lorabudget.methods import registry as adapters
-from lorabudget.methods.sites import MODULE_SHORT_NAMES, Family, LayerSharing, family_of, supported_families
+from lorabudget.methods.sites import (
+    MODULE_SHORT_NAMES,
+    AdapterSite,
+    Family,
+    LayerSharing,
+    family_of,
+    supported_families,
+)
 
 # The head's one definition: the file is also shipped, standalone, as an export's remote code.
 from lorabudget.model.hf_classifier import PooledLinearHead
@@ -415,16 +422,6 @@ def build_base(cfg: RunConfig, model_config: Any, pretrained: bool) -> nn.Module
 
 # --------------------------------------------------------------------------------------------
 # Adapter placement
-
-
-@dataclass(frozen=True)
-class AdapterSite:
-    layer: int
-    module: str  # short name
-    name: str  # full module name inside the base model
-    r: int
-    alpha: float
-    dims: tuple[int, ...] = ()  # (in_features, out_features) of a linear module, (width,) of a LayerNorm
 
 
 def model_family(model: nn.Module) -> Optional[Family]:
