@@ -317,13 +317,13 @@ def start_run(cfg: RunConfig, run_dir: Path, data: Optional[PreparedData], log, 
     """Plan (refusing to start over budget), load data, build the model and check its live count;
     a new run's config, budget and tokenizer are written. Returns (model, data, live breakdown)."""
     planned = plan_or_refuse(cfg, log)
+    if data is None:  # before the plan is printed: a problem with the data is the first thing said
+        data = prepare_data(cfg, log)
     log(
         budget_mod.format_breakdown(
             planned, cfg.budget.max_trainable_params, f"plan for {cfg.name}:", cfg.adapter.method
         )
     )
-    if data is None:
-        data = prepare_data(cfg, log)
     t = cfg.training
     seed_everything(t.seed)
     # The training length, which AdaLoRA's rank schedule needs when the model is built.
