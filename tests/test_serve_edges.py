@@ -72,7 +72,7 @@ class SlowRun:
 
     def logits(self, texts, **kwargs):
         if "boom" in texts:
-            raise RuntimeError("the model cannot take boom")
+            raise RuntimeError("the model cannot\n take boom")  # a library message over two lines
         time.sleep(self.per_text_s * len(texts))
         self.texts_computed += len(texts)
         return self._run.logits(texts, **kwargs)
@@ -214,8 +214,10 @@ def test_requests_over_max_connections_get_503_until_slots_free(loaded):
     with serving(loaded, max_connections=3, body_timeout_s=60) as url:
         stalled = [_raw_request(url, b'{"texts": [', content_length=500) for _ in range(3)]
         try:
-            time.sleep(0.5)  # the three are reading their bodies
-            response = httpx.get(url + "/v1/health", timeout=10)
+            deadline = time.monotonic() + 10  # until the three are reading their bodies
+            while (response := httpx.get(url + "/v1/health", timeout=10)).status_code == 200:
+                assert time.monotonic() < deadline, "three stalled requests did not fill three slots"
+                time.sleep(0.1)
             assert response.status_code == 503
             assert "server busy: 3 requests open (at most 3)" in _one_line_error(response)
         finally:

@@ -11,7 +11,8 @@ Every error is a JSON object ``{"error": "<one line>"}`` with its status: 404 an
 that does not exist, 408 for a body not complete in time, 413 for a body, a text count or a text length over
 the limits, 415 for a body that is not sent as JSON, 422 for a malformed request (unknown fields, a text
 that is not valid Unicode), 503 while the queue is full or too many requests are open, 500 for a text the
-model fails on (that request only: a failed batch is run again text by text).
+model fails on (that request only: a failed batch is run again text by text). A request whose client
+disconnected before its answer ends with 499 in the log; its texts not yet in a batch are never computed.
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ from typing import Any, Optional
 
 
 def short(value: Any, limit: int = 60) -> str:
-    """``value`` as text, cut to ``limit`` characters: error messages quote what clients sent."""
-    text = str(value)
+    """``value`` as one line of text, cut to ``limit`` characters: error messages quote what clients sent
+    and what libraries raised, and stay one line."""
+    text = " ".join(str(value).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

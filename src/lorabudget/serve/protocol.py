@@ -129,4 +129,4 @@ def validation_message(err: RequestValidationError) -> str:
         return f"unknown field{'s' if len(unknown) > 1 else ''} {names}: a request has {FIELDS}"
     first = errors[0] if errors else {}
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-    return f"invalid request at {short(where)}: {first.get('msg', 'malformed')}"
+    return f"invalid request at {short(where)}: {short(first.get('msg', 'malformed'), 200)}"
