@@ -35,7 +35,7 @@ class _Job:
     logits: Optional[np.ndarray] = None
     taken: int = 0  # texts handed to batches so far
     done: int = 0  # texts whose logits are in
-    released: bool = False  # its untaken texts no longer count as queued (cancelled)
+    released: bool = False  # its untaken texts no longer count as queued (cancelled, or failed)
 
 
 @dataclass
@@ -113,7 +113,7 @@ class DynamicBatcher:
                 self._release(job)
 
     def _release(self, job: _Job) -> None:
-        """Stop counting a cancelled job's untaken texts as queued (once)."""
+        """Stop counting the untaken texts of a job that ended (cancelled or failed) as queued, once."""
         if not job.released:
             job.released = True
             self._queued_texts -= len(job.texts) - job.taken
