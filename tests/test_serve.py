@@ -79,7 +79,7 @@ def trained(tmp_path_factory, make_config, data_dir):
     )
     cfg = tmp / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(values))
-    run = tmp / "run"
+    run = tmp / "tiny-serve"  # /v1/model and the page name a run by its folder
     assert main(["train", str(cfg), "--output", str(run), "--no-report"]) == 0
     texts_csv = data_dir / "unlabelled.csv"
     with open(texts_csv, newline="") as fh:

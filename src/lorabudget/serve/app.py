@@ -1,36 +1,57 @@
 """The HTTP API of ``lorabudget serve``: FastAPI routes over a loaded run and a :class:`DynamicBatcher`.
 
-    POST /v1/classify   {"texts": [...]} -> per text: label, label id, one probability per class
+    POST /v1/classify   {"texts": [...]} (or {"inputs": text or [...]}) -> per text: label, label id, one
+                        probability per class; with "top_k": k, the k most probable classes too
     GET  /v1/health     liveness, queue length, batches run
-    GET  /v1/model      run name, method, budget, trainable parameters, classes, validation accuracy
+    GET  /v1/model      run name, method, budget, trainable parameters, classes, evaluations
     GET  /              a page to try the model
     GET  /docs          the OpenAPI documentation (FastAPI's)
 
-Every error is a JSON object ``{"error": "<one line>"}`` with its status: 413 for a body, a text count
-or a text length over the limits, 422 for a malformed request, 503 while the queue is full.
+Every error is a JSON object ``{"error": "<one line>"}`` with its status: 404 and 405 for a route or method
+that does not exist, 408 for a body not complete in time, 413 for a body, a text count or a text length over
+the limits, 415 for a body that is not sent as JSON, 422 for a malformed request (unknown fields, a text
+that is not valid Unicode), 503 while the queue is full or too many requests are open, 500 for a text the
+model fails on (that request only: a failed batch is run again text by text). A request whose client
+disconnected before its answer ends with 499 in the log; its texts not yet in a batch are never computed.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+import asyncio
+import socket
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
 
+from lorabudget.errors import LorabudgetError
 from lorabudget.inference.runs import LoadedRun
 from lorabudget.metrics import softmax
+from lorabudget.report.modelcard import base_model_name
 from lorabudget.rundir.layout import RunDir
 from lorabudget.serve.batcher import DynamicBatcher, QueueFull
+from lorabudget.serve.guards import Guard, short, until_disconnected
 from lorabudget.serve.page import render_page
+from lorabudget.serve.protocol import (
+    ApiError,
+    ClassifyRequest,
+    ClassifyResponse,
+    check_request,
+    results,
+    validation_message,
+)
+
+CLASSIFY = "/v1/classify"
 
 
 @dataclass(frozen=True)
 class ServeSettings:
+    """The server's batching and limits. Out-of-range values raise LorabudgetError (one line)."""
+
     max_batch: int = 32  # texts per forward pass
     # How long the oldest waiting text may wait for others to share its batch. 0: a batch is what queued up
     # while the model ran the previous one (on a loaded 2-core CPU, 5 ms cost a lone client 20 ms, see README).
@@ -39,36 +60,23 @@ class ServeSettings:
     max_chars: int = 10_000  # characters per text (the model reads max_length tokens of it anyway)
     max_body_bytes: int = 1 << 20  # request body
     max_queued_texts: int = 4096  # texts waiting for the inference thread before requests get 503
+    # Seconds a request body may take to arrive in full; then 408 and the connection is closed, so a client
+    # that never finishes its body cannot hold a request slot for ever.
+    body_timeout_s: float = 30.0
+    # Requests open at once, each on its own connection (reading a body, waiting for the model, answering);
+    # one more gets 503 at once. It bounds what slow or stalled clients can hold.
+    max_connections: int = 256
 
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class ClassifyRequest(BaseModel):
-    texts: Optional[list[str]] = Field(None, description="texts to classify, one result each, in order")
-    pairs: Optional[list[tuple[str, str]]] = Field(
-        None, description="text pairs [[a, b], ...], only for runs trained on pairs (data.text_pair_column)"
-    )
-
-
-class ClassProbability(BaseModel):
-    label: str
-    probability: float
-
-
-class Classification(BaseModel):
-    label: str = Field(description="the predicted class name")
-    label_id: int = Field(description="its index into the run's classes")
-    probability: float = Field(description="its probability")
-    probabilities: list[ClassProbability] = Field(description="every class, in the run's class order")
-
-
-class ClassifyResponse(BaseModel):
-    results: list[Classification]
+    def __post_init__(self) -> None:
+        at_least_one = ("max_batch", "max_texts", "max_chars", "max_body_bytes", "max_queued_texts", "max_connections")
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name in at_least_one and not (isinstance(value, int) and value >= 1):
+                raise LorabudgetError(f"serve setting {field.name} must be a whole number of at least 1, not {value!r}")
+        if not 0 <= self.max_wait_ms < float("inf"):
+            raise LorabudgetError(f"serve setting max_wait_ms must be 0 or more, not {self.max_wait_ms!r}")
+        if not 0 < self.body_timeout_s < float("inf"):
+            raise LorabudgetError(f"serve setting body_timeout_s must be above 0, not {self.body_timeout_s!r}")
 
 
 def pair_column(run: LoadedRun) -> Optional[str]:
@@ -77,30 +85,36 @@ def pair_column(run: LoadedRun) -> Optional[str]:
     return getattr(run.cfg.data, "text_pair_column", None) or None
 
 
+def _evaluation(record: dict[str, Any]) -> dict[str, Any]:
+    """One evaluation as ``/v1/model`` shows it: the data file by name only (no path of this machine), and
+    ``held_out``: false when the evaluated rows overlapped the run's training or validation rows, null when
+    the record does not say (runs evaluated before it was recorded)."""
+    data = record.get("data")
+    held_out = record.get("held_out")
+    return {
+        "data": Path(str(data)).name if data else data,
+        "kind": record.get("kind"),
+        "accuracy": record.get("accuracy"),
+        "accuracy_ci95": record.get("accuracy_ci95"),
+        "rows": record.get("n"),
+        "held_out": held_out if isinstance(held_out, bool) else None,
+        "time": record.get("time"),
+    }
+
+
 def model_info(run: LoadedRun, settings: ServeSettings) -> dict[str, Any]:
-    """What ``GET /v1/model`` returns: the run's facts from its config, summary and evaluations."""
+    """What ``GET /v1/model`` returns: the run's facts from its config, summary and evaluations. The run is
+    named by its folder's name: the server does not tell clients where its files are."""
     files = RunDir(run.run_dir)
     summary = files.read_summary()
     budget = files.read_budget() or {}
-    validation = None
-    evaluations = []
-    for record in files.eval_records():
-        entry = {
-            "data": record.get("data"),
-            "kind": record.get("kind"),
-            "accuracy": record.get("accuracy"),
-            "accuracy_ci95": record.get("accuracy_ci95"),
-            "rows": record.get("n"),
-            "time": record.get("time"),
-        }
-        evaluations.append(entry)
-        if record.get("kind") == "validation":
-            validation = entry
+    evaluations = [_evaluation(record) for record in files.eval_records()]
+    validation = next((e for e in reversed(evaluations) if e["kind"] == "validation"), None)
     trained_on_validation = bool(summary.get("validation_trained_on"))
     return {
-        "name": run.cfg.name,
-        "run_dir": str(run.run_dir),
-        "base_model": run.cfg.model.name,
+        "name": Path(run.run_dir).resolve().name,
+        # A hub name; a local model folder by its name only.
+        "base_model": base_model_name(run.cfg) or Path(run.cfg.model.name).name,
         "method": run.cfg.adapter.method,
         "budget": run.cfg.budget.max_trainable_params,
         "trainable_params": summary.get("trainable_params", budget.get("total")),
@@ -117,78 +131,11 @@ def model_info(run: LoadedRun, settings: ServeSettings) -> dict[str, Any]:
             "characters_per_text": settings.max_chars,
             "body_bytes": settings.max_body_bytes,
             "queued_texts": settings.max_queued_texts,
+            "body_timeout_s": settings.body_timeout_s,
+            "open_requests": settings.max_connections,
         },
         "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms},
     }
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes is answered 413 before any route parses it
-    (by its Content-Length, or while a body without one is streamed in)."""
-
-    def __init__(self, app, limit: int):
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._too_large(send)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.limit:
-                return await self._too_large(send)
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _too_large(self, send):
-        payload = json.dumps({"error": f"request body over {self.limit:,} bytes"}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers + [(b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": payload})
-
-
-def _check_request(request: ClassifyRequest, run: LoadedRun, settings: ServeSettings) -> list:
-    """The rows to classify (texts, or (first, second) pairs for a pair run), after the limits and the
-    pair rules; ApiError otherwise."""
-    if (request.texts is None) == (request.pairs is None):
-        raise ApiError(422, 'send exactly one of "texts" (a list of strings) and "pairs"')
-    pairs_column = pair_column(run)
-    if request.pairs is not None and pairs_column is None:
-        raise ApiError(422, 'this run was trained on single texts, not pairs: send "texts"')
-    if request.texts is not None and pairs_column is not None:
-        raise ApiError(422, f'this run was trained on text pairs ({pairs_column}): send "pairs"')
-    rows = list(request.pairs) if request.pairs is not None else list(request.texts or [])
-    if not rows:
-        key = "pairs" if request.pairs is not None else "texts"
-        raise ApiError(422, f'"{key}" is empty: send one or more {key}')
-    if len(rows) > settings.max_texts:
-        raise ApiError(413, f"{len(rows)} texts in one request; at most {settings.max_texts}")
-    for i, row in enumerate(rows):
-        for text in row if isinstance(row, tuple) else (row,):
-            if len(text) > settings.max_chars:
-                raise ApiError(413, f"text {i} has {len(text):,} characters; at most {settings.max_chars:,}")
-            if not text.strip():
-                raise ApiError(422, f"text {i} is empty")
-    return [tuple(row) for row in rows] if request.pairs is not None else rows
 
 
 def _forward(run: LoadedRun, batch_size: int) -> Callable[[list], Any]:
@@ -202,10 +149,52 @@ def _forward(run: LoadedRun, batch_size: int) -> Callable[[list], Any]:
     return logits
 
 
-def _validation_message(err: RequestValidationError) -> str:
-    first = err.errors()[0] if err.errors() else {}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-    return f"invalid request at {where}: {first.get('msg', 'malformed')}"
+async def _logits_while_connected(batcher: DynamicBatcher, rows: list, request: Request) -> Any:
+    """The batcher's logits for ``rows``; if the client disconnects first, its texts not yet in a batch
+    are dropped (the batcher skips a cancelled request) and ApiError 499 ends the request."""
+    work = asyncio.ensure_future(batcher.logits(rows))
+    gone = asyncio.ensure_future(until_disconnected(request.receive))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():
+            work.cancel()
+    if work.cancelled():
+        raise ApiError(499, "the client closed the connection")
+    try:
+        return work.result()
+    except QueueFull as err:
+        raise ApiError(503, f"server busy: {err}; retry later") from None
+    except Exception as err:  # noqa: BLE001 - this request's own texts failed (a failed batch is rerun per text)
+        raise ApiError(500, f"the model failed on this request: {short(err, 200)}") from None
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error answered as ``{"error": "<one line>"}``, FastAPI's and Starlette's own included."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, err: ApiError):
+        return JSONResponse({"error": err.message}, status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, err: RequestValidationError):
+        return JSONResponse({"error": validation_message(err)}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException):
+        where = f"{request.method} {short(request.url.path)}"
+        if err.status_code == 404:
+            message = f"no route {where}: see /docs"
+        elif err.status_code == 405:
+            message = f"method not allowed: {where} (allowed: {(err.headers or {}).get('Allow', '?')})"
+        else:
+            message = short(err.detail, 200)
+        return JSONResponse({"error": message}, status_code=err.status_code, headers=err.headers)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, err: Exception):
+        return JSONResponse({"error": "internal server error (the server log has the details)"}, status_code=500)
 
 
 def _offline_docs(app: FastAPI) -> None:
@@ -247,8 +236,8 @@ def create_app(run: LoadedRun, settings: ServeSettings = ServeSettings()) -> Fas
         await batcher.stop()
 
     app = FastAPI(
-        title=f"lorabudget serve: {run.cfg.name}",
-        description=f"Text classification with the lorabudget run `{run.cfg.name}` ({run.cfg.adapter.method}, "
+        title=f"lorabudget serve: {info['name']}",
+        description=f"Text classification with the lorabudget run `{info['name']}` ({run.cfg.adapter.method}, "
         f"{info['trainable_params'] or '?'} trainable parameters). Classes: {', '.join(names)}.",
         version="1",
         lifespan=lifespan,
@@ -257,36 +246,21 @@ def create_app(run: LoadedRun, settings: ServeSettings = ServeSettings()) -> Fas
     _offline_docs(app)
     app.state.batcher = batcher
     app.state.run = run
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(
+        Guard,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        max_open=settings.max_connections,
+        json_paths=[CLASSIFY],
+    )
+    _add_error_handlers(app)
+    pairs = pair_column(run)
 
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, err: ApiError):
-        return JSONResponse({"error": err.message}, status_code=err.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, err: RequestValidationError):
-        return JSONResponse({"error": _validation_message(err), "detail": err.errors()}, status_code=422)
-
-    @app.post("/v1/classify", response_model=ClassifyResponse, summary="classify texts")
-    async def classify(request: ClassifyRequest) -> dict[str, Any]:
-        texts = _check_request(request, run, settings)
-        try:
-            logits = await batcher.logits(texts)
-        except QueueFull as err:
-            raise ApiError(503, f"server busy: {err}; retry later") from None
-        probs = softmax(logits)
-        results = []
-        for row in probs:
-            best = int(row.argmax())
-            results.append(
-                {
-                    "label": names[best],
-                    "label_id": best,
-                    "probability": float(row[best]),
-                    "probabilities": [{"label": n, "probability": float(p)} for n, p in zip(names, row)],
-                }
-            )
-        return {"results": results}
+    @app.post(CLASSIFY, response_model=ClassifyResponse, response_model_exclude_none=True, summary="classify texts")
+    async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
+        rows = check_request(body, pairs, settings.max_texts, settings.max_chars)
+        logits = await _logits_while_connected(batcher, rows, request)
+        return {"results": results(softmax(logits), names, body.top_k)}
 
     @app.get("/v1/health", summary="liveness and load")
     async def health() -> dict[str, Any]:
@@ -345,9 +319,30 @@ def hold_weights_in_bf16(model) -> None:
                 param.data = param.data.to(torch.bfloat16)
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` for uvicorn (which would exit on its own when the bind fails);
+    LorabudgetError naming the address when the port is taken, the host unknown or not this machine's."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    address = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restarts reuse the port
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise LorabudgetError(f"cannot listen on {address}: {err.strerror or err}") from None
+    return sock
+
+
 def serve(run: LoadedRun, host: str, port: int, settings: ServeSettings, sockets=None, log_level: str = "info"):
-    """Run the server until interrupted (uvicorn handles Ctrl-C and SIGTERM: in-flight requests finish)."""
+    """Run the server until interrupted (uvicorn handles Ctrl-C and SIGTERM: in-flight requests finish).
+    The address is bound first (unless ``sockets`` are given): a taken port is a LorabudgetError."""
     import uvicorn
 
+    own = None if sockets else [bind(host, port)]
     config = uvicorn.Config(create_app(run, settings), host=host, port=port, log_level=log_level)
-    uvicorn.Server(config).run(sockets=sockets)
+    try:
+        uvicorn.Server(config).run(sockets=sockets or own)
+    finally:
+        for sock in own or ():
+            sock.close()

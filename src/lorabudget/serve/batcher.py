@@ -6,6 +6,10 @@ text arrived, then hands the batch to a single worker thread (the forward pass n
 loop, so the server keeps accepting and answering requests meanwhile). While the thread is busy, new
 texts wait in the queue and form the next batch; a request larger than ``max_batch`` is split across
 batches and answered when its last text is done.
+
+A request whose caller stops waiting (its task cancelled: the client disconnected) gives back its texts
+not yet taken at once; the collector skips them. A batch whose forward pass fails is run again one text
+at a time, so only the requests holding a text the model cannot take get the error.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class _Job:
     logits: Optional[np.ndarray] = None
     taken: int = 0  # texts handed to batches so far
     done: int = 0  # texts whose logits are in
+    released: bool = False  # its untaken texts no longer count as queued (cancelled, or failed)
 
 
 @dataclass
@@ -102,8 +107,16 @@ class DynamicBatcher:
         try:
             return await job.future
         finally:
-            if not job.future.done():  # the client went away: its untaken texts are skipped
+            if not job.future.done():  # the caller stopped waiting: its untaken texts are skipped
                 job.future.cancel()
+            if job.future.cancelled():
+                self._release(job)
+
+    def _release(self, job: _Job) -> None:
+        """Stop counting the untaken texts of a job that ended (cancelled or failed) as queued, once."""
+        if not job.released:
+            job.released = True
+            self._queued_texts -= len(job.texts) - job.taken
 
     # ---- the collector, on the event loop
     async def _next_job(self, timeout: Optional[float]) -> Optional[_Job]:
@@ -126,7 +139,7 @@ class DynamicBatcher:
                 except asyncio.TimeoutError:
                     return None
             if job.future.done():  # cancelled while waiting
-                self._queued_texts -= len(job.texts) - job.taken
+                self._release(job)
                 continue
             return job
 
@@ -158,25 +171,52 @@ class DynamicBatcher:
         started = time.perf_counter()
         try:
             logits = await loop.run_in_executor(self._executor, self.infer, texts)
-        except Exception as err:  # noqa: BLE001 - the error goes to every request in the batch
-            for job, _, _ in parts:
-                if not job.future.done():
-                    job.future.set_exception(err)
-            return
-        finally:
+        except Exception as err:  # noqa: BLE001 - the error goes to the requests whose texts cause it
             self._record(size, time.perf_counter() - started)
+            if size == 1:
+                self._fail(parts[0][0], err)
+            else:
+                await self._run_one_by_one(parts)
+            return
+        self._record(size, time.perf_counter() - started)
         offset = 0
         for job, start, stop in parts:
-            rows = logits[offset : offset + stop - start]
+            self._deliver(job, start, stop, logits[offset : offset + stop - start])
             offset += stop - start
-            if job.future.done():
-                continue
-            if job.logits is None:
-                job.logits = np.zeros((len(job.texts), logits.shape[1]), dtype=np.float32)
-            job.logits[start:stop] = rows
-            job.done += stop - start
-            if job.done == len(job.texts):
-                job.future.set_result(job.logits)
+
+    async def _run_one_by_one(self, parts: list[tuple[_Job, int, int]]) -> None:
+        """After a failed batch: each text alone, so a text the model cannot take fails its request only."""
+        loop = asyncio.get_running_loop()
+        for job, start, stop in parts:
+            for i in range(start, stop):
+                if job.future.done():  # failed on an earlier text, or cancelled
+                    break
+                started = time.perf_counter()
+                try:
+                    rows = await loop.run_in_executor(self._executor, self.infer, [job.texts[i]])
+                except Exception as err:  # noqa: BLE001
+                    self._fail(job, err)
+                    continue
+                finally:
+                    self._record(1, time.perf_counter() - started)
+                self._deliver(job, i, i + 1, rows)
+
+    @staticmethod
+    def _fail(job: _Job, err: Exception) -> None:
+        if not job.future.done():
+            job.future.set_exception(err)
+
+    @staticmethod
+    def _deliver(job: _Job, start: int, stop: int, rows: np.ndarray) -> None:
+        """Logits for ``job.texts[start:stop]``; the job's future is answered when its last text is in."""
+        if job.future.done():
+            return
+        if job.logits is None:
+            job.logits = np.zeros((len(job.texts), rows.shape[1]), dtype=np.float32)
+        job.logits[start:stop] = rows
+        job.done += stop - start
+        if job.done == len(job.texts):
+            job.future.set_result(job.logits)
 
     def _record(self, size: int, seconds: float) -> None:
         stats = self.stats

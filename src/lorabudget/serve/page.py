@@ -27,6 +27,8 @@ def _facts(info: dict[str, Any]) -> list[tuple[str, str]]:
         if low_high:
             text += f" (95% CI {100 * low_high[0]:.1f}–{low_high[1]:.1%}"
             text += f", n={validation['rows']:,})" if validation.get("rows") else ")"
+        if validation.get("held_out") is False:  # the rows overlapped training or validation rows
+            text += ", not held out"
         facts.append(("validation accuracy", text))
     facts.append(("engine", f"{info.get('engine')} · {info.get('precision')}"))
     return facts
