@@ -213,6 +213,13 @@ SERVE = [
         help="how long a text may wait for others to fill its batch (default 0: a batch is what queued up "
         "while the model ran the previous one)",
     ),
+    arg(
+        "--body-timeout-s",
+        type=float,
+        default=30.0,
+        help="seconds a request body may take to arrive (default 30; then 408)",
+    ),
+    arg("--max-connections", type=int, default=256, help="requests open at once (default 256; one more gets 503)"),
 ]
 EXPORT = [
     arg("run", help="run directory written by `lorabudget train`"),

@@ -101,13 +101,22 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from lorabudget.serve.app import ServeSettings, load_for_serving, serve
+    from lorabudget.serve.app import ServeSettings, bind, load_for_serving, serve
 
-    if args.max_batch < 1 or args.max_wait_ms < 0 or not 0 <= args.port <= 65535:
-        raise LorabudgetError("--max-batch must be at least 1, --max-wait-ms not negative, --port within 0-65535")
-    settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
-    run = load_for_serving(Path(args.run), args.engine, args.precision, args.threads)  # integrity checked here
-    serve(run, args.host, args.port, settings)
+    if not 0 <= args.port <= 65535:
+        raise LorabudgetError("--port must be within 0-65535")
+    settings = ServeSettings(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        body_timeout_s=args.body_timeout_s,
+        max_connections=args.max_connections,
+    )
+    sock = bind(args.host, args.port)  # a taken port is said before the run is loaded (or exported)
+    try:
+        run = load_for_serving(Path(args.run), args.engine, args.precision, args.threads)  # integrity checked here
+        serve(run, args.host, args.port, settings, sockets=[sock])
+    finally:
+        sock.close()
     return 0
 
 
