@@ -1,22 +1,30 @@
 """The figures of a run's report, each drawn from the run's own records: training loss, validation
-curves, confusion matrix, reliability diagram and predicted class distribution."""
+curves, confusion matrix, reliability diagram and predicted class distribution. No figure zooms an
+axis closer than the noise allows, and no label covers another label or a reference line."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
-from lorabudget.report.plots import FIGSIZE, class_colors, pyplot, save_figure
-
-
-def ema(values: Sequence[float], weight: float = 0.8) -> np.ndarray:
-    out, acc = [], None
-    for v in values:
-        acc = v if acc is None else weight * acc + (1 - weight) * v
-        out.append(acc)
-    return np.array(out)
+from lorabudget.report.plots import (
+    FIGSIZE,
+    accuracy_min_span,
+    centred_mean,
+    class_colors,
+    fit_tick_labels,
+    legend_below,
+    loss_min_span,
+    pyplot,
+    room_above,
+    save_figure,
+    smoothing_half_width,
+    steady_limits,
+    text_box,
+)
+from lorabudget.stats import accuracy_interval
 
 
 def plot_training_loss(train: list[dict], path: Path, title: str) -> None:
@@ -24,41 +32,53 @@ def plot_training_loss(train: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=FIGSIZE)
     steps = [r["step"] for r in train]
     loss = [r["loss"] for r in train]
-    ax.plot(steps, loss, color="tab:blue", alpha=0.3, linewidth=1, label="logged mean loss")
-    ax.plot(steps, ema(loss), color="tab:blue", linewidth=2, label="smoothed (EMA 0.8)")
+    h = smoothing_half_width(len(loss))
+    ax.plot(steps, loss, color="tab:blue", alpha=0.3 if h else 1.0, linewidth=1, label="logged mean loss")
+    if h:
+        label = f"smoothed (centred mean of {2 * h + 1} logged points)"
+        ax.plot(steps, centred_mean(loss, h), color="tab:blue", linewidth=2, label=label)
+    ax.set_ylim(*steady_limits(loss, loss_min_span(loss), floor=0.0))
     ax.set(title=f"Training loss: {title}", xlabel="optimizer step", ylabel="loss (cross-entropy, nats)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    legend_below(ax)
     save_figure(fig, path)
 
 
-def plot_validation(evals: list[dict], path: Path, title: str) -> None:
+def _kept(evals: list[dict]) -> dict:
+    kept = [r for r in evals if r.get("best")]  # the last improvement is the checkpoint training kept
+    return kept[-1] if kept else max(evals, key=lambda r: r["accuracy"])
+
+
+def plot_validation(evals: list[dict], path: Path, title: str, rows: Optional[int] = None) -> None:
+    """Validation accuracy and macro F1 (left axis) and loss (right axis) per evaluation, the kept
+    checkpoint dashed. ``rows``: the validation set's size (else read from the records), which draws
+    accuracy's 95% interval and keeps the axis from zooming inside it."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=FIGSIZE)
     steps = [r["step"] for r in evals]
-    ax.plot(steps, [r["accuracy"] for r in evals], marker="o", color="tab:green", label="accuracy")
-    ax.plot(steps, [r["macro_f1"] for r in evals], marker="s", color="tab:purple", label="macro F1")
-    kept = [r for r in evals if r.get("best")]  # the last improvement is the checkpoint training kept
-    best = kept[-1] if kept else max(evals, key=lambda r: r["accuracy"])
-    ax.axvline(best["step"], color="gray", linestyle="--", linewidth=1)
-    ax.annotate(
-        f"kept: step {best['step']}, acc {best['accuracy']:.4f}",
-        (best["step"], best["accuracy"]),
-        textcoords="offset points",
-        xytext=(6, -14),
-        fontsize=9,
-    )
+    acc, f1, loss = ([r[k] for r in evals] for k in ("accuracy", "macro_f1", "loss"))
+    rows = rows or evals[-1].get("rows")
+    dots = {"markersize": 6 if len(evals) <= 40 else 2}
+    ax.plot(steps, acc, marker="o", color="tab:green", label="accuracy", **dots)
+    scores = acc + f1
+    if rows:
+        band = np.array([accuracy_interval(a, rows) for a in acc])
+        ax.fill_between(steps, band[:, 0], band[:, 1], color="tab:green", alpha=0.15, linewidth=0)
+        ax.fill_between([], [], [], color="tab:green", alpha=0.15, label=f"accuracy 95% interval ({rows:,} rows)")
+        scores += list(band.ravel())
+    ax.plot(steps, f1, marker="s", color="tab:purple", label="macro F1", **dots)
+    best = _kept(evals)
+    label = f"kept checkpoint: step {best['step']}, accuracy {best['accuracy']:.4f}"
+    ax.axvline(best["step"], color="gray", linestyle="--", linewidth=1, label=label)
     ax.set(title=f"Validation: {title}", xlabel="optimizer step", ylabel="accuracy / macro F1 (fraction)")
+    ax.set_ylim(*steady_limits(scores, accuracy_min_span(acc, rows), floor=0.0, ceiling=1.0))
     ax.grid(alpha=0.3)
     ax2 = ax.twinx()
-    ax2.plot(steps, [r["loss"] for r in evals], marker="^", color="tab:red", alpha=0.7, label="loss")
+    ax2.plot(steps, loss, marker="^", color="tab:red", alpha=0.7, label="loss", **dots)
     ax2.set_ylabel("validation loss (nats)")
-    scores = [r["accuracy"] for r in evals] + [r["macro_f1"] for r in evals]
-    ax.set_ylim(max(0.0, min(scores) - 0.03), min(1.0, max(scores) + 0.03))
-    lines = ax.get_legend_handles_labels()
-    lines2 = ax2.get_legend_handles_labels()
-    # Below the axes, so the legend never covers a curve.
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
+    ax2.set_ylim(*steady_limits(loss, loss_min_span(loss), floor=0.0))
+    handles, labels = (a + b for a, b in zip(ax.get_legend_handles_labels(), ax2.get_legend_handles_labels()))
+    legend_below(ax, handles, labels, ncol=3)
     save_figure(fig, path)
 
 
@@ -81,7 +101,7 @@ def plot_confusion(ev: dict, path: Path) -> None:
                 fontsize=9,
                 color="white" if rates[i, j] > 0.6 else "black",
             )
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_xticks(range(len(names)), names)
     ax.set_yticks(range(len(names)), names)
     ax.set(
         xlabel="predicted class",
@@ -89,7 +109,24 @@ def plot_confusion(ev: dict, path: Path) -> None:
         title=f"Confusion matrix ({ev.get('rows', int(cm.sum())):,} rows, acc {ev['accuracy']:.4f})",
     )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    fit_tick_labels(ax, "x")
     save_figure(fig, path)
+
+
+def _bar_labels(ax, xs, tops, texts: list[str], fontsize: int = 9) -> list:
+    """A label above each bar (``tops``: the bar or a reference line above it, whichever is higher);
+    when neighbours would overlap, every label turns upright on one line."""
+    labels = [
+        ax.annotate(t, (x, top), ha="center", va="bottom", fontsize=fontsize, xytext=(0, 3), textcoords="offset points")
+        for x, top, t in zip(xs, tops, texts)
+    ]
+    renderer = ax.figure.canvas.get_renderer()
+    boxes = [text_box(label, renderer) for label in labels]
+    if any(a.overlaps(b) for a, b in zip(boxes, boxes[1:])):
+        for label in labels:
+            label.set(text=label.get_text().replace("\n", " "), rotation=90)
+    room_above(ax, labels)
+    return labels
 
 
 def plot_prediction_distribution(pred: dict, names: list[str], expected: Optional[list[float]], path: Path) -> None:
@@ -97,18 +134,10 @@ def plot_prediction_distribution(pred: dict, names: list[str], expected: Optiona
     counts = np.array([pred["counts"].get(n, 0) for n in names])
     total = max(int(counts.sum()), 1)
     fig, ax = plt.subplots(figsize=FIGSIZE)
-    bars = ax.bar(range(len(names)), counts, color=class_colors(len(names)))
-    for bar, c in zip(bars, counts):
-        ax.annotate(
-            f"{c:,}\n{c / total:.1%}",
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-            ha="center",
-            va="bottom",
-            fontsize=9,
-            xytext=(0, 2),
-            textcoords="offset points",
-        )
+    ax.bar(range(len(names)), counts, color=class_colors(len(names)))
+    tops = counts.astype(float)
     if expected is not None:
+        tops = np.maximum(tops, np.array(expected, dtype=float) * total)
         for i, share in enumerate(expected):
             ax.hlines(
                 share * total,
@@ -119,11 +148,15 @@ def plot_prediction_distribution(pred: dict, names: list[str], expected: Optiona
                 linewidth=1.5,
                 label="expected (training distribution)" if i == 0 else None,
             )
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below the axes: never over a bar
     ax.set_xticks(range(len(names)), names)
-    ax.set_ylim(0, max(counts.max(), max(expected or [0]) * total) * 1.2 + 1)
+    ax.set_ylim(0, max(tops.max(), 1) * 1.15)
     source = Path(str(pred.get("input", ""))).name
     ax.set(title=f"Predicted classes on {source} ({total:,} rows)", xlabel="predicted class", ylabel="rows")
+    fit_tick_labels(ax, "x")
+    # Each label sits above its bar and its dashed expected line: a line through a number hides it.
+    _bar_labels(ax, range(len(names)), tops, [f"{c:,}\n{c / total:.1%}" for c in counts])
+    if expected is not None:
+        legend_below(ax, ncol=1)
     save_figure(fig, path)
 
 
@@ -141,6 +174,29 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 10):
     return edges, conf, acc, count, ece
 
 
+def _count_labels(ax, centers, heights, counts, diagonal) -> None:
+    """Each bin's row count on its bar, above the bar, inside its top or at its foot: the first place
+    the dashed diagonal does not run through and no other count covers."""
+    renderer = ax.figure.canvas.get_renderer()
+    ax.figure.draw_without_rendering()
+    line = diagonal.get_transform().transform_path(diagonal.get_path())
+    frame = ax.get_window_extent(renderer)
+    taken = []
+    for c, a, n in zip(centers, heights, counts):
+        places = [(a, 1, "bottom"), (a, -2, "top"), (0, 2, "bottom")]
+        for y, dy, va in places:
+            label = ax.annotate(
+                f"{n}", (c, y), ha="center", va=va, fontsize=7, xytext=(0, dy), textcoords="offset points"
+            )
+            box = text_box(label, renderer)
+            inside = frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not line.intersects_bbox(box, filled=False) and not any(box.overlaps(t) for t in taken):
+                break
+            if (y, dy, va) != places[-1]:
+                label.remove()
+        taken.append(box)
+
+
 def plot_reliability(ev: dict, path: Path) -> float:
     plt = pyplot()
     confidence = np.array(ev["confidence"], dtype=float)
@@ -156,18 +212,17 @@ def plot_reliability(ev: dict, path: Path) -> float:
         edgecolor="black",
         color="tab:blue",
         alpha=0.7,
-        label="accuracy in bin",
+        label="accuracy in bin (rows in the bin on the bar)",
     )
-    ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
-    for c, a, n in zip(centers[has], acc[has], count[has]):
-        ax.annotate(f"{n}", (c, a), ha="center", va="bottom", fontsize=7, xytext=(0, 1), textcoords="offset points")
+    (diagonal,) = ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
     ax.set(
         xlim=(0, 1),
-        ylim=(0, 1.05),
+        ylim=(0, 1.08),
         xlabel="confidence (max class probability)",
         ylabel="accuracy (fraction)",
         title=f"Reliability: ECE {ece:.4f} ({len(confidence):,} rows)",
     )
-    ax.legend(loc="upper left")
+    _count_labels(ax, centers[has], acc[has], count[has], diagonal)
+    legend_below(ax, ncol=1)
     save_figure(fig, path)
     return ece
