@@ -63,8 +63,8 @@ def plot_validation(evals: list[dict], path: Path, title: str, rows: Optional[in
     scores = acc + f1
     if rows:
         band = np.array([accuracy_interval(a, rows) for a in acc])
-        ax.fill_between(steps, band[:, 0], band[:, 1], color="tab:green", alpha=0.15, linewidth=0)
-        ax.fill_between([], [], [], color="tab:green", alpha=0.15, label=f"accuracy 95% interval ({rows:,} rows)")
+        label = f"accuracy 95% interval ({rows:,} rows)"
+        ax.fill_between(steps, band[:, 0], band[:, 1], color="tab:green", alpha=0.15, linewidth=0, label=label)
         scores += list(band.ravel())
     ax.plot(steps, f1, marker="s", color="tab:purple", label="macro F1", **dots)
     best = _kept(evals)

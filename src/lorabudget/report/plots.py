@@ -68,19 +68,17 @@ def far_below(values: Sequence[float], min_gap: float = 10.0) -> list[bool]:
 
 
 def centred_mean(values: Sequence[float], half_width: Optional[int] = None) -> np.ndarray:
-    """A centred moving mean: point i averages the raw values i-h..i+h, the window shrinking symmetrically
-    near either end so it stays centred (the first and last points are their raw values). A centred
-    window does not lag a steady trend, and each smoothed value lies between the smallest and largest
-    raw value of its own window, so it never trails the raw curve by more than h points (an exponential
-    average, seeded with the first loss, still carried that start many points later)."""
+    """A centred moving mean: point i averages the raw values i-h..i+h, the window narrowing evenly near
+    either end so it stays centred (the first and last points keep their raw values). A centred window
+    does not lag a steady trend, and each smoothed value lies between the smallest and largest raw value
+    of its own window, so it never trails the raw curve by more than h points (an exponential average
+    seeded with the first loss still carried that start many points later)."""
     raw = np.asarray(values, dtype=float)
     h = smoothing_half_width(len(raw)) if half_width is None else half_width
     sums = np.concatenate([[0.0], np.cumsum(raw)])
-    out = np.empty_like(raw)
-    for i in range(len(raw)):
-        k = min(h, i, len(raw) - 1 - i)
-        out[i] = (sums[i + k + 1] - sums[i - k]) / (2 * k + 1)
-    return out
+    i = np.arange(len(raw))
+    k = np.minimum(np.minimum(i, len(raw) - 1 - i), h)
+    return (sums[i + k + 1] - sums[i - k]) / (2 * k + 1)
 
 
 def smoothing_half_width(n: int) -> int:
