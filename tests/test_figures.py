@@ -248,6 +248,7 @@ def test_class_sets_get_their_own_markers_and_fronts():
     assert any("classes: World, Sports, Business, Sci/Tech" in k for k in markers)
     assert any("classes: negative, positive" in k for k in markers)
     assert sorted(_fronts(fig)) == [[5_000, 50_000], [8_000, 70_000]]  # never across class sets
+    assert "Pareto front (one per budget and class set)" in [t.get_text() for t in ax.get_legend().get_texts()]
     assert collisions(fig) == []
     pyplot().close(fig)
     # one class set (or none given): one marker, the legend as before

@@ -45,7 +45,9 @@ def param_formatter(value: float, _pos=None) -> str:
 
 def _class_key(row: dict):
     classes = row.get("classes")
-    return tuple(str(c) for c in classes) if isinstance(classes, (list, tuple)) else classes
+    if classes is None or isinstance(classes, str):
+        return classes if classes is None else (classes,)
+    return tuple(str(c) for c in classes)
 
 
 def collect_points(rows: list[dict], basis: dict) -> Optional[Points]:
@@ -149,8 +151,11 @@ def draw_fronts(ax, pts: Points) -> None:
     accurate run within it starred."""
     groups = front_groups(pts)
     budgets = sorted({b for b, _ in groups if b is not None})
-    scope = f" (within the {budgets[0]:,} budget)" if len(budgets) == 1 and len(groups) == 1 else ""
-    scope = scope or (" (one per budget)" if budgets else "")
+    scope = ""
+    if len(groups) == 1 and budgets:
+        scope = f" (within the {budgets[0]:,} budget)"
+    elif len(groups) > 1:
+        scope = " (one per budget and class set)" if len({c for _, c in groups}) > 1 else " (one per budget)"
     best = []
     for n, ((budget, _), members) in enumerate(sorted(groups.items(), key=lambda g: (g[0][0] or 0, str(g[0][1])))):
         front = sorted(
@@ -180,7 +185,7 @@ def draw_fronts(ax, pts: Points) -> None:
             edgecolors="black",
             linewidths=0.6,
             zorder=4,
-            label="best run within each budget",
+            label="best run within each budget" + (" and class set" if "class set" in scope else ""),
         )
 
 
