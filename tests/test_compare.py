@@ -30,7 +30,7 @@ def figures(monkeypatch):
 def _axes_facts(fig):
     ax = fig.axes[0]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    front = [l for l in ax.get_lines() if l.get_label().startswith("Pareto front")]
+    front = [l for l in ax.get_lines() if l.get_gid() == "pareto-front"]  # one per budget
     names = [t.get_text() for t in ax.texts if not t.get_text().startswith("budget ")]
     return ax, legend, front, names
 
@@ -113,14 +113,15 @@ def test_issue_three_runs_validation_tie_test_front(tmp_path, figures):
     assert list(fx) == [6_148, 84_484, 665_092]
     assert list(np.round(fy, 2)) == [88.83, 90.03, 90.49]  # through the test points, not the validation ties
     assert "test accuracy" in ax.get_title().lower()
-    assert any(l.startswith("budget 1,000,000") for l in legend)
+    notes = [t.get_text() for t in ax.texts if t.get_text().startswith("budget")]
+    assert legend.count("budget line") == 1 and notes == ["budget 1M"]  # the budget named once, by its line
     assert any(line.get_label().startswith("budget") for line in ax.get_lines())
     for label in legend:  # every legend entry names something drawn
         assert any(a.get_label() == label for a in [*ax.get_children(), *ax.containers])
 
 
 def test_runs_under_different_budgets_each_count_within_their_own(tmp_path, figures):
-    # A 10k, a 100k and a 1M preset: the front runs through all three, and a run over its own budget is off it.
+    # A 10k, a 100k and a 1M preset: one front each (never one line across budgets), a run over its own budget off it.
     c1, c2, c3, c4 = _nested(1000, [820, 850, 880, 900])
     runs = [
         _fake_run(tmp_path / "p10k", "p10k", 6_148, 0.9, c1, data="t.csv", budget=10_000),
@@ -130,9 +131,14 @@ def test_runs_under_different_budgets_each_count_within_their_own(tmp_path, figu
     ]
     write_comparison(runs, tmp_path / "cmp")
     ax, legend, front, names = _axes_facts(figures[-1])
-    assert len(front) == 1 and front[0].get_label() == "Pareto front (each run within its own budget)"
-    assert list(front[0].get_data()[0]) == [6_148, 84_484, 665_092]  # 'over' is more accurate but over its budget
-    assert sum(l.startswith("budget ") for l in legend) == 3
+    assert front[0].get_label() == "Pareto front (one per budget)" and "Pareto front (one per budget)" in legend
+    assert [list(f.get_data()[0]) for f in front] == [[6_148], [84_484], [665_092]]  # 'over' is over its budget
+    assert [l for l in legend if l.startswith("budget")] == ["budget line"]  # one entry, each line its own note
+    assert sorted(t.get_text() for t in ax.texts if t.get_text().startswith("budget")) == [
+        "budget 100k",
+        "budget 10k",
+        "budget 1M",
+    ]
 
 
 def test_difference_inside_noise_has_no_winner(tmp_path, figures):
@@ -245,8 +251,8 @@ def test_a_run_at_chance_is_marked_at_the_edge_and_the_range_fits_the_others(tmp
         assert frame.x0 <= boxes[a].x0 and boxes[a].x1 <= frame.x1 and frame.y0 <= boxes[a].y0 <= frame.y1
         for b in range(a + 1, len(boxes)):
             assert not boxes[a].overlaps(boxes[b]), (labels[a].get_text(), labels[b].get_text())
-    # the front spans all three budgets; each budget line's best run is starred
-    assert list(front[0].get_data()[0]) == [6_148, 29_188, 84_484, 665_092]
+    # one front per budget; each budget line's best run is starred
+    assert [list(f.get_data()[0]) for f in front] == [[6_148], [29_188, 84_484], [665_092]]
     [stars] = [c for c in ax.collections if c.get_label() == "best run within each budget"]
     assert sorted(map(tuple, np.round(stars.get_offsets(), 6).tolist())) == [(6_148, 85), (84_484, 87.5), (665_092, 88)]
 

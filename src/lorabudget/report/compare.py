@@ -11,7 +11,8 @@ from typing import Any, Optional, Sequence
 
 from lorabudget.errors import LorabudgetError
 from lorabudget.io import atomic_write_text
-from lorabudget.report.plots import far_below, pareto_front, place_labels, pyplot, save_figure
+from lorabudget.report.compare_figure import draw_comparison
+from lorabudget.report.plots import save_figure
 from lorabudget.rundir.layout import RunDir
 from lorabudget.stats import accuracy_interval, format_interval, mcnemar
 
@@ -348,152 +349,11 @@ def write_comparison(run_dirs: Sequence[Path], out_dir: Path, names: Sequence[st
     return path
 
 
-def _param_formatter(value: float, _pos=None) -> str:
-    if value >= 1e6:
-        return f"{value / 1e6:g}M"
-    if value >= 1e3:
-        return f"{value / 1e3:g}k"
-    return f"{value:g}"
-
-
 def plot_comparison(rows: list[dict], basis: dict, path: Path) -> bool:
-    """Accuracy (the ranking figure, with 95% intervals) against trainable parameters; False if nothing to draw.
-
-    The x axis is logarithmic when the parameter counts (and budget lines) span more than 10x. The y range
-    fits the runs that learned: a run far below them (e.g. at chance) is drawn at the bottom edge with its
-    value in its label. The Pareto front runs across all runs, each within its own budget; each budget
-    line's best run (the most accurate within that budget) is starred. Labels never overlap.
-    """
-    idx = [i for i, r in enumerate(rows) if r["trainable_params"] and basis["scores"][i] is not None]
-    if not idx:
+    """Accuracy (the ranking figure, with 95% intervals) against trainable parameters, drawn by
+    :func:`~lorabudget.report.compare_figure.draw_comparison`; False if there is nothing to draw."""
+    fig = draw_comparison(rows, basis)
+    if fig is None:
         return False
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    xs = [rows[i]["trainable_params"] for i in idx]
-    scores = [basis["scores"][i] for i in idx]
-    ys = [100 * s["accuracy"] for s in scores]
-    low = [y - 100 * s["ci95"][0] if s.get("ci95") else 0 for y, s in zip(ys, scores)]
-    high = [100 * s["ci95"][1] - y if s.get("ci95") else 0 for y, s in zip(ys, scores)]
-    below = far_below(ys)
-    shown = [k for k in range(len(idx)) if not below[k]]
-    validation = {}
-    if basis["kind"] == "test":
-        validation = {k: 100 * rows[i]["validation"]["accuracy"] for k, i in enumerate(idx) if rows[i]["validation"]}
-
-    # The y range: the shown runs' intervals and validation marks, with room above for the budget notes.
-    bottom = min([ys[k] - low[k] for k in shown] + [validation[k] for k in shown if k in validation])
-    top = max([ys[k] + high[k] for k in shown] + [validation[k] for k in shown if k in validation])
-    pad = max(1.0, 0.08 * (top - bottom))
-    ylim = (bottom - pad * (2.5 if any(below) else 1), top + 2 * pad)
-    ax.set_ylim(*ylim)
-    edge = ylim[0] + 0.6 * pad  # where runs far below the range are drawn
-
-    ax.errorbar(
-        [xs[k] for k in shown],
-        [ys[k] for k in shown],
-        yerr=[[low[k] for k in shown], [high[k] for k in shown]],
-        fmt="o",
-        color="tab:blue",
-        ecolor="tab:blue",
-        elinewidth=1,
-        capsize=3,
-        markersize=6,
-        zorder=3,
-        label=f"{basis['label']}, 95% interval",
-    )
-    if any(below):
-        ax.scatter(
-            [xs[k] for k in range(len(idx)) if below[k]],
-            [edge] * sum(below),
-            marker="v",
-            s=45,
-            color="tab:red",
-            zorder=3,
-            label="far below the range (value in its label)",
-        )
-    if validation:
-        vals = [(xs[k], v) for k, v in validation.items() if not below[k]]
-        if vals:
-            ax.scatter(
-                *zip(*vals),
-                s=22,
-                marker="s",
-                facecolors="none",
-                edgecolors="gray",
-                zorder=2,
-                label="validation accuracy (not ranked)",
-            )
-    budgets = sorted({int(rows[i]["budget"]) for i in idx if rows[i]["budget"]})
-    # Runs planned under different budgets (a 10k, a 100k and a 1M preset) each count within their own.
-    within = [k for k, i in enumerate(idx) if not rows[i]["budget"] or xs[k] <= int(rows[i]["budget"])]
-    if within:
-        front = sorted((within[k] for k in pareto_front([(xs[k], ys[k]) for k in within])), key=lambda k: xs[k])
-        scope = (
-            f" (within the {budgets[0]:,} budget)"
-            if len(budgets) == 1
-            else " (each run within its own budget)"
-            if budgets
-            else ""
-        )
-        ax.plot(
-            [xs[k] for k in front],
-            [ys[k] if not below[k] else edge for k in front],
-            color="tab:green",
-            linewidth=1.5,
-            zorder=2,
-            marker="o",
-            markersize=11,
-            markerfacecolor="none",
-            label="Pareto front" + scope,
-        )
-        best = sorted(
-            {max((k for k in within if xs[k] <= b), key=lambda k: ys[k], default=None) for b in budgets} - {None}
-        )
-        if best:
-            ax.scatter(
-                [xs[k] for k in best],
-                [ys[k] if not below[k] else edge for k in best],
-                marker="*",
-                s=200,
-                color="gold",
-                edgecolors="black",
-                linewidths=0.6,
-                zorder=4,
-                label="best run within each budget",
-            )
-    span = [*xs, *budgets]
-    log_x = max(span) / max(min(span), 1) > 10
-    if log_x:
-        ax.set_xscale("log")
-    notes = []
-    for b in budgets:
-        ax.axvline(b, color="red", linestyle="--", linewidth=1, zorder=1, label=f"budget {b:,} trainable parameters")
-        notes.append(
-            ax.annotate(
-                f"budget {_param_formatter(b)}",
-                (b, 1),
-                xycoords=("data", "axes fraction"),
-                xytext=(-4, -12),
-                textcoords="offset points",
-                ha="right",
-                fontsize=8,
-                color="red",
-            )
-        )
-    lo, hi = min(span), max(span)
-    ax.set_xlim(lo / 1.6, hi * 1.6) if log_x else ax.set_xlim(
-        max(0, lo - 0.1 * (hi - lo + 1)), hi + 0.1 * (hi - lo + 1)
-    )
-    ax.set(
-        xlabel="trainable parameters" + (" (log scale)" if log_x else ""),
-        ylabel="accuracy (%)",
-        title=f"{basis['label'][0].upper() + basis['label'][1:]} vs trainable parameters ({len(idx)} runs)",
-    )
-    ax.xaxis.set_major_formatter(plt.FuncFormatter(_param_formatter))
-    ax.grid(alpha=0.3, which="both" if log_x else "major")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8)
-    names = [rows[i]["display"] + (f" ({ys[k]:.1f}%)" if below[k] else "") for k, i in enumerate(idx)]
-    marks = [(xs[k], v) for k, v in validation.items() if not below[k]]
-    place_labels(ax, xs, [ys[k] if not below[k] else edge for k in range(len(idx))], names, avoid=notes, marks=marks)
     save_figure(fig, path)
     return True
