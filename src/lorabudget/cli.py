@@ -354,10 +354,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _check_output_file(output: Path, input_source: str) -> None:
     """Refuse an output that is a folder, is the input, or cannot be written: before any inference runs."""
-    from lorabudget.rundir.lifecycle import check_can_create
+    from lorabudget.rundir.lifecycle import check_can_create, check_not_run_file
 
     if output.is_dir():
         raise LorabudgetError(f"--output {output} is a folder; name the CSV file to write")
+    check_not_run_file(output, "--output")
     if Path(input_source).exists() and output.resolve() == Path(input_source).resolve():
         raise LorabudgetError(f"--output {output} is the input file; choose another file so the input is kept")
     if writes_through(output):  # a device or FIFO: written in place, so only it must be writable
