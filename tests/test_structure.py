@@ -110,12 +110,7 @@ def test_no_import_cycles():
 
 
 def test_imports_run_down_the_layers():
-    upward = [
-        f"{m} -> {t}"
-        for m, targets in _graph().items()
-        for t in sorted(targets)
-        if _layer(t) > _layer(m)
-    ]
+    upward = [f"{m} -> {t}" for m, targets in _graph().items() for t in sorted(targets) if _layer(t) > _layer(m)]
     assert not upward, "imports running up the layers: " + "; ".join(upward)
 
 

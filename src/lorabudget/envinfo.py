@@ -155,20 +155,37 @@ def cache_lines(cache_dir: str | Path | None = None) -> list[str]:
     state = "" if ours.exists() else ", not created yet"
     size = human_size(folder_size(ours))
     lines = [f"- lorabudget cache: {ours} ({size}{state}; {len(probes)} precision probe(s) in {ours / 'precision'})"]
-    try:
-        from huggingface_hub import constants
-
-        folders = [("Hugging Face hub cache", constants.HF_HUB_CACHE)]
-    except ImportError:  # pragma: no cover - transformers depends on it
-        folders = []
-    datasets_cache = os.environ.get("HF_DATASETS_CACHE") or os.path.join(
-        os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface")), "datasets"
-    )
-    folders.append(("Hugging Face datasets cache", datasets_cache))
-    for label, folder in folders:
+    for label, folder in library_cache_folders():
         exists = os.path.isdir(folder)
         lines.append(f"- {label}: {folder} ({human_size(folder_size(folder)) if exists else 'not created yet'})")
     return lines
+
+
+def library_cache_folders() -> list[tuple[str, str]]:
+    """(label, folder) of the caches the libraries use, as each library resolved them (its own settings,
+    ``HF_HOME``, ``XDG_CACHE_HOME`` ...): asked of the library, never rebuilt from the environment here."""
+    folders = []
+    try:
+        from huggingface_hub import constants
+
+        folders.append(("Hugging Face hub cache", constants.HF_HUB_CACHE))
+        if getattr(constants, "HF_XET_CACHE", None):
+            folders.append(("Hugging Face Xet cache", constants.HF_XET_CACHE))
+    except ImportError:  # pragma: no cover - transformers depends on it
+        pass
+    try:
+        from datasets import config as datasets_config
+
+        folders.append(("Hugging Face datasets cache", datasets_config.HF_DATASETS_CACHE))
+    except ImportError:  # pragma: no cover - a core dependency
+        pass
+    try:
+        from transformers.utils.hub import HF_MODULES_CACHE
+
+        folders.append(("transformers modules cache", HF_MODULES_CACHE))
+    except ImportError:  # pragma: no cover - a core dependency
+        pass
+    return [(label, str(folder)) for label, folder in folders]
 
 
 def report(cache_dir: str | Path | None = None, probe: bool = True) -> str:

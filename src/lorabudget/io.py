@@ -1,4 +1,5 @@
-"""Atomic file output (write to a temporary file in the same folder, then rename over the target) and the cache root.
+"""Atomic file output (write to a temporary file in the same folder, then rename over the target), the cache
+root and lock files.
 
 An interrupted or failed command therefore never leaves a half-written output behind. The
 temporary files are created private (mode 0600/0700); before the rename they get the mode a plain
@@ -17,7 +18,9 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
+
+from lorabudget.errors import LorabudgetError
 
 PathLike = Union[str, Path]
 
@@ -143,10 +146,46 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
 
 
 def default_cache_dir(configured: Optional[str] = None) -> Path:
-    """lorabudget's cache root: ``configured`` (``data.cache_dir``), ``$LORABUDGET_CACHE`` or ``~/.cache/lorabudget``."""
+    """lorabudget's cache root: ``configured`` (``data.cache_dir``), else ``$LORABUDGET_CACHE``, else
+    ``$XDG_CACHE_HOME/lorabudget``, else ``~/.cache/lorabudget``."""
     if configured:
         return Path(configured).expanduser()
-    return Path(os.environ.get("LORABUDGET_CACHE", Path.home() / ".cache" / "lorabudget"))
+    if os.environ.get("LORABUDGET_CACHE"):
+        return Path(os.environ["LORABUDGET_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(xdg):  # the XDG spec: a relative value is invalid and ignored
+        return Path(xdg) / "lorabudget"
+    return Path.home() / ".cache" / "lorabudget"
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: PathLike, waiting: Optional[Callable[[], None]] = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the lock file ``path`` for the block; ``waiting()`` is called once
+    when another process holds it (before blocking until it is free).
+
+    The file is created when missing and never truncated, and a symbolic link there is refused rather
+    than followed: a link planted in a shared cache must not let this process create or clobber its
+    target."""
+    import fcntl
+
+    path = Path(path)
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise LorabudgetError(f"{path} is a symbolic link, not a lock file: remove it and try again") from None
+        raise
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                waiting()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:

@@ -19,10 +19,11 @@ from lorabudget.io import writes_through
 
 def check_output_file(output: Path, input_source: str) -> None:
     """Refuse an output that is a folder, is the input, or cannot be written: before any inference runs."""
-    from lorabudget.rundir.lifecycle import check_can_create
+    from lorabudget.rundir.lifecycle import check_can_create, check_not_run_file
 
     if output.is_dir():
         raise LorabudgetError(f"--output {output} is a folder; name the CSV file to write")
+    check_not_run_file(output, "--output")
     if Path(input_source).exists() and output.resolve() == Path(input_source).resolve():
         raise LorabudgetError(f"--output {output} is the input file; choose another file so the input is kept")
     if writes_through(output):  # a device or FIFO: written in place, so only it must be writable
@@ -76,6 +77,7 @@ def predict_to_file(
     files = run.files
     if not is_export_folder(run.path):  # an ONNX export folder is no run directory
         files.read_config()  # a clear error for a folder that is not a run, before anything else
+        files.check_writable_layout()
     check_threads(run.threads)
     target = Path(output) if output else files.predictions_path
     to_stdout = output == "-"

@@ -170,6 +170,7 @@ class Run:
         files = self.files
         files.read_config()  # a clear error for a folder that is not a run
         if record:
+            files.check_writable_layout()  # a file where a folder belongs: said before any work
             check_not_in_use(files.path, "an evaluation written now")
             check_can_create(files.eval_path)  # before inference, not after
         columns = self.loaded.columns(
@@ -192,6 +193,7 @@ class Run:
 
         if not self.files.is_run():
             raise LorabudgetError(f"{self.path} is not a lorabudget run directory (an export has no report)")
+        self.files.check_writable_layout()
         write_model_card(self.path)
         return write_report(self.path)
 

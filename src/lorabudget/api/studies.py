@@ -46,7 +46,7 @@ def compare(
     import pandas as pd
 
     from lorabudget.report.compare import write_comparison
-    from lorabudget.rundir.lifecycle import check_can_create
+    from lorabudget.rundir.lifecycle import check_can_create, check_not_run_file
 
     if isinstance(runs, (str, Path)):
         raise TypeError("runs must be a list of run directories, not one path")
@@ -55,6 +55,7 @@ def compare(
         if not run.is_dir():
             raise LorabudgetError(f"run directory not found: {run}")
     out = Path(output)
+    check_not_run_file(out, "--output")
     check_can_create(out / "compare.md")
     path = write_comparison(run_dirs, out, names=list(names))
     figure = out / "accuracy_vs_params.png"
@@ -191,6 +192,10 @@ def search(
     if storage and storage.startswith("journal:"):
         storage = "journal:" + str(Path(storage[len("journal:") :]).expanduser().resolve())
     check_storage(storage)
+    output = Path(output) if output is not None else Path("runs") / name
+    from lorabudget.rundir.lifecycle import check_not_run_file
+
+    check_not_run_file(output, "--output")
     shown = (
         list(trial_overrides)
         if isinstance(trial_overrides, (list, tuple))
@@ -198,7 +203,7 @@ def search(
     )
     s = SearchSettings(
         name=name,
-        output=Path(output) if output is not None else Path("runs") / name,
+        output=output,
         base=base,
         best_base=best_base,
         space=raw_space,

@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from lorabudget.console import quiet_broken_pipe
 from lorabudget.errors import BudgetExceededError, LorabudgetError
 from lorabudget.io import environment_error
 from lorabudget.signals import Terminated, handle_termination
@@ -23,8 +24,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        with handle_termination():  # SIGTERM/SIGHUP raise Terminated: cleanups run, locks are released
+        # SIGTERM/SIGHUP raise Terminated: cleanups run, locks are released. A reader that closed stdout
+        # (`| head`) has what it wanted: a quiet exit 0.
+        with handle_termination(), quiet_broken_pipe():
             return args.func(args)
+        return 0
     except LorabudgetError as err:
         if args.debug:
             raise

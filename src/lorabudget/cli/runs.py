@@ -133,6 +133,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     run = api.Run(Path(args.run))
     run.files.read_config()  # a clear error for a folder that is not a run
+    run.files.check_writable_layout()
     check_not_in_use(run.path, "a report written now")
     say(f"report: {run.report()}")
     return 0

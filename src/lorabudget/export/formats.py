@@ -34,6 +34,7 @@ from lorabudget.io import atomic_dir, atomic_write_json
 from lorabudget.model.build import load_model_config, load_tokenizer
 from lorabudget.report.modelcard import base_model_name, write_model_card
 from lorabudget.rundir.layout import PEFT_ADAPTER_CONFIG, RunDir, write_export_meta
+from lorabudget.rundir.lifecycle import check_not_run_file
 from lorabudget.version import __version__
 
 FORMATS = ("hf", "peft", "onnx")
@@ -261,10 +262,11 @@ def export_run(run_dir: Path, output: Path, fmt: str, quantize: Optional[str] = 
             f"the run's base is quantized ({cfg.model.quantization}): merging adapters into it would re-quantize "
             "the weights; export it with --format peft"
         )
+    check_not_run_file(output, "--output")
+    if run_dir.resolve().is_relative_to(output.resolve()):  # the folder is replaced as a whole
+        raise LorabudgetError(f"--output {output} holds the run {run_dir} it would replace; choose another folder")
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise LorabudgetError(f"output folder {output} exists and is not empty; pass --overwrite or choose another")
-    if output.resolve() in (run_dir.resolve(), files.adapter_dir.resolve(), files.tokenizer_dir.resolve()):
-        raise LorabudgetError("choose an --output outside the run's own files")
     extra: dict[str, Any] = {"head": cfg.head.type, "pooling": cfg.head.pooling}
     with atomic_dir(output) as tmp:
         if fmt == "peft":

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from lorabudget.config import load_config, preset_files
+from lorabudget.config import load_config, preset_files, resolve_config_path
 from lorabudget.errors import LorabudgetError
 
 PURPOSE_PREFIX = "# purpose:"
@@ -23,9 +23,22 @@ class PresetRow:
     path: Path
 
 
+def preset_text(name_or_path: str | Path) -> str:
+    """A preset's or config file's YAML text (``presets show``); one error line when it is not UTF-8."""
+    path = resolve_config_path(str(name_or_path))
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise LorabudgetError(
+            f"config file {path} is not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
+
+
 def preset_purpose(path: Path) -> str:
     """The preset's one-line purpose: its ``# purpose:`` comment, else its first comment line."""
-    comments = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("#")]
+    comments = [line for line in preset_text(path).splitlines() if line.startswith("#")]
     for line in comments:
         if line.lower().startswith(PURPOSE_PREFIX):
             return line[len(PURPOSE_PREFIX) :].strip()
@@ -47,6 +60,7 @@ def trainable_count(cfg) -> Optional[int]:
 def preset_rows(count: bool = True) -> list[PresetRow]:
     rows = []
     for name, path in preset_files().items():
+        purpose = preset_purpose(path)  # first: a file that is not UTF-8 is one line naming it
         cfg = load_config(str(path))
         rows.append(
             PresetRow(
@@ -55,7 +69,7 @@ def preset_rows(count: bool = True) -> list[PresetRow]:
                 method=cfg.adapter.method,
                 trainable=trainable_count(cfg) if count else None,
                 budget=cfg.budget.max_trainable_params,
-                purpose=preset_purpose(path),
+                purpose=purpose,
                 path=path,
             )
         )

@@ -347,6 +347,16 @@ class RunDir:
         record = read_json(self.predictions_summary_path)
         return record if isinstance(record, dict) else None
 
+    def check_writable_layout(self) -> None:
+        """One error line, before any work, when a folder that evaluate, predict or report write into is a
+        file there (or a file they replace is a folder)."""
+        for folder in (self.figures_dir, self.path / EVALS):
+            if folder.exists() and not folder.is_dir():
+                raise LorabudgetError(f"{folder} is a file, not a folder: move it away so the run's records fit")
+        for file in (self.report_path, self.model_card_path, self.eval_path, self.predictions_summary_path):
+            if file.is_dir():
+                raise LorabudgetError(f"{file} is a folder, not a file: move it away so the run's records fit")
+
 
 def is_export_folder(path: PathLike) -> bool:
     """An export folder written by ``lorabudget export`` (not a run directory)."""

@@ -28,6 +28,7 @@ from typing import Callable, Iterator, Optional
 
 from lorabudget.console import warn
 from lorabudget.errors import LorabudgetError
+from lorabudget.rundir import layout
 from lorabudget.rundir.layout import RunDir
 
 
@@ -115,6 +116,54 @@ def check_not_in_use(run_dir: Path, action: str) -> None:
         f"{run_dir} is in use by {who} (training, or being replaced with --overwrite); {action} would be lost "
         "or mixed with the new run: wait for it to finish"
     )
+
+
+# What a command must never write over inside a run directory: its records and the files its weights and
+# training state live in, and the report and model card the commands rewrite (an output written there would
+# be lost). Outputs that are the commands' own (predictions.csv, figures, the onnx/ export predict refreshes)
+# are not listed.
+_RUN_RECORDS = {
+    layout.CONFIG: "its config",
+    layout.BUDGET: "its budget record",
+    layout.METRICS: "its training metrics",
+    layout.SUMMARY: "its summary and weight checksums",
+    layout.EVAL: "its latest evaluation",
+    layout.PREDICTIONS_SUMMARY: "its predictions record",
+    layout.LOCK: "its lock",
+    layout.REPORT: "its report",
+    layout.MODEL_CARD: "its model card",
+}
+_RUN_FOLDERS = {
+    layout.ADAPTER: "its trained weights",
+    layout.CHECKPOINT: "its training checkpoint",
+    f".{layout.CHECKPOINT}.old": "its training checkpoint",
+    layout.TOKENIZER: "its tokenizer",
+    layout.EVALS: "its evaluation records",
+}
+
+
+def check_not_run_file(output: Path, what: str = "--output") -> None:
+    """Refuse, in one line, an output path that would replace a run directory's records, weights,
+    checkpoint, tokenizer or the run directory itself, in any run directory above it (links resolved:
+    a link into a run is the run's file)."""
+    resolved = Path(output).expanduser().resolve()
+    for folder in (resolved, *resolved.parents):
+        if not RunDir(folder).is_run():
+            continue
+        parts = resolved.relative_to(folder).parts
+        if not parts:
+            role = "the run directory itself"
+        elif len(parts) == 1 and parts[0] in _RUN_RECORDS:
+            role = _RUN_RECORDS[parts[0]]
+        elif parts[0] in _RUN_FOLDERS:
+            role = _RUN_FOLDERS[parts[0]]
+        else:
+            continue
+        shown = f"{output} (-> {resolved})" if Path(output).absolute() != resolved else str(output)
+        raise LorabudgetError(
+            f"{what} {shown} would replace {role} in the run directory {folder}; choose a path outside the "
+            "run's records and weights"
+        )
 
 
 def check_can_create(path: Path) -> None:
