@@ -131,6 +131,17 @@ def test_preset_labels_give_way_to_the_datas_classes(tmp_path):
     resolve_labels(cfg, log=lines.append, preset_labels=True)
     assert cfg.model.labels == ["neg", "pos"] and cfg.model.label_format == "name"
     assert len(lines) == 1 and "using the 2 classes found in the data (neg, pos)" in lines[0]
+    # The run records the columns the header named, so a one-column file to predict keeps its header out.
+    assert (cfg.data.text_column, cfg.data.label_column) == ("review", "sentiment")
+    new = write_csv(tmp_path / "new.csv", [("a fine film",), ("a dull film",)], header=["review"])
+    assert load_unlabelled(str(new), columns=Columns.of(cfg)).texts == ["a fine film", "a dull film"]
+
+
+def test_a_header_repeated_inside_the_data_is_not_a_class(tmp_path):
+    rows = [("a", "pos"), ("b", "neg"), ("text", "label"), ("c", "pos")]
+    path = write_csv(tmp_path / "joined.csv", rows, header=["text", "label"])
+    with pytest.raises(LorabudgetError, match="row 2 repeats the header"):
+        infer_labels(str(path))
 
 
 @pytest.mark.parametrize(

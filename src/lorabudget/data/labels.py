@@ -40,6 +40,12 @@ def label_keys(frame: pd.DataFrame, col: object, source: str) -> list[str]:
     """Each row's label in its one spelling; a row without a label is an error naming it."""
     keys = [label_key(v) for v in frame[col].tolist()]
     missing = [row for row, key in enumerate(keys) if key is None]
+    header = str(col).strip().lower()
+    repeated = next((row for row, key in enumerate(keys) if key is not None and key.lower() == header), None)
+    if repeated is not None:
+        raise LorabudgetError(
+            f"{source}: row {repeated} repeats the header (label '{keys[repeated]}' in column '{col}'); remove that row"
+        )
     if missing:
         more = f" (and {len(missing) - 1} more rows)" if len(missing) > 1 else ""
         raise LorabudgetError(
@@ -142,6 +148,16 @@ def _same_classes(found: _Classes, preset: Sequence[str]) -> bool:
     return found.keys == set(wanted)
 
 
+def _record_found_columns(cfg: RunConfig, frame: pd.DataFrame) -> None:
+    """A header told from data by its label cell names columns no reader looks for: the run records
+    them, so evaluation and prediction read the same columns (and a one-column file for prediction
+    with that header is not mistaken for a text)."""
+    roles = frame.attrs.get("roles", {})
+    d = cfg.data
+    if "text" in roles and "label" in roles and not (d.text_column or d.label_column or d.text_pair_column):
+        d.text_column, d.label_column = str(roles["text"]), str(roles["label"])
+
+
 def resolve_labels(cfg: RunConfig, log: Callable[[str], None] = warn, preset_labels: bool = False) -> RunConfig:
     """Fill ``model.labels`` (when null) and ``model.label_format`` from the training data, in place,
     and check that every training row has a label of the class set (a data error is raised here).
@@ -160,6 +176,7 @@ def resolve_labels(cfg: RunConfig, log: Callable[[str], None] = warn, preset_lab
         if m.label_format is not None and not preset_labels:
             return cfg
     found = _classes_in(source, Columns.of(cfg), cfg.data.trust_pickle, m.labels)
+    _record_found_columns(cfg, found.frame)
     if m.labels is not None and preset_labels:
         if _same_classes(found, m.labels):
             m.label_format = found.fmt
