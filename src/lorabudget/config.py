@@ -262,9 +262,9 @@ def _check_adapter(cfg: RunConfig) -> None:
 def _check_data(cfg: RunConfig) -> None:
     d = cfg.data
     vs = d.validation_size
-    if isinstance(vs, float) and not 0 < vs < 1:
+    if vs is not None and isinstance(vs, float) and not 0 < vs < 1:
         raise LorabudgetError(f"config key 'data.validation_size': a fraction must be in (0, 1), got {vs}")
-    if isinstance(vs, int) and vs < 1:
+    if vs is not None and isinstance(vs, int) and vs < 1:
         raise LorabudgetError(f"config key 'data.validation_size': a row count must be >= 1, got {vs}")
     if d.max_train_rows is not None:
         _check_positive("data.max_train_rows", d.max_train_rows)

@@ -120,8 +120,9 @@ class DataConfig:
     """Hub dataset name (``ag_news``) or a local file: CSV, JSON Lines, Parquet or pickle."""
     validation: Optional[str] = None
     """A separate validation file; ``null`` splits ``validation_size`` rows off ``train``."""
-    validation_size: Union[int, float] = 0.1
-    """Rows held out when ``validation`` is null: a count (int >= 1) or a fraction (0 < x < 1)."""
+    validation_size: Optional[Union[int, float]] = None
+    """Rows held out when ``validation`` is null: a count (int >= 1) or a fraction (0 < x < 1); ``null``
+    takes 20% of the rows, at most 1,000 (one standard error of accuracy is about 1 point at 90%)."""
     split_seed: int = 42
     """Seed of the deterministic train/validation split."""
     train_on_validation: bool = False

@@ -170,7 +170,7 @@ def prepare_data(cfg: RunConfig, log: Callable[[str], None] = print) -> Prepared
     if cfg.data.validation:
         train, validation = full, load_labelled(cfg.data.validation, names, trust_pickle=trust, columns=columns)
     else:
-        train, validation = split_validation(full, cfg.data.validation_size, cfg.data.split_seed)
+        train, validation = split_validation(full, cfg.data.validation_size, cfg.data.split_seed, class_names=names)
         if cfg.data.train_on_validation:
             train = full  # the split-off rows still show progress, but they are trained on too
     if cfg.data.max_train_rows is not None and cfg.data.max_train_rows < len(train):
