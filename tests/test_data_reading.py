@@ -61,7 +61,7 @@ def test_unknown_header_names_are_a_header_not_a_class(tmp_path, sep, suffix):
     data = load_labelled(str(path), ["neg", "pos"])
     assert len(data) == 300 and data.texts[0] == "review 0 says it was dull" and data.labels[:2].tolist() == [0, 1]
     train, validation = split_validation(data, None, seed=1)
-    assert (len(train), len(validation)) == (270, 30)
+    assert (len(train), len(validation)) == (240, 60)  # the default: 20% of the rows, at most 1,000
     assert load_unlabelled(str(path)).texts[0] == "review 0 says it was dull"  # predict: 300 rows, no header row
 
 
@@ -202,9 +202,9 @@ def test_validation_size_too_large_says_what_would_work(tmp_path):
 
 
 def test_default_validation_size_scales_with_the_file():
-    assert [default_validation_rows(n) for n in (2, 9, 300, 10_000, 120_000)] == [1, 1, 30, 1000, 1000]
+    assert [default_validation_rows(n) for n in (2, 9, 300, 10_000, 120_000)] == [1, 2, 60, 1000, 1000]
     data = TextData([f"t{i}" for i in range(300)], None, pd.RangeIndex(300).to_numpy(), "x.csv")
-    assert [len(part) for part in split_validation(data, None, seed=0)] == [270, 30]
+    assert [len(part) for part in split_validation(data, None, seed=0)] == [240, 60]
     one = TextData(["only"], None, pd.RangeIndex(1).to_numpy(), "x.csv")
     with pytest.raises(LorabudgetError, match="too few to split"):
         split_validation(one, None, seed=0)
