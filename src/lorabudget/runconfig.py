@@ -135,7 +135,8 @@ class DataConfig:
     max_train_rows: Optional[int] = None
     """Use at most this many training rows (after the split); ``null`` uses all."""
     cache_dir: Optional[str] = None
-    """Where tokenized data is cached; ``null`` means ``$LORABUDGET_CACHE`` or ``~/.cache/lorabudget``."""
+    """Where tokenized data is cached; ``null`` means ``$LORABUDGET_CACHE``, else ``$XDG_CACHE_HOME/lorabudget``, else
+    ``~/.cache/lorabudget``."""
     text_column: Optional[str] = None
     """Column holding the text (the first text of a pair); ``null`` finds ``text``, ``content``,
     ``sentence`` (or ``title`` + ``description``)."""
