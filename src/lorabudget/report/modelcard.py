@@ -151,6 +151,8 @@ def _data_lines(cfg: RunConfig, summary: dict[str, Any]) -> list[str]:
         validation = f"`{d.validation}`{rows}"
     elif isinstance(d.validation_size, float):
         validation = f"{d.validation_size:.0%} of the rows split off the training data (seed {d.split_seed}){rows}"
+    elif d.validation_size is None:
+        validation = f"20% of the rows (at most 1,000) split off the training data (seed {d.split_seed}){rows}"
     else:
         validation = f"{d.validation_size:,} rows split off the training data (seed {d.split_seed})"
     if d.train_on_validation:
