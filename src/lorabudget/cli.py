@@ -268,7 +268,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from lorabudget.inference.runs import check_threads, load_run, predict_file
+    from lorabudget.inference.runs import check_threads, load_run, predict_file, records_in_run
     from lorabudget.rundir.layout import RunDir, is_export_folder
 
     files = RunDir(args.run)
@@ -279,7 +279,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     to_stdout = args.output == "-"
     if not to_stdout:
         _check_output_file(output, args.input)
-    record = _can_record_in(files, output, args.engine == "onnx")
+    record = records_in_run(files.path, output, onnx=args.engine == "onnx")
     if args.engine == "onnx" and files.is_run():
         from lorabudget.export.formats import ensure_onnx_export
 
@@ -305,32 +305,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         with contextlib.redirect_stdout(sys.stderr) if to_stdout else contextlib.nullcontext():
             _report(run.run_dir, args)
     return 0
-
-
-def _can_record_in(files, output: Path, onnx: bool) -> bool:
-    """Whether predict may write its record (predictions.json, report) into the run: not while another
-    process trains or replaces it, nor into a read-only run (then only when the CSV goes elsewhere)."""
-    from lorabudget.console import warn
-    from lorabudget.rundir.lifecycle import check_can_create, check_not_in_use
-
-    if not files.is_run():
-        return True
-    inside = str(output) != "-" and output.absolute().is_relative_to(files.path.absolute())
-    try:
-        check_not_in_use(files.path, "predictions written into it now")
-    except LorabudgetError:
-        if inside or onnx:
-            raise
-        warn(f"{files.path} is in use by another process: its predictions record and report are not updated")
-        return False
-    try:
-        check_can_create(files.predictions_summary_path)
-    except LorabudgetError as err:
-        if inside:
-            raise
-        warn(f"{err}: the run's predictions record and report are not updated")
-        return False
-    return True
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -57,6 +57,7 @@ from lorabudget.training.setup import (
     make_scheduler,
     plan_or_refuse,
     prepare_data,
+    record_rows,
     seed_everything,
     weighted_cross_entropy_loss,
 )
@@ -338,6 +339,7 @@ def start_run(cfg: RunConfig, run_dir: Path, data: Optional[PreparedData], log, 
         files = RunDir(run_dir)
         files.write_config(cfg)
         files.write_budget(budget_json(live, cfg))
+        record_rows(run_dir, data)
         data.tokenizer.save_pretrained(str(files.tokenizer_dir))
     accelerator.wait_for_everyone()
     return model, data, live
