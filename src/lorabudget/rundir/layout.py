@@ -386,7 +386,7 @@ class RunDir:
     def write_row_digests(self, train: np.ndarray, validation: np.ndarray) -> None:
         """The digests of the training and validation texts (``rundir.rows``), sorted, unique, uint64."""
         buffer = io.BytesIO()
-        np.savez_compressed(
+        np.savez(  # random digests do not compress
             buffer, train=np.unique(np.asarray(train, "<u8")), validation=np.unique(np.asarray(validation, "<u8"))
         )
         with atomic_path(self.row_digests_path) as tmp:
