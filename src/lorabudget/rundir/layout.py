@@ -29,6 +29,7 @@ import copy
 import hashlib
 import io
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +171,8 @@ class RunDir:
     def display_name(self) -> str:
         """The run's name wherever it is shown (reports, model card, compare, figures, progress): its folder's
         name. The config's ``name`` is the preset's, shared by every run trained from it."""
-        return self.path.absolute().resolve().name or str(self.path)
+        # abspath, not resolve: a run reached through a symbolic link is named as the user named it.
+        return Path(os.path.abspath(self.path)).name or str(self.path)
 
     @property
     def predictions_path(self) -> Path:
