@@ -292,3 +292,19 @@ def test_long_functions_were_split_into_named_steps(path, name):
     tree = ast.parse((SRC / path).read_text(encoding="utf-8"))
     [node] = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == name]
     assert node.end_lineno - node.lineno + 1 < 80
+
+
+def test_a_damaged_digest_file_means_unknown_overlap_not_none(tmp_path, capsys):
+    from lorabudget.rundir.rows import overlap
+
+    files = RunDir(tmp_path)
+    files.write_row_digests(text_digests(["a", "b"]), text_digests(["c"]))
+    assert overlap(text_digests(["A ", "c", "d"]), files.read_row_digests()) == {
+        "overlap": {"rows": 3, "training_rows": 1, "validation_rows": 1},
+        "held_out": False,
+    }
+    data = files.row_digests_path.read_bytes()
+    files.row_digests_path.write_bytes(data[: len(data) // 2])
+    assert files.read_row_digests() is None
+    [line] = _warnings(capsys.readouterr().err)
+    assert "rows.npz: unreadable" in line and "overlap with training rows unknown" in line

@@ -31,6 +31,7 @@ import io
 import json
 import os
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -333,7 +334,8 @@ class RunDir:
 
         ``kind`` is ``validation`` (written by training; ``data_name`` describes the split) or ``evaluate``
         (a labelled source the user evaluated; ``data_name`` is its path or hub name). An evaluated file is
-        recorded by its file name only, and evaluating the same file again replaces its record. Returns the
+        named by its file name only (``data``); its record is keyed by ``source_key`` too, so two files of
+        one name keep a record each and the same file evaluated again replaces its own. Returns the
         record's path in ``evals/``.
         """
         record = dict(metrics, kind=kind, time=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -402,7 +404,7 @@ class RunDir:
         try:
             with np.load(self.row_digests_path, allow_pickle=False) as stored:
                 return {"train": stored["train"].astype("<u8"), "validation": stored["validation"].astype("<u8")}
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             warn(f"{self.row_digests_path}: unreadable ({type(err).__name__}); overlap with training rows unknown")
             return None
 
