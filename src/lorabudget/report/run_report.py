@@ -319,8 +319,8 @@ def _score_line(ev: dict) -> str:
     ci = ev.get("accuracy_ci95")
     interval = f" (95% CI {ci[0]:.4f}–{ci[1]:.4f})" if ci else ""
     f1 = f", macro F1 {ev['macro_f1']:.4f}" if isinstance(ev.get("macro_f1"), (int, float)) else ""
-    if ev.get("kind") != "validation" and ev.get("held_out") is False:
-        return f"- accuracy {ev['accuracy']:.4f}{interval}{f1}: **not held out**, no estimate of accuracy on new text"
+    if ev.get("kind") != "validation" and ev.get("held_out") is False:  # an interval would claim an estimate
+        return f"- accuracy {ev['accuracy']:.4f}{f1}: **not held out**, no estimate of accuracy on new text"
     return f"- accuracy **{ev['accuracy']:.4f}**{interval}{f1}"
 
 
