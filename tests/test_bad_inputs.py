@@ -713,7 +713,7 @@ def test_predict_elsewhere_while_run_is_locked_keeps_the_run(ws: Workspace, caps
     before = snapshot(ws.run)
     code, out, err = run_cli(["predict", "run", "--input", "unlabelled.csv", "--output", "p.csv"], capsys)
     assert code == 0, err
-    assert "in use by another process" in err and (ws / "p.csv").is_file()
+    assert (ws / "p.csv").is_file()
     assert snapshot(ws.run) == before  # nothing written into the run that the swap would delete
 
 
@@ -823,7 +823,7 @@ def test_predict_elsewhere_from_a_read_only_run(ws: Workspace, tmp_path, capsys)
         argv = ["predict", str(mnt / "run"), "--input", "unlabelled.csv", "--no-report"]
         code, out, err = run_cli(argv + ["--output", "p.csv"], capsys)
         assert code == 0, err
-        assert (ws / "p.csv").is_file() and "Read-only file system" in err  # a warning: its record is skipped
+        assert (ws / "p.csv").is_file()  # a CSV outside the run: nothing to record in the run
         code, out, err = run_cli(argv, capsys)  # the default output is inside the run: one line, exit 2
         assert code == 2 and len([line for line in err.splitlines() if "error:" in line]) == 1
         assert "Read-only file system" in err

@@ -153,8 +153,10 @@ def test_train_on_validation_trains_on_every_row_and_keeps_the_last_weights(tiny
         for l in (run / "README.md").read_text().splitlines()
         if l.startswith("| ") and ("| validation |" in l or "| evaluate |" in l)
     ]
-    assert len(rows) == 2 and rows[0].count(" — |") + rows[1].count(" — |") == 1
-    assert [" — |" in l for l in rows] == ["| validation |" in l for l in rows]
+    # The training file is no held-out set: no interval for it either, and it says why.
+    assert len(rows) == 2 and "95% interval" not in (run / "README.md").read_text()
+    assert rows[1].startswith("| train.csv | evaluate | 240 |")
+    assert rows[1].endswith("| **not held out** (240 training, 40 validation rows) |")
 
 
 def test_best_keeper_keeps_the_best_or_the_last():

@@ -274,7 +274,15 @@ def _card_run(tmp_path: Path, with_ci: bool) -> Path:
 
 
 def test_model_card_parses(tmp_path):
-    card_path = write_model_card(_card_run(tmp_path, with_ci=True))
+    run = _card_run(tmp_path, with_ci=True)
+    meta, _ = parse_model_card(write_model_card(run).read_text())
+    assert "model-index" not in meta  # the validation score chose the checkpoint: no held-out figure
+    (run / "evals").mkdir()
+    (run / "evals" / "validation.json").write_text((run / "eval.json").read_text())
+    held_out = {"data": "test.csv", "kind": "evaluate", "rows": 7600, "accuracy": 0.9049, "macro_f1": 0.9041}
+    held_out.update(held_out=True, overlap={"rows": 7600, "training_rows": 0, "validation_rows": 0})
+    (run / "evals" / "test.csv-1.json").write_text(json.dumps({**held_out, "time": "2026-01-02T00:00:00"}))
+    card_path = write_model_card(run)
     meta, body = parse_model_card(card_path.read_text())
     assert meta["base_model"] == "roberta-base"
     assert meta["library_name"] == "peft" and meta["pipeline_tag"] == "text-classification"
@@ -282,17 +290,17 @@ def test_model_card_parses(tmp_path):
     assert "lorabudget" in meta["tags"] and "lora" in meta["tags"]  # method defaults to lora for older runs
     # The measured figures, as the Hub reads them (model-index, written by huggingface_hub's ModelCardData).
     [entry] = meta["model-index"]
-    assert entry["name"] == "card-test"
+    assert entry["name"] == "ci"  # the run folder's name
     [result] = entry["results"]
     assert result["task"]["type"] == "text-classification"
-    assert result["dataset"] == {"type": "validation", "name": "validation", "split": "validation"}
-    assert {m["type"]: m["value"] for m in result["metrics"]} == {"accuracy": 0.9033, "f1": 0.9021}
+    assert result["dataset"] == {"type": "test.csv", "name": "test.csv", "split": "test"}
+    assert {m["type"]: m["value"] for m in result["metrics"]} == {"accuracy": 0.9049, "f1": 0.9041}
     from huggingface_hub import ModelCard
 
     hub_card = ModelCard(card_path.read_text())  # the Hub's own parser reads the values back
     assert [(r.metric_type, r.metric_value) for r in hub_card.data.eval_results] == [
-        ("accuracy", 0.9033),
-        ("f1", 0.9021),
+        ("accuracy", 0.9049),
+        ("f1", 0.9041),
     ]
     headings = [line for line in body.splitlines() if line.startswith("## ")]
     assert headings == [

@@ -74,6 +74,7 @@ def test_run_without_eval_or_predictions_still_reports(reported_run, tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(reported_run, bare)
     shutil.rmtree(bare / "figures")
+    shutil.rmtree(bare / "evals")  # the report reads every kept evaluation, not only eval.json
     for name in ("eval.json", "predictions.json"):
         (bare / name).unlink()
     (bare / "metrics.jsonl").write_text(
@@ -140,11 +141,11 @@ def test_evaluations_written_in_the_same_second_keep_their_order(tmp_path):
     files = RunDir(tmp_path)
     metrics = {"accuracy": 0.5, "time": "ignored"}
     files.write_eval(metrics, "zz-validation", "validation")  # a name sorting after the next one
-    files.write_eval(metrics, "aa-test.csv", "evaluate")
+    evaluated = files.write_eval(metrics, "aa-test.csv", "evaluate")
     same = {"time": "2026-12-02T08:00:00"}
     for path in (tmp_path / "evals").glob("*.json"):  # both in one second, as a fast evaluate after training
         path.write_text(json.dumps({**json.loads(path.read_text()), **same}))
     import os
 
-    os.utime(tmp_path / "evals" / "aa-test.csv.json", ns=(2_000_000_000_000_000_000, 2_000_000_000_000_000_000))
+    os.utime(evaluated, ns=(2_000_000_000_000_000_000, 2_000_000_000_000_000_000))
     assert [r["kind"] for r in files.eval_records()] == ["validation", "evaluate"]

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from lorabudget.console import say, warn
+from lorabudget.console import say
 from lorabudget.errors import LorabudgetError
 from lorabudget.io import writes_through
 
@@ -33,31 +33,6 @@ def check_output_file(output: Path, input_source: str) -> None:
     check_can_create(output)
 
 
-def can_record_in(files, output: Path, onnx: bool) -> bool:
-    """Whether predict may write its record (predictions.json, report) into the run: not while another
-    process trains or replaces it, nor into a read-only run (then only when the CSV goes elsewhere)."""
-    from lorabudget.rundir.lifecycle import check_can_create, check_not_in_use
-
-    if not files.is_run():
-        return True
-    inside = str(output) != "-" and output.absolute().is_relative_to(files.path.absolute())
-    try:
-        check_not_in_use(files.path, "predictions written into it now")
-    except LorabudgetError:
-        if inside or onnx:
-            raise
-        warn(f"{files.path} is in use by another process: its predictions record and report are not updated")
-        return False
-    try:
-        check_can_create(files.predictions_summary_path)
-    except LorabudgetError as err:
-        if inside:
-            raise
-        warn(f"{err}: the run's predictions record and report are not updated")
-        return False
-    return True
-
-
 def predict_to_file(
     run,
     input_source: str,
@@ -71,7 +46,7 @@ def predict_to_file(
 ) -> dict[str, Any]:
     """``ID,Label`` predictions for every row of ``input_source`` into the CSV ``output`` (default
     ``RUN/predictions.csv``; ``-`` writes to stdout); returns the summary (rows, counts, speed)."""
-    from lorabudget.inference.runs import check_threads, predict_file
+    from lorabudget.inference.runs import check_threads, predict_file, records_in_run
     from lorabudget.rundir.layout import is_export_folder
 
     files = run.files
@@ -83,7 +58,8 @@ def predict_to_file(
     to_stdout = output == "-"
     if not to_stdout:
         check_output_file(target, input_source)
-    record = can_record_in(files, target, run.engine == "onnx")
+    # Only a CSV written into the run records there; one written elsewhere leaves the run as it was.
+    record = records_in_run(files.path, "-" if to_stdout else target, onnx=run.engine == "onnx")
     columns = columns or {}
     summary = predict_file(
         run.loaded,

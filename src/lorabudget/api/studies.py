@@ -40,9 +40,11 @@ def compare(
     *,
     output: Union[str, Path] = "runs/compare",
     names: Sequence[str] = (),
+    allow_different_classes: bool = False,
 ) -> Comparison:
     """Rank ``runs`` (run directories) by their most trustworthy shared figure with 95% intervals and
-    paired tests; write ``compare.md``, ``compare.csv`` and the figure into ``output``."""
+    paired tests; write ``compare.md``, ``compare.csv`` and the figure into ``output``. Runs of different
+    class sets are refused unless ``allow_different_classes`` (then each set is ranked on its own)."""
     import pandas as pd
 
     from lorabudget.report.compare import write_comparison
@@ -57,7 +59,7 @@ def compare(
     out = Path(output)
     check_not_run_file(out, "--output")
     check_can_create(out / "compare.md")
-    path = write_comparison(run_dirs, out, names=list(names))
+    path = write_comparison(run_dirs, out, names=list(names), allow_different_classes=allow_different_classes)
     figure = out / "accuracy_vs_params.png"
     table = pd.read_csv(path.with_name("compare.csv"))
     return Comparison(path, table, figure if figure.is_file() else None, path.read_text(encoding="utf-8"))

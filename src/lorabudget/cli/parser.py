@@ -253,6 +253,11 @@ COMPARE = [
         help="display name of the next run, in the order the runs are given (repeatable; "
         "default: the run directory's name)",
     ),
+    arg(
+        "--allow-different-classes",
+        action="store_true",
+        help="compare runs of different class sets (tasks): each set is ranked in its own table",
+    ),
 ]
 
 

@@ -140,7 +140,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    comparison = api.compare(args.runs, output=args.output, names=args.names or ())
+    comparison = api.compare(
+        args.runs, output=args.output, names=args.names or (), allow_different_classes=args.allow_different_classes
+    )
     print(comparison.markdown)
     print(f"written: {comparison.path}, {comparison.path.with_name('compare.csv')}")
     return 0

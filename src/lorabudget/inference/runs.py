@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from lorabudget.config import RunConfig
+from lorabudget.console import warn
 from lorabudget.data.batching import tokenize
 from lorabudget.data.load import Columns, load_labelled, load_unlabelled
 from lorabudget.errors import LorabudgetError
@@ -29,6 +30,8 @@ from lorabudget.methods.registry import can_merge
 from lorabudget.metrics import classification_metrics, softmax
 from lorabudget.model.build import load_tokenizer, merge_adapters
 from lorabudget.rundir.layout import RunDir, is_export_folder
+from lorabudget.rundir.lifecycle import check_can_create, check_not_in_use
+from lorabudget.rundir.rows import overlap, overlap_text, rows_digest, source_name, text_digests
 from lorabudget.rundir.weights import load_trained_model
 
 
@@ -238,10 +241,40 @@ def load_run(
 def evaluate_run(
     run: LoadedRun, data_source: str, trust_pickle: bool = False, columns: Optional[Columns] = None
 ) -> dict[str, Any]:
-    """Metrics of the run on a labelled source; ``columns`` default to the run's own data columns."""
+    """Metrics of the run on a labelled source; ``columns`` default to the run's own data columns.
+
+    Beside the metrics: ``data`` (the source's file name), ``rows``, ``data_digest`` (of its texts),
+    ``overlap`` (how many of its rows are training and validation rows of the run) and ``held_out``
+    (true only when none is; None when the run recorded no row digests). Rows the run has seen make
+    the accuracy no estimate of accuracy on new text: one warning line says how many.
+    """
     data = load_labelled(data_source, run.cfg.class_names, trust_pickle=trust_pickle, columns=columns or run.columns())
     logits = run.logits(data.texts, progress="evaluate", pairs=data.pairs)
-    return classification_metrics(logits, data.labels, run.cfg.class_names, texts=data.texts)
+    metrics = classification_metrics(logits, data.labels, run.cfg.class_names, texts=data.texts)
+    digests = text_digests(data.texts, data.pairs)
+    seen = RunDir(run.run_dir).read_row_digests() if RunDir(run.run_dir).is_run() else None
+    metrics.update(data=source_name(data_source), rows=len(data), data_digest=rows_digest(digests))
+    metrics.update(overlap(digests, seen))
+    if metrics["held_out"] is False:
+        warn(f"{metrics['data']}: {overlap_text(metrics)}; its accuracy is no estimate of accuracy on new text")
+    return metrics
+
+
+def records_in_run(run_dir: Union[str, Path], output: Union[str, Path], onnx: bool = False) -> bool:
+    """Whether ``predict`` writing its CSV to ``output`` also records into the run (``predictions.json``,
+    report and model card): only when the CSV goes into the run directory itself (the default). A CSV
+    written elsewhere (or to stdout, ``-``) leaves the run directory exactly as it was. One error line when
+    the run cannot take the record: another process trains or replaces it, or it is read-only. ``onnx``:
+    predict makes the run's ONNX export (``RUN/onnx/``), which needs the run not in use either."""
+    files = RunDir(run_dir)
+    if not files.is_run():
+        return False  # an export folder: nothing to record
+    inside = str(output) != "-" and Path(output).resolve().is_relative_to(files.path.resolve())
+    if inside or onnx:
+        check_not_in_use(files.path, "predictions written into it now" if inside else "its ONNX export made now")
+    if inside:
+        check_can_create(files.predictions_summary_path)
+    return inside
 
 
 def predictions_csv(

@@ -18,6 +18,7 @@ from lorabudget.io import atomic_write_text
 from lorabudget.model.packaged import packaged_model
 from lorabudget.report.run_report import budget_table, per_class_table
 from lorabudget.rundir.layout import RunDir
+from lorabudget.rundir.rows import source_name
 
 HUB_DATASETS = {"ag_news": "ag_news", "fancyzhx/ag_news": "fancyzhx/ag_news"}
 
@@ -47,24 +48,24 @@ def _method(cfg: RunConfig, summary: dict[str, Any]) -> str:
 
 
 def eval_results(cfg: RunConfig, run_dir: Optional[Path], summary: dict[str, Any]) -> list[Any]:
-    """The run's measured accuracy and macro F1 per evaluated data set, as ``huggingface_hub`` ``EvalResult``s
-    (the card's ``model-index``). Validation rows the run trained on are left out: they estimate nothing."""
+    """The run's measured accuracy and macro F1 per held-out evaluated file, as ``huggingface_hub``
+    ``EvalResult``s (the card's ``model-index``). Only evaluations known to share no row with the run's
+    training or validation rows (``held_out`` true) are listed: the validation score chose the checkpoint,
+    and a score on rows the run has seen estimates nothing. Data sets are named by file name, never a path."""
     from huggingface_hub import EvalResult
 
     if run_dir is None:
         return []
-    trained_on = bool(summary.get("validation_trained_on"))
     results = []
     for record in RunDir(run_dir).eval_records():
-        kind = str(record.get("kind") or "evaluation")
-        if trained_on and kind == "validation":
+        if record.get("kind") != "evaluate" or record.get("held_out") is not True:
             continue
-        data = str(record.get("data") or cfg.data.train)
+        data = source_name(str(record.get("data") or ""))
         common = {
             "task_type": "text-classification",
             "dataset_type": HUB_DATASETS.get(data.split(":", 1)[0], data),
             "dataset_name": data,
-            "dataset_split": kind,
+            "dataset_split": "test",
         }
         if isinstance(record.get("accuracy"), (int, float)):
             results.append(EvalResult(metric_type="accuracy", metric_value=round(record["accuracy"], 4), **common))
@@ -92,6 +93,7 @@ def front_matter(
     dataset = _dataset_name(cfg)
     libraries = {None: "peft", "peft": "peft", "onnx": "onnx", "hf": "transformers"}
     results = eval_results(cfg, run_dir, summary)
+    name = RunDir(run_dir).display_name if run_dir is not None else cfg.name
     data = ModelCardData(
         base_model=base_model_name(cfg),
         library_name=libraries[export_format],
@@ -100,7 +102,7 @@ def front_matter(
         metrics=["accuracy", "f1"],
         tags=["lorabudget", method, "text-classification", "parameter-efficient-fine-tuning"]
         + (["onnx"] if export_format == "onnx" else []),
-        model_name=cfg.name if results else None,
+        model_name=name if results else None,
         eval_results=results or None,
     )
     return data.to_dict()
@@ -166,42 +168,69 @@ def _data_lines(cfg: RunConfig, summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _held_out_cell(record: dict[str, Any], trained_on: bool) -> str:
+    """Whether an evaluation's rows are new to the run: the results table's last column."""
+    if record.get("kind") == "validation":
+        return "no: trained on" if trained_on else "chose the checkpoint"
+    if record.get("held_out") is None:
+        return "unknown"
+    if record["held_out"]:
+        return "yes"
+    counts = record.get("overlap") or {}
+    return (
+        f"**not held out** ({counts.get('training_rows', 0):,} training, "
+        f"{counts.get('validation_rows', 0):,} validation rows)"
+    )
+
+
 def _results_lines(run_dir: Path, summary: dict[str, Any]) -> list[str]:
     rows = RunDir(run_dir).eval_records()
     if not rows:
         return ["No evaluation recorded yet (`lorabudget evaluate RUN --data FILE` adds one)."]
     # An interval says how far the figure may be from the model's accuracy on new rows; rows the run
-    # trained on give no such figure, so they get none.
+    # trained on (or, for an evaluated file, had seen at all) give no such figure, so they get none.
     trained_on = bool(summary.get("validation_trained_on"))
-    intervals = [None if trained_on and r.get("kind") == "validation" else r.get("accuracy_ci95") for r in rows]
+    seen = [(trained_on and r.get("kind") == "validation") or r.get("held_out") is False for r in rows]
+    intervals = [None if s else r.get("accuracy_ci95") for r, s in zip(rows, seen)]
     with_ci = any(intervals)
-    header = "| data | kind | rows | accuracy |" + (" 95% interval |" if with_ci else "") + " macro F1 |"
-    lines = [header, "|---|---|---:|---:|" + ("---|" if with_ci else "") + "---:|"]
+    header = "| data | kind | rows | accuracy |" + (" 95% interval |" if with_ci else "") + " macro F1 | held out |"
+    lines = [header, "|---|---|---:|---:|" + ("---|" if with_ci else "") + "---:|---|"]
     for r, ci in zip(rows, intervals):
         cell = f" [{ci[0]:.4f}, {ci[1]:.4f}] |" if ci else (" — |" if with_ci else "")
+        data = source_name(str(r.get("data", "?"))) if r.get("kind") == "evaluate" else r.get("data", "?")
         lines.append(
-            f"| {r.get('data', '?')} | {r.get('kind', '?')} | {_fmt_int(r.get('rows'))} "
+            f"| {data} | {r.get('kind', '?')} | {_fmt_int(r.get('rows'))} "
             f"| {r.get('accuracy', float('nan')):.4f} |"
-            f"{cell} {r.get('macro_f1', float('nan')):.4f} |"
+            f"{cell} {r.get('macro_f1', float('nan')):.4f} | {_held_out_cell(r, trained_on)} |"
         )
     if with_ci:
         lines += ["", "Intervals: Wilson 95% intervals of the accuracy over the evaluated rows."]
+    if any(r.get("held_out") is False for r in rows):
+        lines += [
+            "",
+            "A file marked not held out shares rows with the run's training or validation rows: its score "
+            "estimates nothing about new text and is left out of the metadata above.",
+        ]
     if rows[-1].get("per_class"):
         lines += ["", f"Per class on {rows[-1].get('data', 'the latest evaluation')}:", ""] + per_class_table(rows[-1])
+    return lines + _kept_weights_lines(summary, trained_on)
+
+
+def _kept_weights_lines(summary: dict[str, Any], trained_on: bool) -> list[str]:
     if trained_on:
-        lines += [
+        return [
             "",
             f"The kept weights are the last evaluation's, at step {summary.get('best_step')} of "
             f"{summary.get('steps')}: the run trained on its "
             "validation rows, so only a held-out file it did not train on estimates its accuracy.",
         ]
-    elif "best_step" in summary:
-        lines += [
+    if "best_step" in summary:
+        return [
             "",
             f"The kept checkpoint is the best validation accuracy, at step {summary['best_step']} "
             f"of {summary.get('steps')}.",
         ]
-    return lines
+    return []
 
 
 def _training_lines(summary: dict[str, Any]) -> list[str]:
@@ -236,47 +265,42 @@ def _py(code: str) -> list[str]:
     return ["```python", code.strip("\n"), "```"]
 
 
-def load_instructions(cfg: RunConfig, export_format: Optional[str], folder: str) -> list[str]:
-    """How to load the model: this folder's format first, then the others."""
-    base = base_model_name(cfg) or cfg.model.name  # a local folder: the path the run read
+def _hf_section(cfg: RunConfig, export_format: Optional[str], folder: str) -> list[str]:
     remote = cfg.head.type == "linear"
     trust = ", trust_remote_code=True" if remote else ""
-    labels = repr(dict(enumerate(cfg.class_names)))
-    sections: dict[Optional[str], list[str]] = {}
-    sections["hf"] = (
-        ["### transformers (`lorabudget export RUN --format hf --output DIR`)", ""]
-        + _py(f"""
+    lines = ["### transformers (`lorabudget export RUN --format hf --output DIR`)", ""]
+    lines += _py(f"""
 from transformers import pipeline
 
 classifier = pipeline("text-classification", model="{folder if export_format == "hf" else "DIR"}"{trust}, truncation=True)
 print(classifier(["Stocks rallied after the earnings report."]))
 """)
-        + [""]
-        + (
-            [
-                "The head is a Linear layer on a pooled token state, which no standard transformers class has, "
-                "so the folder ships it as `modeling_lorabudget.py` (needs only torch and transformers) and "
-                "`trust_remote_code=True` is required. `AutoModelForSequenceClassification.from_pretrained(DIR, "
-                "trust_remote_code=True)` loads the same model.",
-                "",
-            ]
-            if remote
-            else ["`AutoModelForSequenceClassification.from_pretrained(DIR)` loads the same model.", ""]
-        )
-        + ["`truncation=True` cuts texts where training did (the tokenizer's `model_max_length`).", ""]
-        + (
-            [
-                f"The model reads sentence pairs ({cfg.data.text_column or 'text'}, {cfg.data.text_pair_column}): "
-                'pass each as `{"text": FIRST, "text_pair": SECOND}`.',
-                "",
-            ]
-            if cfg.data.text_pair_column
-            else []
-        )
-    )
-    peft_dir = folder if export_format == "peft" else "DIR"
+    lines.append("")
     if remote:
-        peft_code = f"""
+        lines += [
+            "The head is a Linear layer on a pooled token state, which no standard transformers class has, "
+            "so the folder ships it as `modeling_lorabudget.py` (needs only torch and transformers) and "
+            "`trust_remote_code=True` is required. `AutoModelForSequenceClassification.from_pretrained(DIR, "
+            "trust_remote_code=True)` loads the same model.",
+            "",
+        ]
+    else:
+        lines += ["`AutoModelForSequenceClassification.from_pretrained(DIR)` loads the same model.", ""]
+    lines += ["`truncation=True` cuts texts where training did (the tokenizer's `model_max_length`).", ""]
+    if cfg.data.text_pair_column:
+        lines += [
+            f"The model reads sentence pairs ({cfg.data.text_column or 'text'}, {cfg.data.text_pair_column}): "
+            'pass each as `{"text": FIRST, "text_pair": SECOND}`.',
+            "",
+        ]
+    return lines
+
+
+def _peft_section(cfg: RunConfig, export_format: Optional[str], folder: str) -> list[str]:
+    base = base_model_name(cfg) or cfg.model.name  # a local folder: the path the run read
+    peft_dir = folder if export_format == "peft" else "DIR"
+    if cfg.head.type == "linear":
+        code = f"""
 from peft import PeftModel
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -287,29 +311,35 @@ model = PeftModel.from_pretrained(base, "{peft_dir}").eval()
 tokenizer = AutoTokenizer.from_pretrained("{peft_dir}")
 """
     else:
-        peft_code = f"""
+        code = f"""
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-labels = {labels}
+labels = {dict(enumerate(cfg.class_names))!r}
 base = AutoModelForSequenceClassification.from_pretrained(
     "{base}", num_labels={cfg.num_labels}, id2label=labels, label2id={{v: k for k, v in labels.items()}}
 )
 model = PeftModel.from_pretrained(base, "{peft_dir}").eval()  # adapters and the trained head
 tokenizer = AutoTokenizer.from_pretrained("{peft_dir}")
 """
-    sections["peft"] = ["### PEFT adapter (`lorabudget export RUN --format peft --output DIR`)", ""]
-    sections["peft"] += _py(peft_code) + [
-        "",
-        "The adapter folder holds the adapter weights and the trained head (`modules_to_save`); "
-        "`model.merge_and_unload()` folds the adapters into the weights. Tokenize with "
-        f"`truncation=True, max_length={cfg.model.max_length}`.",
-        "",
-    ]
+    lines = ["### PEFT adapter (`lorabudget export RUN --format peft --output DIR`)", ""]
+    return (
+        lines
+        + _py(code)
+        + [
+            "",
+            "The adapter folder holds the adapter weights and the trained head (`modules_to_save`); "
+            "`model.merge_and_unload()` folds the adapters into the weights. Tokenize with "
+            f"`truncation=True, max_length={cfg.model.max_length}`.",
+            "",
+        ]
+    )
+
+
+def _onnx_section(cfg: RunConfig, export_format: Optional[str], folder: str) -> list[str]:
     onnx_dir = folder if export_format == "onnx" else "DIR"
-    sections["onnx"] = (
-        ["### ONNX Runtime (`lorabudget export RUN --format onnx --output DIR [--quantize int8]`)", ""]
-        + _py(f"""
+    lines = ["### ONNX Runtime (`lorabudget export RUN --format onnx --output DIR [--quantize int8]`)", ""]
+    lines += _py(f"""
 import onnxruntime as ort
 from transformers import AutoTokenizer
 
@@ -319,27 +349,34 @@ batch = tokenizer(["Stocks rallied after the earnings report."], padding=True, t
 logits = session.run(["logits"], {{"input_ids": batch["input_ids"].astype("int64"),
                                    "attention_mask": batch["attention_mask"].astype("int64")}})[0]
 """)
-        + [
-            "",
-            f"Or `lorabudget predict {onnx_dir} --input texts.csv` (length-sorted batches). Inputs `input_ids` and "
-            "`attention_mask` (int64, [batch, sequence]); output `logits` [batch, classes]; label ids as listed above.",
-            "",
-        ]
-    )
-    sections[None] = (
-        ["### lorabudget (the run directory)", ""]
-        + _py("""
+    return lines + [
+        "",
+        f"Or `lorabudget predict {onnx_dir} --input texts.csv` (length-sorted batches). Inputs `input_ids` and "
+        "`attention_mask` (int64, [batch, sequence]); output `logits` [batch, classes]; label ids as listed above.",
+        "",
+    ]
+
+
+def _run_dir_section(cfg: RunConfig, export_format: Optional[str], folder: str) -> list[str]:
+    lines = ["### lorabudget (the run directory)", ""]
+    lines += _py("""
 from lorabudget import load_run
 
 run = load_run("RUN")  # this run directory; engine="onnx" runs it on ONNX Runtime
 print(run.predict(["Stocks rallied after the earnings report."]).labels)
 """)
-        + [""]
-    )
+    return lines + [""]
+
+
+LOAD_SECTIONS = {None: _run_dir_section, "hf": _hf_section, "peft": _peft_section, "onnx": _onnx_section}
+
+
+def load_instructions(cfg: RunConfig, export_format: Optional[str], folder: str) -> list[str]:
+    """How to load the model: this folder's format first, then the others."""
     order = [export_format] + [k for k in (None, "hf", "peft", "onnx") if k != export_format]
     lines: list[str] = []
     for key in order:
-        lines += sections[key]
+        lines += LOAD_SECTIONS[key](cfg, export_format, folder)
     return lines
 
 
@@ -362,7 +399,7 @@ def model_card(run_dir: Path, cfg: RunConfig, export_format: Optional[str] = Non
         yaml.safe_dump(front_matter(cfg, summary, export_format, run_dir), sort_keys=False).rstrip("\n"),
         "---",
         "",
-        f"# {cfg.name}",
+        f"# {files.display_name}",
         "",
         f"A {cfg.num_labels}-class text classifier fine-tuned from `{base}` with **{method}**"
         + (f" under a hard budget of **{limit:,}** trainable parameters" if isinstance(limit, int) else "")

@@ -18,6 +18,7 @@ from lorabudget.report.figures import (
 )
 from lorabudget.report.figures import reliability as reliability  # re-exported: callers read it from here
 from lorabudget.rundir.layout import RunDir
+from lorabudget.rundir.rows import overlap_text
 
 
 def _config_summary(files: RunDir) -> list[str]:
@@ -35,6 +36,7 @@ def _config_summary(files: RunDir) -> list[str]:
     model = cfg.get("model", {})
     quant = model.get("quantization", "none")
     return [
+        f"- config: `{cfg.get('name')}` (the preset or config file the run was trained from)",
         f"- model: `{model.get('name')}`, max length {model.get('max_length')}"
         + (f", base quantized ({quant})" if quant not in (None, "none") else ""),
         f"- head: {cfg.get('head', {}).get('type')} (pooling {cfg.get('head', {}).get('pooling')})",
@@ -116,92 +118,137 @@ def per_class_table(ev: dict) -> list[str]:
     return lines
 
 
-def write_report(run_dir: Path) -> Path:
-    """Write the run's figures and ``report.md``; return the report's path."""
-    files = RunDir(run_dir)
-    fig_dir = files.figures_dir
-    summary = files.read_summary()
-    name = summary.get("name", files.path.name)
-    train, evals = files.read_metrics()
-    ev = files.latest_eval()
-    pred = files.read_predictions_summary()
-    budget = files.read_budget()
-    names = (ev or {}).get("class_names") or summary.get("class_names") or []
+def _figure(caption: str, path: Path) -> list[str]:
+    """A figure's Markdown under its caption; ``path`` lies in the run's figures folder."""
+    return [f"### {caption}", "", f"![{caption}]({path.parent.name}/{path.name})", ""]
 
-    md = [f"# Run report: {name}", ""]
-    md += ["## Configuration", ""] + _config_summary(files) + [""]
-    md += ["## Trainable parameters", ""] + budget_table(budget) + [""]
-    md += ["## Results", ""]
-    if summary:
-        took = (
-            f"{summary['train_time_s']:.1f} s on {summary.get('device')} "
-            f"({summary.get('samples_per_s') or 0:.1f} samples/s)."
-        )
-        if summary.get("validation_trained_on"):
-            md.append(
-                f"Trained on every labelled row, the {summary.get('validation_rows', 0):,} validation rows included "
-                f"(`data.train_on_validation`), and kept its last weights: their validation accuracy "
-                f"({summary['validation_accuracy']:.4f}) is no estimate; evaluate the run on a held-out file. "
-                f"{summary['steps']} steps took {took}"
-            )
-        else:
-            md.append(
-                f"Best validation accuracy **{summary['validation_accuracy']:.4f}** (macro F1 "
-                f"{summary['validation_macro_f1']:.4f}) at step {summary['best_step']} of {summary['steps']}; "
-                f"training took {took}"
-            )
-        if summary.get("train_flops_per_s") and summary.get("matmul_peak_flops_per_s"):
-            precision = {"no": "fp32"}.get(summary.get("mixed_precision"), summary.get("mixed_precision") or "fp32")
-            md += [
-                "",
-                (
-                    f"Training throughput: {summary.get('samples_per_s') or 0:.1f} samples/s, "
-                    f"{summary.get('tokens_per_s') or 0:,.0f} real tokens/s; {summary['train_flops_per_s'] / 1e9:,.1f} GFLOP/s "
-                    f"executed ({(summary.get('train_real_token_flops_per_s') or 0) / 1e9:,.1f} on real tokens), "
-                    f"{100 * summary['train_peak_fraction']:.0f}% of this machine's {precision} matmul peak "
-                    f"({summary['matmul_peak_flops_per_s'] / 1e9:,.0f} GFLOP/s, measured at the end of the run)."
-                ),
-            ]
+
+def _summary_lines(summary: dict) -> list[str]:
+    """The Results section's opening: the kept checkpoint's validation score and the training time."""
+    if not summary:
+        return ["summary.json is missing: the run has not finished training.", ""]
+    took = (
+        f"{summary['train_time_s']:.1f} s on {summary.get('device')} "
+        f"({summary.get('samples_per_s') or 0:.1f} samples/s)."
+    )
+    if summary.get("validation_trained_on"):
+        md = [
+            f"Trained on every labelled row, the {summary.get('validation_rows', 0):,} validation rows included "
+            f"(`data.train_on_validation`), and kept its last weights: their validation accuracy "
+            f"({summary['validation_accuracy']:.4f}) is no estimate; evaluate the run on a held-out file. "
+            f"{summary['steps']} steps took {took}"
+        ]
     else:
-        md.append("summary.json is missing: the run has not finished training.")
+        md = [
+            f"Best validation accuracy **{summary['validation_accuracy']:.4f}** (macro F1 "
+            f"{summary['validation_macro_f1']:.4f}) at step {summary['best_step']} of {summary['steps']}; "
+            f"training took {took}"
+        ]
+    if summary.get("train_flops_per_s") and summary.get("matmul_peak_flops_per_s"):
+        precision = {"no": "fp32"}.get(summary.get("mixed_precision"), summary.get("mixed_precision") or "fp32")
+        md += [
+            "",
+            f"Training throughput: {summary.get('samples_per_s') or 0:.1f} samples/s, "
+            f"{summary.get('tokens_per_s') or 0:,.0f} real tokens/s; {summary['train_flops_per_s'] / 1e9:,.1f} GFLOP/s "
+            f"executed ({(summary.get('train_real_token_flops_per_s') or 0) / 1e9:,.1f} on real tokens), "
+            f"{100 * summary['train_peak_fraction']:.0f}% of this machine's {precision} matmul peak "
+            f"({summary['matmul_peak_flops_per_s'] / 1e9:,.0f} GFLOP/s, measured at the end of the run).",
+        ]
+    return md + [""]
+
+
+def _score_line(ev: dict) -> str:
+    """An evaluation's accuracy and macro F1; a score on rows the run has seen is marked as such."""
+    ci = ev.get("accuracy_ci95")
+    interval = f" (95% CI {ci[0]:.4f}–{ci[1]:.4f})" if ci else ""
+    f1 = f", macro F1 {ev['macro_f1']:.4f}" if isinstance(ev.get("macro_f1"), (int, float)) else ""
+    if ev.get("kind") != "validation" and ev.get("held_out") is False:  # an interval would claim an estimate
+        return f"- accuracy {ev['accuracy']:.4f}{f1}: **not held out**, no estimate of accuracy on new text"
+    return f"- accuracy **{ev['accuracy']:.4f}**{interval}{f1}"
+
+
+def _evaluation_section(files: RunDir, ev: dict, trained_on: bool = False) -> list[str]:
+    """One evaluation's section: what was evaluated, how it overlaps the run's own rows, its scores,
+    per-class table, confusion matrix and reliability diagram (each its own figure file)."""
+    data = ev.get("data", "the evaluated set")
+    if ev.get("kind") == "validation":
+        md = [f"## Validation: {data}", ""]
+        if trained_on:
+            md += ["- the run trained on these rows (`data.train_on_validation`): its scores are no estimate"]
+    else:
+        digest = f"texts digest `{ev['data_digest']}`" if ev.get("data_digest") else "texts digest not recorded"
+        md = [f"## Evaluation: {data}", "", f"- {ev.get('rows', 0):,} rows; {digest}", f"- {overlap_text(ev)}"]
+    if isinstance(ev.get("accuracy"), (int, float)):
+        md.append(_score_line(ev))
     md.append("")
-    if ev and ev.get("per_class"):
-        md += [f"### Per class on {ev.get('data', 'the last evaluated set')}", ""] + per_class_table(ev) + [""]
-    missing = []
-    figures = []
+    if ev.get("per_class"):
+        md += per_class_table(ev) + [""]
+    if ev.get("confusion_matrix"):
+        path = files.eval_figure_path(ev, "confusion_matrix")
+        plot_confusion(ev, path)
+        md += _figure(f"Confusion matrix on {data}", path)
+    if ev.get("confidence") and ev.get("correct"):
+        path = files.eval_figure_path(ev, "reliability")
+        ece = plot_reliability(ev, path)
+        md += _figure(f"Reliability diagram on {data} (ECE {ece:.4f})", path)
+    return md
+
+
+def _training_figures(files: RunDir, name: str, missing: list[str]) -> list[str]:
+    train, evals = files.read_metrics()
+    md = []
     if train:
-        plot_training_loss(train, fig_dir / "training_loss.png", name)
-        figures.append(("Training loss", "training_loss.png"))
+        plot_training_loss(train, files.figures_dir / "training_loss.png", name)
+        md += _figure("Training loss", files.figures_dir / "training_loss.png")
     else:
         missing.append("training loss (metrics.jsonl has no training lines)")
     if evals:
-        plot_validation(evals, fig_dir / "validation.png", name)
-        figures.append(("Validation metrics (dashed line: kept checkpoint)", "validation.png"))
+        plot_validation(evals, files.figures_dir / "validation.png", name)
+        md += _figure("Validation metrics (dashed line: kept checkpoint)", files.figures_dir / "validation.png")
     else:
         missing.append("validation curves (no validation evaluations in metrics.jsonl)")
-    if ev and ev.get("confusion_matrix"):
-        plot_confusion(ev, fig_dir / "confusion_matrix.png")
-        figures.append((f"Confusion matrix on {ev.get('data', 'the last evaluated set')}", "confusion_matrix.png"))
-        if ev.get("confidence"):
-            ece = plot_reliability(ev, fig_dir / "reliability.png")
-            figures.append(
-                (
-                    f"Reliability diagram on {ev.get('data', 'the last evaluated set')} (ECE {ece:.4f})",
-                    "reliability.png",
-                )
-            )
-        else:
-            missing.append("reliability diagram (eval.json has no per-row confidences)")
-    else:
-        missing.append("confusion matrix and reliability diagram (no eval.json: run `lorabudget evaluate`)")
-    if pred and names:
-        expected = summary.get("train_label_distribution")
-        plot_prediction_distribution(pred, names, expected, fig_dir / "prediction_distribution.png")
-        figures.append((f"Predicted class distribution on {pred.get('input')}", "prediction_distribution.png"))
-    else:
+    return md
+
+
+def _prediction_section(files: RunDir, summary: dict, names: list[str], missing: list[str]) -> list[str]:
+    pred = files.read_predictions_summary()
+    if not (pred and names):
         missing.append("prediction distribution (no predictions.json: run `lorabudget predict`)")
-    for caption, file in figures:
-        md += [f"### {caption}", "", f"![{caption}]({fig_dir.name}/{file})", ""]
+        return []
+    path = files.figures_dir / "prediction_distribution.png"
+    plot_prediction_distribution(pred, names, summary.get("train_label_distribution"), path)
+    return ["## Predictions", ""] + _figure(f"Predicted class distribution on {pred.get('input')}", path)
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write the run's figures and ``report.md``; return the report's path.
+
+    The validation evaluation keeps its own section, and so does every labelled file the run was
+    evaluated on (``evals/``), each with its overlap with the run's own rows."""
+    files = RunDir(run_dir)
+    summary = files.read_summary()
+    name = files.display_name
+    records = files.eval_records()
+    validations = [r for r in records if r.get("kind") == "validation"]
+    evaluations = [r for r in records if r.get("kind") != "validation"]
+    names = next((r["class_names"] for r in reversed(records) if r.get("class_names")), None)
+    names = names or summary.get("class_names") or []
+    missing: list[str] = []
+
+    md = [f"# Run report: {name}", ""]
+    md += ["## Configuration", ""] + _config_summary(files) + [""]
+    md += ["## Trainable parameters", ""] + budget_table(files.read_budget()) + [""]
+    md += ["## Results", ""] + _summary_lines(summary)
+    md += _training_figures(files, name, missing)
+    if validations:
+        md += _evaluation_section(files, validations[-1], bool(summary.get("validation_trained_on")))
+    for ev in evaluations:
+        md += _evaluation_section(files, ev)
+    if not records:
+        missing.append("confusion matrix and reliability diagram (no eval.json: run `lorabudget evaluate`)")
+    elif not evaluations:
+        missing.append("an evaluation on a held-out labelled file (run `lorabudget evaluate RUN --data FILE`)")
+    md += _prediction_section(files, summary, names, missing)
     if missing:
         md += ["## Not available", ""] + [f"- {m}" for m in missing] + [""]
     path = files.report_path

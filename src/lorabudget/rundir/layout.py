@@ -13,6 +13,7 @@ lorabudget had more than one adapter method) is translated here, so readers see 
       tokenizer/             the tokenizer the run trained with
       summary.json           written when training finished: scores, times, adapter sha256
       eval.json, evals/      the latest evaluation, and one record per evaluated data set
+      rows.npz               a digest of each training and validation text (``rows``: overlap checks)
       predictions.csv/.json  the last ``predict``'s labels and its summary
       report.md, figures/    the run's report
       README.md              the model card
@@ -26,16 +27,22 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
+import os
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import numpy as np
+
 from lorabudget.config import RunConfig, from_dict, load_yaml, save_config
 from lorabudget.console import warn
 from lorabudget.errors import LorabudgetError
-from lorabudget.io import atomic_write_json
+from lorabudget.io import atomic_path, atomic_write_json
+from lorabudget.rundir.rows import source_key, source_name
 
 CONFIG = "config.yaml"
 BUDGET = "budget.json"
@@ -47,6 +54,7 @@ TOKENIZER = "tokenizer"
 SUMMARY = "summary.json"
 EVAL = "eval.json"
 EVALS = "evals"
+ROW_DIGESTS = "rows.npz"
 PREDICTIONS = "predictions.csv"
 PREDICTIONS_SUMMARY = "predictions.json"
 REPORT = "report.md"
@@ -155,6 +163,17 @@ class RunDir:
     @property
     def eval_path(self) -> Path:
         return self.path / EVAL
+
+    @property
+    def row_digests_path(self) -> Path:
+        return self.path / ROW_DIGESTS
+
+    @property
+    def display_name(self) -> str:
+        """The run's name wherever it is shown (reports, model card, compare, figures, progress): its folder's
+        name. The config's ``name`` is the preset's, shared by every run trained from it."""
+        # abspath, not resolve: a run reached through a symbolic link is named as the user named it.
+        return Path(os.path.abspath(self.path)).name or str(self.path)
 
     @property
     def predictions_path(self) -> Path:
@@ -310,15 +329,43 @@ class RunDir:
         return train, evals
 
     # ---- evaluations
-    def write_eval(self, metrics: dict[str, Any], data_name: str, kind: str) -> None:
+    def write_eval(self, metrics: dict[str, Any], data_name: str, kind: str) -> Path:
         """``eval.json`` holds the latest evaluation; ``evals/`` keeps one record per evaluated data set.
 
-        ``kind`` is ``validation`` (written by training) or ``evaluate`` (a labelled set the user evaluated).
+        ``kind`` is ``validation`` (written by training; ``data_name`` describes the split) or ``evaluate``
+        (a labelled source the user evaluated; ``data_name`` is its path or hub name). An evaluated file is
+        named by its file name only (``data``); its record is keyed by ``source_key`` too, so two files of
+        one name keep a record each and the same file evaluated again replaces its own. Returns the
+        record's path in ``evals/``.
         """
-        record = dict(metrics, data=data_name, kind=kind, time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        record = dict(metrics, kind=kind, time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        if kind == "evaluate":
+            record.update(data=source_name(data_name), source_key=source_key(data_name))
+        else:
+            record["data"] = data_name
         atomic_write_json(self.eval_path, record)
-        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in data_name)[:80]
-        atomic_write_json(self.path / EVALS / f"{slug}.json", record)
+        path = self.path / EVALS / f"{_record_stem(record)}.json"
+        atomic_write_json(path, record)
+        if kind == "evaluate":
+            self._drop_older_records_of(record, path)
+        return path
+
+    def _drop_older_records_of(self, record: dict[str, Any], kept: Path) -> None:
+        """Records of the same evaluated file under another name (written before records had a
+        ``source_key``, named after the path as typed) would show the file twice."""
+        for path in (self.path / EVALS).glob("*.json"):
+            old = read_json(path)
+            if path == kept or not isinstance(old, dict) or old.get("kind") != "evaluate":
+                continue
+            if old.get("source_key") is None and source_name(str(old.get("data", ""))) == record["data"]:
+                path.unlink(missing_ok=True)
+
+    def eval_figure_path(self, record: dict[str, Any], figure: str) -> Path:
+        """Where a figure of one evaluation record goes (``figure``: ``confusion_matrix``, ``reliability``):
+        the validation record's under the plain name, each evaluated file's under a name of its own."""
+        if record.get("kind") == "validation":
+            return self.figures_dir / f"{figure}.png"
+        return self.figures_dir / f"{figure}-{_record_stem(record)}.png"
 
     def latest_eval(self) -> Optional[dict[str, Any]]:
         record = read_json(self.eval_path)
@@ -339,6 +386,28 @@ class RunDir:
             return [latest] if latest else []
         return [record for *_, record in sorted(found, key=lambda item: item[:3])]
 
+    # ---- rows the run trained and validated on
+    def write_row_digests(self, train: np.ndarray, validation: np.ndarray) -> None:
+        """The digests of the training and validation texts (``rundir.rows``), sorted, unique, uint64."""
+        buffer = io.BytesIO()
+        np.savez(  # random digests do not compress
+            buffer, train=np.unique(np.asarray(train, "<u8")), validation=np.unique(np.asarray(validation, "<u8"))
+        )
+        with atomic_path(self.row_digests_path) as tmp:
+            tmp.write_bytes(buffer.getvalue())
+
+    def read_row_digests(self) -> Optional[dict[str, np.ndarray]]:
+        """``{"train": ..., "validation": ...}``, or None when the run recorded none (an unreadable file is
+        said in a warning: overlap is then unknown, never assumed to be zero)."""
+        if not self.row_digests_path.is_file():
+            return None
+        try:
+            with np.load(self.row_digests_path, allow_pickle=False) as stored:
+                return {"train": stored["train"].astype("<u8"), "validation": stored["validation"].astype("<u8")}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            warn(f"{self.row_digests_path}: unreadable ({type(err).__name__}); overlap with training rows unknown")
+            return None
+
     # ---- predictions
     def write_predictions_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.predictions_summary_path, summary)
@@ -356,6 +425,13 @@ class RunDir:
         for file in (self.report_path, self.model_card_path, self.eval_path, self.predictions_summary_path):
             if file.is_dir():
                 raise LorabudgetError(f"{file} is a folder, not a file: move it away so the run's records fit")
+
+
+def _record_stem(record: dict[str, Any]) -> str:
+    """The file name (no suffix) of an evaluation record in ``evals/`` and of its figures."""
+    name = str(record.get("data", "eval"))
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
+    return f"{slug}-{record['source_key']}" if record.get("source_key") else slug
 
 
 def is_export_folder(path: PathLike) -> bool:

@@ -57,6 +57,7 @@ from lorabudget.training.setup import (
     make_scheduler,
     plan_or_refuse,
     prepare_data,
+    record_rows,
     seed_everything,
     weighted_cross_entropy_loss,
 )
@@ -160,7 +161,7 @@ class Session:
         total = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
         scheduler = make_scheduler(optimizer, t.scheduler, int(t.warmup_ratio * total), total)
         offset = resumed["metrics_offset"] if resumed else None
-        trackers = start_trackers(accelerator, cfg)
+        trackers = start_trackers(accelerator, cfg, RunDir(requested_run_dir(run_dir)).display_name)
         metrics = MetricsLog(RunDir(run_dir).metrics_path, accelerator.is_main_process, offset, trackers)
         run = cls(
             cfg,
@@ -338,6 +339,7 @@ def start_run(cfg: RunConfig, run_dir: Path, data: Optional[PreparedData], log, 
         files = RunDir(run_dir)
         files.write_config(cfg)
         files.write_budget(budget_json(live, cfg))
+        record_rows(run_dir, data)
         data.tokenizer.save_pretrained(str(files.tokenizer_dir))
     accelerator.wait_for_everyone()
     return model, data, live
@@ -380,7 +382,12 @@ def train(
     run = Session.start_loop(cfg, run_dir, accelerator, model, data, checkpoints, log, resumed)
     state, total, loader = run.state, run.total_steps, run.loader
     progress = tqdm(
-        total=total, initial=state.step, desc=f"train {cfg.name}", disable=not main, unit="step", dynamic_ncols=True
+        total=total,
+        initial=state.step,
+        desc=f"train {RunDir(requested_run_dir(run_dir)).display_name}",
+        disable=not main,
+        unit="step",
+        dynamic_ncols=True,
     )
     stopped: Optional[TrainingStopped] = None
     run.start = time.perf_counter()

@@ -19,6 +19,8 @@ from lorabudget.io import default_cache_dir
 from lorabudget.methods import registry as methods
 from lorabudget.model import budget as budget_mod
 from lorabudget.model.build import build_model, load_model_config, load_tokenizer
+from lorabudget.rundir.layout import RunDir
+from lorabudget.rundir.rows import text_digests
 from lorabudget.training.tracking import accelerator_kwargs
 
 # A loss on one batch: (student logits [B, C], batch dict) -> scalar. Distillation plugs in here.
@@ -189,6 +191,15 @@ def prepare_data(cfg: RunConfig, log: Callable[[str], None] = print) -> Prepared
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return PreparedData(train, validation, train_tokens, validation_tokens, pad_id, tokenizer)
+
+
+def record_rows(run_dir: Path, data: PreparedData) -> None:
+    """Record a digest of every training and validation text in the run (``rundir.rows``), so that an
+    evaluation can say how many of its rows the run had already seen. The training rows are the ones
+    trained on (after ``data.max_train_rows``; with distillation, the unlabelled texts too)."""
+    RunDir(run_dir).write_row_digests(
+        text_digests(data.train.texts, data.train.pairs), text_digests(data.validation.texts, data.validation.pairs)
+    )
 
 
 def plan_or_refuse(cfg: RunConfig, log: Callable[[str], None] = print) -> budget_mod.Breakdown:

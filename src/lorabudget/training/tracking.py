@@ -91,11 +91,12 @@ class TrackerSink:
         self.accelerator.end_training()
 
 
-def start_trackers(accelerator, cfg: RunConfig) -> Optional[TrackerSink]:
-    """Start the configured trackers with the resolved config; ``None`` when none are configured."""
+def start_trackers(accelerator, cfg: RunConfig, run_name: Optional[str] = None) -> Optional[TrackerSink]:
+    """Start the configured trackers with the resolved config, naming the run ``run_name`` (its folder's
+    name; default the config's name); ``None`` when none are configured."""
     if not getattr(accelerator, "log_with", None):
         return None
-    run_name = cfg.name
+    run_name = run_name or cfg.name
     accelerator.init_trackers(
         PROJECT_NAME,
         config=flat_config(cfg.to_dict()),
