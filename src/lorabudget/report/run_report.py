@@ -203,7 +203,8 @@ def _training_figures(files: RunDir, name: str, missing: list[str]) -> list[str]
     else:
         missing.append("training loss (metrics.jsonl has no training lines)")
     if evals:
-        plot_validation(evals, files.figures_dir / "validation.png", name)
+        rows = files.read_summary().get("validation_rows") if files.finished() else None
+        plot_validation(evals, files.figures_dir / "validation.png", name, rows=rows)
         md += _figure("Validation metrics (dashed line: kept checkpoint)", files.figures_dir / "validation.png")
     else:
         missing.append("validation curves (no validation evaluations in metrics.jsonl)")
