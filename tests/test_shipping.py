@@ -49,7 +49,7 @@ def test_presets_command_lists_and_shows(tmp_path, monkeypatch, capsys):
     assert lines["preset"].split()[:5] == ["preset", "model", "method", "trainable", "budget"]
     # counted on the meta device from the built-in or packaged model config, as `plan` counts it
     assert "665,092" in lines["minilm-cpu"] and "1,000,000" in lines["minilm-cpu"] and " lora " in lines["minilm-cpu"]
-    assert "the main CPU job" in lines["minilm-cpu"]
+    assert "LoRA on the real MiniLM-L6 under 1M parameters" in lines["minilm-cpu"]
     assert "888,580" in lines["seed-lora"]
     assert "unlimited" in lines["seed-teacher-full"]
     # a model config not available offline: no count, said with a dash

@@ -135,7 +135,7 @@ FAMILIES: tuple[Family, ...] = (
     ),
 )
 
-# The BERT family's paths (the most common layout; kept for callers that assume it).
+# The BERT family's paths (the most common layout), for code that names modules without a model at hand.
 LINEAR_PATHS = _BERT_LINEAR
 NORM_PATHS = _BERT_NORMS
 
