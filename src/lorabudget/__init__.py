@@ -93,7 +93,7 @@ def __dir__() -> list[str]:
 
 class _OptionalKernelsHint(logging.Filter):
     """bitsandbytes (0.50) logs that the optional ``kernels`` package is missing whenever PEFT imports
-    it, on every command, quantized or not; it only names a faster 4-bit CPU kernel (README, QLoRA)."""
+    it, on every command, quantized or not; it only names a faster 4-bit CPU kernel (docs/guide/methods.md, QLoRA)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "kernels-community" not in record.getMessage()

@@ -74,7 +74,7 @@ class AdapterConfig:
     """How the budget is spent (the adapter method, implemented by PEFT) and where it goes."""
 
     method: str = "lora"
-    """The adapter method: a name in ``lorabudget.methods.registry.METHODS`` (see the README's table).
+    """The adapter method: a name in ``lorabudget.methods.registry.METHODS`` (see docs/guide/methods.md).
     ``full`` trains every weight and is allowed only with an unlimited budget (teachers)."""
     r: Optional[int] = None
     """Rank: LoRA/AdaLoRA(initial)/LoHa/LoKr rank, VeRA/VB-LoRA rank, TinyLoRA's SVD rank; ignored by
@@ -166,7 +166,7 @@ class TrainingConfig:
     """Rows per forward pass at evaluation and prediction."""
     learning_rate: Optional[float] = None
     """Peak learning rate of the adapters; ``null`` takes the method's measured default (lora 5e-4;
-    see the README's method table)."""
+    see docs/guide/methods.md)."""
     head_learning_rate: Optional[float] = None
     """Peak learning rate of the head; ``null`` takes the method's default, else ``learning_rate``."""
     weight_decay: float = 0.01

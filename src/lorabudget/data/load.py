@@ -1,6 +1,6 @@
 """Loading labelled and unlabelled text data from the hub, local files or in-memory tables.
 
-Supported inputs (see README "Data formats"):
+Supported inputs (see docs/guide/data.md):
 
 * ``ag_news`` (or ``ag_news:test``): the Hugging Face dataset, train split by default.
 * ``hub:REPO``, ``hub:REPO:SPLIT`` or ``hub:REPO:CONFIG:SPLIT``: any dataset ``datasets.load_dataset``

@@ -54,7 +54,7 @@ class ServeSettings:
 
     max_batch: int = 32  # texts per forward pass
     # How long the oldest waiting text may wait for others to share its batch. 0: a batch is what queued up
-    # while the model ran the previous one (on a loaded 2-core CPU, 5 ms cost a lone client 20 ms, see README).
+    # while the model ran the previous one (on a loaded 2-core CPU, 5 ms cost a lone client 20 ms, see docs/guide/serve.md).
     max_wait_ms: float = 0.0
     max_texts: int = 64  # texts per request
     max_chars: int = 10_000  # characters per text (the model reads max_length tokens of it anyway)
