@@ -1,9 +1,11 @@
-"""Typed run configuration: dataclasses, YAML presets, ``--set`` overrides and validation.
+"""Run configurations from YAML presets and files, overrides (``--set`` strings or dotted-key mappings),
+the method registry's defaults, and checks.
 
 A config file has up to seven sections (``model``, ``head``, ``adapter``, ``data``, ``training``,
-``budget``, ``distill``) plus ``name``; ``lorabudget search`` also reads a ``search:`` space.
-Every field is documented on its dataclass below. Unknown keys and bad values raise
-:class:`~lorabudget.errors.LorabudgetError` naming the key and what is allowed.
+``budget``, ``distill``) plus ``name``; ``lorabudget search`` also reads a ``search:`` space. Every field
+is documented on its dataclass in :mod:`lorabudget.runconfig`. Unknown keys and bad values raise
+:class:`~lorabudget.errors.LorabudgetError` naming the key and what is allowed. The classes a run reads
+from its data are filled above this module (:func:`lorabudget.api.resolve_config`).
 """
 
 from __future__ import annotations
@@ -185,11 +187,16 @@ def _check_modules(key: str, modules: list[str]) -> None:
             )
 
 
-def fill_defaults(cfg: RunConfig) -> RunConfig:
-    """Fill what the user left null and only one answer fits: AG News's own class names for the hub's
-    AG News, and the method's defaults (rank, modules, learning rates) from the method registry."""
+def known_classes(cfg: RunConfig) -> RunConfig:
+    """The hub's AG News names its four classes: a config with no classes that trains on it gets them
+    without reading the data (so ``plan`` works offline)."""
     if cfg.model.labels is None and cfg.model.num_labels is None and cfg.data.train.split(":")[0] in AG_NEWS_SOURCES:
         cfg.model.labels, cfg.model.label_format = list(AG_NEWS_LABELS), "id"
+    return cfg
+
+
+def fill_defaults(cfg: RunConfig) -> RunConfig:
+    """Fill what the user left null from the method registry: rank, modules, learning rates."""
     if cfg.adapter.method not in METHODS:
         raise LorabudgetError(
             f"config key 'adapter.method': {cfg.adapter.method!r} is not allowed; allowed values: "
@@ -322,9 +329,14 @@ def _check_distill(cfg: RunConfig) -> None:
         )
 
 
+def build(values: dict[str, Any]) -> RunConfig:
+    """A :class:`RunConfig` of a plain (YAML-loaded) dict, every key and type checked, nothing filled."""
+    return _build(RunConfig, values, "")
+
+
 def from_dict(values: dict[str, Any]) -> RunConfig:
     """Build, complete and validate a :class:`RunConfig` from a plain (YAML-loaded) dict."""
-    return validate(fill_defaults(_build(RunConfig, values, "")))
+    return validate(fill_defaults(known_classes(build(values))))
 
 
 def _parse_override(item: str) -> tuple[str, Any]:

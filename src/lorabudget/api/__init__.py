@@ -2,7 +2,9 @@
 
 The command line is a thin shell over these functions: each command parses its arguments and calls
 one of them, so both resolve a config the same way, keep the same guards and write the same files.
-Errors are :class:`~lorabudget.errors.LorabudgetError` (one line, raised, never ``SystemExit``).
+Mistakes in the input (a missing file, a bad config key, a config over its budget) raise
+:class:`~lorabudget.errors.LorabudgetError` with the one line the command prints (never ``SystemExit``);
+an argument of the wrong Python type raises ``TypeError`` naming what was given.
 
     import lorabudget as lb
 
@@ -17,7 +19,7 @@ from lorabudget.api.resolve import resolve_config
 from lorabudget.api.runs import Evaluation, Run, load_run
 from lorabudget.api.studies import Comparison, Search, compare, search
 from lorabudget.api.training import distill, train
-from lorabudget.inference.runs import Predictions
+from lorabudget.inference.predictions import Predictions
 
 __all__ = [
     "Comparison",

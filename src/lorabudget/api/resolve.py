@@ -1,9 +1,10 @@
 """One step from what a user gives to a complete, typed :class:`~lorabudget.runconfig.RunConfig`.
 
 The order is fixed: the preset, file, mapping or config object; then the overrides; then the data
-(its source and columns), the class names and label format read from it; then the method's defaults
-and the checks (:func:`lorabudget.config.from_dict`). Every command and API function starts here, so a
-config is finished in one place and a bad file or label fails before any plan is printed.
+(its source and columns) and the class names and label format read from it; then the method's defaults
+and the checks. Every command and API function that takes a config starts here, so a bad file or label
+fails before any plan is printed. (A search's trials and a distillation's teacher are derived from a
+config resolved here.)
 """
 
 from __future__ import annotations
@@ -11,7 +12,17 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from lorabudget.api.sources import as_source
-from lorabudget.config import ConfigSource, Overrides, apply_overrides, config_values, from_dict, override_items
+from lorabudget.config import (
+    ConfigSource,
+    Overrides,
+    apply_overrides,
+    build,
+    config_values,
+    fill_defaults,
+    known_classes,
+    override_items,
+    validate,
+)
 from lorabudget.runconfig import RunConfig
 
 
@@ -62,12 +73,11 @@ def resolve_config(
     values, from_preset = config_values(config)
     items = override_items(overrides)
     items.update(_data_values(data, validation, text_column, text_pair_column, label_column, trust_pickle))
-    cfg = from_dict(apply_overrides(values, items))
+    cfg = known_classes(build(apply_overrides(values, items)))
     if classes_from_data is None:
         classes_from_data = data is not None or (cfg.model.labels is None and cfg.model.num_labels is None)
     if classes_from_data:
         from lorabudget.data.load import resolve_labels
 
-        preset_labels = from_preset and "model.labels" not in items
-        resolve_labels(cfg, preset_labels=preset_labels)
-    return cfg
+        resolve_labels(cfg, preset_labels=from_preset and "model.labels" not in items)
+    return validate(fill_defaults(cfg))

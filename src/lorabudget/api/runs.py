@@ -10,7 +10,7 @@ from typing import Any, Optional, Union
 from lorabudget.api import html_parts
 from lorabudget.api.sources import as_source
 from lorabudget.errors import LorabudgetError
-from lorabudget.inference.runs import Predictions, text_list
+from lorabudget.inference.predictions import Predictions, text_list
 from lorabudget.runconfig import RunConfig
 from lorabudget.rundir.layout import RunDir, is_export_folder
 
@@ -110,7 +110,15 @@ class Run:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        """The run's folder name, as reports and compare show it."""
+        return self.files.display_name
+
+    def __getattr__(self, name: str) -> Any:
+        # What a loaded run offers beyond these methods (run_dir, model, tokenizer, columns, is_pair_run ...)
+        # stays reachable, as it was when load_run returned the loaded run itself.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.loaded, name)
 
     @property
     def class_names(self) -> list[str]:
@@ -142,8 +150,13 @@ class Run:
 
         if isinstance(texts, pd.DataFrame):
             from lorabudget.data.load import load_unlabelled
+            from lorabudget.data.memory import forget_frame
 
-            data = load_unlabelled(as_source(texts, "texts").source, columns=self.loaded.columns())
+            source = as_source(texts, "texts").source
+            try:
+                data = load_unlabelled(source, columns=self.loaded.columns())
+            finally:
+                forget_frame(source)
             texts, pairs = data.texts, data.pairs
         return self.loaded.predict(text_list(texts), batch_size, pairs=pairs)
 
@@ -162,7 +175,6 @@ class Run:
 
         ``record``: keep the evaluation in the run (``eval.json``; compare and the report read it) and,
         with ``report``, rewrite ``report.md`` and the model card."""
-        from lorabudget.data.load import describe_source
         from lorabudget.inference.runs import evaluate_run
         from lorabudget.rundir.lifecycle import check_can_create, check_not_in_use
 
@@ -178,8 +190,15 @@ class Run:
             text_pair_column or source.text_pair_column,
             label_column or source.label_column,
         )
-        metrics = evaluate_run(self.loaded, source.source, trust_pickle=trust_pickle, columns=columns)
-        name = describe_source(source.source) if source.source.startswith("memory:") else source.source
+        from lorabudget.data.memory import forget_frame, is_memory_source, registered_rows
+
+        name = source.source
+        if is_memory_source(name):  # named by its rows' digest: two DataFrames of one size keep a record each
+            name = f"DataFrame {name.split(':', 1)[1]} ({registered_rows(name):,} rows)"
+        try:
+            metrics = evaluate_run(self.loaded, source.source, trust_pickle=trust_pickle, columns=columns)
+        finally:
+            forget_frame(source.source)
         if record:
             files.write_eval(metrics, name, "evaluate")
             if report:
@@ -190,10 +209,12 @@ class Run:
         """Write the figures, ``report.md`` and the model card (``README.md``); return the report's path."""
         from lorabudget.report.modelcard import write_model_card
         from lorabudget.report.run_report import write_report
+        from lorabudget.rundir.lifecycle import check_not_in_use
 
         if not self.files.is_run():
             raise LorabudgetError(f"{self.path} is not a lorabudget run directory (an export has no report)")
         self.files.check_writable_layout()
+        check_not_in_use(self.path, "a report written now")
         write_model_card(self.path)
         return write_report(self.path)
 

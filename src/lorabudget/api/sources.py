@@ -30,17 +30,18 @@ def _frame_of_tuples(rows: list) -> tuple[Any, dict[str, str]]:
 
     widths = {len(row) if isinstance(row, (tuple, list)) else -1 for row in rows}
     if widths == {2}:
-        return pd.DataFrame([tuple(r) for r in rows], columns=["text", "label"]), {}
+        frame = pd.DataFrame([tuple(r) for r in rows], columns=["text", "label"])
+        return frame, {"text_column": "text", "label_column": "label"}
     if widths == {3}:
         frame = pd.DataFrame([tuple(r) for r in rows], columns=["text", "text_pair", "label"])
-        return frame, {"text_pair_column": "text_pair"}
+        return frame, {"text_column": "text", "text_pair_column": "text_pair", "label_column": "label"}
     raise LorabudgetError("a list of rows must hold (text, label) or (text, text_pair, label) tuples, all of one width")
 
 
-def _frame_of_texts(rows: list) -> Any:
+def _frame_of_texts(rows: list) -> tuple[Any, dict[str, str]]:
     import pandas as pd
 
-    return pd.DataFrame({"text": rows})
+    return pd.DataFrame({"text": rows}), {"text_column": "text"}
 
 
 def as_source(data: Any, what: str = "data", labelled: bool = True) -> Source:
@@ -59,7 +60,7 @@ def as_source(data: Any, what: str = "data", labelled: bool = True) -> Source:
             col: list(feature.names) for col, feature in data.features.items() if hasattr(feature, "names")
         }
     elif isinstance(data, (list, tuple)) and data and all(isinstance(r, str) for r in data) and not labelled:
-        frame = _frame_of_texts(list(data))
+        frame, hints = _frame_of_texts(list(data))
     elif isinstance(data, (list, tuple)) and data:
         frame, hints = _frame_of_tuples(list(data))
     elif isinstance(data, (list, tuple)):

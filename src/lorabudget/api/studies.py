@@ -59,8 +59,9 @@ def compare(
     out = Path(output)
     check_not_run_file(out, "--output")
     check_can_create(out / "compare.md")
-    path = write_comparison(run_dirs, out, names=list(names), allow_different_classes=allow_different_classes)
     figure = out / "accuracy_vs_params.png"
+    figure.unlink(missing_ok=True)  # a figure an earlier comparison left is not this one's
+    path = write_comparison(run_dirs, out, names=list(names), allow_different_classes=allow_different_classes)
     table = pd.read_csv(path.with_name("compare.csv"))
     return Comparison(path, table, figure if figure.is_file() else None, path.read_text(encoding="utf-8"))
 
@@ -122,8 +123,12 @@ def search_config(config: ConfigSource, overrides: Overrides, trial_overrides: O
     from the data once, so every trial and ``best.yaml`` share them."""
     best = resolve_config(config, overrides, classes_from_data=True, **data_args)
     if best.model.label_format is None:
-        best.model.label_format = "id"  # classes named by the config and never read from data
-    trial_cfg = resolve_config(best, trial_overrides, classes_from_data=False)
+        best.model.label_format = "id"  # classes given as a count (model.num_labels): named by their ids
+    # The trials start from the same values as best.yaml (not from its resolved copy, so a trial setting
+    # that changes the method gets that method's defaults) and share its classes.
+    classes = {"model.labels": best.model.labels, "model.label_format": best.model.label_format}
+    trial_items = {**override_items(overrides), **override_items(trial_overrides), **classes}
+    trial_cfg = resolve_config(config, trial_items, classes_from_data=False, **data_args)
     if trial_cfg.data.train_on_validation:
         raise LorabudgetError(
             "a search chooses by validation rows its trials do not train on: drop data.train_on_validation "
@@ -180,6 +185,10 @@ def search(
     fields: ``timeout``, ``workers``, ``metric``, ``multi_objective``, ``pruner``, ``seed``,
     ``max_rejections``, ``warm_start``.
     """
+    import importlib.util
+
+    if importlib.util.find_spec("optuna") is None:
+        raise LorabudgetError("lorabudget search needs optuna: pip install 'lorabudget[search]'")
     from lorabudget.search.study import SearchSettings
     from lorabudget.search.worker import run_search
 
@@ -187,9 +196,14 @@ def search(
     if budget is not None:
         items["budget.max_trainable_params"] = budget
     columns = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
-    raw_space = search_space(config, space)
     config_values(config)  # a missing preset or file: one line before anything else
+    raw_space = search_space(config, space)
     base, best_base, name = search_config(config, items, trial_overrides, {"data": data, **columns})
+    if settings.get("workers", 1) > 1 and str(base["data"]["train"]).startswith("memory:"):
+        raise LorabudgetError(
+            "in-memory data lives only in this process, and workers > 1 start others: save the data to a "
+            "file (df.to_csv) and pass its path, or use one worker"
+        )
     name = study_name or f"{name}-search"
     if storage and storage.startswith("journal:"):
         storage = "journal:" + str(Path(storage[len("journal:") :]).expanduser().resolve())

@@ -78,18 +78,20 @@ def prepare_run(
     """The resolved config and checked run directory of a train or distill call."""
     from lorabudget.rundir.lifecycle import is_main_launch_process
 
-    main = is_main_launch_process()  # other processes of a launch take the main one's classes and folder
+    if resume and overwrite:
+        raise LorabudgetError("--resume continues a run and --overwrite replaces it: pass only one")
+    # Every process of a launch reads the classes from the data the same way; the main one checks the folder.
     cfg = resolve_config(
         config,
         overrides,
         data=data,
         validation=validation,
         trust_pickle=trust_pickle,
-        classes_from_data=main,
+        classes_from_data=True,
         **columns,
     )
     run_dir = Path(output) if output is not None else Path("runs") / cfg.name
-    if main:
+    if is_main_launch_process():
         check_run_target(cfg, run_dir, resume, overwrite)
     return cfg, run_dir
 

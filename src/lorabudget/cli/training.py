@@ -4,11 +4,9 @@ parsed arguments to :mod:`lorabudget.api` and prints what comes back."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 
 from lorabudget import api
 from lorabudget.config import parse_set
-from lorabudget.errors import LorabudgetError
 from lorabudget.signals import Terminated
 
 
@@ -73,14 +71,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
-def require_extra(module: str, command: str, extra: str) -> None:
-    """One line naming the extra to install when an optional dependency is missing."""
-    if importlib.util.find_spec(module) is None:
-        raise LorabudgetError(f"{command} needs {module}: pip install 'lorabudget[{extra}]'")
-
-
 def cmd_search(args: argparse.Namespace) -> int:
-    require_extra("optuna", "lorabudget search", "search")
     api.search(
         args.config,
         args.data,

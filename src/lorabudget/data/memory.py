@@ -60,3 +60,11 @@ def registered_rows(source: str) -> Optional[int]:
     with _lock:
         frame = _frames.get(source[len(MEMORY_PREFIX) :])
     return None if frame is None else len(frame)
+
+
+def forget_frame(source: str) -> None:
+    """Drop the frame behind ``memory:NAME`` (a no-op for other sources): a notebook that predicts on
+    many DataFrames keeps no copy of each."""
+    if is_memory_source(source):
+        with _lock:
+            _frames.pop(source[len(MEMORY_PREFIX) :], None)
