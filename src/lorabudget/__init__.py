@@ -93,10 +93,13 @@ def __dir__() -> list[str]:
 
 class _OptionalKernelsHint(logging.Filter):
     """bitsandbytes (0.50) logs that the optional ``kernels`` package is missing whenever PEFT imports
-    it, on every command, quantized or not; it only names a faster 4-bit CPU kernel (docs/guide/methods.md, QLoRA)."""
+    it, on every command, quantized or not; it only names a faster 4-bit CPU kernel (docs/guide/methods.md,
+    QLoRA). Where ``kernels`` is installed (transformers requires it), it logs instead, offline, that it
+    skips the hub's trust check of that same kernel: the same notice, about the same optional kernel."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "kernels-community" not in record.getMessage()
 
 
-logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_OptionalKernelsHint())
+for _logger in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+    logging.getLogger(_logger).addFilter(_OptionalKernelsHint())
