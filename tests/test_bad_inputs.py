@@ -755,7 +755,7 @@ def test_rewritten_token_cache_is_rebuilt_not_used(tiny_roberta, tmp_path, capsy
     import numpy as np
 
     from lorabudget.data.batching import TOKENS_FOLDER, tokenize
-    from lorabudget.model.build import load_tokenizer
+    from lorabudget.model.hub import load_tokenizer
 
     tokenizer, texts = load_tokenizer(str(tiny_roberta)), ["the market rallied", "a game of the season"]
     first = tokenize(tokenizer, texts, 32, tmp_path)

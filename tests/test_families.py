@@ -23,7 +23,8 @@ from lorabudget.errors import LorabudgetError
 from lorabudget.methods import registry as adapters
 from lorabudget.methods.sites import MODULE_SHORT_NAMES
 from lorabudget.model.budget import breakdown
-from lorabudget.model.build import build_model, encoder_layers, merge_adapters
+from lorabudget.model.build import build_model, merge_adapters
+from lorabudget.model.layout import encoder_layers
 from lorabudget.rundir.weights import load_trained_model, save_trained
 from lorabudget.training.setup import param_groups
 
@@ -251,7 +252,8 @@ def test_plan_train_predict_export_onnx_same_labels(family_model_dir, kind, data
 
     from peft import PeftModel
 
-    from lorabudget.model.build import build_base, load_model_config
+    from lorabudget.model.build import build_base
+    from lorabudget.model.hub import load_model_config
 
     cfg_loaded = from_dict(yaml.safe_load((run / "config.yaml").read_text()))
     base = build_base(cfg_loaded, load_model_config(cfg_loaded)[0], pretrained=True)  # the head is fresh

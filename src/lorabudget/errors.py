@@ -6,6 +6,12 @@ exits non-zero; tracebacks are reserved for bugs (or ``--debug``).
 """
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's text (its type's name when it has none), for one-line messages."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class LorabudgetError(Exception):
     """An error caused by the user's input or environment, reported without a traceback."""
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from lorabudget.config import RunConfig
-    from lorabudget.model.build import AdapterSite
+    from lorabudget.model.placement import AdapterSite
 
 # Builders: each returns a PEFT config for the given sites. Sites carry full module names, so
 # PEFT's suffix matching cannot also catch ``attention.output.dense`` when ``output.dense`` is meant.

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from lorabudget.config import RunConfig
-    from lorabudget.model.build import AdapterSite
+    from lorabudget.model.placement import AdapterSite
 
 
 @dataclass(frozen=True)

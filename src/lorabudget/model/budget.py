@@ -41,7 +41,7 @@ class _Locator:
     PEFT adapted that the table does not name, the module's path inside the layer."""
 
     def __init__(self, model: nn.Module):
-        from lorabudget.model.build import encoder_layers, model_family
+        from lorabudget.model.layout import encoder_layers, model_family
 
         try:
             layers = encoder_layers(model)
@@ -134,7 +134,7 @@ def count_trainable(model: nn.Module) -> int:
 def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
     if hasattr(model, "peft_config"):
         return ()  # PEFT wraps the head as modules_to_save: matched by name below
-    from lorabudget.model.build import head_module_names
+    from lorabudget.model.heads import head_module_names
 
     return tuple(name + "." for name in head_module_names(model))
 

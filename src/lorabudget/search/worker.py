@@ -260,7 +260,7 @@ class Worker:
 
     def layers_of(self, model_name: Optional[str]) -> int:
         """Encoder layers of a base model the space may draw (None: the config's own), read once."""
-        from lorabudget.model.build import load_model_config
+        from lorabudget.model.hub import load_model_config
 
         name = model_name or self.base_cfg.model.name
         if name not in self.layer_counts:
