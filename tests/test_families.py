@@ -20,7 +20,7 @@ from method_cases import IDENTITY_AT_INIT, METHOD_SETTINGS
 from lorabudget.cli import main
 from lorabudget.config import from_dict
 from lorabudget.errors import LorabudgetError
-from lorabudget.methods import registry as adapters
+from lorabudget.methods import registry
 from lorabudget.methods.sites import MODULE_SHORT_NAMES
 from lorabudget.model.budget import breakdown
 from lorabudget.model.build import build_model, merge_adapters
@@ -28,7 +28,7 @@ from lorabudget.model.layout import encoder_layers
 from lorabudget.rundir.weights import load_trained_model, save_trained
 from lorabudget.training.setup import param_groups
 
-MERGEABLE = sorted(name for name, method in adapters.METHODS.items() if method.mergeable)
+MERGEABLE = sorted(name for name, method in registry.METHODS.items() if method.mergeable)
 # (family, method) pairs that cannot run, with the reason. ModernBERT's fused attn.Wqkv is adapted as
 # one module (see family_settings), so every other method adapts every family.
 SKIPPED: dict[tuple[str, str], str] = {
@@ -38,7 +38,7 @@ SKIPPED: dict[tuple[str, str], str] = {
 
 
 def test_every_method_and_family_is_in_the_tables():
-    assert set(METHOD_SETTINGS) == set(adapters.METHODS)
+    assert set(METHOD_SETTINGS) == set(registry.METHODS)
     assert set(FAMILY_KINDS) >= {"distilbert", "deberta-v2", "modernbert", "electra", "albert", "xlm-roberta"}
 
 
@@ -118,7 +118,7 @@ def test_every_method_on_every_family(family_model_dir, kind, method):
     logits = model(input_ids=ids, attention_mask=mask).logits
     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
     opt.step()
-    adapters.after_optimizer_step(model, method, 1)
+    registry.after_optimizer_step(model, method, 1)
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
     changed = [n for n, p in model.named_parameters() if n in trainable and not torch.equal(p, trainable[n])]
     assert any("modules_to_save" in n for n in changed)

@@ -39,11 +39,6 @@ def accuracy_interval(accuracy: float, n: int) -> tuple[float, float]:
     return wilson_interval(int(round(accuracy * n)), n)
 
 
-def standard_error(accuracy: float, n: int) -> float:
-    """Binomial standard error of an accuracy on ``n`` rows."""
-    return math.sqrt(accuracy * (1 - accuracy) / n) if n > 0 else float("inf")
-
-
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided p-value of McNemar's exact test on the discordant pairs.
 

@@ -135,10 +135,6 @@ FAMILIES: tuple[Family, ...] = (
     ),
 )
 
-# The BERT family's paths (the most common layout; kept for callers that assume it).
-LINEAR_PATHS = _BERT_LINEAR
-NORM_PATHS = _BERT_NORMS
-
 
 def family_of(model_type: Optional[str]) -> Optional[Family]:
     """The family of a transformers ``model_type``, or None for an encoder no family describes."""

@@ -18,10 +18,10 @@ from torch import nn
 
 from lorabudget.errors import BudgetExceededError
 from lorabudget.methods.registry import tensor_users
-from lorabudget.methods.sites import LINEAR_PATHS, NORM_SHORT
+from lorabudget.methods.sites import MODULE_SHORT_NAMES, NORM_SHORT
 
 # The breakdown's column order: the six short names, the two norms, then other adapted paths, "other".
-SHORT_ORDER = tuple(LINEAR_PATHS) + tuple(NORM_SHORT.values()) + ("other",)
+SHORT_ORDER = MODULE_SHORT_NAMES + tuple(NORM_SHORT.values()) + ("other",)
 
 
 def module_order(module: str) -> tuple[int, int, str]:
@@ -125,10 +125,6 @@ class Breakdown:
     @property
     def kinds(self) -> list[str]:
         return sorted({k for _, _, k in self.sites})
-
-
-def count_trainable(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def _head_prefixes(model: nn.Module) -> tuple[str, ...]:

@@ -4,7 +4,7 @@ GPUs: ``auto`` is bf16 where the GPU supports it, else fp32.
 
 CPUs: ``auto`` is decided by measurement on the machine at hand. Having a native-bf16 flag is not
 enough: on an Intel Xeon with AVX512-BF16 but no AMX, bf16 products ran at half the fp32 rate
-(a MiniLM-shaped 2048x384->1536 linear: 143 vs 301 GFLOP/s) and 40 steps of the MiniLM main job
+(a MiniLM-shaped 2048x384->1536 linear: 143 vs 301 GFLOP/s) and 40 steps of a MiniLM training run
 took 56 s in bf16 against 41 s in fp32, while on CPUs with AMX or on AMD Zen 5 bf16 products run
 several times faster than fp32 (docs/benchmarks.md, one table per CPU kind). So before a run,
 :func:`probe` times the model's own linear-layer shapes (one encoder layer: query, key, value,
@@ -47,7 +47,7 @@ their gradients, the loss) and runs its elementwise work at about fp32's speed, 
 gain shrinks end to end (docs/benchmarks.md): on the Intel Xeon with AMX, products 2.5-6x faster
 gave training 1.15-1.85x faster; on the Xeon without AMX, products at 0.48x gave a job at 0.73x.
 If the products take a share ``f`` of an fp32 step and bf16 adds casts worth ``c`` of it, bf16
-breaks even at a product speedup of 1 / (1 - c/f). The MiniLM main job ran its fp32 products at
+breaks even at a product speedup of 1 / (1 - c/f). A MiniLM training run ran its fp32 products at
 43% of the fp32 matmul peak over the whole step (so f is about 0.45-0.65), and autocast's extra
 casts took about 5% of a step before the frozen base was held in bf16 (fewer since): c of 0.05-0.1
 puts break-even at 1.08-1.29x. 1.3x clears that, and the probe's noise on an idle machine (a few
@@ -175,8 +175,8 @@ def frozen_base_in(model: torch.nn.Module, dtype: torch.dtype | None) -> Iterato
 
     Under bf16 autocast every linear layer casts its fp32 weight to bf16 on every forward pass, and
     autocast caches only the casts of weights that train: for a frozen base that is a copy of the
-    whole encoder per forward. Casting only the linear weights (the first version of this) still
-    left fp32 embeddings and LayerNorms, whose fp32 outputs were cast to bf16 again for each
+    whole encoder per forward. Casting only the linear weights would still
+    leave fp32 embeddings and LayerNorms, whose fp32 outputs are cast to bf16 again for each
     consumer (query, key, value and their adapters), with the gradients cast back: 388 casts per
     chunk's forward and backward on MiniLM, 200 with the whole frozen base in bf16, and a bf16
     residual stream that halves what is saved for backward (docs/benchmarks.md has the figures).

@@ -100,20 +100,6 @@ class Dist:
             return [self.value]
         return list(self.choices) if self.kind == "categorical" else [self.low]
 
-    def to_yaml(self) -> Any:
-        if self.kind == "fixed":
-            return self.value
-        if self.kind == "categorical":
-            return list(self.choices)
-        out: dict[str, Any] = {"low": self.low, "high": self.high}
-        if self.log:
-            out["log"] = True
-        if self.step is not None:
-            out["step"] = self.step
-        if self.kind == "int":
-            out["int"] = True
-        return out
-
 
 _SCALARS = (str, int, float, bool, type(None))
 

@@ -78,8 +78,8 @@ def open_storage(url: str):
     """Optuna storage for ``url``: ``journal:PATH`` (a journal file) or an RDB URL (sqlite://, postgresql://).
 
     Safe when several workers open a new storage at the same instant: Optuna creates its tables (and, on
-    PostgreSQL, enum types) when it first sees a database, and two processes doing that at once collide
-    (issue 33). On PostgreSQL the creation is serialised with an advisory lock; on any RDB a collision
+    PostgreSQL, enum types) when it first sees a database, and two processes doing that at once collide.
+    On PostgreSQL the creation is serialised with an advisory lock; on any RDB a collision
     that still happens (SQLite: "table ... already exists") is retried, and the retry finds the schema
     made. The journal file is appended to under its own file lock and needs neither.
     """

@@ -33,7 +33,7 @@ from lorabudget.data.batching import (
 )
 from lorabudget.errors import TrainingStopped
 from lorabudget.inference.batched import predict_logits
-from lorabudget.methods import registry as methods
+from lorabudget.methods import registry
 from lorabudget.metrics import classification_metrics, format_metrics
 from lorabudget.model import budget as budget_mod
 from lorabudget.model.build import build_model, keep_4bit_layout_for_training
@@ -138,7 +138,7 @@ class Session:
             keep_4bit_layout_for_training(model)  # bitsandbytes' CPU eval layout cannot train
         # Bucket widths: bf16 matrix products (oneDNN) build a kernel per shape, so bf16 gets the coarse
         # ladder (multiples of 16); fp32 pays per padded position instead (multiples of 16 cost it 16% of
-        # its speed; exact widths fragment the heap to 1.9 GB over the main job), so it gets steps of 8.
+        # its speed; exact widths fragment the heap to 1.9 GB over a MiniLM run), so it gets steps of 8.
         multiple = BUCKET_MULTIPLE if bf16 else INFERENCE_BUCKET_MULTIPLE
         tokens, labels = data.train_tokens, data.train.labels
         loader = train_loader(
@@ -215,7 +215,7 @@ class Session:
         clip = t.max_grad_norm > 0
         grad_norm = self.accelerator.clip_grad_norm_(self.trainable, t.max_grad_norm) if clip else None
         self.optimizer.step()
-        methods.after_optimizer_step(self.unwrapped, self.cfg.adapter.method, self.state.step)  # before zero_grad
+        registry.after_optimizer_step(self.unwrapped, self.cfg.adapter.method, self.state.step)  # before zero_grad
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1

@@ -16,7 +16,7 @@ from lorabudget.config import RunConfig
 from lorabudget.data.batching import TokenizedTexts, position_cap, tokenize
 from lorabudget.data.load import Columns, TextData, load_labelled, resolve_labels, split_validation
 from lorabudget.io import default_cache_dir
-from lorabudget.methods import registry as methods
+from lorabudget.methods import registry
 from lorabudget.model import budget as budget_mod
 from lorabudget.model.build import build_model
 from lorabudget.model.hub import load_model_config, load_tokenizer
@@ -221,7 +221,7 @@ def param_groups(model: torch.nn.Module, cfg: RunConfig) -> list[dict[str, Any]]
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        no_decay = methods.no_weight_decay(cfg.adapter.method, name, param)
+        no_decay = registry.no_weight_decay(cfg.adapter.method, name, param)
         is_head = ".modules_to_save." in name or bool(head_prefixes and name.startswith(head_prefixes))
         groups.setdefault((is_head, no_decay), []).append(param)
     return [

@@ -20,7 +20,7 @@ import torch
 
 from lorabudget.errors import LorabudgetError, TrainingDiverged
 from lorabudget.io import atomic_dir
-from lorabudget.methods import registry as methods
+from lorabudget.methods import registry
 from lorabudget.rundir.layout import RunDir
 
 
@@ -287,7 +287,7 @@ class Checkpointer:
                 "format": CHECKPOINT_FORMAT,
                 "mixed_precision": accelerator.mixed_precision,  # a resume trains on in the same precision
                 "trainable": trainable_weights(unwrapped),
-                "method_state": methods.training_state(unwrapped, self.method),
+                "method_state": registry.training_state(unwrapped, self.method),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "state": dataclasses.asdict(state),
@@ -328,7 +328,7 @@ class Checkpointer:
     ) -> None:
         unwrapped = self.accelerator.unwrap_model(model)
         load_weights(unwrapped, payload["trainable"])
-        methods.restore_training_state(unwrapped, self.method, payload.get("method_state", {}))
+        registry.restore_training_state(unwrapped, self.method, payload.get("method_state", {}))
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         for key, value in payload["state"].items():
