@@ -20,8 +20,11 @@ class BudgetExceededError(LorabudgetError):
     """The planned trainable-parameter count is over the configured budget."""
 
 
-class TrainingStopped(LorabudgetError):
+class TrainingStopped(Exception):
     """Raised by an ``on_eval`` callback of :func:`lorabudget.training.loop.train` to end a run early.
+
+    A control-flow signal between the caller's hook and the loop, not a user error: it is not a
+    :class:`LorabudgetError`, so a handler of user errors never swallows it.
 
     The run is finished with the best checkpoint so far (adapter, eval.json, summary.json with
     ``stopped_early``), then the exception is raised again to the caller with ``summary`` set.
