@@ -95,9 +95,9 @@ def make_model_dir(path: Path, kind: str, hidden_size: int = 32, intermediate_si
     )
     torch.manual_seed(0)
     if kind == "roberta":
-        model = RobertaModel(RobertaConfig(**common, max_position_embeddings=132, pad_token_id=1, type_vocab_size=1))
+        model = RobertaModel(RobertaConfig(**common, max_position_embeddings=260, pad_token_id=1, type_vocab_size=1))
     else:
-        model = BertModel(BertConfig(**common, max_position_embeddings=130, pad_token_id=0))
+        model = BertModel(BertConfig(**common, max_position_embeddings=260, pad_token_id=0))
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     return path
@@ -131,14 +131,14 @@ def make_family_model_dir(path: Path, kind: str) -> Path:
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id
     )
     size = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48)
-    bert_like = dict(size, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, max_position_embeddings=132)
+    bert_like = dict(size, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, max_position_embeddings=260)
     values = {
         "bert": dict(bert_like),
         "roberta": dict(bert_like, type_vocab_size=1),
         "xlm-roberta": dict(bert_like, type_vocab_size=1),
         "electra": dict(bert_like, embedding_size=16),
         "mpnet": dict(bert_like),
-        "distilbert": dict(dim=32, n_layers=3, n_heads=2, hidden_dim=48, max_position_embeddings=132),
+        "distilbert": dict(dim=32, n_layers=3, n_heads=2, hidden_dim=48, max_position_embeddings=260),
         "deberta-v2": dict(
             bert_like,
             relative_attention=True,

@@ -384,10 +384,14 @@ def test_target_modules_on_an_encoder_no_family_describes(tmp_path_factory, padd
     ).save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     with pytest.raises(LorabudgetError, match="adapter.target_modules"):
-        build_model(from_dict({"model": {"name": str(path)}}), weights=False)
+        build_model(from_dict({"model": {"name": str(path), "max_length": 128}}), weights=False)
     for targets, sites in ((["query", "value"], 4), (r".*\.layer\.1\.attention\.self\.(query|key)", 2)):
         cfg = from_dict(
-            {"model": {"name": str(path)}, "head": {"type": "linear"}, "adapter": {"r": 2, "target_modules": targets}}
+            {
+                "model": {"name": str(path), "max_length": 128},
+                "head": {"type": "linear"},
+                "adapter": {"r": 2, "target_modules": targets},
+            }
         )
         built = build_model(cfg, weights=False)
         assert len(built.sites) == sites

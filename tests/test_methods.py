@@ -331,7 +331,7 @@ def test_quantized_base_trains_with_falling_loss(padded_batch, tmp_path_factory,
     ).save_pretrained(str(model_dir))
     cfg = from_dict(
         {
-            "model": {"name": str(model_dir), "quantization": quantization},
+            "model": {"name": str(model_dir), "quantization": quantization, "max_length": 64},
             "head": {"type": "linear"},
             "adapter": {"r": 4, "dropout": 0.0, "modules": ["query", "value", "intermediate"]},
         }

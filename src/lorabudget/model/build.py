@@ -26,6 +26,7 @@ from lorabudget.model.hf_classifier import PooledLinearHead
 # Imported from here by the data, run-folder and inference layers.
 from lorabudget.model.hub import from_pretrained, hub_reachable, load_model_config, load_tokenizer, quiet_transformers
 from lorabudget.model.layout import model_notes
+from lorabudget.model.limits import check_adapter_size, check_max_length
 from lorabudget.model.placement import AdapterSite, plan_sites
 
 __all__ = [
@@ -133,6 +134,7 @@ def build_model(cfg: RunConfig, weights: bool = True, total_steps: Optional[int]
 
     method = registry.get_method(cfg.adapter.method)
     model_config, config_source = load_model_config(cfg, allow_builtin=not weights)
+    check_max_length(cfg, model_config)
     if weights:
         base = build_base(cfg, model_config, pretrained=True)
     else:
@@ -156,6 +158,7 @@ def build_model(cfg: RunConfig, weights: bool = True, total_steps: Optional[int]
             f"adapter.options rejected by PEFT for method '{cfg.adapter.method}': "
             + (text if len(text) <= 200 else text[:197] + "...")
         ) from None
+    base_params = sum(p.numel() for p in base.parameters())
     with torch.device("meta") if not weights else contextlib.nullcontext(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PEFT's notes on meta tensors and frozen heads; not the user's concern
         try:
@@ -164,6 +167,8 @@ def build_model(cfg: RunConfig, weights: bool = True, total_steps: Optional[int]
             raise LorabudgetError(
                 f"adapter.method '{method.name}' cannot be built with these settings: {first_line(err)}"
             ) from err
+    if not weights:  # counted on the meta device before any real build allocates it
+        check_adapter_size(cfg, sum(p.numel() for p in peft_model.parameters() if p.requires_grad), base_params)
     return BuiltModel(peft_model, sites, config_source, model_notes(base))
 
 
