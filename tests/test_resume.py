@@ -181,7 +181,7 @@ def test_on_eval_stop_checkpoint_every_umask_and_overwrite(tiny_config, tmp_path
     monkeypatch.setattr(
         train_mod.Checkpointer,
         "save",
-        lambda self, m, o, s, state, *a: (saved_at.append(state.step), save(self, m, o, s, state, *a)),
+        lambda self, payload: (saved_at.append(payload["state"]["step"]), save(self, payload)),
     )
 
     def stop_at_8(step, result):
