@@ -391,9 +391,16 @@ def test_flops_match_torch_flop_counter(kind, tiny_roberta, tiny_bert):
         assert all(s.lora_rank == 0 for layer in merged.layers for s in layer.sites.values())
 
 
-def test_matmul_peak_is_positive_and_sane():
-    peak = flops.matmul_peak("fp32", "cpu", size=128, seconds=0.05)
-    assert 1e6 < peak < 1e15
+def test_matmul_peak_is_products_flops_over_the_time_they_took(monkeypatch):
+    from types import SimpleNamespace
+
+    clock = iter(0.25 * i for i in range(100))  # each reading a quarter second later
+    monkeypatch.setattr(flops, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    products = []
+    monkeypatch.setattr(flops.torch, "mm", lambda a, b: products.append(a.shape))
+    # Timed from the first reading; it stops at the first reading at or past 1 s: 4 products in 1.0 s.
+    assert flops.matmul_peak("fp32", "cpu", size=16, seconds=1.0) == 2 * 16**3 * 4 / 1.0
+    assert len(products) == 2 + 4  # two warm-up products, untimed
 
 
 def test_no_bf16_peak_where_the_cpu_only_emulates_bf16(monkeypatch, tiny_roberta):
