@@ -266,7 +266,7 @@ def test_plan_train_predict_export_onnx_same_labels(family_model_dir, kind, data
 def test_resume_on_distilbert_matches_uninterrupted(family_model_dir, data_dir, tmp_path, monkeypatch):
     """A DistilBERT run stopped after step 6 (Ctrl-C) and continued with --resume ends as the
     uninterrupted run does."""
-    import lorabudget.training.loop as loop
+    from lorabudget.training.state import MetricsLog
 
     values = yaml.safe_load(
         _run_config(tmp_path, family_model_dir("distilbert"), "distilbert", "lora", "linear", data_dir).read_text()
@@ -277,18 +277,18 @@ def test_resume_on_distilbert_matches_uninterrupted(family_model_dir, data_dir, 
     ref, run = tmp_path / "ref", tmp_path / "run"
     assert main(["train", str(cfg), "--output", str(ref), "--no-report"]) == 0
 
-    write = loop.MetricsLog.write
+    write = MetricsLog.write
 
     def interrupted_write(self, **record):
         write(self, **record)
         if record.get("type") == "train" and record.get("step") == 6:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop.MetricsLog, "write", interrupted_write)
+    monkeypatch.setattr(MetricsLog, "write", interrupted_write)
     argv = ["train", str(cfg), "--output", str(run), "--no-report"]
     assert main(argv) == 130
     assert (run / "checkpoint" / "state.pt").is_file() and not (run / "summary.json").exists()
-    monkeypatch.setattr(loop.MetricsLog, "write", write)
+    monkeypatch.setattr(MetricsLog, "write", write)
     assert main(argv + ["--resume"]) == 0
     got, want = json.loads((run / "summary.json").read_text()), json.loads((ref / "summary.json").read_text())
     assert got["steps"] == want["steps"] == 10 and got["validation_accuracy"] == want["validation_accuracy"]
