@@ -113,3 +113,65 @@ def test_first_line_of_an_error():
     assert first_line(ValueError("bad value\n  at line 3")) == "bad value"
     assert first_line(ValueError("  \n")) == "ValueError"
     assert first_line(OSError()) == "OSError"
+
+
+def test_checkpointer_only_writes_and_reads_files(tmp_path):
+    import inspect
+
+    import torch
+
+    from lorabudget.training.state import Checkpointer
+
+    checkpoints = Checkpointer(tmp_path / "run")
+    assert list(inspect.signature(Checkpointer.save).parameters) == ["self", "payload"]
+    assert not checkpoints.exists()
+    checkpoints.save({"state": {"step": 3}, "trainable": {"w": torch.ones(2)}})
+    loaded = checkpoints.load()
+    assert loaded["state"] == {"step": 3} and torch.equal(loaded["trainable"]["w"], torch.ones(2))
+    checkpoints.remove()
+    assert not checkpoints.exists()
+    with pytest.raises(LorabudgetError, match="no checkpoint to resume from"):
+        checkpoints.load()
+
+
+def test_a_new_search_key_is_one_class(monkeypatch):
+    import optuna
+
+    from lorabudget.config import from_dict
+    from lorabudget.search import space
+    from lorabudget.search.dist import parse_dist
+    from lorabudget.search.keys import SpaceKey
+
+    class WarmupKey(SpaceKey):
+        names = ("warmup",)
+        summarised = ("training.warmup_ratio",)
+
+        def __init__(self, dist):
+            self.dist = dist
+
+        @classmethod
+        def parse(cls, raw):
+            return [cls(parse_dist("warmup", raw["warmup"]))] if "warmup" in raw else []
+
+        def sample(self, d):
+            d.out["training.warmup_ratio"] = self.dist.suggest(d.trial, "warmup")
+
+        def invert(self, p):
+            self.dist.record(p.params, "warmup", p.cfg.training.warmup_ratio, "its warmup")
+
+        @classmethod
+        def describe(cls, overrides, base_method):
+            return [f"warmup {overrides['training.warmup_ratio']:g}"] if "training.warmup_ratio" in overrides else []
+
+    monkeypatch.setattr(space, "KEYS", space.KEYS + (WarmupKey,))
+    monkeypatch.setattr(space, "DESCRIBED", space.DESCRIBED + (WarmupKey,))
+    monkeypatch.setattr(space, "NAMED", space.NAMED + WarmupKey.names)
+    parsed = space.parse_space({"r": [2, 4], "warmup": [0.0, 0.1]})
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    overrides = space.sample(trial, parsed, 3)
+    assert overrides["training.warmup_ratio"] in (0.0, 0.1)
+    assert space.describe(overrides).endswith(f"warmup {overrides['training.warmup_ratio']:g}")
+    cfg = from_dict({"model": {"name": "x"}, "adapter": {"r": 4}, "training": {"warmup_ratio": 0.1}})
+    assert [p["warmup"] for p in space.base_points(parsed, cfg, 3)] == [0.1, 0.1]  # ranks 4 and 2
+    with pytest.raises(LorabudgetError, match="unknown search key 'warmups'"):
+        space.parse_space({"warmups": [0.1]})
