@@ -403,7 +403,10 @@ def test_target_modules_on_an_encoder_no_family_describes(tmp_path_factory, padd
         assert model(input_ids=ids, attention_mask=mask).logits.shape == (4, 4)
     with pytest.raises(LorabudgetError, match="matches no Linear module"):
         build_model(
-            from_dict({"model": {"name": str(path)}, "adapter": {"target_modules": ["nothing_here"]}}), weights=False
+            from_dict(
+                {"model": {"name": str(path), "max_length": 128}, "adapter": {"target_modules": ["nothing_here"]}}
+            ),
+            weights=False,
         )
     with pytest.raises(LorabudgetError, match="trains every weight: remove adapter.target_modules"):
         from_dict(
