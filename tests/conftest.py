@@ -79,6 +79,24 @@ def make_tokenizer(kind: str):
     )
 
 
+# Room for the config's default model.max_length (256), which build_model checks against the positions.
+TINY_POSITIONS = 260
+
+
+def _extend_positions(model, positions: int) -> None:
+    """Grow the position table to ``positions`` rows, the rows drawn before kept as they were: every
+    other weight, and so what the tests' tiny runs learn, stays the same as with the shorter table."""
+    import torch
+
+    old = model.embeddings.position_embeddings
+    new = torch.nn.Embedding(positions, old.embedding_dim, padding_idx=old.padding_idx)
+    with torch.no_grad():
+        new.weight.normal_(0.0, model.config.initializer_range, generator=torch.Generator().manual_seed(1))
+        new.weight[: old.num_embeddings] = old.weight
+    model.embeddings.position_embeddings = new
+    model.config.max_position_embeddings = positions
+
+
 def make_model_dir(path: Path, kind: str, hidden_size: int = 32, intermediate_size: int = 48) -> Path:
     import torch
     from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
@@ -95,9 +113,10 @@ def make_model_dir(path: Path, kind: str, hidden_size: int = 32, intermediate_si
     )
     torch.manual_seed(0)
     if kind == "roberta":
-        model = RobertaModel(RobertaConfig(**common, max_position_embeddings=260, pad_token_id=1, type_vocab_size=1))
+        model = RobertaModel(RobertaConfig(**common, max_position_embeddings=132, pad_token_id=1, type_vocab_size=1))
     else:
-        model = BertModel(BertConfig(**common, max_position_embeddings=260, pad_token_id=0))
+        model = BertModel(BertConfig(**common, max_position_embeddings=130, pad_token_id=0))
+    _extend_positions(model, TINY_POSITIONS)
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     return path
