@@ -45,7 +45,7 @@ def main() -> int:
     from lorabudget.config import load_config
     from lorabudget.inference.runs import evaluate_run, load_run
     from lorabudget.metrics import classification_metrics
-    from lorabudget.model.build import resolve_model_source
+    from lorabudget.model.hub import resolve_model_source
     from lorabudget.training.loop import train
 
     tmp = Path(tempfile.mkdtemp())

@@ -79,6 +79,24 @@ def make_tokenizer(kind: str):
     )
 
 
+# Room for the config's default model.max_length (256), which build_model checks against the positions.
+TINY_POSITIONS = 260
+
+
+def _extend_positions(model, positions: int) -> None:
+    """Grow the position table to ``positions`` rows, the rows drawn before kept as they were: every
+    other weight, and so what the tests' tiny runs learn, stays the same as with the shorter table."""
+    import torch
+
+    old = model.embeddings.position_embeddings
+    new = torch.nn.Embedding(positions, old.embedding_dim, padding_idx=old.padding_idx)
+    with torch.no_grad():
+        new.weight.normal_(0.0, model.config.initializer_range, generator=torch.Generator().manual_seed(1))
+        new.weight[: old.num_embeddings] = old.weight
+    model.embeddings.position_embeddings = new
+    model.config.max_position_embeddings = positions
+
+
 def make_model_dir(path: Path, kind: str, hidden_size: int = 32, intermediate_size: int = 48) -> Path:
     import torch
     from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
@@ -98,6 +116,7 @@ def make_model_dir(path: Path, kind: str, hidden_size: int = 32, intermediate_si
         model = RobertaModel(RobertaConfig(**common, max_position_embeddings=132, pad_token_id=1, type_vocab_size=1))
     else:
         model = BertModel(BertConfig(**common, max_position_embeddings=130, pad_token_id=0))
+    _extend_positions(model, TINY_POSITIONS)
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     return path
@@ -131,14 +150,14 @@ def make_family_model_dir(path: Path, kind: str) -> Path:
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id
     )
     size = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48)
-    bert_like = dict(size, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, max_position_embeddings=132)
+    bert_like = dict(size, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, max_position_embeddings=260)
     values = {
         "bert": dict(bert_like),
         "roberta": dict(bert_like, type_vocab_size=1),
         "xlm-roberta": dict(bert_like, type_vocab_size=1),
         "electra": dict(bert_like, embedding_size=16),
         "mpnet": dict(bert_like),
-        "distilbert": dict(dim=32, n_layers=3, n_heads=2, hidden_dim=48, max_position_embeddings=132),
+        "distilbert": dict(dim=32, n_layers=3, n_heads=2, hidden_dim=48, max_position_embeddings=260),
         "deberta-v2": dict(
             bert_like,
             relative_attention=True,

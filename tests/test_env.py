@@ -10,7 +10,9 @@ import yaml
 from lorabudget import envinfo
 from lorabudget.cli import main
 from lorabudget.data.cache import folder_size, human_size
+from lorabudget.model import cpu as hw
 from lorabudget.model import precision as prec
+from lorabudget.model import probe as probing
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +23,7 @@ def measured_auto(monkeypatch):
 
 def _fake_probe(fp32_s, bf16_s):
     def measure(workload, threads=None):
-        return prec.Probe(workload.fitted(), threads or torch.get_num_threads(), fp32_s, bf16_s, repeats=3)
+        return probing.Probe(workload.fitted(), threads or torch.get_num_threads(), fp32_s, bf16_s, repeats=3)
 
     return measure
 
@@ -35,8 +37,8 @@ def env_cache(monkeypatch, tmp_path):
 
 
 def test_env_lists_versions_hardware_probe_and_caches(env_cache, monkeypatch, capsys):
-    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ("avx512_bf16",))
-    monkeypatch.setattr(prec, "probe", _fake_probe(2.0, 1.0))
+    monkeypatch.setattr(hw, "cpu_bf16_flags", lambda: ("avx512_bf16",))
+    monkeypatch.setattr(probing, "probe", _fake_probe(2.0, 1.0))
     monkeypatch.setattr(envinfo, "OPTIONAL_PACKAGES", envinfo.OPTIONAL_PACKAGES + (("nothere", ("no-such-dist-xyz",)),))
     assert main(["env"]) == 0
     out = capsys.readouterr().out
@@ -71,7 +73,7 @@ def test_env_lists_versions_hardware_probe_and_caches(env_cache, monkeypatch, ca
     assert str(env_cache) in cache_line and "2 precision probe(s)" in cache_line
     assert any(line.startswith("- Hugging Face hub cache: ") for line in lines)
     # The second time the figures come from the cache (the probes are keyed per CPU, torch, threads, shapes).
-    monkeypatch.setattr(prec, "probe", _fake_probe(1.0, 2.0))
+    monkeypatch.setattr(probing, "probe", _fake_probe(1.0, 2.0))
     assert main(["env"]) == 0
     again = capsys.readouterr().out
     assert again.count("cached") >= 2 and "measured 2.00x faster" in again
@@ -81,12 +83,12 @@ def test_env_without_native_bf16_or_probe(env_cache, monkeypatch, capsys):
     def never(*args, **kwargs):
         raise AssertionError("the probe must not run")
 
-    monkeypatch.setattr(prec, "probe", never)
-    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ())
+    monkeypatch.setattr(probing, "probe", never)
+    monkeypatch.setattr(hw, "cpu_bf16_flags", lambda: ())
     assert main(["env"]) == 0
     out = capsys.readouterr().out
     assert "not run (this CPU has no native bf16" in out and "training precision: fp32" in out
-    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ("amx_bf16",))
+    monkeypatch.setattr(hw, "cpu_bf16_flags", lambda: ("amx_bf16",))
     assert main(["env", "--no-probe"]) == 0
     assert "not run (--no-probe)" in capsys.readouterr().out
 
@@ -97,12 +99,12 @@ def test_size_and_cpu_helpers(tmp_path):
     (tmp_path / "y.bin").write_bytes(b"0" * 100)
     assert folder_size(tmp_path) == 3100 and folder_size(tmp_path / "missing") == 0
     assert human_size(100) == "100 B" and human_size(3 * 1024**2) == "3.0 MB"
-    assert prec.cpu_info()["model"] in envinfo.cpu_summary()
+    assert hw.cpu_info()["model"] in envinfo.cpu_summary()
 
 
 def test_overwrite_run_ends_by_naming_the_folder_asked_for(tiny_config, tmp_path, monkeypatch, capsys):
     """The new run trains in the hidden sibling PARENT/.NAME.overwrite, but the last line names NAME."""
-    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ())  # fp32, no probe
+    monkeypatch.setattr(hw, "cpu_bf16_flags", lambda: ())  # fp32, no probe
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config(training={"max_steps": 2, "log_every": 1})))
     run = tmp_path / "run"

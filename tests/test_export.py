@@ -22,7 +22,8 @@ from lorabudget import load_run
 from lorabudget.cli import main
 from lorabudget.config import from_dict, save_config
 from lorabudget.export.formats import export_run
-from lorabudget.model.build import build_model, load_tokenizer
+from lorabudget.model.build import build_model
+from lorabudget.model.hub import load_tokenizer
 from lorabudget.report.modelcard import parse_model_card, write_model_card
 from lorabudget.rundir.layout import read_export_meta
 

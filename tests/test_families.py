@@ -20,14 +20,15 @@ from method_cases import IDENTITY_AT_INIT, METHOD_SETTINGS
 from lorabudget.cli import main
 from lorabudget.config import from_dict
 from lorabudget.errors import LorabudgetError
-from lorabudget.methods import registry as adapters
+from lorabudget.methods import registry
 from lorabudget.methods.sites import MODULE_SHORT_NAMES
 from lorabudget.model.budget import breakdown
-from lorabudget.model.build import build_model, encoder_layers, merge_adapters
+from lorabudget.model.build import build_model, merge_adapters
+from lorabudget.model.layout import encoder_layers
 from lorabudget.rundir.weights import load_trained_model, save_trained
 from lorabudget.training.setup import param_groups
 
-MERGEABLE = sorted(name for name, method in adapters.METHODS.items() if method.mergeable)
+MERGEABLE = sorted(name for name, method in registry.METHODS.items() if method.mergeable)
 # (family, method) pairs that cannot run, with the reason. ModernBERT's fused attn.Wqkv is adapted as
 # one module (see family_settings), so every other method adapts every family.
 SKIPPED: dict[tuple[str, str], str] = {
@@ -37,7 +38,7 @@ SKIPPED: dict[tuple[str, str], str] = {
 
 
 def test_every_method_and_family_is_in_the_tables():
-    assert set(METHOD_SETTINGS) == set(adapters.METHODS)
+    assert set(METHOD_SETTINGS) == set(registry.METHODS)
     assert set(FAMILY_KINDS) >= {"distilbert", "deberta-v2", "modernbert", "electra", "albert", "xlm-roberta"}
 
 
@@ -117,7 +118,7 @@ def test_every_method_on_every_family(family_model_dir, kind, method):
     logits = model(input_ids=ids, attention_mask=mask).logits
     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
     opt.step()
-    adapters.after_optimizer_step(model, method, 1)
+    registry.after_optimizer_step(model, method, 1)
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
     changed = [n for n, p in model.named_parameters() if n in trainable and not torch.equal(p, trainable[n])]
     assert any("modules_to_save" in n for n in changed)
@@ -251,7 +252,8 @@ def test_plan_train_predict_export_onnx_same_labels(family_model_dir, kind, data
 
     from peft import PeftModel
 
-    from lorabudget.model.build import build_base, load_model_config
+    from lorabudget.model.build import build_base
+    from lorabudget.model.hub import load_model_config
 
     cfg_loaded = from_dict(yaml.safe_load((run / "config.yaml").read_text()))
     base = build_base(cfg_loaded, load_model_config(cfg_loaded)[0], pretrained=True)  # the head is fresh
@@ -264,7 +266,7 @@ def test_plan_train_predict_export_onnx_same_labels(family_model_dir, kind, data
 def test_resume_on_distilbert_matches_uninterrupted(family_model_dir, data_dir, tmp_path, monkeypatch):
     """A DistilBERT run stopped after step 6 (Ctrl-C) and continued with --resume ends as the
     uninterrupted run does."""
-    import lorabudget.training.loop as loop
+    from lorabudget.training.state import MetricsLog
 
     values = yaml.safe_load(
         _run_config(tmp_path, family_model_dir("distilbert"), "distilbert", "lora", "linear", data_dir).read_text()
@@ -275,18 +277,18 @@ def test_resume_on_distilbert_matches_uninterrupted(family_model_dir, data_dir, 
     ref, run = tmp_path / "ref", tmp_path / "run"
     assert main(["train", str(cfg), "--output", str(ref), "--no-report"]) == 0
 
-    write = loop.MetricsLog.write
+    write = MetricsLog.write
 
     def interrupted_write(self, **record):
         write(self, **record)
         if record.get("type") == "train" and record.get("step") == 6:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop.MetricsLog, "write", interrupted_write)
+    monkeypatch.setattr(MetricsLog, "write", interrupted_write)
     argv = ["train", str(cfg), "--output", str(run), "--no-report"]
     assert main(argv) == 130
     assert (run / "checkpoint" / "state.pt").is_file() and not (run / "summary.json").exists()
-    monkeypatch.setattr(loop.MetricsLog, "write", write)
+    monkeypatch.setattr(MetricsLog, "write", write)
     assert main(argv + ["--resume"]) == 0
     got, want = json.loads((run / "summary.json").read_text()), json.loads((ref / "summary.json").read_text())
     assert got["steps"] == want["steps"] == 10 and got["validation_accuracy"] == want["validation_accuracy"]
@@ -382,10 +384,14 @@ def test_target_modules_on_an_encoder_no_family_describes(tmp_path_factory, padd
     ).save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     with pytest.raises(LorabudgetError, match="adapter.target_modules"):
-        build_model(from_dict({"model": {"name": str(path)}}), weights=False)
+        build_model(from_dict({"model": {"name": str(path), "max_length": 128}}), weights=False)
     for targets, sites in ((["query", "value"], 4), (r".*\.layer\.1\.attention\.self\.(query|key)", 2)):
         cfg = from_dict(
-            {"model": {"name": str(path)}, "head": {"type": "linear"}, "adapter": {"r": 2, "target_modules": targets}}
+            {
+                "model": {"name": str(path), "max_length": 128},
+                "head": {"type": "linear"},
+                "adapter": {"r": 2, "target_modules": targets},
+            }
         )
         built = build_model(cfg, weights=False)
         assert len(built.sites) == sites
@@ -397,7 +403,10 @@ def test_target_modules_on_an_encoder_no_family_describes(tmp_path_factory, padd
         assert model(input_ids=ids, attention_mask=mask).logits.shape == (4, 4)
     with pytest.raises(LorabudgetError, match="matches no Linear module"):
         build_model(
-            from_dict({"model": {"name": str(path)}, "adapter": {"target_modules": ["nothing_here"]}}), weights=False
+            from_dict(
+                {"model": {"name": str(path), "max_length": 128}, "adapter": {"target_modules": ["nothing_here"]}}
+            ),
+            weights=False,
         )
     with pytest.raises(LorabudgetError, match="trains every weight: remove adapter.target_modules"):
         from_dict(

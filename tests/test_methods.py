@@ -17,19 +17,19 @@ from method_cases import IDENTITY_AT_INIT, METHOD_SETTINGS
 
 from lorabudget.config import from_dict
 from lorabudget.errors import LorabudgetError
-from lorabudget.methods import registry as adapters
+from lorabudget.methods import registry
 from lorabudget.model.budget import breakdown
 from lorabudget.model.build import build_model, merge_adapters
 from lorabudget.rundir.weights import save_trained
 from lorabudget.training.setup import param_groups
 
 # Methods PEFT can fold into the base weights (all but full, which has nothing to merge).
-MERGEABLE = sorted(name for name, method in adapters.METHODS.items() if method.mergeable)
+MERGEABLE = sorted(name for name, method in registry.METHODS.items() if method.mergeable)
 
 
 def test_every_registered_method_is_in_the_tables():
-    assert set(METHOD_SETTINGS) == set(adapters.METHODS)
-    assert IDENTITY_AT_INIT <= set(adapters.METHODS)
+    assert set(METHOD_SETTINGS) == set(registry.METHODS)
+    assert IDENTITY_AT_INIT <= set(registry.METHODS)
 
 
 def method_cfg(path, method, head="full", pooling="first", **extra):
@@ -87,7 +87,7 @@ def test_frozen_weights_unchanged_after_a_step(padded_batch, tiny_bert, method):
     logits = model(input_ids=ids, attention_mask=mask).logits
     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
     opt.step()
-    adapters.after_optimizer_step(model, method, 1)
+    registry.after_optimizer_step(model, method, 1)
     for n, p in model.named_parameters():
         if n in frozen:
             assert torch.equal(p, frozen[n]), n
@@ -164,20 +164,20 @@ def test_adalora_allocator_state_survives_a_checkpoint(padded_batch, tiny_bert):
         logits = model(input_ids=ids, attention_mask=mask).logits
         torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
         opt.step()
-        adapters.after_optimizer_step(model, "adalora", at)
+        registry.after_optimizer_step(model, "adalora", at)
         opt.zero_grad()
 
     first, opt = built()
     for at in range(1, 6):
         step(first, opt, at)
-    state = adapters.training_state(first, "adalora")
+    state = registry.training_state(first, "adalora")
     assert state["exp_avg_ipt"] and all(t.abs().sum() > 0 for t in state["exp_avg_ipt"].values())
 
     # Copies, as a checkpoint on disk would give (load_state_dict would share the optimizer's tensors).
     resumed, resumed_opt = built()
     load_weights(resumed, trainable_weights(first))
     resumed_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
-    adapters.restore_training_state(resumed, "adalora", copy.deepcopy(state))
+    registry.restore_training_state(resumed, "adalora", copy.deepcopy(state))
     forgetful, forgetful_opt = built()  # the same weights, but its allocator starts from nothing
     load_weights(forgetful, trainable_weights(first))
     forgetful_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
@@ -191,13 +191,13 @@ def test_adalora_allocator_state_survives_a_checkpoint(padded_batch, tiny_bert):
     for name, value in scores(first).items():
         torch.testing.assert_close(scores(resumed)[name], value, rtol=1e-5, atol=0)
     assert any(not torch.allclose(scores(forgetful)[n], v, rtol=1e-3, atol=0) for n, v in scores(first).items())
-    assert adapters.training_state(first, "lora") == {}
+    assert registry.training_state(first, "lora") == {}
 
 
 @pytest.mark.parametrize("method", sorted(MERGEABLE))
 @pytest.mark.parametrize("head", ["full", "linear"])
 def test_merged_equals_unmerged(padded_batch, tiny_roberta, method, head):
-    assert adapters.can_merge(method, quantized=False)
+    assert registry.can_merge(method, quantized=False)
     model = build_model(method_cfg(tiny_roberta, method, head)).model
     _perturb(model)
     model.eval()
@@ -293,7 +293,7 @@ def test_placement_and_option_errors(tiny_roberta, adapter, budget, message):
 
 def test_method_defaults_fill_nulls(tiny_roberta):
     cfg = from_dict({"model": {"name": str(tiny_roberta)}, "adapter": {"method": "vera"}})
-    assert cfg.adapter.r == 256 and cfg.training.learning_rate == adapters.METHODS["vera"].learning_rate
+    assert cfg.adapter.r == 256 and cfg.training.learning_rate == registry.METHODS["vera"].learning_rate
     cfg = from_dict({"model": {"name": str(tiny_roberta)}, "adapter": {"method": "ia3"}})
     assert cfg.adapter.modules == ["key", "value", "output"]
     cfg = from_dict({"model": {"name": str(tiny_roberta)}})
@@ -331,7 +331,7 @@ def test_quantized_base_trains_with_falling_loss(padded_batch, tmp_path_factory,
     ).save_pretrained(str(model_dir))
     cfg = from_dict(
         {
-            "model": {"name": str(model_dir), "quantization": quantization},
+            "model": {"name": str(model_dir), "quantization": quantization, "max_length": 64},
             "head": {"type": "linear"},
             "adapter": {"r": 4, "dropout": 0.0, "modules": ["query", "value", "intermediate"]},
         }
@@ -352,7 +352,7 @@ def test_quantized_base_trains_with_falling_loss(padded_batch, tmp_path_factory,
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.1, losses
-    assert not adapters.can_merge("lora", quantized=True)
+    assert not registry.can_merge("lora", quantized=True)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")

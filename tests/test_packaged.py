@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lorabudget.errors import LorabudgetError
-from lorabudget.model import build, packaged
+from lorabudget.model import hub, packaged
 from lorabudget.model.packaged import PackagedModel, packaged_model_folder
 
 CONFIG = '{"model_type": "bert"}'
@@ -75,7 +75,7 @@ def test_split_zip_unpacks_once_and_resolves_by_name(split_model, capsys, tmp_pa
     assert not (folder.parent / "escape.txt").exists()
     assert "unpacking someone/tiny-model from its 3 PyPI packages" in capsys.readouterr().err
     # Second resolution: the unpacked folder, without unpacking again.
-    assert build.resolve_model_source("tiny-model") == str(folder)
+    assert hub.resolve_model_source("tiny-model") == str(folder)
     assert "unpacking" not in capsys.readouterr().err
     assert not [p for p in folder.parent.iterdir() if p.name.endswith(".tmp")]
 
@@ -84,7 +84,7 @@ def test_missing_part_is_one_line_naming_it(split_model):
     model, site, pieces = split_model
     install(site, model, pieces, skip=(1,))
     with pytest.raises(LorabudgetError) as err:
-        build.resolve_model_source("tiny-model")
+        hub.resolve_model_source("tiny-model")
     message = str(err.value)
     assert "\n" not in message
     assert "tiny-model-part-2 is not installed" in message
@@ -93,8 +93,8 @@ def test_missing_part_is_one_line_naming_it(split_model):
 
 def test_not_installed_falls_back_to_the_hub_name(split_model):
     assert packaged_model_folder("tiny-model") is None
-    assert build.resolve_model_source("tiny-model") == "someone/tiny-model"
-    assert build.resolve_model_source("not-packaged/model") == "not-packaged/model"
+    assert hub.resolve_model_source("tiny-model") == "someone/tiny-model"
+    assert hub.resolve_model_source("not-packaged/model") == "not-packaged/model"
 
 
 def test_corrupt_pieces_leave_nothing_behind(split_model, tmp_path):
@@ -126,7 +126,7 @@ def test_the_real_packaged_models_are_named_by_short_and_hub_name():
 def test_offline_without_the_packages_names_them_in_one_line(split_model, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(LorabudgetError) as err:
-        build.load_tokenizer("tiny-model")
+        hub.load_tokenizer("tiny-model")
     message = str(err.value)
     assert "\n" not in message
     assert (

@@ -7,8 +7,10 @@ import torch
 
 from lorabudget.config import from_dict
 from lorabudget.errors import LorabudgetError
+from lorabudget.model import cpu as hw
 from lorabudget.model import flops
 from lorabudget.model import precision as prec
+from lorabudget.model import probe as probing
 
 
 @pytest.fixture(autouse=True)
@@ -80,9 +82,9 @@ def test_cpu_flags_read_from_cpuinfo(monkeypatch, tmp_path):
         ("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n", ("bf16",)),
     ]:
         info.write_text(text)
-        prec.cpu_bf16_flags.cache_clear()
-        assert prec.cpu_bf16_flags() == expected
-    prec.cpu_bf16_flags.cache_clear()
+        hw.cpu_bf16_flags.cache_clear()
+        assert hw.cpu_bf16_flags() == expected
+    hw.cpu_bf16_flags.cache_clear()
 
 
 @pytest.fixture
@@ -101,14 +103,14 @@ def test_training_logs_exactly_one_precision_line(monkeypatch, tiny_config, fres
 
     from lorabudget.training.setup import make_accelerator, make_optimizer
 
-    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ())
+    monkeypatch.setattr(hw, "cpu_bf16_flags", lambda: ())
     lines = []
     cfg = from_dict(tiny_config())
     accelerator = make_accelerator(cfg, log=lines.append)
     assert accelerator.mixed_precision == "no"
     assert lines == ["training precision: fp32 (auto: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag))"]
     # bf16 asked for: Accelerate really autocasts on a CPU (the linear layer computes in bf16).
-    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ("avx512_bf16",))
+    monkeypatch.setattr(hw, "cpu_bf16_flags", lambda: ("avx512_bf16",))
     lines.clear()
     AcceleratorState._reset_state(True)
     accelerator = make_accelerator(from_dict(tiny_config(training={"mixed_precision": "bf16"})), log=lines.append)
@@ -131,17 +133,17 @@ def test_training_auto_probes_the_configs_shapes_on_its_threads(
 ):
     from lorabudget.training.setup import make_accelerator
 
-    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ("avx512_bf16",))
+    monkeypatch.setattr(hw, "cpu_bf16_flags", lambda: ("avx512_bf16",))
     seen = []
     monkeypatch.setattr(
-        prec, "probe", lambda w, threads=None: seen.append((w, threads)) or _probe(w, threads, 2.0, 1.0)
+        probing, "probe", lambda w, threads=None: seen.append((w, threads)) or _probe(w, threads, 2.0, 1.0)
     )
     lines = []
     accelerator = make_accelerator(from_dict(tiny_config(training={"threads": 1})), log=lines.append)
     assert accelerator.mixed_precision == "bf16"
     assert lines == ["training precision: bf16 (auto: measured 2.00x faster than fp32 here)"]
     # The tiny model's hidden 32 / intermediate 48, 16 rows x 64 positions, forward and backward, 1 thread.
-    assert seen == [(prec.Workload(32, 48, 16 * 64, training=True), 1)]
+    assert seen == [(probing.Workload(32, 48, 16 * 64, training=True), 1)]
     assert len(list((tmp_path / "cache" / "precision").glob("bf16-probe-*.json"))) == 1  # the config's cache dir
 
 
@@ -150,18 +152,18 @@ def test_inference_auto_logs_one_line(monkeypatch, tmp_path, tiny_roberta):
 
     from lorabudget.inference.batched import CPU_TOKENS_PER_BATCH, resolve_precision
 
-    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ("avx512_bf16",))
+    monkeypatch.setattr(hw, "cpu_bf16_flags", lambda: ("avx512_bf16",))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     seen = []
-    monkeypatch.setattr(prec, "probe", lambda w, threads=None: seen.append(w) or _probe(w, threads, 3.0, 1.0))
+    monkeypatch.setattr(probing, "probe", lambda w, threads=None: seen.append(w) or _probe(w, threads, 3.0, 1.0))
     lines = []
     assert resolve_precision("auto", lines.append, cache_dir=str(tmp_path)) == "bf16"
     assert lines == ["inference precision: bf16 (auto: measured 3.00x faster than fp32 here)"]
-    assert seen == [prec.representative(training=False)]  # no model: MiniLM's shape
+    assert seen == [probing.representative(training=False)]  # no model: MiniLM's shape
     assert resolve_precision("bf16", lines.append) == "bf16" and len(lines) == 1  # explicit: no line, no probe
     model = AutoModel.from_pretrained(str(tiny_roberta))
     assert resolve_precision("auto", lines.append, model=model, cache_dir=str(tmp_path)) == "bf16"
-    assert seen[-1] == prec.Workload(32, 48, CPU_TOKENS_PER_BATCH, training=False)  # the model's own shape
+    assert seen[-1] == probing.Workload(32, 48, CPU_TOKENS_PER_BATCH, training=False)  # the model's own shape
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,12 +171,12 @@ def test_inference_auto_logs_one_line(monkeypatch, tmp_path, tiny_roberta):
 
 
 def _probe(workload, threads, fp32_s, bf16_s, **kwargs):
-    return prec.Probe(workload.fitted(), threads or torch.get_num_threads(), fp32_s, bf16_s, repeats=3, **kwargs)
+    return probing.Probe(workload.fitted(), threads or torch.get_num_threads(), fp32_s, bf16_s, repeats=3, **kwargs)
 
 
 @pytest.fixture
 def counted_probe(monkeypatch):
-    """prec.probe replaced by one that returns the next queued (fp32_s, bf16_s) and counts its calls."""
+    """probing.probe replaced by one that returns the next queued (fp32_s, bf16_s) and counts its calls."""
     calls = []
     queue = []
 
@@ -183,14 +185,14 @@ def counted_probe(monkeypatch):
         fp32_s, bf16_s = queue.pop(0) if queue else (2.0, 1.0)
         return _probe(workload, threads, fp32_s, bf16_s)
 
-    monkeypatch.setattr(prec, "probe", fake)
-    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ("avx512_bf16",))
+    monkeypatch.setattr(probing, "probe", fake)
+    monkeypatch.setattr(hw, "cpu_bf16_flags", lambda: ("avx512_bf16",))
     return calls, queue
 
 
 def test_auto_measures_once_per_machine_and_key(counted_probe, tmp_path, monkeypatch):
     calls, queue = counted_probe
-    shape = prec.Workload(384, 1536, 1024, training=True)
+    shape = probing.Workload(384, 1536, 1024, training=True)
     queue.append((2.4, 1.0))
     p = prec.resolve("auto", "cpu", workload=shape, threads=2, cache_dir=tmp_path)
     assert p == prec.Precision("bf16", "auto: measured 2.40x faster than fp32 here") and len(calls) == 1
@@ -203,26 +205,26 @@ def test_auto_measures_once_per_machine_and_key(counted_probe, tmp_path, monkeyp
     assert prec.resolve("no", "cpu", workload=shape, cache_dir=tmp_path).name == "fp32"
     assert prec.resolve("bf16", "cpu", workload=shape, cache_dir=tmp_path).name == "bf16"
     assert prec.resolve("auto", "cuda", workload=shape, cache_dir=tmp_path).name in ("bf16", "fp32")
-    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ())
+    monkeypatch.setattr(hw, "cpu_bf16_flags", lambda: ())
     assert prec.resolve("auto", "cpu", workload=shape, cache_dir=tmp_path).name == "fp32"
-    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ("avx512_bf16",))
+    monkeypatch.setattr(hw, "cpu_bf16_flags", lambda: ("avx512_bf16",))
     assert len(calls) == 1
     # Each part of the key measures again: thread count, shapes, training vs inference, torch, CPU.
     queue.extend([(1.0, 2.0)] * 6)
     assert prec.resolve("auto", "cpu", workload=shape, threads=1, cache_dir=tmp_path).reason == (
         f"auto: bf16 measured 0.50x here, under the {prec.BF16_MARGIN:g}x it must win by"
     )
-    prec.resolve("auto", "cpu", workload=prec.Workload(768, 3072, 1024, True), threads=2, cache_dir=tmp_path)
-    prec.resolve("auto", "cpu", workload=prec.Workload(384, 1536, 1024, False), threads=2, cache_dir=tmp_path)
+    prec.resolve("auto", "cpu", workload=probing.Workload(768, 3072, 1024, True), threads=2, cache_dir=tmp_path)
+    prec.resolve("auto", "cpu", workload=probing.Workload(384, 1536, 1024, False), threads=2, cache_dir=tmp_path)
     monkeypatch.setattr(torch, "__version__", "0.0.0-other")
     prec.resolve("auto", "cpu", workload=shape, threads=2, cache_dir=tmp_path)
     monkeypatch.undo()  # back to the real torch version and flags; the fake probe again
     monkeypatch.delenv("LORABUDGET_AUTO_PRECISION", raising=False)  # undone with the rest
     calls_before = len(calls)
-    monkeypatch.setattr(prec, "probe", lambda w, threads=None: calls.append(w) or _probe(w, threads, 1.0, 2.0))
-    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ("avx512_bf16",))
-    info = dict(prec.cpu_info(), flags=("avx2", "avx512_bf16", "amx_bf16", "amx_tile"))
-    monkeypatch.setattr(prec, "cpu_info", lambda: info)
+    monkeypatch.setattr(probing, "probe", lambda w, threads=None: calls.append(w) or _probe(w, threads, 1.0, 2.0))
+    monkeypatch.setattr(hw, "cpu_bf16_flags", lambda: ("avx512_bf16",))
+    info = dict(hw.cpu_info(), flags=("avx2", "avx512_bf16", "amx_bf16", "amx_tile"))
+    monkeypatch.setattr(hw, "cpu_info", lambda: info)
     prec.resolve("auto", "cpu", workload=shape, threads=2, cache_dir=tmp_path)
     info["model"] = "Some Other CPU"
     prec.resolve("auto", "cpu", workload=shape, threads=2, cache_dir=tmp_path)
@@ -232,7 +234,7 @@ def test_auto_measures_once_per_machine_and_key(counted_probe, tmp_path, monkeyp
 
 def test_a_corrupt_or_foreign_cache_file_is_measured_again(counted_probe, tmp_path):
     calls, queue = counted_probe
-    shape = prec.Workload(64, 256, 512, training=False)
+    shape = probing.Workload(64, 256, 512, training=False)
     queue.append((3.0, 1.0))
     prec.resolve("auto", "cpu", workload=shape, threads=2, cache_dir=tmp_path)
     (path,) = (tmp_path / "precision").glob("bf16-probe-*.json")
@@ -261,8 +263,8 @@ def test_a_corrupt_or_foreign_cache_file_is_measured_again(counted_probe, tmp_pa
 
 
 def test_an_unreliable_probe_decides_its_run_but_is_not_cached(monkeypatch, tmp_path):
-    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ("avx512_bf16",))
-    shape = prec.Workload(64, 256, 512, training=True)
+    monkeypatch.setattr(hw, "cpu_bf16_flags", lambda: ("avx512_bf16",))
+    shape = probing.Workload(64, 256, 512, training=True)
     results = iter(
         [
             _probe(shape, 2, 2.0, 1.0, busy_cores=1.4),  # another process took the cores
@@ -270,8 +272,8 @@ def test_an_unreliable_probe_decides_its_run_but_is_not_cached(monkeypatch, tmp_
             _probe(shape, 2, 1.0, 1.0, busy_cores=0.1),  # fine: cached
         ]
     )
-    monkeypatch.setattr(prec, "_usable_cpus", lambda: 2)
-    monkeypatch.setattr(prec, "probe", lambda w, threads=None: next(results))
+    monkeypatch.setattr(probing, "_usable_cpus", lambda: 2)
+    monkeypatch.setattr(probing, "probe", lambda w, threads=None: next(results))
     busy = prec.resolve("auto", "cpu", workload=shape, threads=2, cache_dir=tmp_path)
     assert busy.name == "bf16" and "1.4 cores busy: not cached" in busy.reason
     assert "disagreed: not cached" in prec.resolve("auto", "cpu", workload=shape, threads=2, cache_dir=tmp_path).reason
@@ -279,7 +281,7 @@ def test_an_unreliable_probe_decides_its_run_but_is_not_cached(monkeypatch, tmp_
     assert prec.resolve("auto", "cpu", workload=shape, threads=2, cache_dir=tmp_path).name == "fp32"
     assert prec.resolve("auto", "cpu", workload=shape, threads=2, cache_dir=tmp_path).name == "fp32"  # cached
     # Busy cores beyond the ones the run leaves free: a run on 1 of 4 cores tolerates 3 busy ones.
-    monkeypatch.setattr(prec, "_usable_cpus", lambda: 4)
+    monkeypatch.setattr(probing, "_usable_cpus", lambda: 4)
     assert not _probe(shape, 1, 1.0, 1.0, busy_cores=3.2).contended
     assert _probe(shape, 4, 1.0, 1.0, busy_cores=0.6).contended
 
@@ -287,27 +289,27 @@ def test_an_unreliable_probe_decides_its_run_but_is_not_cached(monkeypatch, tmp_
 def test_workloads_from_configs_and_their_fitting():
     from transformers import BertConfig, DistilBertConfig
 
-    w = prec.workload_from_config(BertConfig(hidden_size=384, intermediate_size=1536), 1024, training=True)
-    assert w == prec.representative(training=True)
-    assert prec.workload_from_config(DistilBertConfig(dim=768, hidden_dim=3072), 512, False) == prec.Workload(
+    w = probing.workload_from_config(BertConfig(hidden_size=384, intermediate_size=1536), 1024, training=True)
+    assert w == probing.representative(training=True)
+    assert probing.workload_from_config(DistilBertConfig(dim=768, hidden_dim=3072), 512, False) == probing.Workload(
         768, 3072, 512, False
     )
     assert w.flops() == 2 * 1024 * (4 * 384 * 384 + 2 * 384 * 1536) * 2  # backward: the input gradient only
     assert w.fitted() == w  # MiniLM's shape is probed as it is
-    big = prec.Workload(1024, 4096, 4096, training=True)
-    assert big.fitted().rows < 4096 and big.fitted().flops() <= prec.PROBE_MAX_FLOPS
-    assert big.fitted().hidden == 1024 and prec.Workload(8192, 32768, 512, True).fitted().rows == 128
+    big = probing.Workload(1024, 4096, 4096, training=True)
+    assert big.fitted().rows < 4096 and big.fitted().flops() <= probing.PROBE_MAX_FLOPS
+    assert big.fitted().hidden == 1024 and probing.Workload(8192, 32768, 512, True).fitted().rows == 128
 
 
 def test_the_probe_runs_on_a_tiny_shape():
     """A smoke run of the real probe (not timed against anything: only that it measures both sides,
     on the threads asked for, and leaves torch's thread count as it was)."""
     threads = torch.get_num_threads()
-    result = prec.probe(prec.Workload(16, 32, 64, training=True), threads=1, budget_s=0.01)
+    result = probing.probe(probing.Workload(16, 32, 64, training=True), threads=1, budget_s=0.01)
     assert result.threads == 1 and torch.get_num_threads() == threads
-    assert result.fp32_s > 0 and result.bf16_s > 0 and result.repeats >= prec.PROBE_MIN_REPEATS
+    assert result.fp32_s > 0 and result.bf16_s > 0 and result.repeats >= probing.PROBE_MIN_REPEATS
     assert result.speedup > 0 and result.gflops("fp32") > 0 and "16" in result.describe()
-    assert prec.probe(prec.Workload(16, 32, 64, training=False), budget_s=0.01).bf16_s > 0
+    assert probing.probe(probing.Workload(16, 32, 64, training=False), budget_s=0.01).bf16_s > 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,9 +391,16 @@ def test_flops_match_torch_flop_counter(kind, tiny_roberta, tiny_bert):
         assert all(s.lora_rank == 0 for layer in merged.layers for s in layer.sites.values())
 
 
-def test_matmul_peak_is_positive_and_sane():
-    peak = flops.matmul_peak("fp32", "cpu", size=128, seconds=0.05)
-    assert 1e6 < peak < 1e15
+def test_matmul_peak_is_products_flops_over_the_time_they_took(monkeypatch):
+    from types import SimpleNamespace
+
+    clock = iter(0.25 * i for i in range(100))  # each reading a quarter second later
+    monkeypatch.setattr(flops, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    products = []
+    monkeypatch.setattr(flops.torch, "mm", lambda a, b: products.append(a.shape))
+    # Timed from the first reading; it stops at the first reading at or past 1 s: 4 products in 1.0 s.
+    assert flops.matmul_peak("fp32", "cpu", size=16, seconds=1.0) == 2 * 16**3 * 4 / 1.0
+    assert len(products) == 2 + 4  # two warm-up products, untimed
 
 
 def test_no_bf16_peak_where_the_cpu_only_emulates_bf16(monkeypatch, tiny_roberta):
@@ -406,12 +415,12 @@ def test_no_bf16_peak_where_the_cpu_only_emulates_bf16(monkeypatch, tiny_roberta
     counter.add(4, 16)
     measured = []
     monkeypatch.setattr(flops, "matmul_peak", lambda precision, *a, **k: measured.append(precision) or 1e9)
-    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ())
+    monkeypatch.setattr(hw, "cpu_bf16_flags", lambda: ())
     emulated = flops.training_summary(model, counter, 40, [10] * 4, 1.0, "bf16", "cpu")
     assert emulated["train_flops_per_s"] > 0 and emulated["matmul_peak_flops_per_s"] is None
     assert emulated["train_peak_fraction"] is None and measured == []
     assert flops.training_summary(model, counter, 40, [10] * 4, 1.0, "no", "cpu")["matmul_peak_flops_per_s"] == 1e9
-    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: ("avx512_bf16",))
+    monkeypatch.setattr(hw, "cpu_bf16_flags", lambda: ("avx512_bf16",))
     assert flops.training_summary(model, counter, 40, [10] * 4, 1.0, "bf16", "cpu")["train_peak_fraction"] > 0
     assert measured == ["fp32", "bf16"]
 

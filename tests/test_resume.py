@@ -19,7 +19,7 @@ KILL_AFTER_STEP = 6
 
 CHILD = """
 import sys, time
-import lorabudget.training.loop as T
+import lorabudget.training.state as T
 write = T.MetricsLog.write
 def stalling_write(self, **record):
     write(self, **record)
@@ -102,7 +102,7 @@ def test_kill_9_and_resume_matches_uninterrupted(tiny_config, tmp_path, method):
 TERM_CHILD = """
 import sys, time
 import lorabudget.signals as S
-import lorabudget.training.loop as T
+import lorabudget.training.state as T
 write = T.MetricsLog.write
 def waiting_write(self, **record):
     write(self, **record)
@@ -181,7 +181,7 @@ def test_on_eval_stop_checkpoint_every_umask_and_overwrite(tiny_config, tmp_path
     monkeypatch.setattr(
         train_mod.Checkpointer,
         "save",
-        lambda self, m, o, s, state, *a: (saved_at.append(state.step), save(self, m, o, s, state, *a)),
+        lambda self, payload: (saved_at.append(payload["state"]["step"]), save(self, payload)),
     )
 
     def stop_at_8(step, result):

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from lorabudget.search.study import SearchSettings, done_count, open_study, trial_kind
+from lorabudget.search.trial import Outcome, TrialOutcome
 from lorabudget.search.worker import Worker, WorkerResult
 
 WORKERS = 4  # processes started together at a barrier
@@ -36,7 +37,7 @@ class _CheapWorker(Worker):
         self.study = open_study(s)
         self.result = WorkerResult()
 
-    def run_trial(self, trial) -> tuple[str, str]:
+    def run_trial(self, trial) -> TrialOutcome:
         from optuna.trial import TrialState
 
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -45,10 +46,10 @@ class _CheapWorker(Worker):
         if not self._wait_for_slot(trial):
             trial.set_user_attr("surplus", True)
             self.study.tell(trial, state=TrialState.FAIL)
-            return "skipped", ""
+            return TrialOutcome(Outcome.SKIPPED)
         time.sleep(0.05)  # a "training run", so trials of the workers overlap
         self.study.tell(trial, x)
-        return "trained", ""
+        return TrialOutcome(Outcome.TRAINED)
 
 
 def _settings(storage: str, output: Path) -> SearchSettings:

@@ -180,8 +180,18 @@ def test_search_space_derives_its_method_lists_from_the_registry():
 def test_merging_and_hooks_come_from_the_registry():
     from lorabudget.methods import registry
 
+    # Whether to merge is asked of registry.can_merge, which also knows a quantized base never merges:
+    # no other module reads the registry's flag itself (test_methods.py checks that merging works).
+    owner = Path(registry.__file__)
+    readers = [
+        str(path.relative_to(SRC))
+        for path in SRC.rglob("*.py")
+        if path != owner
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Attribute) and node.attr == "mergeable"
+    ]
+    assert not readers, f"modules deciding merges without registry.can_merge: {readers}"
     for name, method in METHODS.items():
-        assert registry.can_merge(name, quantized=False) == method.mergeable
         assert not registry.can_merge(name, quantized=True)
         assert (method.save_training_state is None) == (method.load_training_state is None), name
     assert METHODS["adalora"].after_optimizer_step is not None  # its rank allocator runs through the hook

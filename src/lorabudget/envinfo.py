@@ -61,7 +61,7 @@ def package_version(names: Sequence[str]) -> str:
 
 def cpu_flags_that_matter() -> tuple[list[str], list[str]]:
     """(present, absent) among the flags that matter for this CPU's architecture."""
-    from lorabudget.model.precision import cpu_info
+    from lorabudget.model.cpu import cpu_info
 
     flags = set(cpu_info()["flags"])
     wanted = ARM_FLAGS if "asimd" in flags or platform.machine() in ("aarch64", "arm64") else X86_FLAGS
@@ -70,7 +70,7 @@ def cpu_flags_that_matter() -> tuple[list[str], list[str]]:
 
 def cpu_name() -> str:
     """The CPU model with its vendor/family/model numbers (a VM's model name is often just "AMD EPYC")."""
-    from lorabudget.model.precision import cpu_info
+    from lorabudget.model.cpu import cpu_info
 
     info = cpu_info()
     ids = ", ".join(
@@ -104,14 +104,16 @@ def precision_lines(cache_dir: str | Path | None = None, probe: bool = True) -> 
     """The bf16 probe on MiniLM's shape (training and inference) and what ``auto`` decides."""
     import torch
 
+    from lorabudget.model import cpu as hw
     from lorabudget.model import precision as prec
+    from lorabudget.model import probe as probing
 
     lines = []
-    flags = prec.cpu_bf16_flags()
+    flags = hw.cpu_bf16_flags()
     threads = torch.get_num_threads()
     for training in (True, False):
         what = "training" if training else "inference"
-        workload = prec.representative(training)
+        workload = probing.representative(training)
         if not flags:
             chosen = prec.choose("auto", "cpu", cpu_flags=())
             lines.append(
@@ -123,7 +125,7 @@ def precision_lines(cache_dir: str | Path | None = None, probe: bool = True) -> 
             lines.append(f"- bf16 probe, {what}: not run (--no-probe)")
             continue
         try:
-            result = prec.cached_probe(workload, threads, cache_dir)
+            result = probing.cached_probe(workload, threads, cache_dir)
         except RuntimeError as err:
             lines.append(f"- bf16 probe, {what}: failed ({err})")
             continue
@@ -137,7 +139,7 @@ def precision_lines(cache_dir: str | Path | None = None, probe: bool = True) -> 
             f"-> CPU {chosen.line(what)}"
         )
     if torch.cuda.is_available():
-        chosen = prec.choose("auto", "cuda", gpu_bf16=prec.gpu_supports_bf16())
+        chosen = prec.choose("auto", "cuda", gpu_bf16=hw.gpu_supports_bf16())
         lines.append(f"- on the GPU (where runs go): {chosen.line('auto')}")
     lines.append(
         f"- bf16 margin: auto picks bf16 on a CPU only where it measures at least {prec.BF16_MARGIN:g}x "

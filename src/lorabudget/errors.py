@@ -6,6 +6,12 @@ exits non-zero; tracebacks are reserved for bugs (or ``--debug``).
 """
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's text (its type's name when it has none), for one-line messages."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class LorabudgetError(Exception):
     """An error caused by the user's input or environment, reported without a traceback."""
 
@@ -14,8 +20,11 @@ class BudgetExceededError(LorabudgetError):
     """The planned trainable-parameter count is over the configured budget."""
 
 
-class TrainingStopped(LorabudgetError):
+class TrainingStopped(Exception):
     """Raised by an ``on_eval`` callback of :func:`lorabudget.training.loop.train` to end a run early.
+
+    A control-flow signal between the caller's hook and the loop, not a user error: it is not a
+    :class:`LorabudgetError`, so a handler of user errors never swallows it.
 
     The run is finished with the best checkpoint so far (adapter, eval.json, summary.json with
     ``stopped_early``), then the exception is raised again to the caller with ``summary`` set.

@@ -108,16 +108,6 @@ class Search:
         )
 
 
-def check_storage(storage: Optional[str]) -> None:
-    """Refuse a storage that forgets: an in-memory database would lose every trial (and so best.yaml)
-    once a worker closes it."""
-    if storage and ":memory:" in storage or storage in ("sqlite://", "sqlite:///"):
-        raise LorabudgetError(
-            f"--storage {storage} keeps the study in memory, where its trials are lost; use "
-            "sqlite:///FILE, journal:FILE or postgresql://... (default: SQLite in the search directory)"
-        )
-
-
 def search_config(config: ConfigSource, overrides: Overrides, trial_overrides: Overrides, data_args: dict[str, Any]):
     """(trial base values, best.yaml base values, config name): both resolved once, the classes read
     from the data once, so every trial and ``best.yaml`` share them."""
@@ -207,7 +197,6 @@ def search(
     name = study_name or f"{name}-search"
     if storage and storage.startswith("journal:"):
         storage = "journal:" + str(Path(storage[len("journal:") :]).expanduser().resolve())
-    check_storage(storage)
     output = Path(output) if output is not None else Path("runs") / name
     from lorabudget.rundir.lifecycle import check_not_run_file
 

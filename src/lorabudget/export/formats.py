@@ -31,7 +31,7 @@ from lorabudget.errors import LorabudgetError
 from lorabudget.inference.onnx import onnx_session, require_onnx, run_export_is_current
 from lorabudget.inference.runs import load_run
 from lorabudget.io import atomic_dir, atomic_write_json
-from lorabudget.model.build import load_model_config, load_tokenizer
+from lorabudget.model.hub import load_model_config, load_tokenizer
 from lorabudget.report.modelcard import base_model_name, write_model_card
 from lorabudget.rundir.layout import PEFT_ADAPTER_CONFIG, RunDir, write_export_meta
 from lorabudget.rundir.lifecycle import check_not_run_file
@@ -111,7 +111,7 @@ def _copy_remote_code(folder: Path) -> None:
 def to_transformers_model(merged: nn.Module, cfg: RunConfig) -> nn.Module:
     """A model that plain transformers can save and reload: the ``full`` head's model as it is, the
     ``linear`` head's as :class:`~lorabudget.model.hf_classifier.LorabudgetForSequenceClassification`."""
-    from lorabudget.model.build import EncoderWithLinearHead
+    from lorabudget.model.heads import EncoderWithLinearHead
     from lorabudget.model.hf_classifier import LorabudgetForSequenceClassification
 
     if not isinstance(merged, EncoderWithLinearHead):

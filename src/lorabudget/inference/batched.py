@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lorabudget.data.batching import TokenizedTexts, inference_loader, model_inputs
-from lorabudget.model.precision import gpu_supports_bf16, inference_weights_in  # noqa: F401 - re-exported
+from lorabudget.model.precision import inference_weights_in
 from lorabudget.model.precision import resolve as resolve_device_precision
 
 CPU_TOKENS_PER_BATCH = 1024
@@ -32,7 +32,7 @@ def resolve_precision(
     than fp32 for ``model``'s layer shapes on batches of :data:`CPU_TOKENS_PER_BATCH` positions
     (``precision.resolve``: a cached probe; MiniLM's shape without a model), fp32 elsewhere. ``auto``
     logs one line (stderr by default) saying what runs and why."""
-    from lorabudget.model.precision import representative, workload_from_model
+    from lorabudget.model.probe import representative, workload_from_model
 
     chosen = resolve_device_precision(
         precision,

@@ -55,7 +55,7 @@ def open_onnx_export(path: Path, threads: Optional[int] = None) -> tuple[RunConf
     ``RUN/onnx/`` export is current (``lorabudget.load_run`` and ``predict`` make it)."""
     import torch
 
-    from lorabudget.model.build import load_tokenizer
+    from lorabudget.model.hub import load_tokenizer
 
     path = Path(path)
     meta = read_export_meta(path)

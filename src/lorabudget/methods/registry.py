@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from lorabudget.errors import LorabudgetError
-from lorabudget.methods import builders as b
-from lorabudget.methods.sites import MODULE_SHORT_NAMES, NORM_PATHS
+from lorabudget.methods import builders
+from lorabudget.methods.sites import MODULE_SHORT_NAMES, NORM_SHORT
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -90,7 +90,7 @@ METHODS: dict[str, Method] = {
         Method(
             "lora",
             "low-rank update B·A per module (rsLoRA and DoRA switches)",
-            b.build_lora,
+            builders.build_lora,
             uses_rank=True,
             default_r=8,
             uses_alpha=True,
@@ -117,7 +117,7 @@ METHODS: dict[str, Method] = {
         Method(
             "vera",
             "frozen random projections shared by all layers; trains two scaling vectors per module",
-            b.build_vera,
+            builders.build_vera,
             uses_rank=True,
             default_r=256,
             uses_dropout=True,
@@ -129,7 +129,7 @@ METHODS: dict[str, Method] = {
         Method(
             "ia3",
             "learned rescaling of keys, values and feed-forward activations",
-            b.build_ia3,
+            builders.build_ia3,
             default_modules=("key", "value", "output"),
             learning_rate=1e-2,
             head_learning_rate=3e-3,
@@ -140,7 +140,7 @@ METHODS: dict[str, Method] = {
         Method(
             "loha",
             "low-rank Hadamard product update (LyCORIS)",
-            b.build_loha,
+            builders.build_loha,
             uses_rank=True,
             default_r=4,
             uses_alpha=True,
@@ -161,7 +161,7 @@ METHODS: dict[str, Method] = {
         Method(
             "lokr",
             "Kronecker-product update with a low-rank factor (LyCORIS)",
-            b.build_lokr,
+            builders.build_lokr,
             uses_rank=True,
             default_r=4,
             uses_alpha=True,
@@ -182,7 +182,7 @@ METHODS: dict[str, Method] = {
         Method(
             "fourierft",
             "a few trainable spectral coefficients per module (inverse DFT to a weight update)",
-            b.build_fourierft,
+            builders.build_fourierft,
             learning_rate=5e-2,
             head_learning_rate=3e-3,
             options_class="FourierFTConfig",
@@ -191,7 +191,7 @@ METHODS: dict[str, Method] = {
         Method(
             "vblora",
             "one vector bank shared by every adapted module; modules learn top-k mixing logits",
-            b.build_vblora,
+            builders.build_vblora,
             uses_rank=True,
             default_r=4,
             uses_dropout=True,
@@ -204,7 +204,7 @@ METHODS: dict[str, Method] = {
         Method(
             "bitfit",
             "bias offsets only (PEFT BEFT on the placed linear modules)",
-            b.build_bitfit,
+            builders.build_bitfit,
             default_modules=ALL_LINEAR,
             needs_bias=True,
             learning_rate=3e-3,
@@ -214,7 +214,7 @@ METHODS: dict[str, Method] = {
         Method(
             "ln_tuning",
             "LayerNorm weights and biases only (copies trained, originals kept)",
-            b.build_ln_tuning,
+            builders.build_ln_tuning,
             placement="norm",
             default_modules=("attention_output", "output"),
             learning_rate=3e-3,
@@ -224,7 +224,7 @@ METHODS: dict[str, Method] = {
         Method(
             "adalora",
             "LoRA in SVD form whose ranks are reallocated during training (budgeted)",
-            b.build_adalora,
+            builders.build_adalora,
             uses_rank=True,
             default_r=12,
             uses_alpha=True,
@@ -233,10 +233,10 @@ METHODS: dict[str, Method] = {
             options_class="AdaLoraConfig",
             searched_by_default=False,
             searched_rank=True,
-            check=b.adalora_check,
-            after_optimizer_step=b.adalora_after_optimizer_step,
-            save_training_state=b.adalora_training_state,
-            load_training_state=b.adalora_restore_training_state,
+            check=builders.adalora_check,
+            after_optimizer_step=builders.adalora_after_optimizer_step,
+            save_training_state=builders.adalora_training_state,
+            load_training_state=builders.adalora_restore_training_state,
             note="AdaLoRA: the count is the allocation at the start (init_r = adapter.r on every site); "
             "training masks ranks down to target_r on average, so the live count never grows",
             fixed_options=(
@@ -252,7 +252,7 @@ METHODS: dict[str, Method] = {
         Method(
             "tinylora",
             "SVD of the frozen weights steered by a tiny trainable vector, tied across layers",
-            b.build_tinylora,
+            builders.build_tinylora,
             uses_rank=True,
             default_r=2,
             uses_dropout=True,
@@ -260,7 +260,7 @@ METHODS: dict[str, Method] = {
             head_learning_rate=3e-3,
             options_class="TinyLoraConfig",
             searched_by_default=False,
-            tensor_users=b.tinylora_tensor_users,
+            tensor_users=builders.tinylora_tensor_users,
             fixed_options=("target_modules", "modules_to_save", "task_type", "r", "tinylora_dropout"),
         ),
         Method(
@@ -323,11 +323,11 @@ def check_config(cfg: "RunConfig") -> None:
     if method.placement == "norm":
         groups = a.placements or [a]
         for group in groups:
-            bad = [m for m in (group.modules or []) if m not in NORM_PATHS]
+            bad = [m for m in (group.modules or []) if m not in NORM_SHORT]
             if bad:
                 raise LorabudgetError(
                     f"adapter.method '{name}' tunes LayerNorms, which close the attention_output and output "
-                    f"sublayers; '{bad[0]}' has none: use modules from " + ", ".join(NORM_PATHS)
+                    f"sublayers; '{bad[0]}' has none: use modules from " + ", ".join(NORM_SHORT)
                 )
     if not method.per_module_rank:
         varied = [

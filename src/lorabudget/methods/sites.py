@@ -1,7 +1,7 @@
 """Where adapters go: the six short module names a placement uses, and the model-family table that
 maps them to each encoder family's own modules (inside one layer of its encoder).
 
-This is the one table of module paths; placement (``model/build.py``), the budget breakdown, FLOPs
+This is the one table of module paths; placement (``model/placement.py``), the budget breakdown, FLOPs
 and the method registry read it. A model whose ``model_type`` is in no family is still adapted
 through ``adapter.target_modules`` (PEFT-style names or a regex); its layers are found the same way.
 """
@@ -9,7 +9,9 @@ through ``adapter.target_modules`` (PEFT-style names or a regex); its layers are
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
+
+from lorabudget.errors import LorabudgetError
 
 # Short names of the linear layers an adapter can be placed on, in layer order.
 MODULE_SHORT_NAMES = ("query", "key", "value", "attention_output", "intermediate", "output")
@@ -135,9 +137,15 @@ FAMILIES: tuple[Family, ...] = (
     ),
 )
 
-# The BERT family's paths (the most common layout), for code that names modules without a model at hand.
-LINEAR_PATHS = _BERT_LINEAR
-NORM_PATHS = _BERT_NORMS
+
+def check_module_names(what: str, modules: Any) -> None:
+    """Refuse an empty or non-list module list, or a name not in :data:`MODULE_SHORT_NAMES`; ``what``
+    starts the message (``search key 'modules[0]'``)."""
+    if not isinstance(modules, list) or not modules:
+        raise LorabudgetError(f"{what}: list at least one module")
+    for module in modules:
+        if module not in MODULE_SHORT_NAMES:
+            raise LorabudgetError(f"{what}: unknown module '{module}'; modules: " + ", ".join(MODULE_SHORT_NAMES))
 
 
 def family_of(model_type: Optional[str]) -> Optional[Family]:

@@ -18,10 +18,10 @@ from torch import nn
 
 from lorabudget.errors import BudgetExceededError
 from lorabudget.methods.registry import tensor_users
-from lorabudget.methods.sites import LINEAR_PATHS, NORM_SHORT
+from lorabudget.methods.sites import MODULE_SHORT_NAMES, NORM_SHORT
 
 # The breakdown's column order: the six short names, the two norms, then other adapted paths, "other".
-SHORT_ORDER = tuple(LINEAR_PATHS) + tuple(NORM_SHORT.values()) + ("other",)
+SHORT_ORDER = MODULE_SHORT_NAMES + tuple(NORM_SHORT.values()) + ("other",)
 
 
 def module_order(module: str) -> tuple[int, int, str]:
@@ -41,7 +41,7 @@ class _Locator:
     PEFT adapted that the table does not name, the module's path inside the layer."""
 
     def __init__(self, model: nn.Module):
-        from lorabudget.model.build import encoder_layers, model_family
+        from lorabudget.model.layout import encoder_layers, model_family
 
         try:
             layers = encoder_layers(model)
@@ -127,14 +127,10 @@ class Breakdown:
         return sorted({k for _, _, k in self.sites})
 
 
-def count_trainable(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
     if hasattr(model, "peft_config"):
         return ()  # PEFT wraps the head as modules_to_save: matched by name below
-    from lorabudget.model.build import head_module_names
+    from lorabudget.model.heads import head_module_names
 
     return tuple(name + "." for name in head_module_names(model))
 

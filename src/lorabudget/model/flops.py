@@ -147,7 +147,7 @@ def encoder_shape(model: torch.nn.Module) -> EncoderShape:
     from torch import nn
 
     from lorabudget.errors import LorabudgetError
-    from lorabudget.model.build import encoder_layers, layer_sharing, model_family
+    from lorabudget.model.layout import encoder_layers, layer_sharing, model_family
 
     layer_names = encoder_layers(model)
     family = model_family(model)
@@ -197,7 +197,7 @@ def native_precision(precision: str, device: Any = "cpu") -> bool:
     """Whether ``device`` multiplies in ``precision`` natively. A CPU without bf16 instructions
     emulates it: one 2048² bf16 matmul took 35 to 80 s on the 2-core AMD EPYC of 2026-12-01 (fp32:
     0.3 s), so a bf16 peak there costs minutes and means nothing."""
-    from lorabudget.model.precision import cpu_supports_bf16
+    from lorabudget.model.cpu import cpu_supports_bf16
 
     return precision != "bf16" or torch.device(device).type != "cpu" or cpu_supports_bf16()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -212,113 +213,150 @@ def _fmt(v: Any, spec: str = "") -> str:
     return format(v, spec) if spec else str(v)
 
 
-def write_outputs(study, s) -> dict[str, Any]:
-    """Write trials.csv, best.yaml, search.md and figures into the search directory; return a summary."""
-    out = Path(s.output)
+@dataclass
+class Results:
+    """What the study holds, gathered once for every output."""
+
+    rows: list[dict[str, Any]]
+    counts: dict[str, int]
+    best: Any  # the best Optuna trial, or None
+    best_path: Path
+    complete: list[dict[str, Any]]  # best first
+    versus: dict[int, dict]  # McNemar against the best, per complete trial
+    within_noise: str  # "" when the best is clear of the others
+    bases: bool  # whether the trials vary the base model
+
+
+def gather(study, s) -> Results:
     rows = trial_rows(study)
-    write_trials_csv(rows, out / "trials.csv")
     kinds = [r["state"] for r in rows]
-    counts = {k: kinds.count(k) for k in ("complete", "pruned", "rejected", "failed", "running")}
-    planned = [r["trainable_params"] for r in rows if r["trainable_params"] is not None]
     best = best_trial(study, s.multi_objective)
-    best_path = out / "best.yaml"
     complete = sorted((r for r in rows if r["state"] == "complete"), key=lambda r: -(r["value"] or 0))
     versus = versus_best(complete, best.number) if best is not None and not s.multi_objective else {}
-    # A space that varies the base model shows each trial's base and its frozen size (time, not budget).
-    bases = "model" in (s.space or {}) or len({r["base_model"] for r in complete}) > 1
-    within_noise = noise_sentence(versus)
-    if best is not None:
-        best_values = best_config_values(s, best)
-        header = (
-            f"# Best trial #{best.number} of search '{s.name}': validation {s.metric} {best.values[0]:.4f}, "
-            f"{best.user_attrs.get('trainable_params', 0):,} trainable parameters.\n"
-        )
-        if within_noise:
-            header += f"# {within_noise}: check it on a held-out test set.\n"
-        if s.trial_overrides:
-            header += (
-                "# Trials ran with "
-                + " ".join(f"--trial-set {o}" for o in s.trial_overrides)
-                + " (not applied here).\n"
-            )
-        if best_values["data"]["train_on_validation"]:
-            header += (
-                "# It trains on the validation rows too (data.train_on_validation) and keeps its last weights; "
-                "--set data.train_on_validation=false keeps them out.\n"
-            )
-        header += f"# Train it: lorabudget train {best_path}\n"
-        atomic_write_text(best_path, header + dump_yaml(from_dict(best_values)))
-    figures = _plots(study, s, out / "figures", rows)
-
-    lines = [f"# Search `{s.name}`", ""]
-    lines.append(
-        f"Model `{s.base.get('model', {}).get('name')}`, budget **{s.budget:,}** trainable parameters, objective: "
-        + (
-            f"validation {s.metric} and trainable parameters (NSGA-II, Pareto front)"
-            if s.multi_objective
-            else f"validation {s.metric} (TPE, pruner {s.pruner if isinstance(s.pruner, str) else type(s.pruner).__name__})"
-        )
-        + f", seed {s.seed}. Storage: `{_safe_url(s.storage_url)}`, study `{s.name}`."
+    return Results(
+        rows=rows,
+        counts={k: kinds.count(k) for k in ("complete", "pruned", "rejected", "failed", "running")},
+        best=best,
+        best_path=Path(s.output) / "best.yaml",
+        complete=complete,
+        versus=versus,
+        within_noise=noise_sentence(versus),
+        # A space that varies the base model shows each trial's base and its frozen size (time, not budget).
+        bases="model" in (s.space or {}) or len({r["base_model"] for r in complete}) > 1,
     )
-    lines += [
+
+
+def write_best_yaml(s, res: Results) -> None:
+    """best.yaml: the best trial's full config, with a header saying how it was found and how to train it."""
+    best = res.best
+    best_values = best_config_values(s, best)
+    header = (
+        f"# Best trial #{best.number} of search '{s.name}': validation {s.metric} {best.values[0]:.4f}, "
+        f"{best.user_attrs.get('trainable_params', 0):,} trainable parameters.\n"
+    )
+    if res.within_noise:
+        header += f"# {res.within_noise}: check it on a held-out test set.\n"
+    if s.trial_overrides:
+        header += (
+            "# Trials ran with " + " ".join(f"--trial-set {o}" for o in s.trial_overrides) + " (not applied here).\n"
+        )
+    if best_values["data"]["train_on_validation"]:
+        header += (
+            "# It trains on the validation rows too (data.train_on_validation) and keeps its last weights; "
+            "--set data.train_on_validation=false keeps them out.\n"
+        )
+    header += f"# Train it: lorabudget train {res.best_path}\n"
+    atomic_write_text(res.best_path, header + dump_yaml(from_dict(best_values)))
+
+
+def _summary_lines(s, res: Results) -> list[str]:
+    counts = res.counts
+    objective = (
+        f"validation {s.metric} and trainable parameters (NSGA-II, Pareto front)"
+        if s.multi_objective
+        else f"validation {s.metric} (TPE, pruner {s.pruner if isinstance(s.pruner, str) else type(s.pruner).__name__})"
+    )
+    return [
+        f"# Search `{s.name}`",
+        "",
+        f"Model `{s.base.get('model', {}).get('name')}`, budget **{s.budget:,}** trainable parameters, objective: "
+        f"{objective}, seed {s.seed}. Storage: `{_safe_url(s.storage_url)}`, study `{s.name}`.",
         "",
         f"Trials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['rejected']} rejected before "
         f"training (over budget or invalid), {counts['failed']} failed"
         + (f", {counts['running']} still running" if counts["running"] else "")
         + ".",
     ]
-    if best is not None:
+
+
+def _best_lines(s, res: Results) -> list[str]:
+    best = res.best
+    if best is None:
+        return ["", "No trial completed: no best configuration yet."]
+    trainable = best.user_attrs.get("trainable_params", 0)
+    lines = [
+        "",
+        f"**Best trial #{best.number}**: validation {s.metric} {best.values[0]:.4f}, {trainable:,} trainable "
+        f"parameters ({trainable / s.budget:.1%} of the budget): {best.user_attrs.get('description', '')}. "
+        "Config: [`best.yaml`](best.yaml).",
+    ]
+    if res.within_noise:
+        low, high = next(iter(res.versus.values()))["best_ci95"]
         lines += [
             "",
-            f"**Best trial #{best.number}**: validation {s.metric} {best.values[0]:.4f}, "
-            f"{best.user_attrs.get('trainable_params', 0):,} trainable parameters "
-            f"({best.user_attrs.get('trainable_params', 0) / s.budget:.1%} of the budget): "
-            f"{best.user_attrs.get('description', '')}. Config: [`best.yaml`](best.yaml).",
+            f"Its 95% interval is {100 * low:.1f}–{100 * high:.1f}%. {res.within_noise}: on this validation "
+            "split the search cannot rank them, and the pick among them may not hold on other data. The best was "
+            "chosen on these same rows, so its lead over the others is overstated even where p < 0.05. Judge "
+            "it on a held-out test set (`lorabudget evaluate RUN --data TEST`, then `lorabudget compare`).",
         ]
-        if within_noise:
-            low, high = next(iter(versus.values()))["best_ci95"]
-            lines += [
-                "",
-                f"Its 95% interval is {100 * low:.1f}–{100 * high:.1f}%. {within_noise}: on this validation "
-                "split the search cannot rank them, and the pick among them may not hold on other data. The best was "
-                "chosen on these same rows, so its lead over the others is overstated even where p < 0.05. Judge "
-                "it on a held-out test set (`lorabudget evaluate RUN --data TEST`, then `lorabudget compare`).",
-            ]
-    else:
-        lines += ["", "No trial completed: no best configuration yet."]
-    if complete:
-        lines += [
-            "",
-            "## Complete trials (best first)",
-            "",
-            "| trial | validation accuracy | macro F1 | vs best: McNemar p | trainable params | "
-            + ("base model | frozen params | " if bases else "")
-            + "time (s) | configuration |",
-            "|---:|---:|---:|---:|---:|" + ("---|---:|" if bases else "") + "---:|---|",
-        ]
-        for r in complete[:20]:
-            p_value = versus.get(r["number"], {}).get("p_value")
-            origin = f" (starting trial: {r['origin']})" if r["origin"] else ""
-            base = f"`{r['base_model']}` | {_fmt(r['frozen_params'], ',')} | " if bases else ""
-            lines.append(
-                f"| {r['number']} | {_fmt(r['validation_accuracy'], '.4f')} | {_fmt(r['validation_macro_f1'], '.4f')} | "
-                f"{_fmt(p_value, '.3f')} | {_fmt(r['trainable_params'], ',')} | {base}{_fmt(r['seconds'], '.0f')} | "
-                f"{r['description']}{origin} |"
-            )
-        if len(complete) > 20:
-            lines.append(f"\n{len(complete) - 20} more in [`trials.csv`](trials.csv).")
-        runs = " ".join(r["run_dir"] for r in complete[:8] if r["run_dir"])
-        lines += ["", f"Compare the trial runs: `lorabudget compare {runs}`"]
-    if s.multi_objective and best is not None:
-        lines += [
-            "",
-            "## Pareto front (accuracy vs trainable parameters)",
-            "",
-            "| trial | validation accuracy | trainable params |",
-            "|---:|---:|---:|",
-        ]
-        for t in sorted(study.best_trials, key=lambda t: t.values[1]):
-            lines.append(f"| {t.number} | {t.values[0]:.4f} | {int(t.values[1]):,} |")
+    return lines
+
+
+def _complete_table(res: Results) -> list[str]:
+    if not res.complete:
+        return []
+    bases = res.bases
+    lines = [
+        "",
+        "## Complete trials (best first)",
+        "",
+        "| trial | validation accuracy | macro F1 | vs best: McNemar p | trainable params | "
+        + ("base model | frozen params | " if bases else "")
+        + "time (s) | configuration |",
+        "|---:|---:|---:|---:|---:|" + ("---|---:|" if bases else "") + "---:|---|",
+    ]
+    for r in res.complete[:20]:
+        p_value = res.versus.get(r["number"], {}).get("p_value")
+        origin = f" (starting trial: {r['origin']})" if r["origin"] else ""
+        base = f"`{r['base_model']}` | {_fmt(r['frozen_params'], ',')} | " if bases else ""
+        lines.append(
+            f"| {r['number']} | {_fmt(r['validation_accuracy'], '.4f')} | {_fmt(r['validation_macro_f1'], '.4f')} | "
+            f"{_fmt(p_value, '.3f')} | {_fmt(r['trainable_params'], ',')} | {base}{_fmt(r['seconds'], '.0f')} | "
+            f"{r['description']}{origin} |"
+        )
+    if len(res.complete) > 20:
+        lines.append(f"\n{len(res.complete) - 20} more in [`trials.csv`](trials.csv).")
+    runs = " ".join(r["run_dir"] for r in res.complete[:8] if r["run_dir"])
+    return lines + ["", f"Compare the trial runs: `lorabudget compare {runs}`"]
+
+
+def _pareto_lines(study, s, res: Results) -> list[str]:
+    if not s.multi_objective or res.best is None:
+        return []
+    lines = [
+        "",
+        "## Pareto front (accuracy vs trainable parameters)",
+        "",
+        "| trial | validation accuracy | trainable params |",
+        "|---:|---:|---:|",
+    ]
+    for t in sorted(study.best_trials, key=lambda t: t.values[1]):
+        lines.append(f"| {t.number} | {t.values[0]:.4f} | {int(t.values[1]):,} |")
+    return lines
+
+
+def _figure_lines(figures: dict[str, str]) -> list[str]:
+    lines: list[str] = []
     if figures:
         lines += ["", "## Figures", ""]
         for name, caption in figures.items():
@@ -329,35 +367,61 @@ def write_outputs(study, s) -> dict[str, Any]:
             "",
             "Not available: " + ", ".join(missing) + " (too few complete trials, or every trial scored the same).",
         ]
-    lines += [
+    return lines
+
+
+def write_search_md(study, s, res: Results, figures: dict[str, str]) -> Path:
+    lines = _summary_lines(s, res) + _best_lines(s, res) + _complete_table(res) + _pareto_lines(study, s, res)
+    lines += _figure_lines(figures) + [
         "",
         "Every trial (parameters, trainable count, state, validation figures, time, rejection reason or "
         "error): [`trials.csv`](trials.csv).",
     ]
-    atomic_write_text(out / "search.md", "\n".join(lines).rstrip() + "\n")
+    path = Path(s.output) / "search.md"
+    atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
+    return path
 
+
+def summary_message(s, res: Results, report: Path) -> str:
+    """The one line the search ends with."""
+    counts, best = res.counts, res.best
     message = (
         f"search {s.name}: {counts['complete'] + counts['pruned']} trials trained ({counts['complete']} complete, "
-        f"{counts['pruned']} pruned), {counts['rejected']} sample{'' if counts['rejected'] == 1 else 's'} rejected before training, "
-        f"{counts['failed']} failed"
+        f"{counts['pruned']} pruned), {counts['rejected']} sample{'' if counts['rejected'] == 1 else 's'} rejected "
+        f"before training, {counts['failed']} failed"
     )
     if best is not None:
         message += (
             f"; best #{best.number}: {s.metric} {best.values[0]:.4f} with "
-            f"{best.user_attrs.get('trainable_params', 0):,} trainable parameters -> {best_path}"
+            f"{best.user_attrs.get('trainable_params', 0):,} trainable parameters -> {res.best_path}"
         )
-    if within_noise:
-        message += f"; {noise_sentence(versus, short=True)}"
-    message += f"; report: {out / 'search.md'}"
+    if res.within_noise:
+        message += f"; {noise_sentence(res.versus, short=True)}"
+    return message + f"; report: {report}"
+
+
+def write_outputs(study, s) -> dict[str, Any]:
+    """Write trials.csv, best.yaml, search.md and figures into the search directory; return a summary."""
+    out = Path(s.output)
+    res = gather(study, s)
+    write_trials_csv(res.rows, out / "trials.csv")
+    if res.best is not None:
+        write_best_yaml(s, res)
+    figures = _plots(study, s, out / "figures", res.rows)
+    report = write_search_md(study, s, res, figures)
+    planned = [r["trainable_params"] for r in res.rows if r["trainable_params"] is not None]
+    best = res.best
     return {
-        "message": message,
-        "trained": counts["complete"] + counts["pruned"],
-        **counts,
+        "message": summary_message(s, res, report),
+        "trained": res.counts["complete"] + res.counts["pruned"],
+        **res.counts,
         "smallest_planned": min(planned) if planned else 0,
-        "over_budget": sum(1 for r in rows if r["state"] == "rejected" and str(r["reason"]).startswith("over budget")),
+        "over_budget": sum(
+            1 for r in res.rows if r["state"] == "rejected" and str(r["reason"]).startswith("over budget")
+        ),
         "best_number": best.number if best is not None else None,
         "best_value": best.values[0] if best is not None else None,
-        "best_yaml": str(best_path) if best is not None else None,
+        "best_yaml": str(res.best_path) if best is not None else None,
     }
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from lorabudget.errors import LorabudgetError
+from lorabudget.errors import LorabudgetError, first_line
 from lorabudget.rundir.lifecycle import pid_alive
 
 HEARTBEAT_S = 30.0  # a running trial refreshes its `alive_at` attribute this often
@@ -74,18 +74,33 @@ def _quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
+def sqlite_in_memory(url: str) -> bool:
+    """Whether an SQLite URL names an in-memory database (``sqlite://``, ``sqlite:///:memory:``, ``mode=memory``)."""
+    if not url.startswith("sqlite:"):
+        return False
+    database = url[len("sqlite:") :].lstrip("/").split("?")[0]
+    return database in ("", ":memory:") or "mode=memory" in url
+
+
 def open_storage(url: str):
     """Optuna storage for ``url``: ``journal:PATH`` (a journal file) or an RDB URL (sqlite://, postgresql://).
 
     Safe when several workers open a new storage at the same instant: Optuna creates its tables (and, on
-    PostgreSQL, enum types) when it first sees a database, and two processes doing that at once collide
-    (issue 33). On PostgreSQL the creation is serialised with an advisory lock; on any RDB a collision
+    PostgreSQL, enum types) when it first sees a database, and two processes doing that at once collide.
+    On PostgreSQL the creation is serialised with an advisory lock; on any RDB a collision
     that still happens (SQLite: "table ... already exists") is retried, and the retry finds the schema
     made. The journal file is appended to under its own file lock and needs neither.
     """
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+    if sqlite_in_memory(url):
+        # Each open of an in-memory database is a new, empty one: the workers would train into one and
+        # the outputs (trials.csv, best.yaml) read another.
+        raise LorabudgetError(
+            f"--storage {url}: an in-memory SQLite database is not shared between the search's workers and "
+            "its outputs; give a file (sqlite:///search.db) or journal:FILE"
+        )
     try:
         if url.startswith("journal:"):
             path = Path(url[len("journal:") :]).expanduser()
@@ -102,8 +117,7 @@ def open_storage(url: str):
                     lambda: optuna.storages.RDBStorage(_with_pg_driver(url), engine_kwargs={"pool_pre_ping": True})
                 )
     except Exception as err:  # driver missing, server unreachable, bad URL: one line for the user
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LorabudgetError(f"cannot open the study storage {url!r}: {first}") from err
+        raise LorabudgetError(f"cannot open the study storage {url!r}: {first_line(err)}") from err
     raise LorabudgetError(f"unknown storage {url!r}: give postgresql://..., sqlite:///FILE or journal:FILE")
 
 
@@ -288,8 +302,7 @@ def open_study(s: SearchSettings):
     except Exception as err:  # a race that retrying did not settle: one line, like open_storage's errors
         if not _is_creation_race(err):
             raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LorabudgetError(f"cannot open study '{s.name}' in {s.storage_url}: {first}") from err
+        raise LorabudgetError(f"cannot open study '{s.name}' in {s.storage_url}: {first_line(err)}") from err
     if stored != wanted:
         diff = [k for k in wanted if stored.get(k) != wanted[k]]
         raise LorabudgetError(

@@ -16,13 +16,10 @@ presets for its model (``Worker.enqueue_start_trials``), so the search starts fr
 from __future__ import annotations
 
 import copy
-import gc
 import json
 import multiprocessing
 import os
-import shutil
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +27,9 @@ from typing import Any, Callable, Optional
 
 from lorabudget import console
 from lorabudget.config import RunConfig, from_dict
-from lorabudget.errors import BudgetExceededError, LorabudgetError, TrainingStopped
+from lorabudget.errors import BudgetExceededError, LorabudgetError
 from lorabudget.search.space import SearchSpace, apply_sample, base_points, describe, parse_space, sample
 from lorabudget.search.study import (
-    HEARTBEAT_S,
     METRICS,
     POLL_S,
     SearchSettings,
@@ -45,68 +41,7 @@ from lorabudget.search.study import (
     trial_kind,
     worker_id,
 )
-
-
-class TrialPruned(TrainingStopped):
-    """Raised from the training loop's evaluation hook when the pruner stops a trial."""
-
-
-# --------------------------------------------------------------------------------------------
-# One worker
-
-
-class DataCache:
-    """Tokenized data per process, keyed on the settings tokenization depends on."""
-
-    def __init__(self) -> None:
-        self.entries: dict[tuple, Any] = {}
-
-    @staticmethod
-    def key(cfg: RunConfig) -> tuple:
-        d = cfg.data
-        return (
-            cfg.model.name,
-            tuple(cfg.class_names),
-            cfg.model.max_length,
-            d.train,
-            d.validation,
-            d.validation_size,
-            d.split_seed,
-            d.max_train_rows,
-            d.cache_dir,
-        )
-
-    def get(self, cfg: RunConfig, log: Callable[[str], None]):
-        from lorabudget.training.setup import prepare_data
-
-        key = self.key(cfg)
-        if key not in self.entries:
-            self.entries[key] = prepare_data(cfg, log)
-        return self.entries[key]
-
-
-class Heartbeat:
-    """Refreshes a running trial's ``alive_at`` so other workers can tell it from a dead one."""
-
-    def __init__(self, trial) -> None:
-        self.trial = trial
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stop_event.wait(HEARTBEAT_S):
-            try:
-                self.trial.set_user_attr("alive_at", time.time())
-            except Exception:  # the storage hiccuped or the trial finished: the next beat retries
-                pass
-
-    def __enter__(self) -> "Heartbeat":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop_event.set()
-        self.thread.join()
+from lorabudget.search.trial import DataCache, Outcome, TrialOutcome, train_trial
 
 
 @dataclass
@@ -147,7 +82,6 @@ class Worker:
             self.enqueue_start_trials()
         start = time.time()
         rejections_in_row = failures_in_row = 0
-        last_error = ""
         while True:
             if self.s.timeout is not None and time.time() - start >= self.s.timeout:
                 self.result.stop_reason = "timeout"
@@ -156,9 +90,9 @@ class Worker:
                 self.result.stop_reason = "done"
                 break
             trial = self.study.ask()
-            outcome, detail = self.run_trial(trial)
+            ended = self.run_trial(trial)
             self.on_trial(self.study)
-            if outcome == "rejected":
+            if ended.outcome == Outcome.REJECTED:
                 self.result.rejected += 1
                 rejections_in_row += 1
                 if rejections_in_row >= self.s.max_rejections:
@@ -166,15 +100,14 @@ class Worker:
                     break
                 continue
             rejections_in_row = 0
-            if outcome == "failed":
+            if ended.outcome == Outcome.FAILED:
                 self.result.failed += 1
                 failures_in_row += 1
-                last_error = detail
                 if failures_in_row >= 3:
-                    raise LorabudgetError(f"3 trials in a row failed; the last with: {last_error}")
+                    raise LorabudgetError(f"3 trials in a row failed; the last with: {ended.detail}")
                 continue
             failures_in_row = 0
-            if outcome == "skipped":
+            if ended.outcome == Outcome.SKIPPED:
                 self.result.stop_reason = "done"
                 break
             self.result.trained += 1
@@ -248,7 +181,7 @@ class Worker:
 
     # -- one trial
 
-    def _reject(self, trial, reason: str, constraint: float) -> tuple[str, str]:
+    def _reject(self, trial, reason: str, constraint: float) -> TrialOutcome:
         from optuna.trial import TrialState
 
         trial.set_user_attr("rejected", reason)
@@ -256,11 +189,11 @@ class Worker:
         trial.set_constraint("over_budget", float(constraint))
         self.study.tell(trial, state=TrialState.PRUNED)
         self.say(f"trial {trial.number}: rejected, {reason}")
-        return "rejected", reason
+        return TrialOutcome(Outcome.REJECTED, reason)
 
     def layers_of(self, model_name: Optional[str]) -> int:
         """Encoder layers of a base model the space may draw (None: the config's own), read once."""
-        from lorabudget.model.build import load_model_config
+        from lorabudget.model.hub import load_model_config
 
         name = model_name or self.base_cfg.model.name
         if name not in self.layer_counts:
@@ -284,7 +217,8 @@ class Worker:
         trainable = breakdown(model).total
         return overrides, cfg, trainable, sum(p.numel() for p in model.parameters()) - trainable
 
-    def run_trial(self, trial) -> tuple[str, str]:
+    def run_trial(self, trial) -> TrialOutcome:
+        """Plan ``trial``; reject it over the budget, else train it when a slot is free."""
         from optuna.trial import TrialState
 
         s = self.s
@@ -308,78 +242,9 @@ class Worker:
         if not self._wait_for_slot(trial):
             trial.set_user_attr("surplus", True)
             self.study.tell(trial, state=TrialState.FAIL)
-            return "skipped", ""
-
-        run_dir = Path(s.output) / "trials" / trial_dir_name(trial.number)
-        log_path = Path(s.output) / "trials" / f"{trial_dir_name(trial.number)}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(run_dir, ignore_errors=True)  # a leftover of a worker that died on this number
-
-        def log(message: str) -> None:
-            with open(log_path, "a", encoding="utf-8") as fh:
-                fh.write(message + "\n")
-
-        pruned_at: list[int] = []
-
-        def on_eval(step: int, result: dict[str, Any]) -> None:
-            if s.multi_objective:  # Optuna does not prune multi-objective studies
-                return
-            trial.report(float(result[s.metric]), step)
-            if trial.should_prune():
-                pruned_at.append(step)
-                raise TrialPruned(f"pruned at step {step}")
-
+            return TrialOutcome(Outcome.SKIPPED)
         self.say(f"trial {trial.number}: {describe(overrides, self.base_method)}; {planned:,} trainable parameters")
-        trial.set_user_attr("run_dir", str(run_dir))
-        started = time.perf_counter()
-        state, values_out, error = TrialState.FAIL, None, ""
-        try:
-            from lorabudget.training.loop import train
-
-            with Heartbeat(trial):
-                data = self.data.get(cfg, log)
-                summary = train(cfg, run_dir, data=data, log=log, on_eval=on_eval)
-            if pruned_at:  # a training loop that ends gracefully on the stop signal
-                raise TrialPruned(f"pruned at step {pruned_at[0]}")
-            for key in ("validation_accuracy", "validation_macro_f1", "steps", "best_step", "train_time_s"):
-                trial.set_user_attr(key, summary.get(key))
-            value = float(summary[f"validation_{s.metric}"])
-            values_out = [value, float(planned)] if s.multi_objective else value
-            state = TrialState.COMPLETE
-        except TrialPruned:
-            state = TrialState.PRUNED
-            trial.set_user_attr("pruned_at_step", pruned_at[0] if pruned_at else None)
-        except KeyboardInterrupt:
-            trial.set_user_attr("error", "interrupted")
-            self.study.tell(trial, state=TrialState.FAIL)
-            raise
-        except Exception as err:  # a crashed trial must not stop the others
-            text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            error = f"{type(err).__name__}: {text}" if text else type(err).__name__
-            trial.set_user_attr("error", error)
-            log(f"failed: {error}")
-        finally:
-            summary = None
-            gc.collect()  # the model, optimizer and Accelerator of this trial go now, not trials later
-            _empty_device_cache()
-        seconds = time.perf_counter() - started
-        trial.set_user_attr("seconds", seconds)
-        if state == TrialState.COMPLETE:
-            self.study.tell(trial, values_out)
-            self.say(
-                f"trial {trial.number}: {s.metric} {values_out if not isinstance(values_out, list) else values_out[0]:.4f} "
-                f"({seconds:.1f}s)"
-            )
-            return "trained", ""
-        # Only finished trials keep their run directory; a pruned or crashed one holds half a run.
-        shutil.rmtree(run_dir, ignore_errors=True)
-        if state == TrialState.PRUNED:
-            self.study.tell(trial, state=TrialState.PRUNED)
-            self.say(f"trial {trial.number}: pruned at step {pruned_at[0] if pruned_at else '?'} ({seconds:.1f}s)")
-            return "trained", ""
-        self.study.tell(trial, state=TrialState.FAIL)
-        self.say(f"trial {trial.number}: failed: {error} (log: {log_path})")
-        return "failed", error
+        return train_trial(self.study, trial, s, cfg, planned, self.data, self.say)
 
     def _wait_for_slot(self, trial) -> bool:
         """True when this trial may train: fewer than N trials are done or running ahead of it.
@@ -400,13 +265,6 @@ class Worker:
             fail_dead_trials(self.study, self.s.output, self.say)
             trial.set_user_attr("alive_at", time.time())
             time.sleep(POLL_S)
-
-
-def _empty_device_cache() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # --------------------------------------------------------------------------------------------

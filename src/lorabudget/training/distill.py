@@ -21,7 +21,7 @@ with a different loss.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -303,21 +303,35 @@ def _teacher_list(teacher: Union[None, str, Sequence[str]]) -> list[str]:
     return [teacher] if isinstance(teacher, str) else list(teacher)
 
 
-def distill(
-    cfg: RunConfig,
-    run_dir: Path,
-    teacher: Union[None, str, Sequence[str]] = None,
-    unlabelled: Sequence[str] = (),
-    log: Callable[[str], None] = print,
-    transfer_fraction: Optional[float] = None,
-    resume: bool = False,
-) -> dict[str, Any]:
-    """Train the student ``cfg`` with knowledge distillation; returns its summary.
+@dataclass
+class StudentRows:
+    """The student's training rows: the labelled ones (a share of them as transfer texts, label -1)
+    and the unlabelled texts (label -1), with their tokens."""
 
-    ``teacher``: one run directory or config, or several (an ensemble); default ``distill.teacher``.
-    ``transfer_fraction``: default ``distill.transfer_fraction``.
-    ``resume``: continue the student from its last checkpoint (the teacher's logits come from the cache).
-    """
+    texts: list[str]
+    pairs: Optional[list]
+    labels: np.ndarray
+    tokens: TokenizedTexts
+    is_transfer: np.ndarray  # bool per row
+
+    def take(self, index: np.ndarray) -> "StudentRows":
+        return StudentRows(
+            [self.texts[i] for i in index],
+            [self.pairs[i] for i in index] if self.pairs is not None else None,
+            self.labels[index],
+            take_tokens(self.tokens, index),
+            self.is_transfer[index],
+        )
+
+
+def distill_inputs(
+    cfg: RunConfig,
+    teacher: Union[None, str, Sequence[str]],
+    unlabelled: Sequence[str],
+    transfer_fraction: Optional[float],
+) -> tuple[list[str], float, list[str]]:
+    """(teachers, transfer fraction, unlabelled files), the arguments over the config's ``distill``
+    section, refused with one line where they cannot work together."""
     d = cfg.distill
     if cfg.data.train_on_validation:  # the teacher and the transfer rows must never see the validation rows
         raise LorabudgetError(
@@ -336,11 +350,13 @@ def distill(
     if (unlabelled or fraction) and d.alpha == 0:
         what = "unlabelled texts" if unlabelled else "transfer texts"
         raise LorabudgetError(f"distill.alpha is 0: {what} would teach nothing; raise distill.alpha or drop them")
-    plan_or_refuse(cfg, log)  # the student is counted and guarded before anything else runs
-    run_dir.mkdir(parents=True, exist_ok=True)
-    teacher_dirs = [resolve_teacher(t, cfg, run_dir, log, fraction) for t in teachers]
+    return teachers, fraction, unlabelled
 
-    data = prepare_data(cfg, log)
+
+def student_rows(
+    cfg: RunConfig, data: PreparedData, fraction: float, unlabelled: list[str], log: Callable[[str], None]
+) -> StudentRows:
+    """The labelled rows (the transfer share without labels) and the unlabelled files' texts."""
     labels = data.train.labels.copy()
     transfer = transfer_indices(len(data.train), fraction, cfg.data.split_seed)
     if len(transfer):
@@ -355,57 +371,51 @@ def distill(
     kept = [(t, e.pairs[i] if pair_mode else None) for e in extra for i, t in enumerate(e.texts) if t]
     extra_texts = [t for t, _ in kept]
     extra_pairs = [p for _, p in kept] if pair_mode else None
-    if extra_texts:
-        log(f"distill: adding {len(extra_texts):,} unlabelled texts taught by the teacher's soft labels only")
-    train_texts = data.train.texts + extra_texts
-    train_pairs = data.train.pairs + extra_pairs if pair_mode else None
-    labels = np.concatenate([labels, np.full(len(extra_texts), -1, dtype=np.int64)])
     tokens = data.train_tokens
     if extra_texts:
+        log(f"distill: adding {len(extra_texts):,} unlabelled texts taught by the teacher's soft labels only")
+        cache_dir = default_cache_dir(cfg.data.cache_dir)
         tokens = tokens.concat(
-            tokenize(
-                data.tokenizer,
-                extra_texts,
-                cfg.model.max_length,
-                default_cache_dir(cfg.data.cache_dir),
-                pairs=extra_pairs,
-            )
+            tokenize(data.tokenizer, extra_texts, cfg.model.max_length, cache_dir, pairs=extra_pairs)
         )
-    cache = TeacherLogitsCache(default_cache_dir(cfg.data.cache_dir))
-    train_logits = teacher_logits(teacher_dirs, train_texts, cache, log, "training texts", train_pairs)
-    val_logits = teacher_logits(
-        teacher_dirs, data.validation.texts, cache, log, "validation texts", data.validation.pairs
+    is_transfer = np.zeros(len(labels) + len(extra_texts), dtype=bool)
+    is_transfer[transfer] = True
+    return StudentRows(
+        data.train.texts + extra_texts,
+        data.train.pairs + extra_pairs if pair_mode else None,
+        np.concatenate([labels, np.full(len(extra_texts), -1, dtype=np.int64)]),
+        tokens,
+        is_transfer,
     )
+
+
+def teacher_validation(val_logits: np.ndarray, cfg: RunConfig, data: PreparedData, log) -> dict[str, Any]:
+    """The teacher's metrics on the student's validation rows, logged."""
     teacher_val = classification_metrics(val_logits, data.validation.labels, cfg.class_names)
     ci = teacher_val["accuracy_ci95"]
     log(
         f"teacher validation accuracy {teacher_val['accuracy']:.4f} (95% CI {ci[0]:.4f}–{ci[1]:.4f}, macro F1 "
         f"{teacher_val['macro_f1']:.4f}) on the student's {len(data.validation):,} validation rows"
     )
+    return teacher_val
 
-    soft = labels < 0
-    is_transfer = np.zeros(len(labels), dtype=bool)
-    is_transfer[transfer] = True
-    keep = np.ones(len(labels), dtype=bool)
-    if d.min_teacher_confidence > 0 and soft.any():
-        confident = softmax(train_logits).max(axis=1) >= d.min_teacher_confidence
-        keep = ~soft | confident
+
+def confident_rows(rows: StudentRows, train_logits: np.ndarray, min_confidence: float, log) -> np.ndarray:
+    """Which rows to keep: every labelled row, and the unlabelled ones the teacher is sure enough of."""
+    soft = rows.labels < 0
+    keep = np.ones(len(rows.labels), dtype=bool)
+    if min_confidence > 0 and soft.any():
+        keep = ~soft | (softmax(train_logits).max(axis=1) >= min_confidence)
         log(
             f"distill: kept {int((soft & keep).sum()):,} of {int(soft.sum()):,} rows without labels whose teacher "
-            f"confidence is >= {d.min_teacher_confidence:g}"
+            f"confidence is >= {min_confidence:g}"
         )
-    transfer_kept = int((keep & is_transfer).sum())
-    unlabelled_kept = int((keep & soft & ~is_transfer).sum())
-    if not keep.all():
-        index = np.flatnonzero(keep)
-        train_texts = [train_texts[i] for i in index]
-        train_pairs = [train_pairs[i] for i in index] if pair_mode else None
-        labels, train_logits, tokens = labels[index], train_logits[index], take_tokens(tokens, index)
-    merged = TextData(
-        train_texts, labels, np.arange(len(train_texts), dtype=np.int64), data.train.source, pairs=train_pairs
-    )
-    data = replace(data, train=merged, train_tokens=tokens)
+    return keep
 
+
+def student_loss(cfg: RunConfig, train_logits: np.ndarray, labels: np.ndarray):
+    """The distillation loss of a batch, the teacher's logits looked up by each row's dataset index."""
+    d = cfg.distill
     # The whole table moves to the training device once (first step), so looking rows up by their
     # dataset index needs no host round trip per step.
     table = {"logits": torch.from_numpy(np.ascontiguousarray(train_logits))}
@@ -421,6 +431,48 @@ def distill(
             table["weights"] = table["weights"].to(logits.device)
         return kd_loss(logits, teacher_batch, batch["labels"], d.temperature, d.alpha, table.get("weights"))
 
+    return loss_fn
+
+
+def distill(
+    cfg: RunConfig,
+    run_dir: Path,
+    teacher: Union[None, str, Sequence[str]] = None,
+    unlabelled: Sequence[str] = (),
+    log: Callable[[str], None] = print,
+    transfer_fraction: Optional[float] = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train the student ``cfg`` with knowledge distillation; returns its summary.
+
+    ``teacher``: one run directory or config, or several (an ensemble); default ``distill.teacher``.
+    ``transfer_fraction``: default ``distill.transfer_fraction``.
+    ``resume``: continue the student from its last checkpoint (the teacher's logits come from the cache).
+    """
+    d = cfg.distill
+    teachers, fraction, unlabelled = distill_inputs(cfg, teacher, unlabelled, transfer_fraction)
+    plan_or_refuse(cfg, log)  # the student is counted and guarded before anything else runs
+    run_dir.mkdir(parents=True, exist_ok=True)
+    teacher_dirs = [resolve_teacher(t, cfg, run_dir, log, fraction) for t in teachers]
+
+    data = prepare_data(cfg, log)
+    rows = student_rows(cfg, data, fraction, unlabelled, log)
+    cache = TeacherLogitsCache(default_cache_dir(cfg.data.cache_dir))
+    train_logits = teacher_logits(teacher_dirs, rows.texts, cache, log, "training texts", rows.pairs)
+    val_logits = teacher_logits(
+        teacher_dirs, data.validation.texts, cache, log, "validation texts", data.validation.pairs
+    )
+    teacher_val = teacher_validation(val_logits, cfg, data, log)
+    keep = confident_rows(rows, train_logits, d.min_teacher_confidence, log)
+    unlabelled_kept = int((keep & (rows.labels < 0) & ~rows.is_transfer).sum())
+    if not keep.all():
+        index = np.flatnonzero(keep)
+        rows, train_logits = rows.take(index), train_logits[index]
+    merged = TextData(
+        rows.texts, rows.labels, np.arange(len(rows.texts), dtype=np.int64), data.train.source, pairs=rows.pairs
+    )
+    data = replace(data, train=merged, train_tokens=rows.tokens)
+
     extra_summary = {
         # `method` stays the adapter method the training loop reports; distillation is said here.
         "distill": f"T={d.temperature:g}, λ={d.alpha:g}",
@@ -431,11 +483,12 @@ def distill(
         "distill_temperature": d.temperature,
         "distill_alpha": d.alpha,
         "unlabelled_rows": unlabelled_kept,
-        "transfer_rows": transfer_kept,
+        "transfer_rows": int(rows.is_transfer.sum()),
         "transfer_fraction": fraction,
         "min_teacher_confidence": d.min_teacher_confidence,
         "dropped_unconfident_rows": int((~keep).sum()),
     }
+    loss_fn = student_loss(cfg, train_logits, rows.labels)
     summary = train(cfg, run_dir, loss_fn=loss_fn, data=data, log=log, extra_summary=extra_summary, resume=resume)
     log(
         f"distillation: teacher {teacher_val['accuracy']:.4f} -> student {summary['validation_accuracy']:.4f} "

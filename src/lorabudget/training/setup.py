@@ -16,9 +16,10 @@ from lorabudget.config import RunConfig
 from lorabudget.data.batching import TokenizedTexts, position_cap, tokenize
 from lorabudget.data.load import Columns, TextData, load_labelled, resolve_labels, split_validation
 from lorabudget.io import default_cache_dir
-from lorabudget.methods import registry as methods
+from lorabudget.methods import registry
 from lorabudget.model import budget as budget_mod
-from lorabudget.model.build import build_model, load_model_config, load_tokenizer
+from lorabudget.model.build import build_model
+from lorabudget.model.hub import load_model_config, load_tokenizer
 from lorabudget.rundir.layout import RunDir
 from lorabudget.rundir.rows import text_digests
 from lorabudget.training.tracking import accelerator_kwargs
@@ -132,7 +133,7 @@ def make_accelerator(
 def training_workload(cfg: RunConfig):
     """What the precision probe times for this config: the model's layer shapes on the row chunks a
     CPU run trains on (batch rows × max_length, within the bf16 position cap)."""
-    from lorabudget.model.precision import workload_from_config
+    from lorabudget.model.probe import workload_from_config
 
     cap = position_cap(cfg.training.max_batch_positions, "cpu", bf16=True)
     rows = cfg.training.batch_size * cfg.model.max_length
@@ -222,7 +223,7 @@ def plan_or_refuse(cfg: RunConfig, log: Callable[[str], None] = print) -> budget
 def param_groups(model: torch.nn.Module, cfg: RunConfig) -> list[dict[str, Any]]:
     """AdamW groups: no weight decay on 1-D tensors and the method's scale-like kinds (DoRA
     magnitudes, IA3 scales); the head may have its own LR."""
-    from lorabudget.model.build import head_module_names
+    from lorabudget.model.heads import head_module_names
 
     t = cfg.training
     # A fully fine-tuned model has no PEFT wrapper: its head is found by module name.
@@ -231,7 +232,7 @@ def param_groups(model: torch.nn.Module, cfg: RunConfig) -> list[dict[str, Any]]
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        no_decay = methods.no_weight_decay(cfg.adapter.method, name, param)
+        no_decay = registry.no_weight_decay(cfg.adapter.method, name, param)
         is_head = ".modules_to_save." in name or bool(head_prefixes and name.startswith(head_prefixes))
         groups.setdefault((is_head, no_decay), []).append(param)
     return [

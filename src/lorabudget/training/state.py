@@ -4,7 +4,6 @@ and the checkpoint itself (``RUN/checkpoint/``, paths from :mod:`lorabudget.rund
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -20,7 +19,6 @@ import torch
 
 from lorabudget.errors import LorabudgetError, TrainingDiverged
 from lorabudget.io import atomic_dir
-from lorabudget.methods import registry as methods
 from lorabudget.rundir.layout import RunDir
 
 
@@ -257,47 +255,23 @@ CHECKPOINT_FORMAT = 1
 class Checkpointer:
     """``RUN/checkpoint/state.pt``: everything ``--resume`` needs, replaced atomically each time.
 
-    Only trainable parameters are saved (the frozen base is rebuilt from the model's own weights),
-    with the optimizer, scheduler, :class:`TrainState`, the loss window, :class:`BestKeeper` (best
-    weights included), the method's own training state (AdaLoRA's rank allocator), every process's
-    RNG states and the length of ``metrics.jsonl``. Loading uses ``torch.load(weights_only=True)``:
-    a checkpoint cannot run code.
+    It only writes and reads the file: what goes in is the training session's ``state_dict()``
+    (training/session.py), and a resume hands what :meth:`load` returns to its ``load_state_dict()``.
+    Loading uses ``torch.load(weights_only=True)``: a checkpoint cannot run code.
     """
 
-    def __init__(self, run_dir: Path, accelerator=None, method: str = "lora"):
+    def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self.files = RunDir(run_dir)
         self.path = self.files.checkpoint_dir
-        self.accelerator = accelerator
-        self.method = method  # its training state outside the parameters is saved too (AdaLoRA's allocator)
 
     def exists(self) -> bool:
         return any(p.is_file() for p in self.files.checkpoint_candidates)
 
-    def save(
-        self, model, optimizer, scheduler, state: TrainState, window: LossWindow, best: BestKeeper, metrics_offset: int
-    ) -> None:
-        from accelerate.utils import gather_object
-
-        accelerator = self.accelerator
-        per_process = gather_object([{"rng": rng_state(), "window": window.state_dict()}])
-        if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            payload = {
-                "format": CHECKPOINT_FORMAT,
-                "mixed_precision": accelerator.mixed_precision,  # a resume trains on in the same precision
-                "trainable": trainable_weights(unwrapped),
-                "method_state": methods.training_state(unwrapped, self.method),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "state": dataclasses.asdict(state),
-                "best": best.state_dict(),
-                "per_process": per_process,
-                "metrics_offset": metrics_offset,
-            }
-            with atomic_dir(self.path) as tmp:
-                torch.save(payload, tmp / self.files.checkpoint_candidates[0].name)
-        accelerator.wait_for_everyone()
+    def save(self, payload: dict[str, Any]) -> None:
+        """Replace the checkpoint with ``payload`` (tensors, numbers, text, lists and dicts of them)."""
+        with atomic_dir(self.path) as tmp:
+            torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp / self.files.checkpoint_candidates[0].name)
 
     def load(self) -> dict[str, Any]:
         path = next((p for p in self.files.checkpoint_candidates if p.is_file()), None)
@@ -315,27 +289,6 @@ class Checkpointer:
         if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
             raise LorabudgetError(f"{path}: not a lorabudget checkpoint of this version; start again with --overwrite")
         return payload
-
-    def restore(
-        self,
-        payload: dict[str, Any],
-        model,
-        optimizer,
-        scheduler,
-        state: TrainState,
-        window: LossWindow,
-        best: BestKeeper,
-    ) -> None:
-        unwrapped = self.accelerator.unwrap_model(model)
-        load_weights(unwrapped, payload["trainable"])
-        methods.restore_training_state(unwrapped, self.method, payload.get("method_state", {}))
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        for key, value in payload["state"].items():
-            setattr(state, key, value)
-        best.load_state_dict(payload["best"])
-        mine = payload["per_process"][self.accelerator.process_index]
-        window.load_state_dict(mine["window"])
 
     def remove(self) -> None:
         for folder in (self.path, self.files.parked_checkpoint_dir):
