@@ -25,7 +25,7 @@ import yaml
 from lorabudget.errors import LorabudgetError
 from lorabudget.io import atomic_write_text
 from lorabudget.methods.registry import METHODS, check_config, resolve_defaults
-from lorabudget.methods.sites import MODULE_SHORT_NAMES
+from lorabudget.methods.sites import check_module_names
 from lorabudget.runconfig import (
     AG_NEWS_LABELS,
     AG_NEWS_SOURCES,
@@ -178,13 +178,7 @@ def _check_positive(key: str, value: float, allow_zero: bool = False) -> None:
 
 
 def _check_modules(key: str, modules: list[str]) -> None:
-    if not modules:
-        raise LorabudgetError(f"config key '{key}': list at least one module")
-    for module in modules:
-        if module not in MODULE_SHORT_NAMES:
-            raise LorabudgetError(
-                f"config key '{key}': unknown module '{module}'; allowed modules: " + ", ".join(MODULE_SHORT_NAMES)
-            )
+    check_module_names(f"config key '{key}'", modules)
 
 
 def known_classes(cfg: RunConfig) -> RunConfig:

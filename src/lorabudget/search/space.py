@@ -38,6 +38,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
+from lorabudget.config import apply_overrides
 from lorabudget.errors import LorabudgetError
 from lorabudget.methods.registry import METHODS
 from lorabudget.methods.sites import MODULE_SHORT_NAMES
@@ -168,17 +169,7 @@ def sample(
 
 def apply_sample(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of the config dict ``values`` with the dotted-path ``overrides`` applied."""
-    result = copy.deepcopy(values)
-    for path, value in overrides.items():
-        node = result
-        parts = path.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[parts[-1]] = copy.deepcopy(value)
-    return result
+    return apply_overrides(copy.deepcopy(values), copy.deepcopy(overrides))
 
 
 def describe(overrides: dict[str, Any], base_method: str = "lora") -> str:
