@@ -62,7 +62,13 @@ def make_model_dir(out: Path, mode: str, tokenizer_dir: Path) -> Path:
     if mode != "full":
         layers, hidden = (4, 256) if mode == "quick" else (1, 64)
         config.update(
-            dict(num_hidden_layers=layers, hidden_size=hidden, intermediate_size=4 * hidden, num_attention_heads=4)
+            dict(
+                num_hidden_layers=layers,
+                hidden_size=hidden,
+                intermediate_size=4 * hidden,
+                num_attention_heads=4,
+                max_position_embeddings=MAX_LENGTH + 2,  # RoBERTa: positions start after the padding id
+            )
         )
     torch.manual_seed(0)
     RobertaModel(config).save_pretrained(str(out))

@@ -23,7 +23,7 @@ from lorabudget.cli import main
 from lorabudget.data.cache import clear_caches
 from lorabudget.errors import LorabudgetError
 from lorabudget.io import default_cache_dir, exclusive_lock
-from lorabudget.model import build, packaged
+from lorabudget.model import hub, packaged
 from lorabudget.model.packaged import PackagedModel, packaged_model_folder
 from lorabudget.rundir import layout
 from lorabudget.rundir.layout import RunDir
@@ -235,7 +235,7 @@ def test_classify_on_changed_cached_weights_unpacks_them_again(run, tiny_roberta
     out, err = capsys.readouterr()
     assert "nan" not in out and out == expected
     assert "unpacking someone/tiny-model again" in err
-    assert build.resolve_model_source("tiny-model") == str(folder)
+    assert hub.resolve_model_source("tiny-model") == str(folder)
 
 
 def test_a_planted_link_at_the_unpack_lock_is_refused_not_followed(packaged_from, tmp_path):
