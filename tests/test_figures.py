@@ -266,3 +266,12 @@ def test_figures_are_byte_identical_when_redrawn(tmp_path):
         figures.plot_validation(_evals(30), tmp_path / f"val-{name}", "x", rows=500)
     assert (tmp_path / "one.png").read_bytes() == (tmp_path / "two.png").read_bytes()
     assert (tmp_path / "val-one.png").read_bytes() == (tmp_path / "val-two.png").read_bytes()
+
+
+def test_interval_arms_of_a_perfect_score_are_not_negative():
+    # Two runs at accuracy 1.0 (Wilson upper bound 0.9999999999999998) made `compare` a matplotlib traceback.
+    from lorabudget.report.compare_figure import interval_arms
+
+    low, high = interval_arms(100.0, (0.9873570287754538, 0.9999999999999998))
+    assert high == 0.0 and abs(low - 1.26429712) < 1e-6
+    assert interval_arms(50.0, None) == (0.0, 0.0)

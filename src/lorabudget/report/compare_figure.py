@@ -63,8 +63,8 @@ def collect_points(rows: list[dict], basis: dict) -> Optional[Points]:
         rows=[rows[i] for i in idx],
         xs=[rows[i]["trainable_params"] for i in idx],
         ys=ys,
-        low=[y - 100 * s["ci95"][0] if s.get("ci95") else 0 for y, s in zip(ys, scores)],
-        high=[100 * s["ci95"][1] - y if s.get("ci95") else 0 for y, s in zip(ys, scores)],
+        low=[interval_arms(y, s.get("ci95"))[0] for y, s in zip(ys, scores)],
+        high=[interval_arms(y, s.get("ci95"))[1] for y, s in zip(ys, scores)],
         below=far_below(ys),
         validation=validation,
         classes=[_class_key(rows[i]) for i in idx],
@@ -82,6 +82,14 @@ def set_y_range(ax, pts: Points) -> None:
     ylim = (bottom - pad * (2.5 if any(pts.below) else 1), top + 2 * pad)
     ax.set_ylim(*ylim)
     pts.edge = ylim[0] + 0.6 * pad
+
+
+def interval_arms(y: float, ci95) -> tuple[float, float]:
+    """The error bar below and above a point at ``y`` (percent) for its 95% interval (fractions); never
+    negative: a Wilson bound computed as 0.9999999999999998 for an accuracy of 1.0 is the point itself."""
+    if not ci95:
+        return 0.0, 0.0
+    return max(0.0, y - 100 * ci95[0]), max(0.0, 100 * ci95[1] - y)
 
 
 def draw_points(ax, pts: Points, basis: dict) -> None:
