@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from lorabudget.api import html_parts
+from lorabudget.api.html_parts import run_html
 from lorabudget.api.sources import as_source
 from lorabudget.errors import LorabudgetError
 from lorabudget.inference.predictions import Predictions, text_list
@@ -237,7 +237,7 @@ class Run:
     def _repr_html_(self) -> str:
         if is_export_folder(self.path):
             return f"<p>ONNX export <code>{html.escape(str(self.path))}</code></p>"
-        return html_parts.run_html(self)
+        return run_html(self)
 
 
 def load_run(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from lorabudget.api import html_parts
+from lorabudget.api.html_parts import image
 from lorabudget.api.resolve import resolve_config
 from lorabudget.config import ConfigSource, Overrides, config_values, load_yaml, override_items
 from lorabudget.errors import LorabudgetError
@@ -31,7 +31,7 @@ class Comparison:
     def _repr_html_(self) -> str:
         parts = [self.table.to_html(index=False, na_rep="")]
         if self.figure is not None:
-            parts.append(html_parts.image(self.figure))
+            parts.append(image(self.figure))
         return "".join(parts)
 
 

@@ -7,7 +7,9 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from lorabudget.cli import info, runs, training
+from lorabudget.cli.info import cmd_cache, cmd_env, cmd_presets
+from lorabudget.cli.runs import cmd_classify, cmd_compare, cmd_evaluate, cmd_export, cmd_predict, cmd_report, cmd_serve
+from lorabudget.cli.training import cmd_distill, cmd_plan, cmd_search, cmd_train
 from lorabudget.version import __version__
 
 Arg = tuple[tuple[str, ...], dict[str, Any]]
@@ -270,64 +272,60 @@ class Command:
 
 
 COMMANDS = [
-    Command(
-        "plan", "count trainable parameters exactly (no weights loaded) and check the budget", training.cmd_plan, PLAN
-    ),
-    Command("train", "train a config into a run directory", training.cmd_train, TRAIN),
+    Command("plan", "count trainable parameters exactly (no weights loaded) and check the budget", cmd_plan, PLAN),
+    Command("train", "train a config into a run directory", cmd_train, TRAIN),
     Command(
         "search",
         "search method, placement, ranks and settings under the budget (Optuna)",
-        training.cmd_search,
+        cmd_search,
         SEARCH,
     ),
     Command(
         "distill",
         "train a student config with knowledge distillation from a teacher",
-        training.cmd_distill,
+        cmd_distill,
         DISTILL,
     ),
     Command(
         "evaluate",
         "accuracy, macro P/R/F1, per-class table and confusion matrix on labelled data",
-        runs.cmd_evaluate,
+        cmd_evaluate,
         EVALUATE,
     ),
     Command(
         "predict",
         "write ID,Label predictions for an unlabelled file (RUN may be an ONNX export)",
-        runs.cmd_predict,
+        cmd_predict,
         PREDICT,
     ),
-    Command("classify", "print class and probability for texts given on the command line", runs.cmd_classify, CLASSIFY),
-    Command(
-        "serve", "serve a run over HTTP: JSON API with dynamic batching and a page to try it", runs.cmd_serve, SERVE
-    ),
+    Command("classify", "print class and probability for texts given on the command line", cmd_classify, CLASSIFY),
+    Command("serve", "serve a run over HTTP: JSON API with dynamic batching and a page to try it", cmd_serve, SERVE),
     Command(
         "export",
         "export a run for transformers (hf), PEFT (peft) or ONNX Runtime (onnx), with a model card",
-        runs.cmd_export,
+        cmd_export,
         EXPORT,
     ),
     Command(
         "presets",
         "list the presets (name, model, method, trainable count, budget, purpose)",
-        info.cmd_presets,
+        cmd_presets,
         PRESETS,
     ),
     Command(
         "cache",
         "lorabudget's caches (tokens, teacher logits, unpacked models): info or clear",
-        info.cmd_cache,
+        cmd_cache,
         [arg("action", choices=["info", "clear"])],
     ),
     Command(
-        "report", "write figures and report.md for a run directory", runs.cmd_report, [arg("run", help="run directory")]
+        "report", "write figures and report.md for a run directory", cmd_report, [arg("run", help="run directory")]
     ),
-    Command("compare", "results table and accuracy-vs-parameters plot across runs", runs.cmd_compare, COMPARE),
+    Command("compare", "results table and accuracy-vs-parameters plot across runs", cmd_compare, COMPARE),
     Command(
         "env",
         "versions, device, CPU flags, the bf16 probe and the caches, for bug reports",
-        info.cmd_env,
+        cmd_env,
         [arg("--no-probe", action="store_true", help="do not time fp32 against bf16 (about half a second)")],
     ),
 ]
