@@ -37,6 +37,10 @@ class ModelConfig:
     training when null. ``predict`` writes its labels the same way unless ``--label-format`` says."""
     max_length: int = 256
     """Tokens per row after truncation (special tokens included)."""
+    problem_type: Literal["single_label", "multi_label"] = "single_label"
+    """``single_label``: one class per row (softmax, cross-entropy). ``multi_label``: any number of
+    classes per row, none included (one sigmoid per class, binary cross-entropy, per-class decision
+    thresholds chosen on the validation rows)."""
     quantization: Literal["none", "nf4", "int8"] = "none"
     """Quantized frozen base (QLoRA) through bitsandbytes: ``nf4`` (4-bit NormalFloat) or ``int8``;
     the head and the adapters stay in full precision and the trainable count does not change."""
@@ -46,10 +50,20 @@ class ModelConfig:
 class HeadConfig:
     """The classification head. Its parameters count toward the budget."""
 
-    type: Literal["full", "linear"] = "full"
+    type: Literal["auto", "full", "linear", "low_rank", "prototype"] = "full"
     """``full``: the model's own head (RoBERTa: dense+tanh+out_proj, 593,668 params for 4 classes on
     roberta-base; BERT: pooler + linear). ``linear``: one Linear layer on a pooled final hidden state
-    (3,076 params on roberta-base, 4 classes)."""
+    (3,076 params on roberta-base, 4 classes). ``low_rank``: hidden → ``rank`` → classes,
+    rank·(hidden + classes) + classes parameters. ``prototype``: one fixed vector per class computed
+    from the frozen encoder before training, scored by cosine similarity with a trainable temperature
+    and per-class bias (classes + 1 parameters). ``auto``: ``linear`` when it takes at most a quarter
+    of the budget, else the largest ``low_rank`` that does, else ``prototype``."""
+    rank: Optional[int] = None
+    """For ``type: low_rank``: the inner width r; ``null`` takes the largest that fits (``auto``)."""
+    init: Literal["random", "names", "prototypes"] = "random"
+    """How ``linear``/``low_rank`` output rows (and ``prototype`` vectors) start: ``random``;
+    ``names``: from the frozen encoder's embedding of each class name; ``prototypes``: from the mean
+    embedding of each class's training rows."""
     pooling: Literal["first", "mean"] = "first"
     """For ``type: linear``: ``first`` uses the first token's final hidden state, ``mean`` the
     mean over the row's real (non-padding) tokens. Ignored by ``full``."""
@@ -145,6 +159,21 @@ class DataConfig:
     tokenized as a pair. ``null``: single texts."""
     label_column: Optional[str] = None
     """Column holding the label; ``null`` finds ``label``, ``labels``, ``class index``, ``class``, ``category``."""
+    label_separator: str = "|"
+    """Multi-label data: the separator between class names in one label cell (``|``, ``,`` or ``;``)."""
+    label_columns: Optional[list[str]] = None
+    """Multi-label data given as one 0/1 column per class (the column names are the classes);
+    replaces ``label_column``."""
+    long_text: Literal["truncate", "head_tail", "chunks"] = "truncate"
+    """Rows longer than ``model.max_length`` tokens: ``truncate`` keeps the first tokens;
+    ``head_tail`` keeps the first and the last; ``chunks`` splits them into overlapping windows
+    (``chunk_stride``), trains on every window with the row's label and pools the windows' logits
+    at evaluation, prediction and serving (``chunk_pooling``)."""
+    chunk_stride: Optional[int] = None
+    """For ``long_text: chunks``: tokens shared by consecutive windows; ``null`` takes a quarter of
+    ``max_length``."""
+    chunk_pooling: Literal["mean", "max"] = "mean"
+    """For ``long_text: chunks``: how a row's window logits are pooled."""
     trust_pickle: bool = False
     """Load ``.pkl``/``.pickle`` data files. Unpickling runs code from the file, so it is refused
     unless this (or ``--trust-pickle``) says the files are trusted."""
@@ -219,6 +248,12 @@ class TrainingConfig:
     class_weights: Literal["none", "balanced"] = "none"
     """``balanced``: weight each class's cross-entropy by n_rows / (n_classes · n_rows_of_class) over
     the training rows (scikit-learn's "balanced"), for imbalanced classes; ``none``: plain mean."""
+    cache_frozen_layers: Union[Literal["auto"], bool] = "auto"
+    """Compute the hidden states entering the lowest layer that holds a trainable parameter once per
+    text (frozen layers in eval mode, no dropout) and reuse them from an on-disk cache. ``auto``: where
+    it pays (the lowest trainable layer is above 0 and the rows are passed over more than once, or the
+    cache is warm); ``true``: always, refused where a trainable parameter sits in every layer or below
+    them; ``false``: never."""
     report_to: list[str] = field(default_factory=list)
     """Experiment trackers that receive every logged scalar and the resolved config, through
     Accelerate: ``tensorboard``, ``mlflow``, ``wandb``, ... (see tracking.py); empty: none."""
