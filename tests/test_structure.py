@@ -17,7 +17,7 @@ METHODS_PAGE = SRC.parents[1] / "docs" / "guide" / "methods.md"
 
 # Bottom to top: a module may import from its own layer's package and from layers below, never above.
 LAYERS = [
-    {"errors", "io", "console", "stats", "metrics", "signals", "runconfig", "version"},
+    {"errors", "io", "console", "stats", "metrics", "signals", "runconfig", "version", "labelsets"},
     {"methods"},
     {"config"},
     {"model", "data"},
