@@ -70,6 +70,7 @@ def plan_config(cfg: RunConfig) -> Plan:
     from lorabudget.methods.registry import get_method
     from lorabudget.model.budget import breakdown, format_breakdown, within_budget
     from lorabudget.model.build import build_model
+    from lorabudget.model.head_choice import describe_head
 
     built = build_model(cfg, weights=False)
     b = breakdown(built.model)
@@ -79,6 +80,7 @@ def plan_config(cfg: RunConfig) -> Plan:
         f"plan for {cfg.name}: model {cfg.model.name} ({built.config_source}), head {cfg.head.type}, "
         f"method {method.name}, {where}, {cfg.num_labels} classes"
     ]
+    lines.append("  " + describe_head(cfg, getattr(getattr(built.model, "config", None), "hidden_size", None)))
     if cfg.model.quantization != "none":
         lines.append(
             f"  base quantized to {cfg.model.quantization} (bitsandbytes) for training: frozen weights only, "

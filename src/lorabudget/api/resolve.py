@@ -80,4 +80,8 @@ def resolve_config(
         from lorabudget.data.load import resolve_labels
 
         resolve_labels(cfg, preset_labels=from_preset and "model.labels" not in items)
-    return validate(fill_defaults(cfg))
+    cfg = validate(fill_defaults(cfg))
+    from lorabudget.model.head_choice import resolve_head
+
+    resolve_head(cfg)  # head.type auto: the concrete head, decided once (config.yaml records it)
+    return cfg

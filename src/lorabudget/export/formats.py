@@ -1,7 +1,8 @@
 """Export a trained run to the ecosystem's formats.
 
 - ``hf``: adapters merged into the weights, saved with ``save_pretrained``. The ``full`` head is the
-  architecture's own ``*ForSequenceClassification``; the ``linear`` head (either pooling) is shipped
+  architecture's own ``*ForSequenceClassification``; the ``linear``, ``low_rank`` and ``prototype``
+  heads (either pooling) are shipped
   as a small model class inside the folder (``modeling_lorabudget.py``, registered through the
   config's ``auto_map``), because no standard class has a bare Linear layer on the first or mean
   token state (see :mod:`lorabudget.model.hf_classifier`).
@@ -73,7 +74,7 @@ def _label_maps(cfg: RunConfig) -> dict[str, Any]:
 
 
 def remote_code_config(encoder_config, cfg: RunConfig):
-    """The ``config.json`` of a ``linear``-head model: the encoder's config, the pooling, the labels,
+    """The ``config.json`` of a model with a lorabudget head (``linear``, ``low_rank``, ``prototype``): the encoder's config, the pooling, the labels,
     and ``auto_map`` pointing at the model class shipped in the folder."""
     from lorabudget.model.hf_classifier import LorabudgetClassifierConfig
 
@@ -84,6 +85,8 @@ def remote_code_config(encoder_config, cfg: RunConfig):
         encoder=encoder,
         pooling=cfg.head.pooling,
         head_dropout=float(getattr(encoder_config, "hidden_dropout_prob", 0.1)),
+        head_type=cfg.head.type,
+        head_rank=cfg.head.rank,
         **_label_maps(cfg),
     )
     module = Path(REMOTE_CODE_FILE).stem
@@ -119,7 +122,8 @@ def to_transformers_model(merged: nn.Module, cfg: RunConfig) -> nn.Module:
             setattr(merged.config, key, value)
         return merged
     model = LorabudgetForSequenceClassification(remote_code_config(merged.backbone.config, cfg))
-    # Same module names on both sides (backbone.*, head.out_proj.*): strict loading proves the mapping complete.
+    # Same names on both sides (backbone.*, head.*, the prototype vectors included): strict loading proves
+    # the mapping complete.
     model.load_state_dict(merged.state_dict(), strict=True)
     return model.eval()
 
@@ -143,7 +147,7 @@ def export_peft(run_dir: Path, cfg: RunConfig, tokenizer, folder: Path) -> None:
     # The run recorded wherever the base weights were read from (maybe a local folder): name the public model.
     adapter_config["base_model_name_or_path"] = base_model_name(cfg) or adapter_config.get("base_model_name_or_path")
     atomic_write_json(folder / PEFT_ADAPTER_CONFIG, adapter_config)
-    if cfg.head.type == "linear":
+    if cfg.head.type != "full":
         # PEFT needs the base model built first; for this head that is the class shipped in the folder.
         model_config, _ = load_model_config(cfg)
         remote_code_config(model_config, cfg).save_pretrained(str(folder))

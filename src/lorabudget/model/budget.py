@@ -105,6 +105,8 @@ class Breakdown:
     frozen_shared: dict[str, Shared] = field(default_factory=dict)  # e.g. VeRA's projections: not counted
     head: int = 0
     other: dict[str, int] = field(default_factory=dict)  # parameter name -> params
+    head_parts: dict[str, int] = field(default_factory=dict)  # a pooled head's parts (down, out_proj, scale, bias)
+    head_vectors: Optional[tuple[int, int]] = None  # a prototype head's class vectors: computed, not trained
 
     @property
     def lora(self) -> dict[tuple[int, str], int]:
@@ -135,10 +137,23 @@ def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
     return tuple(name + "." for name in head_module_names(model))
 
 
+# The part of a pooled head a parameter belongs to: head.down.weight, head.modules_to_save.default.bias ...
+_HEAD_PART = re.compile(r"(?:^|\.)head\.(?:modules_to_save\.[^.]+\.)?([^.]+)")
+
+
+def _pooled_head(model: nn.Module) -> Optional[nn.Module]:
+    """lorabudget's pooled head (linear, low_rank, prototype) of ``model``, None for transformers' own."""
+    from lorabudget.model.heads import EncoderWithLinearHead
+
+    found = next((m for m in model.modules() if isinstance(m, EncoderWithLinearHead)), None)
+    return found.head if found is not None else None
+
+
 def breakdown(model: nn.Module) -> Breakdown:
     """Group every trainable parameter: per (layer, module, kind), shared across sites, head, other."""
     heads = _head_prefixes(model)
     locate = _Locator(model)
+    pooled = _pooled_head(model)
     # Every name under which each trainable tensor is reachable: a tensor reachable from several
     # adapted modules (VB-LoRA's bank, TinyLoRA's tied vectors) is shared and counted once.
     names: dict[int, list[str]] = defaultdict(list)
@@ -156,6 +171,9 @@ def breakdown(model: nn.Module) -> Breakdown:
         n = param.numel()
         if ".modules_to_save." in first or (heads and first.startswith(heads)):
             result.head += n
+            part = _HEAD_PART.search(first) if pooled else None
+            if part:
+                result.head_parts[part.group(1)] = result.head_parts.get(part.group(1), 0) + n
         elif len({(layer, module) for layer, module, _ in located}) > 1:
             kind = next(iter(located))[2]
             entry = result.shared.setdefault(kind, Shared(0, 0, 0))
@@ -171,6 +189,9 @@ def breakdown(model: nn.Module) -> Breakdown:
             else:
                 result.other[first] = n
     result.frozen_shared = _frozen_shared(model, locate)
+    vectors = getattr(pooled, "prototypes", None)
+    if vectors is not None:
+        result.head_vectors = (int(vectors.shape[0]), int(vectors.shape[1]))
     result.sites = dict(sorted(sites.items(), key=lambda kv: (kv[0][0], module_order(kv[0][1]), kv[0][2])))
     return result
 
@@ -231,6 +252,14 @@ def format_breakdown(b: Breakdown, budget: Optional[int], title: str = "", metho
         )
     lines.append(f"  {method + ' total':<28}{b.adapter_total:>12,}")
     lines.append(f"  {'classification head':<28}{b.head:>12,}")
+    if len(b.head_parts) > 1:
+        lines += [f"  {'  head: ' + part:<28}{n:>12,}" for part, n in b.head_parts.items()]
+    if b.head_vectors:
+        classes, hidden = b.head_vectors
+        lines.append(
+            f"    head: class vectors {classes}×{hidden} = {classes * hidden:,} values computed from the data, "
+            "not trained (not counted)"
+        )
     for name, n in b.other.items():
         lines.append(f"  {('other: ' + name)[:60]:<28}{n:>12,}")
     lines.append(f"  {'TOTAL trainable':<28}{b.total:>12,}")

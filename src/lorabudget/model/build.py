@@ -20,8 +20,9 @@ from torch import nn
 from lorabudget.config import HeadConfig, RunConfig
 from lorabudget.errors import LorabudgetError, first_line
 from lorabudget.methods import registry
+from lorabudget.model.head_choice import resolve_head
 from lorabudget.model.heads import EncoderWithLinearHead, head_module_names
-from lorabudget.model.hf_classifier import PooledLinearHead
+from lorabudget.model.hf_classifier import make_head
 
 # Imported from here by the data, run-folder and inference layers.
 from lorabudget.model.hub import from_pretrained, hub_reachable, load_model_config, load_tokenizer, quiet_transformers
@@ -102,12 +103,12 @@ def build_base(cfg: RunConfig, model_config: Any, pretrained: bool) -> nn.Module
         else:
             backbone = from_pretrained(AutoModel, cfg.model.name, "weights", config=model_config, **extra)
     if getattr(backbone, "pooler", None) is not None:
-        backbone.pooler = None  # unused by the linear head; dropping it keeps it out of every count
+        backbone.pooler = None  # unused by a pooled head; dropping it keeps it out of every count
     dropout = getattr(model_config, "hidden_dropout_prob", 0.1)
-    linear = PooledLinearHead(model_config.hidden_size, cfg.num_labels, head.pooling, dropout)
+    pooled = make_head(head.type, model_config.hidden_size, cfg.num_labels, head.pooling, dropout, head.rank)
     if quant is not None:
-        linear.to(next(backbone.parameters()).device)
-    return EncoderWithLinearHead(backbone, linear)
+        pooled.to(next(backbone.parameters()).device)
+    return EncoderWithLinearHead(backbone, pooled)
 
 
 @dataclass
@@ -135,6 +136,7 @@ def build_model(cfg: RunConfig, weights: bool = True, total_steps: Optional[int]
     method = registry.get_method(cfg.adapter.method)
     model_config, config_source = load_model_config(cfg, allow_builtin=not weights)
     check_max_length(cfg, model_config)
+    resolve_head(cfg, model_config)  # normally done when the config was resolved; a no-op then
     if weights:
         base = build_base(cfg, model_config, pretrained=True)
     else:

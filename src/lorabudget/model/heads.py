@@ -1,4 +1,5 @@
-"""The classification heads: transformers' own (``head.type: full``) or a pooled linear head."""
+"""The classification heads: transformers' own (``head.type: full``) or a small head on a pooled state
+(``linear``, ``low_rank``, ``prototype``: :mod:`lorabudget.model.hf_classifier`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import torch
 from torch import nn
 
 # The head's one definition: the file is also shipped, standalone, as an export's remote code.
-from lorabudget.model.hf_classifier import PooledLinearHead
 from lorabudget.model.layout import model_family
 
 
@@ -19,9 +19,9 @@ class ClassifierOutput:
 
 
 class EncoderWithLinearHead(nn.Module):
-    """A bare encoder (no pooler) followed by :class:`PooledLinearHead`."""
+    """A bare encoder (no pooler) followed by a pooled head (``linear``, ``low_rank`` or ``prototype``)."""
 
-    def __init__(self, backbone: nn.Module, head: PooledLinearHead):
+    def __init__(self, backbone: nn.Module, head: nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head

@@ -121,18 +121,17 @@ def _method_lines(cfg: RunConfig, method: str) -> list[str]:
         )
     else:
         where = f"{', '.join(a.modules)} on {_layers(a.layers)}"
-    head = (
-        "the architecture's own classification head"
-        if cfg.head.type == "full"
-        else (
-            "one Linear layer on "
-            + (
-                "the first token's final hidden state"
-                if cfg.head.pooling == "first"
-                else "the mean of the real tokens' final hidden states"
-            )
-        )
+    pooled = (
+        "the first token's final hidden state"
+        if cfg.head.pooling == "first"
+        else "the mean of the real tokens' final hidden states"
     )
+    head = {
+        "full": "the architecture's own classification head",
+        "low_rank": f"two Linear layers (hidden -> {cfg.head.rank} -> classes) on {pooled}",
+        "prototype": f"cosine similarity of {pooled} to one fixed vector per class (computed from the data before "
+        "training, not trained), times a trained temperature, plus a trained bias per class",
+    }.get(cfg.head.type, f"one Linear layer on {pooled}")
     options = getattr(a, "options", None)
     lines = [
         f"- method: **{method}** (PEFT), placed on {where}",
@@ -266,7 +265,7 @@ def _py(code: str) -> list[str]:
 
 
 def _hf_section(cfg: RunConfig, export_format: Optional[str], folder: str) -> list[str]:
-    remote = cfg.head.type == "linear"
+    remote = cfg.head.type != "full"
     trust = ", trust_remote_code=True" if remote else ""
     lines = ["### transformers (`lorabudget export RUN --format hf --output DIR`)", ""]
     lines += _py(f"""
@@ -278,7 +277,7 @@ print(classifier(["Stocks rallied after the earnings report."]))
     lines.append("")
     if remote:
         lines += [
-            "The head is a Linear layer on a pooled token state, which no standard transformers class has, "
+            "The head sits on a pooled token state, which no standard transformers class has, "
             "so the folder ships it as `modeling_lorabudget.py` (needs only torch and transformers) and "
             "`trust_remote_code=True` is required. `AutoModelForSequenceClassification.from_pretrained(DIR, "
             "trust_remote_code=True)` loads the same model.",
@@ -299,7 +298,7 @@ print(classifier(["Stocks rallied after the earnings report."]))
 def _peft_section(cfg: RunConfig, export_format: Optional[str], folder: str) -> list[str]:
     base = base_model_name(cfg) or cfg.model.name  # a local folder: the path the run read
     peft_dir = folder if export_format == "peft" else "DIR"
-    if cfg.head.type == "linear":
+    if cfg.head.type != "full":
         code = f"""
 from peft import PeftModel
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer

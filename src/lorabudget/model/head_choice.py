@@ -1,0 +1,167 @@
+"""Sizes of the pooled heads, and ``head.type: auto`` resolved into a concrete head.
+
+``auto`` takes the ``linear`` head when it costs at most a quarter of the budget; otherwise the largest
+``low_rank`` head that does; otherwise ``prototype``. The quarter is also capped by what the adapters
+leave of the budget, so that a preset's adapters plus its head always fit (MiniLM's 100k preset spends
+82,944 on LoRA: a head of a quarter, 25,000, would take the run over). An unlimited budget takes
+``linear``. ``low_rank`` without a rank takes the largest rank by the same rule.
+
+The choice is made once, when the config is resolved, and written into the run's ``config.yaml`` as
+the concrete type and rank, so ``predict`` and ``export`` never decide again.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from lorabudget.config import RunConfig
+from lorabudget.errors import LorabudgetError, first_line
+
+HEAD_SHARE = 4  # the head may take at most 1/HEAD_SHARE of the budget
+
+
+def linear_params(hidden: int, classes: int) -> int:
+    return hidden * classes + classes
+
+
+def low_rank_params(hidden: int, classes: int, rank: int) -> int:
+    """hidden -> rank without bias, rank -> classes with bias."""
+    return rank * (hidden + classes) + classes
+
+
+def prototype_params(classes: int) -> int:
+    """A temperature and one bias per class; the class vectors are not trained."""
+    return classes + 1
+
+
+def head_params(head_type: str, hidden: int, classes: int, rank: Optional[int] = None) -> int:
+    if head_type == "linear":
+        return linear_params(hidden, classes)
+    if head_type == "low_rank":
+        return low_rank_params(hidden, classes, int(rank or 0))
+    if head_type == "prototype":
+        return prototype_params(classes)
+    raise ValueError(f"no formula for head type {head_type!r}")
+
+
+@dataclass
+class HeadChoice:
+    type: str
+    rank: Optional[int]
+    reason: str
+
+
+def largest_rank(hidden: int, classes: int, limit: int) -> int:
+    """The largest r with r·(hidden + classes) + classes <= limit (0 when none)."""
+    return max(0, (limit - classes) // (hidden + classes))
+
+
+def choose_head(hidden: int, classes: int, budget: Optional[int], adapters: int = 0) -> HeadChoice:
+    """``auto``'s rule (module docstring). ``adapters``: what the rest of the model trains."""
+    linear = linear_params(hidden, classes)
+    if budget is None:
+        return HeadChoice("linear", None, f"auto: unlimited budget, linear {linear:,}")
+    quarter = budget // HEAD_SHARE
+    left = budget - adapters
+    limit = min(quarter, left)
+    if limit == quarter:
+        why = f"{quarter:,} = 1/{HEAD_SHARE} of the {budget:,} budget"
+    else:
+        why = f"{max(left, 0):,} = what the adapters' {adapters:,} leave of the {budget:,} budget (under 1/{HEAD_SHARE})"
+    if linear <= limit:
+        return HeadChoice("linear", None, f"auto: linear {linear:,} <= {why}")
+    rank = largest_rank(hidden, classes, limit)
+    if rank >= 1:
+        return HeadChoice("low_rank", rank, f"auto: linear {linear:,} > {why}; largest rank that fits")
+    return HeadChoice(
+        "prototype",
+        None,
+        f"auto: linear {linear:,} and low_rank r=1 {low_rank_params(hidden, classes, 1):,} > {why}",
+    )
+
+
+def _hidden_size(cfg: RunConfig, model_config: Any) -> int:
+    if model_config is None:
+        from lorabudget.model.hub import load_model_config
+
+        try:
+            model_config, _ = load_model_config(cfg, allow_builtin=True)
+        except LorabudgetError as err:
+            raise LorabudgetError(
+                f"head.type {cfg.head.type} needs the hidden size of model '{cfg.model.name}', which cannot be "
+                f"read ({first_line(err)[:160]}); set head.type to linear, prototype or low_rank with head.rank"
+            ) from None
+    return int(model_config.hidden_size)
+
+
+def _adapter_params(cfg: RunConfig) -> int:
+    """Trainable parameters besides the head, counted on the meta device with a linear head."""
+    from lorabudget.model.budget import breakdown
+    from lorabudget.model.build import build_model
+
+    probe = copy.deepcopy(cfg)
+    probe.head.type, probe.head.rank = "linear", None
+    counted = breakdown(build_model(probe, weights=False).model)
+    return counted.total - counted.head
+
+
+def resolve_head(cfg: RunConfig, model_config: Any = None) -> Optional[str]:
+    """Make ``cfg.head`` concrete in place (``auto``, ``low_rank`` without a rank); return the reason for
+    an ``auto`` choice (also kept as ``cfg.head.chosen_because`` for ``plan``), else None.
+
+    Leaves the head alone while the class count is unknown (the data decides it later). Refuses a
+    ``low_rank`` rank that is not below the hidden size (that head would be no smaller than ``linear``)."""
+    head = cfg.head
+    needs_choice = head.type == "auto" or (head.type == "low_rank" and head.rank is None)
+    checks_rank = head.type == "low_rank" and head.rank is not None
+    if not (needs_choice or checks_rank):
+        return None
+    try:
+        classes = cfg.num_labels
+    except LorabudgetError:
+        return None
+    hidden = _hidden_size(cfg, model_config)
+    if checks_rank:
+        if head.rank >= hidden:
+            raise LorabudgetError(
+                f"config key 'head.rank': {head.rank} is not below the hidden size {hidden} of {cfg.model.name}, so "
+                "the low_rank head would be no smaller than linear's; use head.type: linear or a smaller rank"
+            )
+        return None
+    budget = cfg.budget.max_trainable_params
+    adapters = _adapter_params(cfg) if budget is not None else 0
+    choice = choose_head(hidden, classes, budget, adapters)
+    if head.type == "low_rank":
+        if budget is None:
+            raise LorabudgetError("config key 'head.rank': set it; with an unlimited budget no rank is the largest")
+        if choice.rank is None:
+            raise LorabudgetError(
+                f"config key 'head.rank': no low_rank head fits ({choice.reason.removeprefix('auto: ')}); "
+                "use head.type: prototype"
+            )
+        head.rank = choice.rank
+        return None
+    head.type, head.rank = choice.type, choice.rank
+    head.chosen_because = choice.reason  # not a config field: plan's line, never written to config.yaml
+    return choice.reason
+
+
+def describe_head(cfg: RunConfig, hidden: Optional[int]) -> str:
+    """``plan``'s one line on the head: its type, size, and why (auto) or where it was set."""
+    head = cfg.head
+    why = getattr(head, "chosen_because", None) or "head.type in the config"
+    if head.type == "full":
+        return f"head: full (the model's own classification head; {why})"
+    if hidden is None:
+        return f"head: {head.type} ({why})"
+    classes = cfg.num_labels
+    rank = f" r={head.rank}" if head.type == "low_rank" else ""
+    count = head_params(head.type, hidden, classes, head.rank)
+    extra = (
+        f"; class vectors {classes}×{hidden} = {classes * hidden:,} values computed from the data, not trained"
+        if head.type == "prototype"
+        else ""
+    )
+    return f"head: {head.type}{rank}, {count:,} trainable ({why}){extra}"
