@@ -38,7 +38,11 @@ KINDS = {
     "bert-full": ("tiny_bert", "full", "first"),
     "roberta-linear-first": ("tiny_roberta", "linear", "first"),
     "bert-linear-mean": ("tiny_bert", "linear", "mean"),
+    # The small heads (issue 43): two Linear layers; fixed class vectors in a buffer.
+    "bert-low_rank-mean": ("tiny_bert", "low_rank", "mean"),
+    "roberta-prototype-first": ("tiny_roberta", "prototype", "first"),
 }
+SMALL_HEADS = ["bert-low_rank-mean", "roberta-prototype-first"]
 
 
 def make_run(path: Path, model_dir: Path, head: str, pooling: str, cache: Path) -> Path:
@@ -48,7 +52,7 @@ def make_run(path: Path, model_dir: Path, head: str, pooling: str, cache: Path) 
         {
             "name": path.name,
             "model": {"name": str(model_dir), "max_length": 32, "labels": ["World", "Sports", "Business", "Sci/Tech"]},
-            "head": {"type": head, "pooling": pooling},
+            "head": {"type": head, "pooling": pooling, **({"rank": 3} if head == "low_rank" else {})},
             "adapter": {"r": 4, "alpha": 8, "modules": ["query", "value"]},
             "data": {"train": "train.csv", "cache_dir": str(cache)},
         }
@@ -59,6 +63,9 @@ def make_run(path: Path, model_dir: Path, head: str, pooling: str, cache: Path) 
         for param in model.parameters():
             if param.requires_grad:
                 param.normal_(0, 0.3)
+        for name, buffer in model.named_buffers():
+            if name.endswith("prototypes"):  # as training computes them: saved with the adapter
+                buffer.normal_(0, 1.0)
     path.mkdir(parents=True)
     save_config(cfg, path / "config.yaml")
     model.save_pretrained(str(path / "adapter"))
@@ -146,7 +153,7 @@ def _card_code(card: str, heading: str) -> str:
 def test_peft_export_loads_on_the_base_model(runs, tmp_path, monkeypatch):
     """The PEFT loading code of the model card, run as written (the base model is the local tiny model)."""
     monkeypatch.chdir(tmp_path)  # the card names the folder relative to where it is
-    for name in ("roberta-full", "bert-linear-mean"):
+    for name in ("roberta-full", "bert-linear-mean", *SMALL_HEADS):
         folder = export_run(runs[name], tmp_path / f"{name}-peft", "peft")
         card = (folder / "README.md").read_text()
         assert parse_model_card(card)[0]["library_name"] == "peft"
@@ -158,7 +165,7 @@ def test_peft_export_loads_on_the_base_model(runs, tmp_path, monkeypatch):
         np.testing.assert_allclose(logits.numpy(), load_run(runs[name]).logits(TEXTS), atol=1e-4, err_msg=name)
 
 
-@pytest.mark.parametrize("name", ["roberta-full", "bert-linear-mean"])
+@pytest.mark.parametrize("name", ["roberta-full", "bert-linear-mean", *SMALL_HEADS])
 def test_onnx_engine_equals_torch(runs, name):
     run = runs[name]
     torch_logits = load_run(run).logits(TEXTS)

@@ -28,6 +28,7 @@ from lorabudget.model.build import build_model
 from lorabudget.model.flops import training_summary as training_flops
 from lorabudget.rundir.layout import RunDir
 from lorabudget.rundir.lifecycle import requested_run_dir
+from lorabudget.training.prototypes import init_head
 from lorabudget.training.session import Session
 from lorabudget.training.setup import (
     LossFn,
@@ -79,6 +80,8 @@ def start_run(cfg: RunConfig, run_dir: Path, data: Optional[PreparedData], log, 
     batches = math.ceil(len(data.train) / (t.batch_size * accelerator.num_processes))
     planned_steps = t.max_steps or max(1, math.ceil(t.epochs * math.ceil(batches / t.gradient_accumulation)))
     model = build_model(cfg, weights=True, total_steps=planned_steps).model
+    if not resumed:  # a resumed run reads its class vectors back from the checkpoint
+        init_head(cfg, model, data, accelerator, log)
     live = budget_mod.breakdown(model)
     if live.total != planned.total:  # would be a bug in planning: never train on an unchecked count
         raise RuntimeError(f"live trainable count {live.total:,} differs from the plan {planned.total:,}")

@@ -34,6 +34,7 @@ from lorabudget.rundir.layout import RunDir
 from lorabudget.rundir.lifecycle import requested_run_dir
 from lorabudget.rundir.weights import save_trained
 from lorabudget.signals import Terminated, deferred_termination, stop_pending
+from lorabudget.training.prototypes import head_buffers, load_head_buffers
 from lorabudget.training.setup import LossFn, PreparedData, make_optimizer, make_scheduler
 from lorabudget.training.state import (
     BestKeeper,
@@ -161,6 +162,7 @@ class Session:
         return {
             "mixed_precision": self.accelerator.mixed_precision,  # a resume trains on in the same precision
             "trainable": trainable_weights(self.unwrapped),
+            "head_buffers": head_buffers(self.unwrapped),  # prototype vectors: computed once, never again
             "method_state": registry.training_state(self.unwrapped, self.cfg.adapter.method),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -172,6 +174,7 @@ class Session:
 
     def load_state_dict(self, payload: dict[str, Any]) -> None:
         load_weights(self.unwrapped, payload["trainable"])
+        load_head_buffers(self.unwrapped, payload.get("head_buffers", {}))
         registry.restore_training_state(self.unwrapped, self.cfg.adapter.method, payload.get("method_state", {}))
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
