@@ -324,6 +324,52 @@ CASES = [
         "exceed the budget",
         code=3,
     ),
+    # --- the head (issue 43); the tiny model's hidden size is 32
+    Case(
+        "head-rank-zero",
+        lambda w: ["plan", str(w.cfg), "--set", "head.type=low_rank", "--set", "head.rank=0"],
+        "'head.rank': must be >= 1, got 0",
+    ),
+    Case(
+        "head-rank-with-linear",
+        lambda w: ["plan", str(w.cfg), "--set", "head.rank=4"],
+        "'head.rank' applies to head.type low_rank only",
+    ),
+    Case(
+        "head-rank-with-auto",
+        lambda w: ["plan", str(w.cfg), "--set", "head.type=auto", "--set", "head.rank=4"],
+        "auto chooses its own rank",
+    ),
+    Case(
+        "head-rank-not-below-hidden",
+        lambda w: T(w, "--output", "new", "--set", "head.type=low_rank", "--set", "head.rank=32"),
+        "'head.rank': 32 is not below the hidden size 32",
+    ),
+    Case(
+        "head-init-names-with-full",
+        lambda w: ["plan", str(w.cfg), "--set", "head.type=full", "--set", "head.init=names"],
+        "'head.init': names needs a lorabudget head",
+    ),
+    Case(
+        "head-init-prototypes-with-full",
+        lambda w: T(w, "--output", "new", "--set", "head.type=full", "--set", "head.init=prototypes"),
+        "'head.init': prototypes needs a lorabudget head",
+    ),
+    Case(
+        "head-low-rank-fits-nowhere",
+        lambda w: ["plan", str(w.cfg), "--set", "head.type=low_rank", "--set", "budget.max_trainable_params=200"],
+        "no low_rank head fits",
+    ),
+    Case(
+        "head-low-rank-unlimited-budget",
+        lambda w: ["plan", str(w.cfg), "--set", "head.type=low_rank", "--set", "budget.max_trainable_params=null"],
+        "no rank is the largest",
+    ),
+    Case(
+        "head-type-unknown",
+        lambda w: ["plan", str(w.cfg), "--set", "head.type=tiny"],
+        "'head.type': 'tiny' is not allowed",
+    ),
     Case("config-file-missing", lambda w: ["train", "missing.yaml", "--output", "new"], "neither a file nor a preset"),
     Case("config-not-yaml", lambda w: ["plan", "bad.yaml"], "not valid YAML", setup=write("bad.yaml", "a: [1, 2\n")),
     Case(

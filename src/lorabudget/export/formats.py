@@ -74,7 +74,8 @@ def _label_maps(cfg: RunConfig) -> dict[str, Any]:
 
 
 def remote_code_config(encoder_config, cfg: RunConfig):
-    """The ``config.json`` of a model with a lorabudget head (``linear``, ``low_rank``, ``prototype``): the encoder's config, the pooling, the labels,
+    """The ``config.json`` of a model with a lorabudget head (``linear``, ``low_rank``, ``prototype``): the
+    encoder's config, the pooling and head, the labels,
     and ``auto_map`` pointing at the model class shipped in the folder."""
     from lorabudget.model.hf_classifier import LorabudgetClassifierConfig
 

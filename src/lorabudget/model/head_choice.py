@@ -69,7 +69,9 @@ def choose_head(hidden: int, classes: int, budget: Optional[int], adapters: int 
     if limit == quarter:
         why = f"{quarter:,} = 1/{HEAD_SHARE} of the {budget:,} budget"
     else:
-        why = f"{max(left, 0):,} = what the adapters' {adapters:,} leave of the {budget:,} budget (under 1/{HEAD_SHARE})"
+        why = (
+            f"{max(left, 0):,} = what the adapters' {adapters:,} leave of the {budget:,} budget (under 1/{HEAD_SHARE})"
+        )
     if linear <= limit:
         return HeadChoice("linear", None, f"auto: linear {linear:,} <= {why}")
     rank = largest_rank(hidden, classes, limit)

@@ -152,7 +152,10 @@ class LorabudgetForSequenceClassification(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         # Only a fresh head (no weights loaded) ever uses these values; the encoder initialises itself.
-        if isinstance(module, nn.Linear) and module in (getattr(self.head, "out_proj", None), getattr(self.head, "down", None)):
+        if isinstance(module, nn.Linear) and module in (
+            getattr(self.head, "out_proj", None),
+            getattr(self.head, "down", None),
+        ):
             module.weight.data.normal_(mean=0.0, std=0.02)
             if module.bias is not None:
                 module.bias.data.zero_()

@@ -16,7 +16,17 @@ from typing import Any, Callable, ClassVar, Optional, Union
 from lorabudget.methods.registry import METHODS, get_method
 
 LAYER_MODES = ("all", "range", "top", "bottom", "subset")
-HEADS = {"full": ("full", None), "linear-first": ("linear", "first"), "linear-mean": ("linear", "mean")}
+# Search-space head names -> (head.type, head.pooling); None keeps the base config's pooling.
+HEADS = {
+    "full": ("full", None),
+    "linear-first": ("linear", "first"),
+    "linear-mean": ("linear", "mean"),
+    "linear": ("linear", None),
+    "low_rank": ("low_rank", None),
+    "prototype": ("prototype", None),
+    "auto": ("auto", None),
+}
+HEAD_INITS = ("random", "names", "prototypes")
 SIMPLE_PATHS = {
     "dropout": "adapter.dropout",
     "learning_rate": "training.learning_rate",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 from lorabudget.errors import LorabudgetError
 from lorabudget.methods.registry import METHODS
 from lorabudget.search.dist import Dist, parse_dist, positive
 from lorabudget.search.keys import (
+    HEAD_INITS,
     HEADS,
     SIMPLE_PATHS,
     SpaceKey,
@@ -132,30 +134,55 @@ class LrScaleKey(SpaceKey):
 
 
 class HeadKey(SpaceKey):
-    names = ("head",)
+    """``head`` (the head's type and pooling by name, :data:`HEADS`), ``head_rank`` (a ``low_rank``
+    head's rank: drawn only when that head is; absent, the largest rank that fits is taken) and
+    ``head_init`` (``random``, ``names``, ``prototypes``: drawn for every head but ``full``)."""
 
-    def __init__(self, dist: Dist):
-        self.dist = dist
+    names = ("head", "head_rank", "head_init")
+
+    def __init__(self, dist: Optional[Dist], rank: Optional[Dist], init: Optional[Dist]):
+        self.dist, self.rank, self.init = dist, rank, init
 
     @classmethod
     def parse(cls, raw):
-        if "head" not in raw:
+        if not any(k in raw for k in cls.names):
             return []
-        dist = parse_dist("head", raw["head"])
-        for h in dist.values():
+        dist = parse_dist("head", raw["head"]) if "head" in raw else None
+        for h in dist.values() if dist else []:
             if h not in HEADS:
                 raise LorabudgetError(f"search key 'head': unknown head '{h}'; heads: " + ", ".join(HEADS))
-        return [cls(dist)]
+        rank = positive(parse_dist("head_rank", raw["head_rank"]), "head_rank") if "head_rank" in raw else None
+        if rank is not None and (dist is None or "low_rank" not in dist.values()):
+            raise LorabudgetError("search key 'head_rank' needs 'head' with low_rank among its heads")
+        init = parse_dist("head_init", raw["head_init"]) if "head_init" in raw else None
+        for value in init.values() if init else []:
+            if value not in HEAD_INITS:
+                raise LorabudgetError(f"search key 'head_init': unknown '{value}'; allowed: " + ", ".join(HEAD_INITS))
+        return [cls(dist, rank, init)]
 
     def sample(self, d):
-        head_type, pooling = HEADS[self.dist.suggest(d.trial, "head")]
-        d.out["head.type"] = head_type
-        if pooling:
-            d.out["head.pooling"] = pooling
+        head_type = None
+        if self.dist is not None:
+            head_type, pooling = HEADS[self.dist.suggest(d.trial, "head")]
+            d.out["head.type"] = head_type
+            if pooling:
+                d.out["head.pooling"] = pooling
+            # A rank belongs to low_rank alone (the base config's may be a resolved low_rank's).
+            d.out["head.rank"] = (
+                self.rank.suggest(d.trial, "head_rank") if head_type == "low_rank" and self.rank else None
+            )
+        if self.init is not None:
+            d.out["head.init"] = "random" if head_type == "full" else self.init.suggest(d.trial, "head_init")
 
     def invert(self, p):
         head = p.cfg.head
-        names = [k for k, (t, pooling) in HEADS.items() if t == head.type and pooling in (None, head.pooling)]
-        if not names:
-            raise LorabudgetError(f"its head {head.type}/{head.pooling} is not among the space's heads")
-        self.dist.record(p.params, "head", names[0], "its head")
+        if self.dist is not None:
+            names = [k for k, (t, pooling) in HEADS.items() if t == head.type and pooling in (None, head.pooling)]
+            names = [n for n in names if n in self.dist.values()] or names
+            if not names:
+                raise LorabudgetError(f"its head {head.type}/{head.pooling} is not among the space's heads")
+            self.dist.record(p.params, "head", names[0], "its head")
+            if head.type == "low_rank" and self.rank is not None:
+                self.rank.record(p.params, "head_rank", head.rank, "its head.rank")
+        if self.init is not None and head.type != "full":
+            self.init.record(p.params, "head_init", head.init, "its head.init")

@@ -23,7 +23,10 @@ Named entries:
                       rates by the built-in space: the base config's own rate when the sampled method
                       is the base config's method, else the sampled method's default (methods need
                       very different rates: VeRA's default is 20x LoRA's)
-``head``              ``full``, ``linear-first``, ``linear-mean`` (head.type and head.pooling)
+``head``              ``full``, ``linear-first``, ``linear-mean`` (head.type and head.pooling), or
+                      ``linear``, ``low_rank``, ``prototype``, ``auto`` (the base config's pooling)
+``head_rank``         a ``low_rank`` head's rank (drawn when that head is; absent: the largest that fits)
+``head_init``         ``random``, ``names``, ``prototypes`` (how a head other than ``full`` starts)
 ``options``           per method, a mapping of keyword -> distribution that goes into ``adapter.options``
 ``set``               any other config key by its dotted path, e.g. ``training.warmup_ratio: [0.0, 0.06]``
 

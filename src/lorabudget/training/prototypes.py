@@ -146,7 +146,9 @@ def class_vectors(cfg: RunConfig, model: nn.Module, data: Any, accelerator=None)
     return means, line
 
 
-def init_head(cfg: RunConfig, model: nn.Module, data: Any, accelerator=None, log: Callable[[str], None] = print) -> bool:
+def init_head(
+    cfg: RunConfig, model: nn.Module, data: Any, accelerator=None, log: Callable[[str], None] = print
+) -> bool:
     """Compute the class vectors and put them into the head when the config asks for them (a new run
     only: a resumed run restores them from its checkpoint). Every process calls it. Returns whether it did."""
     if not needs_class_vectors(cfg) or pooled_head(model) is None:

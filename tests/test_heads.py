@@ -1,0 +1,223 @@
+"""Heads that fit the budget (issue 43): ``low_rank``, ``prototype`` and ``auto``, exact in ``plan`` on every
+family, chosen by ``auto`` as the presets' budgets say, their class vectors computed from the frozen
+encoder before training and carried through predict, resume, distillation and the search space."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+import torch
+import yaml
+from conftest import FAMILY_KINDS
+from test_families import family_settings
+
+import lorabudget as lb
+from lorabudget.cli import main
+from lorabudget.config import from_dict
+from lorabudget.errors import LorabudgetError
+from lorabudget.model.budget import breakdown
+from lorabudget.model.build import build_model
+from lorabudget.model.head_choice import choose_head, head_params, low_rank_params
+from lorabudget.training.prototypes import (
+    class_means,
+    head_buffers,
+    linear_init,
+    load_head_buffers,
+    low_rank_init,
+)
+from lorabudget.training.setup import param_groups
+
+CLASSES = ["World", "Sports", "Business", "Sci/Tech", "Other"]
+HEADS = {"linear": {}, "low_rank": {"rank": 3}, "prototype": {}}
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+@pytest.mark.parametrize("kind", FAMILY_KINDS)
+def test_head_counts_exact_on_every_family(family_model_dir, kind, head):
+    """plan == live == optimizer == the formula; the prototype vectors are a buffer, never counted."""
+    cfg = from_dict(
+        {
+            "model": {"name": str(family_model_dir(kind)), "labels": CLASSES},
+            "head": {"type": head, "pooling": "mean", **HEADS[head]},
+            "adapter": {"method": "lora", "dropout": 0.0, **family_settings(kind, "lora")},
+        }
+    )
+    planned = breakdown(build_model(cfg, weights=False).model)
+    model = build_model(cfg, weights=True).model
+    live = breakdown(model)
+    hidden = model.config.hidden_size
+    expected = head_params(head, hidden, len(CLASSES), HEADS[head].get("rank"))
+    assert planned.head == live.head == expected
+    assert planned.total == live.total == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(p.numel() for g in param_groups(model, cfg) for p in g["params"]) == live.total
+    if head == "prototype":
+        assert planned.head_vectors == live.head_vectors == (len(CLASSES), hidden)
+        assert planned.head_parts == {"scale": 1, "bias": len(CLASSES)}
+    if head == "low_rank":
+        assert live.head_parts == {"down": 3 * hidden, "out_proj": 3 * len(CLASSES) + len(CLASSES)}
+
+
+def test_head_formulas():
+    assert head_params("linear", 384, 77) == 29_645
+    assert low_rank_params(384, 77, 12) == 12 * (384 + 77) + 77
+    assert head_params("prototype", 384, 77) == 78
+
+
+# (preset, classes) -> (head type, rank, total trainable) on all-MiniLM-L6-v2 (hidden 384), offline.
+AUTO_CASES = [
+    ("minilm-cpu-10k", 4, "linear", None, 6_148),
+    ("minilm-cpu-10k", 77, "low_rank", 5, 4_608 + 5 * 461 + 77),
+    ("minilm-cpu-10k", 150, "low_rank", 4, 4_608 + 4 * 534 + 150),
+    ("minilm-cpu-10k", 1_500, "prototype", None, 4_608 + 1_501),
+    ("minilm-cpu-100k", 4, "linear", None, 84_484),
+    # 82,944 of LoRA leave 17,056: less than a quarter (25,000), so that caps the head.
+    ("minilm-cpu-100k", 77, "low_rank", 36, 82_944 + 36 * 461 + 77),
+    ("minilm-cpu-100k", 150, "low_rank", 31, 82_944 + 31 * 534 + 150),
+    ("minilm-cpu", 4, "linear", None, 663_552 + 1_540),
+    ("minilm-cpu", 77, "linear", None, 663_552 + 29_645),
+    ("minilm-cpu", 150, "linear", None, 663_552 + 57_750),
+]
+
+
+@pytest.mark.parametrize("preset,classes,head,rank,total", AUTO_CASES)
+def test_auto_head_of_the_minilm_presets(preset, classes, head, rank, total, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    plan = lb.plan(preset, **{"model.labels": [f"intent {i}" for i in range(classes)]})
+    assert (plan.config.head.type, plan.config.head.rank) == (head, rank)
+    assert plan.trainable == total and plan.fits
+    line = next(line for line in plan.text.splitlines() if line.strip().startswith("head: "))
+    assert line.strip().startswith(f"head: {head}" + (f" r={rank}" if rank else "")) and "(auto: " in line
+    if (preset, classes) == ("minilm-cpu-10k", 77):
+        assert "(auto: linear 29,645 > 2,500 = 1/4 of the 10,000 budget; largest rank that fits)" in line
+    if head == "prototype":
+        assert (
+            f"class vectors {classes}×384 = {classes * 384:,} values computed from the data, not trained" in plan.text
+        )
+
+
+def test_choose_head_rules():
+    assert choose_head(384, 77, None).type == "linear"  # unlimited: a teacher
+    assert choose_head(384, 4, 10_000).type == "linear"
+    chosen = choose_head(384, 77, 10_000, adapters=4_608)
+    assert (chosen.type, chosen.rank) == ("low_rank", 5)
+    assert choose_head(384, 77, 1_000).type == "prototype"
+
+
+def test_class_means_single_and_multi_label():
+    emb = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [9.0, 9.0]], dtype=np.float32)
+    means, counts = class_means(emb, np.array([0, 0, 1, -1]), 3)  # -1: an unlabelled row (distillation)
+    np.testing.assert_allclose(means, [[2.0, 0.0], [0.0, 2.0], [0.0, 0.0]])
+    assert counts.tolist() == [2, 1, 0]
+    multi = np.array([[1, 1, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
+    means, counts = class_means(emb, multi, 3)
+    np.testing.assert_allclose(means, [[2.0, 0.0], [0.5, 1.0], [9.0, 9.0]])
+    assert counts.tolist() == [2, 2, 1]
+
+
+def test_init_from_vectors_is_a_centred_nearest_vector_classifier():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(5, 16)).astype(np.float32)
+    weight, bias = linear_init(vectors)
+    logits = vectors @ weight.T + bias
+    assert (logits.argmax(1) == np.arange(5)).all()  # each class vector is its own class
+    down, out, low_bias = low_rank_init(vectors, rank=8)  # rank >= classes: the same map exactly
+    np.testing.assert_allclose(vectors @ down.T @ out.T + low_bias, logits, atol=1e-4)
+    down2, out2, _ = low_rank_init(vectors, rank=2)  # lower: the best rank-2 approximation
+    assert down2.shape == (2, 16) and out2.shape == (5, 2)
+    assert np.linalg.matrix_rank(out2 @ down2) == 2
+
+
+def _train(make_config, tmp_path, name, head, **extra):
+    values = make_config(
+        tmp_path / "cache",
+        name=name,
+        head={"pooling": "mean", **head},
+        training={"max_steps": 6, "eval_every": 3, "learning_rate": 2e-2, "seed": 5},
+        **extra,
+    )
+    cfg = tmp_path / f"{name}.yaml"
+    cfg.write_text(yaml.safe_dump(values))
+    run = tmp_path / name
+    assert main(["train", str(cfg), "--output", str(run), "--no-report"]) == 0
+    return run
+
+
+def test_prototype_run_computes_saves_and_predicts(make_config, tmp_path, capsys):
+    run = _train(make_config, tmp_path, "proto", {"type": "prototype"})
+    out = capsys.readouterr().out
+    assert "head: prototype vectors from the mean pooled embedding of each class's training rows" in out
+    saved = yaml.safe_load((run / "config.yaml").read_text())["head"]
+    assert saved["type"] == "prototype"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["head_params"] == 4 + 1
+    loaded = lb.load_run(run)
+    names = [n for n, _ in loaded.model.named_buffers() if n.endswith("prototypes")]
+    vectors = dict(loaded.model.named_buffers())[names[-1]]  # the trained copy (merged: the only one)
+    assert vectors.shape == (4, 32) and float(vectors.abs().sum()) > 0  # read back from the adapter
+    # The vectors are those of the frozen encoder: recomputed from a fresh build they are the same.
+    from lorabudget.training.prototypes import class_vectors
+    from lorabudget.training.setup import prepare_data
+
+    cfg = loaded.cfg
+    data = prepare_data(cfg, log=lambda *_: None)
+    again, _ = class_vectors(cfg, build_model(cfg).model, data)
+    np.testing.assert_allclose(vectors.numpy(), again, atol=1e-5)
+    texts = ["the game and the team", "stocks and profit"]
+    assert loaded.predict(texts).labels == [loaded.cfg.class_names[i] for i in loaded.logits(texts).argmax(1)]
+
+
+@pytest.mark.parametrize(
+    "head", [{"type": "linear", "init": "names"}, {"type": "low_rank", "rank": 4, "init": "prototypes"}]
+)
+def test_initialised_heads_train(make_config, tmp_path, capsys, head):
+    run = _train(make_config, tmp_path, "init", head)
+    assert f"head: {head['type']} head's starting weights from" in capsys.readouterr().out
+    assert yaml.safe_load((run / "config.yaml").read_text())["head"]["init"] == head["init"]
+
+
+def test_auto_is_decided_once_and_recorded(make_config, tmp_path):
+    # LoRA r=4 on one query (256) and a budget of 500: the linear head (132) is over 500 / 4 = 125.
+    budget = {"max_trainable_params": 500}
+    run = _train(
+        make_config, tmp_path, "auto", {"type": "auto"}, budget=budget, adapter={"modules": ["query"], "layers": [0]}
+    )
+    head = yaml.safe_load((run / "config.yaml").read_text())["head"]
+    assert (head["type"], head["rank"]) == ("low_rank", 3)  # 3·(32 + 4) + 4 = 112
+    assert "chosen_because" not in head
+
+
+def test_checkpoint_carries_the_prototype_vectors(make_config, tmp_path):
+    cfg = from_dict(make_config(tmp_path / "cache", head={"type": "prototype"}))
+    model = build_model(cfg).model
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith("prototypes"):
+                buffer.normal_()
+    saved = head_buffers(model)
+    assert saved and all(n.endswith("prototypes") for n in saved)
+    fresh = build_model(cfg).model
+    load_head_buffers(fresh, saved)
+    for name, value in head_buffers(fresh).items():
+        assert torch.equal(value, saved[name])
+
+
+def test_search_space_head_axis():
+    from lorabudget.search.space import parse_space, sample
+
+    space = parse_space(
+        {"head": ["low_rank", "prototype", "linear-mean"], "head_rank": [2, 4], "head_init": ["random", "names"]}
+    )
+    outs = [
+        sample(optuna.trial.FixedTrial({"head": h, "head_rank": 4, "head_init": "names"}), space, num_layers=3)
+        for h in ("low_rank", "prototype", "linear-mean")
+    ]
+    assert outs[0]["head.type"] == "low_rank" and outs[0]["head.rank"] == 4 and outs[0]["head.init"] == "names"
+    assert outs[1]["head.type"] == "prototype" and outs[1]["head.rank"] is None
+    assert (outs[2]["head.type"], outs[2]["head.pooling"]) == ("linear", "mean")
+    with pytest.raises(LorabudgetError, match="'head_rank' needs 'head' with low_rank"):
+        parse_space({"head": ["linear"], "head_rank": [2]})
+    with pytest.raises(LorabudgetError, match="unknown 'zeros'"):
+        parse_space({"head_init": ["zeros"]})
