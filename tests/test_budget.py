@@ -114,16 +114,21 @@ def test_budget_guard_and_breakdown_text(tiny_roberta):
 
 
 @pytest.mark.parametrize(
-    "preset,expected,budget",
-    [("mpnet-cpu", 666_628, 10**6), ("mpnet-cpu-100k", 86_020, 10**5), ("mpnet-cpu-10k", 9_220, 10**4)],
+    "preset,expected,budget,head",
+    [
+        ("mpnet-cpu", 666_628, 10**6, 3_076),
+        ("mpnet-cpu-100k", 86_020, 10**5, 3_076),
+        # head.type auto: the linear head (3,076) is over a quarter of 10k, so low_rank r=3: 3·(768 + 4) + 4.
+        ("mpnet-cpu-10k", 6_144 + 2_320, 10**4, 2_320),
+    ],
 )
-def test_mpnet_presets_exact_counts_offline(preset, expected, budget, monkeypatch):
+def test_mpnet_presets_exact_counts_offline(preset, expected, budget, head, monkeypatch):
     # Without the [mpnet] packages `plan` counts from all-mpnet-base-v2's built-in published config;
     # with them, from the unpacked model's config.json: the same architecture, the same count.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = load_config(preset)
     b = breakdown(build_model(cfg, weights=False).model)
-    assert b.total == expected and b.head == 3_076
+    assert b.total == expected and b.head == head
     assert cfg.budget.max_trainable_params == budget
     assert b.other == {}
     if preset == "mpnet-cpu-10k":  # (IA)3 vectors on key and value of the top four layers only

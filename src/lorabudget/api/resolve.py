@@ -81,7 +81,7 @@ def resolve_config(
 
         resolve_labels(cfg, preset_labels=from_preset and "model.labels" not in items)
     cfg = validate(fill_defaults(cfg))
-    from lorabudget.model.head_choice import resolve_head
+    from lorabudget.model.build import resolve_head
 
     resolve_head(cfg)  # head.type auto: the concrete head, decided once (config.yaml records it)
     return cfg

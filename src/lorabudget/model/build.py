@@ -8,6 +8,7 @@ live count by construction; ``tests/test_budget.py`` checks it anyway.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import importlib.util
 import warnings
@@ -20,7 +21,8 @@ from torch import nn
 from lorabudget.config import HeadConfig, RunConfig
 from lorabudget.errors import LorabudgetError, first_line
 from lorabudget.methods import registry
-from lorabudget.model.head_choice import resolve_head
+from lorabudget.model.budget import breakdown
+from lorabudget.model.head_choice import choose_head
 from lorabudget.model.heads import EncoderWithLinearHead, head_module_names
 from lorabudget.model.hf_classifier import make_head
 
@@ -40,6 +42,7 @@ __all__ = [
     "load_tokenizer",
     "merge_adapters",
     "quantization_config",
+    "resolve_head",
 ]
 
 
@@ -190,3 +193,64 @@ def merge_adapters(model: nn.Module) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return model.merge_and_unload()
+
+
+def _hidden_size(cfg: RunConfig, model_config: Any) -> int:
+    if model_config is None:
+        try:
+            model_config, _ = load_model_config(cfg, allow_builtin=True)
+        except LorabudgetError as err:
+            raise LorabudgetError(
+                f"head.type {cfg.head.type} needs the hidden size of model '{cfg.model.name}', which cannot be "
+                f"read ({first_line(err)[:160]}); set head.type to linear, prototype or low_rank with head.rank"
+            ) from None
+    return int(model_config.hidden_size)
+
+
+def _adapter_params(cfg: RunConfig) -> int:
+    """Trainable parameters besides the head, counted on the meta device with a linear head."""
+    probe = copy.deepcopy(cfg)
+    probe.head.type, probe.head.rank = "linear", None
+    counted = breakdown(build_model(probe, weights=False).model)
+    return counted.total - counted.head
+
+
+def resolve_head(cfg: RunConfig, model_config: Any = None) -> Optional[str]:
+    """Make ``cfg.head`` concrete in place (``auto``, ``low_rank`` without a rank); return the reason for
+    an ``auto`` choice (also kept as ``cfg.head.chosen_because`` for ``plan``), else None.
+
+    Leaves the head alone while the class count is unknown (the data decides it later). Refuses a
+    ``low_rank`` rank that is not below the hidden size (that head would be no smaller than ``linear``)."""
+    head = cfg.head
+    needs_choice = head.type == "auto" or (head.type == "low_rank" and head.rank is None)
+    checks_rank = head.type == "low_rank" and head.rank is not None
+    if not (needs_choice or checks_rank):
+        return None
+    try:
+        classes = cfg.num_labels
+    except LorabudgetError:
+        return None
+    hidden = _hidden_size(cfg, model_config)
+    if checks_rank:
+        if head.rank >= hidden:
+            raise LorabudgetError(
+                f"config key 'head.rank': {head.rank} is not below the hidden size {hidden} of {cfg.model.name}, so "
+                "the low_rank head would be no smaller than linear's; use head.type: linear or a smaller rank"
+            )
+        return None
+    budget = cfg.budget.max_trainable_params
+    adapters = _adapter_params(cfg) if budget is not None else 0
+    choice = choose_head(hidden, classes, budget, adapters)
+    if head.type == "low_rank":
+        if budget is None:
+            raise LorabudgetError("config key 'head.rank': set it; with an unlimited budget no rank is the largest")
+        if choice.rank is None:
+            raise LorabudgetError(
+                f"config key 'head.rank': no low_rank head fits ({choice.reason.removeprefix('auto: ')}); "
+                "use head.type: prototype"
+            )
+        head.rank = choice.rank
+        return None
+    head.type, head.rank = choice.type, choice.rank
+    head.chosen_because = choice.reason  # not a config field: plan's line, never written to config.yaml
+    return choice.reason

@@ -6,18 +6,17 @@ leave of the budget, so that a preset's adapters plus its head always fit (MiniL
 82,944 on LoRA: a head of a quarter, 25,000, would take the run over). An unlimited budget takes
 ``linear``. ``low_rank`` without a rank takes the largest rank by the same rule.
 
-The choice is made once, when the config is resolved, and written into the run's ``config.yaml`` as
+The choice is made once, when the config is resolved (``model.build.resolve_head``, which counts the
+adapters on the meta device), and written into the run's ``config.yaml`` as
 the concrete type and rank, so ``predict`` and ``export`` never decide again.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 from lorabudget.config import RunConfig
-from lorabudget.errors import LorabudgetError, first_line
 
 HEAD_SHARE = 4  # the head may take at most 1/HEAD_SHARE of the budget
 
@@ -82,72 +81,6 @@ def choose_head(hidden: int, classes: int, budget: Optional[int], adapters: int 
         None,
         f"auto: linear {linear:,} and low_rank r=1 {low_rank_params(hidden, classes, 1):,} > {why}",
     )
-
-
-def _hidden_size(cfg: RunConfig, model_config: Any) -> int:
-    if model_config is None:
-        from lorabudget.model.hub import load_model_config
-
-        try:
-            model_config, _ = load_model_config(cfg, allow_builtin=True)
-        except LorabudgetError as err:
-            raise LorabudgetError(
-                f"head.type {cfg.head.type} needs the hidden size of model '{cfg.model.name}', which cannot be "
-                f"read ({first_line(err)[:160]}); set head.type to linear, prototype or low_rank with head.rank"
-            ) from None
-    return int(model_config.hidden_size)
-
-
-def _adapter_params(cfg: RunConfig) -> int:
-    """Trainable parameters besides the head, counted on the meta device with a linear head."""
-    from lorabudget.model.budget import breakdown
-    from lorabudget.model.build import build_model
-
-    probe = copy.deepcopy(cfg)
-    probe.head.type, probe.head.rank = "linear", None
-    counted = breakdown(build_model(probe, weights=False).model)
-    return counted.total - counted.head
-
-
-def resolve_head(cfg: RunConfig, model_config: Any = None) -> Optional[str]:
-    """Make ``cfg.head`` concrete in place (``auto``, ``low_rank`` without a rank); return the reason for
-    an ``auto`` choice (also kept as ``cfg.head.chosen_because`` for ``plan``), else None.
-
-    Leaves the head alone while the class count is unknown (the data decides it later). Refuses a
-    ``low_rank`` rank that is not below the hidden size (that head would be no smaller than ``linear``)."""
-    head = cfg.head
-    needs_choice = head.type == "auto" or (head.type == "low_rank" and head.rank is None)
-    checks_rank = head.type == "low_rank" and head.rank is not None
-    if not (needs_choice or checks_rank):
-        return None
-    try:
-        classes = cfg.num_labels
-    except LorabudgetError:
-        return None
-    hidden = _hidden_size(cfg, model_config)
-    if checks_rank:
-        if head.rank >= hidden:
-            raise LorabudgetError(
-                f"config key 'head.rank': {head.rank} is not below the hidden size {hidden} of {cfg.model.name}, so "
-                "the low_rank head would be no smaller than linear's; use head.type: linear or a smaller rank"
-            )
-        return None
-    budget = cfg.budget.max_trainable_params
-    adapters = _adapter_params(cfg) if budget is not None else 0
-    choice = choose_head(hidden, classes, budget, adapters)
-    if head.type == "low_rank":
-        if budget is None:
-            raise LorabudgetError("config key 'head.rank': set it; with an unlimited budget no rank is the largest")
-        if choice.rank is None:
-            raise LorabudgetError(
-                f"config key 'head.rank': no low_rank head fits ({choice.reason.removeprefix('auto: ')}); "
-                "use head.type: prototype"
-            )
-        head.rank = choice.rank
-        return None
-    head.type, head.rank = choice.type, choice.rank
-    head.chosen_because = choice.reason  # not a config field: plan's line, never written to config.yaml
-    return choice.reason
 
 
 def describe_head(cfg: RunConfig, hidden: Optional[int]) -> str:
