@@ -370,3 +370,22 @@ def test_teacher_of_another_architecture_reads_texts_with_its_own_tokenizer(
     assert summary["validation_rows"] == teacher_summary["validation_rows"]
     assert summary["teacher_validation_accuracy"] == pytest.approx(teacher_summary["validation_accuracy"], abs=1e-9)
     assert load_run(tmp_path / "s").tokenizer.get_vocab() != load_run(teacher_run).tokenizer.get_vocab()
+
+
+@pytest.mark.parametrize("head", [{"type": "low_rank", "rank": 3}, {"type": "prototype"}])
+def test_distill_into_a_small_head_student(make_config, teacher_run, tmp_path, capsys, head):
+    """A low_rank or prototype student: its class vectors come from its own frozen encoder on its own
+    training rows (the unlabelled ones, with no gold class, are left out of the means)."""
+    values = _student(make_config, tmp_path / "cache", alpha=0.5, temperature=2.0)
+    values["head"] = {"pooling": "mean", **head}
+    values["training"]["max_steps"] = 6
+    student = _write(tmp_path, "small-head", values)
+    assert (
+        main(["distill", str(student), "--teacher", str(teacher_run), "--output", str(tmp_path / "s"), "--no-report"])
+        == 0
+    )
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    expected = 3 * (32 + 4) + 4 if head["type"] == "low_rank" else 4 + 1
+    assert summary["head_params"] == expected
+    if head["type"] == "prototype":
+        assert "head: prototype vectors from the mean pooled embedding" in capsys.readouterr().out

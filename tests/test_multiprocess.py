@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 
+import torch
 import yaml
 
 
@@ -18,7 +19,8 @@ def _config(tmp_path, tiny_config, batch_size, name):
     values = tiny_config(
         name=name,
         model={"labels": None},
-        head={"type": "linear", "pooling": "mean"},
+        # The prototype head: its class vectors are computed by both processes, each on a share of the rows.
+        head={"type": "prototype", "pooling": "mean"},
         # 192 training rows split evenly into batches; 48 validation rows in batches of 5: uneven shards.
         data={"validation_size": 48},
         training={
@@ -82,3 +84,11 @@ def test_two_processes_match_one_process(tmp_path, tiny_config):
     final_loss = [l["loss"] for l in lines if l["type"] == "train"][-1]
     ref_loss = [l["loss"] for l in _lines(tmp_path / "one") if l["type"] == "train"][-1]
     assert abs(final_loss - ref_loss) <= 0.35
+    # Both processes' share of the class vectors, gathered: the same vectors as one process computed.
+    from safetensors.torch import load_file
+
+    def vectors(name):
+        weights = load_file(str(tmp_path / name / "adapter" / "adapter_model.safetensors"))
+        return next(v for k, v in weights.items() if k.endswith("prototypes"))
+
+    assert torch.allclose(vectors("two"), vectors("one"), atol=1e-4)

@@ -40,8 +40,8 @@ def _trajectory(run):
     return [(l["type"], l["step"], l.get("loss"), l.get("accuracy")) for l in _lines(run)]
 
 
-@pytest.mark.parametrize("method", ["lora", "adalora"])
-def test_kill_9_and_resume_matches_uninterrupted(tiny_config, tmp_path, method):
+@pytest.mark.parametrize("method,head", [("lora", "linear"), ("adalora", "linear"), ("lora", "prototype")])
+def test_kill_9_and_resume_matches_uninterrupted(tiny_config, tmp_path, method, head):
     # 96 training rows in batches of 16: 6 steps per epoch, 12 in all, so the resumed part skips into
     # the middle of an epoch and crosses into the next; dropout on (the tiny encoder's hidden
     # dropout 0.1), so the restored RNG states matter. AdaLoRA (12 steps: ranks masked from step 2 to
@@ -50,6 +50,8 @@ def test_kill_9_and_resume_matches_uninterrupted(tiny_config, tmp_path, method):
         data={"max_train_rows": 96},
         training={"epochs": 2, "eval_every": 4, "log_every": 2},
         adapter={"method": method, "r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"]},
+        # prototype: the class vectors are computed once; the resumed part reads them from the checkpoint.
+        head={"type": head, "pooling": "mean"},
     )
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(values))
@@ -77,6 +79,10 @@ def test_kill_9_and_resume_matches_uninterrupted(tiny_config, tmp_path, method):
     assert json.loads((run / ".lock").read_text())["pid"] == child.pid  # a stale lock, taken over below
     saved = torch.load(run / "checkpoint" / "state.pt", weights_only=True)
     assert saved["mixed_precision"] == "no"  # what the resumed part trains in (the suite pins auto to fp32)
+    if head == "prototype":
+        vectors = list(saved["head_buffers"].values())  # PEFT's original head and its trained copy
+        assert vectors and all(torch.equal(v, vectors[0]) for v in vectors)
+        assert vectors[0].shape == (4, 32) and bool(vectors[0].abs().sum() > 0)
     if method == "adalora":  # the allocator's importance scores travel with the weights
         assert saved["method_state"]["exp_avg_ipt"] and saved["method_state"]["rank_pattern"]
 
