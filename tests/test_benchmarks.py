@@ -31,3 +31,30 @@ def test_speed_benchmark_tiny_mode(tmp_path, tiny_roberta, data_dir):
     assert "\nCPU: " in text and "flags: " in text  # every block names its CPU kind and the flags that matter
     assert "<!-- speed:tiny -->" in text and text.count("x** |") == 4
     assert "training GFLOP/s executed" in text and "% of fp32" in text and "Matmul peak of this machine" in text
+
+
+def test_heads_benchmark_smoke_mode(tmp_path):
+    """benchmarks/heads.py end to end on a tiny random BERT (two steps per run; measures nothing)."""
+    out = tmp_path / "heads.md"
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "heads.py"),
+            "--smoke",
+            "--presets",
+            "minilm-cpu-10k",
+            "--heads",
+            "auto,prototype",
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    text = out.read_text()
+    assert "<!-- heads:smoke -->" in text and "Machine:" in text and "McNemar p" in text
+    assert "| minilm-cpu-10k | prototype: prototype | 197 (5) |" in text

@@ -22,7 +22,7 @@ from lorabudget.config import HeadConfig, RunConfig
 from lorabudget.errors import LorabudgetError, first_line
 from lorabudget.methods import registry
 from lorabudget.model.budget import breakdown
-from lorabudget.model.head_choice import choose_head
+from lorabudget.model.head_choice import choose_head, head_limit, largest_rank, low_rank_params
 from lorabudget.model.heads import EncoderWithLinearHead, head_module_names
 from lorabudget.model.hf_classifier import make_head
 
@@ -240,17 +240,20 @@ def resolve_head(cfg: RunConfig, model_config: Any = None) -> Optional[str]:
         return None
     budget = cfg.budget.max_trainable_params
     adapters = _adapter_params(cfg) if budget is not None else 0
-    choice = choose_head(hidden, classes, budget, adapters)
     if head.type == "low_rank":
         if budget is None:
             raise LorabudgetError("config key 'head.rank': set it; with an unlimited budget no rank is the largest")
-        if choice.rank is None:
+        limit, why = head_limit(budget, adapters)
+        rank = min(largest_rank(hidden, classes, limit), hidden - 1)
+        if rank < 1:
             raise LorabudgetError(
-                f"config key 'head.rank': no low_rank head fits ({choice.reason.removeprefix('auto: ')}); "
-                "use head.type: prototype"
+                f"config key 'head.rank': no low_rank head fits (r=1 costs {low_rank_params(hidden, classes, 1):,} > "
+                f"{why}); use head.type: prototype"
             )
-        head.rank = choice.rank
+        head.rank = rank
+        head.chosen_because = f"head.rank null: the largest rank within {why}"  # plan's line, not a config field
         return None
+    choice = choose_head(hidden, classes, budget, adapters)
     head.type, head.rank = choice.type, choice.rank
     head.chosen_because = choice.reason  # not a config field: plan's line, never written to config.yaml
     return choice.reason

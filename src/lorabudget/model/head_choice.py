@@ -57,20 +57,25 @@ def largest_rank(hidden: int, classes: int, limit: int) -> int:
     return max(0, (limit - classes) // (hidden + classes))
 
 
+def head_limit(budget: int, adapters: int = 0) -> tuple[int, str]:
+    """What a head may cost: a quarter of the budget, or what the adapters leave when that is less;
+    and the words saying which."""
+    quarter = budget // HEAD_SHARE
+    left = budget - adapters
+    if quarter <= left:
+        return quarter, f"{quarter:,} = 1/{HEAD_SHARE} of the {budget:,} budget"
+    return (
+        left,
+        f"{max(left, 0):,} = what the adapters' {adapters:,} leave of the {budget:,} budget (under 1/{HEAD_SHARE})",
+    )
+
+
 def choose_head(hidden: int, classes: int, budget: Optional[int], adapters: int = 0) -> HeadChoice:
     """``auto``'s rule (module docstring). ``adapters``: what the rest of the model trains."""
     linear = linear_params(hidden, classes)
     if budget is None:
         return HeadChoice("linear", None, f"auto: unlimited budget, linear {linear:,}")
-    quarter = budget // HEAD_SHARE
-    left = budget - adapters
-    limit = min(quarter, left)
-    if limit == quarter:
-        why = f"{quarter:,} = 1/{HEAD_SHARE} of the {budget:,} budget"
-    else:
-        why = (
-            f"{max(left, 0):,} = what the adapters' {adapters:,} leave of the {budget:,} budget (under 1/{HEAD_SHARE})"
-        )
+    limit, why = head_limit(budget, adapters)
     if linear <= limit:
         return HeadChoice("linear", None, f"auto: linear {linear:,} <= {why}")
     rank = largest_rank(hidden, classes, limit)
