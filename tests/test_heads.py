@@ -153,6 +153,13 @@ def test_prototype_run_computes_saves_and_predicts(make_config, tmp_path, capsys
     assert saved["type"] == "prototype"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["head_params"] == 4 + 1
+    budget = json.loads((run / "budget.json").read_text())
+    assert budget["head_params"] == 5 and budget["head_vectors"] == [4, 32]
+    from lorabudget.report.run_report import budget_table
+
+    assert "| class vectors 4×32: computed from the data, not trained | (128, not counted) |" in "\n".join(
+        budget_table(budget)
+    )
     loaded = lb.load_run(run)
     names = [n for n, _ in loaded.model.named_buffers() if n.endswith("prototypes")]
     vectors = dict(loaded.model.named_buffers())[names[-1]]  # the trained copy (merged: the only one)

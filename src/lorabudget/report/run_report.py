@@ -39,7 +39,10 @@ def _config_summary(files: RunDir) -> list[str]:
         f"- config: `{cfg.get('name')}` (the preset or config file the run was trained from)",
         f"- model: `{model.get('name')}`, max length {model.get('max_length')}"
         + (f", base quantized ({quant})" if quant not in (None, "none") else ""),
-        f"- head: {cfg.get('head', {}).get('type')} (pooling {cfg.get('head', {}).get('pooling')})",
+        f"- head: {cfg.get('head', {}).get('type')}"
+        + (f" r={cfg['head']['rank']}" if cfg.get("head", {}).get("rank") else "")
+        + (f", init {cfg['head']['init']}" if cfg.get("head", {}).get("init", "random") != "random" else "")
+        + f" (pooling {cfg.get('head', {}).get('pooling')})",
         f"- {_method_line(a)}; {where}",
         f"- training: {t.get('epochs')} epochs, batch {t.get('batch_size')}, lr {t.get('learning_rate')}, "
         f"{t.get('scheduler')} schedule, warm-up {t.get('warmup_ratio')}, seed {t.get('seed')}",
@@ -90,6 +93,12 @@ def budget_table(budget: Optional[dict]) -> list[str]:
             f"{shared['unshared_equivalent']:,}) | {shared['params']:,} |"
         )
     lines.append(f"| classification head | {budget['head_params']:,} |")
+    vectors = budget.get("head_vectors")
+    if vectors:  # a prototype head's class vectors: part of the run, not of the budget
+        lines.append(
+            f"| class vectors {vectors[0]}×{vectors[1]}: computed from the data, not trained | "
+            f"({vectors[0] * vectors[1]:,}, not counted) |"
+        )
     for name, n in (budget.get("other_params") or {}).items():
         lines.append(f"| other: `{name}` | {n:,} |")
     total = budget["trainable_params"]

@@ -264,6 +264,7 @@ def budget_json(b: budget_mod.Breakdown, cfg: RunConfig) -> dict[str, Any]:
         "trainable_params": b.total,
         "adapter_params": b.adapter_total,
         "head_params": b.head,
+        "head_vectors": list(b.head_vectors) if b.head_vectors else None,  # [classes, hidden]: not trained
         "other_params": b.other,
         "budget": cfg.budget.max_trainable_params,  # null: unlimited (a teacher)
         "within_budget": budget_mod.within_budget(b, cfg.budget.max_trainable_params),
