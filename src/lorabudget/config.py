@@ -38,6 +38,7 @@ from lorabudget.runconfig import (
     PlacementConfig,
     RunConfig,
     TrainingConfig,
+    check_head_settings,
 )
 
 __all__ = [
@@ -203,7 +204,7 @@ def fill_defaults(cfg: RunConfig) -> RunConfig:
 def validate(cfg: RunConfig) -> RunConfig:
     """Check value ranges and cross-field rules that types alone do not express; changes nothing."""
     _check_model(cfg)
-    _check_head(cfg)
+    check_head_settings(cfg.head)
     _check_adapter(cfg)
     _check_data(cfg)
     _check_training(cfg)
@@ -227,25 +228,6 @@ def _check_model(cfg: RunConfig) -> None:
         )
     if cfg.budget.max_trainable_params is not None:
         _check_positive("budget.max_trainable_params", cfg.budget.max_trainable_params)
-
-
-def _check_head(cfg: RunConfig) -> None:
-    """The head's own rules; a rank against the hidden size is checked where the model config is read
-    (model/head_choice.py)."""
-    h = cfg.head
-    if h.rank is not None and h.rank < 1:
-        raise LorabudgetError(f"config key 'head.rank': must be >= 1, got {h.rank}")
-    if h.rank is not None and h.type != "low_rank":
-        raise LorabudgetError(
-            f"config key 'head.rank' applies to head.type low_rank only (head.type is {h.type}"
-            + ("; auto chooses its own rank" if h.type == "auto" else "")
-            + "): remove it or set head.type: low_rank"
-        )
-    if h.type == "full" and h.init != "random":
-        raise LorabudgetError(
-            f"config key 'head.init': {h.init} needs a lorabudget head (auto, linear, low_rank or prototype); "
-            "head.type full is the model's own head and starts as the model defines it"
-        )
 
 
 def _check_adapter(cfg: RunConfig) -> None:

@@ -69,6 +69,23 @@ class HeadConfig:
     mean over the row's real (non-padding) tokens. Ignored by ``full``."""
 
 
+def check_head_settings(h: HeadConfig) -> None:
+    """The head's own rules (a rank against the hidden size: model.build.resolve_head)."""
+    if h.rank is not None and h.rank < 1:
+        raise LorabudgetError(f"config key 'head.rank': must be >= 1, got {h.rank}")
+    if h.rank is not None and h.type != "low_rank":
+        raise LorabudgetError(
+            f"config key 'head.rank' applies to head.type low_rank only (head.type is {h.type}"
+            + ("; auto chooses its own rank" if h.type == "auto" else "")
+            + "): remove it or set head.type: low_rank"
+        )
+    if h.type == "full" and h.init != "random":
+        raise LorabudgetError(
+            f"config key 'head.init': {h.init} needs a lorabudget head (auto, linear, low_rank or prototype); "
+            "head.type full is the model's own head and starts as the model defines it"
+        )
+
+
 @dataclass
 class PlacementConfig:
     """One group of adapted layers: the same modules on each listed layer."""
