@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from lorabudget.config import RunConfig
-from lorabudget.data.batching import TokenizedTexts, position_cap, tokenize
 from lorabudget.console import warn
+from lorabudget.data.batching import TokenizedTexts, position_cap, tokenize
 from lorabudget.data.load import Columns, TextData, load_labelled, resolve_labels, split_validation
 from lorabudget.data.multilabel import warn_empty_classes
 from lorabudget.io import default_cache_dir
