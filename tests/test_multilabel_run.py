@@ -92,3 +92,20 @@ def test_python_api_on_a_dataframe_of_lists(tmp_path, make_config):
     every = run.predict(["x"], threshold=1e-6)
     assert every.labels == [MULTI_LABEL_CLASSES]
     np.testing.assert_array_equal(np.asarray(every.label_ids), [[0, 1, 2, 3]])
+
+
+def test_report_draws_the_multi_label_figures(ml_run):
+    from lorabudget.report.run_report import write_report
+
+    text = write_report(ml_run).read_text()
+    assert "| threshold |" in text and "micro F1" in text and "Confusion matrix" not in text
+    for figure in ("per_class_f1", "label_counts", "precision_recall"):
+        assert list(ml_run.rglob(f"*{figure}*.png")), figure
+
+
+def test_bad_threshold_is_refused_in_one_line(ml_run, multilabel_dir, capsys):
+    for value in ("0", "1", "1.5", "-0.2", "nan"):
+        argv = ["predict", str(ml_run), "--input", str(multilabel_dir / "unlabelled.csv"), "--threshold", value]
+        assert main([*argv, "--output", "-"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--threshold must be" in err[0]
