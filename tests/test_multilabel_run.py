@@ -109,3 +109,36 @@ def test_bad_threshold_is_refused_in_one_line(ml_run, multilabel_dir, capsys):
         assert main([*argv, "--output", "-"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "--threshold must be" in err[0]
+
+
+def test_plan_counts_one_output_per_class(tmp_path, make_config, multilabel_dir, capsys):
+    import lorabudget as lb
+
+    values = make_config(tmp_path / "cache", model={"labels": None}, head={"type": "linear", "pooling": "mean"})
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(values))
+    data = ["--data", str(multilabel_dir / "train.csv"), "--label-column", "labels"]
+    assert main(["plan", str(cfg), *data, "--multi-label"]) == 0
+    assert "WITHIN budget" in capsys.readouterr().out
+    plan = lb.plan(
+        values,
+        data=str(multilabel_dir / "train.csv"),
+        label_column="labels",
+        overrides={"model.problem_type": "multi_label"},
+    )
+    assert plan.head == 33 * 4  # a linear head: hidden 32 + bias, one output per class
+    assert plan.config.model.labels == MULTI_LABEL_CLASSES
+
+
+def test_a_class_without_positive_training_rows_is_named(tmp_path, make_config, capsys):
+    from lorabudget.config import from_dict
+    from lorabudget.training.setup import prepare_data
+
+    rows = multilabel_rows(60, 3)
+    path = tmp_path / "rare.csv"
+    lines = ["text,labels"] + [f"{t},{'|'.join(c)}" for t, c in rows] + ["kept apart,rare"]
+    path.write_text("\n".join(lines) + "\n")
+    values = make_config(tmp_path / "cache", model={"labels": None, "problem_type": "multi_label"})
+    values["data"].update(train=str(path), label_column="labels", validation_size=1, max_train_rows=50)
+    prepare_data(from_dict(values), log=lambda _: None)
+    assert "training rows: class rare has no positive row" in capsys.readouterr().err

@@ -24,6 +24,11 @@ from lorabudget.errors import LorabudgetError
 
 
 def label_column(frame: pd.DataFrame, source: str, columns: Columns) -> object:
+    if columns.label_columns and not columns.multi_label:
+        raise LorabudgetError(
+            "config key 'data.label_columns' gives multi-label data (one 0/1 column per class); "
+            "set model.problem_type=multi_label (--multi-label)"
+        )
     if columns.label:
         return named_column(frame, columns.label, "data.label_column", source)
     label_col = find_column(frame.columns, LABEL_NAMES, source)
