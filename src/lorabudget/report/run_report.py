@@ -9,7 +9,6 @@ from typing import Optional
 from lorabudget.errors import LorabudgetError
 from lorabudget.io import atomic_write_text
 from lorabudget.methods.registry import get_method
-from lorabudget.report.multilabel_figures import plot_label_counts, plot_per_class_f1, plot_pr_curves
 from lorabudget.report.figures import (
     plot_confusion,
     plot_prediction_distribution,
@@ -18,6 +17,7 @@ from lorabudget.report.figures import (
     plot_validation,
 )
 from lorabudget.report.figures import reliability as reliability  # re-exported: callers read it from here
+from lorabudget.report.multilabel_figures import plot_label_counts, plot_per_class_f1, plot_pr_curves
 from lorabudget.rundir.layout import RunDir
 from lorabudget.rundir.rows import overlap_text
 
