@@ -142,3 +142,27 @@ def test_a_class_without_positive_training_rows_is_named(tmp_path, make_config, 
     values["data"].update(train=str(path), label_column="labels", validation_size=1, max_train_rows=50)
     prepare_data(from_dict(values), log=lambda _: None)
     assert "training rows: class rare has no positive row" in capsys.readouterr().err
+
+
+def test_bf16_row_chunks_and_balanced_pos_weight_train(tmp_path, make_config, multilabel_dir, capsys):
+    """Mixed precision, batches cut into row chunks (max_batch_positions) and pos_weight together."""
+    values = make_config(
+        tmp_path / "cache",
+        model={"labels": None},
+        training={
+            "max_steps": 4,
+            "eval_every": 2,
+            "mixed_precision": "bf16",
+            "max_batch_positions": 128,
+            "class_weights": "balanced",
+        },
+    )
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(values))
+    argv = ["train", str(cfg), "--data", str(multilabel_dir / "train.csv"), "--label-column", "labels"]
+    assert main([*argv, "--multi-label", "--output", str(tmp_path / "run"), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "positive-class weights (balanced): business" in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["mixed_precision"] == "bf16" and np.isfinite(summary["validation_micro_f1"])
+    assert (tmp_path / "run" / "thresholds.json").is_file()
