@@ -154,15 +154,15 @@ def main() -> int:
         + ("**Quick smoke run: 3 steps, not a measurement.** " if args.quick else "")
         + f"Machine: {machine()}. {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
-        "| model | trainable params | micro F1 | macro F1 | subset accuracy | Hamming loss | training s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | trainable params | micro F1 | macro F1 | subset accuracy | Hamming loss | training s | wall s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r, summary, wall in rows:
         params = f"{summary['trainable_params']:,}" if summary else "–"
         took = f"{summary['train_time_s']:.0f}" if summary else "–"
         lines.append(
             f"| {name} | {params} | {r['micro_f1']:.4f} | {r['macro_f1']:.4f} | {r['subset_accuracy']:.4f} "
-            f"| {r['hamming_loss']:.4f} | {took} |"
+            f"| {r['hamming_loss']:.4f} | {took} | {f'{wall:.0f}' if wall else '–'} |"
         )
     emit("\n".join(lines) + "\n", args.out)
     return 0
