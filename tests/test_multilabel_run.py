@@ -101,6 +101,10 @@ def test_report_draws_the_multi_label_figures(ml_run):
     assert "| threshold |" in text and "micro F1" in text and "Confusion matrix" not in text
     for figure in ("per_class_f1", "label_counts", "precision_recall"):
         assert list(ml_run.rglob(f"*{figure}*.png")), figure
+    from lorabudget.report.modelcard import write_model_card
+
+    card = write_model_card(ml_run).read_text()
+    assert "best validation micro F1" in card and "Multi-label: accuracy is subset accuracy" in card
 
 
 def test_bad_threshold_is_refused_in_one_line(ml_run, multilabel_dir, capsys):
