@@ -284,6 +284,23 @@ def _check_data(cfg: RunConfig) -> None:
             "config key 'data.train_on_validation': early stopping needs validation rows the run does not train "
             "on; set training.early_stopping_patience=0"
         )
+    _check_long_text(cfg)
+
+
+def _check_long_text(cfg: RunConfig) -> None:
+    """``data.chunk_stride``: tokens shared by consecutive windows, so at least 0 and below a window
+    (the exact bound, the window's text tokens beside its special tokens, is checked at tokenizing)."""
+    d = cfg.data
+    if d.chunk_stride is not None and not 0 <= d.chunk_stride < cfg.model.max_length:
+        raise LorabudgetError(
+            f"config key 'data.chunk_stride': tokens shared by consecutive windows must be >= 0 and below "
+            f"model.max_length ({cfg.model.max_length}), got {_shown(d.chunk_stride)}"
+        )
+    if d.long_text != "truncate" and d.text_pair_column:
+        raise LorabudgetError(
+            f"config key 'data.long_text': {d.long_text} takes single texts, not sentence pairs "
+            "(data.text_pair_column); use truncate"
+        )
 
 
 def _check_training(cfg: RunConfig) -> None:

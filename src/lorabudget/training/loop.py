@@ -183,7 +183,7 @@ def run_summary(run: Session, live, extra_summary: Optional[dict[str, Any]]) -> 
         "budget": cfg.budget.max_trainable_params,
         "best_step": best.step,
         "steps": state.step,
-        "train_rows": len(data.train),
+        "train_rows": data.long_text["train"]["rows"] if data.long_text else len(data.train),
         "validation_rows": len(data.validation),
         "validation_accuracy": best.accuracy,
         "validation_macro_f1": best.metrics["macro_f1"],
@@ -212,6 +212,7 @@ def run_summary(run: Session, live, extra_summary: Optional[dict[str, Any]]) -> 
         ),
         "class_names": list(cfg.class_names),
         "train_label_distribution": label_distribution(data.train.labels, cfg.num_labels),
+        "long_text": data.long_text,  # rows longer than max_length: tokens cut, or windows trained on
     }
     return {**summary, **(extra_summary or {})}
 
