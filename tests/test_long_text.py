@@ -289,3 +289,28 @@ def test_chunks_run_hf_model_card_says_the_pipeline_truncates(chunks_run, tmp_pa
     folder = export_run(chunks_run, tmp_path / "hf", "hf")
     card = (folder / "README.md").read_text()
     assert "the pipeline truncates instead" in card
+
+
+@pytest.mark.parametrize("mode", ["truncate", "head_tail", "chunks"])
+def test_prepared_data_counts_long_rows_and_cut_tokens(tiny_config, mode):
+    from lorabudget.training.setup import prepare_data
+
+    cfg = from_dict(tiny_config(model={"max_length": 16}, data={"long_text": mode}))
+    said: list[str] = []
+    data = prepare_data(cfg, said.append)
+    record = data.long_text
+    assert record["mode"] == mode and record["max_length"] == 16
+    texts = list(dict.fromkeys(data.train.texts))  # chunks repeats a row's text per window
+    full = np.array([len(t.split()) + 2 for t in texts])  # one token a word, <s> and </s>
+    t = record["train"]
+    assert (t["rows"], t["longer_than_max_length"]) == (len(texts), int((full > 16).sum()))
+    if mode == "chunks":
+        windows_ = sum(len(windows.window_starts(n - 2, 14, 4)) for n in full)
+        assert t["tokens_cut"] == 0 and t["windows"] == windows_ == len(data.train) == len(data.train_tokens)
+        assert record["stride"] == 4 and record["pooling"] == "mean"
+        assert data.train_tokens.row_of_window is None and data.validation_tokens.row_of_window is not None
+        assert f"{t['windows']:,} windows" in said[0]
+    else:
+        assert t["tokens_cut"] == int((full - 16).clip(min=0).sum()) and t["windows"] == len(texts)
+        assert f"{t['tokens_cut']:,} tokens cut" in said[0]
+    assert record["validation"]["rows"] == len(data.validation) == 40
