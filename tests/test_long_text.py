@@ -314,3 +314,39 @@ def test_prepared_data_counts_long_rows_and_cut_tokens(tiny_config, mode):
         assert t["tokens_cut"] == int((full - 16).clip(min=0).sum()) and t["windows"] == len(texts)
         assert f"{t['tokens_cut']:,} tokens cut" in said[0]
     assert record["validation"]["rows"] == len(data.validation) == 40
+
+
+def test_distill_of_a_chunks_student_trains_windows_of_labelled_and_unlabelled_rows(
+    make_config, tiny_roberta, data_dir, tmp_path, capsys
+):
+    from lorabudget.cli import main
+
+    teacher = {
+        "name": "tiny-teacher",
+        "model": {"name": str(tiny_roberta), "max_length": 16},
+        "adapter": {"r": 2, "alpha": 4, "dropout": 0.0, "modules": ["query", "value"]},
+        "training": {"epochs": 1, "batch_size": 16, "learning_rate": 2e-2},
+        "budget": {"max_trainable_params": 10_000_000},
+    }
+    student = make_config(
+        tmp_path / "cache",
+        name="student",
+        model={"max_length": 16},
+        data={"long_text": "chunks"},
+        training={"epochs": 1},
+        distill={"alpha": 0.5},
+    )
+    paths = []
+    for name, values in (("teacher", teacher), ("student", student)):
+        paths.append(tmp_path / f"{name}.yaml")
+        paths[-1].write_text(yaml.safe_dump(values))
+    argv = ["distill", str(paths[1]), "--teacher", str(paths[0]), "--unlabelled", str(data_dir / "unlabelled.csv")]
+    assert main([*argv, "--output", str(tmp_path / "runs" / "student"), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "adding 80 unlabelled texts" in out and "windows, data.long_text: chunks" in out
+    summary = json.loads((tmp_path / "runs" / "student" / "summary.json").read_text())
+    unlabelled = [r[0] for r in list(csv.reader((data_dir / "unlabelled.csv").open()))[1:]]
+    extra_windows = sum(len(windows.window_starts(len(t.split()), 14, 4)) for t in unlabelled)
+    assert summary["unlabelled_rows"] == extra_windows  # distillation's row counts count windows
+    assert summary["long_text"]["train"]["rows"] == 200
+    assert summary["steps"] == -(-(summary["long_text"]["train"]["windows"] + extra_windows) // 16)
