@@ -11,7 +11,8 @@ so this measures on proxies built from AG News (../shared/data/agnews/train_5k.c
   document's label), at the preset's ``max_length``; an article is in one document only, and training
   and held-out documents come from disjoint articles.
 
-The held-out rows (``--test-rows``, default 1,000 rows / 250 documents) are split off by a fixed seed
+The held-out rows (``--test-rows``: default 1,000 rows; for docs at most 250 documents, made from a
+fifth of the articles: about 165 from train_5k.csv) are split off by a fixed seed
 (``--seed``) before anything trains; each mode trains the preset (default ``minilm-cpu``) on at most
 ``--train-rows`` rows for ``--epochs`` epochs in a fresh process (its own validation split comes out
 of those), then ``predict`` labels the held-out rows. Reported per mode: rows longer than max_length

@@ -232,8 +232,12 @@ def test_chunks_run_trains_predicts_evaluates_and_serves_pooled_rows(chunks_run,
     assert json.loads((chunks_run / "eval.json").read_text())["n"] == 40  # rows, not windows
     said = (chunks_run.parent / "train.log").read_text()
     t = record["train"]
-    assert f"long texts (train): {t['longer_than_max_length']:,} of {t['rows']:,} rows longer than max_length " in said
-    assert f"({t['windows']:,} windows, data.long_text: chunks)" in said
+    v = record["validation"]
+    assert (
+        f"long texts (data.long_text: chunks, windows pooled): training {t['longer_than_max_length']:,} of "
+        f"{t['rows']:,} rows longer than max_length ({t['windows']:,} windows); validation "
+        f"{v['longer_than_max_length']} of 40 rows longer than max_length ({v['windows']} windows)\n"
+    ) in said
     assert f"data: {t['rows']:,} training rows, 40 validation rows" in said
 
     test = [(t, int(y)) for t, y in csv.reader((data_dir / "test.csv").open())]
@@ -309,10 +313,16 @@ def test_prepared_data_counts_long_rows_and_cut_tokens(tiny_config, mode):
         assert t["tokens_cut"] == 0 and t["windows"] == windows_ == len(data.train) == len(data.train_tokens)
         assert record["stride"] == 4 and record["pooling"] == "mean"
         assert data.train_tokens.row_of_window is None and data.validation_tokens.row_of_window is not None
-        assert f"{t['windows']:,} windows" in said[0]
+        assert (
+            f"training {t['longer_than_max_length']} of {t['rows']} rows longer than max_length ({t['windows']:,} windows); "
+            in said[0]
+        )
     else:
         assert t["tokens_cut"] == int((full - 16).clip(min=0).sum()) and t["windows"] == len(texts)
-        assert f"{t['tokens_cut']:,} tokens cut" in said[0]
+        assert (
+            f"training {t['longer_than_max_length']} of {t['rows']} rows longer than max_length ({t['tokens_cut']:,} tokens cut); "
+            in said[0]
+        )
     assert record["validation"]["rows"] == len(data.validation) == 40
 
 
@@ -343,7 +353,7 @@ def test_distill_of_a_chunks_student_trains_windows_of_labelled_and_unlabelled_r
     argv = ["distill", str(paths[1]), "--teacher", str(paths[0]), "--unlabelled", str(data_dir / "unlabelled.csv")]
     assert main([*argv, "--output", str(tmp_path / "runs" / "student"), "--no-report"]) == 0
     out = capsys.readouterr().out
-    assert "adding 80 unlabelled texts" in out and "windows, data.long_text: chunks" in out
+    assert "adding 80 unlabelled texts" in out and "long texts (data.long_text: chunks, windows pooled)" in out
     summary = json.loads((tmp_path / "runs" / "student" / "summary.json").read_text())
     unlabelled = [r[0] for r in list(csv.reader((data_dir / "unlabelled.csv").open()))[1:]]
     extra_windows = sum(len(windows.window_starts(len(t.split()), 14, 4)) for t in unlabelled)

@@ -38,6 +38,9 @@ def default_stride(max_length: int) -> int:
     return max_length // 4
 
 
+KEPT = {"truncate": "first tokens kept", "head_tail": "first and last tokens kept", "chunks": "windows pooled"}
+
+
 def special_template(tokenizer) -> tuple[list[int], list[int]]:
     """(ids before, ids after) the content of a single text, as the tokenizer's own encoding adds them."""
     probe = "a"
@@ -179,10 +182,11 @@ class LongTextStats:
     def text(self) -> str:
         """One log phrase, e.g. ``12 of 200 rows longer than max_length (840 tokens cut)``."""
         said = f"{self.longer:,} of {self.rows:,} rows longer than max_length"
-        if self.mode == "chunks":
-            return f"{said} ({self.windows:,} windows, data.long_text: chunks)"
-        kept = "first tokens kept" if self.mode == "truncate" else "first and last tokens kept"
-        return f"{said} ({self.tokens_cut:,} tokens cut, {kept})"
+        return (
+            f"{said} ({self.windows:,} windows)"
+            if self.mode == "chunks"
+            else f"{said} ({self.tokens_cut:,} tokens cut)"
+        )
 
     def to_dict(self) -> dict:
         return {

@@ -201,7 +201,7 @@ def prepare_data(cfg: RunConfig, log: Callable[[str], None] = print) -> Prepared
 def tokenize_long(cfg: RunConfig, tokenizer, train: TextData, validation: TextData, log):
     """The training and validation rows tokenized as ``data.long_text`` says (validation windows are
     pooled back to rows at evaluation), and summary.json's ``long_text`` record; one log line says how
-    many rows were longer than ``max_length`` and what became of them."""
+    many rows were longer than ``max_length`` and what became of them (tokens cut, or windows made)."""
     d, cache, max_length = cfg.data, default_cache_dir(cfg.data.cache_dir), cfg.model.max_length
     how = dict(long_text=d.long_text, stride=d.chunk_stride, pooling=d.chunk_pooling)
     train_tokens = tokenize(tokenizer, train.texts, max_length, cache, pairs=train.pairs, **how)
@@ -210,10 +210,12 @@ def tokenize_long(cfg: RunConfig, tokenizer, train: TextData, validation: TextDa
     if d.long_text == "chunks":
         record.update(stride=windows.default_stride(max_length) if d.chunk_stride is None else d.chunk_stride)
         record.update(pooling=d.chunk_pooling)
-    for part, tokens in (("train", train_tokens), ("validation", validation_tokens)):
+    said = []
+    for part, tokens in (("training", train_tokens), ("validation", validation_tokens)):
         stats = tokens.stats(max_length)
-        record[part] = stats.to_dict()
-        log(f"long texts ({part}): {stats.text()}")
+        record["train" if part == "training" else part] = stats.to_dict()
+        said.append(f"{part} {stats.text()}")
+    log(f"long texts (data.long_text: {d.long_text}, {windows.KEPT[d.long_text]}): " + "; ".join(said))
     return train_tokens, validation_tokens, record
 
 
