@@ -318,6 +318,22 @@ CASES = [
         lambda w: T(w, "--output", "new", "--set", "training.checkpoint_every=-1"),
         "checkpoint_every",
     ),
+    # long texts (data.long_text): the stride is a count of shared tokens below a window's text tokens
+    Case(
+        "negative-chunk-stride",
+        lambda w: T(w, "--output", "new", "--set", "data.long_text=chunks", "--set", "data.chunk_stride=-1"),
+        "'data.chunk_stride': tokens shared by consecutive windows must be >= 0",
+    ),
+    Case(
+        "chunk-stride-fills-the-window",
+        lambda w: T(w, "--output", "new", "--set", "data.long_text=chunks", "--set", "data.chunk_stride=63"),
+        "'data.chunk_stride': must be >= 0 and below the 62 text tokens of a 64-token window, got 63",
+    ),
+    Case(
+        "long-text-unknown",
+        lambda w: T(w, "--output", "new", "--set", "data.long_text=middle"),
+        "'data.long_text': 'middle' is not allowed",
+    ),
     Case(
         "over-budget",
         lambda w: T(w, "--output", "new", "--set", "budget.max_trainable_params=1000"),

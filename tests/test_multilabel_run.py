@@ -183,3 +183,17 @@ def test_a_damaged_thresholds_file_is_an_error(tmp_path, content):
     assert list(run_thresholds(tmp_path, MULTI_LABEL_CLASSES, 0.3)) == [0.3] * 4  # --threshold needs no file
     (tmp_path / "thresholds.json").write_text('{"thresholds": {"sports": 0.2}}')
     assert list(run_thresholds(tmp_path, MULTI_LABEL_CLASSES)) == [0.5, 0.2, 0.5, 0.5]
+
+
+def test_multi_label_with_chunked_long_texts(tmp_path, make_config):
+    """Windows repeat their row's 0/1 targets in training; prediction pools them back to one row each."""
+    import lorabudget as lb
+
+    rows = multilabel_rows(80, 9)
+    frame = pd.DataFrame({"text": [t for t, _ in rows], "labels": ["|".join(c) for _, c in rows]})
+    values = make_config(tmp_path / "cache", model={"labels": None, "max_length": 16}, training={"max_steps": 3})
+    values["data"].update(long_text="chunks", validation_size=20)
+    run = lb.train(values, frame, output=tmp_path / "run", problem_type="multi_label", report=False)
+    preds = run.predict(frame["text"].tolist()[:6])
+    assert len(preds.labels) == 6 and preds.probabilities.shape == (6, 4)
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["n"] == 20

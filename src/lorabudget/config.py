@@ -24,6 +24,7 @@ import yaml
 
 from lorabudget.errors import LorabudgetError
 from lorabudget.io import atomic_write_text
+from lorabudget.labelsets import check_label_settings
 from lorabudget.methods.registry import METHODS, check_config, resolve_defaults
 from lorabudget.methods.sites import check_module_names
 from lorabudget.runconfig import (
@@ -279,26 +280,29 @@ def _check_data(cfg: RunConfig) -> None:
             "config key 'data.train_on_validation' trains on every row of data.train; data.max_train_rows would cap "
             "them in file order, validation rows included: cap the training file instead"
         )
-    _check_multi_label_data(cfg)
+    check_label_settings(d.label_separator, d.label_columns, cfg.model.problem_type)
     if d.train_on_validation and cfg.training.early_stopping_patience:
         raise LorabudgetError(
             "config key 'data.train_on_validation': early stopping needs validation rows the run does not train "
             "on; set training.early_stopping_patience=0"
         )
+    _check_long_text(cfg)
 
 
-def _check_multi_label_data(cfg: RunConfig) -> None:
-    d, names = cfg.data, [str(c).strip() for c in cfg.data.label_columns or ()]
-    if d.label_separator not in ("|", ",", ";"):
+def _check_long_text(cfg: RunConfig) -> None:
+    """``data.chunk_stride``: tokens shared by consecutive windows, so at least 0 and below a window
+    (the exact bound, the window's text tokens beside its special tokens, is checked at tokenizing)."""
+    d = cfg.data
+    if d.chunk_stride is not None and not 0 <= d.chunk_stride < cfg.model.max_length:
         raise LorabudgetError(
-            f"config key 'data.label_separator': must be one of |, ',' or ';', got {d.label_separator!r}"
+            f"config key 'data.chunk_stride': tokens shared by consecutive windows must be >= 0 and below "
+            f"model.max_length ({cfg.model.max_length}), got {_shown(d.chunk_stride)}"
         )
-    if names and cfg.model.problem_type != "multi_label":
+    if d.long_text != "truncate" and d.text_pair_column:
         raise LorabudgetError(
-            "config key 'data.label_columns' gives multi-label data; set model.problem_type=multi_label"
+            f"config key 'data.long_text': {d.long_text} takes single texts, not sentence pairs "
+            "(data.text_pair_column); use truncate"
         )
-    if names and (len(names) < 2 or len({n.lower() for n in names}) != len(names) or not all(names)):
-        raise LorabudgetError(f"config key 'data.label_columns': name two or more distinct columns, got {names}")
 
 
 def _check_training(cfg: RunConfig) -> None:

@@ -97,12 +97,16 @@ class LoadedRun:
             return np.zeros((0, len(self.cfg.class_names)), dtype=np.float32)
         # No token cache here: each predict/classify/evaluate call has its own texts, so a cache file per
         # call would only pile up (tokenizing is cheap next to the forward pass); training keeps its cache.
+        d = self.cfg.data
         tokens = tokenize(
             self.tokenizer,
             list(texts),
             self.cfg.model.max_length,
             cache_dir=None,
             pairs=None if pairs is None else list(pairs),
+            long_text=d.long_text,  # the run's own cut or windows; windows' logits pooled per text below
+            stride=d.chunk_stride,
+            pooling=d.chunk_pooling,
         )
         batch_size = batch_size or self.cfg.training.eval_batch_size
         if self.engine == "onnx":

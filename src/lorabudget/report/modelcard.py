@@ -284,6 +284,14 @@ def _py(code: str) -> list[str]:
     return ["```python", code.strip("\n"), "```"]
 
 
+_LONG_TEXT_NOTE = {  # data.long_text beyond truncate: what transformers' pipeline does instead
+    "head_tail": "The run kept the first and last tokens of longer texts (`data.long_text: head_tail`); the "
+    "pipeline keeps the first tokens only: `lorabudget predict` reads texts as training did.",
+    "chunks": "The run reads longer texts as overlapping windows and pools their logits (`data.long_text: "
+    "chunks`); the pipeline truncates instead: only `lorabudget predict`/`serve` pool the windows.",
+}
+
+
 def _hf_section(cfg: RunConfig, export_format: Optional[str], folder: str) -> list[str]:
     remote = cfg.head.type == "linear"
     trust = ", trust_remote_code=True" if remote else ""
@@ -306,6 +314,8 @@ print(classifier(["Stocks rallied after the earnings report."]))
     else:
         lines += ["`AutoModelForSequenceClassification.from_pretrained(DIR)` loads the same model.", ""]
     lines += ["`truncation=True` cuts texts where training did (the tokenizer's `model_max_length`).", ""]
+    if cfg.data.long_text != "truncate":
+        lines += [_LONG_TEXT_NOTE[cfg.data.long_text], ""]
     if cfg.data.text_pair_column:
         lines += [
             f"The model reads sentence pairs ({cfg.data.text_column or 'text'}, {cfg.data.text_pair_column}): "

@@ -375,9 +375,11 @@ def student_rows(
     if extra_texts:
         log(f"distill: adding {len(extra_texts):,} unlabelled texts taught by the teacher's soft labels only")
         cache_dir = default_cache_dir(cfg.data.cache_dir)
-        tokens = tokens.concat(
-            tokenize(data.tokenizer, extra_texts, cfg.model.max_length, cache_dir, pairs=extra_pairs)
-        )
+        how = dict(long_text=cfg.data.long_text, stride=cfg.data.chunk_stride, pooling=cfg.data.chunk_pooling)
+        added = tokenize(data.tokenizer, extra_texts, cfg.model.max_length, cache_dir, pairs=extra_pairs, **how)
+        if added.row_of_window is not None:  # data.long_text: chunks: each window a row, as the labelled ones
+            extra_texts = [extra_texts[i] for i in added.row_of_window]
+        tokens = tokens.concat(added.as_rows())
     is_transfer = np.zeros(len(labels) + len(extra_texts), dtype=bool)
     is_transfer[transfer] = True
     return StudentRows(

@@ -179,7 +179,7 @@ def run_summary(run: Session, live, extra_summary: Optional[dict[str, Any]]) -> 
         "budget": cfg.budget.max_trainable_params,
         "best_step": best.step,
         "steps": state.step,
-        "train_rows": len(data.train),
+        "train_rows": train_rows(data),
         "validation_rows": len(data.validation),
         "validation_accuracy": best.metrics["accuracy"],
         **({"validation_micro_f1": best.metrics["micro_f1"]} if "micro_f1" in best.metrics else {}),
@@ -209,8 +209,15 @@ def run_summary(run: Session, live, extra_summary: Optional[dict[str, Any]]) -> 
         ),
         "class_names": list(cfg.class_names),
         "train_label_distribution": label_distribution(data.train.labels, cfg.num_labels),
+        "long_text": data.long_text,  # rows longer than max_length: tokens cut, or windows trained on
     }
     return {**summary, **(extra_summary or {})}
+
+
+def train_rows(data: PreparedData) -> int:
+    """Training rows (texts), not the windows ``data.long_text: chunks`` trains on."""
+    windowed = data.long_text is not None and data.long_text["mode"] == "chunks"
+    return data.long_text["train"]["rows"] if windowed else len(data.train)
 
 
 def finish(run: Session, live, extra_summary: Optional[dict[str, Any]], stopped) -> dict[str, Any]:

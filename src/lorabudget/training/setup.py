@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from lorabudget.config import RunConfig
 from lorabudget.console import warn
+from lorabudget.data import windows
 from lorabudget.data.batching import TokenizedTexts, position_cap, tokenize
 from lorabudget.data.load import Columns, TextData, load_labelled, resolve_labels, split_validation
 from lorabudget.data.multilabel import warn_empty_classes
@@ -219,6 +220,8 @@ class PreparedData:
     validation_tokens: TokenizedTexts
     pad_id: int
     tokenizer: Any = field(repr=False)
+    # data.long_text's record for summary.json: rows longer than max_length, tokens cut or windows made.
+    long_text: Optional[dict[str, Any]] = None
 
 
 def prepare_data(cfg: RunConfig, log: Callable[[str], None] = print) -> PreparedData:
@@ -241,12 +244,13 @@ def prepare_data(cfg: RunConfig, log: Callable[[str], None] = print) -> Prepared
         empty = warn_empty_classes(train.labels, names, "training rows")
         if empty:
             warn(empty)
-    cache = default_cache_dir(cfg.data.cache_dir)
-    train_tokens = tokenize(tokenizer, train.texts, cfg.model.max_length, cache, pairs=train.pairs)
-    validation_tokens = tokenize(tokenizer, validation.texts, cfg.model.max_length, cache, pairs=validation.pairs)
+    train_tokens, validation_tokens, long_text = tokenize_long(cfg, tokenizer, train, validation, log)
+    if train_tokens.row_of_window is not None:
+        # Every window trains as a row with its row's target (1-D class ids or 2-D multi-label rows alike).
+        train, train_tokens = train.subset(train_tokens.row_of_window), train_tokens.as_rows()
     lengths = train_tokens.lengths
     log(
-        f"data: {len(train):,} training rows, {len(validation):,} validation rows"
+        f"data: {long_text['train']['rows']:,} training rows, {len(validation):,} validation rows"
         + (" (sentence pairs)" if train.pairs is not None else "")
         + (" (trained on too: data.train_on_validation)" if cfg.data.train_on_validation else "")
         + f"; tokens per row mean "
@@ -254,7 +258,28 @@ def prepare_data(cfg: RunConfig, log: Callable[[str], None] = print) -> Prepared
         f"(max_length {cfg.model.max_length})"
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return PreparedData(train, validation, train_tokens, validation_tokens, pad_id, tokenizer)
+    return PreparedData(train, validation, train_tokens, validation_tokens, pad_id, tokenizer, long_text)
+
+
+def tokenize_long(cfg: RunConfig, tokenizer, train: TextData, validation: TextData, log):
+    """The training and validation rows tokenized as ``data.long_text`` says (validation windows are
+    pooled back to rows at evaluation), and summary.json's ``long_text`` record; one log line says how
+    many rows were longer than ``max_length`` and what became of them (tokens cut, or windows made)."""
+    d, cache, max_length = cfg.data, default_cache_dir(cfg.data.cache_dir), cfg.model.max_length
+    how = dict(long_text=d.long_text, stride=d.chunk_stride, pooling=d.chunk_pooling)
+    train_tokens = tokenize(tokenizer, train.texts, max_length, cache, pairs=train.pairs, **how)
+    validation_tokens = tokenize(tokenizer, validation.texts, max_length, cache, pairs=validation.pairs, **how)
+    record: dict[str, Any] = {"mode": d.long_text, "max_length": max_length}
+    if d.long_text == "chunks":
+        record.update(stride=windows.default_stride(max_length) if d.chunk_stride is None else d.chunk_stride)
+        record.update(pooling=d.chunk_pooling)
+    said = []
+    for part, tokens in (("training", train_tokens), ("validation", validation_tokens)):
+        stats = tokens.stats(max_length)
+        record["train" if part == "training" else part] = stats.to_dict()
+        said.append(f"{part} {stats.text()}")
+    log(f"long texts (data.long_text: {d.long_text}, {windows.KEPT[d.long_text]}): " + "; ".join(said))
+    return train_tokens, validation_tokens, record
 
 
 def record_rows(run_dir: Path, data: PreparedData) -> None:
