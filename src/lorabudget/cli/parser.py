@@ -222,6 +222,13 @@ SERVE = [
         help="seconds a request body may take to arrive (default 30; then 408)",
     ),
     arg("--max-connections", type=int, default=256, help="requests open at once (default 256; one more gets 503)"),
+    arg(
+        "--threshold",
+        type=float,
+        default=None,
+        help="multi-label runs: one decision threshold in (0, 1) for every class instead of the run's "
+        "per-class thresholds (a request's \"threshold\" still overrides it)",
+    ),
 ]
 EXPORT = [
     arg("run", help="run directory written by `lorabudget train`"),

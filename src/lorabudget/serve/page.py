@@ -140,10 +140,15 @@ function show(texts, answer) {
     const card = element("div", "result");
     card.append(element("div", "text", texts[i]));
     const label = element("div", "label");
-    label.append(element("span", "top", result.label), element("span", "p", percent(result.probability)));
+    if (result.labels) {  // a multi-label run: its labels (maybe none), each bar marked when predicted
+      label.append(element("span", "top", result.labels.length ? result.labels.join(", ") : "(no label)"));
+    } else {
+      label.append(element("span", "top", result.label), element("span", "p", percent(result.probability)));
+    }
     card.append(label);
     for (const entry of result.probabilities) {
-      const bar = element("div", entry.label === result.label ? "bar top" : "bar");
+      const top = result.labels ? entry.predicted : entry.label === result.label;
+      const bar = element("div", top ? "bar top" : "bar");
       const track = element("div", "track");
       const fill = element("div", "fill");
       fill.style.width = percent(entry.probability);
