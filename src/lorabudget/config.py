@@ -279,10 +279,33 @@ def _check_data(cfg: RunConfig) -> None:
             "config key 'data.train_on_validation' trains on every row of data.train; data.max_train_rows would cap "
             "them in file order, validation rows included: cap the training file instead"
         )
+    _check_multi_label_data(cfg)
     if d.train_on_validation and cfg.training.early_stopping_patience:
         raise LorabudgetError(
             "config key 'data.train_on_validation': early stopping needs validation rows the run does not train "
             "on; set training.early_stopping_patience=0"
+        )
+
+
+def _check_multi_label_data(cfg: RunConfig) -> None:
+    """``data.label_separator`` and ``data.label_columns`` (multi-label data only)."""
+    d = cfg.data
+    if d.label_separator not in ("|", ",", ";"):
+        raise LorabudgetError(
+            f"config key 'data.label_separator': must be one of |, ',' or ';', got {d.label_separator!r}"
+        )
+    if d.label_columns is None:
+        return
+    if cfg.model.problem_type != "multi_label":
+        raise LorabudgetError(
+            "config key 'data.label_columns' gives multi-label data (one 0/1 column per class); "
+            "set model.problem_type=multi_label (--multi-label)"
+        )
+    names = [str(c).strip() for c in d.label_columns]
+    if len(names) < 2 or len({n.lower() for n in names}) != len(names) or not all(names):
+        raise LorabudgetError(
+            "config key 'data.label_columns': name two or more distinct columns, one per class, got "
+            + ", ".join(repr(n) for n in d.label_columns)
         )
 
 

@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from lorabudget.config import RunConfig
+from lorabudget.console import warn
 from lorabudget.data.batching import TokenizedTexts, position_cap, tokenize
 from lorabudget.data.load import Columns, TextData, load_labelled, resolve_labels, split_validation
+from lorabudget.data.multilabel import warn_empty_classes
 from lorabudget.io import default_cache_dir
 from lorabudget.methods import registry
 from lorabudget.model import budget as budget_mod
@@ -63,10 +65,67 @@ def weighted_cross_entropy_loss(weights: np.ndarray) -> LossFn:
 
 
 def class_weights_for(cfg: RunConfig, labels: np.ndarray) -> Optional[np.ndarray]:
-    """Per-class loss weights for ``training.class_weights`` (None: unweighted)."""
+    """Per-class loss weights for ``training.class_weights`` (None: unweighted); for multi-label
+    targets, :func:`balanced_pos_weight`."""
     if cfg.training.class_weights == "balanced":
+        if labels.ndim == 2:
+            return balanced_pos_weight(labels)
         return balanced_class_weights(labels, cfg.num_labels)
     return None
+
+
+MAX_POS_WEIGHT = 100.0  # a class with one positive in 10,000 rows would otherwise swamp the loss
+
+
+def balanced_pos_weight(targets: np.ndarray) -> np.ndarray:
+    """Multi-label ``pos_weight`` per class: negatives / positives among the rows, so each class's
+    positive and negative rows weigh the same in the loss; clipped to [1/100, 100]. A class with no
+    positive row gets 1 (its positive term never appears)."""
+    positives = targets.sum(axis=0).astype(np.float64)
+    negatives = len(targets) - positives
+    weights = np.ones(targets.shape[1], dtype=np.float64)
+    has = positives > 0
+    weights[has] = np.clip(negatives[has] / positives[has], 1 / MAX_POS_WEIGHT, MAX_POS_WEIGHT)
+    return weights.astype(np.float32)
+
+
+def bce_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Multi-label loss: binary cross-entropy of each class's sigmoid, the mean over rows and classes
+    (so row chunks of a batch add up exactly, as for cross-entropy)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), batch["labels"].float())
+
+
+def weighted_bce_loss(pos_weight: np.ndarray) -> LossFn:
+    """:func:`bce_loss` with ``pos_weight`` [C] weighting each class's positive term."""
+    table = {"pos_weight": torch.as_tensor(pos_weight, dtype=torch.float32)}
+
+    def loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if table["pos_weight"].device != logits.device:
+            table["pos_weight"] = table["pos_weight"].to(logits.device)
+        return F.binary_cross_entropy_with_logits(
+            logits.float(), batch["labels"].float(), pos_weight=table["pos_weight"]
+        )
+
+    return loss
+
+
+def training_loss(cfg: RunConfig, loss_fn: LossFn, labels: np.ndarray, log: Callable[[str], None]) -> LossFn:
+    """The loss the loop trains with: ``loss_fn`` as given, except that the plain cross-entropy
+    default becomes the weighted one (``training.class_weights``) or, for a multi-label run, binary
+    cross-entropy (with ``pos_weight`` when balanced). Distillation passes its own loss, kept."""
+    if loss_fn is not cross_entropy_loss:
+        return loss_fn
+    weights = class_weights_for(cfg, labels)
+    names = cfg.class_names
+    if labels.ndim == 2:
+        if weights is None:
+            return bce_loss
+        log("positive-class weights (balanced): " + ", ".join(f"{n} {w:.3f}" for n, w in zip(names, weights)))
+        return weighted_bce_loss(weights)
+    if weights is None:
+        return loss_fn
+    log("class weights (balanced): " + ", ".join(f"{n} {w:.3f}" for n, w in zip(names, weights)))
+    return weighted_cross_entropy_loss(weights)
 
 
 def make_accelerator(
@@ -178,6 +237,10 @@ def prepare_data(cfg: RunConfig, log: Callable[[str], None] = print) -> Prepared
             train = full  # the split-off rows still show progress, but they are trained on too
     if cfg.data.max_train_rows is not None and cfg.data.max_train_rows < len(train):
         train = train.subset(range(cfg.data.max_train_rows))
+    if train.labels is not None and train.labels.ndim == 2:
+        empty = warn_empty_classes(train.labels, names, "training rows")
+        if empty:
+            warn(empty)
     cache = default_cache_dir(cfg.data.cache_dir)
     train_tokens = tokenize(tokenizer, train.texts, cfg.model.max_length, cache, pairs=train.pairs)
     validation_tokens = tokenize(tokenizer, validation.texts, cfg.model.max_length, cache, pairs=validation.pairs)
@@ -246,7 +309,10 @@ def param_groups(model: torch.nn.Module, cfg: RunConfig) -> list[dict[str, Any]]
 
 
 def label_distribution(labels: np.ndarray, num_labels: int) -> list[float]:
-    """Share of each class among the labelled rows (rows labelled -1 have no gold label)."""
+    """Share of each class among the labelled rows (rows labelled -1 have no gold label); for
+    multi-label targets, each class's positive rate."""
+    if labels.ndim == 2:
+        return labels.mean(axis=0).astype(np.float64).tolist() if len(labels) else [0.0] * num_labels
     gold = labels[labels >= 0]
     return (np.bincount(gold, minlength=num_labels) / max(len(gold), 1)).tolist()
 
