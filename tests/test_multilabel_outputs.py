@@ -6,6 +6,7 @@ every path turns the run's logits into the same label sets, with the run's per-c
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ import torch
 from conftest import synthetic_rows, write_csv
 
 from lorabudget import load_run
+from lorabudget.cli import main
 from lorabudget.config import from_dict, save_config
 from lorabudget.errors import LorabudgetError
 from lorabudget.export.formats import export_run
@@ -70,10 +72,8 @@ def ml_runs(tmp_path_factory, tiny_roberta, tiny_bert) -> dict[str, Path]:
 
 
 def expected_sets(run_dir: Path, texts=TEXTS, threshold=None) -> list[list[str]]:
-    """The label sets ``predict`` gives: sigmoid of the run's logits against its thresholds."""
-    run = load_run(run_dir)
-    _, decisions = label_sets(run.logits(texts), run_thresholds(run_dir, CLASSES, threshold))
-    return names_of(decisions, CLASSES)
+    """The label sets ``predict`` gives (sigmoid of the run's logits against its thresholds)."""
+    return load_run(run_dir).predict(texts, threshold=threshold).labels
 
 
 def test_thresholds_are_read_and_overridden(ml_runs):
@@ -87,7 +87,7 @@ def test_thresholds_are_read_and_overridden(ml_runs):
 
 @pytest.mark.parametrize("value", [0, 1, -0.1, 1.5, float("nan"), True])
 def test_threshold_outside_0_1_is_refused(value):
-    with pytest.raises(LorabudgetError, match="strictly between 0 and 1"):
+    with pytest.raises(LorabudgetError, match="between 0 and 1"):
         check_threshold(value)
 
 
@@ -175,7 +175,7 @@ def test_serve_one_bad_text_fails_its_own_request_only(ml_runs):
 def test_serve_threshold_is_refused_for_a_single_label_run(tmp_path, tiny_roberta):
     from lorabudget.serve.app import ServeSettings
 
-    with pytest.raises(LorabudgetError, match="strictly between 0 and 1"):
+    with pytest.raises(LorabudgetError, match="between 0 and 1"):
         ServeSettings(threshold=1.0)
 
 
@@ -244,7 +244,15 @@ def test_onnx_export_folder_decides_as_the_run(ml_runs, tmp_path):
     run = ml_runs["bert-linear"]
     folder = export_run(run, tmp_path / "onnx", "onnx")
     onnx_run = load_run(folder)  # an export folder runs on ONNX Runtime
-    assert onnx_run.engine == "onnx" and onnx_run.cfg.model.problem_type == "multi_label"
-    _, decisions = label_sets(onnx_run.logits(TEXTS), run_thresholds(folder, CLASSES))
-    assert names_of(decisions, CLASSES) == expected_sets(run)
-    assert write_csv  # the CLI round trip through `predict` is in test_multilabel_cli_outputs
+    assert onnx_run.loaded.engine == "onnx" and onnx_run.cfg.model.problem_type == "multi_label"
+    assert onnx_run.predict(TEXTS).labels == expected_sets(run)
+    # `predict` on the export folder, as a user runs it: `|`-joined names, the run's own sets
+    texts = write_csv(tmp_path / "texts.csv", [(t,) for t in TEXTS], header=["text"])
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(folder), "--input", str(texts), "--output", str(out), "--no-report",
+                 "--label-format", "name"]) == 0  # fmt: skip
+    with open(out, newline="") as fh:
+        cells = [row["Label"] for row in csv.DictReader(fh)]
+    assert cells == ["|".join(s) for s in expected_sets(run)]
+    # and `--engine onnx` on the run directory (RUN/onnx/ made on the way)
+    assert load_run(run, engine="onnx").predict(TEXTS, threshold=0.4).labels == expected_sets(run, TEXTS, 0.4)

@@ -9,18 +9,17 @@ its run does.
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from lorabudget.errors import LorabudgetError
+from lorabudget.inference.multilabel import check_threshold, run_thresholds
 from lorabudget.labelsets import DEFAULT_THRESHOLD, decide, sigmoid
+from lorabudget.rundir.layout import THRESHOLDS as THRESHOLDS_FILE
 from lorabudget.rundir.layout import RunDir, read_export_meta
 
-THRESHOLDS_FILE = "thresholds.json"
+__all__ = ["THRESHOLDS_FILE", "check_threshold", "is_multi_label", "label_sets", "run_thresholds", "thresholds_record"]
 
 
 def is_multi_label(cfg: Any) -> bool:
@@ -31,42 +30,14 @@ def is_multi_label(cfg: Any) -> bool:
     return ((cfg or {}).get("model") or {}).get("problem_type") == "multi_label"
 
 
-def check_threshold(value: Optional[float]) -> Optional[float]:
-    """``--threshold T`` (or a request's ``threshold``): None, or a number strictly between 0 and 1."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) < 1:
-        raise LorabudgetError(f"threshold must be strictly between 0 and 1, not {value!r}")
-    if math.isnan(float(value)):
-        raise LorabudgetError("threshold must be strictly between 0 and 1, not nan")
-    return float(value)
-
-
 def _thresholds_record(folder: Path) -> Optional[dict]:
     """``thresholds.json`` of a run directory or export folder; then an export's metadata; else None."""
-    reader = getattr(RunDir(folder), "read_thresholds", None)
-    record = reader() if reader is not None and RunDir(folder).is_run() else None
-    if record is None and (folder / THRESHOLDS_FILE).is_file():
-        try:
-            record = json.loads((folder / THRESHOLDS_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise LorabudgetError(f"{folder / THRESHOLDS_FILE}: unreadable ({err})") from None
+    record = RunDir(folder).read_thresholds()
     if record is None:
         meta = read_export_meta(folder) or {}
         if meta.get("thresholds"):
             record = {"thresholds": meta["thresholds"]}
     return record
-
-
-def run_thresholds(folder: Path, class_names: Sequence[str], override: Optional[float] = None) -> np.ndarray:
-    """One threshold per class, in class order: ``override`` for every class when given, else the
-    folder's recorded thresholds; a class they do not name (or a folder with none) gets 0.5."""
-    names = list(class_names)
-    if check_threshold(override) is not None:
-        return np.full(len(names), float(override))
-    record = _thresholds_record(Path(folder)) or {}
-    recorded = record.get("thresholds") or {}
-    return np.array([float(recorded.get(name, DEFAULT_THRESHOLD)) for name in names], dtype=np.float64)
 
 
 def thresholds_record(folder: Path, class_names: Sequence[str]) -> dict[str, Any]:
