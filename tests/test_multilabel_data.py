@@ -139,3 +139,13 @@ def test_labelsets_helpers():
     truth = np.array([[1, 0], [1, 0], [0, 0], [0, 0]])
     got = best_thresholds(probs, truth)
     assert 0.4 < got[0] <= 0.6 and got[1] == 0.5  # the class with no positive keeps 0.5
+
+
+def test_a_json_list_in_a_single_label_run_says_pass_multi_label(tmp_path):
+    path = tmp_path / "lists.jsonl"
+    path.write_text('{"text": "a", "label": ["x"]}\n{"text": "b", "label": ["x", "y"]}\n')
+    with pytest.raises(LorabudgetError, match=r"row 0 holds a list of labels \(\['x'\] in column 'label'\); pass"):
+        resolve_labels(from_dict({"data": {"train": str(path)}}))
+    path.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": ["x", "y"]}\n')
+    with pytest.raises(LorabudgetError, match=r"row 1 has several labels \(\['x', 'y'\]"):
+        resolve_labels(from_dict({"data": {"train": str(path)}}))

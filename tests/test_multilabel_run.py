@@ -92,3 +92,77 @@ def test_python_api_on_a_dataframe_of_lists(tmp_path, make_config):
     every = run.predict(["x"], threshold=1e-6)
     assert every.labels == [MULTI_LABEL_CLASSES]
     np.testing.assert_array_equal(np.asarray(every.label_ids), [[0, 1, 2, 3]])
+
+
+def test_report_draws_the_multi_label_figures(ml_run):
+    from lorabudget.report.run_report import write_report
+
+    text = write_report(ml_run).read_text()
+    assert "| threshold |" in text and "micro F1" in text and "Confusion matrix" not in text
+    for figure in ("per_class_f1", "label_counts", "precision_recall"):
+        assert list(ml_run.rglob(f"*{figure}*.png")), figure
+
+
+def test_bad_threshold_is_refused_in_one_line(ml_run, multilabel_dir, capsys):
+    for value in ("0", "1", "1.5", "-0.2", "nan"):
+        argv = ["predict", str(ml_run), "--input", str(multilabel_dir / "unlabelled.csv"), "--threshold", value]
+        assert main([*argv, "--output", "-"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--threshold must be" in err[0]
+
+
+def test_plan_counts_one_output_per_class(tmp_path, make_config, multilabel_dir, capsys):
+    import lorabudget as lb
+
+    values = make_config(tmp_path / "cache", model={"labels": None}, head={"type": "linear", "pooling": "mean"})
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(values))
+    data = ["--data", str(multilabel_dir / "train.csv"), "--label-column", "labels"]
+    assert main(["plan", str(cfg), *data, "--multi-label"]) == 0
+    assert "WITHIN budget" in capsys.readouterr().out
+    plan = lb.plan(
+        values,
+        data=str(multilabel_dir / "train.csv"),
+        label_column="labels",
+        overrides={"model.problem_type": "multi_label"},
+    )
+    assert plan.head == 33 * 4  # a linear head: hidden 32 + bias, one output per class
+    assert plan.config.model.labels == MULTI_LABEL_CLASSES
+
+
+def test_a_class_without_positive_training_rows_is_named(tmp_path, make_config, capsys):
+    from lorabudget.config import from_dict
+    from lorabudget.training.setup import prepare_data
+
+    rows = multilabel_rows(60, 3)
+    path = tmp_path / "rare.csv"
+    lines = ["text,labels"] + [f"{t},{'|'.join(c)}" for t, c in rows] + ["kept apart,rare"]
+    path.write_text("\n".join(lines) + "\n")
+    values = make_config(tmp_path / "cache", model={"labels": None, "problem_type": "multi_label"})
+    values["data"].update(train=str(path), label_column="labels", validation_size=1, max_train_rows=50)
+    prepare_data(from_dict(values), log=lambda _: None)
+    assert "training rows: class rare has no positive row" in capsys.readouterr().err
+
+
+def test_bf16_row_chunks_and_balanced_pos_weight_train(tmp_path, make_config, multilabel_dir, capsys):
+    """Mixed precision, batches cut into row chunks (max_batch_positions) and pos_weight together."""
+    values = make_config(
+        tmp_path / "cache",
+        model={"labels": None},
+        training={
+            "max_steps": 4,
+            "eval_every": 2,
+            "mixed_precision": "bf16",
+            "max_batch_positions": 128,
+            "class_weights": "balanced",
+        },
+    )
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(values))
+    argv = ["train", str(cfg), "--data", str(multilabel_dir / "train.csv"), "--label-column", "labels"]
+    assert main([*argv, "--multi-label", "--output", str(tmp_path / "run"), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "positive-class weights (balanced): business" in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["mixed_precision"] == "bf16" and np.isfinite(summary["validation_micro_f1"])
+    assert (tmp_path / "run" / "thresholds.json").is_file()

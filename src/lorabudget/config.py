@@ -288,25 +288,17 @@ def _check_data(cfg: RunConfig) -> None:
 
 
 def _check_multi_label_data(cfg: RunConfig) -> None:
-    """``data.label_separator`` and ``data.label_columns`` (multi-label data only)."""
-    d = cfg.data
+    d, names = cfg.data, [str(c).strip() for c in cfg.data.label_columns or ()]
     if d.label_separator not in ("|", ",", ";"):
         raise LorabudgetError(
             f"config key 'data.label_separator': must be one of |, ',' or ';', got {d.label_separator!r}"
         )
-    if d.label_columns is None:
-        return
-    if cfg.model.problem_type != "multi_label":
+    if names and cfg.model.problem_type != "multi_label":
         raise LorabudgetError(
-            "config key 'data.label_columns' gives multi-label data (one 0/1 column per class); "
-            "set model.problem_type=multi_label (--multi-label)"
+            "config key 'data.label_columns' gives multi-label data; set model.problem_type=multi_label"
         )
-    names = [str(c).strip() for c in d.label_columns]
-    if len(names) < 2 or len({n.lower() for n in names}) != len(names) or not all(names):
-        raise LorabudgetError(
-            "config key 'data.label_columns': name two or more distinct columns, one per class, got "
-            + ", ".join(repr(n) for n in d.label_columns)
-        )
+    if names and (len(names) < 2 or len({n.lower() for n in names}) != len(names) or not all(names)):
+        raise LorabudgetError(f"config key 'data.label_columns': name two or more distinct columns, got {names}")
 
 
 def _check_training(cfg: RunConfig) -> None:

@@ -24,6 +24,11 @@ from lorabudget.errors import LorabudgetError
 
 
 def label_column(frame: pd.DataFrame, source: str, columns: Columns) -> object:
+    if columns.label_columns and not columns.multi_label:
+        raise LorabudgetError(
+            "config key 'data.label_columns' gives multi-label data (one 0/1 column per class); "
+            "set model.problem_type=multi_label (--multi-label)"
+        )
     if columns.label:
         return named_column(frame, columns.label, "data.label_column", source)
     label_col = find_column(frame.columns, LABEL_NAMES, source)
@@ -45,9 +50,9 @@ def label_keys(frame: pd.DataFrame, col: object, source: str, separator: str = "
     keys = [None if isinstance(v, (list, tuple, np.ndarray)) else label_key(v) for v in values]
     several = several_labels_row(keys, separator) if listed is None else listed
     if several is not None:
-        raise LorabudgetError(
-            f"{source}: row {several} has several labels ({values[several]!r} in column '{col}'); pass --multi-label"
-        )
+        what = "holds a list of labels" if several == listed and len(values[several]) < 2 else "has several labels"
+        shown = list(values[several]) if several == listed else values[several]
+        raise LorabudgetError(f"{source}: row {several} {what} ({shown!r} in column '{col}'); pass --multi-label")
     missing = [row for row, key in enumerate(keys) if key is None]
     header = str(col).strip().lower()
     repeated = next((row for row, key in enumerate(keys) if key is not None and key.lower() == header), None)

@@ -15,7 +15,7 @@ import pandas as pd
 from lorabudget.data.columns import Columns, named_column
 from lorabudget.data.labelkeys import label_key
 from lorabudget.errors import LorabudgetError
-from lorabudget.labelsets import multi_hot, split_cell
+from lorabudget.labelsets import SEPARATORS, multi_hot, split_cell
 
 
 def _is_list(cell: object) -> bool:
@@ -66,6 +66,10 @@ def _class_column_sets(frame: pd.DataFrame, source: str, columns: Columns) -> li
 
 def label_sets(frame: pd.DataFrame, source: str, columns: Columns, label_col: Optional[object]) -> list[list[str]]:
     """Each row's class names (possibly none), in the spelling of the data."""
+    if columns.separator not in SEPARATORS:  # before any cell is split by it
+        raise LorabudgetError(
+            f"config key 'data.label_separator': must be one of |, ',' or ';', got {columns.separator!r}"
+        )
     if columns.label_columns:
         return _class_column_sets(frame, source, columns)
     return [
