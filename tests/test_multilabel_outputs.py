@@ -256,3 +256,27 @@ def test_onnx_export_folder_decides_as_the_run(ml_runs, tmp_path):
     assert cells == ["|".join(s) for s in expected_sets(run)]
     # and `--engine onnx` on the run directory (RUN/onnx/ made on the way)
     assert load_run(run, engine="onnx").predict(TEXTS, threshold=0.4).labels == expected_sets(run, TEXTS, 0.4)
+
+
+# ---- compare, on runs evaluated through the command line
+
+
+def test_compare_ranks_evaluated_multilabel_runs_by_micro_f1(ml_runs, multilabel_dir, tmp_path, capsys):
+    data = str(multilabel_dir / "test.csv")
+    for run in ml_runs.values():
+        assert main(["evaluate", str(run), "--data", data, "--label-column", "labels", "--no-report"]) == 0
+    out = tmp_path / "cmp"
+    assert main(["compare", *map(str, ml_runs.values()), "--output", str(out)]) == 0
+    capsys.readouterr()
+    text = (out / "compare.md").read_text()
+    assert "Ranked by **test micro F1 on test.csv (80 rows)**" in text
+    with open(out / "compare.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    evals = {r.name: json.loads((r / "eval.json").read_text()) for r in ml_runs.values()}
+    ranked = sorted(evals, key=lambda name: -evals[name]["micro_f1"])
+    assert [r["name"] for r in rows] == ranked
+    for r in rows:
+        assert float(r["score"]) == pytest.approx(evals[r["name"]]["micro_f1"])
+        assert float(r["score_ci_low"]) == pytest.approx(evals[r["name"]]["micro_f1_ci95"][0])
+    # a paired McNemar test on exact label sets: both runs were evaluated on the same rows
+    assert "McNemar exact" in text and "got right exactly (label set)" in text
