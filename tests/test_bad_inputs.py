@@ -457,6 +457,11 @@ CASES = [
         for name, value in (("zero", "0"), ("one", "1"), ("above-one", "1.5"), ("negative", "-0.1"), ("nan", "nan"))
     ],
     Case(
+        "threshold-on-a-single-label-run",
+        lambda w: ["predict", "run", "--input", "unlabelled.csv", "--threshold", "0.3"],
+        "--threshold applies to multi-label runs",
+    ),
+    Case(
         "data-empty-file",
         lambda w: T(w, "--output", "new", "--data", "empty.csv"),
         "the file is empty",

@@ -149,3 +149,12 @@ def test_a_json_list_in_a_single_label_run_says_pass_multi_label(tmp_path):
     path.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": ["x", "y"]}\n')
     with pytest.raises(LorabudgetError, match=r"row 1 has several labels \(\['x', 'y'\]"):
         resolve_labels(from_dict({"data": {"train": str(path)}}))
+
+
+def test_integer_class_ids_sort_as_numbers(tmp_path):
+    path = tmp_path / "ids.jsonl"
+    path.write_text('{"text": "a", "labels": [10, 2]}\n{"text": "b", "labels": [1]}\n{"text": "c", "labels": []}\n')
+    cfg = resolve_labels(_cfg(str(path)))
+    assert cfg.model.labels == ["1", "2", "10"]
+    got = load_labelled(str(path), cfg.class_names, columns=Columns.of(cfg))
+    np.testing.assert_array_equal(got.labels, [[0, 1, 1], [1, 0, 0], [0, 0, 0]])

@@ -101,6 +101,10 @@ def test_report_draws_the_multi_label_figures(ml_run):
     assert "| threshold |" in text and "micro F1" in text and "Confusion matrix" not in text
     for figure in ("per_class_f1", "label_counts", "precision_recall"):
         assert list(ml_run.rglob(f"*{figure}*.png")), figure
+    from lorabudget.report.modelcard import write_model_card
+
+    card = write_model_card(ml_run).read_text()
+    assert "best validation micro F1" in card and "Multi-label: accuracy is subset accuracy" in card
 
 
 def test_bad_threshold_is_refused_in_one_line(ml_run, multilabel_dir, capsys):
@@ -166,3 +170,16 @@ def test_bf16_row_chunks_and_balanced_pos_weight_train(tmp_path, make_config, mu
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["mixed_precision"] == "bf16" and np.isfinite(summary["validation_micro_f1"])
     assert (tmp_path / "run" / "thresholds.json").is_file()
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"thresholds": {"sports": 7}}', '{"thresholds": [0.5]}'])
+def test_a_damaged_thresholds_file_is_an_error(tmp_path, content):
+    from lorabudget.errors import LorabudgetError
+    from lorabudget.inference.multilabel import run_thresholds
+
+    (tmp_path / "thresholds.json").write_text(content)
+    with pytest.raises(LorabudgetError, match="thresholds.json"):
+        run_thresholds(tmp_path, MULTI_LABEL_CLASSES)
+    assert list(run_thresholds(tmp_path, MULTI_LABEL_CLASSES, 0.3)) == [0.3] * 4  # --threshold needs no file
+    (tmp_path / "thresholds.json").write_text('{"thresholds": {"sports": 0.2}}')
+    assert list(run_thresholds(tmp_path, MULTI_LABEL_CLASSES)) == [0.5, 0.2, 0.5, 0.5]

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from lorabudget.data.columns import Columns, named_column
-from lorabudget.data.labelkeys import label_key
+from lorabudget.data.labelkeys import is_int_key, label_key
 from lorabudget.errors import LorabudgetError
 from lorabudget.labelsets import SEPARATORS, multi_hot, split_cell
 
@@ -87,13 +87,18 @@ def classes_of(sets: Sequence[Sequence[str]], columns: Columns, source: str) -> 
     for names in sets:
         for name in names:
             spellings.setdefault(name.lower(), Counter())[name] += 1
-    names = sorted(c.most_common(1)[0][0] for c in spellings.values())
+    # Integer ids (a hub dataset's list of class ids) sort as numbers: "2" before "10".
+    names = sorted((c.most_common(1)[0][0] for c in spellings.values()), key=lambda n: (not is_int_key(n), _num(n), n))
     if len(names) < 2:
         raise LorabudgetError(
             f"{source}: the labels hold fewer than two classes ({', '.join(names) or 'none'}); "
             "a multi-label run needs two or more"
         )
     return names
+
+
+def _num(name: str) -> int:
+    return int(name) if is_int_key(name) else 0
 
 
 def targets_of(sets: Sequence[Sequence[str]], class_names: Sequence[str], source: str) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 from lorabudget.errors import LorabudgetError
 from lorabudget.inference.predictions import Predictions
 from lorabudget.labelsets import DEFAULT_THRESHOLD, decide, join_names, sigmoid
-from lorabudget.rundir.layout import RunDir
+from lorabudget.rundir.layout import THRESHOLDS, RunDir
 
 
 def check_threshold(threshold: Optional[float]) -> None:
@@ -30,6 +30,10 @@ def run_thresholds(run_dir: Path, class_names: Sequence[str], override: Optional
     if override is not None:
         return np.full(len(class_names), float(override))
     record = RunDir(run_dir).read_thresholds()
+    if record is None and (Path(run_dir) / THRESHOLDS).exists():  # never a silent 0.5 for a damaged file
+        raise LorabudgetError(
+            f"{Path(run_dir) / THRESHOLDS}: not readable JSON; train the run again or pass --threshold"
+        )
     chosen = (record or {}).get("thresholds", {})
     return np.array([float(chosen.get(str(name), DEFAULT_THRESHOLD)) for name in class_names])
 

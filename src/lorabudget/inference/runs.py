@@ -66,8 +66,13 @@ class LoadedRun:
         given = {"text": text or d.text_column, "text_pair": text_pair or d.text_pair_column}
         return dataclasses.replace(Columns.of(self.cfg), label=label or d.label_column, **given)
 
-    def thresholds(self, override: Optional[float] = None) -> np.ndarray:
-        """A multi-label run's per-class decision thresholds (``override``: one for every class)."""
+    def thresholds(self, override: Optional[float] = None) -> Optional[np.ndarray]:
+        """A multi-label run's per-class decision thresholds (``override``: one for every class); None
+        for a single-label run, which refuses an ``override``."""
+        if not self.multi_label:
+            if override is not None:
+                raise LorabudgetError(f"--threshold applies to multi-label runs; {self.run_dir} is single-label")
+            return None
         return run_thresholds(self.run_dir, self.cfg.class_names, override)
 
     def logits(
@@ -121,8 +126,8 @@ class LoadedRun:
         """Class names and probabilities for ``texts`` (and their ``pairs`` for a pair task; length-sorted
         batches, results in input order). A multi-label run gives each text's list of class names
         (``threshold``: one decision threshold for every class instead of the run's own)."""
-        if self.multi_label:
-            cuts = self.thresholds(threshold)
+        cuts = self.thresholds(threshold)
+        if cuts is not None:
             return multilabel_predictions(self.logits(texts, batch_size, pairs=pairs), self.cfg.class_names, cuts)
         probs = softmax(self.logits(texts, batch_size, pairs=pairs))
         ids = probs.argmax(axis=1)
@@ -224,7 +229,7 @@ def evaluate_run(
     the accuracy no estimate of accuracy on new text: one warning line says how many. A multi-label
     run decides by its ``thresholds.json`` (or ``threshold`` for every class).
     """
-    cuts = run.thresholds(threshold) if run.multi_label else None
+    cuts = run.thresholds(threshold)
     data = load_labelled(data_source, run.cfg.class_names, trust_pickle=trust_pickle, columns=columns or run.columns())
     logits = run.logits(data.texts, progress="evaluate", pairs=data.pairs)
     metrics = classification_metrics(logits, data.labels, run.cfg.class_names, texts=data.texts, thresholds=cuts)
@@ -291,7 +296,7 @@ def predict_file(
     class names or ids; ids for runs that did not record it) unless ``label_format`` (``id`` or ``name``)
     says otherwise. A multi-label run writes each row's classes joined by ``|`` (``threshold``: one
     decision threshold for every class)."""
-    cuts = run.thresholds(threshold) if run.multi_label else None
+    cuts = run.thresholds(threshold)
     data = load_unlabelled(input_source, trust_pickle=trust_pickle, columns=columns or run.columns())
     label_format = label_format or run.cfg.model.label_format or "id"
     start = time.perf_counter()

@@ -70,6 +70,16 @@ def eval_results(cfg: RunConfig, run_dir: Optional[Path], summary: dict[str, Any
         }
         if isinstance(record.get("accuracy"), (int, float)):
             results.append(EvalResult(metric_type="accuracy", metric_value=round(record["accuracy"], 4), **common))
+        if isinstance(record.get("micro_f1"), (int, float)):  # multi-label
+            results.append(
+                EvalResult(
+                    metric_type="f1",
+                    metric_name="micro F1",
+                    metric_args={"average": "micro"},
+                    metric_value=round(record["micro_f1"], 4),
+                    **common,
+                )
+            )
         if isinstance(record.get("macro_f1"), (int, float)):
             results.append(
                 EvalResult(
@@ -206,6 +216,14 @@ def _results_lines(run_dir: Path, summary: dict[str, Any]) -> list[str]:
         )
     if with_ci:
         lines += ["", "Intervals: Wilson 95% intervals of the accuracy over the evaluated rows."]
+    multi = [r for r in rows if isinstance(r.get("micro_f1"), (int, float))]
+    if multi:
+        lines += [
+            "",
+            "Multi-label: accuracy is subset accuracy (a row counts when its whole label set is right); micro F1: "
+            + ", ".join(f"{r.get('data', '?')} {r['micro_f1']:.4f}" for r in multi)
+            + ".",
+        ]
     if any(r.get("held_out") is False for r in rows):
         lines += [
             "",
@@ -228,7 +246,8 @@ def _kept_weights_lines(summary: dict[str, Any], trained_on: bool) -> list[str]:
     if "best_step" in summary:
         return [
             "",
-            f"The kept checkpoint is the best validation accuracy, at step {summary['best_step']} "
+            f"The kept checkpoint is the best validation "
+            f"{'micro F1' if 'validation_micro_f1' in summary else 'accuracy'}, at step {summary['best_step']} "
             f"of {summary.get('steps')}.",
         ]
     return []
