@@ -14,9 +14,10 @@ from typing import Any, Optional
 import yaml
 
 from lorabudget.config import RunConfig
-from lorabudget.inference.decisions import is_multi_label, thresholds_record
+from lorabudget.inference.decisions import is_multi_label
 from lorabudget.io import atomic_write_text
 from lorabudget.model.packaged import packaged_model
+from lorabudget.report.card_multilabel import multilabel_card_lines
 from lorabudget.report.run_report import budget_table, per_class_table
 from lorabudget.rundir.layout import RunDir
 from lorabudget.rundir.rows import source_name
@@ -291,31 +292,6 @@ def _intended_use(cfg: RunConfig) -> list[str]:
     ]
 
 
-def _multilabel_lines(run_dir: Path, cfg: RunConfig) -> list[str]:
-    """How a multi-label model decides: sigmoid scores against the run's per-class thresholds."""
-    record = thresholds_record(run_dir, cfg.class_names)
-    where = "the validation rows" if record.get("chosen_on") == "validation" else "nothing (the default 0.5)"
-    lines = [
-        "Each class gets its own sigmoid score; a class is predicted where its score reaches its threshold. "
-        f"The thresholds were chosen on {where}, each maximising its class's F1. Every export carries them: in "
-        "`thresholds.json`, in `lorabudget_export.json` (`thresholds`) and, for transformers, in `config.json` "
-        "as `lorabudget_thresholds` (`problem_type` is `multi_label_classification`).",
-        "",
-        "| class | threshold |",
-        "|---|---:|",
-        *(f"| {name} | {float(t):.4f} |" for name, t in record["thresholds"].items()),
-        "",
-    ]
-    return lines + _py("""
-from transformers import AutoConfig, pipeline
-
-config = AutoConfig.from_pretrained("DIR")
-classifier = pipeline("text-classification", model="DIR", top_k=None, function_to_apply="sigmoid", truncation=True)
-scores = classifier(["Stocks rallied after the earnings report."])[0]
-labels = [s["label"] for s in scores if s["score"] >= config.lorabudget_thresholds[s["label"]]]
-""")
-
-
 def _py(code: str) -> list[str]:
     return ["```python", code.strip("\n"), "```"]
 
@@ -487,7 +463,7 @@ def model_card(run_dir: Path, cfg: RunConfig, export_format: Optional[str] = Non
         "",
         *_intended_use(cfg),
         "",
-        *(["## Multi-label decisions", "", *_multilabel_lines(run_dir, cfg), ""] if is_multi_label(cfg) else []),
+        *(["## Multi-label decisions", "", *multilabel_card_lines(run_dir, cfg), ""] if is_multi_label(cfg) else []),
         "## How to load",
         "",
         *load_instructions(cfg, export_format, folder_name),
