@@ -280,3 +280,22 @@ def test_compare_ranks_evaluated_multilabel_runs_by_micro_f1(ml_runs, multilabel
         assert float(r["score_ci_low"]) == pytest.approx(evals[r["name"]]["micro_f1_ci95"][0])
     # a paired McNemar test on exact label sets: both runs were evaluated on the same rows
     assert "McNemar exact" in text and "got right exactly (label set)" in text
+
+
+def test_model_info_and_page_show_micro_f1_for_a_multilabel_evaluation():
+    from lorabudget.serve.app import _evaluation
+    from lorabudget.serve.page import _facts
+
+    record = {
+        "kind": "validation",
+        "data": "/x/val.csv",
+        "accuracy": 0.3,
+        "micro_f1": 0.71,
+        "micro_f1_ci95": [0.6, 0.8],
+        "n": 40,
+    }
+    shown = _evaluation(record)
+    assert shown["micro_f1"] == 0.71 and shown["micro_f1_ci95"] == [0.6, 0.8] and shown["data"] == "val.csv"
+    facts = dict(_facts({"method": "lora", "validation": shown, "engine": "torch", "precision": "fp32"}))
+    assert facts["validation micro F1"].startswith("71.0% (95% CI 60.0–80.0%, n=40)")
+    assert "micro_f1" not in _evaluation({"kind": "validation", "accuracy": 0.9})

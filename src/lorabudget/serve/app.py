@@ -105,6 +105,12 @@ def _evaluation(record: dict[str, Any]) -> dict[str, Any]:
         "kind": record.get("kind"),
         "accuracy": record.get("accuracy"),
         "accuracy_ci95": record.get("accuracy_ci95"),
+        # A multi-label run's ranking figure; its accuracy above is the subset accuracy.
+        **(
+            {"micro_f1": record["micro_f1"], "micro_f1_ci95": record.get("micro_f1_ci95")}
+            if "micro_f1" in record
+            else {}
+        ),
         "rows": record.get("n"),
         "held_out": held_out if isinstance(held_out, bool) else None,
         "time": record.get("time"),
