@@ -75,7 +75,7 @@ def test_ranked_by_micro_f1_not_subset_accuracy(tmp_path):
     with open(tmp_path / "cmp" / "compare.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["name"] for r in rows] == ["a", "b"] and float(rows[0]["score"]) == pytest.approx(0.74)
-    assert rows[0]["ranked_by"].startswith("test micro F1")
+    assert rows[0]["ranked_by"].startswith("test micro F1") and {r["metric"] for r in rows} == {"micro_f1"}
 
 
 def test_paired_test_on_exact_label_sets_names_a_winner(tmp_path):

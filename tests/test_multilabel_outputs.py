@@ -172,11 +172,31 @@ def test_serve_one_bad_text_fails_its_own_request_only(ml_runs):
     np.testing.assert_allclose(np.vstack([good, other]), run.logits(TEXTS[:5]), atol=1e-5)
 
 
-def test_serve_threshold_is_refused_for_a_single_label_run(tmp_path, tiny_roberta):
-    from lorabudget.serve.app import ServeSettings
+def test_serve_threshold_is_refused_for_a_single_label_run(ml_runs, tmp_path, capsys):
+    import shutil
+
+    import yaml
+    from fastapi.testclient import TestClient
+
+    from lorabudget.serve.app import ServeSettings, create_app, load_for_serving
 
     with pytest.raises(LorabudgetError, match="between 0 and 1"):
         ServeSettings(threshold=1.0)
+    assert main(["serve", str(ml_runs["roberta-full"]), "--threshold", "1.5", "--port", "0"]) == 2
+    assert "between 0 and 1" in capsys.readouterr().err
+    single = tmp_path / "single"
+    shutil.copytree(ml_runs["roberta-full"], single)
+    values = yaml.safe_load((single / "config.yaml").read_text())
+    values["model"]["problem_type"] = "single_label"
+    (single / "config.yaml").write_text(yaml.safe_dump(values))
+    (single / "thresholds.json").unlink()
+    run = load_for_serving(single, precision="fp32", threads=1)
+    with pytest.raises(LorabudgetError, match="--threshold applies to multi-label runs"):
+        create_app(run, ServeSettings(threshold=0.5))
+    with TestClient(create_app(run)) as client:
+        response = client.post("/v1/classify", json={"texts": ["a b"], "threshold": 0.5})
+        assert response.status_code == 422 and "applies to multi-label runs" in response.json()["error"]
+        assert client.post("/v1/classify", json={"texts": ["a b"]}).json()["results"][0]["label"] in CLASSES
 
 
 # ---- export

@@ -282,6 +282,8 @@ COMPARE_COLUMNS = [
     "train_time_s",
     "classes",
     "not_held_out",
+    # What score, validation_* and test_* hold: accuracy, or micro F1 for multi-label runs.
+    "metric",
 ]
 
 
@@ -321,6 +323,7 @@ def _csv_row(rank: Optional[int], name: str, r: dict, basis: dict, score: Option
         r["train_time_s"],
         "|".join(r["classes"]) if r["classes"] else None,
         "; ".join(_not_held_out_text(x) for x in r["not_held_out"]) or None,
+        r.get("metric", "accuracy"),
     ]
 
 
