@@ -356,9 +356,9 @@ def _pareto_lines(study, s, res: Results) -> list[str]:
         return []
     lines = [
         "",
-        "## Pareto front (accuracy vs trainable parameters)",
+        f"## Pareto front ({s.metric} vs trainable parameters)",
         "",
-        "| trial | validation accuracy | trainable params |",
+        f"| trial | validation {s.metric} | trainable params |",
         "|---:|---:|---:|",
     ]
     for t in sorted(study.best_trials, key=lambda t: t.values[1]):
