@@ -78,6 +78,7 @@ def test_multilabel_search_maximises_the_chosen_metric(make_config, multilabel_d
         assert r["metric"] == chosen
         assert float(r["value"]) == pytest.approx(summary[f"validation_{chosen}"])
         assert float(r["validation_micro_f1"]) == pytest.approx(summary["validation_micro_f1"])
+    assert yaml.safe_load((out / "best.yaml").read_text())["model"]["problem_type"] == "multi_label"
     text = (out / "search.md").read_text()
     assert f"validation {chosen}" in text and "validation micro F1" in text
 
