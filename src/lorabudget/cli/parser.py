@@ -162,7 +162,13 @@ SEARCH = [
         metavar="KEY=VALUE",
         help="a setting for the search's trials only, left out of best.yaml (e.g. shorter training)",
     ),
-    arg("--metric", choices=["accuracy", "macro_f1"], default="accuracy", help="validation objective"),
+    arg(
+        "--metric",
+        choices=["accuracy", "macro_f1", "micro_f1"],
+        default=None,
+        help="validation objective (default: micro_f1 for a multi-label search, accuracy otherwise; micro_f1 is "
+        "for multi-label searches only)",
+    ),
     arg(
         "--multi-objective",
         action="store_true",
@@ -246,6 +252,13 @@ SERVE = [
         help="seconds a request body may take to arrive (default 30; then 408)",
     ),
     arg("--max-connections", type=int, default=256, help="requests open at once (default 256; one more gets 503)"),
+    arg(
+        "--threshold",
+        type=float,
+        default=None,
+        help="multi-label runs: one decision threshold in (0, 1) for every class instead of the run's "
+        'per-class thresholds (a request\'s "threshold" still overrides it)',
+    ),
 ]
 EXPORT = [
     arg("run", help="run directory written by `lorabudget train`"),

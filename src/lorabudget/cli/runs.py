@@ -119,6 +119,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         body_timeout_s=args.body_timeout_s,
         max_connections=args.max_connections,
+        threshold=args.threshold,
     )
     sock = bind(args.host, args.port)  # a taken port is said before the run is loaded (or exported)
     try:

@@ -14,8 +14,10 @@ from typing import Any, Optional
 import yaml
 
 from lorabudget.config import RunConfig
+from lorabudget.inference.decisions import is_multi_label
 from lorabudget.io import atomic_write_text
 from lorabudget.model.packaged import packaged_model
+from lorabudget.report.card_multilabel import multilabel_card_lines
 from lorabudget.report.run_report import budget_table, per_class_table
 from lorabudget.rundir.layout import RunDir
 from lorabudget.rundir.rows import source_name
@@ -271,11 +273,21 @@ def _training_lines(summary: dict[str, Any]) -> list[str]:
 def _intended_use(cfg: RunConfig) -> list[str]:
     names = ", ".join(cfg.class_names)
     what = "one English news text" if _dataset_name(cfg) else "one text"
+    if is_multi_label(cfg):
+        task = (
+            f"Gives {what} any number of {cfg.num_labels} classes ({names}): none, one or several. It was trained "
+            "on the data above only: expect lower scores on text from other sources, periods or styles. "
+        )
+        scores = "Scores are per-class sigmoid outputs, not calibrated guarantees. "
+    else:
+        task = (
+            f"Classifies {what} into one of {cfg.num_labels} classes ({names}). It was trained on the data "
+            "above only: expect lower accuracy on text from other sources, periods or styles, and no meaningful "
+            "answer for text that belongs to none of the classes (it always picks one). "
+        )
+        scores = "Probabilities are softmax outputs, not calibrated guarantees. "
     return [
-        f"Classifies {what} into one of {cfg.num_labels} classes ({names}). It was trained on the data "
-        "above only: expect lower accuracy on text from other sources, periods or styles, and no meaningful "
-        "answer for text that belongs to none of the classes (it always picks one). Texts are cut to "
-        f"{cfg.model.max_length} tokens. Probabilities are softmax outputs, not calibrated guarantees. Any bias of "
+        task + f"Texts are cut to {cfg.model.max_length} tokens. " + scores + "Any bias of "
         "the training data and of the base model carries over. Not for decisions about people.",
     ]
 
@@ -295,11 +307,12 @@ _LONG_TEXT_NOTE = {  # data.long_text beyond truncate: what transformers' pipeli
 def _hf_section(cfg: RunConfig, export_format: Optional[str], folder: str) -> list[str]:
     remote = cfg.head.type == "linear"
     trust = ", trust_remote_code=True" if remote else ""
+    sigmoid = ', top_k=None, function_to_apply="sigmoid"' if is_multi_label(cfg) else ""
     lines = ["### transformers (`lorabudget export RUN --format hf --output DIR`)", ""]
     lines += _py(f"""
 from transformers import pipeline
 
-classifier = pipeline("text-classification", model="{folder if export_format == "hf" else "DIR"}"{trust}, truncation=True)
+classifier = pipeline("text-classification", model="{folder if export_format == "hf" else "DIR"}"{trust}{sigmoid}, truncation=True)
 print(classifier(["Stocks rallied after the earnings report."]))
 """)
     lines.append("")
@@ -460,6 +473,7 @@ def model_card(run_dir: Path, cfg: RunConfig, export_format: Optional[str] = Non
         "",
         *_intended_use(cfg),
         "",
+        *(["## Multi-label decisions", "", *multilabel_card_lines(run_dir, cfg), ""] if is_multi_label(cfg) else []),
         "## How to load",
         "",
         *load_instructions(cfg, export_format, folder_name),

@@ -337,7 +337,8 @@ def label_distribution(labels: np.ndarray, num_labels: int) -> list[float]:
     """Share of each class among the labelled rows (rows labelled -1 have no gold label); for
     multi-label targets, each class's positive rate."""
     if labels.ndim == 2:
-        return labels.mean(axis=0).astype(np.float64).tolist() if len(labels) else [0.0] * num_labels
+        gold = labels[(labels >= 0).all(axis=1)]  # a distilled row without gold labels holds -1
+        return gold.mean(axis=0).astype(np.float64).tolist() if len(gold) else [0.0] * num_labels
     gold = labels[labels >= 0]
     return (np.bincount(gold, minlength=num_labels) / max(len(gold), 1)).tolist()
 
