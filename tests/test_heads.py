@@ -228,3 +228,34 @@ def test_search_space_head_axis():
         parse_space({"head": ["linear"], "head_rank": [2]})
     with pytest.raises(LorabudgetError, match="unknown 'zeros'"):
         parse_space({"head_init": ["zeros"]})
+
+
+def test_multi_label_prototype_run(make_config, multilabel_dir, tmp_path, capsys):
+    """A multi-label run's class vectors: the mean embedding of the rows where the class is positive."""
+    values = make_config(
+        tmp_path / "cache",
+        model={"labels": None},
+        head={"type": "prototype", "pooling": "mean"},
+        training={"max_steps": 4, "eval_every": 2, "learning_rate": 2e-2},
+    )
+    cfg = tmp_path / "ml.yaml"
+    cfg.write_text(yaml.safe_dump(values))
+    argv = ["train", str(cfg), "--data", str(multilabel_dir / "train.csv"), "--label-column", "labels", "--multi-label"]
+    assert main([*argv, "--output", str(tmp_path / "run"), "--no-report"]) == 0
+    assert "head: prototype vectors from the mean pooled embedding" in capsys.readouterr().out
+    run = lb.load_run(tmp_path / "run")
+    classes = len(run.cfg.class_names)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["head_params"] == classes + 1
+    assert run.logits(["the game and the market"]).shape == (1, classes)
+
+
+def test_prototype_run_with_long_texts_in_windows(make_config, tmp_path):
+    run = _train(
+        make_config,
+        tmp_path,
+        "chunks",
+        {"type": "prototype"},
+        model={"max_length": 16},
+        data={"long_text": "chunks"},
+    )
+    assert json.loads((run / "summary.json").read_text())["head_params"] == 5

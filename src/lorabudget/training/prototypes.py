@@ -133,10 +133,9 @@ def class_vectors(cfg: RunConfig, model: nn.Module, data: Any, accelerator=None)
     by_name = _embed(model, name_tokens, data.pad_id, cfg, accelerator)
     if cfg.head.init == "names":
         return by_name, f"the pooled embeddings of the {len(names)} class names"
+    # Long texts in windows (data.long_text: chunks): training holds each window as a row with its row's
+    # target; tokens that still map windows to rows get their embeddings pooled per row by predict_logits.
     tokens, targets = data.train_tokens, data.train.labels
-    windows = getattr(tokens, "row_of_window", None)  # long texts cut into windows: each window is a row
-    if windows is not None:
-        targets = targets[np.asarray(windows)]
     means, counts = class_means(_embed(model, tokens, data.pad_id, cfg, accelerator), targets, len(names))
     empty = counts == 0
     means[empty] = by_name[empty]
