@@ -39,7 +39,6 @@ from lorabudget.runconfig import (
     PlacementConfig,
     RunConfig,
     TrainingConfig,
-    check_head_settings,
 )
 
 __all__ = [
@@ -184,8 +183,7 @@ def _check_modules(key: str, modules: list[str]) -> None:
 
 
 def known_classes(cfg: RunConfig) -> RunConfig:
-    """The hub's AG News names its four classes: a config with no classes that trains on it gets them
-    without reading the data (so ``plan`` works offline)."""
+    """AG News' four class names for a config with no classes that trains on it (``plan`` works offline)."""
     if cfg.model.labels is None and cfg.model.num_labels is None and cfg.data.train.split(":")[0] in AG_NEWS_SOURCES:
         cfg.model.labels, cfg.model.label_format = list(AG_NEWS_LABELS), "id"
     return cfg
@@ -205,7 +203,7 @@ def fill_defaults(cfg: RunConfig) -> RunConfig:
 def validate(cfg: RunConfig) -> RunConfig:
     """Check value ranges and cross-field rules that types alone do not express; changes nothing."""
     _check_model(cfg)
-    check_head_settings(cfg.head)
+    cfg.head.check()
     _check_adapter(cfg)
     _check_data(cfg)
     _check_training(cfg)

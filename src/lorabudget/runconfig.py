@@ -65,25 +65,24 @@ class HeadConfig:
     ``names``: from the frozen encoder's embedding of each class name; ``prototypes``: from the mean
     embedding of each class's training rows."""
     pooling: Literal["first", "mean"] = "first"
-    """For ``type: linear``: ``first`` uses the first token's final hidden state, ``mean`` the
+    """For ``linear``, ``low_rank``, ``prototype``: ``first`` uses the first token's final hidden state, ``mean`` the
     mean over the row's real (non-padding) tokens. Ignored by ``full``."""
 
-
-def check_head_settings(h: HeadConfig) -> None:
-    """The head's own rules (a rank against the hidden size: model.build.resolve_head)."""
-    if h.rank is not None and h.rank < 1:
-        raise LorabudgetError(f"config key 'head.rank': must be >= 1, got {h.rank}")
-    if h.rank is not None and h.type != "low_rank":
-        raise LorabudgetError(
-            f"config key 'head.rank' applies to head.type low_rank only (head.type is {h.type}"
-            + ("; auto chooses its own rank" if h.type == "auto" else "")
-            + "): remove it or set head.type: low_rank"
-        )
-    if h.type == "full" and h.init != "random":
-        raise LorabudgetError(
-            f"config key 'head.init': {h.init} needs a lorabudget head (auto, linear, low_rank or prototype); "
-            "head.type full is the model's own head and starts as the model defines it"
-        )
+    def check(self) -> None:
+        """The head's own rules (a rank against the hidden size: model.build.resolve_head)."""
+        if self.rank is not None and self.rank < 1:
+            raise LorabudgetError(f"config key 'head.rank': must be >= 1, got {self.rank}")
+        if self.rank is not None and self.type != "low_rank":
+            raise LorabudgetError(
+                f"config key 'head.rank' applies to head.type low_rank only (head.type is {self.type}"
+                + ("; auto chooses its own rank" if self.type == "auto" else "")
+                + "): remove it or set head.type: low_rank"
+            )
+        if self.type == "full" and self.init != "random":
+            raise LorabudgetError(
+                f"config key 'head.init': {self.init} needs a lorabudget head (auto, linear, low_rank or prototype); "
+                "head.type full is the model's own head and starts as the model defines it"
+            )
 
 
 @dataclass
