@@ -106,10 +106,14 @@ def with_estimate(result: Plan, cfg: RunConfig, has_data: bool) -> Plan:
     if not has_data:
         result.text += "\n" + NO_DATA
         return result
+    data = prepare_data(cfg, log=lambda _: None)  # a problem with the data is the user's to see
     try:
-        result.estimate = estimate_run(cfg, prepare_data(cfg, log=lambda _: None))
+        result.estimate = estimate_run(cfg, data)
     except LorabudgetError as err:
         result.text += f"\ntime and memory: no estimate ({err})"
+        return result
+    except (KeyError, AttributeError, TypeError, ValueError, RuntimeError) as err:  # an encoder it cannot time
+        result.text += f"\ntime and memory: no estimate for this encoder ({type(err).__name__}: {err})"
         return result
     result.text += "\n" + "\n".join(result.estimate.lines()) + f"\n  basis: {result.estimate.basis}"
     return result
