@@ -310,3 +310,16 @@ def test_an_estimate_that_fails_never_stops_a_run(tiny_config, tmp_path, monkeyp
     lines = []
     summary = train(from_dict(tiny_config(training={"max_steps": 2})), tmp_path / "run", log=lines.append)
     assert "no time estimate: no layer here" in lines and summary["estimate"] is None
+
+
+def test_the_layer_probe_leaves_the_global_random_state_alone(tiny_config):
+    """A run's dropout masks must not depend on whether the probe ran or came from the cache."""
+    from lorabudget.model.build import build_model
+
+    cfg = from_dict(tiny_config())
+    model = build_model(cfg, weights=False).model
+    shape = flops.encoder_shape(model)
+    torch.manual_seed(3)
+    before = torch.random.get_rng_state()
+    layerprobe.probe_layer(model, shape, 4, 16, "fp32", threads=1, budget_s=0.01)
+    assert torch.equal(torch.random.get_rng_state(), before)

@@ -155,6 +155,8 @@ def probe_layer(
     train_flops = fwd + backward_coefficients(one).batch(rows, width)
     before, began_all = probing._cpu_seconds(), time.perf_counter()
     with contextlib.ExitStack() as stack:
+        # Dropout draws from the global generator: a run's masks must not depend on whether this was cached.
+        stack.enter_context(torch.random.fork_rng(devices=[]))
         used = stack.enter_context(probing._threads(threads))
         stack.enter_context(frozen_base_in(layer, torch.bfloat16 if bf16 else None))
         if fast_dropout:

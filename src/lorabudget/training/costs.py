@@ -248,7 +248,8 @@ def announce_estimate(
     """Log the estimate at a run's start (two lines) and return summary.json's ``estimate``; an
     estimate that cannot be made is one line saying why, never an error."""
     try:
-        estimate = estimate_run(cfg, data, precision=precision, runtime_bytes=runtime_bytes)
+        with torch.random.fork_rng(devices=[]):  # the run's random draws are the same with or without it
+            estimate = estimate_run(cfg, data, precision=precision, runtime_bytes=runtime_bytes)
     except Exception as err:  # noqa: BLE001 - an estimate never stops a run
         log(f"no time estimate: {err}")
         return None
