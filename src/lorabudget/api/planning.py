@@ -1,4 +1,5 @@
-"""``plan``: the exact trainable-parameter count of a config, before any weight is read."""
+"""``plan``: the exact trainable-parameter count of a config, before any weight is read, and with
+data the estimated training time and peak memory (:mod:`lorabudget.training.costs`)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class Plan:
     head: int
     text: str
     notes: list[str] = field(default_factory=list)
+    estimate: Any = None
 
     def __str__(self) -> str:
         return self.text
@@ -93,6 +95,39 @@ def plan_config(cfg: RunConfig) -> Plan:
     return Plan(cfg, b.total, budget, within_budget(b, budget), _rows(b), b.head, "\n".join(lines), notes)
 
 
+NO_DATA = "time and memory: --data needed for a time estimate (the training data's lengths decide the work)"
+
+
+def with_estimate(result: Plan, cfg: RunConfig, has_data: bool) -> Plan:
+    """``result`` with the estimated training time and peak memory of ``cfg`` on its data added
+    (``has_data`` False: the line saying data is needed)."""
+    from lorabudget.errors import LorabudgetError
+    from lorabudget.training.costs import estimate_run
+    from lorabudget.training.setup import prepare_data
+
+    if not has_data:
+        result.text += "\n" + NO_DATA
+        return result
+    data = prepare_data(cfg, log=lambda _: None)  # a problem with the data is the user's to see
+    try:
+        result.estimate = estimate_run(cfg, data)
+    except LorabudgetError as err:
+        result.text += f"\ntime and memory: no estimate ({err})"
+        return result
+    except (KeyError, AttributeError, TypeError, ValueError, RuntimeError) as err:  # an encoder it cannot time
+        result.text += f"\ntime and memory: no estimate for this encoder ({type(err).__name__}: {err})"
+        return result
+    result.text += "\n" + "\n".join(result.estimate.lines()) + f"\n  basis: {result.estimate.basis}"
+    return result
+
+
+def _local_data(cfg: RunConfig) -> bool:
+    from pathlib import Path
+
+    train = cfg.data.train
+    return isinstance(train, str) and Path(train).is_file()
+
+
 def dotted_overrides(overrides: Overrides, dotted: dict[str, Any]) -> dict[str, Any]:
     """``overrides`` joined with overrides passed as keyword arguments (``**{"adapter.r": 4}``)."""
     for key in dotted:
@@ -112,6 +147,7 @@ def plan(
     text_column: Optional[str] = None,
     text_pair_column: Optional[str] = None,
     label_column: Optional[str] = None,
+    estimate: Optional[bool] = None,
     **dotted: Any,
 ) -> Plan:
     """Count the trainable parameters of ``config`` exactly (meta device: no weights read).
@@ -119,7 +155,11 @@ def plan(
     ``config``: a preset name, a YAML path, a dict or a :class:`~lorabudget.runconfig.RunConfig`.
     Overrides are dotted config keys, as keyword arguments (``plan("minilm-cpu", **{"adapter.r": 4})``)
     or a mapping (``overrides={"adapter.r": 4}``). ``data`` (a path, DataFrame, ``datasets.Dataset`` or
-    list of tuples) gives the class count when the config names no classes.
+    list of tuples) gives the class count when the config names no classes, and the lengths the time
+    estimate needs. ``estimate`` (default: when ``data`` is given or the config's training data is a
+    local file): add ``Plan.estimate``, the training time and peak memory on this machine (it
+    tokenizes the data and times one encoder layer once per machine; see
+    :mod:`lorabudget.model.estimate` for what it counts).
 
     >>> import lorabudget as lb
     >>> lb.plan("minilm-cpu-10k").trainable
@@ -133,4 +173,7 @@ def plan(
         text_pair_column=text_pair_column,
         label_column=label_column,
     )
-    return plan_config(cfg)
+    result = plan_config(cfg)
+    if estimate is False:
+        return result
+    return with_estimate(result, cfg, data is not None or _local_data(cfg))

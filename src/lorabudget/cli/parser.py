@@ -87,7 +87,11 @@ READS_DATA = [
 
 PLAN = [
     *CONFIG,
-    arg("--data", help="training data whose label column gives the class count (when model.labels is null)"),
+    arg(
+        "--data",
+        help="training data: its label column gives the class count (when model.labels is null), its lengths "
+        "the estimated training time and peak memory",
+    ),
     *COLUMNS,
     *MULTI_LABEL,
 ]
@@ -309,7 +313,12 @@ class Command:
 
 
 COMMANDS = [
-    Command("plan", "count trainable parameters exactly (no weights loaded) and check the budget", cmd_plan, PLAN),
+    Command(
+        "plan",
+        "count trainable parameters exactly (no weights loaded) and check the budget; with data, estimate time and memory",
+        cmd_plan,
+        PLAN,
+    ),
     Command("train", "train a config into a run directory", cmd_train, TRAIN),
     Command(
         "search",

@@ -19,7 +19,11 @@ Conventions (say what is counted, so achieved GFLOP/s can be compared with a mat
   adapter-on-every-layer model the frozen query/key/value products get no backward at all, since
   the embeddings do not require grad). LoRA factors: ``B`` pays its weight and input gradients,
   ``A`` its weight gradient and its input gradient only where its input requires grad. Attention
-  products pay one gradient per operand that requires grad.
+  products pay one gradient per operand that requires grad. Trainable parameters without products of
+  their own (BitFit's biases, (IA)3's and VeRA's vectors, DoRA's magnitudes) make their layer's output
+  require grad, so everything above them pays input gradients; (IA)3 on a feed-forward layer scales
+  that layer's input and pays its input-gradient product too. VeRA's and FourierFT's own adapter
+  products (a frozen random projection, an inverse FFT) are not counted.
 * Totals are linear in three counts, so a training loop needs only running sums: padded token
   positions ``Σ B·T``, ``Σ B·T²`` (attention), and rows ``Σ B``. "Real-token" FLOPs use each row's
   own length instead of the padded width: the useful work, as opposed to the work executed.
@@ -42,6 +46,13 @@ class LinearSite:
     n_out: int
     weight_trainable: bool = False
     lora_rank: int = 0  # 0: no LoRA adapter on this linear layer
+    # Another trainable parameter on this layer (a bias for BitFit, (IA)3's scales, DoRA's magnitudes,
+    # VeRA's scaling vectors): no product of its own, but the layer's output then requires grad, so
+    # everything above pays its input gradients.
+    adapter_trainable: bool = False
+    # (IA)3 on a feed-forward layer scales the layer's *input*: its gradient needs the gradient of the
+    # scaled input, one forward-sized product, even where nothing below trains.
+    input_scaled: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,43 +105,74 @@ def forward_coefficients(shape: EncoderShape) -> Coefficients:
 def _site_backward(s: LinearSite, input_rg: bool) -> tuple[float, bool]:
     """Per-token backward FLOPs of one (adapted) linear layer, and whether its output requires grad."""
     base = 2 * s.n_in * s.n_out
-    flops = (base if input_rg else 0) + (base if s.weight_trainable else 0)
+    flops = (base if input_rg or s.input_scaled else 0) + (base if s.weight_trainable else 0)
     if s.lora_rank:
         r = s.lora_rank
         flops += 2 * 2 * r * s.n_out  # B: weight gradient + input gradient (A's output requires grad)
         flops += 2 * s.n_in * r  # A: weight gradient
         flops += 2 * s.n_in * r if input_rg else 0  # A: input gradient
-    return flops, input_rg or s.weight_trainable or s.lora_rank > 0
+    return flops, input_rg or s.weight_trainable or s.lora_rank > 0 or s.adapter_trainable
+
+
+def _layer_backward(layer: LayerShape, d: int, rg: bool) -> tuple[Coefficients, bool]:
+    """One encoder layer's backward coefficients given whether its input requires grad, and whether
+    its output does."""
+    per_position = per_position_sq = 0.0
+    sites = layer.sites
+    out_rg = {}
+    for name in ("query", "key", "value"):
+        f, out_rg[name] = _site_backward(sites[name], rg)
+        per_position += f
+    q, k, v = out_rg["query"], out_rg["key"], out_rg["value"]
+    p = q or k
+    # scores = Q·Kᵀ: one product per operand that requires grad; ctx = P·V likewise.
+    per_position_sq += 2 * d * (int(q) + int(k)) + 2 * d * (int(p) + int(v))
+    ctx = p or v
+    f, ao = _site_backward(sites["attention_output"], ctx)
+    per_position += f
+    h1 = ao or rg or layer.norms_trainable
+    f, inter = _site_backward(sites["intermediate"], h1)
+    per_position += f
+    f, out = _site_backward(sites["output"], inter)
+    per_position += f
+    return Coefficients(per_position, per_position_sq, 0.0), out or h1 or layer.norms_trainable
+
+
+def layer_coefficients(shape: EncoderShape) -> list[tuple[Coefficients, Coefficients]]:
+    """(forward, backward) coefficients of each encoder layer, bottom to top (the head left out:
+    :func:`head_coefficients`). A layer below every trainable parameter has a zero backward."""
+    out = []
+    rg = shape.embeddings_trainable  # does the current hidden state require grad?
+    for layer in shape.layers:
+        single = EncoderShape(shape.hidden, (layer,))
+        backward, rg = _layer_backward(layer, shape.hidden, rg)
+        out.append((forward_coefficients(single), backward))
+    return out
+
+
+def _top_requires_grad(shape: EncoderShape) -> bool:
+    rg = shape.embeddings_trainable
+    for layer in shape.layers:
+        rg = _layer_backward(layer, shape.hidden, rg)[1]
+    return rg
+
+
+def head_coefficients(shape: EncoderShape) -> tuple[Coefficients, Coefficients]:
+    """(forward, backward) coefficients of the head's linear layers: per row only."""
+    rg = _top_requires_grad(shape)
+    forward = backward = 0.0
+    for i, o in shape.head:
+        forward += 2 * i * o
+        backward += (2 * i * o if shape.head_trainable else 0) + (2 * i * o if rg else 0)
+        rg = rg or shape.head_trainable
+    return Coefficients(0.0, 0.0, forward), Coefficients(0.0, 0.0, backward)
 
 
 def backward_coefficients(shape: EncoderShape) -> Coefficients:
-    per_position = per_position_sq = 0.0
-    d = shape.hidden
-    rg = shape.embeddings_trainable  # does the current hidden state require grad?
-    for layer in shape.layers:
-        sites = layer.sites
-        out_rg = {}
-        for name in ("query", "key", "value"):
-            f, out_rg[name] = _site_backward(sites[name], rg)
-            per_position += f
-        q, k, v = out_rg["query"], out_rg["key"], out_rg["value"]
-        p = q or k
-        # scores = Q·Kᵀ: one product per operand that requires grad; ctx = P·V likewise.
-        per_position_sq += 2 * d * (int(q) + int(k)) + 2 * d * (int(p) + int(v))
-        ctx = p or v
-        f, ao = _site_backward(sites["attention_output"], ctx)
-        per_position += f
-        h1 = ao or rg or layer.norms_trainable
-        f, inter = _site_backward(sites["intermediate"], h1)
-        per_position += f
-        f, out = _site_backward(sites["output"], inter)
-        per_position += f
-        rg = out or h1 or layer.norms_trainable
-    per_row = 0.0
-    for i, o in shape.head:
-        per_row += (2 * i * o if shape.head_trainable else 0) + (2 * i * o if rg else 0)
-        rg = rg or shape.head_trainable
-    return Coefficients(per_position, per_position_sq, per_row)
+    total = head_coefficients(shape)[1]
+    for _, backward in layer_coefficients(shape):
+        total = total + backward
+    return total
 
 
 def training_coefficients(shape: EncoderShape) -> Coefficients:
@@ -169,7 +211,14 @@ def encoder_shape(model: torch.nn.Module) -> EncoderShape:
             if lora_a is not None and not getattr(module, "merged", False):
                 active = getattr(module, "active_adapters", list(lora_a.keys()))
                 rank = sum(lora_a[a].out_features for a in active if a in lora_a)
-            sites[short] = LinearSite(base.in_features, base.out_features, base.weight.requires_grad, rank)
+            extra = any(
+                p.requires_grad and name not in ("weight", "base_layer.weight") and not name.startswith("lora_")
+                for name, p in module.named_parameters()
+            )
+            scaled = bool(getattr(module, "is_feedforward", False)) and hasattr(module, "ia3_l")
+            sites[short] = LinearSite(
+                base.in_features, base.out_features, base.weight.requires_grad, rank, extra, scaled and extra
+            )
         layer = modules[layer_name]
         norms = any(trainable(m) for m in layer.modules() if isinstance(m, nn.LayerNorm))
         layers.append(LayerShape(sites, norms))

@@ -28,6 +28,7 @@ from lorabudget.model.build import build_model
 from lorabudget.model.flops import training_summary as training_flops
 from lorabudget.rundir.layout import RunDir
 from lorabudget.rundir.lifecycle import requested_run_dir
+from lorabudget.training.costs import announce_estimate, current_rss, peak_rss
 from lorabudget.training.prototypes import init_head
 from lorabudget.training.session import Session
 from lorabudget.training.setup import (
@@ -123,7 +124,12 @@ def train(
         log = lambda *_: None  # noqa: E731 - only the main process talks and writes
     if cfg.training.threads:
         torch.set_num_threads(cfg.training.threads)
+    runtime = current_rss()  # before data and weights: the estimate counts those itself
     model, data, live = start_run(cfg, run_dir, data, log, accelerator, resumed is not None)
+    if main:  # the estimate beside the measured figures in summary.json
+        precision = "bf16" if accelerator.mixed_precision == "bf16" else "fp32"
+        estimate = announce_estimate(cfg, data, log, precision, runtime)
+        extra_summary = {**(extra_summary or {}), "estimate": estimate}
     loss_fn = training_loss(cfg, loss_fn, data.train.labels, log)  # distillation weights its own gold term
     run = Session.start_loop(cfg, run_dir, accelerator, model, data, checkpoints, log, resumed)
     state, total, loader = run.state, run.total_steps, run.loader
@@ -190,6 +196,7 @@ def run_summary(run: Session, live, extra_summary: Optional[dict[str, Any]]) -> 
         # True: the validation rows were trained on too, so the two figures above are no estimate.
         "validation_trained_on": cfg.data.train_on_validation,
         "train_time_s": train_time,  # wall time of the loop, evaluations and checkpoint saves included
+        "peak_rss_bytes": peak_rss(),  # this process's peak resident memory so far (getrusage)
         "eval_time_s": state.eval_seconds,
         "samples_per_s": state.rows_seen / train_only if train_only > 0 else None,
         "tokens_per_s": state.tokens_seen / train_only if state.tokens_seen and train_only > 0 else None,
