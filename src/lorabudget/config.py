@@ -308,6 +308,28 @@ def _check_training(cfg: RunConfig) -> None:
         _check_positive("training.threads", t.threads)
     if t.max_batch_positions is not None:
         _check_positive("training.max_batch_positions", t.max_batch_positions, allow_zero=True)
+    _check_prefix_cache(cfg)
+
+
+def _check_prefix_cache(cfg: RunConfig) -> None:
+    """``training.cache_frozen_layers: true`` where no layer can be frozen below the trainable ones, known
+    from the config alone (the model decides the rest when it is built: training/prefix_cache.py)."""
+    t = cfg.training
+    if t.cache_frozen_layers not in ("auto", True, False):
+        raise LorabudgetError(
+            f"config key 'training.cache_frozen_layers': must be auto, true or false, got {_shown(t.cache_frozen_layers)}"
+        )
+    if t.cache_frozen_layers is not True:
+        return
+    why = None
+    if METHODS[cfg.adapter.method].placement == "model":
+        why = f"adapter.method '{cfg.adapter.method}' trains every weight, the embeddings included"
+    elif cfg.model.quantization != "none":
+        why = f"model.quantization {cfg.model.quantization}: a quantized base is not cached"
+    elif t.compile:
+        why = "training.compile traces the whole model, and the cache splits its layer list"
+    if why:
+        raise LorabudgetError(f"config key 'training.cache_frozen_layers': true cannot be used: {why}")
 
 
 def _check_distill(cfg: RunConfig) -> None:
