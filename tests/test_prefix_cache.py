@@ -5,15 +5,23 @@ work, ``cache info|clear`` list it and search trials share it."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import FAMILY_KINDS
 from method_cases import METHOD_SETTINGS
 from test_families import _batch, family_cfg
 
+from lorabudget.config import from_dict
+from lorabudget.data.prefix_store import PREFIX_FOLDER
+from lorabudget.errors import LorabudgetError
 from lorabudget.model.build import build_model
 from lorabudget.model.prefix import frozen_prefix_depth, split_refusal
 from lorabudget.model.prefix_forward import capture, from_layer
+from lorabudget.training.loop import train
 
 SPLITTABLE = [k for k in FAMILY_KINDS if k != "albert"]  # ALBERT applies one set of weights in every layer
 
@@ -61,3 +69,118 @@ def test_a_trainable_final_norm_sits_above_the_layers(family_model_dir):
     assert frozen_prefix_depth(model) == 1
     model.base_model.model.backbone.embeddings.norm.weight.requires_grad_(True)
     assert frozen_prefix_depth(model) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Training runs with the cache
+
+
+@pytest.fixture(scope="module")
+def still_roberta(tiny_roberta, tmp_path_factory):
+    """The tiny RoBERTa without dropout: a run with the cache must then train exactly what one without trains."""
+    folder = tmp_path_factory.mktemp("still-roberta")
+    for item in tiny_roberta.iterdir():
+        shutil.copy(item, folder / item.name)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _train(values: dict, run: Path) -> tuple[dict, list[str]]:
+    lines: list[str] = []
+    summary = train(from_dict(values), run, log=lines.append)
+    return summary, lines
+
+
+def _top_layer(make, cache: Path, model: Path, setting, **training) -> dict:
+    return make(
+        cache,
+        model={"name": str(model)},
+        adapter={"r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"], "layers": [2]},
+        head={"type": "linear", "pooling": "mean"},
+        training={
+            "epochs": 2,
+            "batch_size": 16,
+            "learning_rate": 5e-3,
+            "log_every": 2,
+            "seed": 7,
+            "cache_frozen_layers": setting,
+            **training,
+        },
+    )
+
+
+def _weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+
+
+def _prefix_lines(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith("frozen-prefix cache")]
+
+
+def test_cached_run_trains_the_same_weights_and_the_warm_cache_is_reused(make_config, still_roberta, tmp_path):
+    cache = tmp_path / "cache"
+    plain, plain_lines = _train(_top_layer(make_config, cache, still_roberta, False), tmp_path / "plain")
+    assert plain["frozen_prefix"] == {
+        "layers": 0,
+        "used": False,
+        "cache_hit": False,
+        "build_seconds": 0.0,
+        "bytes": 0,
+        "reason": "training.cache_frozen_layers: false",
+    }
+    assert not _prefix_lines(plain_lines)
+    cold, cold_lines = _train(_top_layer(make_config, cache, still_roberta, True), tmp_path / "cold")
+    (line,) = _prefix_lines(cold_lines)
+    assert "layers 0-1 of 3" in line and "built" in line
+    assert cold["frozen_prefix"]["used"] and not cold["frozen_prefix"]["cache_hit"]
+    assert cold["frozen_prefix"]["layers"] == 2 and cold["frozen_prefix"]["bytes"] > 0
+    expected = _weights(tmp_path / "plain")
+    got = _weights(tmp_path / "cold")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-5)
+    assert cold["validation_accuracy"] == plain["validation_accuracy"]
+    # Warm: another learning rate, the same base, rows and layer: nothing is built again.
+    warm, warm_lines = _train(
+        _top_layer(make_config, cache, still_roberta, "auto", learning_rate=1e-2), tmp_path / "warm"
+    )
+    (line,) = _prefix_lines(warm_lines)
+    assert "reused" in line and warm["frozen_prefix"]["cache_hit"]
+    files = sorted(p.name for p in (cache / PREFIX_FOLDER).iterdir())
+    assert len(files) == 4  # training and validation rows: states and record each
+
+
+def test_auto_says_why_it_is_off_in_one_line(make_config, tiny_roberta, tmp_path):
+    values = _top_layer(make_config, tmp_path / "cache", tiny_roberta, "auto", epochs=1)
+    summary, lines = _train(values, tmp_path / "one-pass")
+    (line,) = _prefix_lines(lines)
+    assert "not used: one pass over the training rows" in line
+    assert summary["frozen_prefix"]["used"] is False and summary["frozen_prefix"]["layers"] == 2
+    values["adapter"]["layers"] = None  # every layer adapted
+    values["training"]["epochs"] = 2
+    summary, lines = _train(values, tmp_path / "all-layers")
+    (line,) = _prefix_lines(lines)
+    assert "not used: adapter.method 'lora' trains parameters in layer 0" in line
+
+
+@pytest.mark.parametrize(
+    "sections, match",
+    [
+        ({"adapter": {"layers": None}}, "trains parameters in layer 0"),
+        ({"adapter": {"method": "full"}, "budget": {"max_trainable_params": None}}, "trains every weight"),
+        ({"training": {"compile": True}}, "training.compile"),
+    ],
+    ids=["lora-in-layer-0", "full", "compile"],
+)
+def test_true_is_refused_where_it_cannot_work(make_config, tiny_roberta, tmp_path, sections, match):
+    values = _top_layer(make_config, tmp_path / "cache", tiny_roberta, True)
+    for section, overrides in sections.items():
+        values[section] = overrides if overrides.get("method") == "full" else {**values.get(section, {}), **overrides}
+    with pytest.raises(LorabudgetError, match="cache_frozen_layers.*true cannot be used") as err:
+        train(from_dict(values), tmp_path / "run", log=lambda *_: None)
+    assert match in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()
