@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import FAMILY_KINDS
@@ -16,7 +17,7 @@ from method_cases import METHOD_SETTINGS
 from test_families import _batch, family_cfg
 
 from lorabudget.config import from_dict
-from lorabudget.data.prefix_store import PREFIX_FOLDER
+from lorabudget.data.prefix_store import PREFIX_FOLDER, open_store, store_paths, write_store
 from lorabudget.errors import LorabudgetError
 from lorabudget.model.build import build_model
 from lorabudget.model.prefix import frozen_prefix_depth, split_refusal
@@ -184,3 +185,81 @@ def test_true_is_refused_where_it_cannot_work(make_config, tiny_roberta, tmp_pat
         train(from_dict(values), tmp_path / "run", log=lambda *_: None)
     assert match in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Integrity: a cache file that is wrong is rebuilt, never used
+
+
+def _truncate(states: Path, record: Path) -> None:
+    data = states.read_bytes()
+    states.write_bytes(data[: len(data) // 2])
+
+
+def _tamper(states: Path, record: Path) -> None:
+    data = bytearray(states.read_bytes())
+    data[-5] ^= 0xFF  # one byte of the last row's states; the header and the record unchanged
+    states.write_bytes(bytes(data))
+
+
+def _foreign_key(states: Path, record: Path) -> None:
+    entry = json.loads(record.read_text())
+    entry["key"] = "0" * 64  # a record (and its states) left by another entry under this name
+    record.write_text(json.dumps(entry))
+
+
+def _no_record(states: Path, record: Path) -> None:
+    record.unlink()
+
+
+DAMAGE = {"truncated": _truncate, "tampered": _tamper, "foreign-key": _foreign_key, "no-record": _no_record}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_prefix_cache_is_rebuilt_not_used(tmp_path, capsys, damage):
+    offsets = np.array([0, 3, 5], dtype=np.int64)
+    wanted = np.arange(5 * 4, dtype=np.float32).reshape(5, 4)
+
+    def fill(states):
+        states[:] = wanted
+
+    store = write_store(tmp_path, "k" * 64, offsets, 4, fill)
+    assert np.array_equal(open_store(tmp_path, "k" * 64, offsets, 4).states, wanted)
+    batch = store.padded(torch.tensor([1, 0]), 4)
+    assert torch.equal(batch[0, :2], torch.from_numpy(wanted[3:5])) and not batch[0, 2:].any()
+    DAMAGE[damage](*store_paths(tmp_path, "k" * 64))
+    del store
+    capsys.readouterr()
+    assert open_store(tmp_path, "k" * 64, offsets, 4) is None
+    assert "rebuilding it" in capsys.readouterr().err or damage == "no-record"
+    assert np.array_equal(write_store(tmp_path, "k" * 64, offsets, 4, fill).states, wanted)
+    assert open_store(tmp_path, "k" * 64, offsets, 4) is not None
+
+
+def test_a_run_rebuilds_a_tampered_cache(make_config, tiny_roberta, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    values = _top_layer(make_config, cache, tiny_roberta, True, epochs=1, max_steps=2)
+    _train(values, tmp_path / "first")
+    for states in (cache / PREFIX_FOLDER).glob("*.npy"):
+        _tamper(states, states.with_suffix(".json"))
+    capsys.readouterr()
+    summary, lines = _train(values, tmp_path / "second")
+    assert capsys.readouterr().err.count("does not match its key or checksum: rebuilding it") == 2
+    assert summary["frozen_prefix"]["used"] and not summary["frozen_prefix"]["cache_hit"]
+    (line,) = _prefix_lines(lines)
+    assert "built" in line
+
+
+def test_cache_info_and_clear_list_the_prefix_cache(make_config, tiny_roberta, tmp_path, monkeypatch, capsys):
+    from lorabudget.cli import main
+
+    cache = tmp_path / "cache"
+    _train(_top_layer(make_config, cache, tiny_roberta, True, max_steps=2), tmp_path / "run")
+    monkeypatch.setenv("LORABUDGET_CACHE", str(cache))
+    capsys.readouterr()
+    assert main(["cache", "info"]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if str(cache / PREFIX_FOLDER) in line]
+    assert "holds 4 files" in line
+    assert main(["cache", "clear"]) == 0
+    assert f"{cache / PREFIX_FOLDER} removed 4 files" in capsys.readouterr().out
+    assert not (cache / PREFIX_FOLDER).exists()
