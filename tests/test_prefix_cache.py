@@ -263,3 +263,26 @@ def test_cache_info_and_clear_list_the_prefix_cache(make_config, tiny_roberta, t
     assert main(["cache", "clear"]) == 0
     assert f"{cache / PREFIX_FOLDER} removed 4 files" in capsys.readouterr().out
     assert not (cache / PREFIX_FOLDER).exists()
+
+
+def test_search_trials_share_one_prefix_cache(make_config, tiny_roberta, tmp_path):
+    """Trials on one base, one data set and one lowest adapted layer: the first builds, the others reuse."""
+    import csv
+
+    import yaml
+
+    from lorabudget.cli import main
+
+    values = _top_layer(make_config, tmp_path / "cache", tiny_roberta, "auto", max_steps=4, eval_every=2, threads=1)
+    values["model"]["labels"] = None
+    values["budget"] = {"max_trainable_params": 2000}
+    values["search"] = {"r": [1, 2, 4], "learning_rate": {"low": 5e-3, "high": 3e-2, "log": True}}
+    config = tmp_path / "search.yaml"
+    config.write_text(yaml.safe_dump(values))
+    argv = ["search", str(config), "--trials", "3", "--output", str(tmp_path / "out"), "--seed", "3"]
+    assert main([*argv, "--pruner", "none"]) == 0
+    with open(tmp_path / "out" / "trials.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["state"] == "complete"]
+    assert [r["prefix_cache"] for r in rows] == ["built", "reused", "reused"]
+    assert all(float(r["prefix_cache_seconds"]) >= 0 for r in rows)
+    assert len(list((tmp_path / "cache" / PREFIX_FOLDER).glob("*.npy"))) == 2
