@@ -286,3 +286,58 @@ def test_search_trials_share_one_prefix_cache(make_config, tiny_roberta, tmp_pat
     assert [r["prefix_cache"] for r in rows] == ["built", "reused", "reused"]
     assert all(float(r["prefix_cache_seconds"]) >= 0 for r in rows)
     assert len(list((tmp_path / "cache" / PREFIX_FOLDER).glob("*.npy"))) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# The cache with the loop's other settings: the same weights as the run without it
+
+
+WITH = {
+    "full-head": ({"head": {"type": "full"}}, 1e-5),
+    "row-chunks": ({"training": {"max_batch_positions": 40}}, 1e-5),
+    # bf16: the states are built under the run's autocast with its frozen base in bf16, as its steps run.
+    "bf16": ({"training": {"mixed_precision": "bf16"}}, 1e-5),
+}
+
+
+@pytest.mark.parametrize("case", list(WITH))
+def test_the_cache_with_other_settings_trains_the_same_weights(make_config, still_roberta, tmp_path, case):
+    sections, tolerance = WITH[case]
+    runs = {}
+    for setting in (False, True):
+        values = _top_layer(make_config, tmp_path / "cache", still_roberta, setting, max_steps=6, eval_every=3)
+        for section, overrides in sections.items():
+            values[section] = {**values[section], **overrides}
+        summary, _ = _train(values, tmp_path / str(setting))
+        assert summary["frozen_prefix"]["used"] is setting
+        runs[setting] = _weights(tmp_path / str(setting))
+    for name, expected in runs[False].items():
+        torch.testing.assert_close(runs[True][name], expected, rtol=0, atol=tolerance)
+
+
+def test_a_resumed_run_reads_the_cache_and_ends_as_an_uninterrupted_one(
+    make_config, tiny_roberta, tmp_path, monkeypatch
+):
+    """Dropout in the upper layers as usual: the resume restores the RNG, so the weights match exactly."""
+    import signal
+
+    import lorabudget.training.session as session_mod
+    from lorabudget.signals import Terminated
+
+    values = _top_layer(make_config, tmp_path / "cache", tiny_roberta, True, max_steps=8, eval_every=4)
+    _train(values, tmp_path / "whole")
+    calls = []
+
+    def stop_once():
+        calls.append(1)
+        return signal.SIGTERM if len(calls) == 3 else None
+
+    monkeypatch.setattr(session_mod, "stop_pending", stop_once)
+    with pytest.raises(Terminated):
+        _train(values, tmp_path / "cut")
+    monkeypatch.setattr(session_mod, "stop_pending", lambda: None)
+    lines: list[str] = []
+    summary = train(from_dict(values), tmp_path / "cut", log=lines.append, resume=True)
+    assert summary["frozen_prefix"]["cache_hit"] and any(line.startswith("resuming") for line in lines)
+    whole, cut = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
+    assert all(torch.equal(cut[name], whole[name]) for name in whole)

@@ -23,6 +23,7 @@ from lorabudget.io import atomic_path
 PREFIX_FOLDER = "prefix"  # under the cache root
 PREFIX_VERSION = "1"
 _CHUNK = 1 << 24
+_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def prefix_key(parts: dict) -> str:
@@ -46,10 +47,13 @@ def file_sha256(path: Path) -> str:
 class PrefixStore:
     """Hidden states of many rows, flat: row ``i`` is ``states[offsets[i]:offsets[i+1]]`` [length, hidden]."""
 
-    def __init__(self, states: np.ndarray, offsets: np.ndarray, path: Path):
+    def __init__(self, states: np.ndarray, offsets: np.ndarray, path: Path, dtype: str = "float32"):
         self.states = states  # float32 [total tokens, hidden], memory-mapped
         self.offsets = offsets
         self.path = path
+        # The dtype the states entered layer k in when they were built (bf16 runs: possibly bfloat16),
+        # which every read gives back, so layer k sees exactly what it saw then.
+        self.dtype = getattr(torch, dtype) if dtype in _DTYPES else torch.float32
 
     @property
     def bytes(self) -> int:
@@ -62,7 +66,7 @@ class PrefixStore:
         for j, i in enumerate(rows):
             start, end = int(self.offsets[i]), int(self.offsets[i + 1])
             out[j, : end - start] = self.states[start:end]
-        tensor = torch.from_numpy(out)
+        tensor = torch.from_numpy(out).to(self.dtype)
         return tensor.to(device) if device is not None else tensor
 
 
@@ -96,7 +100,7 @@ def open_store(cache_root: Path, key: str, offsets: np.ndarray, hidden_size: int
     if not sound:
         warn(f"prefix cache {states_path} does not match its key or checksum: rebuilding it")
         return None
-    return PrefixStore(states, offsets, states_path)
+    return PrefixStore(states, offsets, states_path, str(record.get("dtype", "float32")))
 
 
 def write_store(
@@ -104,16 +108,23 @@ def write_store(
     key: str,
     offsets: np.ndarray,
     hidden_size: int,
-    fill: Callable[[np.ndarray], None],
+    fill: Callable[[np.ndarray], Optional[str]],
 ) -> PrefixStore:
-    """Build the store for ``key``: ``fill(states)`` writes every row into the memory-mapped array."""
+    """Build the store for ``key``: ``fill(states)`` writes every row into the memory-mapped array and
+    returns the dtype the states had (``float32`` when it returns None); they are stored as float32."""
     states_path, record_path = store_paths(cache_root, key)
     with atomic_path(states_path, suffix=".npy") as tmp:
         states = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(int(offsets[-1]), hidden_size))
-        fill(states)
+        dtype = fill(states) or "float32"
         states.flush()
         del states
     with atomic_path(record_path, suffix=".json") as tmp:
-        record = {"key": key, "sha256": file_sha256(states_path), "rows": len(offsets) - 1, "hidden": hidden_size}
+        record = {
+            "key": key,
+            "sha256": file_sha256(states_path),
+            "rows": len(offsets) - 1,
+            "hidden": hidden_size,
+            "dtype": dtype,
+        }
         tmp.write_text(json.dumps(record), encoding="utf-8")
-    return PrefixStore(np.load(states_path, mmap_mode="r"), offsets, states_path)
+    return PrefixStore(np.load(states_path, mmap_mode="r"), offsets, states_path, dtype)

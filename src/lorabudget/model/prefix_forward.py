@@ -68,7 +68,7 @@ def capture(model: nn.Module, depth: int, inputs: dict[str, torch.Tensor]) -> to
 @contextlib.contextmanager
 def from_layer(model: nn.Module, depth: int, hidden: torch.Tensor) -> Iterator[None]:
     """Within the block, a forward pass of ``model`` skips layers 0..depth-1 and gives layer ``depth``
-    the states ``hidden`` [B, T, H] (cast to the dtype its input would have had) instead.
+    the states ``hidden`` [B, T, H] instead (in their own dtype: the one they were captured in).
 
     The layer list holds only the layers from ``depth`` on meanwhile; it is whole again afterwards,
     so saving, evaluation and export see the full model."""
@@ -82,7 +82,7 @@ def from_layer(model: nn.Module, depth: int, hidden: torch.Tensor) -> Iterator[N
         given = _hidden_of(args, kwargs)
         if given.shape[:2] != hidden.shape[:2]:
             raise RuntimeError(f"cached states {tuple(hidden.shape)} for inputs {tuple(given.shape)}")  # a bug
-        return _with_hidden(args, kwargs, hidden.to(given.dtype))
+        return _with_hidden(args, kwargs, hidden)
 
     handle = upper[0].register_forward_pre_hook(inject, with_kwargs=True)
     container._modules = type(full)((str(i), m) for i, m in enumerate(upper))

@@ -24,6 +24,7 @@ from lorabudget.data.prefix_store import PREFIX_FOLDER, PrefixStore, is_warm, op
 from lorabudget.errors import LorabudgetError
 from lorabudget.io import default_cache_dir
 from lorabudget.model.layout import encoder_layers
+from lorabudget.model.precision import frozen_base_in
 from lorabudget.model.prefix import frozen_prefix_depth, prefix_weights_fingerprint, split_refusal
 from lorabudget.model.prefix_forward import capture, from_layer
 
@@ -127,20 +128,25 @@ def build_states(model: Any, depth: int, tokens: TokenizedTexts, pad_id: int, de
     """``fill`` for ``write_store``: the states entering layer ``depth`` of every row, in eval mode
     (the unwrapped model: only the main process builds, so no wrapper may synchronise processes)."""
 
-    def fill(states: np.ndarray) -> None:
+    def fill(states: np.ndarray) -> Optional[str]:
         loader = inference_loader(tokens, pad_id, 64, max_tokens=BUILD_TOKENS_PER_BATCH)
-        was_training = model.training
+        # Its own generator: a loader draws a seed when iterated, and a cold cache must leave the run's
+        # random stream (dropout in the upper layers) as a warm one does.
+        loader.generator = torch.Generator().manual_seed(0)
+        was_training, dtype = model.training, None
         model.eval()
         try:
             with torch.no_grad():
                 for batch in loader:
                     hidden = capture(model, depth, model_inputs(batch, device))
+                    dtype = str(hidden.dtype).removeprefix("torch.")
                     hidden = hidden.float().cpu().numpy()
                     for j, i in enumerate(batch["index"].tolist()):
                         start, end = int(tokens.offsets[i]), int(tokens.offsets[i + 1])
                         states[start:end] = hidden[j, : end - start]
         finally:
             model.train(was_training)
+        return dtype
 
     return fill
 
@@ -222,7 +228,9 @@ def _stores(cfg: RunConfig, accelerator, unwrapped, data, depth: int) -> tuple[l
             stores[n] = open_store(root, key, tokens.offsets, hidden)
             if stores[n] is None:
                 hit = False
-                with accelerator.autocast():  # the run's precision, as its training forward has it
+                # The run's precision, as its training loop has it: autocast, and a bf16 run's frozen base in bf16.
+                bf16 = torch.bfloat16 if accelerator.mixed_precision == "bf16" else None
+                with accelerator.autocast(), frozen_base_in(unwrapped, bf16):
                     fill = build_states(unwrapped, depth, tokens, data.pad_id, accelerator.device)
                     stores[n] = write_store(root, key, tokens.offsets, hidden, fill)
     accelerator.wait_for_everyone()
