@@ -341,3 +341,55 @@ def test_a_resumed_run_reads_the_cache_and_ends_as_an_uninterrupted_one(
     assert summary["frozen_prefix"]["cache_hit"] and any(line.startswith("resuming") for line in lines)
     whole, cut = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
     assert all(torch.equal(cut[name], whole[name]) for name in whole)
+
+
+def test_a_distilled_student_uses_the_cache(make_config, tiny_roberta, data_dir, tmp_path):
+    """The student side: its training rows (gold and unlabelled texts) and validation rows are cached."""
+    import yaml
+
+    from lorabudget.cli import main
+
+    teacher = make_config(tmp_path / "cache", name="teacher", model={"labels": None}, training={"max_steps": 2})
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(teacher))
+    assert main(["train", str(tmp_path / "teacher.yaml"), "--output", str(tmp_path / "teacher"), "--no-report"]) == 0
+    student = _top_layer(make_config, tmp_path / "cache", tiny_roberta, True, max_steps=4, eval_every=2)
+    student["data"]["train"] = str(data_dir / "train.csv")
+    student["model"]["labels"], student["name"] = None, "student"
+    student["distill"] = {"unlabelled": [str(data_dir / "unlabelled.csv")]}
+    (tmp_path / "student.yaml").write_text(yaml.safe_dump(student))
+    argv = ["distill", str(tmp_path / "student.yaml"), "--teacher", str(tmp_path / "teacher")]
+    assert main([*argv, "--output", str(tmp_path / "student"), "--no-report"]) == 0
+    summary = json.loads((tmp_path / "student" / "summary.json").read_text())
+    assert summary["frozen_prefix"]["used"] and summary["frozen_prefix"]["layers"] == 2
+
+
+def test_two_processes_read_the_cache_the_main_process_built(make_config, tiny_roberta, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    values = _top_layer(make_config, tmp_path / "cache", tiny_roberta, True, epochs=2, batch_size=8, eval_every=6)
+    values["model"]["labels"] = None
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(values))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    argv += [
+        "-m",
+        "lorabudget.cli",
+        "train",
+        str(tmp_path / "two.yaml"),
+        "--output",
+        str(tmp_path / "two"),
+        "--no-report",
+    ]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["frozen_prefix"]["used"]
+    assert (res.stdout + res.stderr).count("frozen-prefix cache: layers 0-1 of 3") == 1
+    evaluated = json.loads((tmp_path / "two" / "eval.json").read_text())
+    assert evaluated["rows"] == 40
