@@ -170,8 +170,9 @@ def start_prefix(cfg: RunConfig, accelerator, unwrapped, data, total_steps: int,
         return None, info
     depth, why = unusable(cfg, unwrapped)
     info.layers = depth
+    keys = _keys(accelerator, unwrapped, data, depth) if why is None else []
     if why is None and setting == "auto":
-        why = _does_not_pay(cfg, accelerator, unwrapped, data, depth, total_steps, num_epochs)
+        why = _does_not_pay(cfg, accelerator, keys[0], depth, total_steps, num_epochs)
     if why is not None:
         if setting is True:
             raise LorabudgetError(f"training.cache_frozen_layers: true cannot be used here: {why}")
@@ -179,7 +180,7 @@ def start_prefix(cfg: RunConfig, accelerator, unwrapped, data, total_steps: int,
         log(f"frozen-prefix cache: not used: {why}")
         return None, info
     start = time.perf_counter()
-    stores, hit = _stores(cfg, accelerator, unwrapped, data, depth)
+    stores, hit = _stores(cfg, accelerator, unwrapped, data, depth, keys)
     info.used, info.cache_hit = True, hit
     info.build_seconds = round(time.perf_counter() - start, 3)
     info.bytes = sum(s.bytes for s in stores)
@@ -193,17 +194,17 @@ def start_prefix(cfg: RunConfig, accelerator, unwrapped, data, total_steps: int,
     return PrefixRun(unwrapped, depth, stores[0], stores[1], info), info
 
 
-def _keys(cfg: RunConfig, accelerator, unwrapped, data, depth: int) -> list[str]:
+def _keys(accelerator, unwrapped, data, depth: int) -> list[str]:
+    """The keys of the training rows' and the validation rows' stores."""
     fingerprint = prefix_weights_fingerprint(unwrapped, depth)
     precision = accelerator.mixed_precision
     return [store_key(unwrapped, depth, t, precision, fingerprint) for t in (data.train_tokens, data.validation_tokens)]
 
 
-def _does_not_pay(cfg, accelerator, unwrapped, data, depth, total_steps, num_epochs) -> Optional[str]:
+def _does_not_pay(cfg, accelerator, key: str, depth, total_steps, num_epochs) -> Optional[str]:
     train_passes, validation_passes = passes(cfg, total_steps, num_epochs)
     if train_passes > 1 or validation_passes > 1:
         return None
-    key = _keys(cfg, accelerator, unwrapped, data, depth)[0]
     if _agree(
         accelerator, is_warm(default_cache_dir(cfg.data.cache_dir), key) if accelerator.is_main_process else None
     ):
@@ -214,11 +215,12 @@ def _does_not_pay(cfg, accelerator, unwrapped, data, depth, total_steps, num_epo
     )
 
 
-def _stores(cfg: RunConfig, accelerator, unwrapped, data, depth: int) -> tuple[list[PrefixStore], bool]:
+def _stores(
+    cfg: RunConfig, accelerator, unwrapped, data, depth: int, keys: list[str]
+) -> tuple[list[PrefixStore], bool]:
     """The training and validation rows' stores, opened or built by the main process first; then every
     other process opens them (and checks them) too."""
     root = default_cache_dir(cfg.data.cache_dir)
-    keys = _keys(cfg, accelerator, unwrapped, data, depth)
     rows = (data.train_tokens, data.validation_tokens)
     hidden = unwrapped.config.hidden_size
     stores: list[Optional[PrefixStore]] = [None, None]
