@@ -145,6 +145,7 @@ def test_cached_run_trains_the_same_weights_and_the_warm_cache_is_reused(make_co
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-5)
     assert cold["validation_accuracy"] == plain["validation_accuracy"]
+    assert cold["train_flops"] < plain["train_flops"]  # the executed FLOPs count the layers the steps ran
     # Warm: another learning rate, the same base, rows and layer: nothing is built again.
     warm, warm_lines = _train(
         _top_layer(make_config, cache, still_roberta, "auto", learning_rate=1e-2), tmp_path / "warm"

@@ -212,6 +212,7 @@ def run_summary(run: Session, live, extra_summary: Optional[dict[str, Any]]) -> 
             accelerator.mixed_precision,
             accelerator.device,
             accelerator.num_processes,
+            cached_layers=run.prefix.depth if run.prefix is not None else 0,
         ),
         "class_names": list(cfg.class_names),
         "train_label_distribution": label_distribution(data.train.labels, cfg.num_labels),
