@@ -394,3 +394,32 @@ def test_two_processes_read_the_cache_the_main_process_built(make_config, tiny_r
     assert (res.stdout + res.stderr).count("frozen-prefix cache: layers 0-1 of 3") == 1
     evaluated = json.loads((tmp_path / "two" / "eval.json").read_text())
     assert evaluated["rows"] == 40
+
+
+def test_no_rows_make_an_empty_store(tmp_path):
+    offsets = np.array([0], dtype=np.int64)
+    store = write_store(tmp_path, "e" * 64, offsets, 4, lambda states: None)
+    assert store.states.shape == (0, 4) and open_store(tmp_path, "e" * 64, offsets, 4) is not None
+
+
+@pytest.mark.parametrize("setting", ["auto", True])
+def test_a_cache_that_cannot_be_written(make_config, tiny_roberta, tmp_path, monkeypatch, setting):
+    """A full disk or a read-only cache folder: auto trains on without the cache and says why in one
+    line; true stops with one error line."""
+    import errno
+
+    import lorabudget.training.prefix_cache as prefix_mod
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prefix_mod, "write_store", full_disk)
+    values = _top_layer(make_config, tmp_path / "cache", tiny_roberta, setting, max_steps=2, eval_every=1)
+    if setting is True:
+        with pytest.raises(LorabudgetError, match="could not be written .OSError: No space left on device"):
+            _train(values, tmp_path / "run")
+        return
+    summary, lines = _train(values, tmp_path / "run")
+    (line,) = _prefix_lines(lines)
+    assert "not used: the cache could not be written (OSError: No space left on device)" in line
+    assert summary["frozen_prefix"]["used"] is False

@@ -113,11 +113,17 @@ def write_store(
     """Build the store for ``key``: ``fill(states)`` writes every row into the memory-mapped array and
     returns the dtype the states had (``float32`` when it returns None); they are stored as float32."""
     states_path, record_path = store_paths(cache_root, key)
+    shape = (int(offsets[-1]), hidden_size)
     with atomic_path(states_path, suffix=".npy") as tmp:
-        states = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(int(offsets[-1]), hidden_size))
-        dtype = fill(states) or "float32"
-        states.flush()
-        del states
+        if shape[0] == 0:  # no rows: nothing to map (an empty file cannot be memory-mapped)
+            dtype = fill(np.zeros(shape, dtype=np.float32)) or "float32"
+            with open(tmp, "wb") as fh:  # a path would get ".npy" appended
+                np.save(fh, np.zeros(shape, dtype=np.float32))
+        else:
+            states = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+            dtype = fill(states) or "float32"
+            states.flush()
+            del states
     with atomic_path(record_path, suffix=".json") as tmp:
         record = {
             "key": key,

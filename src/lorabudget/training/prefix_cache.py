@@ -180,7 +180,14 @@ def start_prefix(cfg: RunConfig, accelerator, unwrapped, data, total_steps: int,
         log(f"frozen-prefix cache: not used: {why}")
         return None, info
     start = time.perf_counter()
-    stores, hit = _stores(cfg, accelerator, unwrapped, data, depth, keys)
+    stores, hit, failed = _stores(cfg, accelerator, unwrapped, data, depth, keys)
+    if failed is not None:  # a full disk or a read-only cache folder: the run goes on without it
+        why = f"the cache could not be written ({failed})"
+        if setting is True:
+            raise LorabudgetError(f"training.cache_frozen_layers: true cannot be used here: {why}")
+        info.reason = why
+        log(f"frozen-prefix cache: not used: {why}")
+        return None, info
     info.used, info.cache_hit = True, hit
     info.build_seconds = round(time.perf_counter() - start, 3)
     info.bytes = sum(s.bytes for s in stores)
@@ -217,14 +224,15 @@ def _does_not_pay(cfg, accelerator, key: str, depth, total_steps, num_epochs) ->
 
 def _stores(
     cfg: RunConfig, accelerator, unwrapped, data, depth: int, keys: list[str]
-) -> tuple[list[PrefixStore], bool]:
+) -> tuple[list[PrefixStore], bool, Optional[str]]:
     """The training and validation rows' stores, opened or built by the main process first; then every
-    other process opens them (and checks them) too."""
+    other process opens them (and checks them) too. Also whether both were on disk already, and why
+    they could not be written (None when they were)."""
     root = default_cache_dir(cfg.data.cache_dir)
     rows = (data.train_tokens, data.validation_tokens)
     hidden = unwrapped.config.hidden_size
     stores: list[Optional[PrefixStore]] = [None, None]
-    hit = True
+    hit, failed = True, None
     if accelerator.is_main_process:
         for n, (tokens, key) in enumerate(zip(rows, keys)):
             stores[n] = open_store(root, key, tokens.offsets, hidden)
@@ -232,12 +240,19 @@ def _stores(
                 hit = False
                 # The run's precision, as its training loop has it: autocast, and a bf16 run's frozen base in bf16.
                 bf16 = torch.bfloat16 if accelerator.mixed_precision == "bf16" else None
-                with accelerator.autocast(), frozen_base_in(unwrapped, bf16):
-                    fill = build_states(unwrapped, depth, tokens, data.pad_id, accelerator.device)
-                    stores[n] = write_store(root, key, tokens.offsets, hidden, fill)
+                try:
+                    with accelerator.autocast(), frozen_base_in(unwrapped, bf16):
+                        fill = build_states(unwrapped, depth, tokens, data.pad_id, accelerator.device)
+                        stores[n] = write_store(root, key, tokens.offsets, hidden, fill)
+                except OSError as err:
+                    failed = f"{type(err).__name__}: {err.strerror or err}"
+                    break
     accelerator.wait_for_everyone()
+    failed = _agree(accelerator, failed)
+    if failed is not None:
+        return [], False, failed
     if not accelerator.is_main_process:
         stores = [open_store(root, key, tokens.offsets, hidden) for tokens, key in zip(rows, keys)]
         if any(s is None for s in stores):
             raise RuntimeError("the main process's prefix cache could not be read by another process")
-    return [s for s in stores if s is not None], bool(_agree(accelerator, hit))
+    return [s for s in stores if s is not None], bool(_agree(accelerator, hit)), None
