@@ -49,6 +49,38 @@ def synthetic_rows(n: int, seed: int) -> list[tuple[str, int]]:
     return rows
 
 
+MULTI_LABEL_CLASSES = ["business", "sports", "tech", "world"]  # sorted: the order a run infers
+_MULTI_WORDS = {"world": CLASS_WORDS[0], "sports": CLASS_WORDS[1], "business": CLASS_WORDS[2], "tech": CLASS_WORDS[3]}
+
+
+def multilabel_rows(n: int, seed: int) -> list[tuple[str, list[str]]]:
+    """Rows with 0..3 classes, each signalled by its keyword group among filler words."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        k = i % 4  # 0, 1, 2 or 3 classes
+        classes = sorted(rng.sample(MULTI_LABEL_CLASSES, k))
+        length = rng.randint(6, 30)
+        words = [rng.choice(FILLER) for _ in range(length)]
+        for name in classes:
+            for _ in range(3):
+                words[rng.randrange(length)] = rng.choice(_MULTI_WORDS[name])
+        rows.append((" ".join(words), classes))
+    rng.shuffle(rows)
+    return rows
+
+
+@pytest.fixture(scope="session")
+def multilabel_dir(tmp_path_factory) -> Path:
+    """train.csv (240 rows, text,labels with `|`-joined class names), test.csv (80 rows), unlabelled.csv."""
+    d = tmp_path_factory.mktemp("multilabel")
+    write_csv(d / "train.csv", [(t, "|".join(c)) for t, c in multilabel_rows(240, 1)], header=["text", "labels"])
+    test = multilabel_rows(80, 2)
+    write_csv(d / "test.csv", [(t, "|".join(c)) for t, c in test], header=["text", "labels"])
+    write_csv(d / "unlabelled.csv", [(t,) for t, _ in test], header=["text"])
+    return d
+
+
 def make_tokenizer(kind: str):
     """A word-level fast tokenizer with the special tokens of ``kind`` ('roberta' or 'bert')."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors

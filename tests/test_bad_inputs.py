@@ -328,6 +328,22 @@ CASES = [
         lambda w: T(w, "--output", "new", "--set", "training.checkpoint_every=-1"),
         "checkpoint_every",
     ),
+    # long texts (data.long_text): the stride is a count of shared tokens below a window's text tokens
+    Case(
+        "negative-chunk-stride",
+        lambda w: T(w, "--output", "new", "--set", "data.long_text=chunks", "--set", "data.chunk_stride=-1"),
+        "'data.chunk_stride': tokens shared by consecutive windows must be >= 0",
+    ),
+    Case(
+        "chunk-stride-fills-the-window",
+        lambda w: T(w, "--output", "new", "--set", "data.long_text=chunks", "--set", "data.chunk_stride=63"),
+        "'data.chunk_stride': must be >= 0 and below the 62 text tokens of a 64-token window, got 63",
+    ),
+    Case(
+        "long-text-unknown",
+        lambda w: T(w, "--output", "new", "--set", "data.long_text=middle"),
+        "'data.long_text': 'middle' is not allowed",
+    ),
     Case(
         "over-budget",
         lambda w: T(w, "--output", "new", "--set", "budget.max_trainable_params=1000"),
@@ -415,6 +431,61 @@ CASES = [
         lambda w: T(w, "--output", "new", "--data", "labels.csv"),
         "outside the class set",
         setup=write("labels.csv", "text,label\nhello there,0\nworld,7\n"),
+    ),
+    # --- multi-label data (issue 40)
+    Case(
+        "multi-label-file-without-flag",
+        lambda w: T(w, "--output", "new", "--data", "ml.csv"),
+        "row 1 has several labels ('World|Sports' in column 'label'); pass --multi-label",
+        setup=write("ml.csv", "text,label\nhello there,World\nworld cup,World|Sports\nscore,Sports\n"),
+    ),
+    Case(
+        "multi-label-class-name-holds-separator",
+        lambda w: T(w, "--output", "new", "--data", "ml.jsonl", "--multi-label", "--set", "model.labels=null"),
+        "row 1: class name 'y|z' in column 'labels' contains the label separator",
+        setup=write("ml.jsonl", '{"text": "a", "labels": ["x"]}\n{"text": "b", "labels": ["x", "y|z"]}\n'),
+    ),
+    Case(
+        "multi-label-class-column-not-0-1",
+        lambda w: T(
+            w,
+            "--output",
+            "new",
+            "--data",
+            "cols.csv",
+            "--multi-label",
+            "--set",
+            "model.labels=null",
+            "--set",
+            "data.label_columns=[a, b]",
+        ),
+        "row 1: column 'a' holds 'yes'; a class column (data.label_columns) holds 0 or 1",
+        setup=write("cols.csv", "text,a,b\nhello,1,0\nworld,yes,1\n"),
+    ),
+    Case(
+        "multi-label-bad-separator",
+        lambda w: T(w, "--output", "new", "--data", "ml.csv", "--multi-label", "--set", "data.label_separator=/"),
+        "'data.label_separator': must be one of",
+        setup=write("ml.csv", "text,label\nhello,World/Sports\nworld,World\n"),
+    ),
+    Case(
+        "label-columns-without-multi-label",
+        lambda w: T(w, "--output", "new", "--data", "cols.csv", "--set", "data.label_columns=[a, b]"),
+        "set model.problem_type=multi_label (--multi-label)",
+        setup=write("cols.csv", "text,a,b\nhello,1,0\nworld,0,1\n"),
+    ),
+    *[
+        Case(
+            f"threshold-{name}",
+            lambda w, value=value: ["predict", "run", "--input", "unlabelled.csv", "--threshold", value],
+            "--threshold must be",
+        )
+        for name, value in (("zero", "0"), ("one", "1"), ("above-one", "1.5"), ("negative", "-0.1"), ("nan", "nan"))
+    ],
+    Case(
+        "threshold-on-a-single-label-run",
+        lambda w: ["predict", "run", "--input", "unlabelled.csv", "--threshold", "0.3"],
+        "--threshold applies to multi-label runs",
     ),
     Case(
         "data-empty-file",

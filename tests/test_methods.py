@@ -97,6 +97,28 @@ def test_frozen_weights_unchanged_after_a_step(padded_batch, tiny_bert, method):
 
 
 @pytest.mark.parametrize("method", list(METHOD_SETTINGS))
+def test_multi_label_loss_trains_every_method(padded_batch, tiny_bert, method):
+    """The multi-label row: binary cross-entropy on 0/1 targets [B, C] (the loss of
+    ``model.problem_type: multi_label``) moves the head and an adapter tensor and no frozen weight."""
+    from lorabudget.training.setup import bce_loss
+
+    cfg = method_cfg(tiny_bert, method, "full")
+    model = build_model(cfg).model
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    opt = torch.optim.AdamW(param_groups(model, cfg))
+    ids, mask = padded_batch()
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    targets = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1], [0, 1, 0, 0]], dtype=torch.float32)
+    bce_loss(logits, {"labels": targets}).backward()
+    opt.step()
+    registry.after_optimizer_step(model, method, 1)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    changed = [n for n, p in model.named_parameters() if n in trainable and not torch.equal(p, trainable[n])]
+    assert changed and (method == "full" or any("modules_to_save" not in n for n in changed))
+
+
+@pytest.mark.parametrize("method", list(METHOD_SETTINGS))
 def test_bf16_frozen_base_trains_every_method(padded_batch, tiny_roberta, method):
     """bf16 training holds the frozen base in bf16 (precision.frozen_base_in) under autocast: every
     method's forward and backward run on it, trained weights and their gradients stay fp32, and the

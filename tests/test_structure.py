@@ -17,7 +17,18 @@ METHODS_PAGE = SRC.parents[1] / "docs" / "guide" / "methods.md"
 
 # Bottom to top: a module may import from its own layer's package and from layers below, never above.
 LAYERS = [
-    {"errors", "io", "console", "stats", "metrics", "signals", "runconfig", "version", "labelsets"},
+    {
+        "errors",
+        "io",
+        "console",
+        "stats",
+        "metrics",
+        "signals",
+        "runconfig",
+        "version",
+        "labelsets",
+        "metrics_multilabel",
+    },
     {"methods"},
     {"config"},
     {"model", "data"},

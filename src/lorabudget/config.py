@@ -24,6 +24,7 @@ import yaml
 
 from lorabudget.errors import LorabudgetError
 from lorabudget.io import atomic_write_text
+from lorabudget.labelsets import check_label_settings
 from lorabudget.methods.registry import METHODS, check_config, resolve_defaults
 from lorabudget.methods.sites import check_module_names
 from lorabudget.runconfig import (
@@ -279,10 +280,28 @@ def _check_data(cfg: RunConfig) -> None:
             "config key 'data.train_on_validation' trains on every row of data.train; data.max_train_rows would cap "
             "them in file order, validation rows included: cap the training file instead"
         )
+    check_label_settings(d.label_separator, d.label_columns, cfg.model.problem_type)
     if d.train_on_validation and cfg.training.early_stopping_patience:
         raise LorabudgetError(
             "config key 'data.train_on_validation': early stopping needs validation rows the run does not train "
             "on; set training.early_stopping_patience=0"
+        )
+    _check_long_text(cfg)
+
+
+def _check_long_text(cfg: RunConfig) -> None:
+    """``data.chunk_stride``: tokens shared by consecutive windows, so at least 0 and below a window
+    (the exact bound, the window's text tokens beside its special tokens, is checked at tokenizing)."""
+    d = cfg.data
+    if d.chunk_stride is not None and not 0 <= d.chunk_stride < cfg.model.max_length:
+        raise LorabudgetError(
+            f"config key 'data.chunk_stride': tokens shared by consecutive windows must be >= 0 and below "
+            f"model.max_length ({cfg.model.max_length}), got {_shown(d.chunk_stride)}"
+        )
+    if d.long_text != "truncate" and d.text_pair_column:
+        raise LorabudgetError(
+            f"config key 'data.long_text': {d.long_text} takes single texts, not sentence pairs "
+            "(data.text_pair_column); use truncate"
         )
 
 
@@ -308,28 +327,6 @@ def _check_training(cfg: RunConfig) -> None:
         _check_positive("training.threads", t.threads)
     if t.max_batch_positions is not None:
         _check_positive("training.max_batch_positions", t.max_batch_positions, allow_zero=True)
-    _check_prefix_cache(cfg)
-
-
-def _check_prefix_cache(cfg: RunConfig) -> None:
-    """``training.cache_frozen_layers: true`` where no layer can be frozen below the trainable ones, known
-    from the config alone (the model decides the rest when it is built: training/prefix_cache.py)."""
-    t = cfg.training
-    if t.cache_frozen_layers not in ("auto", True, False):
-        raise LorabudgetError(
-            f"config key 'training.cache_frozen_layers': must be auto, true or false, got {_shown(t.cache_frozen_layers)}"
-        )
-    if t.cache_frozen_layers is not True:
-        return
-    why = None
-    if METHODS[cfg.adapter.method].placement == "model":
-        why = f"adapter.method '{cfg.adapter.method}' trains every weight, the embeddings included"
-    elif cfg.model.quantization != "none":
-        why = f"model.quantization {cfg.model.quantization}: a quantized base is not cached"
-    elif t.compile:
-        why = "training.compile traces the whole model, and the cache splits its layer list"
-    if why:
-        raise LorabudgetError(f"config key 'training.cache_frozen_layers': true cannot be used: {why}")
 
 
 def _check_distill(cfg: RunConfig) -> None:

@@ -7,13 +7,28 @@ are sigmoid probabilities; a class is predicted where its probability reaches th
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
+
+from lorabudget.errors import LorabudgetError
 
 SEPARATORS = ("|", ",", ";")
 """Separators allowed between class names in one label cell (``data.label_separator``)."""
 DEFAULT_THRESHOLD = 0.5
+
+
+def check_label_settings(separator: str, label_columns: Optional[Sequence[str]], problem_type: str) -> None:
+    """``data.label_separator`` and ``data.label_columns`` as ``config.validate`` checks them."""
+    names = [str(c).strip() for c in label_columns or ()]
+    if separator not in SEPARATORS:
+        raise LorabudgetError(f"config key 'data.label_separator': must be one of |, ',' or ';', got {separator!r}")
+    if names and problem_type != "multi_label":
+        raise LorabudgetError(
+            "config key 'data.label_columns' gives multi-label data; set model.problem_type=multi_label"
+        )
+    if names and (len(names) < 2 or len({n.lower() for n in names}) != len(names) or not all(names)):
+        raise LorabudgetError(f"config key 'data.label_columns': name two or more distinct columns, got {names}")
 
 
 def split_cell(cell: object, separator: str = "|") -> list[str]:

@@ -7,6 +7,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
+from lorabudget.metrics_multilabel import format_multilabel_metrics, multilabel_metrics
 from lorabudget.stats import format_interval, rows_fingerprint, wilson_interval
 
 
@@ -23,13 +24,22 @@ def cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def classification_metrics(
-    logits: np.ndarray, labels: np.ndarray, class_names: Sequence[str], texts: Optional[Sequence[str]] = None
+    logits: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    texts: Optional[Sequence[str]] = None,
+    thresholds: Optional[Sequence[float]] = None,
 ) -> dict[str, Any]:
     """Accuracy with its Wilson 95% interval (``accuracy_ci95``) over ``n`` rows, macro P/R/F1, loss,
     per-class table, confusion matrix (rows: true, columns: predicted), and per row: ``confidence``
     (max class probability) and ``correct`` for calibration plots, ``predictions`` and gold
     ``labels`` so two runs evaluated on the same rows (same ``rows_fingerprint``, made from the labels
-    and, when given, the ``texts``) can be compared with a paired test."""
+    and, when given, the ``texts``) can be compared with a paired test.
+
+    Multi-label targets (0/1 ``[n, classes]``) give :func:`multilabel_metrics` instead (with
+    ``thresholds`` per class, or chosen on these rows when None)."""
+    if np.asarray(labels).ndim == 2:
+        return multilabel_metrics(logits, labels, class_names, texts, thresholds)
     probs = softmax(logits)
     preds = probs.argmax(axis=1)
     n = int(len(labels))
@@ -72,6 +82,8 @@ def _ci_text(m: dict[str, Any]) -> str:
 
 
 def format_metrics(m: dict[str, Any]) -> str:
+    if m.get("problem_type") == "multi_label":
+        return format_multilabel_metrics(m)
     names = m["class_names"]
     width = max(10, *(len(n) + 2 for n in names))
     lines = [

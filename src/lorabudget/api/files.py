@@ -43,12 +43,15 @@ def predict_to_file(
     columns: Optional[dict[str, Optional[str]]] = None,
     trust_pickle: bool = False,
     report: bool = True,
+    threshold: Optional[float] = None,
 ) -> dict[str, Any]:
     """``ID,Label`` predictions for every row of ``input_source`` into the CSV ``output`` (default
     ``RUN/predictions.csv``; ``-`` writes to stdout); returns the summary (rows, counts, speed)."""
+    from lorabudget.inference.multilabel import check_threshold
     from lorabudget.inference.runs import check_threads, predict_file, records_in_run
     from lorabudget.rundir.layout import is_export_folder
 
+    check_threshold(threshold)
     files = run.files
     if not is_export_folder(run.path):  # an ONNX export folder is no run directory
         files.read_config()  # a clear error for a folder that is not a run, before anything else
@@ -70,6 +73,7 @@ def predict_to_file(
         columns=run.loaded.columns(columns.get("text"), columns.get("text_pair"), columns.get("label")),
         label_format=label_format,
         record=record,
+        threshold=threshold,
     )
     counts = ", ".join(f"{k} {v:,}" for k, v in summary["counts"].items())
     where = "stdout" if to_stdout else target

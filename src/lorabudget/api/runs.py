@@ -42,15 +42,26 @@ class Evaluation:
         return int(self.metrics["rows"])
 
     @property
+    def micro_f1(self) -> Optional[float]:
+        """Multi-label runs: micro F1 (None for a single-label run)."""
+        value = self.metrics.get("micro_f1")
+        return None if value is None else float(value)
+
+    @property
     def per_class(self):
         import pandas as pd
 
-        return pd.DataFrame(self.metrics["per_class"]).set_index("class")
+        table = self.metrics["per_class"]
+        if isinstance(table, dict):  # multi-label: {class: {precision, recall, f1, support, threshold}}
+            return pd.DataFrame.from_dict(table, orient="index").rename_axis("class")
+        return pd.DataFrame(table).set_index("class")
 
     @property
     def confusion(self):
         import pandas as pd
 
+        if "confusion_matrix" not in self.metrics:
+            raise LorabudgetError("a multi-label evaluation has no confusion matrix; see per_class")
         names = self.metrics["class_names"]
         frame = pd.DataFrame(self.metrics["confusion_matrix"], index=names, columns=names)
         frame.index.name, frame.columns.name = "true", "predicted"
@@ -63,6 +74,11 @@ class Evaluation:
 
     def __repr__(self) -> str:
         low, high = self.interval
+        if self.micro_f1 is not None:
+            return (
+                f"Evaluation({self.data}: micro F1 {self.micro_f1:.4f}, macro F1 {self.macro_f1:.4f}, "
+                f"subset accuracy {self.accuracy:.4f} [{low:.4f}, {high:.4f}] on {self.rows:,} rows)"
+            )
         return f"Evaluation({self.data}: accuracy {self.accuracy:.4f} [{low:.4f}, {high:.4f}] on {self.rows:,} rows)"
 
     def _repr_html_(self) -> str:
@@ -71,7 +87,8 @@ class Evaluation:
             f"<p><b>{html.escape(self.data)}</b>: accuracy <b>{self.accuracy:.2%}</b> "
             f"(95% interval {low:.2%} to {high:.2%}, {self.rows:,} rows), macro F1 {self.macro_f1:.4f}</p>"
         )
-        tables = self.per_class.to_html(float_format=lambda v: f"{v:.3f}") + self.confusion.to_html()
+        tables = self.per_class.to_html(float_format=lambda v: f"{v:.3f}")
+        tables += self.confusion.to_html() if "confusion_matrix" in self.metrics else ""
         return head + tables
 
 
@@ -143,10 +160,18 @@ class Run:
         """Raw logits [n, classes] for ``texts`` (one string is one text)."""
         return self.loaded.logits(text_list(texts), batch_size, pairs=pairs)
 
-    def predict(self, texts: Any, pairs: Any = None, batch_size: Optional[int] = None) -> Predictions:
+    def predict(
+        self, texts: Any, pairs: Any = None, batch_size: Optional[int] = None, threshold: Optional[float] = None
+    ) -> Predictions:
         """Predictions for one string (one text), a list, tuple or pandas Series of strings, or a
-        DataFrame (its text columns as the run was trained on them: ``text``, or the configured ones)."""
+        DataFrame (its text columns as the run was trained on them: ``text``, or the configured ones).
+        A multi-label run's ``labels`` are lists of class names; ``threshold`` (in (0, 1)) then decides
+        every class instead of the per-class thresholds chosen on the validation rows."""
         import pandas as pd
+
+        from lorabudget.inference.multilabel import check_threshold
+
+        check_threshold(threshold)
 
         if isinstance(texts, pd.DataFrame):
             from lorabudget.data.load import load_unlabelled
@@ -158,7 +183,7 @@ class Run:
             finally:
                 forget_frame(source)
             texts, pairs = data.texts, data.pairs
-        return self.loaded.predict(text_list(texts), batch_size, pairs=pairs)
+        return self.loaded.predict(text_list(texts), batch_size, pairs=pairs, threshold=threshold)
 
     def evaluate(
         self,
@@ -170,12 +195,17 @@ class Run:
         trust_pickle: bool = False,
         record: bool = True,
         report: bool = True,
+        threshold: Optional[float] = None,
     ) -> Evaluation:
         """Metrics on labelled ``data`` (a path, DataFrame, ``datasets.Dataset`` or list of tuples).
 
         ``record``: keep the evaluation in the run (``eval.json``; compare and the report read it) and,
-        with ``report``, rewrite ``report.md`` and the model card."""
+        with ``report``, rewrite ``report.md`` and the model card. A multi-label run decides each class
+        by its ``thresholds.json``, or by ``threshold`` (in (0, 1)) for every class."""
+        from lorabudget.inference.multilabel import check_threshold
         from lorabudget.inference.runs import evaluate_run
+
+        check_threshold(threshold)
         from lorabudget.rundir.lifecycle import check_can_create, check_not_in_use
 
         source = as_source(data)
@@ -196,7 +226,9 @@ class Run:
         if is_memory_source(name):  # named by its rows' digest: two DataFrames of one size keep a record each
             name = f"DataFrame {name.split(':', 1)[1]} ({registered_rows(name):,} rows)"
         try:
-            metrics = evaluate_run(self.loaded, source.source, trust_pickle=trust_pickle, columns=columns)
+            metrics = evaluate_run(
+                self.loaded, source.source, trust_pickle=trust_pickle, columns=columns, threshold=threshold
+            )
         finally:
             forget_frame(source.source)
         if record:

@@ -173,7 +173,8 @@ def search(
     search directory ``output``, ``runs/<study name>``). ``trial_overrides``: settings for the trials
     only (shorter training), left out of ``best.yaml``. Other keywords are :class:`SearchSettings`
     fields: ``timeout``, ``workers``, ``metric``, ``multi_objective``, ``pruner``, ``seed``,
-    ``max_rejections``, ``warm_start``.
+    ``max_rejections``, ``warm_start``. ``metric``: ``accuracy``, ``macro_f1`` or ``micro_f1``; default
+    ``micro_f1`` for a multi-label config (``model.problem_type: multi_label``), else ``accuracy``.
     """
     import importlib.util
 

@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 from lorabudget.api.files import write_run_report
 from lorabudget.api.resolve import resolve_config
 from lorabudget.api.runs import Run
-from lorabudget.config import ConfigSource, Overrides
+from lorabudget.config import ConfigSource, Overrides, override_items
 from lorabudget.console import say
 from lorabudget.errors import LorabudgetError
 from lorabudget.runconfig import RunConfig
@@ -131,6 +131,7 @@ def train(
     label_column: Optional[str] = None,
     trust_pickle: bool = False,
     report: bool = True,
+    problem_type: Optional[str] = None,
 ) -> Run:
     """Train ``config`` on ``data`` into a run directory and return the :class:`Run`.
 
@@ -140,10 +141,14 @@ def train(
     ``output``: the run directory (default ``runs/<config name>``); an existing one is refused unless
     ``resume`` (continue it from its checkpoint) or ``overwrite`` (replace it once the new run finishes).
     ``overrides``: dotted config keys, e.g. ``{"training.max_steps": 3}``. Over budget raises
-    :class:`~lorabudget.errors.BudgetExceededError` before anything is written.
+    :class:`~lorabudget.errors.BudgetExceededError` before anything is written. ``problem_type``:
+    ``"multi_label"`` for rows with any number of classes (a shortcut for ``model.problem_type``; a
+    DataFrame's label cells may then be lists of class names).
     """
     from lorabudget.training.loop import train as train_loop
 
+    if problem_type is not None:
+        overrides = {**override_items(overrides), "model.problem_type": problem_type}
     columns = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
     cfg, run_dir = prepare_run(config, data, validation, output, overrides, resume, overwrite, columns, trust_pickle)
     train_into(run_dir, lambda folder: train_loop(cfg, folder, log=say, resume=resume), overwrite, resume)

@@ -42,6 +42,23 @@ COLUMNS = [
     arg("--label-column", help="column holding the label; default: found by name"),
 ]
 TRAIN_DATA = [arg("--data", help="training data file (shortcut for --set data.train=FILE)")]
+MULTI_LABEL = [
+    arg(
+        "--multi-label",
+        action="store_true",
+        help="any number of classes per row (names joined by data.label_separator, default |; a JSON list; or "
+        "data.label_columns): sigmoid outputs, per-class thresholds (shortcut for --set model.problem_type=multi_label)",
+    )
+]
+THRESHOLD = [
+    arg(
+        "--threshold",
+        type=float,
+        metavar="T",
+        help="multi-label runs: predict a class where its probability reaches T, for every class (default: "
+        "the per-class thresholds chosen on the validation rows, RUN/thresholds.json)",
+    )
+]
 
 
 def run_dir_args(overwrite_help: str, output_help: str) -> list[Arg]:
@@ -72,11 +89,13 @@ PLAN = [
     *CONFIG,
     arg("--data", help="training data whose label column gives the class count (when model.labels is null)"),
     *COLUMNS,
+    *MULTI_LABEL,
 ]
 TRAIN = [
     *CONFIG,
     *TRAIN_DATA,
     *COLUMNS,
+    *MULTI_LABEL,
     *run_dir_args(
         "replace an existing run directory once the new run has finished", "run directory (default: runs/<config name>)"
     ),
@@ -106,6 +125,7 @@ DISTILL = [
     ),
     *TRAIN_DATA,
     *COLUMNS,
+    *MULTI_LABEL,
     *run_dir_args(
         "replace an existing student run directory once the new run has finished",
         "student run directory (default: runs/<config name>)",
@@ -132,6 +152,7 @@ SEARCH = [
     arg("--workers", type=int, default=1, help="local worker processes sharing the storage (default 1)"),
     *TRAIN_DATA,
     *COLUMNS,
+    *MULTI_LABEL,
     arg("--output", help="search directory (default: runs/<study name>)"),
     arg(
         "--trial-set",
@@ -141,7 +162,13 @@ SEARCH = [
         metavar="KEY=VALUE",
         help="a setting for the search's trials only, left out of best.yaml (e.g. shorter training)",
     ),
-    arg("--metric", choices=["accuracy", "macro_f1"], default="accuracy", help="validation objective"),
+    arg(
+        "--metric",
+        choices=["accuracy", "macro_f1", "micro_f1"],
+        default=None,
+        help="validation objective (default: micro_f1 for a multi-label search, accuracy otherwise; micro_f1 is "
+        "for multi-label searches only)",
+    ),
     arg(
         "--multi-objective",
         action="store_true",
@@ -171,6 +198,7 @@ EVALUATE = [
     *RUN,
     arg("--data", required=True, help="labelled data file (or ag_news:test, hub:REPO[:CONFIG]:SPLIT)"),
     *COLUMNS,
+    *THRESHOLD,
     *READS_DATA,
 ]
 PREDICT = [
@@ -191,6 +219,7 @@ PREDICT = [
         help="write labels as class ids or names (default: as the training data wrote them)",
     ),
     *COLUMNS,
+    *THRESHOLD,
     *READS_DATA,
 ]
 CLASSIFY = [
@@ -201,6 +230,7 @@ CLASSIFY = [
         help="texts to classify ('-' reads one text per line from stdin); for a sentence-pair run "
         "each is FIRST<TAB>SECOND (in bash: $'first\\tsecond')",
     ),
+    *THRESHOLD,
 ]
 SERVE = [
     *RUN,
@@ -222,6 +252,13 @@ SERVE = [
         help="seconds a request body may take to arrive (default 30; then 408)",
     ),
     arg("--max-connections", type=int, default=256, help="requests open at once (default 256; one more gets 503)"),
+    arg(
+        "--threshold",
+        type=float,
+        default=None,
+        help="multi-label runs: one decision threshold in (0, 1) for every class instead of the run's "
+        'per-class thresholds (a request\'s "threshold" still overrides it)',
+    ),
 ]
 EXPORT = [
     arg("run", help="run directory written by `lorabudget train`"),

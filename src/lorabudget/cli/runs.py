@@ -27,6 +27,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         label_column=args.label_column,
         trust_pickle=args.trust_pickle,
         report=False,
+        threshold=args.threshold,
     )
     print(evaluation)
     print(f"written: {api.Run(Path(args.run)).files.eval_path}")
@@ -48,6 +49,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         columns={"text": args.text_column, "text_pair": args.text_pair_column, "label": args.label_column},
         trust_pickle=args.trust_pickle,
         report=not args.no_report,
+        threshold=args.threshold,
     )
     return 0
 
@@ -83,6 +85,9 @@ def _texts_to_classify(given: list[str]) -> list[str]:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    from lorabudget.inference.multilabel import check_threshold
+
+    check_threshold(args.threshold)
     run = _run(args)
     texts = _texts_to_classify(list(args.texts))
     pairs = None
@@ -93,10 +98,14 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 "this run classifies sentence pairs: give each as FIRST<TAB>SECOND (arguments or stdin lines)"
             )
         texts, pairs = [first for first, _ in split], [second for _, second in split]
-    predictions = run.predict(texts, pairs=pairs)
-    for text, label, probs in zip(texts, predictions.labels, predictions.probabilities):
+    predictions = run.predict(texts, pairs=pairs, threshold=args.threshold)
+    for i, (text, label, probs) in enumerate(zip(texts, predictions.labels, predictions.probabilities)):
         short = text if len(text) <= 70 else text[:67] + "..."
-        print(f"{label}\t{float(probs.max()):.3f}\t{short}")
+        if predictions.multi_label:  # the classes joined by |, and each one's probability (empty: none)
+            scores = "|".join(f"{float(probs[j]):.3f}" for j in predictions.label_ids[i])
+            print(f"{'|'.join(label)}\t{scores}\t{short}")
+        else:
+            print(f"{label}\t{float(probs.max()):.3f}\t{short}")
     return 0
 
 
@@ -110,6 +119,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         body_timeout_s=args.body_timeout_s,
         max_connections=args.max_connections,
+        threshold=args.threshold,
     )
     sock = bind(args.host, args.port)  # a taken port is said before the run is loaded (or exported)
     try:

@@ -18,8 +18,16 @@ def columns_of(args: argparse.Namespace) -> dict:
     }
 
 
+def overrides_of(args: argparse.Namespace) -> dict:
+    """The ``--set`` values, and ``--multi-label`` as ``model.problem_type``."""
+    values = parse_set(args.overrides)
+    if getattr(args, "multi_label", False):
+        values["model.problem_type"] = "multi_label"
+    return values
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
-    plan = api.plan(args.config, data=args.data, overrides=parse_set(args.overrides), **columns_of(args))
+    plan = api.plan(args.config, data=args.data, overrides=overrides_of(args), **columns_of(args))
     print(plan)
     return 0 if plan.fits else 3
 
@@ -38,7 +46,7 @@ def _run_args(args: argparse.Namespace) -> dict:
     return {
         "data": args.data,
         "output": args.output,
-        "overrides": parse_set(args.overrides),
+        "overrides": overrides_of(args),
         "resume": args.resume,
         "overwrite": args.overwrite,
         "trust_pickle": args.trust_pickle,
@@ -79,7 +87,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         budget=args.budget,
         storage=args.storage,
         space=args.space,
-        overrides=parse_set(args.overrides),
+        overrides=overrides_of(args),
         trial_overrides=list(args.trial_overrides),
         output=args.output,
         study_name=args.study,

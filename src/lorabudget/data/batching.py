@@ -17,19 +17,24 @@ steps of 16 padded 13.9% of positions against 1.7% for exact widths and cost 16%
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lorabudget.console import warn
-from lorabudget.io import atomic_path
+# Tokenizing and its cache live in data.tokens; imported here too, where callers have always found them.
+from lorabudget.data.tokens import (  # noqa: F401
+    CACHE_VERSION,
+    TOKENS_FOLDER,
+    TokenizedTexts,
+    content_sha256,
+    pairs_fingerprint,
+    texts_fingerprint,
+    tokenize,
+    tokenizer_fingerprint,
+)
 
-CACHE_VERSION = "2"  # 2: token type ids stored beside the ids (sentence pairs)
 BUCKET_MULTIPLE = 16
 
 
@@ -68,171 +73,12 @@ def bucketed(lengths: np.ndarray, widths: Sequence[int]) -> np.ndarray:
     return out
 
 
-TOKENS_FOLDER = "tokens"  # under the cache root: tokenized training and validation texts
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """A hash of everything that decides the token ids: the full tokenizer definition."""
-    digest = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        definition = json.loads(backend.to_str())
-        # Truncation and padding are call-time state that a previous call leaves behind; the call
-        # settings that matter (max_length) are part of the cache key separately.
-        definition.pop("truncation", None)
-        definition.pop("padding", None)
-        digest.update(json.dumps(definition, sort_keys=True).encode())
-    else:  # slow tokenizers: fall back to the vocabulary
-        digest.update(repr(sorted(tokenizer.get_vocab().items())).encode())
-    digest.update(repr((type(tokenizer).__name__, tokenizer.model_max_length)).encode())
-    return digest.hexdigest()
-
-
-def texts_fingerprint(texts: Sequence[str]) -> str:
-    digest = hashlib.sha256()
-    for text in texts:
-        digest.update(text.encode("utf-8", "surrogatepass"))
-        digest.update(b"\x00")
-    return digest.hexdigest()
-
-
-class TokenizedTexts:
-    """Token ids of many rows, stored flat: row ``i`` is ``ids[offsets[i]:offsets[i+1]]``.
-
-    ``type_ids`` (same layout) are the token type ids of sentence pairs for tokenizers that make them
-    (BERT: 0 for the first text, 1 for the second); ``None`` for single texts and for tokenizers
-    without them (RoBERTa), where the model's default (all zeros) is exactly right.
-    """
-
-    def __init__(self, ids: np.ndarray, offsets: np.ndarray, type_ids: Optional[np.ndarray] = None):
-        self.ids = ids  # int32 [total tokens]
-        self.offsets = offsets  # int64 [rows + 1]
-        self.type_ids = type_ids  # int8 [total tokens] or None
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def row(self, i: int) -> np.ndarray:
-        return self.ids[self.offsets[i] : self.offsets[i + 1]]
-
-    def type_row(self, i: int) -> Optional[np.ndarray]:
-        return None if self.type_ids is None else self.type_ids[self.offsets[i] : self.offsets[i + 1]]
-
-    def concat(self, other: "TokenizedTexts") -> "TokenizedTexts":
-        """These rows followed by ``other``'s."""
-        type_ids = None
-        if self.type_ids is not None or other.type_ids is not None:
-            type_ids = np.concatenate(
-                [t.type_ids if t.type_ids is not None else np.zeros(len(t.ids), np.int8) for t in (self, other)]
-            )
-        return TokenizedTexts(
-            np.concatenate([self.ids, other.ids]),
-            np.concatenate([self.offsets, other.offsets[1:] + self.offsets[-1]]),
-            type_ids,
-        )
-
-
-def pairs_fingerprint(pairs: Optional[Sequence[str]]) -> str:
-    """``texts_fingerprint`` of the second texts, or ``single`` when the rows are single texts."""
-    return "single" if pairs is None else "pair:" + texts_fingerprint(pairs)
-
-
-def tokenize(
-    tokenizer,
-    texts: Sequence[str],
-    max_length: int,
-    cache_dir: Optional[Path] = None,
-    chunk: int = 4096,
-    pairs: Optional[Sequence[str]] = None,
-) -> TokenizedTexts:
-    """Tokenize ``texts`` (truncating to ``max_length``), reusing an on-disk cache when possible.
-
-    With ``pairs`` (one second text per row) each row is the tokenizer's own pair encoding
-    (``tokenizer(text, pair)``: separators and, for BERT-style tokenizers, token type ids), truncated
-    longest-first. The cache key covers the tokenizer definition, ``max_length``, every text and
-    every second text, so any change gives a new entry; an unreadable or inconsistent cache file is
-    ignored and rewritten.
-    """
-    if pairs is not None and len(pairs) != len(texts):
-        raise ValueError(f"{len(texts)} texts but {len(pairs)} second texts")  # a bug, not bad input
-    path = full_key = None
-    if cache_dir is not None:  # the fingerprint serializes the whole tokenizer: only worth it for a cache
-        full_key = hashlib.sha256(
-            f"{CACHE_VERSION}|{tokenizer_fingerprint(tokenizer)}|{max_length}|{texts_fingerprint(texts)}|"
-            f"{pairs_fingerprint(pairs)}".encode()
-        ).hexdigest()
-        path = cache_dir / TOKENS_FOLDER / f"{full_key[:32]}.npz"
-    if path is not None and path.is_file():
-        # The entry records the key it was built for and a checksum of its content: a file rewritten
-        # with other (valid) ids, or one left by another tokenizer, is rebuilt, never used.
-        try:
-            with np.load(path) as cached:
-                ids, offsets = cached["ids"], cached["offsets"]
-                type_ids = cached["type_ids"] if "type_ids" in cached.files else None
-                stored_key = str(cached["key"]) if "key" in cached.files else None
-                stored_sum = str(cached["checksum"]) if "checksum" in cached.files else None
-            content = (ids, offsets) if type_ids is None else (ids, offsets, type_ids)
-            if (
-                stored_key == full_key
-                and stored_sum == content_sha256(*content)
-                and len(offsets) == len(texts) + 1
-                and offsets[-1] == len(ids)
-            ):
-                return TokenizedTexts(ids, offsets, type_ids)
-            warn(f"token cache {path} does not match its key or checksum: rebuilding it")
-        except Exception:  # noqa: BLE001 - corrupt or truncated (BadZipFile, OSError, ...): rebuild below
-            warn(f"token cache {path} is unreadable: rebuilding it")
-    pieces: list[np.ndarray] = []
-    type_pieces: list[np.ndarray] = []
-    for start in range(0, len(texts), chunk):
-        firsts = list(texts[start : start + chunk])
-        seconds = list(pairs[start : start + chunk]) if pairs is not None else None
-        encoded = tokenizer(firsts, seconds, truncation=True, max_length=max_length)
-        pieces.extend(np.asarray(row, dtype=np.int32) for row in encoded["input_ids"])
-        if pairs is not None and "token_type_ids" in encoded:
-            type_pieces.extend(np.asarray(row, dtype=np.int8) for row in encoded["token_type_ids"])
-    if type_pieces and not any(p.any() for p in type_pieces):
-        type_pieces = []  # all zeros (RoBERTa-style pairs): the model's default, nothing to pass
-    lengths = np.array([len(p) for p in pieces], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
-    type_ids = np.concatenate(type_pieces) if type_pieces else None
-    if path is not None:
-        extra = {"type_ids": type_ids} if type_ids is not None else {}
-        with atomic_path(path, suffix=".npz") as tmp:
-            with open(tmp, "wb") as fh:
-                content = (ids, offsets) if type_ids is None else (ids, offsets, type_ids)
-                np.savez(
-                    fh,
-                    ids=ids,
-                    offsets=offsets,
-                    key=np.array(full_key),
-                    checksum=np.array(content_sha256(*content)),
-                    **extra,
-                )
-    return TokenizedTexts(ids, offsets, type_ids)
-
-
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def model_inputs(batch: dict, device=None) -> dict[str, torch.Tensor]:
     """The batch's model inputs (``token_type_ids`` only for BERT-style sentence pairs), on ``device``."""
     return {k: (batch[k].to(device) if device is not None else batch[k]) for k in MODEL_INPUTS if k in batch}
-
-
-def content_sha256(*arrays: np.ndarray) -> str:
-    """sha256 of arrays' dtypes, shapes and bytes: a cache entry's checksum of its content."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
 
 
 class RowDataset(Dataset):

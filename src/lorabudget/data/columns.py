@@ -26,14 +26,20 @@ class Columns:
     text: Optional[str] = None
     text_pair: Optional[str] = None
     label: Optional[str] = None
+    # Multi-label data: labels are sets (several names in one cell, a JSON list, or 0/1 class columns).
+    multi_label: bool = False
+    separator: str = "|"
+    label_columns: Optional[tuple[str, ...]] = None
 
     @classmethod
     def of(cls, cfg: RunConfig) -> "Columns":
         d = cfg.data
-        return cls(d.text_column, d.text_pair_column, d.label_column)
+        multi = cfg.model.problem_type == "multi_label"
+        class_columns = tuple(str(c) for c in d.label_columns) if d.label_columns else None
+        return cls(d.text_column, d.text_pair_column, d.label_column, multi, d.label_separator, class_columns)
 
     def names(self) -> list[str]:
-        return [c for c in (self.text, self.text_pair, self.label) if c]
+        return [c for c in (self.text, self.text_pair, self.label, *(self.label_columns or ())) if c]
 
 
 def _norm(name: object) -> str:

@@ -19,10 +19,16 @@ from lorabudget.console import warn
 from lorabudget.data.columns import LABEL_NAMES, NO_COLUMNS, Columns, find_column, named_column, role
 from lorabudget.data.formats import describe_source, is_hub_source, message_name, read_table
 from lorabudget.data.labelkeys import is_int_key, label_key
+from lorabudget.data.multilabel import classes_of, label_sets, several_labels_row, targets_of
 from lorabudget.errors import LorabudgetError
 
 
 def label_column(frame: pd.DataFrame, source: str, columns: Columns) -> object:
+    if columns.label_columns and not columns.multi_label:
+        raise LorabudgetError(
+            "config key 'data.label_columns' gives multi-label data (one 0/1 column per class); "
+            "set model.problem_type=multi_label (--multi-label)"
+        )
     if columns.label:
         return named_column(frame, columns.label, "data.label_column", source)
     label_col = find_column(frame.columns, LABEL_NAMES, source)
@@ -36,9 +42,17 @@ def label_column(frame: pd.DataFrame, source: str, columns: Columns) -> object:
     return label_col
 
 
-def label_keys(frame: pd.DataFrame, col: object, source: str) -> list[str]:
-    """Each row's label in its one spelling; a row without a label is an error naming it."""
-    keys = [label_key(v) for v in frame[col].tolist()]
+def label_keys(frame: pd.DataFrame, col: object, source: str, separator: str = "|") -> list[str]:
+    """Each row's label in its one spelling; a row without a label is an error naming it, and so is
+    a column that holds several labels per row (:func:`several_labels_row`)."""
+    values = frame[col].tolist()
+    listed = next((row for row, v in enumerate(values) if isinstance(v, (list, tuple, np.ndarray))), None)
+    keys = [None if isinstance(v, (list, tuple, np.ndarray)) else label_key(v) for v in values]
+    several = several_labels_row(keys, separator) if listed is None else listed
+    if several is not None:
+        what = "holds a list of labels" if several == listed and len(values[several]) < 2 else "has several labels"
+        shown = list(values[several]) if several == listed else values[several]
+        raise LorabudgetError(f"{source}: row {several} {what} ({shown!r} in column '{col}'); pass --multi-label")
     missing = [row for row, key in enumerate(keys) if key is None]
     header = str(col).strip().lower()
     repeated = next((row for row, key in enumerate(keys) if key is not None and key.lower() == header), None)
@@ -60,9 +74,13 @@ def labels_from(
 ) -> np.ndarray:
     """Each row's class index in ``class_names``: integers are ids (counted from ``base``), other
     labels are names (any case). Names that are themselves numbers match as names first, unless the
-    classes are the plain ids "0".."C-1"."""
+    classes are the plain ids "0".."C-1". Multi-label data (``columns.multi_label``) gives float32
+    ``[rows, classes]`` 0/1 targets instead."""
+    if columns.multi_label:
+        col = None if columns.label_columns else label_column(frame, source, columns)
+        return targets_of(label_sets(frame, source, columns, col), class_names, source)
     col = label_column(frame, source, columns)
-    keys = label_keys(frame, col, source)
+    keys = label_keys(frame, col, source, columns.separator)
     by_name = {str(name).strip().lower(): i for i, name in enumerate(class_names)}
     ids_only = all(str(name) == str(i) for i, name in enumerate(class_names))
     num = len(class_names)
@@ -99,8 +117,12 @@ class _Classes:
 def _classes_in(source: str, columns: Columns, trust_pickle: bool, hint: Optional[Sequence[str]] = None) -> _Classes:
     frame, base = read_table(source, trust_pickle, columns, class_names=hint)
     where = message_name(source)
+    if columns.multi_label:
+        col = None if columns.label_columns else label_column(frame, where, columns)
+        names = classes_of(label_sets(frame, where, columns, col), columns, where)
+        return _Classes(names, "name", {n.lower() for n in names}, 0, None, frame, col)
     col = label_column(frame, where, columns)
-    keys = label_keys(frame, col, where)
+    keys = label_keys(frame, col, where, columns.separator)
     lowered = {k.lower() for k in keys}
     named = frame.attrs.get("class_labels", {}).get(col)
     if named:

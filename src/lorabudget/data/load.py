@@ -93,7 +93,8 @@ class TextData:
     """
 
     texts: list[str]
-    labels: Optional[np.ndarray]  # int64 [n] in 0..num_labels-1, or None when unlabelled
+    # int64 [n] in 0..num_labels-1; multi-label: float32 [n, num_labels] 0/1; None when unlabelled
+    labels: Optional[np.ndarray]
     rows: np.ndarray  # int64 [n]
     source: str
     pairs: Optional[list[str]] = None  # the second text of each row for a sentence-pair task
@@ -247,10 +248,14 @@ def split_validation(
 def _report_thin_classes(
     train: TextData, validation: TextData, class_names: Optional[Sequence[str]], log: Callable[[str], None]
 ) -> None:
-    size = int(max(train.labels.max(initial=-1), validation.labels.max(initial=-1))) + 1
-    size = max(size, len(class_names or ()))
-    in_train = np.bincount(train.labels[train.labels >= 0], minlength=size)
-    in_val = np.bincount(validation.labels[validation.labels >= 0], minlength=size)
+    if train.labels.ndim == 2:  # multi-label: positive rows per class
+        size = train.labels.shape[1]
+        in_train, in_val = train.labels.sum(axis=0).astype(int), validation.labels.sum(axis=0).astype(int)
+    else:
+        size = int(max(train.labels.max(initial=-1), validation.labels.max(initial=-1))) + 1
+        size = max(size, len(class_names or ()))
+        in_train = np.bincount(train.labels[train.labels >= 0], minlength=size)
+        in_val = np.bincount(validation.labels[validation.labels >= 0], minlength=size)
     names = list(class_names) if class_names else [str(i) for i in range(size)]
     notes = []
     for c in range(size):

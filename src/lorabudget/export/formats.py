@@ -28,6 +28,7 @@ from torch import nn
 
 from lorabudget.config import RunConfig
 from lorabudget.errors import LorabudgetError
+from lorabudget.inference.decisions import THRESHOLDS_FILE, is_multi_label, thresholds_record
 from lorabudget.inference.onnx import onnx_session, require_onnx, run_export_is_current
 from lorabudget.inference.runs import load_run
 from lorabudget.io import atomic_dir, atomic_write_json
@@ -65,11 +66,32 @@ def _save_tokenizer(tokenizer, cfg: RunConfig, folder: Path) -> None:
 
 
 def _label_maps(cfg: RunConfig) -> dict[str, Any]:
-    return dict(
+    maps: dict[str, Any] = dict(
         num_labels=cfg.num_labels,
         id2label=dict(enumerate(cfg.class_names)),
         label2id={label: i for i, label in enumerate(cfg.class_names)},
     )
+    if is_multi_label(cfg):
+        # transformers' own name for sigmoid scores: its pipeline then applies sigmoid by default.
+        maps["problem_type"] = "multi_label_classification"
+    return maps
+
+
+def _thresholds_config(config, cfg: RunConfig, run_dir: Path) -> None:
+    """A multi-label run's per-class thresholds in the exported ``config.json`` (``lorabudget_thresholds``):
+    the pipeline gives sigmoid scores, and a class is the run's prediction where its score reaches its threshold."""
+    if is_multi_label(cfg):
+        config.lorabudget_thresholds = dict(thresholds_record(run_dir, cfg.class_names)["thresholds"])
+
+
+def _copy_thresholds(run_dir: Path, cfg: RunConfig, folder: Path, extra: dict[str, Any]) -> None:
+    """Every export of a multi-label run carries ``thresholds.json`` and the thresholds in its metadata."""
+    if not is_multi_label(cfg):
+        return
+    record = thresholds_record(run_dir, cfg.class_names)
+    atomic_write_json(folder / THRESHOLDS_FILE, record)
+    extra["problem_type"] = "multi_label"
+    extra["thresholds"] = dict(record["thresholds"])
 
 
 def remote_code_config(encoder_config, cfg: RunConfig):
@@ -126,6 +148,7 @@ def to_transformers_model(merged: nn.Module, cfg: RunConfig) -> nn.Module:
 
 def export_hf(run, folder: Path) -> None:
     model = to_transformers_model(run.model.to("cpu"), run.cfg)
+    _thresholds_config(model.config, run.cfg, run.run_dir)
     if getattr(model.config, "auto_map", None):
         _copy_remote_code(folder)
     model.save_pretrained(str(folder))
@@ -146,7 +169,9 @@ def export_peft(run_dir: Path, cfg: RunConfig, tokenizer, folder: Path) -> None:
     if cfg.head.type == "linear":
         # PEFT needs the base model built first; for this head that is the class shipped in the folder.
         model_config, _ = load_model_config(cfg)
-        remote_code_config(model_config, cfg).save_pretrained(str(folder))
+        config = remote_code_config(model_config, cfg)
+        _thresholds_config(config, cfg, run_dir)
+        config.save_pretrained(str(folder))
         _copy_remote_code(folder)
     _save_tokenizer(tokenizer, cfg, folder)
 
@@ -280,6 +305,7 @@ def export_run(run_dir: Path, output: Path, fmt: str, quantize: Optional[str] = 
             else:
                 _save_tokenizer(run.tokenizer, cfg, tmp)
                 extra.update(onnx_file=export_onnx(run, tmp, quantize), quantize=quantize)
+        _copy_thresholds(run_dir, cfg, tmp, extra)
         write_export_meta(tmp, _meta(run_dir, cfg, fmt, **extra))
         write_model_card(run_dir, tmp, export_format=fmt, folder_name=output.name)
     return output

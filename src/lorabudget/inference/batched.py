@@ -66,7 +66,8 @@ def predict_logits(
     precision: str = "fp32",
     forward: Optional[Callable[[dict], torch.Tensor]] = None,
 ) -> np.ndarray:
-    """Logits [rows, classes] (float32) for every row of ``tokens``, in input order.
+    """Logits [rows, classes] (float32) for every row of ``tokens``, in input order; the windows of a
+    row (``data.long_text: chunks``) pooled into one logits row (``TokenizedTexts.per_row``).
 
     ``forward(batch) -> logits`` replaces ``model(**inputs).logits`` (the training loop's frozen-prefix
     cache reads each row's cached states by the batch's ``index``).
@@ -109,9 +110,7 @@ def predict_logits(
             out[index_np] = logits_np
             seen[index_np] = True
     model.train(was_training)
-    if out is None or not seen.all():
-        raise RuntimeError(f"inference covered {int(seen.sum())} of {len(tokens)} rows")  # a bug, not bad input
-    return out
+    return _per_row(out, seen, tokens)
 
 
 def predict_logits_onnx(
@@ -136,6 +135,12 @@ def predict_logits_onnx(
             out = np.zeros((len(tokens), logits.shape[1]), dtype=np.float32)
         out[index] = logits
         seen[index] = True
+    return _per_row(out, seen, tokens)
+
+
+def _per_row(out: Optional[np.ndarray], seen: np.ndarray, tokens: TokenizedTexts) -> np.ndarray:
+    """One logits row per input row: every tokenized row covered, windows (``data.long_text: chunks``)
+    pooled before anything downstream (softmax, sigmoid, metrics) sees them."""
     if out is None or not seen.all():
         raise RuntimeError(f"inference covered {int(seen.sum())} of {len(tokens)} rows")  # a bug, not bad input
-    return out
+    return tokens.per_row(out)

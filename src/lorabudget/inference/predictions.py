@@ -13,20 +13,35 @@ import numpy as np
 class Predictions:
     """What :meth:`LoadedRun.predict` returns for ``n`` texts, in input order."""
 
-    labels: list[str]  # predicted class name per text
-    label_ids: np.ndarray  # [n] int: index into ``class_names``
-    probabilities: np.ndarray  # [n, classes] float: softmax of the logits
+    # Single-label: one class name per text; multi-label: a list of class names per text (maybe empty).
+    labels: list
+    label_ids: Any  # [n] int array (index into ``class_names``); multi-label: a list of id lists
+    probabilities: np.ndarray  # [n, classes] float: softmax of the logits; multi-label: sigmoid
     class_names: list[str]
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def multi_label(self) -> bool:
+        return isinstance(self.label_ids, list)
+
     def to_frame(self):
-        """One row per text: ``label``, ``label_id``, ``confidence`` and one probability column per class."""
+        """One row per text: ``label``, ``label_id``, ``confidence`` and one probability column per class.
+        Multi-label: ``label`` holds the names joined by ``|`` (empty for none), ``label_id`` the ids so
+        joined, and ``confidence`` is left out."""
         import pandas as pd
 
-        frame = pd.DataFrame({"label": self.labels, "label_id": np.asarray(self.label_ids, dtype=np.int64)})
-        frame["confidence"] = self.probabilities.max(axis=1) if len(self.labels) else []
+        if self.multi_label:
+            frame = pd.DataFrame(
+                {
+                    "label": ["|".join(names) for names in self.labels],
+                    "label_id": ["|".join(str(i) for i in ids) for ids in self.label_ids],
+                }
+            )
+        else:
+            frame = pd.DataFrame({"label": self.labels, "label_id": np.asarray(self.label_ids, dtype=np.int64)})
+            frame["confidence"] = self.probabilities.max(axis=1) if len(self.labels) else []
         for i, name in enumerate(self.class_names):
             frame[f"prob_{name}"] = self.probabilities[:, i]
         return frame

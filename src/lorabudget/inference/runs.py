@@ -8,6 +8,7 @@ fresh process needs: no training data.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import sys
 import time
@@ -24,6 +25,7 @@ from lorabudget.data.batching import tokenize
 from lorabudget.data.load import Columns, load_labelled, load_unlabelled
 from lorabudget.errors import LorabudgetError
 from lorabudget.inference.batched import predict_logits, predict_logits_onnx, resolve_precision
+from lorabudget.inference.multilabel import label_cell, multilabel_predictions, run_thresholds
 from lorabudget.inference.onnx import open_onnx_export
 from lorabudget.inference.predictions import Predictions, text_list
 from lorabudget.io import atomic_path
@@ -54,10 +56,24 @@ class LoadedRun:
         """Whether the run was trained on sentence pairs (``data.text_pair_column``)."""
         return bool(self.cfg.data.text_pair_column)
 
+    @property
+    def multi_label(self) -> bool:
+        return self.cfg.model.problem_type == "multi_label"
+
     def columns(self, text: Optional[str] = None, text_pair: Optional[str] = None, label: Optional[str] = None):
-        """The run's data columns, each replaced by the one given."""
+        """The run's data columns, each replaced by the one given (and how it reads multi-label rows)."""
         d = self.cfg.data
-        return Columns(text or d.text_column, text_pair or d.text_pair_column, label or d.label_column)
+        given = {"text": text or d.text_column, "text_pair": text_pair or d.text_pair_column}
+        return dataclasses.replace(Columns.of(self.cfg), label=label or d.label_column, **given)
+
+    def thresholds(self, override: Optional[float] = None) -> Optional[np.ndarray]:
+        """A multi-label run's per-class decision thresholds (``override``: one for every class); None
+        for a single-label run, which refuses an ``override``."""
+        if not self.multi_label:
+            if override is not None:
+                raise LorabudgetError(f"--threshold applies to multi-label runs; {self.run_dir} is single-label")
+            return None
+        return run_thresholds(self.run_dir, self.cfg.class_names, override)
 
     def logits(
         self,
@@ -81,12 +97,16 @@ class LoadedRun:
             return np.zeros((0, len(self.cfg.class_names)), dtype=np.float32)
         # No token cache here: each predict/classify/evaluate call has its own texts, so a cache file per
         # call would only pile up (tokenizing is cheap next to the forward pass); training keeps its cache.
+        d = self.cfg.data
         tokens = tokenize(
             self.tokenizer,
             list(texts),
             self.cfg.model.max_length,
             cache_dir=None,
             pairs=None if pairs is None else list(pairs),
+            long_text=d.long_text,  # the run's own cut or windows; windows' logits pooled per text below
+            stride=d.chunk_stride,
+            pooling=d.chunk_pooling,
         )
         batch_size = batch_size or self.cfg.training.eval_batch_size
         if self.engine == "onnx":
@@ -105,9 +125,14 @@ class LoadedRun:
         texts: Union[str, Sequence[str]],
         batch_size: Optional[int] = None,
         pairs: Union[None, str, Sequence[str]] = None,
+        threshold: Optional[float] = None,
     ) -> Predictions:
         """Class names and probabilities for ``texts`` (and their ``pairs`` for a pair task; length-sorted
-        batches, results in input order)."""
+        batches, results in input order). A multi-label run gives each text's list of class names
+        (``threshold``: one decision threshold for every class instead of the run's own)."""
+        cuts = self.thresholds(threshold)
+        if cuts is not None:
+            return multilabel_predictions(self.logits(texts, batch_size, pairs=pairs), self.cfg.class_names, cuts)
         probs = softmax(self.logits(texts, batch_size, pairs=pairs))
         ids = probs.argmax(axis=1)
         names = list(self.cfg.class_names)
@@ -194,18 +219,24 @@ def load_run(
 
 
 def evaluate_run(
-    run: LoadedRun, data_source: str, trust_pickle: bool = False, columns: Optional[Columns] = None
+    run: LoadedRun,
+    data_source: str,
+    trust_pickle: bool = False,
+    columns: Optional[Columns] = None,
+    threshold: Optional[float] = None,
 ) -> dict[str, Any]:
     """Metrics of the run on a labelled source; ``columns`` default to the run's own data columns.
 
     Beside the metrics: ``data`` (the source's file name), ``rows``, ``data_digest`` (of its texts),
     ``overlap`` (how many of its rows are training and validation rows of the run) and ``held_out``
     (true only when none is; None when the run recorded no row digests). Rows the run has seen make
-    the accuracy no estimate of accuracy on new text: one warning line says how many.
+    the accuracy no estimate of accuracy on new text: one warning line says how many. A multi-label
+    run decides by its ``thresholds.json`` (or ``threshold`` for every class).
     """
+    cuts = run.thresholds(threshold)
     data = load_labelled(data_source, run.cfg.class_names, trust_pickle=trust_pickle, columns=columns or run.columns())
     logits = run.logits(data.texts, progress="evaluate", pairs=data.pairs)
-    metrics = classification_metrics(logits, data.labels, run.cfg.class_names, texts=data.texts)
+    metrics = classification_metrics(logits, data.labels, run.cfg.class_names, texts=data.texts, thresholds=cuts)
     digests = text_digests(data.texts, data.pairs)
     seen = RunDir(run.run_dir).read_row_digests() if RunDir(run.run_dir).is_run() else None
     metrics.update(data=source_name(data_source), rows=len(data), data_digest=rows_digest(digests))
@@ -243,7 +274,10 @@ def predictions_csv(
     header = ["ID", "Label"] + ([f"prob_{name}" for name in class_names] if probs is not None else [])
     writer.writerow(header)
     for i, label in enumerate(preds):
-        row: list[Any] = [i, class_names[int(label)] if label_format == "name" else int(label)]
+        if isinstance(label, (list, tuple)):  # multi-label: the ids of the predicted classes
+            row: list[Any] = [i, label_cell(label, class_names, label_format)]
+        else:
+            row = [i, class_names[int(label)] if label_format == "name" else int(label)]
         if probs is not None:
             row += [f"{p:.6f}" for p in probs[i]]
         writer.writerow(row)
@@ -259,18 +293,27 @@ def predict_file(
     columns: Optional[Columns] = None,
     label_format: Optional[str] = None,
     record: bool = True,
+    threshold: Optional[float] = None,
 ) -> dict[str, Any]:
     """Predict every row of ``input_source`` into the CSV ``output`` (``-``: stdout); ``record``: also the
     run's predictions.json. Labels are written as the training data wrote them (``model.label_format``:
     class names or ids; ids for runs that did not record it) unless ``label_format`` (``id`` or ``name``)
-    says otherwise."""
+    says otherwise. A multi-label run writes each row's classes joined by ``|`` (``threshold``: one
+    decision threshold for every class)."""
+    cuts = run.thresholds(threshold)
     data = load_unlabelled(input_source, trust_pickle=trust_pickle, columns=columns or run.columns())
     label_format = label_format or run.cfg.model.label_format or "id"
     start = time.perf_counter()
     logits = run.logits(data.texts, progress="predict", pairs=data.pairs)
     elapsed = time.perf_counter() - start
-    preds = logits.argmax(axis=1)
-    probs = softmax(logits)
+    if cuts is not None:
+        decided = multilabel_predictions(logits, run.cfg.class_names, cuts)
+        preds, probs = decided.label_ids, decided.probabilities
+        counts = np.bincount([j for ids in preds for j in ids], minlength=len(run.cfg.class_names))
+    else:
+        preds = logits.argmax(axis=1)
+        probs = softmax(logits)
+        counts = np.bincount(preds, minlength=len(run.cfg.class_names))
     text = predictions_csv(preds, run.cfg.class_names, probs if probabilities else None, label_format)
     if str(output) == "-":
         sys.stdout.write(text)
@@ -284,8 +327,8 @@ def predict_file(
         "output": str(output),
         "rows": len(data),
         "label_format": label_format,
-        "counts": {name: int((preds == i).sum()) for i, name in enumerate(run.cfg.class_names)},
-        "mean_confidence": float(probs.max(axis=1).mean()),
+        "counts": {name: int(counts[i]) for i, name in enumerate(run.cfg.class_names)},
+        "mean_confidence": float(probs.max(axis=1).mean()) if len(probs) else None,
         "seconds": elapsed,
         "samples_per_s": len(data) / elapsed if elapsed > 0 else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -1,7 +1,7 @@
 """Comparing runs: a results table across runs (Markdown and CSV) ranked by the most trustworthy accuracy
-they share, with Wilson intervals and McNemar paired tests (:mod:`lorabudget.report.ranking`), and an
-accuracy-vs-parameters plot with error bars, the budget line and the Pareto front. Anything a run lacks is
-said, never invented."""
+they share (micro F1 for multi-label runs, never mixed with single-label ones), with 95% intervals and
+McNemar paired tests (:mod:`lorabudget.report.ranking`), and an accuracy-vs-parameters plot with error
+bars, the budget line and the Pareto front. Anything a run lacks is said, never invented."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from lorabudget.io import atomic_write_text
 from lorabudget.report.compare_figure import draw_comparison
 from lorabudget.report.plots import save_figure
 from lorabudget.report.ranking import (
+    check_one_problem_type,
     choose_basis,
     class_groups,
     display_names,
@@ -38,6 +39,7 @@ def write_comparison(
     rows = [run_row(r) for r in run_dirs]
     for r, name in zip(rows, display_names(run_dirs, names)):
         r["display"] = name
+    check_one_problem_type(rows)
     groups = class_groups(rows, allow_different_classes)
     text, csv_rows, bases = ["# Run comparison", ""], [], []
     if len(groups) > 1:

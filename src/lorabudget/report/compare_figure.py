@@ -50,6 +50,11 @@ def _class_key(row: dict):
     return tuple(str(c) for c in classes)
 
 
+def _metric_name(basis: dict) -> str:
+    """What the y axis shows: accuracy, or micro F1 for multi-label runs (as a percentage either way)."""
+    return "micro F1" if basis.get("metric") == "micro_f1" else "accuracy"
+
+
 def collect_points(rows: list[dict], basis: dict) -> Optional[Points]:
     idx = [i for i, r in enumerate(rows) if r["trainable_params"] and basis["scores"][i] is not None]
     if not idx:
@@ -134,7 +139,7 @@ def draw_points(ax, pts: Points, basis: dict) -> None:
             facecolors="none",
             edgecolors="gray",
             zorder=2,
-            label="validation accuracy (not ranked)",
+            label=f"validation {_metric_name(basis)} (not ranked)",
         )
 
 
@@ -270,7 +275,7 @@ def draw_comparison(rows: list[dict], basis: dict):
     draw_points(ax, pts, basis)
     draw_fronts(ax, pts)
     ax.set(
-        ylabel="accuracy (%)",
+        ylabel=f"{_metric_name(basis)} (%)",
         title=f"{basis['label'][0].upper() + basis['label'][1:]} vs trainable parameters ({len(pts.xs)} runs)",
     )
     lines, notes = draw_budgets(ax, budgets)

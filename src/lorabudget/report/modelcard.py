@@ -14,8 +14,10 @@ from typing import Any, Optional
 import yaml
 
 from lorabudget.config import RunConfig
+from lorabudget.inference.decisions import is_multi_label
 from lorabudget.io import atomic_write_text
 from lorabudget.model.packaged import packaged_model
+from lorabudget.report.card_multilabel import multilabel_card_lines
 from lorabudget.report.run_report import budget_table, per_class_table
 from lorabudget.rundir.layout import RunDir
 from lorabudget.rundir.rows import source_name
@@ -69,6 +71,16 @@ def eval_results(cfg: RunConfig, run_dir: Optional[Path], summary: dict[str, Any
         }
         if isinstance(record.get("accuracy"), (int, float)):
             results.append(EvalResult(metric_type="accuracy", metric_value=round(record["accuracy"], 4), **common))
+        if isinstance(record.get("micro_f1"), (int, float)):  # multi-label
+            results.append(
+                EvalResult(
+                    metric_type="f1",
+                    metric_name="micro F1",
+                    metric_args={"average": "micro"},
+                    metric_value=round(record["micro_f1"], 4),
+                    **common,
+                )
+            )
         if isinstance(record.get("macro_f1"), (int, float)):
             results.append(
                 EvalResult(
@@ -205,6 +217,14 @@ def _results_lines(run_dir: Path, summary: dict[str, Any]) -> list[str]:
         )
     if with_ci:
         lines += ["", "Intervals: Wilson 95% intervals of the accuracy over the evaluated rows."]
+    multi = [r for r in rows if isinstance(r.get("micro_f1"), (int, float))]
+    if multi:
+        lines += [
+            "",
+            "Multi-label: accuracy is subset accuracy (a row counts when its whole label set is right); micro F1: "
+            + ", ".join(f"{r.get('data', '?')} {r['micro_f1']:.4f}" for r in multi)
+            + ".",
+        ]
     if any(r.get("held_out") is False for r in rows):
         lines += [
             "",
@@ -227,7 +247,8 @@ def _kept_weights_lines(summary: dict[str, Any], trained_on: bool) -> list[str]:
     if "best_step" in summary:
         return [
             "",
-            f"The kept checkpoint is the best validation accuracy, at step {summary['best_step']} "
+            f"The kept checkpoint is the best validation "
+            f"{'micro F1' if 'validation_micro_f1' in summary else 'accuracy'}, at step {summary['best_step']} "
             f"of {summary.get('steps')}.",
         ]
     return []
@@ -252,11 +273,21 @@ def _training_lines(summary: dict[str, Any]) -> list[str]:
 def _intended_use(cfg: RunConfig) -> list[str]:
     names = ", ".join(cfg.class_names)
     what = "one English news text" if _dataset_name(cfg) else "one text"
+    if is_multi_label(cfg):
+        task = (
+            f"Gives {what} any number of {cfg.num_labels} classes ({names}): none, one or several. It was trained "
+            "on the data above only: expect lower scores on text from other sources, periods or styles. "
+        )
+        scores = "Scores are per-class sigmoid outputs, not calibrated guarantees. "
+    else:
+        task = (
+            f"Classifies {what} into one of {cfg.num_labels} classes ({names}). It was trained on the data "
+            "above only: expect lower accuracy on text from other sources, periods or styles, and no meaningful "
+            "answer for text that belongs to none of the classes (it always picks one). "
+        )
+        scores = "Probabilities are softmax outputs, not calibrated guarantees. "
     return [
-        f"Classifies {what} into one of {cfg.num_labels} classes ({names}). It was trained on the data "
-        "above only: expect lower accuracy on text from other sources, periods or styles, and no meaningful "
-        "answer for text that belongs to none of the classes (it always picks one). Texts are cut to "
-        f"{cfg.model.max_length} tokens. Probabilities are softmax outputs, not calibrated guarantees. Any bias of "
+        task + f"Texts are cut to {cfg.model.max_length} tokens. " + scores + "Any bias of "
         "the training data and of the base model carries over. Not for decisions about people.",
     ]
 
@@ -265,14 +296,23 @@ def _py(code: str) -> list[str]:
     return ["```python", code.strip("\n"), "```"]
 
 
+_LONG_TEXT_NOTE = {  # data.long_text beyond truncate: what transformers' pipeline does instead
+    "head_tail": "The run kept the first and last tokens of longer texts (`data.long_text: head_tail`); the "
+    "pipeline keeps the first tokens only: `lorabudget predict` reads texts as training did.",
+    "chunks": "The run reads longer texts as overlapping windows and pools their logits (`data.long_text: "
+    "chunks`); the pipeline truncates instead: only `lorabudget predict`/`serve` pool the windows.",
+}
+
+
 def _hf_section(cfg: RunConfig, export_format: Optional[str], folder: str) -> list[str]:
     remote = cfg.head.type == "linear"
     trust = ", trust_remote_code=True" if remote else ""
+    sigmoid = ', top_k=None, function_to_apply="sigmoid"' if is_multi_label(cfg) else ""
     lines = ["### transformers (`lorabudget export RUN --format hf --output DIR`)", ""]
     lines += _py(f"""
 from transformers import pipeline
 
-classifier = pipeline("text-classification", model="{folder if export_format == "hf" else "DIR"}"{trust}, truncation=True)
+classifier = pipeline("text-classification", model="{folder if export_format == "hf" else "DIR"}"{trust}{sigmoid}, truncation=True)
 print(classifier(["Stocks rallied after the earnings report."]))
 """)
     lines.append("")
@@ -287,6 +327,8 @@ print(classifier(["Stocks rallied after the earnings report."]))
     else:
         lines += ["`AutoModelForSequenceClassification.from_pretrained(DIR)` loads the same model.", ""]
     lines += ["`truncation=True` cuts texts where training did (the tokenizer's `model_max_length`).", ""]
+    if cfg.data.long_text != "truncate":
+        lines += [_LONG_TEXT_NOTE[cfg.data.long_text], ""]
     if cfg.data.text_pair_column:
         lines += [
             f"The model reads sentence pairs ({cfg.data.text_column or 'text'}, {cfg.data.text_pair_column}): "
@@ -431,6 +473,7 @@ def model_card(run_dir: Path, cfg: RunConfig, export_format: Optional[str] = Non
         "",
         *_intended_use(cfg),
         "",
+        *(["## Multi-label decisions", "", *multilabel_card_lines(run_dir, cfg), ""] if is_multi_label(cfg) else []),
         "## How to load",
         "",
         *load_instructions(cfg, export_format, folder_name),

@@ -14,25 +14,54 @@ from lorabudget.io import atomic_write_text
 from lorabudget.rundir.layout import RunDir
 from lorabudget.stats import accuracy_interval, format_interval, mcnemar
 
+MICRO_F1 = "micro_f1"
+
 
 def _score(
-    acc: Optional[float], n: Optional[int], record: Optional[dict] = None, data: Optional[str] = None
+    acc: Optional[float],
+    n: Optional[int],
+    record: Optional[dict] = None,
+    data: Optional[str] = None,
+    metric: str = "accuracy",
 ) -> Optional[dict]:
-    """An accuracy with its row count, Wilson 95% interval and (when kept) per-row results."""
+    """A run's ranking figure with its row count, 95% interval and (when kept) per-row results.
+
+    ``accuracy`` holds the figure: accuracy (Wilson interval), or for a multi-label run (``metric``
+    ``micro_f1``) its micro F1 (bootstrap interval from the record); ``correct`` is then whether
+    each row's predicted label set equals its true set, the per-row result the paired test reads."""
     if acc is None:
         return None
     record = record or {}
     n = record.get("n") or record.get("rows") or n
-    ci = record.get("accuracy_ci95") or (list(accuracy_interval(acc, int(n))) if n else None)
+    if metric == MICRO_F1:
+        ci = record.get("micro_f1_ci95")
+    else:
+        ci = record.get("accuracy_ci95") or (list(accuracy_interval(acc, int(n))) if n else None)
     correct = record.get("correct")
     return {
         "accuracy": float(acc),
+        "metric": metric,
         "n": int(n) if n else None,
         "ci95": ci,
         "data": data or record.get("data"),
         "fingerprint": record.get("rows_fingerprint"),
         "correct": correct if correct is not None and n and len(correct) == n else None,
     }
+
+
+def problem_type(files: RunDir, summary: dict, records: list[dict]) -> str:
+    """``multi_label`` or ``single_label``: from the run's config, else its evaluations and summary."""
+    if files.is_run():
+        try:
+            return (files.config_values().get("model") or {}).get("problem_type") or "single_label"
+        except LorabudgetError:
+            pass
+    multi = any(r.get("problem_type") == "multi_label" for r in records) or "validation_micro_f1" in summary
+    return "multi_label" if multi else "single_label"
+
+
+def metric_name(metric: str) -> str:
+    return "micro F1" if metric == MICRO_F1 else "accuracy"
 
 
 def _classes(files: RunDir, summary: dict, records: list[dict]) -> Optional[tuple[str, ...]]:
@@ -58,12 +87,14 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     summary = files.read_summary()
     budget = files.read_budget() or {}
     records = files.eval_records()
+    kind = problem_type(files, summary, records)
+    metric = MICRO_F1 if kind == "multi_label" else "accuracy"
     tests: dict[tuple, dict] = {}
     not_held_out: dict[str, dict] = {}
     validation_record = None
     for e in records:
-        if e.get("kind") == "evaluate" and e.get("accuracy") is not None:
-            score = _score(e["accuracy"], None, e)
+        if e.get("kind") == "evaluate" and e.get(metric) is not None:
+            score = _score(e[metric], None, e, metric=metric)
             if e.get("held_out") is False:
                 not_held_out[score["data"]] = dict(score, overlap=e.get("overlap"))
             else:
@@ -71,15 +102,16 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         elif e.get("kind") == "validation":
             validation_record = e
     # A run that trained on its validation rows has no validation estimate to rank or compare by.
-    val_acc = None if summary.get("validation_trained_on") else summary.get("validation_accuracy")
+    val_acc = None if summary.get("validation_trained_on") else summary.get(f"validation_{metric}")
     # The kept checkpoint's per-row validation results, when eval.json/evals recorded that same score.
-    if validation_record is not None and val_acc is not None and validation_record.get("accuracy") != val_acc:
+    if validation_record is not None and val_acc is not None and validation_record.get(metric) != val_acc:
         validation_record = None
     validation = _score(
         val_acc,
         summary.get("validation_rows"),
         validation_record,
         data=(validation_record or {}).get("data", "validation split"),
+        metric=metric,
     )
     latest_test = list(tests.values())[-1] if tests else None  # records are in time order
     trainable = summary.get("trainable_params", budget.get("trainable_params"))
@@ -95,6 +127,8 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "head_params": summary.get("head_params", budget.get("head_params")),
         "budget": summary.get("budget", budget.get("budget")),
         "classes": _classes(files, summary, records),
+        "problem_type": kind,
+        "metric": metric,
         "validation": validation,
         "validation_accuracy": val_acc,
         "tests": tests,
@@ -142,6 +176,11 @@ def _fmt(value: Any, kind: str) -> str:
 def _fmt_score(score: Optional[dict]) -> str:
     if score is None:
         return "–"
+    if score.get("metric") == MICRO_F1:  # an F1 reads as a number in 0..1
+        text = f"{score['accuracy']:.4f}"
+        if score.get("ci95"):
+            text += f" ({format_interval(score['ci95'], percent=False)})"
+        return text
     text = f"{100 * score['accuracy']:.2f}%"
     if score.get("ci95"):
         text += f" ({format_interval(score['ci95'])})"
@@ -161,12 +200,15 @@ def choose_basis(rows: list[dict]) -> dict:
     """
     scored = [r for r in rows if r["validation"] is not None or r["tests"]]
     shared = set.intersection(*(set(r["tests"]) for r in scored)) if scored else set()
+    metric = next((r.get("metric") for r in rows if r.get("metric")), "accuracy")
+    name = metric_name(metric)
     if shared:
         key = max(shared, key=lambda k: (k[1] or 0, k[0]))
         return {
             "kind": "test",
             "key": key,
-            "label": f"test accuracy on {key[0]} ({key[1]:,} rows)" if key[1] else f"test accuracy on {key[0]}",
+            "metric": metric,
+            "label": f"test {name} on {key[0]} ({key[1]:,} rows)" if key[1] else f"test {name} on {key[0]}",
             "scores": [r["tests"].get(key) for r in rows],
         }
     sizes = sorted({r["validation"]["n"] for r in scored if r["validation"] and r["validation"]["n"]})
@@ -174,7 +216,8 @@ def choose_basis(rows: list[dict]) -> dict:
     return {
         "kind": "validation",
         "key": None,
-        "label": f"validation accuracy{rows_text}",
+        "metric": metric,
+        "label": f"validation {name}{rows_text}",
         "scores": [r["validation"] for r in rows],
     }
 
@@ -205,7 +248,8 @@ def verdict(name_a: str, a: dict, name_b: str, b: dict, alpha: float = 0.05) -> 
         overlap = a.get("ci95") and b.get("ci95") and a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1]
         how = "95% intervals overlap" if overlap else "95% intervals do not overlap"
         return f"{name_a} vs {name_b}: no paired test (not evaluated on the same rows with per-row results; {how})"
-    detail = f"{test['only_a']:,} rows only {name_a} got right, {test['only_b']:,} only {name_b}"
+    exact = " exactly (label set)" if a.get("metric") == MICRO_F1 else ""
+    detail = f"{test['only_a']:,} rows only {name_a} got right{exact}, {test['only_b']:,} only {name_b}"
     if test["p_value"] < alpha and a["accuracy"] != b["accuracy"]:
         winner, loser = (name_a, name_b) if test["only_a"] > test["only_b"] else (name_b, name_a)
         return f"**{winner} beats {loser}** ({_fmt_p(test['p_value'])}, McNemar exact; {detail})"
@@ -238,6 +282,8 @@ COMPARE_COLUMNS = [
     "train_time_s",
     "classes",
     "not_held_out",
+    # What score, validation_* and test_* hold: accuracy, or micro F1 for multi-label runs.
+    "metric",
 ]
 
 
@@ -277,6 +323,7 @@ def _csv_row(rank: Optional[int], name: str, r: dict, basis: dict, score: Option
         r["train_time_s"],
         "|".join(r["classes"]) if r["classes"] else None,
         "; ".join(_not_held_out_text(x) for x in r["not_held_out"]) or None,
+        r.get("metric", "accuracy"),
     ]
 
 
@@ -284,7 +331,18 @@ def _not_held_out_text(score: dict) -> str:
     """A score on rows the run had seen, never called a test accuracy."""
     counts = score.get("overlap") or {}
     seen = f" ({counts.get('training_rows', 0):,} training, {counts.get('validation_rows', 0):,} validation rows)"
-    return f"{100 * score['accuracy']:.2f}% on {score['data']}{seen if counts else ''}"
+    return f"{_fmt_score(dict(score, ci95=None))} on {score['data']}{seen if counts else ''}"
+
+
+def check_one_problem_type(rows: list[dict]) -> None:
+    """Single-label accuracy and multi-label micro F1 are different measures: never ranked together."""
+    multi = [r["display"] for r in rows if r.get("problem_type") == "multi_label"]
+    single = [r["display"] for r in rows if r.get("problem_type") != "multi_label"]
+    if multi and single:
+        raise LorabudgetError(
+            f"cannot compare single-label runs ({', '.join(single)}) with multi-label runs ({', '.join(multi)}): "
+            "accuracy and micro F1 do not rank against each other; compare each kind on its own"
+        )
 
 
 def class_groups(rows: list[dict], allow_different_classes: bool = False) -> list[list[int]]:
@@ -314,7 +372,8 @@ def _ranked_table(rows: list[dict], basis: dict) -> tuple[list[str], list[list],
     """The Markdown table, its CSV rows and the ranked row indices, for rows ranked on ``basis``."""
     order = sorted(range(len(rows)), key=lambda i: -(basis["scores"][i] or {"accuracy": -1})["accuracy"])
     ranked = [i for i in order if basis["scores"][i] is not None]
-    other_label = "validation acc (95% CI)" if basis["kind"] == "test" else "test acc (95% CI)"
+    short_name = "micro F1" if basis.get("metric") == MICRO_F1 else "acc"
+    other_label = f"validation {short_name} (95% CI)" if basis["kind"] == "test" else f"test {short_name} (95% CI)"
     seen = any(r["not_held_out"] for r in rows)  # a column only when some run has such a score
     lines = [
         f"| rank | run | method | trainable params | head params | **{basis['label']}** (95% CI) | {other_label} | "
@@ -353,8 +412,14 @@ def ranking_section(rows: list[dict], basis: dict) -> tuple[list[str], list[list
             "checkpoint was chosen on, so it is optimistic; run `lorabudget evaluate RUN --data FILE` on one "
             "labelled file for every run to rank on test accuracy."
         ),
-        'Intervals are Wilson 95% intervals. A run "beats" another only when McNemar\'s exact test on the '
-        "rows both were evaluated on gives p < 0.05; otherwise the difference is within noise.",
+        (
+            'Multi-label runs: intervals are bootstrap 95% intervals of micro F1. A run "beats" another only '
+            "when McNemar's exact test on the rows both were evaluated on, counting the rows whose predicted "
+            "label set is exactly the true set, gives p < 0.05; otherwise the difference is within noise."
+            if basis.get("metric") == MICRO_F1
+            else 'Intervals are Wilson 95% intervals. A run "beats" another only when McNemar\'s exact test on '
+            "the rows both were evaluated on gives p < 0.05; otherwise the difference is within noise."
+        ),
         "",
         *lines,
         "",
@@ -396,5 +461,7 @@ def plot_basis(bases: list[tuple[list[int], dict]], count: int) -> dict:
         for k, i in enumerate(idx):
             scores[i] = basis["scores"][k]
     kinds = {basis["kind"] for _, basis in bases}
-    label = "accuracy (each class set ranked on its own figure)"
-    return {"kind": kinds.pop() if len(kinds) == 1 else "mixed", "key": None, "label": label, "scores": scores}
+    metric = bases[0][1].get("metric", "accuracy")  # one problem type per comparison
+    label = f"{metric_name(metric)} (each class set ranked on its own figure)"
+    kind = kinds.pop() if len(kinds) == 1 else "mixed"
+    return {"kind": kind, "key": None, "label": label, "metric": metric, "scores": scores}

@@ -17,6 +17,7 @@ from lorabudget.report.figures import (
     plot_validation,
 )
 from lorabudget.report.figures import reliability as reliability  # re-exported: callers read it from here
+from lorabudget.report.multilabel_figures import plot_label_counts, plot_per_class_f1, plot_pr_curves
 from lorabudget.rundir.layout import RunDir
 from lorabudget.rundir.rows import overlap_text
 
@@ -105,8 +106,11 @@ def budget_table(budget: Optional[dict]) -> list[str]:
 def per_class_table(ev: dict) -> list[str]:
     """Markdown rows of an evaluation's per-class precision, recall, F1 and support (rows of that
     class), closed by the macro averages: with imbalanced classes accuracy alone hides the small ones."""
+    table = ev.get("per_class") or []
+    if isinstance(table, dict):  # multi-label: each class's decision threshold too
+        return multilabel_class_table(ev)
     lines = ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
-    for row in ev.get("per_class") or []:
+    for row in table:
         lines.append(
             f"| {row['class']} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']:,} |"
         )
@@ -116,6 +120,35 @@ def per_class_table(ev: dict) -> list[str]:
             f"| **{ev['macro_f1']:.4f}** | {ev.get('rows', 0):,} |"
         )
     return lines
+
+
+def multilabel_class_table(ev: dict) -> list[str]:
+    """A multi-label evaluation's per-class table with each class's decision threshold, closed by the
+    micro and macro F1 (where the thresholds were chosen on these same rows, the table says so)."""
+    lines = ["| class | precision | recall | F1 | support | threshold |", "|---|---:|---:|---:|---:|---:|"]
+    for name, row in ev["per_class"].items():
+        lines.append(
+            f"| {name} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']:,} "
+            f"| {row['threshold']:.3f} |"
+        )
+    lines.append(f"| **micro** | | | **{ev['micro_f1']:.4f}** | {ev.get('rows', 0):,} | |")
+    lines.append(f"| **macro** | | | **{ev['macro_f1']:.4f}** | {ev.get('rows', 0):,} | |")
+    if ev.get("thresholds_chosen_on_these_rows"):
+        lines += ["", "The thresholds were chosen on these rows (each class's best F1): these scores are optimistic."]
+    return lines
+
+
+def _multilabel_figures(files: RunDir, ev: dict, data: str) -> list[str]:
+    md = []
+    for figure, plot, caption in (
+        ("per_class_f1", plot_per_class_f1, f"F1 per class on {data}"),
+        ("label_counts", plot_label_counts, f"Labels per row on {data}, predicted and true"),
+        ("precision_recall", plot_pr_curves, f"Precision-recall curve per class on {data}"),
+    ):
+        path = files.eval_figure_path(ev, figure)
+        plot(ev, path)
+        md += _figure(caption, path)
+    return md
 
 
 def _figure(caption: str, path: Path) -> list[str]:
@@ -138,6 +171,12 @@ def _summary_lines(summary: dict) -> list[str]:
             f"({summary['validation_accuracy']:.4f}) is no estimate; evaluate the run on a held-out file. "
             f"{summary['steps']} steps took {took}"
         ]
+    elif summary.get("validation_micro_f1") is not None:
+        md = [
+            f"Best validation micro F1 **{summary['validation_micro_f1']:.4f}** (macro F1 "
+            f"{summary['validation_macro_f1']:.4f}, subset accuracy {summary['validation_accuracy']:.4f}) at step "
+            f"{summary['best_step']} of {summary['steps']}; training took {took}"
+        ]
     else:
         md = [
             f"Best validation accuracy **{summary['validation_accuracy']:.4f}** (macro F1 "
@@ -159,6 +198,15 @@ def _summary_lines(summary: dict) -> list[str]:
 
 def _score_line(ev: dict) -> str:
     """An evaluation's accuracy and macro F1; a score on rows the run has seen is marked as such."""
+    if ev.get("problem_type") == "multi_label":
+        lo, hi = ev["micro_f1_ci95"]
+        scores = (
+            f"micro F1 **{ev['micro_f1']:.4f}** (95% CI {lo:.4f}–{hi:.4f}), macro F1 {ev['macro_f1']:.4f}, "
+            f"subset accuracy {ev['subset_accuracy']:.4f}, Hamming loss {ev['hamming_loss']:.4f}"
+        )
+        if ev.get("kind") != "validation" and ev.get("held_out") is False:
+            return f"- {scores}: **not held out**, no estimate on new text"
+        return f"- {scores}"
     ci = ev.get("accuracy_ci95")
     interval = f" (95% CI {ci[0]:.4f}–{ci[1]:.4f})" if ci else ""
     f1 = f", macro F1 {ev['macro_f1']:.4f}" if isinstance(ev.get("macro_f1"), (int, float)) else ""
@@ -183,6 +231,8 @@ def _evaluation_section(files: RunDir, ev: dict, trained_on: bool = False) -> li
     md.append("")
     if ev.get("per_class"):
         md += per_class_table(ev) + [""]
+    if ev.get("problem_type") == "multi_label" and ev.get("probabilities") is not None:
+        md += _multilabel_figures(files, ev, data)
     if ev.get("confusion_matrix"):
         path = files.eval_figure_path(ev, "confusion_matrix")
         plot_confusion(ev, path)

@@ -12,6 +12,7 @@ lorabudget had more than one adapter method) is translated here, so readers see 
       adapter/               trained weights: PEFT adapter + head, or a full fine-tune's model.safetensors
       tokenizer/             the tokenizer the run trained with
       summary.json           written when training finished: scores, times, adapter sha256
+      thresholds.json        a multi-label run's per-class decision thresholds (with the best adapter)
       eval.json, evals/      the latest evaluation, and one record per evaluated data set
       rows.npz               a digest of each training and validation text (``rows``: overlap checks)
       predictions.csv/.json  the last ``predict``'s labels and its summary
@@ -53,6 +54,7 @@ ADAPTER = "adapter"
 TOKENIZER = "tokenizer"
 SUMMARY = "summary.json"
 EVAL = "eval.json"
+THRESHOLDS = "thresholds.json"
 EVALS = "evals"
 ROW_DIGESTS = "rows.npz"
 PREDICTIONS = "predictions.csv"
@@ -327,6 +329,18 @@ class RunDir:
                 shown = ", ".join(map(str, skipped[:5])) + (" ..." if len(skipped) > 5 else "")
                 warn(f"{self.metrics_path}: skipped {len(skipped)} unreadable line(s) (line {shown})")
         return train, evals
+
+    def write_thresholds(self, record: dict[str, Any]) -> None:
+        """Multi-label: ``{"thresholds": {class: float}, "chosen_on": ..., "rows": n}``, with the best adapter."""
+        atomic_write_json(self.path / THRESHOLDS, record)
+
+    def read_thresholds(self) -> Optional[dict[str, Any]]:
+        record = read_json(self.path / THRESHOLDS)  # None: a single-label run, or one without thresholds
+        values = record.get("thresholds") if isinstance(record, dict) else None
+        ok = isinstance(values, dict) and all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in values.values())
+        if record is not None and not ok:
+            raise LorabudgetError(f"{self.path / THRESHOLDS}: expected {{'thresholds': {{class: number in 0..1}}}}")
+        return record
 
     # ---- evaluations
     def write_eval(self, metrics: dict[str, Any], data_name: str, kind: str) -> Path:

@@ -24,6 +24,8 @@ CSV_FIXED = [
     "value",
     "validation_accuracy",
     "validation_macro_f1",
+    "validation_micro_f1",
+    "metric",
     "trainable_params",
     "base_model",
     "frozen_params",
@@ -40,7 +42,8 @@ CSV_FIXED = [
 ]
 
 
-def trial_rows(study) -> list[dict[str, Any]]:
+def trial_rows(study, metric: Optional[str] = None) -> list[dict[str, Any]]:
+    """One row per trial; ``metric`` names what ``value`` is (the validation metric the search maximises)."""
 
     rows = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
@@ -59,6 +62,8 @@ def trial_rows(study) -> list[dict[str, Any]]:
             "value": value,
             "validation_accuracy": a.get("validation_accuracy"),
             "validation_macro_f1": a.get("validation_macro_f1"),
+            "validation_micro_f1": a.get("validation_micro_f1"),
+            "metric": metric or (study.user_attrs.get("lorabudget") or {}).get("metric"),
             "trainable_params": a.get("trainable_params"),
             "base_model": a.get("base_model", ""),
             "frozen_params": a.get("frozen_params"),
@@ -233,7 +238,7 @@ class Results:
 
 
 def gather(study, s) -> Results:
-    rows = trial_rows(study)
+    rows = trial_rows(study, s.metric)
     kinds = [r["state"] for r in rows]
     best = best_trial(study, s.multi_objective)
     complete = sorted((r for r in rows if r["state"] == "complete"), key=lambda r: -(r["value"] or 0))
@@ -321,11 +326,17 @@ def _complete_table(res: Results) -> list[str]:
     if not res.complete:
         return []
     bases = res.bases
+    # A multi-label search shows micro F1 where a single-label one shows accuracy (subset accuracy says little).
+    first, first_name = (
+        ("validation_micro_f1", "validation micro F1")
+        if any(r.get("validation_micro_f1") is not None for r in res.complete)
+        else ("validation_accuracy", "validation accuracy")
+    )
     lines = [
         "",
         "## Complete trials (best first)",
         "",
-        "| trial | validation accuracy | macro F1 | vs best: McNemar p | trainable params | "
+        f"| trial | {first_name} | macro F1 | vs best: McNemar p | trainable params | "
         + ("base model | frozen params | " if bases else "")
         + "time (s) | configuration |",
         "|---:|---:|---:|---:|---:|" + ("---|---:|" if bases else "") + "---:|---|",
@@ -335,7 +346,7 @@ def _complete_table(res: Results) -> list[str]:
         origin = f" (starting trial: {r['origin']})" if r["origin"] else ""
         base = f"`{r['base_model']}` | {_fmt(r['frozen_params'], ',')} | " if bases else ""
         lines.append(
-            f"| {r['number']} | {_fmt(r['validation_accuracy'], '.4f')} | {_fmt(r['validation_macro_f1'], '.4f')} | "
+            f"| {r['number']} | {_fmt(r[first], '.4f')} | {_fmt(r['validation_macro_f1'], '.4f')} | "
             f"{_fmt(p_value, '.3f')} | {_fmt(r['trainable_params'], ',')} | {base}{_fmt(r['seconds'], '.0f')} | "
             f"{r['description']}{origin} |"
         )
@@ -350,9 +361,9 @@ def _pareto_lines(study, s, res: Results) -> list[str]:
         return []
     lines = [
         "",
-        "## Pareto front (accuracy vs trainable parameters)",
+        f"## Pareto front ({s.metric} vs trainable parameters)",
         "",
-        "| trial | validation accuracy | trainable params |",
+        f"| trial | validation {s.metric} | trainable params |",
         "|---:|---:|---:|",
     ]
     for t in sorted(study.best_trials, key=lambda t: t.values[1]):

@@ -26,7 +26,23 @@ STALE_AFTER_S = 300.0  # a RUNNING trial silent this long belongs to a dead work
 POLL_S = 1.0
 
 
-METRICS = ("accuracy", "macro_f1")
+METRICS = ("accuracy", "macro_f1", "micro_f1")
+
+
+def resolve_metric(metric: Optional[str], base: dict[str, Any]) -> str:
+    """The validation metric a search maximises: ``metric`` when given, else micro F1 for a multi-label
+    base config and accuracy otherwise (a multi-label run's accuracy is its subset accuracy)."""
+    multi = (base.get("model") or {}).get("problem_type") == "multi_label"
+    if metric is None:
+        return "micro_f1" if multi else "accuracy"
+    if metric not in METRICS:
+        raise LorabudgetError(f"unknown metric {metric!r}; metrics: " + ", ".join(METRICS))
+    if metric == "micro_f1" and not multi:
+        raise LorabudgetError(
+            "--metric micro_f1 is a multi-label metric; pass --multi-label for a multi-label search, "
+            "or use --metric accuracy or macro_f1"
+        )
+    return metric
 
 
 PRUNERS = ("median", "hyperband", "none")
@@ -50,7 +66,7 @@ class SearchSettings:
     timeout: Optional[float] = None
     storage: Optional[str] = None  # URL, journal:PATH, or None for SQLite in the search directory
     workers: int = 1
-    metric: str = "accuracy"
+    metric: Optional[str] = None  # None: micro_f1 for a multi-label base config, else accuracy (resolve_metric)
     multi_objective: bool = False
     pruner: Any = "median"  # a name in PRUNERS or an optuna pruner object
     seed: int = 0

@@ -124,7 +124,8 @@ def _train(trial, s: SearchSettings, cfg: RunConfig, planned: int, run_dir: Path
             summary = train(cfg, run_dir, data=data.get(cfg, log), log=log, on_eval=_pruning_hook(trial, s, pruned_at))
         if pruned_at:  # a training loop that ends gracefully on the stop signal
             raise TrialPruned(f"pruned at step {pruned_at[0]}")
-        for key in ("validation_accuracy", "validation_macro_f1", "steps", "best_step", "train_time_s"):
+        keys = ("validation_accuracy", "validation_macro_f1", "validation_micro_f1", "steps", "best_step")
+        for key in (*keys, "train_time_s"):
             trial.set_user_attr(key, summary.get(key))
         _record_prefix(trial, summary)
         value = float(summary[f"validation_{s.metric}"])

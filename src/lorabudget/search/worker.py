@@ -30,13 +30,13 @@ from lorabudget.config import RunConfig, from_dict
 from lorabudget.errors import BudgetExceededError, LorabudgetError
 from lorabudget.search.space import SearchSpace, apply_sample, base_points, describe, parse_space, sample
 from lorabudget.search.study import (
-    METRICS,
     POLL_S,
     SearchSettings,
     done_count,
     fail_dead_trials,
     make_pruner,
     open_study,
+    resolve_metric,
     trial_dir_name,
     trial_kind,
     worker_id,
@@ -310,8 +310,7 @@ def run_search(s: SearchSettings, say: Callable[[str], None] = console.say, prog
     s.output = Path(s.output)
     s.output.mkdir(parents=True, exist_ok=True)
     parse_space(s.space)  # bad space: one clear error before anything starts
-    if s.metric not in METRICS:
-        raise LorabudgetError(f"unknown metric {s.metric!r}; metrics: " + ", ".join(METRICS))
+    s.metric = resolve_metric(s.metric, s.base)
     make_pruner(s.pruner)
     if s.trials < 1 or s.workers < 1:
         raise LorabudgetError("--trials and --workers must be at least 1")

@@ -1,7 +1,10 @@
 """The HTTP API of ``lorabudget serve``: FastAPI routes over a loaded run and a :class:`DynamicBatcher`.
 
     POST /v1/classify   {"texts": [...]} (or {"inputs": text or [...]}) -> per text: label, label id, one
-                        probability per class; with "top_k": k, the k most probable classes too
+                        probability per class; with "top_k": k, the k most probable classes too. A
+                        multi-label run answers per text its labels (a list, maybe empty), and per class
+                        its sigmoid score, threshold and whether it is predicted; "threshold": T in a
+                        request replaces the run's per-class thresholds for that request
     GET  /v1/health     liveness, queue length, batches run
     GET  /v1/model      run name, method, budget, trainable parameters, classes, evaluations
     GET  /              a page to try the model
@@ -29,6 +32,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
 from lorabudget.errors import LorabudgetError
+from lorabudget.inference.decisions import check_threshold, is_multi_label, label_sets, run_thresholds
 from lorabudget.inference.runs import LoadedRun
 from lorabudget.metrics import softmax
 from lorabudget.report.modelcard import base_model_name
@@ -41,6 +45,8 @@ from lorabudget.serve.protocol import (
     ClassifyRequest,
     ClassifyResponse,
     check_request,
+    check_threshold_option,
+    multilabel_results,
     results,
     validation_message,
 )
@@ -66,6 +72,8 @@ class ServeSettings:
     # Requests open at once, each on its own connection (reading a body, waiting for the model, answering);
     # one more gets 503 at once. It bounds what slow or stalled clients can hold.
     max_connections: int = 256
+    # A multi-label run's one threshold for every class (``serve --threshold``); None: the run's own per class.
+    threshold: Optional[float] = None
 
     def __post_init__(self) -> None:
         at_least_one = ("max_batch", "max_texts", "max_chars", "max_body_bytes", "max_queued_texts", "max_connections")
@@ -77,6 +85,7 @@ class ServeSettings:
             raise LorabudgetError(f"serve setting max_wait_ms must be 0 or more, not {self.max_wait_ms!r}")
         if not 0 < self.body_timeout_s < float("inf"):
             raise LorabudgetError(f"serve setting body_timeout_s must be above 0, not {self.body_timeout_s!r}")
+        check_threshold(self.threshold)
 
 
 def pair_column(run: LoadedRun) -> Optional[str]:
@@ -96,10 +105,25 @@ def _evaluation(record: dict[str, Any]) -> dict[str, Any]:
         "kind": record.get("kind"),
         "accuracy": record.get("accuracy"),
         "accuracy_ci95": record.get("accuracy_ci95"),
+        # A multi-label run's ranking figure; its accuracy above is the subset accuracy.
+        **(
+            {"micro_f1": record["micro_f1"], "micro_f1_ci95": record.get("micro_f1_ci95")}
+            if "micro_f1" in record
+            else {}
+        ),
         "rows": record.get("n"),
         "held_out": held_out if isinstance(held_out, bool) else None,
         "time": record.get("time"),
     }
+
+
+def _threshold_info(run: LoadedRun, settings: ServeSettings) -> dict[str, Any]:
+    """A multi-label run's decision thresholds per class, as the server applies them."""
+    if not is_multi_label(run.cfg):
+        return {}
+    names = list(run.cfg.class_names)
+    cuts = run_thresholds(run.run_dir, names, settings.threshold)
+    return {"thresholds": {n: float(t) for n, t in zip(names, cuts)}}
 
 
 def model_info(run: LoadedRun, settings: ServeSettings) -> dict[str, Any]:
@@ -119,6 +143,8 @@ def model_info(run: LoadedRun, settings: ServeSettings) -> dict[str, Any]:
         "budget": run.cfg.budget.max_trainable_params,
         "trainable_params": summary.get("trainable_params", budget.get("total")),
         "classes": list(run.cfg.class_names),
+        "problem_type": run.cfg.model.problem_type,
+        **_threshold_info(run, settings),
         "max_length": run.cfg.model.max_length,
         "text_pairs": pair_column(run) is not None,
         # A run that trained on its validation rows has no estimate of its accuracy there.
@@ -255,12 +281,21 @@ def create_app(run: LoadedRun, settings: ServeSettings = ServeSettings()) -> Fas
     )
     _add_error_handlers(app)
     pairs = pair_column(run)
+    multi_label = is_multi_label(run.cfg)
+    if settings.threshold is not None and not multi_label:
+        raise LorabudgetError("--threshold applies to multi-label runs; this run picks one class per text")
+    thresholds = run_thresholds(run.run_dir, names, settings.threshold) if multi_label else None
 
     @app.post(CLASSIFY, response_model=ClassifyResponse, response_model_exclude_none=True, summary="classify texts")
     async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
+        check_threshold_option(body, multi_label)
         rows = check_request(body, pairs, settings.max_texts, settings.max_chars)
         logits = await _logits_while_connected(batcher, rows, request)
-        return {"results": results(softmax(logits), names, body.top_k)}
+        if not multi_label:
+            return {"results": results(softmax(logits), names, body.top_k)}
+        cuts = run_thresholds(run.run_dir, names, body.threshold) if body.threshold is not None else thresholds
+        probs, decisions = label_sets(logits, cuts)
+        return {"results": multilabel_results(probs, decisions, cuts, names, body.top_k)}
 
     @app.get("/v1/health", summary="liveness and load")
     async def health() -> dict[str, Any]:

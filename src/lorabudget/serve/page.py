@@ -21,15 +21,16 @@ def _facts(info: dict[str, Any]) -> list[tuple[str, str]]:
         params += f" of {budget:,} budget"
     facts = [("method", str(info.get("method"))), ("trainable parameters", params)]
     validation = info.get("validation") or {}
-    if validation.get("accuracy") is not None:
-        text = f"{validation['accuracy']:.1%}"
-        low_high = validation.get("accuracy_ci95")
+    key = "micro_f1" if validation.get("micro_f1") is not None else "accuracy"  # a multi-label run: micro F1
+    if validation.get(key) is not None:
+        text = f"{validation[key]:.1%}"
+        low_high = validation.get(f"{key}_ci95")
         if low_high:
             text += f" (95% CI {100 * low_high[0]:.1f}–{low_high[1]:.1%}"
             text += f", n={validation['rows']:,})" if validation.get("rows") else ")"
         if validation.get("held_out") is False:  # the rows overlapped training or validation rows
             text += ", not held out"
-        facts.append(("validation accuracy", text))
+        facts.append(("validation micro F1" if key == "micro_f1" else "validation accuracy", text))
     facts.append(("engine", f"{info.get('engine')} · {info.get('precision')}"))
     return facts
 
@@ -140,10 +141,15 @@ function show(texts, answer) {
     const card = element("div", "result");
     card.append(element("div", "text", texts[i]));
     const label = element("div", "label");
-    label.append(element("span", "top", result.label), element("span", "p", percent(result.probability)));
+    if (result.labels) {  // a multi-label run: its labels (maybe none), each bar marked when predicted
+      label.append(element("span", "top", result.labels.length ? result.labels.join(", ") : "(no label)"));
+    } else {
+      label.append(element("span", "top", result.label), element("span", "p", percent(result.probability)));
+    }
     card.append(label);
     for (const entry of result.probabilities) {
-      const bar = element("div", entry.label === result.label ? "bar top" : "bar");
+      const top = result.labels ? entry.predicted : entry.label === result.label;
+      const bar = element("div", top ? "bar top" : "bar");
       const track = element("div", "track");
       const fill = element("div", "fill");
       fill.style.width = percent(entry.probability);

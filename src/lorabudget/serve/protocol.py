@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lorabudget.serve.guards import short
 
-FIELDS = '"texts" (or "inputs", or "pairs") and optionally "top_k"'
+FIELDS = '"texts" (or "inputs", or "pairs") and optionally "top_k" and "threshold"'
 
 
 class ApiError(Exception):
@@ -37,6 +37,13 @@ class ClassifyRequest(BaseModel):
     top_k: Optional[int] = Field(
         None, ge=1, description="also list each text's k most probable classes, most probable first (at most all)"
     )
+    threshold: Optional[float] = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="multi-label runs only: one decision threshold for every class instead of the run's "
+        "per-class thresholds (chosen on its validation rows)",
+    )
 
 
 class ClassProbability(BaseModel):
@@ -58,8 +65,23 @@ class Classification(BaseModel):
     top_k: Optional[list[RankedClass]] = Field(None, description='with "top_k": the k most probable classes')
 
 
+class ClassScore(BaseModel):
+    label: str
+    probability: float = Field(description="the class's sigmoid score")
+    threshold: float = Field(description="the score at which the class is predicted")
+    predicted: bool = Field(description="whether the class is among the text's labels")
+
+
+class MultiLabelClassification(BaseModel):
+    labels: list[str] = Field(description="the predicted class names, in class order; empty for none")
+    label_ids: list[int] = Field(description="their indices into the run's classes")
+    probabilities: list[ClassScore] = Field(description="every class, in the run's class order")
+    top_k: Optional[list[RankedClass]] = Field(None, description='with "top_k": the k most probable classes')
+
+
 class ClassifyResponse(BaseModel):
-    results: list[Classification]
+    # A single-label run answers Classification, a multi-label run MultiLabelClassification.
+    results: list[Union[Classification, MultiLabelClassification]]
 
 
 def _text_problem(text: str, max_chars: int) -> Optional[tuple[int, str]]:
@@ -113,8 +135,40 @@ def results(probs: np.ndarray, names: list[str], top_k: Optional[int]) -> list[d
             "probabilities": [{"label": n, "probability": float(p)} for n, p in zip(names, row)],
         }
         if top_k is not None:
-            order = np.argsort(-row, kind="stable")[:top_k]
-            result["top_k"] = [{"label": names[i], "label_id": int(i), "probability": float(row[i])} for i in order]
+            result["top_k"] = _ranked(row, names, top_k)
+        found.append(result)
+    return found
+
+
+def check_threshold_option(request: ClassifyRequest, multi_label: bool) -> None:
+    """A ``threshold`` is a multi-label run's option: a single-label run picks the most probable class."""
+    if request.threshold is not None and not multi_label:
+        raise ApiError(422, '"threshold" applies to multi-label runs; this run picks one class per text')
+
+
+def _ranked(row: np.ndarray, names: list[str], top_k: int) -> list[dict[str, Any]]:
+    order = np.argsort(-row, kind="stable")[:top_k]
+    return [{"label": names[i], "label_id": int(i), "probability": float(row[i])} for i in order]
+
+
+def multilabel_results(
+    probs: np.ndarray, decisions: np.ndarray, thresholds: np.ndarray, names: list[str], top_k: Optional[int]
+) -> list[dict[str, Any]]:
+    """One result per row of sigmoid ``probs``: the predicted classes, and every class's score,
+    threshold and decision; with ``top_k``, the k most probable classes too (ties: class order)."""
+    found = []
+    for row, chosen in zip(probs, decisions):
+        ids = [int(j) for j in np.flatnonzero(chosen)]
+        result: dict[str, Any] = {
+            "labels": [names[j] for j in ids],
+            "label_ids": ids,
+            "probabilities": [
+                {"label": n, "probability": float(p), "threshold": float(t), "predicted": bool(d)}
+                for n, p, t, d in zip(names, row, thresholds, chosen)
+            ],
+        }
+        if top_k is not None:
+            result["top_k"] = _ranked(row, names, top_k)
         found.append(result)
     return found
 

@@ -8,7 +8,8 @@
    (every member's, for an ensemble) and the texts' fingerprint. Every student that trains on the
    same data reuses them; once the cache exists the teacher is not even loaded. A cache for other
    data or another teacher is never used, and a corrupt or truncated one is rebuilt.
-3. The student trains on ``(1 - λ)·CE(gold) + λ·T²·KL(teacher_T ‖ student_T)``. Rows without a gold
+3. The student trains on ``(1 - λ)·CE(gold) + λ·T²·KL(teacher_T ‖ student_T)`` (a multi-label
+   run: binary cross-entropy per class for both terms, :mod:`lorabudget.training.distill_multilabel`). Rows without a gold
    label (from unlabelled files, or the share of the labelled file used as transfer texts) have no
    CE term: only the teacher's soft labels teach them, and those the teacher is unsure of can be
    dropped. The teacher's logits are looked up by each row's dataset index, so length-grouped
@@ -41,8 +42,15 @@ from lorabudget.data.cache import TEACHER_LOGITS_FOLDER
 from lorabudget.data.load import Columns, TextData, load_unlabelled
 from lorabudget.errors import LorabudgetError
 from lorabudget.io import atomic_path, default_cache_dir
-from lorabudget.metrics import classification_metrics, softmax
+from lorabudget.metrics import softmax
 from lorabudget.rundir.layout import RunDir, file_sha256
+from lorabudget.training.distill_multilabel import (
+    check_teachers,
+    confident_rows,
+    ensemble_logits_multilabel,
+    kd_loss_multilabel,
+    teacher_validation,
+)
 from lorabudget.training.loop import train
 from lorabudget.training.setup import PreparedData, class_weights_for, plan_or_refuse, prepare_data
 
@@ -113,8 +121,11 @@ def ensemble_fingerprint(teacher_dirs: Sequence[Path]) -> str:
     return hashlib.sha256(("ensemble\n" + "\n".join(fps)).encode()).hexdigest()
 
 
-def ensemble_logits(member_logits: Sequence[np.ndarray]) -> np.ndarray:
-    """Logits whose softmax is the mean of the members' class probabilities (log of the mean)."""
+def ensemble_logits(member_logits: Sequence[np.ndarray], multi_label: bool = False) -> np.ndarray:
+    """Logits whose softmax is the mean of the members' class probabilities (log of the mean); for
+    multi-label members, whose sigmoid is the mean of their per-class probabilities."""
+    if multi_label:
+        return ensemble_logits_multilabel(member_logits)
     probs = np.mean([softmax(m) for m in member_logits], axis=0)
     return np.log(np.clip(probs, 1e-30, None)).astype(np.float32)
 
@@ -193,7 +204,8 @@ def teacher_logits(
     if len(members) > 1:
         ordered = sorted(members, key=teacher_fingerprint)  # the same mean, bit for bit, in any order given
         logits = ensemble_logits(
-            [teacher_logits(m, texts, cache, log, f"{what}, member {m.name}", pairs) for m in ordered]
+            [teacher_logits(m, texts, cache, log, f"{what}, member {m.name}", pairs) for m in ordered],
+            multi_label=RunDir(ordered[0]).read_config().model.problem_type == "multi_label",
         )
         path = cache.save(key, logits)
         log(
@@ -269,7 +281,12 @@ def resolve_teacher(
         return path
     cfg = replace(load_config(teacher, list(overrides)), data=student.data)
     # The student's classes (inferred from its data when it named none), so teacher and student agree.
-    cfg.model = replace(cfg.model, labels=student.class_names, label_format=student.model.label_format)
+    cfg.model = replace(
+        cfg.model,
+        labels=student.class_names,
+        label_format=student.model.label_format,
+        problem_type=student.model.problem_type,
+    )
     seed = cfg.data.split_seed
     marker = {"fraction": transfer_fraction, "seed": seed} if transfer_fraction else None
     target = student_run.parent / (cfg.name + (f"-without-transfer-{transfer_fraction:g}" if marker else ""))
@@ -375,42 +392,20 @@ def student_rows(
     if extra_texts:
         log(f"distill: adding {len(extra_texts):,} unlabelled texts taught by the teacher's soft labels only")
         cache_dir = default_cache_dir(cfg.data.cache_dir)
-        tokens = tokens.concat(
-            tokenize(data.tokenizer, extra_texts, cfg.model.max_length, cache_dir, pairs=extra_pairs)
-        )
+        how = dict(long_text=cfg.data.long_text, stride=cfg.data.chunk_stride, pooling=cfg.data.chunk_pooling)
+        added = tokenize(data.tokenizer, extra_texts, cfg.model.max_length, cache_dir, pairs=extra_pairs, **how)
+        if added.row_of_window is not None:  # data.long_text: chunks: each window a row, as the labelled ones
+            extra_texts = [extra_texts[i] for i in added.row_of_window]
+        tokens = tokens.concat(added.as_rows())
     is_transfer = np.zeros(len(labels) + len(extra_texts), dtype=bool)
     is_transfer[transfer] = True
     return StudentRows(
         data.train.texts + extra_texts,
         data.train.pairs + extra_pairs if pair_mode else None,
-        np.concatenate([labels, np.full(len(extra_texts), -1, dtype=np.int64)]),
+        np.concatenate([labels, np.full((len(extra_texts), *labels.shape[1:]), -1, dtype=labels.dtype)]),
         tokens,
         is_transfer,
     )
-
-
-def teacher_validation(val_logits: np.ndarray, cfg: RunConfig, data: PreparedData, log) -> dict[str, Any]:
-    """The teacher's metrics on the student's validation rows, logged."""
-    teacher_val = classification_metrics(val_logits, data.validation.labels, cfg.class_names)
-    ci = teacher_val["accuracy_ci95"]
-    log(
-        f"teacher validation accuracy {teacher_val['accuracy']:.4f} (95% CI {ci[0]:.4f}–{ci[1]:.4f}, macro F1 "
-        f"{teacher_val['macro_f1']:.4f}) on the student's {len(data.validation):,} validation rows"
-    )
-    return teacher_val
-
-
-def confident_rows(rows: StudentRows, train_logits: np.ndarray, min_confidence: float, log) -> np.ndarray:
-    """Which rows to keep: every labelled row, and the unlabelled ones the teacher is sure enough of."""
-    soft = rows.labels < 0
-    keep = np.ones(len(rows.labels), dtype=bool)
-    if min_confidence > 0 and soft.any():
-        keep = ~soft | (softmax(train_logits).max(axis=1) >= min_confidence)
-        log(
-            f"distill: kept {int((soft & keep).sum()):,} of {int(soft.sum()):,} rows without labels whose teacher "
-            f"confidence is >= {min_confidence:g}"
-        )
-    return keep
 
 
 def student_loss(cfg: RunConfig, train_logits: np.ndarray, labels: np.ndarray):
@@ -419,7 +414,8 @@ def student_loss(cfg: RunConfig, train_logits: np.ndarray, labels: np.ndarray):
     # The whole table moves to the training device once (first step), so looking rows up by their
     # dataset index needs no host round trip per step.
     table = {"logits": torch.from_numpy(np.ascontiguousarray(train_logits))}
-    weights = class_weights_for(cfg, labels)
+    multi = labels.ndim == 2
+    weights = class_weights_for(cfg, labels[(labels >= 0).all(axis=1)] if multi else labels)
     if weights is not None:
         table["weights"] = torch.from_numpy(weights)
 
@@ -429,7 +425,8 @@ def student_loss(cfg: RunConfig, train_logits: np.ndarray, labels: np.ndarray):
         teacher_batch = table["logits"][batch["index"].to(logits.device)]
         if "weights" in table and table["weights"].device != logits.device:
             table["weights"] = table["weights"].to(logits.device)
-        return kd_loss(logits, teacher_batch, batch["labels"], d.temperature, d.alpha, table.get("weights"))
+        kd = kd_loss_multilabel if multi else kd_loss
+        return kd(logits, teacher_batch, batch["labels"], d.temperature, d.alpha, table.get("weights"))
 
     return loss_fn
 
@@ -454,6 +451,7 @@ def distill(
     plan_or_refuse(cfg, log)  # the student is counted and guarded before anything else runs
     run_dir.mkdir(parents=True, exist_ok=True)
     teacher_dirs = [resolve_teacher(t, cfg, run_dir, log, fraction) for t in teachers]
+    check_teachers(teacher_dirs, cfg)
 
     data = prepare_data(cfg, log)
     rows = student_rows(cfg, data, fraction, unlabelled, log)
@@ -464,7 +462,8 @@ def distill(
     )
     teacher_val = teacher_validation(val_logits, cfg, data, log)
     keep = confident_rows(rows, train_logits, d.min_teacher_confidence, log)
-    unlabelled_kept = int((keep & (rows.labels < 0) & ~rows.is_transfer).sum())
+    no_gold = (rows.labels < 0).reshape(len(rows.labels), -1).all(axis=1)
+    unlabelled_kept = int((keep & no_gold & ~rows.is_transfer).sum())
     if not keep.all():
         index = np.flatnonzero(keep)
         rows, train_logits = rows.take(index), train_logits[index]
@@ -480,6 +479,7 @@ def distill(
         "teachers": [str(t) for t in teacher_dirs],
         "teacher_validation_accuracy": teacher_val["accuracy"],
         "teacher_validation_ci95": teacher_val["accuracy_ci95"],
+        **({"teacher_validation_micro_f1": teacher_val["micro_f1"]} if "micro_f1" in teacher_val else {}),
         "distill_temperature": d.temperature,
         "distill_alpha": d.alpha,
         "unlabelled_rows": unlabelled_kept,
@@ -490,8 +490,9 @@ def distill(
     }
     loss_fn = student_loss(cfg, train_logits, rows.labels)
     summary = train(cfg, run_dir, loss_fn=loss_fn, data=data, log=log, extra_summary=extra_summary, resume=resume)
+    key = teacher_val.get("primary_metric", "accuracy")
     log(
-        f"distillation: teacher {teacher_val['accuracy']:.4f} -> student {summary['validation_accuracy']:.4f} "
-        f"validation accuracy with {summary['trainable_params']:,} trainable parameters"
+        f"distillation: teacher {teacher_val[key]:.4f} -> student {summary[f'validation_{key}']:.4f} "
+        f"validation {key.replace('_f1', ' F1')} with {summary['trainable_params']:,} trainable parameters"
     )
     return summary

@@ -34,7 +34,6 @@ from lorabudget.training.setup import (
     LossFn,
     PreparedData,
     budget_json,
-    class_weights_for,
     cross_entropy_loss,
     label_distribution,
     make_accelerator,
@@ -42,7 +41,7 @@ from lorabudget.training.setup import (
     prepare_data,
     record_rows,
     seed_everything,
-    weighted_cross_entropy_loss,
+    training_loss,
 )
 from lorabudget.training.state import (
     Checkpointer,
@@ -124,10 +123,7 @@ def train(
     if cfg.training.threads:
         torch.set_num_threads(cfg.training.threads)
     model, data, live = start_run(cfg, run_dir, data, log, accelerator, resumed is not None)
-    weights = class_weights_for(cfg, data.train.labels)
-    if weights is not None and loss_fn is cross_entropy_loss:  # distillation weights its own gold term
-        loss_fn = weighted_cross_entropy_loss(weights)
-        log("class weights (balanced): " + ", ".join(f"{n} {w:.3f}" for n, w in zip(cfg.class_names, weights)))
+    loss_fn = training_loss(cfg, loss_fn, data.train.labels, log)  # distillation weights its own gold term
     run = Session.start_loop(cfg, run_dir, accelerator, model, data, checkpoints, log, resumed)
     state, total, loader = run.state, run.total_steps, run.loader
     progress = tqdm(
@@ -185,9 +181,10 @@ def run_summary(run: Session, live, extra_summary: Optional[dict[str, Any]]) -> 
         "budget": cfg.budget.max_trainable_params,
         "best_step": best.step,
         "steps": state.step,
-        "train_rows": len(data.train),
+        "train_rows": train_rows(data),
         "validation_rows": len(data.validation),
-        "validation_accuracy": best.accuracy,
+        "validation_accuracy": best.metrics["accuracy"],
+        **({"validation_micro_f1": best.metrics["micro_f1"]} if "micro_f1" in best.metrics else {}),
         "validation_macro_f1": best.metrics["macro_f1"],
         # True: the validation rows were trained on too, so the two figures above are no estimate.
         "validation_trained_on": cfg.data.train_on_validation,
@@ -216,8 +213,15 @@ def run_summary(run: Session, live, extra_summary: Optional[dict[str, Any]]) -> 
         ),
         "class_names": list(cfg.class_names),
         "train_label_distribution": label_distribution(data.train.labels, cfg.num_labels),
+        "long_text": data.long_text,  # rows longer than max_length: tokens cut, or windows trained on
     }
     return {**summary, **(extra_summary or {})}
+
+
+def train_rows(data: PreparedData) -> int:
+    """Training rows (texts), not the windows ``data.long_text: chunks`` trains on."""
+    windowed = data.long_text is not None and data.long_text["mode"] == "chunks"
+    return data.long_text["train"]["rows"] if windowed else len(data.train)
 
 
 def finish(run: Session, live, extra_summary: Optional[dict[str, Any]], stopped) -> dict[str, Any]:
@@ -238,12 +242,14 @@ def finish(run: Session, live, extra_summary: Optional[dict[str, Any]], stopped)
         files.write_summary(finite_or_none(summary))
         run.checkpoints.remove()  # a finished run has nothing to resume
         run.log(format_metrics(best.metrics))
+        key = best.metrics.get("primary_metric", "accuracy")
+        what, ci = key.replace("_f1", " F1"), best.metrics[f"{key}_ci95"]
         kept = (
-            f"last weights kept (validation accuracy {best.accuracy:.4f} on {best.metrics['n']:,} rows it trained on: "
+            f"last weights kept (validation {what} {best.accuracy:.4f} on {best.metrics['n']:,} rows it trained on: "
             f"no estimate)"
             if cfg.data.train_on_validation
-            else f"best validation accuracy {best.accuracy:.4f} (95% CI {best.metrics['accuracy_ci95'][0]:.4f}–"
-            f"{best.metrics['accuracy_ci95'][1]:.4f} on {best.metrics['n']:,} rows)"
+            else f"best validation {what} {best.accuracy:.4f} (95% CI {ci[0]:.4f}–{ci[1]:.4f} on "
+            f"{best.metrics['n']:,} rows)"
         )
         run.log(
             f"{kept} at step {best.step}; trained {run.state.step} steps in {summary['train_time_s']:.1f}s; "

@@ -26,6 +26,7 @@ from lorabudget.errors import TrainingStopped
 from lorabudget.inference.batched import predict_logits
 from lorabudget.methods import registry
 from lorabudget.metrics import classification_metrics
+from lorabudget.metrics_multilabel import thresholds_of
 from lorabudget.model.build import keep_4bit_layout_for_training
 from lorabudget.model.dropout import fast_attention_dropout, use_fast_dropout
 from lorabudget.model.flops import FlopCounter
@@ -285,25 +286,31 @@ class Session:
         forward = self.prefix.validation_forward(self.model, self.accelerator.device) if self.prefix else None
         result = evaluate_during_training(self.model, self.data, self.cfg, self.accelerator, forward)
         improved = self.best.offer(step, result, self.unwrapped)
+        multi = "micro_f1" in result
         self.metrics.write(
             type="eval",
             step=step,
             epoch=epoch_pos,
             accuracy=result["accuracy"],
+            **({"micro_f1": result["micro_f1"]} if multi else {}),
             macro_f1=result["macro_f1"],
             loss=result["loss"],
             best=improved,
             elapsed_s=self.elapsed(),
         )
+        head = f"micro F1 {result['micro_f1']:.4f}, subset accuracy" if multi else "accuracy"
         self.log(
-            f"step {step}: validation accuracy {result['accuracy']:.4f}, macro F1 "
+            f"step {step}: validation {head} {result['accuracy']:.4f}, macro F1 "
             f"{result['macro_f1']:.4f}, loss {result['loss']:.4f}"
             + (" (rows it trains on)" if self.best.keep_last else " (best so far)" if improved else "")
         )
         if improved and self.accelerator.is_main_process:
             save_trained(self.unwrapped, RunDir(self.run_dir).adapter_dir)
+            if multi:
+                RunDir(self.run_dir).write_thresholds(thresholds_record(result))
         if self.best.patience_spent(t.early_stopping_patience):
-            self.log(f"early stopping: no gain in validation accuracy for {self.best.evals_without_gain} evaluations")
+            what = "micro F1" if multi else "accuracy"
+            self.log(f"early stopping: no gain in validation {what} for {self.best.evals_without_gain} evaluations")
             self.state.done = True
         self.state.eval_seconds += time.perf_counter() - eval_start
         return result
@@ -326,6 +333,11 @@ def run_on_eval(on_eval, step: int, result: dict[str, Any]) -> Optional[Training
     except TrainingStopped as err:
         return err
     return None
+
+
+def thresholds_record(result: dict[str, Any]) -> dict[str, Any]:
+    """``thresholds.json`` of a multi-label validation result: each class's threshold, chosen on those rows."""
+    return {"thresholds": thresholds_of(result), "chosen_on": "validation", "rows": result["n"]}
 
 
 def evaluate_during_training(model, data: PreparedData, cfg: RunConfig, accelerator, forward=None) -> dict[str, Any]:

@@ -13,8 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from lorabudget.config import RunConfig
+from lorabudget.console import warn
+from lorabudget.data import windows
 from lorabudget.data.batching import TokenizedTexts, position_cap, tokenize
 from lorabudget.data.load import Columns, TextData, load_labelled, resolve_labels, split_validation
+from lorabudget.data.multilabel import warn_empty_classes
 from lorabudget.io import default_cache_dir
 from lorabudget.methods import registry
 from lorabudget.model import budget as budget_mod
@@ -63,10 +66,67 @@ def weighted_cross_entropy_loss(weights: np.ndarray) -> LossFn:
 
 
 def class_weights_for(cfg: RunConfig, labels: np.ndarray) -> Optional[np.ndarray]:
-    """Per-class loss weights for ``training.class_weights`` (None: unweighted)."""
+    """Per-class loss weights for ``training.class_weights`` (None: unweighted); for multi-label
+    targets, :func:`balanced_pos_weight`."""
     if cfg.training.class_weights == "balanced":
+        if labels.ndim == 2:
+            return balanced_pos_weight(labels)
         return balanced_class_weights(labels, cfg.num_labels)
     return None
+
+
+MAX_POS_WEIGHT = 100.0  # a class with one positive in 10,000 rows would otherwise swamp the loss
+
+
+def balanced_pos_weight(targets: np.ndarray) -> np.ndarray:
+    """Multi-label ``pos_weight`` per class: negatives / positives among the rows, so each class's
+    positive and negative rows weigh the same in the loss; clipped to [1/100, 100]. A class with no
+    positive row gets 1 (its positive term never appears)."""
+    positives = targets.sum(axis=0).astype(np.float64)
+    negatives = len(targets) - positives
+    weights = np.ones(targets.shape[1], dtype=np.float64)
+    has = positives > 0
+    weights[has] = np.clip(negatives[has] / positives[has], 1 / MAX_POS_WEIGHT, MAX_POS_WEIGHT)
+    return weights.astype(np.float32)
+
+
+def bce_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Multi-label loss: binary cross-entropy of each class's sigmoid, the mean over rows and classes
+    (so row chunks of a batch add up exactly, as for cross-entropy)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), batch["labels"].float())
+
+
+def weighted_bce_loss(pos_weight: np.ndarray) -> LossFn:
+    """:func:`bce_loss` with ``pos_weight`` [C] weighting each class's positive term."""
+    table = {"pos_weight": torch.as_tensor(pos_weight, dtype=torch.float32)}
+
+    def loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if table["pos_weight"].device != logits.device:
+            table["pos_weight"] = table["pos_weight"].to(logits.device)
+        return F.binary_cross_entropy_with_logits(
+            logits.float(), batch["labels"].float(), pos_weight=table["pos_weight"]
+        )
+
+    return loss
+
+
+def training_loss(cfg: RunConfig, loss_fn: LossFn, labels: np.ndarray, log: Callable[[str], None]) -> LossFn:
+    """The loss the loop trains with: ``loss_fn`` as given, except that the plain cross-entropy
+    default becomes the weighted one (``training.class_weights``) or, for a multi-label run, binary
+    cross-entropy (with ``pos_weight`` when balanced). Distillation passes its own loss, kept."""
+    if loss_fn is not cross_entropy_loss:
+        return loss_fn
+    weights = class_weights_for(cfg, labels)
+    names = cfg.class_names
+    if labels.ndim == 2:
+        if weights is None:
+            return bce_loss
+        log("positive-class weights (balanced): " + ", ".join(f"{n} {w:.3f}" for n, w in zip(names, weights)))
+        return weighted_bce_loss(weights)
+    if weights is None:
+        return loss_fn
+    log("class weights (balanced): " + ", ".join(f"{n} {w:.3f}" for n, w in zip(names, weights)))
+    return weighted_cross_entropy_loss(weights)
 
 
 def make_accelerator(
@@ -160,6 +220,8 @@ class PreparedData:
     validation_tokens: TokenizedTexts
     pad_id: int
     tokenizer: Any = field(repr=False)
+    # data.long_text's record for summary.json: rows longer than max_length, tokens cut or windows made.
+    long_text: Optional[dict[str, Any]] = None
 
 
 def prepare_data(cfg: RunConfig, log: Callable[[str], None] = print) -> PreparedData:
@@ -178,12 +240,17 @@ def prepare_data(cfg: RunConfig, log: Callable[[str], None] = print) -> Prepared
             train = full  # the split-off rows still show progress, but they are trained on too
     if cfg.data.max_train_rows is not None and cfg.data.max_train_rows < len(train):
         train = train.subset(range(cfg.data.max_train_rows))
-    cache = default_cache_dir(cfg.data.cache_dir)
-    train_tokens = tokenize(tokenizer, train.texts, cfg.model.max_length, cache, pairs=train.pairs)
-    validation_tokens = tokenize(tokenizer, validation.texts, cfg.model.max_length, cache, pairs=validation.pairs)
+    if train.labels is not None and train.labels.ndim == 2:
+        empty = warn_empty_classes(train.labels, names, "training rows")
+        if empty:
+            warn(empty)
+    train_tokens, validation_tokens, long_text = tokenize_long(cfg, tokenizer, train, validation, log)
+    if train_tokens.row_of_window is not None:
+        # Every window trains as a row with its row's target (1-D class ids or 2-D multi-label rows alike).
+        train, train_tokens = train.subset(train_tokens.row_of_window), train_tokens.as_rows()
     lengths = train_tokens.lengths
     log(
-        f"data: {len(train):,} training rows, {len(validation):,} validation rows"
+        f"data: {long_text['train']['rows']:,} training rows, {len(validation):,} validation rows"
         + (" (sentence pairs)" if train.pairs is not None else "")
         + (" (trained on too: data.train_on_validation)" if cfg.data.train_on_validation else "")
         + f"; tokens per row mean "
@@ -191,7 +258,28 @@ def prepare_data(cfg: RunConfig, log: Callable[[str], None] = print) -> Prepared
         f"(max_length {cfg.model.max_length})"
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return PreparedData(train, validation, train_tokens, validation_tokens, pad_id, tokenizer)
+    return PreparedData(train, validation, train_tokens, validation_tokens, pad_id, tokenizer, long_text)
+
+
+def tokenize_long(cfg: RunConfig, tokenizer, train: TextData, validation: TextData, log):
+    """The training and validation rows tokenized as ``data.long_text`` says (validation windows are
+    pooled back to rows at evaluation), and summary.json's ``long_text`` record; one log line says how
+    many rows were longer than ``max_length`` and what became of them (tokens cut, or windows made)."""
+    d, cache, max_length = cfg.data, default_cache_dir(cfg.data.cache_dir), cfg.model.max_length
+    how = dict(long_text=d.long_text, stride=d.chunk_stride, pooling=d.chunk_pooling)
+    train_tokens = tokenize(tokenizer, train.texts, max_length, cache, pairs=train.pairs, **how)
+    validation_tokens = tokenize(tokenizer, validation.texts, max_length, cache, pairs=validation.pairs, **how)
+    record: dict[str, Any] = {"mode": d.long_text, "max_length": max_length}
+    if d.long_text == "chunks":
+        record.update(stride=windows.default_stride(max_length) if d.chunk_stride is None else d.chunk_stride)
+        record.update(pooling=d.chunk_pooling)
+    said = []
+    for part, tokens in (("training", train_tokens), ("validation", validation_tokens)):
+        stats = tokens.stats(max_length)
+        record["train" if part == "training" else part] = stats.to_dict()
+        said.append(f"{part} {stats.text()}")
+    log(f"long texts (data.long_text: {d.long_text}, {windows.KEPT[d.long_text]}): " + "; ".join(said))
+    return train_tokens, validation_tokens, record
 
 
 def record_rows(run_dir: Path, data: PreparedData) -> None:
@@ -246,7 +334,11 @@ def param_groups(model: torch.nn.Module, cfg: RunConfig) -> list[dict[str, Any]]
 
 
 def label_distribution(labels: np.ndarray, num_labels: int) -> list[float]:
-    """Share of each class among the labelled rows (rows labelled -1 have no gold label)."""
+    """Share of each class among the labelled rows (rows labelled -1 have no gold label); for
+    multi-label targets, each class's positive rate."""
+    if labels.ndim == 2:
+        gold = labels[(labels >= 0).all(axis=1)]  # a distilled row without gold labels holds -1
+        return gold.mean(axis=0).astype(np.float64).tolist() if len(gold) else [0.0] * num_labels
     gold = labels[labels >= 0]
     return (np.bincount(gold, minlength=num_labels) / max(len(gold), 1)).tolist()
 

@@ -140,10 +140,17 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> No
             params[name].copy_(value.to(params[name].device))
 
 
+def primary_score(result: dict[str, Any]) -> float:
+    """The figure a run is selected by: ``result[result["primary_metric"]]`` (accuracy by default)."""
+    return float(result[result.get("primary_metric", "accuracy")])
+
+
 class BestKeeper:
-    """The best evaluation so far (accuracy; ties go to the lower validation loss, common on small
-    validation sets), its trainable weights, and the evaluations since the last gain. ``keep_last``:
-    every evaluation is kept (a run that trains on its validation rows cannot choose by them)."""
+    """The best evaluation so far (by the metrics' ``primary_metric``: accuracy, or micro F1 for a
+    multi-label run; ties go to the lower validation loss, common on small validation sets), its
+    trainable weights, and the evaluations since the last gain. ``keep_last``: every evaluation is
+    kept (a run that trains on its validation rows cannot choose by them). ``accuracy`` holds the best
+    primary score (the name a checkpoint's state has always used)."""
 
     def __init__(self, keep_last: bool = False) -> None:
         self.keep_last = keep_last
@@ -155,10 +162,11 @@ class BestKeeper:
 
     def offer(self, step: int, result: dict[str, Any], model: torch.nn.Module) -> bool:
         """Keep ``model``'s weights if ``result`` beats the best; return whether it did."""
+        score = primary_score(result)
         improved = (
             self.keep_last
-            or result["accuracy"] > self.accuracy
-            or (result["accuracy"] == self.accuracy and result["loss"] < self.metrics["loss"])
+            or score > self.accuracy
+            or (score == self.accuracy and result["loss"] < self.metrics["loss"])
         )
         if not improved:
             self.evals_without_gain += 1
@@ -166,7 +174,7 @@ class BestKeeper:
         weights = trainable_weights(model)
         if not all(bool(torch.isfinite(w).all()) for w in weights.values()):
             raise TrainingDiverged(step, None, "no non-finite weights were saved")
-        self.accuracy, self.step, self.metrics, self.weights = result["accuracy"], step, result, weights
+        self.accuracy, self.step, self.metrics, self.weights = score, step, result, weights
         self.evals_without_gain = 0
         return True
 
