@@ -298,6 +298,8 @@ WITH = {
     "row-chunks": ({"training": {"max_batch_positions": 40}}, 1e-5),
     # bf16: the states are built under the run's autocast with its frozen base in bf16, as its steps run.
     "bf16": ({"training": {"mixed_precision": "bf16"}}, 1e-5),
+    # Long texts cut into windows: a window is a row of the cache.
+    "chunks": ({"model": {"max_length": 12}, "data": {"long_text": "chunks"}}, 1e-5),
 }
 
 
