@@ -314,6 +314,16 @@ CASES = [
         "layer 7 is out of range",
     ),
     Case(
+        "prefix-cache-true-with-adapters-in-layer-0",
+        lambda w: T(w, "--output", "new", "--set", "training.cache_frozen_layers=true"),
+        "training.cache_frozen_layers: true cannot be used here: adapter.method 'lora' trains parameters in layer 0",
+    ),
+    Case(
+        "prefix-cache-unknown-value",
+        lambda w: T(w, "--output", "new", "--set", "training.cache_frozen_layers=sometimes"),
+        "training.cache_frozen_layers",
+    ),
+    Case(
         "negative-checkpoint-every",
         lambda w: T(w, "--output", "new", "--set", "training.checkpoint_every=-1"),
         "checkpoint_every",

@@ -342,3 +342,18 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def cache_refusal(cfg: RunConfig, trains_every_weight: bool) -> Optional[str]:
+    """Why ``training.cache_frozen_layers: true`` cannot work, seen from the config alone (None: the built
+    model decides, training/prefix_cache.py)."""
+    t, method = cfg.training, cfg.adapter.method
+    if t.cache_frozen_layers is not True:
+        return None
+    if trains_every_weight:
+        return f"adapter.method '{method}' trains every weight, the embeddings included"
+    if cfg.model.quantization != "none":
+        return f"model.quantization {cfg.model.quantization}: a quantized base is not cached"
+    if t.compile:
+        return "training.compile traces the whole model, and the cache splits its layer list"
+    return None

@@ -360,7 +360,7 @@ COMMANDS = [
     ),
     Command(
         "cache",
-        "lorabudget's caches (tokens, teacher logits, unpacked models): info or clear",
+        "lorabudget's caches (tokens, teacher logits, unpacked models, frozen-prefix states): info or clear",
         cmd_cache,
         [arg("action", choices=["info", "clear"])],
     ),

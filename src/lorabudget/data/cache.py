@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from lorabudget.data.batching import TOKENS_FOLDER
+from lorabudget.data.prefix_store import PREFIX_FOLDER
 from lorabudget.io import default_cache_dir
 from lorabudget.model.packaged import MODELS_FOLDER, unpack_lock
 
@@ -19,7 +20,8 @@ from lorabudget.model.packaged import MODELS_FOLDER, unpack_lock
 # the user chose ($LORABUDGET_CACHE) that holds other things too.
 TEACHER_LOGITS_FOLDER = "teacher_logits"  # distillation teachers' logits (training/distill.py)
 # MODELS_FOLDER: packaged models unpacked from split zips (model/packaged.py); unpacked again when needed.
-CACHE_FOLDERS = (TOKENS_FOLDER, TEACHER_LOGITS_FOLDER, MODELS_FOLDER)
+# PREFIX_FOLDER: hidden states of the frozen layers below the lowest adapted one (training/prefix_cache.py).
+CACHE_FOLDERS = (TOKENS_FOLDER, TEACHER_LOGITS_FOLDER, MODELS_FOLDER, PREFIX_FOLDER)
 
 
 @dataclass

@@ -64,9 +64,13 @@ def predict_logits(
     accelerator=None,
     progress: Optional[str] = None,
     precision: str = "fp32",
+    forward: Optional[Callable[[dict], torch.Tensor]] = None,
 ) -> np.ndarray:
     """Logits [rows, classes] (float32) for every row of ``tokens``, in input order; the windows of a
     row (``data.long_text: chunks``) pooled into one logits row (``TokenizedTexts.per_row``).
+
+    ``forward(batch) -> logits`` replaces ``model(**inputs).logits`` (the training loop's frozen-prefix
+    cache reads each row's cached states by the batch's ``index``).
 
     With an ``accelerator`` of several processes each one runs a share of the batches and the
     results are gathered; rows are placed by their ``index``, so padding added to even out the
@@ -92,7 +96,7 @@ def predict_logits(
     with inference_weights_in(model, torch.bfloat16 if bf16 else None):
         for batch in tqdm(loader, desc=progress, disable=not show, unit="batch", leave=False):
             with autocast:
-                logits = model(**model_inputs(batch, device)).logits.float()
+                logits = (forward(batch) if forward else model(**model_inputs(batch, device)).logits).float()
             index = batch["index"].to(device)
             if accelerator is not None and accelerator.num_processes > 1:
                 # Shards may hold batches of different sizes: pad to a common size (index -1 marks padding).

@@ -345,6 +345,10 @@ def check_config(cfg: "RunConfig") -> None:
         raise LorabudgetError(f"adapter.use_rslora/use_dora are LoRA switches; adapter.method is '{name}'")
     if method.check is not None:
         method.check(a)
+    from lorabudget.runconfig import cache_refusal
+
+    if why := cache_refusal(cfg, method.placement == "model"):  # the built model decides the rest
+        raise LorabudgetError(f"config key 'training.cache_frozen_layers': true cannot be used: {why}")
     if a.options:
         if method.options_class is None:
             raise LorabudgetError(f"adapter.method '{name}' takes no adapter.options")

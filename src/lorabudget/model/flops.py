@@ -32,7 +32,7 @@ Conventions (say what is counted, so achieved GFLOP/s can be compared with a mat
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import torch
@@ -300,9 +300,11 @@ def training_summary(
     device: Any,
     processes: int = 1,
     peak_seconds: float = 0.5,
+    cached_layers: int = 0,
 ) -> dict[str, Any]:
     """Fields for summary.json: achieved training FLOP/s, executed (padded positions) and on real
     tokens, the matmul peak measured now in the training precision, and the fraction of it.
+    ``cached_layers``: the steps ran the layers from this one up (the frozen-prefix cache).
 
     ``counter`` holds one process's batches (every process runs as many); ``real_tokens`` is the
     real tokens of all processes; the attention term of real-token FLOPs uses the token-weighted
@@ -313,7 +315,8 @@ def training_summary(
     from lorabudget.errors import LorabudgetError
 
     try:
-        coef = training_coefficients(encoder_shape(model))
+        shape = encoder_shape(model)
+        coef = training_coefficients(replace(shape, layers=shape.layers[cached_layers:]))
     except (LorabudgetError, KeyError, AttributeError):
         return {}
     lengths = np.asarray(row_lengths, dtype=np.float64)

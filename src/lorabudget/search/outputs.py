@@ -32,6 +32,8 @@ CSV_FIXED = [
     "steps",
     "pruned_at_step",
     "seconds",
+    "prefix_cache",
+    "prefix_cache_seconds",
     "description",
     "origin",
     "reason",
@@ -70,6 +72,9 @@ def trial_rows(study, metric: Optional[str] = None) -> list[dict[str, Any]]:
             "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
             if t.datetime_complete and t.datetime_start
             else None,
+            # reused / built / off: the frozen-prefix cache (trials on one base, data and lowest layer share it)
+            "prefix_cache": a.get("prefix_cache", ""),
+            "prefix_cache_seconds": a.get("prefix_cache_seconds"),
             "description": a.get("description", ""),
             "origin": a.get("origin", ""),  # a starting trial's source: the base config or a preset
             "reason": a.get("rejected") or a.get("error") or "",

@@ -127,9 +127,11 @@ def _train(trial, s: SearchSettings, cfg: RunConfig, planned: int, run_dir: Path
         keys = ("validation_accuracy", "validation_macro_f1", "validation_micro_f1", "steps", "best_step")
         for key in (*keys, "train_time_s"):
             trial.set_user_attr(key, summary.get(key))
+        _record_prefix(trial, summary)
         value = float(summary[f"validation_{s.metric}"])
         return _Ended(TrialState.COMPLETE, [value, float(planned)] if s.multi_objective else value)
-    except TrialPruned:
+    except TrialPruned as stopped:
+        _record_prefix(trial, getattr(stopped, "summary", None))
         trial.set_user_attr("pruned_at_step", pruned_at[0] if pruned_at else None)
         return _Ended(TrialState.PRUNED, pruned_at=pruned_at[0] if pruned_at else None)
     except KeyboardInterrupt:
@@ -143,6 +145,17 @@ def _train(trial, s: SearchSettings, cfg: RunConfig, planned: int, run_dir: Path
     finally:
         gc.collect()  # the model, optimizer and Accelerator of this trial go now, not trials later
         _empty_device_cache()
+
+
+def _record_prefix(trial, summary: Optional[dict[str, Any]]) -> None:
+    """trials.csv's ``prefix_cache`` (reused, built or off) and ``prefix_cache_seconds``: trials on the
+    same base, data and lowest adapted layer share one frozen-prefix cache."""
+    prefix = (summary or {}).get("frozen_prefix")
+    if not prefix:
+        return
+    used = "off" if not prefix.get("used") else "reused" if prefix.get("cache_hit") else "built"
+    trial.set_user_attr("prefix_cache", used)
+    trial.set_user_attr("prefix_cache_seconds", prefix.get("build_seconds") if prefix.get("used") else None)
 
 
 def train_trial(study, trial, s: SearchSettings, cfg: RunConfig, planned: int, data: DataCache, say) -> TrialOutcome:

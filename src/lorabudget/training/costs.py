@@ -113,13 +113,14 @@ def schedule(cfg: RunConfig, train_rows: int) -> tuple[int, int, int]:
     return micro, total, passes
 
 
-def cached_layers_used(setting: Any, depth: int, epochs: float, warm: bool) -> tuple[int, str]:
-    """How many bottom layers the frozen-prefix cache serves, and why (``training.cache_frozen_layers``)."""
+def cached_layers_used(setting: Any, depth: int, passes: int, warm: bool) -> tuple[int, str]:
+    """How many bottom layers the frozen-prefix cache serves, and why (``training.cache_frozen_layers``);
+    ``passes``: the most passes over the training or the validation rows (the rule training's ``auto`` follows)."""
     if depth <= 0:
         return 0, "no frozen prefix to cache"
     if setting is False:
         return 0, f"frozen-prefix cache off (layers 0-{depth - 1} are frozen)"
-    if setting is True or warm or epochs > 1:
+    if setting is True or warm or passes > 1:
         state = "warm" if warm else "cold: filled first"
         return depth, f"layers 0-{depth - 1} from the frozen-prefix cache ({state})"
     return 0, f"frozen-prefix cache not used: one pass over the rows (layers 0-{depth - 1} are frozen)"
@@ -139,7 +140,7 @@ def estimate_run(
     from lorabudget.errors import LorabudgetError
     from lorabudget.model.build import build_model
     from lorabudget.model.flops import encoder_shape
-    from lorabudget.model.prefix import frozen_prefix_depth
+    from lorabudget.training.prefix_cache import unusable
 
     if torch.cuda.is_available() and rates is None:
         raise LorabudgetError("the time estimate is measured for CPU runs; this machine trains on its GPU")
@@ -164,7 +165,10 @@ def estimate_run(
         t.length_grouping,
         multiple,
     )
-    k, note = cached_layers_used(t.cache_frozen_layers, frozen_prefix_depth(model), len(work.epochs), warm_cache)
+    depth, why_not = unusable(cfg, model)  # the cache's own rules: the same depth, the same refusals
+    k, note = cached_layers_used(
+        t.cache_frozen_layers, 0 if why_not else depth, max(len(work.epochs), work.eval_passes), warm_cache
+    )
     if rates is None:
         rates = measured_rates(cfg, model, shape, work, cap, precision)
     timing = est.estimate_time(shape, work, rates, cached_layers=k, warm=warm_cache)

@@ -29,6 +29,7 @@ from lorabudget.model.flops import training_summary as training_flops
 from lorabudget.rundir.layout import RunDir
 from lorabudget.rundir.lifecycle import requested_run_dir
 from lorabudget.training.costs import announce_estimate, current_rss, peak_rss
+from lorabudget.training.prefix_cache import refuse_prefix_cache
 from lorabudget.training.prototypes import init_head
 from lorabudget.training.session import Session
 from lorabudget.training.setup import (
@@ -85,6 +86,7 @@ def start_run(cfg: RunConfig, run_dir: Path, data: Optional[PreparedData], log, 
     live = budget_mod.breakdown(model)
     if live.total != planned.total:  # would be a bug in planning: never train on an unchecked count
         raise RuntimeError(f"live trainable count {live.total:,} differs from the plan {planned.total:,}")
+    refuse_prefix_cache(cfg, model)  # `true` where it cannot work: before the run directory is made
     if accelerator.is_main_process and not resumed:
         run_dir.mkdir(parents=True, exist_ok=True)
         files = RunDir(run_dir)
@@ -206,6 +208,7 @@ def run_summary(run: Session, live, extra_summary: Optional[dict[str, Any]]) -> 
         "processes": accelerator.num_processes,
         "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,
+        "frozen_prefix": run.prefix_info.summary(),
         # FLOPs of the steps this process ran (after a resume: the resumed part only).
         **training_flops(
             run.unwrapped,
@@ -216,6 +219,7 @@ def run_summary(run: Session, live, extra_summary: Optional[dict[str, Any]]) -> 
             accelerator.mixed_precision,
             accelerator.device,
             accelerator.num_processes,
+            cached_layers=run.prefix.depth if run.prefix is not None else 0,
         ),
         "class_names": list(cfg.class_names),
         "train_label_distribution": label_distribution(data.train.labels, cfg.num_labels),

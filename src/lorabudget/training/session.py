@@ -35,6 +35,7 @@ from lorabudget.rundir.layout import RunDir
 from lorabudget.rundir.lifecycle import requested_run_dir
 from lorabudget.rundir.weights import save_trained
 from lorabudget.signals import Terminated, deferred_termination, stop_pending
+from lorabudget.training.prefix_cache import PrefixInfo, PrefixRun, start_prefix
 from lorabudget.training.prototypes import head_buffers, load_head_buffers
 from lorabudget.training.setup import LossFn, PreparedData, make_optimizer, make_scheduler
 from lorabudget.training.state import (
@@ -85,6 +86,8 @@ class Session:
     window: LossWindow = None  # type: ignore[assignment] - set in __post_init__ (needs the device)
     guard: DivergenceGuard = None  # type: ignore[assignment]
     flop_sums: FlopCounter = field(default_factory=FlopCounter)
+    prefix: Optional[PrefixRun] = None  # the frozen-prefix cache, when the loop runs the upper layers only
+    prefix_info: PrefixInfo = field(default_factory=PrefixInfo)
     start: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
@@ -150,6 +153,7 @@ class Session:
             run.load_state_dict(resumed)
             state = run.state
             log(f"resuming {run_dir} at step {state.step} of {total} (epoch {state.epoch}, batch {state.micro})")
+        run.prefix, run.prefix_info = start_prefix(cfg, accelerator, run.unwrapped, data, total, run.num_epochs, log)
         return run
 
     def state_dict(self) -> dict[str, Any]:
@@ -200,7 +204,10 @@ class Session:
         """One batch's loss and gradients, accumulated (in row chunks under the memory cap)."""
         loss = torch.zeros((), device=self.accelerator.device)
         for part, share in split_rows(batch, self.max_positions):
-            logits = self.model(**model_inputs(part)).logits
+            if self.prefix is not None:
+                logits = self.prefix.train_logits(self.model, part)
+            else:
+                logits = self.model(**model_inputs(part)).logits
             part_loss = loss_fn(logits, part) * share
             self.accelerator.backward(part_loss / self.cfg.training.gradient_accumulation)
             loss += part_loss.detach()
@@ -279,7 +286,8 @@ class Session:
         """Validate, keep the best adapter, decide early stopping."""
         self.check_finite()
         eval_start, step, t = time.perf_counter(), self.state.step, self.cfg.training
-        result = evaluate_during_training(self.model, self.data, self.cfg, self.accelerator)
+        forward = self.prefix.validation_forward(self.model, self.accelerator.device) if self.prefix else None
+        result = evaluate_during_training(self.model, self.data, self.cfg, self.accelerator, forward)
         improved = self.best.offer(step, result, self.unwrapped)
         multi = "micro_f1" in result
         self.metrics.write(
@@ -335,6 +343,10 @@ def thresholds_record(result: dict[str, Any]) -> dict[str, Any]:
     return {"thresholds": thresholds_of(result), "chosen_on": "validation", "rows": result["n"]}
 
 
-def evaluate_during_training(model, data: PreparedData, cfg: RunConfig, accelerator) -> dict[str, Any]:
-    logits = predict_logits(model, data.validation_tokens, data.pad_id, cfg.training.eval_batch_size, accelerator)
+def evaluate_during_training(model, data: PreparedData, cfg: RunConfig, accelerator, forward=None) -> dict[str, Any]:
+    """Validation metrics of the training-time model; ``forward(batch) -> logits``: the frozen-prefix
+    cache's split forward, when the run uses it."""
+    logits = predict_logits(
+        model, data.validation_tokens, data.pad_id, cfg.training.eval_batch_size, accelerator, forward=forward
+    )
     return classification_metrics(logits, data.validation.labels, cfg.class_names)
