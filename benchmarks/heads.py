@@ -1,4 +1,4 @@
-"""Heads that fit the budget (issue 43): each head type on the MiniLM presets, on Banking77's 77 intents.
+"""Heads that fit the budget: each head type on the MiniLM presets, on Banking77's 77 intents.
 
 Data: ../shared/data/banking77/train.csv (`text,label`, 9,003 banking queries, 77 intents as strings).
 The script splits off its own held-out rows first (`--held-out`, 1,500 by default, drawn with a fixed

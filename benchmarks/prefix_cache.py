@@ -15,8 +15,8 @@ process under ``/usr/bin/time -v`` through the command line as a user runs it, `
 3. ``warm``: ``true`` with another learning rate (half the configuration's): the states are reused.
 
 Printed: seconds (the loop's ``train_time_s``, the cache's build or check ``frozen_prefix.build_seconds``,
-their total, the wall time of the process), the ratios of totals warm/none and cold/none (the issue's
-bar: warm at most 0.65x, cold at most 1.05x), peak RSS, the prefix cache's
+their total, the wall time of the process), the ratios of totals warm/none and cold/none (the
+targets: warm at most 0.65x, cold at most 1.05x), peak RSS, the prefix cache's
 bytes on disk, validation accuracy of each, held-out accuracy of each with McNemar's exact test of
 cold and warm against none on the same held-out rows, and the machine's CPU.
 

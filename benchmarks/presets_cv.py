@@ -44,7 +44,7 @@ FOLD_ROWS = 1000
 ALL6 = "[query, key, value, attention_output, intermediate, output]"
 BUDGET_100K = "budget.max_trainable_params=100000"
 # name -> (preset, --set overrides). The first is the reference the others are tested against: LoRA r=2
-# on all six modules of MiniLM (84,484 parameters) as `minilm-cpu` trains it, which issue 8 asks the
+# on all six modules of MiniLM (84,484 parameters) as `minilm-cpu` trains it, which the
 # 100k preset to beat. IA3 and VB-LoRA are written on `minilm-cpu-10k` (IA3, lr 1e-2, adapter dropout
 # 0.1), which with these overrides resolves to the config they were measured with.
 CONFIGS: dict[str, tuple[str, list[str]]] = {

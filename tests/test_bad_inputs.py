@@ -350,7 +350,7 @@ CASES = [
         "exceed the budget",
         code=3,
     ),
-    # --- the head (issue 43); the tiny model's hidden size is 32
+    # --- the head; the tiny model's hidden size is 32
     Case(
         "head-rank-zero",
         lambda w: ["plan", str(w.cfg), "--set", "head.type=low_rank", "--set", "head.rank=0"],
@@ -478,7 +478,7 @@ CASES = [
         "outside the class set",
         setup=write("labels.csv", "text,label\nhello there,0\nworld,7\n"),
     ),
-    # --- multi-label data (issue 40)
+    # --- multi-label data
     Case(
         "multi-label-file-without-flag",
         lambda w: T(w, "--output", "new", "--data", "ml.csv"),
@@ -648,7 +648,7 @@ CASES = [
         "nothing to resume",
     ),
     Case("argparse-missing-option", lambda w: ["predict", "run"], "required: --input"),
-    # --- issue 32: seeds and names
+    # --- seeds and names
     Case("seed-negative", lambda w: T(w, "--output", "new", "--set", "training.seed=-1"), "'training.seed': must be"),
     Case("seed-negative-in-plan", lambda w: ["plan", str(w.cfg), "--set", "training.seed=-1"], "'training.seed'"),
     Case(
@@ -673,7 +673,7 @@ CASES = [
             f"name: bomb\nadapter:\n  options:\n    exclude_modules: {alias_bomb()}\n"
         ),
     ),
-    # --- issue 32: paths, devices, full and read-only disks
+    # --- paths, devices, full and read-only disks
     Case(
         "export-output-under-a-file",
         lambda w: ["export", "run", "--format", "peft", "--output", "train.csv/sub"],
@@ -721,7 +721,7 @@ CASES = [
         "has no trained weights yet",
         setup=lambda w: (unfinished(w), shutil.rmtree(w.run / "adapter")),
     ),
-    # --- issue 32: tampered ONNX
+    # --- tampered ONNX
     Case(
         "onnx-export-tampered",
         lambda w: ["predict", "exp", "--input", "unlabelled.csv", "--output", "p.csv"],
@@ -740,7 +740,7 @@ CASES = [
         "unreadable ONNX model",
         setup=with_export(truncate, drop_checksums=True),
     ),
-    # --- issue 32: a run being replaced (--overwrite) or trained holds its lock: writers into it refuse
+    # --- a run being replaced (--overwrite) or trained holds its lock: writers into it refuse
     Case(
         "predict-during-overwrite",
         lambda w: ["predict", "run", "--input", "unlabelled.csv"],

@@ -38,7 +38,7 @@ KINDS = {
     "bert-full": ("tiny_bert", "full", "first"),
     "roberta-linear-first": ("tiny_roberta", "linear", "first"),
     "bert-linear-mean": ("tiny_bert", "linear", "mean"),
-    # The small heads (issue 43): two Linear layers; fixed class vectors in a buffer.
+    # The small heads: two Linear layers; fixed class vectors in a buffer.
     "bert-low_rank-mean": ("tiny_bert", "low_rank", "mean"),
     "roberta-prototype-first": ("tiny_roberta", "prototype", "first"),
 }

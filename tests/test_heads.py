@@ -1,4 +1,4 @@
-"""Heads that fit the budget (issue 43): ``low_rank``, ``prototype`` and ``auto``, exact in ``plan`` on every
+"""Heads that fit the budget: ``low_rank``, ``prototype`` and ``auto``, exact in ``plan`` on every
 family, chosen by ``auto`` as the presets' budgets say, their class vectors computed from the frozen
 encoder before training and carried through predict, resume, distillation and the search space."""
 

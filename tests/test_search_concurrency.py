@@ -1,4 +1,4 @@
-"""Search workers started at the same instant on an empty storage (issue 33).
+"""Search workers started at the same instant on an empty storage.
 
 Several processes wait at one barrier, then each opens the storage and the study (``open_study``, which
 creates Optuna's schema and the study on first use) and runs the search loop (``Worker.run``, with the

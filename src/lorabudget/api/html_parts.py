@@ -16,10 +16,14 @@ def image(path: Path, width: int = 480) -> str:
 
 def _headline(summary: dict) -> str:
     parts = []
+    micro = summary.get("validation_micro_f1")  # a multi-label run: kept by micro F1
     accuracy = summary.get("validation_accuracy")
-    if isinstance(accuracy, (int, float)):
-        rows = summary.get("validation_rows")
-        parts.append(f"validation accuracy <b>{accuracy:.2%}</b>" + (f" on {rows:,} rows" if rows else ""))
+    rows = summary.get("validation_rows")
+    on_rows = f" on {rows:,} rows" if rows else ""
+    if isinstance(micro, (int, float)):
+        parts.append(f"validation micro F1 <b>{micro:.4f}</b>{on_rows}")
+    elif isinstance(accuracy, (int, float)):
+        parts.append(f"validation accuracy <b>{accuracy:.2%}</b>{on_rows}")
     trainable = summary.get("trainable_params")
     if isinstance(trainable, int):
         budget = summary.get("budget")

@@ -83,10 +83,17 @@ class Evaluation:
 
     def _repr_html_(self) -> str:
         low, high = self.interval
-        head = (
-            f"<p><b>{html.escape(self.data)}</b>: accuracy <b>{self.accuracy:.2%}</b> "
-            f"(95% interval {low:.2%} to {high:.2%}, {self.rows:,} rows), macro F1 {self.macro_f1:.4f}</p>"
-        )
+        if self.micro_f1 is not None:
+            head = (
+                f"<p><b>{html.escape(self.data)}</b>: micro F1 <b>{self.micro_f1:.4f}</b>, macro F1 "
+                f"{self.macro_f1:.4f}, subset accuracy {self.accuracy:.2%} (95% interval {low:.2%} to {high:.2%}, "
+                f"{self.rows:,} rows)</p>"
+            )
+        else:
+            head = (
+                f"<p><b>{html.escape(self.data)}</b>: accuracy <b>{self.accuracy:.2%}</b> "
+                f"(95% interval {low:.2%} to {high:.2%}, {self.rows:,} rows), macro F1 {self.macro_f1:.4f}</p>"
+            )
         tables = self.per_class.to_html(float_format=lambda v: f"{v:.3f}")
         tables += self.confusion.to_html() if "confusion_matrix" in self.metrics else ""
         return head + tables

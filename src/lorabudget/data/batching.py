@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-# Tokenizing and its cache live in data.tokens; imported here too, where callers have always found them.
+# Tokenizing and its cache live in data.tokens; re-exported here for the modules that import them from batching.
 from lorabudget.data.tokens import (  # noqa: F401
     CACHE_VERSION,
     TOKENS_FOLDER,

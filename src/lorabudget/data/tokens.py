@@ -1,5 +1,5 @@
 """Tokenized texts and the on-disk token cache: each text tokenized once per tokenizer, ``max_length``
-and ``data.long_text`` setting; rows longer than ``max_length`` are cut or split as ``data.windows`` says."""
+and ``data.long_text`` setting; rows longer than ``max_length`` are cut or split as ``data.long_text`` says."""
 
 from __future__ import annotations
 
@@ -172,7 +172,9 @@ def tokenize(
         path = cache_dir / TOKENS_FOLDER / f"{full_key[:32]}.npz"
     arrays = _read_cache(path, full_key, len(texts)) if path is not None and path.is_file() else None
     if arrays is None:
-        arrays = _encode(tokenizer, texts, max_length, chunk, pairs, long_text, stride)
+        # Only a cached (training or evaluation) pass counts what was cut: prediction and serving need
+        # no second, uncut tokenizer pass.
+        arrays = _encode(tokenizer, texts, max_length, chunk, pairs, long_text, stride, count_cut=path is not None)
         if path is not None:
             _write_cache(path, full_key, arrays)
     return TokenizedTexts(
@@ -180,7 +182,7 @@ def tokenize(
         arrays["offsets"],
         arrays.get("type_ids"),
         arrays.get("row_of_window"),
-        arrays["source_lengths"],
+        arrays.get("source_lengths"),
         long_text,
         pooling,
     )
@@ -190,7 +192,9 @@ def tokenize(
 CACHED_ARRAYS = ("ids", "offsets", "type_ids", "source_lengths", "row_of_window")
 
 
-def _encode(tokenizer, texts, max_length, chunk, pairs, long_text, stride) -> dict[str, np.ndarray]:
+def _encode(
+    tokenizer, texts, max_length, chunk, pairs, long_text, stride, count_cut: bool = True
+) -> dict[str, np.ndarray]:
     if long_text != "truncate":
         encoded = windows.encode_long(tokenizer, texts, max_length, long_text, stride)
         pieces, type_pieces = encoded.pieces, []
@@ -204,10 +208,10 @@ def _encode(tokenizer, texts, max_length, chunk, pairs, long_text, stride) -> di
             pieces.extend(np.asarray(row, dtype=np.int32) for row in encoded["input_ids"])
             if pairs is not None and "token_type_ids" in encoded:
                 type_pieces.extend(np.asarray(row, dtype=np.int8) for row in encoded["token_type_ids"])
-            # The full lengths, for the log's count of rows cut and tokens lost (a second, uncut pass).
-            uncut = tokenizer(firsts, seconds, truncation=False, verbose=False)["input_ids"]
-            sources.extend(len(row) for row in uncut)
-        arrays = {"source_lengths": np.asarray(sources, dtype=np.int64)}
+            if count_cut:  # the full lengths, for the log's count of rows cut and tokens lost
+                uncut = tokenizer(firsts, seconds, truncation=False, verbose=False)["input_ids"]
+                sources.extend(len(row) for row in uncut)
+        arrays = {"source_lengths": np.asarray(sources, dtype=np.int64)} if count_cut else {}
     if type_pieces and not any(p.any() for p in type_pieces):
         type_pieces = []  # all zeros (RoBERTa-style pairs): the model's default, nothing to pass
     lengths = np.array([len(p) for p in pieces], dtype=np.int64)

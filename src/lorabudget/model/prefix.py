@@ -99,7 +99,7 @@ def prefix_weights_fingerprint(model: nn.Module, depth: int) -> str:
             continue
         value = tensor.detach().to("cpu").reshape(-1)
         digest.update(f"{_bare(name, base)}|{value.dtype}|{tuple(tensor.shape)}|".encode())
-        if value.numel() > _WHOLE:  # an even sample: hashing MPNet's 80M frozen values whole took a second per run
+        if value.numel() > _WHOLE:  # an even sample: hashing MPNet's 80M frozen values whole costs about a second
             value = torch.cat([value[:_EDGE], value[:: value.numel() // _WHOLE], value[-_EDGE:]])
         digest.update(value.contiguous().view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return digest.hexdigest()

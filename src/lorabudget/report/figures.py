@@ -38,15 +38,24 @@ def plot_training_loss(train: list[dict], path: Path, title: str) -> None:
         label = f"smoothed (centred mean of {2 * h + 1} logged points)"
         ax.plot(steps, centred_mean(loss, h), color="tab:blue", linewidth=2, label=label)
     ax.set_ylim(*steady_limits(loss, loss_min_span(loss), floor=0.0))
-    ax.set(title=f"Training loss: {title}", xlabel="optimizer step", ylabel="loss (cross-entropy, nats)")
+    ax.set(
+        title=f"Training loss: {title}",
+        xlabel="optimizer step",
+        ylabel="loss (nats; binary cross-entropy when multi-label)",
+    )
     ax.grid(alpha=0.3)
     legend_below(ax)
     save_figure(fig, path)
 
 
+def _selection_metric(evals: list[dict]) -> str:
+    """What training kept its checkpoint by: micro F1 for a multi-label run, else accuracy."""
+    return "micro_f1" if "micro_f1" in evals[-1] else "accuracy"
+
+
 def _kept(evals: list[dict]) -> dict:
     kept = [r for r in evals if r.get("best")]  # the last improvement is the checkpoint training kept
-    return kept[-1] if kept else max(evals, key=lambda r: r["accuracy"])
+    return kept[-1] if kept else max(evals, key=lambda r: r[_selection_metric(evals)])
 
 
 def plot_validation(evals: list[dict], path: Path, title: str, rows: Optional[int] = None) -> None:
@@ -59,16 +68,22 @@ def plot_validation(evals: list[dict], path: Path, title: str, rows: Optional[in
     acc, f1, loss = ([r[k] for r in evals] for k in ("accuracy", "macro_f1", "loss"))
     rows = rows or evals[-1].get("rows")
     dots = {"markersize": 6 if len(evals) <= 40 else 2}
-    ax.plot(steps, acc, marker="o", color="tab:green", label="accuracy", **dots)
+    metric = _selection_metric(evals)
+    acc_name = "subset accuracy" if metric == "micro_f1" else "accuracy"  # multi-label: the whole set right
+    ax.plot(steps, acc, marker="o", color="tab:green", label=acc_name, **dots)
     scores = acc + f1
+    if metric == "micro_f1":
+        micro = [r["micro_f1"] for r in evals]
+        ax.plot(steps, micro, marker="^", color="tab:blue", label="micro F1", **dots)
+        scores += micro
     if rows:
         band = np.array([accuracy_interval(a, rows) for a in acc])
-        label = f"accuracy 95% interval ({rows:,} rows)"
+        label = f"{acc_name} 95% interval ({rows:,} rows)"
         ax.fill_between(steps, band[:, 0], band[:, 1], color="tab:green", alpha=0.15, linewidth=0, label=label)
         scores += list(band.ravel())
     ax.plot(steps, f1, marker="s", color="tab:purple", label="macro F1", **dots)
     best = _kept(evals)
-    label = f"kept checkpoint: step {best['step']}, accuracy {best['accuracy']:.4f}"
+    label = f"kept checkpoint: step {best['step']}, {metric.replace('_', ' ')} {best[metric]:.4f}"
     ax.axvline(best["step"], color="gray", linestyle="--", linewidth=1, label=label)
     ax.set(title=f"Validation: {title}", xlabel="optimizer step", ylabel="accuracy / macro F1 (fraction)")
     ax.set_ylim(*steady_limits(scores, accuracy_min_span(acc, rows), floor=0.0, ceiling=1.0))

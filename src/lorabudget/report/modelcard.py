@@ -18,6 +18,7 @@ from lorabudget.inference.decisions import is_multi_label
 from lorabudget.io import atomic_write_text
 from lorabudget.model.packaged import packaged_model
 from lorabudget.report.card_multilabel import multilabel_card_lines
+from lorabudget.report.card_use import intended_use
 from lorabudget.report.run_report import budget_table, per_class_table
 from lorabudget.rundir.layout import RunDir
 from lorabudget.rundir.rows import source_name
@@ -269,28 +270,6 @@ def _training_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _intended_use(cfg: RunConfig) -> list[str]:
-    names = ", ".join(cfg.class_names)
-    what = "one English news text" if _dataset_name(cfg) else "one text"
-    if is_multi_label(cfg):
-        task = (
-            f"Gives {what} any number of {cfg.num_labels} classes ({names}): none, one or several. It was trained "
-            "on the data above only: expect lower scores on text from other sources, periods or styles. "
-        )
-        scores = "Scores are per-class sigmoid outputs, not calibrated guarantees. "
-    else:
-        task = (
-            f"Classifies {what} into one of {cfg.num_labels} classes ({names}). It was trained on the data "
-            "above only: expect lower accuracy on text from other sources, periods or styles, and no meaningful "
-            "answer for text that belongs to none of the classes (it always picks one). "
-        )
-        scores = "Probabilities are softmax outputs, not calibrated guarantees. "
-    return [
-        task + f"Texts are cut to {cfg.model.max_length} tokens. " + scores + "Any bias of "
-        "the training data and of the base model carries over. Not for decisions about people.",
-    ]
-
-
 def _py(code: str) -> list[str]:
     return ["```python", code.strip("\n"), "```"]
 
@@ -470,7 +449,7 @@ def model_card(run_dir: Path, cfg: RunConfig, export_format: Optional[str] = Non
         "",
         "## Intended use and limits",
         "",
-        *_intended_use(cfg),
+        *intended_use(cfg, bool(_dataset_name(cfg))),
         "",
         *(["## Multi-label decisions", "", *multilabel_card_lines(run_dir, cfg), ""] if is_multi_label(cfg) else []),
         "## How to load",

@@ -55,6 +55,15 @@ class DataCache:
             d.split_seed,
             d.max_train_rows,
             d.cache_dir,
+            d.text_column,
+            d.text_pair_column,
+            d.label_column,
+            tuple(d.label_columns or ()),
+            d.label_separator,
+            cfg.model.problem_type,
+            d.long_text,
+            d.chunk_stride,
+            d.chunk_pooling,
         )
 
     def get(self, cfg: RunConfig, log: Callable[[str], None]):
@@ -123,7 +132,9 @@ def _train(trial, s: SearchSettings, cfg: RunConfig, planned: int, run_dir: Path
         with Heartbeat(trial):
             summary = train(cfg, run_dir, data=data.get(cfg, log), log=log, on_eval=_pruning_hook(trial, s, pruned_at))
         if pruned_at:  # a training loop that ends gracefully on the stop signal
-            raise TrialPruned(f"pruned at step {pruned_at[0]}")
+            ended = TrialPruned(f"pruned at step {pruned_at[0]}")
+            ended.summary = summary  # its cache record still goes into trials.csv
+            raise ended
         keys = ("validation_accuracy", "validation_macro_f1", "validation_micro_f1", "steps", "best_step")
         for key in (*keys, "train_time_s"):
             trial.set_user_attr(key, summary.get(key))

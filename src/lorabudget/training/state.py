@@ -150,7 +150,7 @@ class BestKeeper:
     multi-label run; ties go to the lower validation loss, common on small validation sets), its
     trainable weights, and the evaluations since the last gain. ``keep_last``: every evaluation is
     kept (a run that trains on its validation rows cannot choose by them). ``accuracy`` holds the best
-    primary score (the name a checkpoint's state has always used)."""
+    primary score (the key checkpoints store it under, so older checkpoints still load)."""
 
     def __init__(self, keep_last: bool = False) -> None:
         self.keep_last = keep_last
