@@ -69,13 +69,14 @@ def test_head_formulas():
 # (preset, classes) -> (head type, rank, total trainable) on all-MiniLM-L6-v2 (hidden 384), offline.
 AUTO_CASES = [
     ("minilm-cpu-10k", 4, "linear", None, 6_148),
-    ("minilm-cpu-10k", 77, "low_rank", 5, 4_608 + 5 * 461 + 77),
-    ("minilm-cpu-10k", 150, "low_rank", 4, 4_608 + 4 * 534 + 150),
+    ("minilm-cpu-10k", 77, "prototype", None, 4_608 + 78),
+    ("minilm-cpu-10k", 150, "prototype", None, 4_608 + 151),
     ("minilm-cpu-10k", 1_500, "prototype", None, 4_608 + 1_501),
     ("minilm-cpu-100k", 4, "linear", None, 84_484),
-    # 82,944 of LoRA leave 17,056: less than a quarter (25,000), so that caps the head.
-    ("minilm-cpu-100k", 77, "low_rank", 36, 82_944 + 36 * 461 + 77),
-    ("minilm-cpu-100k", 150, "low_rank", 31, 82_944 + 31 * 534 + 150),
+    # 82,944 of LoRA leave 17,056: less than a quarter (25,000), so that caps the head: r <= 36, below
+    # the 76 that would express a linear head for 77 classes.
+    ("minilm-cpu-100k", 77, "prototype", None, 82_944 + 78),
+    ("minilm-cpu-100k", 150, "prototype", None, 82_944 + 151),
     ("minilm-cpu", 4, "linear", None, 663_552 + 1_540),
     ("minilm-cpu", 77, "linear", None, 663_552 + 29_645),
     ("minilm-cpu", 150, "linear", None, 663_552 + 57_750),
@@ -91,7 +92,10 @@ def test_auto_head_of_the_minilm_presets(preset, classes, head, rank, total, mon
     line = next(line for line in plan.text.splitlines() if line.strip().startswith("head: "))
     assert line.strip().startswith(f"head: {head}" + (f" r={rank}" if rank else "")) and "(auto: " in line
     if (preset, classes) == ("minilm-cpu-10k", 77):
-        assert "(auto: linear 29,645 > 2,500 = 1/4 of the 10,000 budget; largest rank that fits)" in line
+        assert (
+            "(auto: linear 29,645 > 2,500 = 1/4 of the 10,000 budget, and a low_rank head within it (r<=5) is "
+            "narrower than the r=76 that expresses it)" in line
+        )
     if head == "prototype":
         assert (
             f"class vectors {classes}×384 = {classes * 384:,} values computed from the data, not trained" in plan.text
@@ -101,8 +105,14 @@ def test_auto_head_of_the_minilm_presets(preset, classes, head, rank, total, mon
 def test_choose_head_rules():
     assert choose_head(384, 77, None).type == "linear"  # unlimited: a teacher
     assert choose_head(384, 4, 10_000).type == "linear"
-    chosen = choose_head(384, 77, 10_000, adapters=4_608)
-    assert (chosen.type, chosen.rank) == ("low_rank", 5)
+    assert choose_head(384, 77, 10_000, adapters=4_608).type == "prototype"  # r=5 is far below 76
+    chosen = choose_head(768, 4, 10_000)  # linear 3,076 > 2,500; r=3 = classes - 1 fits (2,320)
+    assert (chosen.type, chosen.rank) == ("low_rank", 3)
+    assert (choose_head(768, 4, 100_000 - 1_000).type, choose_head(768, 4, 10_000, multi_label=True).type) == (
+        "linear",
+        "prototype",  # one sigmoid per class needs r=4: 3,092 > 2,500
+    )
+    assert choose_head(384, 10, 4_000).type == "prototype"  # within 1,000: r <= 2, below the 9 it needs
     assert choose_head(384, 77, 1_000).type == "prototype"
 
 

@@ -253,7 +253,7 @@ def resolve_head(cfg: RunConfig, model_config: Any = None) -> Optional[str]:
         head.rank = rank
         head.chosen_because = f"head.rank null: the largest rank within {why}"  # plan's line, not a config field
         return None
-    choice = choose_head(hidden, classes, budget, adapters)
+    choice = choose_head(hidden, classes, budget, adapters, cfg.model.problem_type == "multi_label")
     head.type, head.rank = choice.type, choice.rank
     head.chosen_because = choice.reason  # not a config field: plan's line, never written to config.yaml
     return choice.reason
