@@ -87,12 +87,16 @@ def _batch(seed=0, vocab=40):
 @pytest.mark.parametrize("method", list(METHOD_SETTINGS))
 @pytest.mark.parametrize("kind", FAMILY_KINDS)
 def test_every_method_on_every_family(family_model_dir, kind, method):
-    """plan (meta device) == live == optimizer == requires_grad, per site; the adapted model equals
+    """plan (meta device) == live == optimizer == requires_grad, per site, single- and multi-label; the adapted model equals
     the base at init where PEFT guarantees it; one AdamW step changes the head and an adapter tensor
     and leaves every frozen weight as it was; merged equals unmerged. One model per case: building
     dominates the cost."""
     _skip(kind, method)
     cfg = family_cfg(family_model_dir(kind), kind, method, pooling="first")
+    # Half the cases, alternating over both axes so every method and every family gets both, train
+    # one step as multi-label (one sigmoid per class, binary cross-entropy on 0/1 targets).
+    multi_label = (FAMILY_KINDS.index(kind) + list(METHOD_SETTINGS).index(method)) % 2 == 1
+    cfg.model.problem_type = "multi_label" if multi_label else "single_label"
     planned = breakdown(build_model(cfg, weights=False).model)
     model = build_model(cfg, weights=True).model
     live = breakdown(model)
@@ -116,7 +120,11 @@ def test_every_method_on_every_family(family_model_dir, kind, method):
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(param_groups(model, cfg))
     logits = model(input_ids=ids, attention_mask=mask).logits
-    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+    if multi_label:  # rows with several classes, one class, none, all
+        targets = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]], dtype=logits.dtype)
+        torch.nn.functional.binary_cross_entropy_with_logits(logits, targets).backward()
+    else:
+        torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
     opt.step()
     registry.after_optimizer_step(model, method, 1)
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
