@@ -31,10 +31,12 @@ def _content(tok, text: str) -> list[int]:
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
-def test_truncate_is_the_tokenizers_own_cut_and_counts_what_it_cut(kind):
+def test_truncate_is_the_tokenizers_own_cut_and_counts_what_it_cut(kind, tmp_path):
     tok = make_tokenizer(kind)
     texts = [_text(30), _text(5), ""]
-    tokens = tokenize(tok, texts, 12)
+    # Uncached (predict, serve): no second, uncut pass, so nothing counted.
+    assert tokenize(tok, texts, 12).stats(12) is None
+    tokens = tokenize(tok, texts, 12, cache_dir=tmp_path)  # training's cached pass counts what it cut
     expected = tok(texts, truncation=True, max_length=12)["input_ids"]
     assert [tokens.row(i).tolist() for i in range(3)] == expected
     stats = tokens.stats(12)

@@ -133,6 +133,7 @@ def estimate_run(
     rates: Optional[est.Throughput] = None,
     runtime_bytes: Optional[int] = None,
     warm_cache: bool = False,
+    measure: bool = True,
 ) -> RunEstimate:
     """The estimate for ``cfg`` trained on ``data`` on this machine's CPU. ``precision`` (fp32 or bf16)
     defaults to what training resolves; ``rates`` to the cached layer probe; ``runtime_bytes`` to this
@@ -170,7 +171,7 @@ def estimate_run(
         t.cache_frozen_layers, 0 if why_not else depth, max(len(work.epochs), work.eval_passes), warm_cache
     )
     if rates is None:
-        rates = measured_rates(cfg, model, shape, work, cap, precision)
+        rates = measured_rates(cfg, model, shape, work, cap, precision, measure=measure)
     timing = est.estimate_time(shape, work, rates, cached_layers=k, warm=warm_cache)
     memory = est.peak_memory(memory_inputs(cfg, model, shape, data, cap, multiple, bf16, k, runtime_bytes))
     return RunEstimate(timing, memory, rates, k, note)
@@ -193,9 +194,21 @@ def resolved_precision(cfg: RunConfig) -> str:
     return "bf16" if chosen.name == "bf16" else "fp32"
 
 
-def measured_rates(cfg: RunConfig, model, shape, work: est.Workload, cap: Optional[int], precision: str):
+def _not_cached(*_args, **_kwargs):
+    from lorabudget.errors import LorabudgetError
+
+    raise LorabudgetError(
+        "this machine's layer timing for this model is not cached yet (`lorabudget plan CONFIG --data FILE` "
+        "measures it; a training process never times a layer itself, so its results cannot depend on it)"
+    )
+
+
+def measured_rates(
+    cfg: RunConfig, model, shape, work: est.Workload, cap: Optional[int], precision: str, measure: bool = True
+):
     """The layer probe at the run's typical chunk: the token-weighted mean padded width of the
-    training batches, as many rows of it as the position cap holds (at most a batch)."""
+    training batches, as many rows of it as the position cap holds (at most a batch). ``measure=False``:
+    only a cached timing (a run's start), else :class:`LorabudgetError`."""
     from lorabudget.io import default_cache_dir
     from lorabudget.model.build import build_model
     from lorabudget.model.layerprobe import cached_layer_probe
@@ -213,6 +226,7 @@ def measured_rates(cfg: RunConfig, model, shape, work: est.Workload, cap: Option
         threads=cfg.training.threads or torch.get_num_threads(),
         cache_dir=default_cache_dir(cfg.data.cache_dir),
         fast_dropout=cfg.training.fast_dropout,
+        measure=None if measure else _not_cached,
     )
     return timing.throughput()
 
@@ -253,7 +267,7 @@ def announce_estimate(
     estimate that cannot be made is one line saying why, never an error."""
     try:
         with torch.random.fork_rng(devices=[]):  # the run's random draws are the same with or without it
-            estimate = estimate_run(cfg, data, precision=precision, runtime_bytes=runtime_bytes)
+            estimate = estimate_run(cfg, data, precision=precision, runtime_bytes=runtime_bytes, measure=False)
     except Exception as err:  # noqa: BLE001 - an estimate never stops a run
         log(f"no time estimate: {err}")
         return None
