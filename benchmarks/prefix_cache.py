@@ -17,7 +17,7 @@ process under ``/usr/bin/time -v`` through the command line as a user runs it, `
    cache changes from what the learning rate changes.
 
 Printed: seconds (the loop's ``train_time_s``, the cache's build or check ``frozen_prefix.build_seconds``,
-their total, the wall time of the process), the ratios of totals warm/none and cold/none (the
+the head's class vectors ``head_init_s`` where the head starts from them, their total, the wall time of the process), the ratios of totals warm/none and cold/none (the
 targets: warm at most 0.65x, cold at most 1.05x), peak RSS, the prefix cache's
 bytes on disk, validation accuracy of each, held-out accuracy of each with McNemar's exact test of
 cold and warm against none on the same held-out rows, and the machine's CPU.
@@ -120,21 +120,24 @@ def held_out_lines(runs: dict, work: Path, label: str, test_csv: Path, gold: lis
 
 
 def cost(summary: dict) -> float:
-    """Training seconds with the cache's build (or read and check) counted: ``train_time_s`` is the loop's."""
-    return summary["train_time_s"] + summary.get("frozen_prefix", {}).get("build_seconds", 0.0)
+    """Training seconds with the cache's build (or read and check) and the head's class vectors counted:
+    ``train_time_s`` is the loop's."""
+    prefix = summary.get("frozen_prefix", {}).get("build_seconds", 0.0)
+    return summary["train_time_s"] + prefix + summary.get("head_init_s", 0.0)
 
 
 def report(label: str, runs: dict) -> list[str]:
     none, none_acc = cost(runs["none"]), runs["none"]["validation_accuracy"]
     lines = [
         f"{label}:",
-        "  run           loop s  cache s  total s   wall s   peak RSS MB   prefix cache MB   val acc   cache",
+        "  run           loop s  cache s   head s  total s   wall s   peak RSS MB   prefix cache MB   val acc   cache",
     ]
     for kind, s in runs.items():
         prefix = s.get("frozen_prefix", {})
         state = "off" if not prefix.get("used") else "reused" if prefix.get("cache_hit") else "built"
         lines.append(
-            f"  {kind:<13}{s['train_time_s']:>7.1f}{prefix.get('build_seconds', 0.0):>9.1f}{cost(s):>9.1f}"
+            f"  {kind:<13}{s['train_time_s']:>7.1f}{prefix.get('build_seconds', 0.0):>9.1f}"
+            f"{s.get('head_init_s', 0.0):>9.1f}{cost(s):>9.1f}"
             f"{s['wall_s']:>9.1f}{s['peak_rss_mb']:>14.0f}{s['cache_bytes'] / 2**20:>18.1f}"
             f"{s['validation_accuracy']:>10.4f}   {state}"
             + (f" (layers 0-{prefix['layers'] - 1})" if prefix.get("used") else "")

@@ -94,6 +94,24 @@ def test_a_warm_frozen_prefix_cache_costs_less_than_none_and_a_cold_one_pays_the
     assert cold.seconds < without.seconds  # three epochs and three validation passes: the cache pays
 
 
+def test_the_head_s_class_vectors_cost_a_forward_pass_over_the_training_rows_above_the_cache():
+    """``head.init: prototypes`` or a prototype head: one inference pass over the training rows before
+    training, through the layers the cache does not serve."""
+    shape, lengths = _shape(layers=6, trainable_from=4), np.asarray(LENGTHS)
+    plain = _work(lengths)
+    micro = -(-len(lengths) // 8)
+    with_init = est.run_workload(lengths, lengths[:20], 8, 7, micro, 1, 16, 1024, True, 8, head_init=True)
+    assert plain.head_init == est.Sums() and with_init.head_init == est.Sums.of(
+        est.inference_batches(lengths, 16, 1024)
+    )
+    before = est.estimate_time(shape, plain, RATES)
+    after = est.estimate_time(shape, with_init, RATES)
+    assert before.head_init_seconds == 0 < after.head_init_seconds
+    assert after.seconds == pytest.approx(before.seconds + after.head_init_seconds)
+    cached = est.estimate_time(shape, with_init, RATES, cached_layers=4, warm=True)
+    assert 0 < cached.head_init_seconds < after.head_init_seconds / 2  # two of six layers run
+
+
 def test_frozen_layers_cost_a_forward_and_trainable_ones_forward_and_backward():
     """Backward depth: adapters on the top layers only leave the bottom ones forward-only."""
     work = _work(LENGTHS)

@@ -140,12 +140,12 @@ def test_init_from_vectors_is_a_centred_nearest_vector_classifier():
     assert np.linalg.matrix_rank(out2 @ down2) == 2
 
 
-def _train(make_config, tmp_path, name, head, **extra):
+def _train(make_config, tmp_path, name, head, training=None, **extra):
     values = make_config(
         tmp_path / "cache",
         name=name,
         head={"pooling": "mean", **head},
-        training={"max_steps": 6, "eval_every": 3, "learning_rate": 2e-2, "seed": 5},
+        training={"max_steps": 6, "eval_every": 3, "learning_rate": 2e-2, "seed": 5, **(training or {})},
         **extra,
     )
     cfg = tmp_path / f"{name}.yaml"
@@ -193,6 +193,25 @@ def test_initialised_heads_train(make_config, tmp_path, capsys, head):
     run = _train(make_config, tmp_path, "init", head)
     assert f"head: {head['type']} head's starting weights from" in capsys.readouterr().out
     assert yaml.safe_load((run / "config.yaml").read_text())["head"]["init"] == head["init"]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "no"])
+def test_the_class_vectors_pass_runs_in_the_run_s_precision(make_config, tmp_path, monkeypatch, precision):
+    """A bf16 run computes its class vectors under bf16 autocast with the frozen base cast once (its
+    validation passes' arrangement), not in fp32 at a quarter of the speed."""
+    import lorabudget.training.prototypes as prototypes
+
+    seen, real = [], prototypes.predict_logits
+
+    def spy(encoder, *args, **kwargs):
+        frozen = next(p for p in encoder.parameters() if not p.requires_grad)
+        seen.append((torch.is_autocast_enabled("cpu"), frozen.dtype))
+        return real(encoder, *args, **kwargs)
+
+    monkeypatch.setattr(prototypes, "predict_logits", spy)
+    _train(make_config, tmp_path, "p", {"type": "prototype"}, training={"max_steps": 1, "mixed_precision": precision})
+    bf16 = precision == "bf16"
+    assert seen == [(bf16, torch.bfloat16 if bf16 else torch.float32)] * 2  # the class names, then the rows
 
 
 def test_auto_is_decided_once_and_recorded(make_config, tmp_path):

@@ -169,6 +169,15 @@ def test_auto_says_why_it_is_off_in_one_line(make_config, tiny_roberta, tmp_path
     assert "not used: adapter.method 'lora' trains parameters in layer 0" in line
 
 
+def test_auto_counts_the_pass_that_computes_the_head_s_class_vectors(make_config, tiny_roberta, tmp_path):
+    """One epoch with ``head.init: prototypes`` goes over the training rows twice: the cache pays."""
+    values = _top_layer(make_config, tmp_path / "cache", tiny_roberta, "auto", epochs=1)
+    values["head"]["init"] = "prototypes"
+    summary, lines = _train(values, tmp_path / "run")
+    (line,) = _prefix_lines(lines)
+    assert "built" in line and summary["frozen_prefix"]["used"]
+
+
 @pytest.mark.parametrize(
     "sections, match",
     [
@@ -300,6 +309,12 @@ WITH = {
     "bf16": ({"training": {"mixed_precision": "bf16"}}, 1e-5),
     # Long texts cut into windows: a window is a row of the cache.
     "chunks": ({"model": {"max_length": 12}, "data": {"long_text": "chunks"}}, 1e-5),
+    # The head's class vectors: the training rows' pass before training reads the cache too.
+    "prototype-head": ({"head": {"type": "prototype"}}, 1e-5),
+    "prototype-init": ({"head": {"init": "prototypes"}}, 1e-5),
+    # bf16 class vectors are means of states rounded to bf16 in other batch shapes (the cache's build
+    # batches against the inference batches): they agree to bf16's rounding, and the head starts from them.
+    "prototype-init-bf16": ({"head": {"init": "prototypes"}, "training": {"mixed_precision": "bf16"}}, 5e-3),
 }
 
 
@@ -311,8 +326,12 @@ def test_the_cache_with_other_settings_trains_the_same_weights(make_config, stil
         values = _top_layer(make_config, tmp_path / "cache", still_roberta, setting, max_steps=6, eval_every=3)
         for section, overrides in sections.items():
             values[section] = {**values[section], **overrides}
-        summary, _ = _train(values, tmp_path / str(setting))
+        summary, lines = _train(values, tmp_path / str(setting))
         assert summary["frozen_prefix"]["used"] is setting
+        head_lines = [line for line in lines if line.startswith("head: ")]
+        assert len(head_lines) == ("prototype" in case)
+        assert all(("from the frozen-prefix cache" in line) is setting for line in head_lines)
+        assert (summary["head_init_s"] > 0) is ("prototype" in case)
         runs[setting] = _weights(tmp_path / str(setting))
     for name, expected in runs[False].items():
         torch.testing.assert_close(runs[True][name], expected, rtol=0, atol=tolerance)

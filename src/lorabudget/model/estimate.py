@@ -121,12 +121,14 @@ def inference_batches(lengths: np.ndarray, batch_size: int, max_tokens: Optional
 class Workload:
     """What a run computes, in batch sums: the training micro-batches of each epoch (the last one
     possibly cut short by the step count), one validation pass, the validation pass count, and the
-    rows the prefix cache would be filled from."""
+    rows the prefix cache would be filled from, and the inference pass over the training rows that
+    computes the head's class vectors before training (empty when the head needs none)."""
 
     epochs: tuple[Sums, ...]
     validation: Sums
     eval_passes: int
     cache_fill: Sums = field(default_factory=Sums)
+    head_init: Sums = field(default_factory=Sums)
 
 
 def run_workload(
@@ -140,8 +142,10 @@ def run_workload(
     eval_max_tokens: Optional[int],
     length_grouping: bool = True,
     multiple: int = 8,
+    head_init: bool = False,
 ) -> Workload:
-    """:class:`Workload` of ``micro_batches`` training batches (across as many epochs as they span)."""
+    """:class:`Workload` of ``micro_batches`` training batches (across as many epochs as they span);
+    ``head_init``: the head's class vectors are computed from the training rows first."""
     epochs, left, epoch = [], micro_batches, 0
     while left > 0:
         batches = training_batches(train_lengths, batch_size, seed, epoch, length_grouping, multiple)
@@ -151,19 +155,22 @@ def run_workload(
         left -= len(batches)
         epoch += 1
     validation = Sums.of(inference_batches(validation_lengths, eval_batch_size, eval_max_tokens))
-    fill = Sums.of(inference_batches(train_lengths, eval_batch_size, eval_max_tokens)) + validation
-    return Workload(tuple(epochs), validation, eval_passes, fill)
+    train_pass = Sums.of(inference_batches(train_lengths, eval_batch_size, eval_max_tokens))
+    return Workload(
+        tuple(epochs), validation, eval_passes, train_pass + validation, train_pass if head_init else Sums()
+    )
 
 
 @dataclass(frozen=True)
 class TimeEstimate:
-    seconds: float  # the whole training loop, validation passes and a cold cache fill included
+    seconds: float  # the whole training loop, validation passes, a cold cache fill and the head's start included
     epoch_seconds: float  # one full epoch: its training batches and its share of validation passes
     train_seconds: float  # training batches only
     eval_seconds: float  # all validation passes
     cache_fill_seconds: float  # filling the frozen-prefix cache (0: warm or not used)
     epochs: float
     flops: float
+    head_init_seconds: float = 0.0  # the class vectors' pass over the training rows (0: the head needs none)
 
 
 def _layers_seconds(
@@ -199,13 +206,16 @@ def estimate_time(
         _layers_seconds(layers, work.validation, rates, k, False) + work.validation.flops(head_fwd) / rates.forward
     )
     fill = 0.0 if warm or not k else _layers_seconds(layers[:k], work.cache_fill, rates, 0, False)
+    head_init = _layers_seconds(layers, work.head_init, rates, k, False)
     train = sum(per_epoch)
     evals = one_pass * work.eval_passes
     full_epoch = work.epochs[0] if work.epochs else Sums()
     n_epochs = sum(s.rows for s in work.epochs) / full_epoch.rows if full_epoch.rows else 0.0
     epoch_seconds = (per_epoch[0] if per_epoch else 0.0) + (evals / n_epochs if n_epochs else 0.0)
     total_flops = sum(s.flops(c) for s in work.epochs for c in [f + b for f, b in layers[k:]])
-    return TimeEstimate(train + evals + fill, epoch_seconds, train, evals, fill, n_epochs, total_flops)
+    return TimeEstimate(
+        train + evals + fill + head_init, epoch_seconds, train, evals, fill, n_epochs, total_flops, head_init
+    )
 
 
 @dataclass(frozen=True)

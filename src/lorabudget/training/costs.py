@@ -58,6 +58,10 @@ class RunEstimate:
             f", {est.format_seconds(t.cache_fill_seconds)} of it filling the prefix cache"
             if t.cache_fill_seconds
             else ""
+        ) + (
+            f", {est.format_seconds(t.head_init_seconds)} computing the head's class vectors"
+            if t.head_init_seconds
+            else ""
         )
         return [
             f"estimated training time: {est.format_seconds(t.seconds)} ({est.format_seconds(t.epoch_seconds)} per "
@@ -73,6 +77,7 @@ class RunEstimate:
         """summary.json's ``estimate``."""
         return {
             "train_seconds": self.time.seconds,
+            "head_init_seconds": self.time.head_init_seconds,
             "epoch_seconds": self.time.epoch_seconds,
             "peak_bytes": self.peak_bytes,
             "cached_layers": self.cached_layers,
@@ -142,6 +147,7 @@ def estimate_run(
     from lorabudget.model.build import build_model
     from lorabudget.model.flops import encoder_shape
     from lorabudget.training.prefix_cache import unusable
+    from lorabudget.training.prototypes import needs_class_vectors
 
     if torch.cuda.is_available() and rates is None:
         raise LorabudgetError("the time estimate is measured for CPU runs; this machine trains on its GPU")
@@ -165,10 +171,12 @@ def estimate_run(
         eval_tokens,
         t.length_grouping,
         multiple,
+        head_init=needs_class_vectors(cfg),
     )
     depth, why_not = unusable(cfg, model)  # the cache's own rules: the same depth, the same refusals
+    train_passes = len(work.epochs) + int(needs_class_vectors(cfg))
     k, note = cached_layers_used(
-        t.cache_frozen_layers, 0 if why_not else depth, max(len(work.epochs), work.eval_passes), warm_cache
+        t.cache_frozen_layers, 0 if why_not else depth, max(train_passes, work.eval_passes), warm_cache
     )
     if rates is None:
         rates = measured_rates(cfg, model, shape, work, cap, precision, measure=measure)

@@ -30,7 +30,6 @@ from lorabudget.rundir.layout import RunDir
 from lorabudget.rundir.lifecycle import requested_run_dir
 from lorabudget.training.costs import announce_estimate, current_rss, peak_rss
 from lorabudget.training.prefix_cache import refuse_prefix_cache
-from lorabudget.training.prototypes import init_head
 from lorabudget.training.session import Session
 from lorabudget.training.setup import (
     LossFn,
@@ -81,8 +80,6 @@ def start_run(cfg: RunConfig, run_dir: Path, data: Optional[PreparedData], log, 
     batches = math.ceil(len(data.train) / (t.batch_size * accelerator.num_processes))
     planned_steps = t.max_steps or max(1, math.ceil(t.epochs * math.ceil(batches / t.gradient_accumulation)))
     model = build_model(cfg, weights=True, total_steps=planned_steps).model
-    if not resumed:  # a resumed run reads its class vectors back from the checkpoint
-        init_head(cfg, model, data, accelerator, log)
     live = budget_mod.breakdown(model)
     if live.total != planned.total:  # would be a bug in planning: never train on an unchecked count
         raise RuntimeError(f"live trainable count {live.total:,} differs from the plan {planned.total:,}")
@@ -209,6 +206,7 @@ def run_summary(run: Session, live, extra_summary: Optional[dict[str, Any]]) -> 
         "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,
         "frozen_prefix": run.prefix_info.summary(),
+        "head_init_s": state.head_init_s,  # the head's class vectors, computed before the loop's clock starts
         # FLOPs of the steps this process ran (after a resume: the resumed part only).
         **training_flops(
             run.unwrapped,

@@ -27,6 +27,7 @@ from lorabudget.model.layout import encoder_layers
 from lorabudget.model.precision import frozen_base_in
 from lorabudget.model.prefix import frozen_prefix_depth, prefix_weights_fingerprint, split_refusal
 from lorabudget.model.prefix_forward import capture, from_layer
+from lorabudget.training.prototypes import needs_class_vectors
 
 BUILD_TOKENS_PER_BATCH = 4096  # eval-mode forward without gradients: bigger batches than training's
 
@@ -70,6 +71,10 @@ class PrefixRun:
     def validation_forward(self, model: Any, device) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
         return lambda batch: self.logits(model, batch, self.validation, device)
 
+    def train_rows_forward(self, model: Any, device) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+        """An inference pass over the training rows (the head's class vectors are computed so)."""
+        return lambda batch: self.logits(model, batch, self.train, device)
+
 
 def unusable(cfg: RunConfig, model: Any) -> tuple[int, Optional[str]]:
     """(k, why the cache cannot be used or None)."""
@@ -101,10 +106,12 @@ def refuse_prefix_cache(cfg: RunConfig, model: Any) -> None:
 
 
 def passes(cfg: RunConfig, total_steps: int, num_epochs: int) -> tuple[int, int]:
-    """How often the loop goes over the training rows and over the validation rows."""
+    """How often a run goes over the training rows (its epochs, and the pass computing the head's class
+    vectors before training) and over the validation rows. A resumed run counts the same as its start,
+    so it decides as its start did."""
     every = cfg.training.eval_every
     evaluations = (total_steps // every + (1 if total_steps % every else 0)) if every else num_epochs
-    return num_epochs, max(1, evaluations)
+    return num_epochs + int(needs_class_vectors(cfg)), max(1, evaluations)
 
 
 def store_key(model: Any, depth: int, tokens: TokenizedTexts, precision: str, fingerprint: str) -> str:

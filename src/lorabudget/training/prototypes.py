@@ -4,8 +4,9 @@ vectors, and the ``head.init: names|prototypes`` starting weights of the ``linea
 A class's vector is the mean pooled embedding (``head.pooling``) of its training rows (for a multi-label
 run, of the rows where the class is positive), or with ``head.init: names`` the pooled embedding of the
 class name. The encoder runs as it was before training: adapters switched off, eval mode, no gradients,
-in the batches inference uses (each process a share, gathered). A class without training rows takes
-its name's embedding.
+in the batches inference uses (each process a share, gathered), in the run's precision; where the run
+uses the frozen-prefix cache, the training rows start from their cached states, so only the layers
+above it run. A class without training rows takes its name's embedding.
 
 The prototype vectors are a persistent buffer of the head: saved with the run's weights (PEFT's
 ``modules_to_save`` state, or the full-weights file), exported with it, and carried in checkpoints, so a
@@ -28,6 +29,7 @@ from lorabudget.data.batching import TokenizedTexts, tokenize
 from lorabudget.inference.batched import predict_logits
 from lorabudget.model.heads import EncoderWithLinearHead
 from lorabudget.model.hf_classifier import PROTOTYPE_SCALE, LowRankHead, PooledLinearHead, PrototypeHead, pool
+from lorabudget.model.precision import frozen_base_in
 
 
 class _PooledEncoder(nn.Module):
@@ -117,17 +119,37 @@ def apply_class_vectors(model: nn.Module, cfg: RunConfig, vectors: np.ndarray) -
             _set(head.out_proj.bias, bias)
 
 
-def _embed(model: nn.Module, tokens: TokenizedTexts, pad_id: int, cfg: RunConfig, accelerator) -> np.ndarray:
+# ``forward_over(encoder) -> forward(batch)``: the pooled encoder's forward over cached states.
+ForwardOver = Callable[[nn.Module], Callable[[dict], torch.Tensor]]
+
+
+def _embed(
+    model: nn.Module,
+    tokens: TokenizedTexts,
+    pad_id: int,
+    cfg: RunConfig,
+    accelerator,
+    forward_over: Optional[ForwardOver] = None,
+) -> np.ndarray:
     inner = pooled_head(model)
     encoder = _PooledEncoder(inner.backbone, cfg.head.pooling)
+    forward = forward_over(encoder) if forward_over is not None else None
     # The frozen encoder: a PEFT model's adapters are switched off (most start as the identity, not all).
     off = model.disable_adapter() if hasattr(model, "disable_adapter") and hasattr(model, "peft_config") else None
-    with off if off is not None else contextlib.nullcontext():
-        return predict_logits(encoder, tokens, pad_id, cfg.training.eval_batch_size, accelerator)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(off if off is not None else contextlib.nullcontext())
+        if accelerator is not None:  # the run's precision, arranged as its validation passes have it
+            bf16 = accelerator.mixed_precision == "bf16"
+            stack.enter_context(frozen_base_in(model, torch.bfloat16 if bf16 else None))
+            stack.enter_context(accelerator.autocast())
+        return predict_logits(encoder, tokens, pad_id, cfg.training.eval_batch_size, accelerator, forward=forward)
 
 
-def class_vectors(cfg: RunConfig, model: nn.Module, data: Any, accelerator=None) -> tuple[np.ndarray, str]:
-    """The class vectors ``[C, H]`` of this run and a line saying how they were made."""
+def class_vectors(
+    cfg: RunConfig, model: nn.Module, data: Any, accelerator=None, forward_over: Optional[ForwardOver] = None
+) -> tuple[np.ndarray, str]:
+    """The class vectors ``[C, H]`` of this run and a line saying how they were made; ``forward_over``
+    runs the training rows from the frozen-prefix cache."""
     names = cfg.class_names
     name_tokens = tokenize(data.tokenizer, names, cfg.model.max_length)
     by_name = _embed(model, name_tokens, data.pad_id, cfg, accelerator)
@@ -136,7 +158,8 @@ def class_vectors(cfg: RunConfig, model: nn.Module, data: Any, accelerator=None)
     # Long texts in windows (data.long_text: chunks): training holds each window as a row with its row's
     # target; tokens that still map windows to rows get their embeddings pooled per row by predict_logits.
     tokens, targets = data.train_tokens, data.train.labels
-    means, counts = class_means(_embed(model, tokens, data.pad_id, cfg, accelerator), targets, len(names))
+    embeddings = _embed(model, tokens, data.pad_id, cfg, accelerator, forward_over)
+    means, counts = class_means(embeddings, targets, len(names))
     empty = counts == 0
     means[empty] = by_name[empty]
     line = f"the mean pooled embedding of each class's training rows ({int(counts.sum()):,} memberships)"
@@ -146,12 +169,18 @@ def class_vectors(cfg: RunConfig, model: nn.Module, data: Any, accelerator=None)
 
 
 def init_head(
-    cfg: RunConfig, model: nn.Module, data: Any, accelerator=None, log: Callable[[str], None] = print
-) -> bool:
+    cfg: RunConfig,
+    model: nn.Module,
+    data: Any,
+    accelerator=None,
+    log: Callable[[str], None] = print,
+    forward_over: Optional[ForwardOver] = None,
+) -> Optional[float]:
     """Compute the class vectors and put them into the head when the config asks for them (a new run
-    only: a resumed run restores them from its checkpoint). Every process calls it. Returns whether it did."""
+    only: a resumed run restores them from its checkpoint). Every process calls it. Returns the seconds
+    it took, or None where the head needs none."""
     if not needs_class_vectors(cfg) or pooled_head(model) is None:
-        return False
+        return None
     start = time.perf_counter()
     device = accelerator.device if accelerator is not None else torch.device("cpu")
     if cfg.model.quantization == "none":
@@ -160,11 +189,13 @@ def init_head(
         from lorabudget.model.build import keep_4bit_layout_for_training
 
         keep_4bit_layout_for_training(model)  # before its first no-grad eval pass (see there)
-    vectors, how = class_vectors(cfg, model, data, accelerator)
+    vectors, how = class_vectors(cfg, model, data, accelerator, forward_over)
     apply_class_vectors(model, cfg, vectors)
     what = "prototype vectors" if cfg.head.type == "prototype" else f"{cfg.head.type} head's starting weights"
-    log(f"head: {what} from {how}, frozen encoder, {time.perf_counter() - start:.1f}s")
-    return True
+    seconds = time.perf_counter() - start
+    cached = ", training rows from the frozen-prefix cache" if forward_over is not None else ""
+    log(f"head: {what} from {how}, frozen encoder{cached}, {seconds:.1f}s")
+    return seconds
 
 
 def head_buffers(model: nn.Module) -> dict[str, torch.Tensor]:

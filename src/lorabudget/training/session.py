@@ -36,7 +36,7 @@ from lorabudget.rundir.lifecycle import requested_run_dir
 from lorabudget.rundir.weights import save_trained
 from lorabudget.signals import Terminated, deferred_termination, stop_pending
 from lorabudget.training.prefix_cache import PrefixInfo, PrefixRun, start_prefix
-from lorabudget.training.prototypes import head_buffers, load_head_buffers
+from lorabudget.training.prototypes import head_buffers, init_head, load_head_buffers
 from lorabudget.training.setup import LossFn, PreparedData, make_optimizer, make_scheduler
 from lorabudget.training.state import (
     BestKeeper,
@@ -154,6 +154,10 @@ class Session:
             state = run.state
             log(f"resuming {run_dir} at step {state.step} of {total} (epoch {state.epoch}, batch {state.micro})")
         run.prefix, run.prefix_info = start_prefix(cfg, accelerator, run.unwrapped, data, total, run.num_epochs, log)
+        if not resumed:  # a resumed run reads its class vectors back from the checkpoint
+            device = accelerator.device
+            over = (lambda encoder: run.prefix.train_rows_forward(encoder, device)) if run.prefix else None
+            run.state.head_init_s = init_head(cfg, run.unwrapped, data, accelerator, log, over) or 0.0
         return run
 
     def state_dict(self) -> dict[str, Any]:

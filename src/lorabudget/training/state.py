@@ -83,6 +83,7 @@ class TrainState:
     positions_seen: int = 0  # padded token positions fed to the model (numel is known on the host: no sync)
     eval_seconds: float = 0.0
     elapsed_s: float = 0.0  # wall time of the sessions before this one (a resumed run adds them up)
+    head_init_s: float = 0.0  # computing the head's class vectors before the first step (not in elapsed_s)
     done: bool = False  # early stopping decided: a resume has nothing left to train
 
 
