@@ -1,6 +1,7 @@
 """Bad inputs and failures, one table: each must exit with its documented code, print exactly one
 error line (no traceback), leave no file created or changed that should not be, and leave a
-previous run intact.
+previous run intact. A damaged frozen-prefix cache is no error: its own table (``CACHE_CASES``, below)
+runs with one warning line per damaged file and ends as a run on a sound cache does.
 
 Every case runs in-process through ``lorabudget.cli.main`` inside a fresh workspace holding a copy
 of one finished run, a config and data files; the whole workspace is compared before and after.
@@ -23,8 +24,10 @@ from typing import Callable, Optional
 
 import pytest
 import yaml
+from prefix_cases import top_layer
 
 from lorabudget.cli import main
+from lorabudget.data.prefix_store import PREFIX_FOLDER
 
 
 class Evil:
@@ -804,7 +807,7 @@ def test_bad_input(case: Case, ws: Workspace, capsys, request):
 
 def test_case_ids_are_unique():
     # pytest would run a duplicate id under a suffixed name, hiding which case a failure is.
-    ids = [c.id for c in CASES]
+    ids = [c.id for c in CASES] + [c.id for c in CACHE_CASES]
     assert not {i for i in ids if ids.count(i) > 1}
 
 
@@ -912,6 +915,77 @@ def test_teacher_logit_cache_with_other_columns_is_rebuilt(tmp_path):
     entry["logits"] = np.ones((2, 3), dtype=np.float32)  # key and row count still match
     np.savez(cache.path(key), **entry)
     assert cache.load(key, 2) is None
+
+
+# --------------------------------------------------------------------------------------------
+# A damaged frozen-prefix cache (training.cache_frozen_layers) is not an error either: the run says in
+# one line per damaged store that it rebuilds it, never reads the damaged states, and ends (exit 0) with
+# the weights and validation metrics of the run that built the cache.
+
+
+def tamper(states: Path, record: Path) -> None:
+    data = bytearray(states.read_bytes())
+    data[-5] ^= 0xFF  # the sign and exponent of the last row's second-last value; the record unchanged
+    states.write_bytes(bytes(data))
+
+
+def foreign_key(states: Path, record: Path) -> None:
+    entry = json.loads(record.read_text())
+    entry["key"] = "0" * 64  # a record (and its states) left by another entry under this name
+    record.write_text(json.dumps(entry))
+
+
+@dataclass
+class CacheCase:
+    id: str
+    damage: Callable[[Path, Path], None]  # (states .npy, record .json) of each store
+    line: str  # on stderr after "prefix cache <states>", once per damaged store
+
+
+UNSOUND, UNREADABLE = "does not match its key or checksum: rebuilding it", "is unreadable: rebuilding it"
+CACHE_CASES = [
+    CacheCase("prefix-cache-truncated", lambda states, record: truncate(states), UNREADABLE),
+    CacheCase("prefix-cache-tampered", tamper, UNSOUND),
+    CacheCase("prefix-cache-foreign-key", foreign_key, UNSOUND),
+    CacheCase("prefix-cache-no-record", lambda states, record: record.unlink(), UNREADABLE),
+]
+
+
+@pytest.fixture(scope="module")
+def prefix_cached(tmp_path_factory, make_config, tiny_roberta) -> Path:
+    """A 2-step run with adapters in the top layer only (``first``), which built the frozen-prefix cache
+    of its training and validation rows (``cache``), and its config (``cfg.yaml``)."""
+    base = tmp_path_factory.mktemp("prefix-cached")
+    values = top_layer(make_config, base / "cache", tiny_roberta, True, epochs=1, max_steps=2)
+    (base / "cfg.yaml").write_text(yaml.safe_dump(values))
+    assert main(["train", str(base / "cfg.yaml"), "--output", str(base / "first"), "--no-report"]) == 0
+    return base
+
+
+@pytest.mark.parametrize("case", CACHE_CASES, ids=[c.id for c in CACHE_CASES])
+def test_damaged_prefix_cache_is_rebuilt_not_used(case: CacheCase, prefix_cached: Path, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    shutil.copytree(prefix_cached / "cache", cache)  # the module's cache stays sound for the next case
+    records = sorted((cache / PREFIX_FOLDER).glob("*.json"))
+    assert len(records) == 2  # training and validation rows
+    for record in records:
+        case.damage(record.with_suffix(".npy"), record)
+    argv = ["train", str(prefix_cached / "cfg.yaml"), "--set", f"data.cache_dir={cache}", "--no-report"]
+    code, out, err = run_cli([*argv, "--output", str(tmp_path / "again")], capsys)
+    assert code == 0, err[-2000:]
+    rebuilt = sorted(line for line in err.splitlines() if "rebuilding" in line)
+    assert rebuilt == [f"warning: prefix cache {r.with_suffix('.npy')} {case.line}" for r in records], err[-2000:]
+    first, again = (ended(run) for run in (prefix_cached / "first", tmp_path / "again"))
+    assert again["frozen_prefix"]["used"] and not again["frozen_prefix"]["cache_hit"]  # built, not reused
+    assert again["adapter_sha256"] == first["adapter_sha256"]  # the same weights, to the bit
+    assert again["eval"] == first["eval"]  # validation metrics, predictions and confidences
+
+
+def ended(run: Path) -> dict:
+    """A finished run's summary.json with its eval.json (less the time it was written) as ``eval``."""
+    evaluated = json.loads((run / "eval.json").read_text())
+    evaluated.pop("time")
+    return {**json.loads((run / "summary.json").read_text()), "eval": evaluated}
 
 
 def test_tampered_run_onnx_export_is_made_again(ws: Workspace, capsys):

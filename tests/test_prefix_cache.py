@@ -1,7 +1,7 @@
 """The frozen-prefix cache (``training.cache_frozen_layers``): the split forward equals the full model on
 every family, the depth is right for every method, a run with the cache trains the same weights as one
-without, the warm cache is reused, broken cache files are rebuilt, ``true`` is refused where it cannot
-work, ``cache info|clear`` list it and search trials share it."""
+without, the warm cache is reused, ``true`` is refused where it cannot work, ``cache info|clear`` list
+it and search trials share it. Damaged cache files are the damaged-cache table of test_bad_inputs.py."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import pytest
 import torch
 from conftest import FAMILY_KINDS
 from method_cases import METHOD_SETTINGS
+from prefix_cases import top_layer
 from test_families import _batch, family_cfg
 
 from lorabudget.config import from_dict
-from lorabudget.data.prefix_store import PREFIX_FOLDER, open_store, store_paths, write_store
+from lorabudget.data.prefix_store import PREFIX_FOLDER, open_store, write_store
 from lorabudget.errors import LorabudgetError
 from lorabudget.model.build import build_model
 from lorabudget.model.prefix import frozen_prefix_depth, split_refusal
@@ -94,24 +95,6 @@ def _train(values: dict, run: Path) -> tuple[dict, list[str]]:
     return summary, lines
 
 
-def _top_layer(make, cache: Path, model: Path, setting, **training) -> dict:
-    return make(
-        cache,
-        model={"name": str(model)},
-        adapter={"r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"], "layers": [2]},
-        head={"type": "linear", "pooling": "mean"},
-        training={
-            "epochs": 2,
-            "batch_size": 16,
-            "learning_rate": 5e-3,
-            "log_every": 2,
-            "seed": 7,
-            "cache_frozen_layers": setting,
-            **training,
-        },
-    )
-
-
 def _weights(run: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -124,7 +107,7 @@ def _prefix_lines(lines: list[str]) -> list[str]:
 
 def test_cached_run_trains_the_same_weights_and_the_warm_cache_is_reused(make_config, still_roberta, tmp_path):
     cache = tmp_path / "cache"
-    plain, plain_lines = _train(_top_layer(make_config, cache, still_roberta, False), tmp_path / "plain")
+    plain, plain_lines = _train(top_layer(make_config, cache, still_roberta, False), tmp_path / "plain")
     assert plain["frozen_prefix"] == {
         "layers": 0,
         "used": False,
@@ -134,7 +117,7 @@ def test_cached_run_trains_the_same_weights_and_the_warm_cache_is_reused(make_co
         "reason": "training.cache_frozen_layers: false",
     }
     assert not _prefix_lines(plain_lines)
-    cold, cold_lines = _train(_top_layer(make_config, cache, still_roberta, True), tmp_path / "cold")
+    cold, cold_lines = _train(top_layer(make_config, cache, still_roberta, True), tmp_path / "cold")
     (line,) = _prefix_lines(cold_lines)
     assert "layers 0-1 of 3" in line and "built" in line
     assert cold["frozen_prefix"]["used"] and not cold["frozen_prefix"]["cache_hit"]
@@ -148,7 +131,7 @@ def test_cached_run_trains_the_same_weights_and_the_warm_cache_is_reused(make_co
     assert cold["train_flops"] < plain["train_flops"]  # the executed FLOPs count the layers the steps ran
     # Warm: another learning rate, the same base, rows and layer: nothing is built again.
     warm, warm_lines = _train(
-        _top_layer(make_config, cache, still_roberta, "auto", learning_rate=1e-2), tmp_path / "warm"
+        top_layer(make_config, cache, still_roberta, "auto", learning_rate=1e-2), tmp_path / "warm"
     )
     (line,) = _prefix_lines(warm_lines)
     assert "reused" in line and warm["frozen_prefix"]["cache_hit"]
@@ -157,7 +140,7 @@ def test_cached_run_trains_the_same_weights_and_the_warm_cache_is_reused(make_co
 
 
 def test_auto_says_why_it_is_off_in_one_line(make_config, tiny_roberta, tmp_path):
-    values = _top_layer(make_config, tmp_path / "cache", tiny_roberta, "auto", epochs=1)
+    values = top_layer(make_config, tmp_path / "cache", tiny_roberta, "auto", epochs=1)
     summary, lines = _train(values, tmp_path / "one-pass")
     (line,) = _prefix_lines(lines)
     assert "not used: one pass over the training rows" in line
@@ -188,7 +171,7 @@ def test_auto_counts_the_pass_that_computes_the_head_s_class_vectors(make_config
     ids=["lora-in-layer-0", "full", "compile"],
 )
 def test_true_is_refused_where_it_cannot_work(make_config, tiny_roberta, tmp_path, sections, match):
-    values = _top_layer(make_config, tmp_path / "cache", tiny_roberta, True)
+    values = top_layer(make_config, tmp_path / "cache", tiny_roberta, True)
     for section, overrides in sections.items():
         values[section] = overrides if overrides.get("method") == "full" else {**values.get(section, {}), **overrides}
     with pytest.raises(LorabudgetError, match="cache_frozen_layers.*true cannot be used") as err:
@@ -198,73 +181,30 @@ def test_true_is_refused_where_it_cannot_work(make_config, tiny_roberta, tmp_pat
 
 
 # --------------------------------------------------------------------------------------------
-# Integrity: a cache file that is wrong is rebuilt, never used
+# The store; damaged stores (truncated, tampered, another entry's, without a record) are the
+# damaged-cache table of tests/test_bad_inputs.py
 
 
-def _truncate(states: Path, record: Path) -> None:
-    data = states.read_bytes()
-    states.write_bytes(data[: len(data) // 2])
-
-
-def _tamper(states: Path, record: Path) -> None:
-    data = bytearray(states.read_bytes())
-    data[-5] ^= 0xFF  # one byte of the last row's states; the header and the record unchanged
-    states.write_bytes(bytes(data))
-
-
-def _foreign_key(states: Path, record: Path) -> None:
-    entry = json.loads(record.read_text())
-    entry["key"] = "0" * 64  # a record (and its states) left by another entry under this name
-    record.write_text(json.dumps(entry))
-
-
-def _no_record(states: Path, record: Path) -> None:
-    record.unlink()
-
-
-DAMAGE = {"truncated": _truncate, "tampered": _tamper, "foreign-key": _foreign_key, "no-record": _no_record}
-
-
-@pytest.mark.parametrize("damage", list(DAMAGE))
-def test_a_damaged_prefix_cache_is_rebuilt_not_used(tmp_path, capsys, damage):
+def test_a_store_gives_back_each_row_padded(tmp_path):
     offsets = np.array([0, 3, 5], dtype=np.int64)
     wanted = np.arange(5 * 4, dtype=np.float32).reshape(5, 4)
 
     def fill(states):
         states[:] = wanted
 
-    store = write_store(tmp_path, "k" * 64, offsets, 4, fill)
-    assert np.array_equal(open_store(tmp_path, "k" * 64, offsets, 4).states, wanted)
+    write_store(tmp_path, "k" * 64, offsets, 4, fill)
+    store = open_store(tmp_path, "k" * 64, offsets, 4)
+    assert np.array_equal(store.states, wanted)
     batch = store.padded(torch.tensor([1, 0]), 4)
     assert torch.equal(batch[0, :2], torch.from_numpy(wanted[3:5])) and not batch[0, 2:].any()
-    DAMAGE[damage](*store_paths(tmp_path, "k" * 64))
-    del store
-    capsys.readouterr()
-    assert open_store(tmp_path, "k" * 64, offsets, 4) is None
-    assert "rebuilding it" in capsys.readouterr().err or damage == "no-record"
-    assert np.array_equal(write_store(tmp_path, "k" * 64, offsets, 4, fill).states, wanted)
-    assert open_store(tmp_path, "k" * 64, offsets, 4) is not None
-
-
-def test_a_run_rebuilds_a_tampered_cache(make_config, tiny_roberta, tmp_path, capsys):
-    cache = tmp_path / "cache"
-    values = _top_layer(make_config, cache, tiny_roberta, True, epochs=1, max_steps=2)
-    _train(values, tmp_path / "first")
-    for states in (cache / PREFIX_FOLDER).glob("*.npy"):
-        _tamper(states, states.with_suffix(".json"))
-    capsys.readouterr()
-    summary, lines = _train(values, tmp_path / "second")
-    assert capsys.readouterr().err.count("does not match its key or checksum: rebuilding it") == 2
-    assert summary["frozen_prefix"]["used"] and not summary["frozen_prefix"]["cache_hit"]
-    (line,) = _prefix_lines(lines)
-    assert "built" in line
+    assert torch.equal(batch[1, :3], torch.from_numpy(wanted[:3])) and not batch[1, 3:].any()
 
 
 def test_cache_info_and_clear_list_the_prefix_cache(make_config, tiny_roberta, tmp_path, monkeypatch, capsys):
     from lorabudget.cli import main
 
     cache = tmp_path / "cache"
-    _train(_top_layer(make_config, cache, tiny_roberta, True, max_steps=2), tmp_path / "run")
+    _train(top_layer(make_config, cache, tiny_roberta, True, max_steps=2), tmp_path / "run")
     monkeypatch.setenv("LORABUDGET_CACHE", str(cache))
     capsys.readouterr()
     assert main(["cache", "info"]) == 0
@@ -283,7 +223,7 @@ def test_search_trials_share_one_prefix_cache(make_config, tiny_roberta, tmp_pat
 
     from lorabudget.cli import main
 
-    values = _top_layer(make_config, tmp_path / "cache", tiny_roberta, "auto", max_steps=4, eval_every=2, threads=1)
+    values = top_layer(make_config, tmp_path / "cache", tiny_roberta, "auto", max_steps=4, eval_every=2, threads=1)
     values["model"]["labels"] = None
     values["budget"] = {"max_trainable_params": 2000}
     values["search"] = {"r": [1, 2, 4], "learning_rate": {"low": 5e-3, "high": 3e-2, "log": True}}
@@ -323,7 +263,7 @@ def test_the_cache_with_other_settings_trains_the_same_weights(make_config, stil
     sections, tolerance = WITH[case]
     runs = {}
     for setting in (False, True):
-        values = _top_layer(make_config, tmp_path / "cache", still_roberta, setting, max_steps=6, eval_every=3)
+        values = top_layer(make_config, tmp_path / "cache", still_roberta, setting, max_steps=6, eval_every=3)
         for section, overrides in sections.items():
             values[section] = {**values[section], **overrides}
         summary, lines = _train(values, tmp_path / str(setting))
@@ -346,7 +286,7 @@ def test_a_resumed_run_reads_the_cache_and_ends_as_an_uninterrupted_one(
     import lorabudget.training.session as session_mod
     from lorabudget.signals import Terminated
 
-    values = _top_layer(make_config, tmp_path / "cache", tiny_roberta, True, max_steps=8, eval_every=4)
+    values = top_layer(make_config, tmp_path / "cache", tiny_roberta, True, max_steps=8, eval_every=4)
     _train(values, tmp_path / "whole")
     calls = []
 
@@ -374,7 +314,7 @@ def test_a_distilled_student_uses_the_cache(make_config, tiny_roberta, data_dir,
     teacher = make_config(tmp_path / "cache", name="teacher", model={"labels": None}, training={"max_steps": 2})
     (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(teacher))
     assert main(["train", str(tmp_path / "teacher.yaml"), "--output", str(tmp_path / "teacher"), "--no-report"]) == 0
-    student = _top_layer(make_config, tmp_path / "cache", tiny_roberta, True, max_steps=4, eval_every=2)
+    student = top_layer(make_config, tmp_path / "cache", tiny_roberta, True, max_steps=4, eval_every=2)
     student["data"]["train"] = str(data_dir / "train.csv")
     student["model"]["labels"], student["name"] = None, "student"
     student["distill"] = {"unlabelled": [str(data_dir / "unlabelled.csv")]}
@@ -392,7 +332,7 @@ def test_two_processes_read_the_cache_the_main_process_built(make_config, tiny_r
 
     import yaml
 
-    values = _top_layer(make_config, tmp_path / "cache", tiny_roberta, True, epochs=2, batch_size=8, eval_every=6)
+    values = top_layer(make_config, tmp_path / "cache", tiny_roberta, True, epochs=2, batch_size=8, eval_every=6)
     values["model"]["labels"] = None
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(values))
     with socket.socket() as s:
@@ -435,7 +375,7 @@ def test_a_cache_that_cannot_be_written(make_config, tiny_roberta, tmp_path, mon
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(prefix_mod, "write_store", full_disk)
-    values = _top_layer(make_config, tmp_path / "cache", tiny_roberta, setting, max_steps=2, eval_every=1)
+    values = top_layer(make_config, tmp_path / "cache", tiny_roberta, setting, max_steps=2, eval_every=1)
     if setting is True:
         with pytest.raises(LorabudgetError, match="could not be written .OSError: No space left on device"):
             _train(values, tmp_path / "run")
