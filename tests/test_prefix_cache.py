@@ -154,7 +154,7 @@ def test_auto_says_why_it_is_off_in_one_line(make_config, tiny_roberta, tmp_path
 
 def test_auto_counts_the_pass_that_computes_the_head_s_class_vectors(make_config, tiny_roberta, tmp_path):
     """One epoch with ``head.init: prototypes`` goes over the training rows twice: the cache pays."""
-    values = _top_layer(make_config, tmp_path / "cache", tiny_roberta, "auto", epochs=1)
+    values = top_layer(make_config, tmp_path / "cache", tiny_roberta, "auto", epochs=1)
     values["head"]["init"] = "prototypes"
     summary, lines = _train(values, tmp_path / "run")
     (line,) = _prefix_lines(lines)
