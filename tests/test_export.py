@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -208,6 +209,34 @@ def test_cli_export_onnx_int8_and_predict(runs, tmp_path, capsys):
     assert (onnx_rows[:, 1] == torch_rows[:, 1]).all()
     # int8 weights move probabilities a little; far from a broken graph (which gives unrelated outputs).
     assert np.abs(int8_rows[:, 2:] - torch_rows[:, 2:]).max() < 0.1
+
+
+def _files_and_times(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.rglob("*"))}
+
+
+def test_predict_onnx_elsewhere_leaves_the_run_as_it_was(runs, tmp_path, capsys):
+    """`predict --engine onnx --output ELSEWHERE` on a run without a current RUN/onnx/ exports into a
+    temporary folder (one line says so) and writes nothing into the run; a predict that records into the
+    run keeps its export in RUN/onnx/, which a later predict elsewhere then runs as it is."""
+    pytest.importorskip("onnxruntime")
+    run = tmp_path / "run"
+    shutil.copytree(runs["bert-linear-mean"], run, ignore=shutil.ignore_patterns("onnx"))
+    data = write_csv(tmp_path / "texts.csv", [(t,) for t in TEXTS], header=["text"])
+    argv = ["predict", str(run), "--engine", "onnx", "--input", str(data), "--probabilities"]
+    before = _files_and_times(run)
+    assert main([*argv, "--output", str(tmp_path / "elsewhere.csv")]) == 0
+    assert _files_and_times(run) == before
+    assert "temporary folder" in capsys.readouterr().err
+    assert main([*argv, "--no-report"]) == 0  # into the run: recorded there, the export kept in RUN/onnx/
+    assert (run / "onnx" / "model.onnx").is_file()
+    assert (run / "predictions.csv").read_text() == (tmp_path / "elsewhere.csv").read_text()
+    capsys.readouterr()
+    before = _files_and_times(run)
+    assert main([*argv, "--output", str(tmp_path / "again.csv")]) == 0
+    assert "temporary folder" not in capsys.readouterr().err
+    assert _files_and_times(run) == before
+    assert (tmp_path / "again.csv").read_text() == (tmp_path / "elsewhere.csv").read_text()
 
 
 def test_export_errors(runs, tmp_path, capsys):

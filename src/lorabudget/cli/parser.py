@@ -211,8 +211,9 @@ PREDICT = [
         "--engine",
         choices=["torch", "onnx"],
         default="torch",
-        help="torch (default), or onnx: ONNX Runtime on the run exported to RUN/onnx (an ONNX export "
-        "folder always runs on ONNX Runtime)",
+        help="torch (default), or onnx: ONNX Runtime on the run exported to RUN/onnx (with --output elsewhere "
+        "a missing or stale RUN/onnx is exported to a temporary folder instead; an ONNX export folder always "
+        "runs on ONNX Runtime)",
     ),
     arg("--input", required=True, help="texts to label: CSV, JSON Lines, Parquet or pickle"),
     arg("--output", help="CSV to write (default: RUN/predictions.csv)"),

@@ -21,6 +21,7 @@ disconnected before its answer ends with 499 in the log; its texts not yet in a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -331,12 +332,13 @@ def load_for_serving(
     from lorabudget.inference.runs import check_threads, load_run
 
     check_threads(threads)
-    files = RunDir(run_dir)
-    if engine == "onnx" and files.is_run():
-        from lorabudget.export.formats import ensure_onnx_export
+    export = contextlib.nullcontext(None)
+    if engine == "onnx" and RunDir(run_dir).is_run():
+        from lorabudget.export.formats import run_onnx_export
 
-        ensure_onnx_export(files.path)
-    run = load_run(run_dir, threads=threads, precision=precision, engine=engine)
+        export = run_onnx_export(run_dir)
+    with export as folder:
+        run = load_run(run_dir, threads=threads, precision=precision, engine=engine, onnx_folder=folder)
     if run.engine == "torch" and run.precision == "bf16" and run.cfg.model.quantization == "none":
         hold_weights_in_bf16(run.model)
     return run
