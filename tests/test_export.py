@@ -356,6 +356,22 @@ def test_model_card_parses(tmp_path):
     assert "95% interval" not in plain_body and "0.9033" in plain_body
 
 
+def test_model_card_lists_micro_then_macro_f1_of_a_multilabel_evaluation(tmp_path):
+    from lorabudget.report.modelcard import eval_results
+
+    run = _card_run(tmp_path, with_ci=False)
+    (run / "evals").mkdir()
+    record = {"data": "test.csv", "kind": "evaluate", "rows": 80, "held_out": True}
+    record.update(accuracy=0.41234, micro_f1=0.71234, macro_f1=0.65432)
+    (run / "evals" / "test.csv-1.json").write_text(json.dumps(record))
+    listed = [(r.metric_name, r.metric_args, r.metric_value) for r in eval_results(None, run, {})]
+    assert listed == [
+        (None, None, 0.4123),
+        ("micro F1", {"average": "micro"}, 0.7123),
+        ("macro F1", {"average": "macro"}, 0.6543),
+    ]
+
+
 def test_model_card_leaves_out_validation_rows_the_run_trained_on(tmp_path):
     run = _card_run(tmp_path, with_ci=False)
     summary = json.loads((run / "summary.json").read_text())
