@@ -256,6 +256,12 @@ SERVE = [
         default=30.0,
         help="seconds a request body may take to arrive (default 30; then 408)",
     ),
+    arg(
+        "--header-timeout-s",
+        type=float,
+        default=10.0,
+        help="seconds a request's headers may take to arrive (default 10; then the connection is closed)",
+    ),
     arg("--max-connections", type=int, default=256, help="requests open at once (default 256; one more gets 503)"),
     arg(
         "--threshold",
