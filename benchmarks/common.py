@@ -26,16 +26,29 @@ def write_rows(path: Path, rows) -> Path:
     return path
 
 
-def split_held_out(source: Path, folder: Path, held_out: int = 1000) -> tuple[Path, Path]:
-    """Write ``train.csv`` (all but the last ``held_out`` rows) and ``test.csv`` (the last ones). A header
-    (a first row whose last field is not a class index, as SST-2's ``sentence,label``) heads both files."""
+def split_held_out(source: Path, folder: Path, held_out: int = 1000, max_train: int | None = None) -> tuple[Path, Path]:
+    """Write ``train.csv`` (all but the last ``held_out`` rows; only the first ``max_train`` of them when
+    given) and ``test.csv`` (the last ones). A header (a first row whose last field is not a class index,
+    as SST-2's ``sentence,label``) heads both files."""
     rows = read_rows(source)
     header = rows[:1] if rows and not rows[0][-1].strip().isdigit() else []
     body = rows[len(header) :]
+    if len(body) <= held_out:
+        raise SystemExit(f"{source} has {len(body)} rows: too few for a {held_out}-row held-out slice")
     return (
-        write_rows(folder / "train.csv", header + body[:-held_out]),
+        write_rows(folder / "train.csv", header + body[:-held_out][: max_train or None]),
         write_rows(folder / "test.csv", header + body[-held_out:]),
     )
+
+
+def seeded_held_out(rows: int, held_out: int, seed: int):
+    """(training row indices, held-out row indices) of ``rows`` rows: numpy's ``default_rng(seed)``
+    permutation, its first ``held_out`` held out; the training rows keep the drawn order, so a cap on
+    them takes a random subset."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(rows)
+    return order[held_out:], order[:held_out]
 
 
 def held_out_task(data: Path, work: Path) -> tuple[Path, Path, list[int]] | None:

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TRAIN_5K, emit, machine, read_rows, write_rows  # noqa: E402
+from common import TRAIN_5K, emit, machine, read_rows, split_held_out  # noqa: E402
 
 # label, preferred preset, fallback (preset + overrides) when the preferred preset does not exist
 DEFAULT_STUDENTS = [
@@ -83,17 +83,6 @@ def default_students() -> list[tuple[str, str]]:
         name = parse_spec(preferred)[0]
         chosen.append((label, preferred if preset_exists(name) or fallback is None else fallback))
     return chosen
-
-
-def split_data(source: Path, folder: Path, held_out: int, pool: Optional[int]) -> tuple[Path, Path]:
-    """``pool.csv`` (the first rows) and ``test.csv`` (the last ``held_out`` rows) of ``source``."""
-    rows = read_rows(source)
-    if len(rows) <= held_out:
-        raise SystemExit(f"{source} has {len(rows)} rows: too few for a {held_out}-row held-out slice")
-    train_rows = rows[:-held_out]
-    if pool:
-        train_rows = train_rows[:pool]
-    return write_rows(folder / "pool.csv", train_rows), write_rows(folder / "test.csv", rows[-held_out:])
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -178,11 +167,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="distill-accuracy-"))
     work.mkdir(parents=True, exist_ok=True)
     held_out = 100 if args.quick else args.held_out
-    pool, test = split_data(args.data, work, held_out, 400 if args.quick else None)
+    pool, test = split_held_out(args.data, work, held_out, 400 if args.quick else None)
     quick_data = ["data.validation_size=100"] if args.quick else []
     data_settings = [f"data.train={pool}", f"data.cache_dir={work / 'cache'}", *quick_data]
     runs = work / "runs"
-    test_texts = [t for t, _ in read_rows(test)]
+    test_texts = [r[0] for r in read_rows(test) if r[-1].strip().isdigit()]  # a header row left out
 
     def held_out_metrics(run_dir: Path) -> dict:
         return evaluate_run(load_run(run_dir), str(test))

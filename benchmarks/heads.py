@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_DATA, TRAIN_5K, emit, held_out_task, machine, train_timed  # noqa: E402
+from common import SHARED_DATA, TRAIN_5K, emit, held_out_task, machine, seeded_held_out, train_timed  # noqa: E402
 
 BANKING77 = SHARED_DATA / "banking77" / "train.csv"
 PRESETS = ["minilm-cpu-10k", "minilm-cpu-100k", "minilm-cpu"]
@@ -61,14 +61,11 @@ SMOKE_SETTINGS = ["training.max_steps=2", "data.validation_size=20", "training.e
 def split_seeded(source: Path, work: Path, held_out: int, seed: int) -> tuple[Path, Path]:
     """``work/train.csv`` and ``work/test.csv``: ``held_out`` rows drawn with ``seed`` are the test rows;
     the training rows keep the drawn order, so a row cap (data.max_train_rows) takes a random subset."""
-    import numpy as np
-
     with open(source, newline="", encoding="utf-8") as fh:
         header, *rows = list(csv.reader(fh))
-    order = np.random.default_rng(seed).permutation(len(rows))
     work.mkdir(parents=True, exist_ok=True)
     paths = work / "train.csv", work / "test.csv"
-    for path, part in zip(paths, (order[held_out:], order[:held_out])):
+    for path, part in zip(paths, seeded_held_out(len(rows), held_out, seed)):
         with open(path, "w", newline="", encoding="utf-8") as fh:
             csv.writer(fh).writerows([header, *(rows[i] for i in part)])
     return paths

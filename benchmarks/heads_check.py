@@ -27,7 +27,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED_DATA, emit, machine  # noqa: E402
 
-from lorabudget.stats import mcnemar_exact, wilson_interval  # noqa: E402
+from lorabudget.stats import mcnemar, wilson_interval  # noqa: E402
 
 
 def split(data: Path, exclude: Path | None, held_out: int, seed: int, work: Path) -> tuple[Path, Path]:
@@ -94,11 +94,10 @@ def main() -> int:
     names = list(correct)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            only_a = sum(x and not y for x, y in zip(correct[a], correct[b]))
-            only_b = sum(y and not x for x, y in zip(correct[a], correct[b]))
+            test = mcnemar(correct[a], correct[b])
             lines.append(
-                f"\n{a} vs {b}: only {a} right {only_a}, only {b} right {only_b}, "
-                f"McNemar p = {mcnemar_exact(only_a, only_b):.3f}"
+                f"\n{a} vs {b}: only {a} right {test['only_a']}, only {b} right {test['only_b']}, "
+                f"McNemar p = {test['p_value']:.3f}"
             )
     emit("\n".join(lines), args.out)
     return 0

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_DATA, emit, lorabudget, machine  # noqa: E402
+from common import SHARED_DATA, emit, lorabudget, machine, seeded_held_out  # noqa: E402
 
 GOEMOTIONS = SHARED_DATA / "goemotions-ekman" / "train_8k.csv"
 PRESETS = ["minilm-cpu", "minilm-cpu-100k", "minilm-cpu-10k"]
@@ -68,8 +68,7 @@ def split(data: Path, work: Path, held_out: int, seed: int, max_train: int | Non
     texts, sets = read_sets(data)
     if held_out >= len(texts):
         raise SystemExit(f"--held-out {held_out} leaves no training rows of {len(texts)}")
-    order = np.random.default_rng(seed).permutation(len(texts))
-    test, train = order[:held_out], order[held_out:]
+    train, test = seeded_held_out(len(texts), held_out, seed)
     if max_train is not None:
         train = train[:max_train]
     work.mkdir(parents=True, exist_ok=True)

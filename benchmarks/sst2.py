@@ -30,20 +30,11 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_DATA, emit, lorabudget, machine, read_rows, write_rows  # noqa: E402
+from common import SHARED_DATA, emit, lorabudget, machine, read_rows, split_held_out  # noqa: E402
 
 SST2 = SHARED_DATA / "sst2" / "train_5k.csv"
 PRESETS = ("minilm-cpu-10k", "minilm-cpu-100k", "minilm-cpu")
 HELD_OUT = 1000
-
-
-def split(source: Path, folder: Path, held_out: int, max_train: int | None) -> tuple[Path, Path]:
-    """``train.csv`` (all but the last ``held_out`` rows, at most ``max_train``) and ``test.csv``, both with the header."""
-    header, *rows = read_rows(source)
-    train, test = rows[:-held_out], rows[-held_out:]
-    if max_train:
-        train = train[:max_train]
-    return write_rows(folder / "train.csv", [header, *train]), write_rows(folder / "test.csv", [header, *test])
 
 
 def run_cli(*args: str) -> None:
@@ -67,7 +58,7 @@ def main() -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="sst2-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     held_out = 100 if args.quick else HELD_OUT
-    train_csv, test_csv = split(args.data, work, held_out, 200 if args.quick else None)
+    train_csv, test_csv = split_held_out(args.data, work, held_out, 200 if args.quick else None)
     sets = ["model.labels=null", *args.overrides]
     if args.quick:
         sets += ["training.max_steps=3", "data.validation_size=50", "training.eval_batch_size=64"]

@@ -262,6 +262,33 @@ def test_the_layer_probe_runs_on_a_tiny_layer(tiny_config):
     assert timing.train_flops > timing.forward_flops > 0
 
 
+def test_the_estimate_builds_its_meta_model_once_and_probes_that_one(tiny_config, monkeypatch):
+    from lorabudget.model import build
+    from lorabudget.training.setup import prepare_data
+
+    cfg = from_dict(tiny_config())  # its own cache folder: the layer timing is not cached yet
+    data = prepare_data(cfg, log=lambda _: None)
+    built, probed = [], []
+    real_build = build.build_model
+
+    def counted_build(*args, **kwargs):
+        result = real_build(*args, **kwargs)
+        built.append(result.model)
+        return result
+
+    def measure(model, *args):
+        probed.append(model)
+        return _timing(model, *args, [])
+
+    monkeypatch.setattr(build, "build_model", counted_build)
+    monkeypatch.setattr(layerprobe, "probe_layer", measure)
+    estimate = costs.estimate_run(cfg, data, precision="fp32", runtime_bytes=0)
+    assert len(built) == 1 and len(probed) == 1 and probed[0] is built[0]
+    # The probe gives one layer of that model weights in place: the memory counts read from it are unchanged.
+    monkeypatch.setattr(costs, "measured_rates", lambda *a, **k: RATES)
+    assert costs.estimate_run(cfg, data, precision="fp32", runtime_bytes=0).memory == estimate.memory
+
+
 # --------------------------------------------------------------------------------------------
 # plan, train and the CLI
 

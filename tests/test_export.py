@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -210,6 +211,34 @@ def test_cli_export_onnx_int8_and_predict(runs, tmp_path, capsys):
     assert np.abs(int8_rows[:, 2:] - torch_rows[:, 2:]).max() < 0.1
 
 
+def _files_and_times(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.rglob("*"))}
+
+
+def test_predict_onnx_elsewhere_leaves_the_run_as_it_was(runs, tmp_path, capsys):
+    """`predict --engine onnx --output ELSEWHERE` on a run without a current RUN/onnx/ exports into a
+    temporary folder (one line says so) and writes nothing into the run; a predict that records into the
+    run keeps its export in RUN/onnx/, which a later predict elsewhere then runs as it is."""
+    pytest.importorskip("onnxruntime")
+    run = tmp_path / "run"
+    shutil.copytree(runs["bert-linear-mean"], run, ignore=shutil.ignore_patterns("onnx"))
+    data = write_csv(tmp_path / "texts.csv", [(t,) for t in TEXTS], header=["text"])
+    argv = ["predict", str(run), "--engine", "onnx", "--input", str(data), "--probabilities"]
+    before = _files_and_times(run)
+    assert main([*argv, "--output", str(tmp_path / "elsewhere.csv")]) == 0
+    assert _files_and_times(run) == before
+    assert "temporary folder" in capsys.readouterr().err
+    assert main([*argv, "--no-report"]) == 0  # into the run: recorded there, the export kept in RUN/onnx/
+    assert (run / "onnx" / "model.onnx").is_file()
+    assert (run / "predictions.csv").read_text() == (tmp_path / "elsewhere.csv").read_text()
+    capsys.readouterr()
+    before = _files_and_times(run)
+    assert main([*argv, "--output", str(tmp_path / "again.csv")]) == 0
+    assert "temporary folder" not in capsys.readouterr().err
+    assert _files_and_times(run) == before
+    assert (tmp_path / "again.csv").read_text() == (tmp_path / "elsewhere.csv").read_text()
+
+
 def test_export_errors(runs, tmp_path, capsys):
     run = str(runs["roberta-full"])
     assert main(["export", run, "--format", "hf", "--quantize", "int8", "--output", str(tmp_path / "x")]) == 2
@@ -325,6 +354,22 @@ def test_model_card_parses(tmp_path):
     assert "[0.8648, 0.9318]" in body and "451.0 s" in body
     plain_meta, plain_body = parse_model_card(write_model_card(_card_run(tmp_path, with_ci=False)).read_text())
     assert "95% interval" not in plain_body and "0.9033" in plain_body
+
+
+def test_model_card_lists_micro_then_macro_f1_of_a_multilabel_evaluation(tmp_path):
+    from lorabudget.report.modelcard import eval_results
+
+    run = _card_run(tmp_path, with_ci=False)
+    (run / "evals").mkdir()
+    record = {"data": "test.csv", "kind": "evaluate", "rows": 80, "held_out": True}
+    record.update(accuracy=0.41234, micro_f1=0.71234, macro_f1=0.65432)
+    (run / "evals" / "test.csv-1.json").write_text(json.dumps(record))
+    listed = [(r.metric_name, r.metric_args, r.metric_value) for r in eval_results(None, run, {})]
+    assert listed == [
+        (None, None, 0.4123),
+        ("micro F1", {"average": "micro"}, 0.7123),
+        ("macro F1", {"average": "macro"}, 0.6543),
+    ]
 
 
 def test_model_card_leaves_out_validation_rows_the_run_trained_on(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -276,6 +277,29 @@ def test_onnx_export_folder_decides_as_the_run(ml_runs, tmp_path):
     assert cells == ["|".join(s) for s in expected_sets(run)]
     # and `--engine onnx` on the run directory (RUN/onnx/ made on the way)
     assert load_run(run, engine="onnx").predict(TEXTS, threshold=0.4).labels == expected_sets(run, TEXTS, 0.4)
+
+
+def test_run_onnx_export_follows_a_changed_thresholds_file(ml_runs, tmp_path):
+    """RUN/onnx/ carries a copy of thresholds.json: when the run's file changes and the weights do not,
+    the copy is no longer current, and RUN/onnx/ (used on its own too) decides by the run's present one."""
+    pytest.importorskip("onnxruntime")
+    run = tmp_path / "run"
+    shutil.copytree(ml_runs["bert-linear"], run, ignore=shutil.ignore_patterns("onnx"))
+    before = expected_sets(run)
+    assert load_run(run, engine="onnx").predict(TEXTS).labels == before  # RUN/onnx/ made now
+    probs = sigmoid(load_run(run).logits(TEXTS))
+    record = {
+        "thresholds": {name: float(np.quantile(probs[:, j], 0.25)) for j, name in enumerate(CLASSES)},
+        "chosen_on": "validation",
+        "rows": len(TEXTS),
+    }
+    (run / "thresholds.json").write_text(json.dumps(record))
+    after = expected_sets(run)
+    assert after != before
+    assert load_run(run, engine="onnx").predict(TEXTS).labels == after
+    assert json.loads((run / "onnx" / "thresholds.json").read_text()) == record
+    assert read_export_meta(run / "onnx")["thresholds"] == record["thresholds"]
+    assert load_run(run / "onnx").predict(TEXTS).labels == after  # the export folder on its own
 
 
 # ---- compare, on runs evaluated through the command line

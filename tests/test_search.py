@@ -730,3 +730,33 @@ def test_the_space_can_vary_the_base_model(make_config, tiny_bert, tiny_roberta,
     }
     text = (out / "search.md").read_text()
     assert "| base model | frozen params |" in text and f"`{tiny_bert}`" in text
+
+
+def test_the_data_cache_key_changes_with_every_data_field_and_nothing_a_trial_varies(make_config, tmp_path):
+    """A trial reuses tokenized data only when everything that loading and tokenizing read is the same:
+    every field of the data section (train_on_validation and trust_pickle included), the model's name
+    (its tokenizer), classes, max_length and problem type."""
+    import copy
+    import dataclasses
+
+    from lorabudget.config import from_dict
+    from lorabudget.search.trial import DataCache
+
+    cfg = from_dict(make_config(tmp_path / "cache"))
+    key = DataCache.key(cfg)
+    changed = {f.name: not getattr(cfg.data, f.name) for f in dataclasses.fields(cfg.data)}
+    changed.update({name: f"another {name}" for name, value in changed.items() if not isinstance(value, bool)})
+    for name, value in changed.items():
+        other = copy.deepcopy(cfg)
+        setattr(other.data, name, value)
+        assert DataCache.key(other) != key, f"data.{name}"
+    for name, value in {"name": "another-model", "labels": ["a", "b"], "max_length": 7}.items():
+        other = copy.deepcopy(cfg)
+        setattr(other.model, name, value)
+        assert DataCache.key(other) != key, f"model.{name}"
+    other = copy.deepcopy(cfg)
+    other.model.problem_type = "multi_label"
+    assert DataCache.key(other) != key
+    other = copy.deepcopy(cfg)  # what a trial draws: the same data, one cache entry
+    other.adapter.r, other.training.learning_rate, other.head.type = 3, 0.5, "linear"
+    assert DataCache.key(other) == key

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import select
 import socket
 import threading
 import time
@@ -26,7 +28,8 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 
-from lorabudget.serve.app import ServeSettings, create_app, load_for_serving, serve  # noqa: E402
+from lorabudget.serve.app import ServeSettings, load_for_serving, serve, server_config  # noqa: E402
+from lorabudget.serve.connections import MAX_HEADER_BYTES  # noqa: E402
 
 NAMES = ["World", "Sports", "Business", "Sci/Tech"]
 TEXTS = [
@@ -84,7 +87,7 @@ def serving(run, **settings):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(create_app(run, ServeSettings(**settings)), log_level="warning"))
+    server = uvicorn.Server(server_config(run, ServeSettings(**settings), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -210,6 +213,59 @@ def test_a_body_that_never_completes_gets_408_and_its_connection_closed(loaded):
         assert httpx.post(url + "/v1/classify", json={"texts": [TEXTS[1]]}).status_code == 200
 
 
+def _one_response(sock: socket.socket) -> bytes:
+    """One whole response (it has a Content-Length), the connection left open."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def _dripped_until_closed(sock: socket.socket, limit_s: float) -> float | None:
+    """Send one more header byte every 0.2 s (never a complete head, never idle long) until the server
+    closes the connection; the seconds that took, or None when it was still open after ``limit_s``."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        try:
+            if select.select([sock], [], [], 0.2)[0]:
+                assert sock.recv(1024) == b"", "an answer to a request whose headers never ended"
+                return time.monotonic() - started
+            sock.sendall(b"a")
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - started
+    return None
+
+
+def test_a_client_that_never_finishes_its_headers_is_disconnected(loaded):
+    """Slowloris: a request head sent a byte at a time and never finished is closed within
+    `header_timeout_s`, on a new connection and on a kept-alive one after its first answer (uvicorn's own
+    keep-alive timer starts only after a response, and every byte received stops it)."""
+    with serving(loaded, header_timeout_s=1.0) as url:
+        host, port = url.removeprefix("http://").split(":")
+        fresh = socket.create_connection((host, int(port)), timeout=30)
+        fresh.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        elapsed = _dripped_until_closed(fresh, limit_s=8)
+        fresh.close()
+        assert elapsed is not None and 0.8 < elapsed < 5, elapsed
+        kept = socket.create_connection((host, int(port)), timeout=30)
+        kept.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _one_response(kept).startswith(b"HTTP/1.1 200")
+        kept.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        elapsed = _dripped_until_closed(kept, limit_s=8)
+        kept.close()
+        assert elapsed is not None and elapsed < 5, elapsed
+        # A head over the header limit is refused at once; the server keeps serving.
+        big = socket.create_connection((host, int(port)), timeout=30)
+        big.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (MAX_HEADER_BYTES + 1))
+        assert _read_all(big).startswith(b"HTTP/1.1 400")
+        big.close()
+        assert httpx.get(url + "/v1/health").status_code == 200
+
+
 def test_requests_over_max_connections_get_503_until_slots_free(loaded):
     with serving(loaded, max_connections=3, body_timeout_s=60) as url:
         stalled = [_raw_request(url, b'{"texts": [', content_length=500) for _ in range(3)]
@@ -309,7 +365,9 @@ def test_model_info_names_the_folder_and_marks_held_out(loaded, run_dir):
 
 
 def test_settings_are_checked():
-    for bad in ({"body_timeout_s": 0}, {"max_connections": 0}, {"max_batch": 0}, {"max_wait_ms": float("nan")}):
+    bad_values = ({"body_timeout_s": 0}, {"header_timeout_s": 0}, {"max_connections": 0}, {"max_batch": 0})
+    for bad in (*bad_values, {"max_wait_ms": float("nan")}):
         with pytest.raises(LorabudgetError, match=f"serve setting {next(iter(bad))} must be"):
             ServeSettings(**bad)
     assert ServeSettings().body_timeout_s == 30 and ServeSettings().max_connections == 256
+    assert ServeSettings().header_timeout_s == 10

@@ -62,7 +62,9 @@ def predict_to_file(
     if not to_stdout:
         check_output_file(target, input_source)
     # Only a CSV written into the run records there; one written elsewhere leaves the run as it was.
-    record = records_in_run(files.path, "-" if to_stdout else target, onnx=run.engine == "onnx")
+    record = records_in_run(files.path, "-" if to_stdout else target)
+    if run._loaded is None:
+        run.load(export_into_run=record)  # the onnx engine's export too leaves a run it records nothing in
     columns = columns or {}
     summary = predict_file(
         run.loaded,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,15 +152,22 @@ class Run:
     @property
     def loaded(self):
         """The model and tokenizer, loaded (and checked) once."""
-        if self._loaded is None:
-            from lorabudget.inference.runs import load_run as load_for_inference
+        return self._loaded if self._loaded is not None else self.load()
 
-            if self.engine == "onnx" and self.files.is_run():
-                from lorabudget.export.formats import ensure_onnx_export
+    def load(self, export_into_run: bool = True):
+        """Load (and check) the model now; the first use does so itself. With the ``onnx`` engine a run is
+        exported to ``RUN/onnx/`` when that export is missing or stale, or with ``export_into_run=False``
+        (the run is left exactly as it is) into a temporary folder used for this load only."""
+        from lorabudget.inference.runs import load_run as load_for_inference
 
-                ensure_onnx_export(self.path)  # RUN/onnx/, made once and refreshed when the weights change
+        export = contextlib.nullcontext(None)
+        if self.engine == "onnx" and self.files.is_run():
+            from lorabudget.export.formats import run_onnx_export
+
+            export = run_onnx_export(self.path, into_run=export_into_run)
+        with export as folder:  # ONNX Runtime holds the model once loaded: a temporary folder may go
             self._loaded = load_for_inference(
-                self.path, threads=self.threads, precision=self.precision, engine=self.engine
+                self.path, threads=self.threads, precision=self.precision, engine=self.engine, onnx_folder=folder
             )
         return self._loaded
 

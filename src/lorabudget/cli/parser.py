@@ -211,8 +211,9 @@ PREDICT = [
         "--engine",
         choices=["torch", "onnx"],
         default="torch",
-        help="torch (default), or onnx: ONNX Runtime on the run exported to RUN/onnx (an ONNX export "
-        "folder always runs on ONNX Runtime)",
+        help="torch (default), or onnx: ONNX Runtime on the run exported to RUN/onnx (with --output elsewhere "
+        "a missing or stale RUN/onnx is exported to a temporary folder instead; an ONNX export folder always "
+        "runs on ONNX Runtime)",
     ),
     arg("--input", required=True, help="texts to label: CSV, JSON Lines, Parquet or pickle"),
     arg("--output", help="CSV to write (default: RUN/predictions.csv)"),
@@ -254,6 +255,12 @@ SERVE = [
         type=float,
         default=30.0,
         help="seconds a request body may take to arrive (default 30; then 408)",
+    ),
+    arg(
+        "--header-timeout-s",
+        type=float,
+        default=10.0,
+        help="seconds a request's headers may take to arrive (default 10; then the connection is closed)",
     ),
     arg("--max-connections", type=int, default=256, help="requests open at once (default 256; one more gets 503)"),
     arg(

@@ -118,6 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         body_timeout_s=args.body_timeout_s,
+        header_timeout_s=args.header_timeout_s,
         max_connections=args.max_connections,
         threshold=args.threshold,
     )

@@ -18,16 +18,19 @@ Every export holds the tokenizer, a model card (``README.md``) and ``lorabudget_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from lorabudget.config import RunConfig
+from lorabudget.console import warn
 from lorabudget.errors import LorabudgetError
 from lorabudget.inference.decisions import THRESHOLDS_FILE, is_multi_label, thresholds_record
 from lorabudget.inference.onnx import onnx_session, require_onnx, run_export_is_current
@@ -316,8 +319,21 @@ def export_run(run_dir: Path, output: Path, fmt: str, quantize: Optional[str] = 
     return output
 
 
-def ensure_onnx_export(run_dir: Path) -> None:
-    """Export the run into ``RUN/onnx/`` unless that export is current (re-exported when the weights change):
-    what ``predict --engine onnx`` and ``load_run(engine="onnx")`` run."""
-    if not run_export_is_current(run_dir):
-        export_run(run_dir, RunDir(run_dir).onnx_dir, "onnx", overwrite=True)
+@contextlib.contextmanager
+def run_onnx_export(run_dir: Path, into_run: bool = True) -> Iterator[Path]:
+    """The folder of an ONNX export of the run as it is now, for ``predict --engine onnx``, ``serve`` and
+    ``load_run(engine="onnx")``: ``RUN/onnx/`` when current, else exported again there; with ``into_run``
+    false (a predict that leaves the run as it was) into a temporary folder instead, removed when the block
+    ends, and one line says so."""
+    files = RunDir(run_dir)
+    if run_export_is_current(run_dir):
+        yield files.onnx_dir
+    elif into_run:
+        yield export_run(run_dir, files.onnx_dir, "onnx", overwrite=True)
+    else:
+        warn(
+            f"{run_dir} has no current ONNX export: exporting it into a temporary folder for this predict only "
+            f"(a predict into the run keeps one in {files.onnx_dir})"
+        )
+        with tempfile.TemporaryDirectory(prefix="lorabudget-onnx-") as tmp:
+            yield export_run(run_dir, Path(tmp) / files.onnx_dir.name, "onnx")

@@ -185,13 +185,15 @@ def load_run(
     threads: Optional[int] = None,
     precision: str = "fp32",
     engine: str = "torch",
+    onnx_folder: Optional[Path] = None,
 ) -> LoadedRun:
     """Load a trained run for inference; adapters are merged into the base weights by default.
 
     ``precision``: ``fp32``, ``bf16`` or ``auto`` (bf16 on a GPU that supports it or a CPU where it measured
     clearly faster than fp32: ``precision.resolve``, else fp32).
     ``engine``: ``torch``, or ``onnx`` (ONNX Runtime, fp32; ``run_dir`` may also be a folder written by
-    ``lorabudget export --format onnx``, which always runs on ONNX Runtime).
+    ``lorabudget export --format onnx``, which always runs on ONNX Runtime). ``onnx_folder``: the run's ONNX
+    export to run, when not ``RUN/onnx/``.
     The adapter weights are checked first (:func:`verify_adapter`).
     """
     run_dir = Path(run_dir)
@@ -199,7 +201,7 @@ def load_run(
     if engine == "onnx" or is_export_folder(run_dir):
         if precision == "bf16":
             raise LorabudgetError("the onnx engine runs in fp32 (or the int8 of an export); drop --precision bf16")
-        cfg, session, tokenizer = open_onnx_export(run_dir, threads)
+        cfg, session, tokenizer = open_onnx_export(run_dir, threads, onnx_folder)
         return LoadedRun(run_dir, cfg, session, tokenizer, "fp32", engine="onnx")
     cfg = RunDir(run_dir).read_config()
     verify_adapter(run_dir)
@@ -246,19 +248,18 @@ def evaluate_run(
     return metrics
 
 
-def records_in_run(run_dir: Union[str, Path], output: Union[str, Path], onnx: bool = False) -> bool:
+def records_in_run(run_dir: Union[str, Path], output: Union[str, Path]) -> bool:
     """Whether ``predict`` writing its CSV to ``output`` also records into the run (``predictions.json``,
-    report and model card): only when the CSV goes into the run directory itself (the default). A CSV
-    written elsewhere (or to stdout, ``-``) leaves the run directory exactly as it was. One error line when
-    the run cannot take the record: another process trains or replaces it, or it is read-only. ``onnx``:
-    predict makes the run's ONNX export (``RUN/onnx/``), which needs the run not in use either."""
+    report and model card, and with the onnx engine its ``RUN/onnx/`` export): only when the CSV goes into
+    the run directory itself (the default). A CSV written elsewhere (or to stdout, ``-``) leaves the run
+    directory exactly as it was. One error line when the run cannot take the record: another process
+    trains or replaces it, or it is read-only."""
     files = RunDir(run_dir)
     if not files.is_run():
         return False  # an export folder: nothing to record
     inside = str(output) != "-" and Path(output).resolve().is_relative_to(files.path.resolve())
-    if inside or onnx:
-        check_not_in_use(files.path, "predictions written into it now" if inside else "its ONNX export made now")
     if inside:
+        check_not_in_use(files.path, "predictions written into it now")
         check_can_create(files.predictions_summary_path)
     return inside
 

@@ -24,6 +24,8 @@ from lorabudget.rundir.layout import RunDir
 from lorabudget.rundir.rows import source_name
 
 HUB_DATASETS = {"ag_news": "ag_news", "fancyzhx/ag_news": "fancyzhx/ag_news"}
+# The F1 scores a card lists, in this order, where an evaluation recorded them (micro: multi-label runs only).
+F1_AVERAGES = ("micro", "macro")
 
 
 def base_model_name(cfg: RunConfig) -> Optional[str]:
@@ -72,26 +74,18 @@ def eval_results(cfg: RunConfig, run_dir: Optional[Path], summary: dict[str, Any
         }
         if isinstance(record.get("accuracy"), (int, float)):
             results.append(EvalResult(metric_type="accuracy", metric_value=round(record["accuracy"], 4), **common))
-        if isinstance(record.get("micro_f1"), (int, float)):  # multi-label
-            results.append(
-                EvalResult(
-                    metric_type="f1",
-                    metric_name="micro F1",
-                    metric_args={"average": "micro"},
-                    metric_value=round(record["micro_f1"], 4),
-                    **common,
+        for average in F1_AVERAGES:
+            value = record.get(f"{average}_f1")
+            if isinstance(value, (int, float)):
+                results.append(
+                    EvalResult(
+                        metric_type="f1",
+                        metric_name=f"{average} F1",
+                        metric_args={"average": average},
+                        metric_value=round(value, 4),
+                        **common,
+                    )
                 )
-            )
-        if isinstance(record.get("macro_f1"), (int, float)):
-            results.append(
-                EvalResult(
-                    metric_type="f1",
-                    metric_name="macro F1",
-                    metric_args={"average": "macro"},
-                    metric_value=round(record["macro_f1"], 4),
-                    **common,
-                )
-            )
     return results
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import gc
+import json
 import shutil
 import threading
 import time
@@ -36,35 +37,22 @@ class TrialOutcome:
     detail: str = ""  # the reason of a rejection, the error of a failure
 
 
+# The model fields that loading and tokenizing the data read: the tokenizer (model.name), the classes, the
+# cut and how labels are read. Every field of the data section counts as well, present and future.
+DATA_MODEL_FIELDS = ("name", "labels", "num_labels", "label_format", "max_length", "problem_type")
+
+
 class DataCache:
     """Tokenized data per process, keyed on the settings tokenization depends on."""
 
     def __init__(self) -> None:
-        self.entries: dict[tuple, Any] = {}
+        self.entries: dict[str, Any] = {}
 
     @staticmethod
-    def key(cfg: RunConfig) -> tuple:
-        d = cfg.data
-        return (
-            cfg.model.name,
-            tuple(cfg.class_names),
-            cfg.model.max_length,
-            d.train,
-            d.validation,
-            d.validation_size,
-            d.split_seed,
-            d.max_train_rows,
-            d.cache_dir,
-            d.text_column,
-            d.text_pair_column,
-            d.label_column,
-            tuple(d.label_columns or ()),
-            d.label_separator,
-            cfg.model.problem_type,
-            d.long_text,
-            d.chunk_stride,
-            d.chunk_pooling,
-        )
+    def key(cfg: RunConfig) -> str:
+        values = cfg.to_dict()
+        model = {name: values["model"][name] for name in DATA_MODEL_FIELDS}
+        return json.dumps({"data": values["data"], "model": model}, sort_keys=True, default=str)
 
     def get(self, cfg: RunConfig, log: Callable[[str], None]):
         from lorabudget.training.setup import prepare_data

@@ -21,6 +21,7 @@ disconnected before its answer ends with 499 in the log; its texts not yet in a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -38,6 +39,7 @@ from lorabudget.metrics import softmax
 from lorabudget.report.modelcard import base_model_name
 from lorabudget.rundir.layout import RunDir
 from lorabudget.serve.batcher import DynamicBatcher, QueueFull
+from lorabudget.serve.connections import KEEP_ALIVE_S, MAX_HEADER_BYTES, header_deadline_protocol
 from lorabudget.serve.guards import Guard, short, until_disconnected
 from lorabudget.serve.page import render_page
 from lorabudget.serve.protocol import (
@@ -69,6 +71,9 @@ class ServeSettings:
     # Seconds a request body may take to arrive in full; then 408 and the connection is closed, so a client
     # that never finishes its body cannot hold a request slot for ever.
     body_timeout_s: float = 30.0
+    # Seconds a request's headers may take to arrive in full, on a new connection or after an answer; then the
+    # connection is closed (serve/connections.py), so a client that never ends them cannot hold it for ever.
+    header_timeout_s: float = 10.0
     # Requests open at once, each on its own connection (reading a body, waiting for the model, answering);
     # one more gets 503 at once. It bounds what slow or stalled clients can hold.
     max_connections: int = 256
@@ -83,8 +88,9 @@ class ServeSettings:
                 raise LorabudgetError(f"serve setting {field.name} must be a whole number of at least 1, not {value!r}")
         if not 0 <= self.max_wait_ms < float("inf"):
             raise LorabudgetError(f"serve setting max_wait_ms must be 0 or more, not {self.max_wait_ms!r}")
-        if not 0 < self.body_timeout_s < float("inf"):
-            raise LorabudgetError(f"serve setting body_timeout_s must be above 0, not {self.body_timeout_s!r}")
+        for name in ("body_timeout_s", "header_timeout_s"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise LorabudgetError(f"serve setting {name} must be above 0, not {getattr(self, name)!r}")
         check_threshold(self.threshold)
 
 
@@ -158,6 +164,7 @@ def model_info(run: LoadedRun, settings: ServeSettings) -> dict[str, Any]:
             "body_bytes": settings.max_body_bytes,
             "queued_texts": settings.max_queued_texts,
             "body_timeout_s": settings.body_timeout_s,
+            "header_timeout_s": settings.header_timeout_s,
             "open_requests": settings.max_connections,
         },
         "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms},
@@ -331,12 +338,13 @@ def load_for_serving(
     from lorabudget.inference.runs import check_threads, load_run
 
     check_threads(threads)
-    files = RunDir(run_dir)
-    if engine == "onnx" and files.is_run():
-        from lorabudget.export.formats import ensure_onnx_export
+    export = contextlib.nullcontext(None)
+    if engine == "onnx" and RunDir(run_dir).is_run():
+        from lorabudget.export.formats import run_onnx_export
 
-        ensure_onnx_export(files.path)
-    run = load_run(run_dir, threads=threads, precision=precision, engine=engine)
+        export = run_onnx_export(run_dir)
+    with export as folder:
+        run = load_run(run_dir, threads=threads, precision=precision, engine=engine, onnx_folder=folder)
     if run.engine == "torch" and run.precision == "bf16" and run.cfg.model.quantization == "none":
         hold_weights_in_bf16(run.model)
     return run
@@ -375,9 +383,26 @@ def serve(run: LoadedRun, host: str, port: int, settings: ServeSettings, sockets
     import uvicorn
 
     own = None if sockets else [bind(host, port)]
-    config = uvicorn.Config(create_app(run, settings), host=host, port=port, log_level=log_level)
     try:
-        uvicorn.Server(config).run(sockets=sockets or own)
+        uvicorn.Server(server_config(run, settings, host, port, log_level)).run(sockets=sockets or own)
     finally:
         for sock in own or ():
             sock.close()
+
+
+def server_config(run: LoadedRun, settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, log_level="info"):
+    """uvicorn's config for the app of ``run``: the limits of :mod:`lorabudget.serve.connections` on every
+    connection. uvicorn's ``limit_concurrency`` is not used: it counts open connections, those still sending
+    their headers included, and would answer 503 to complete requests while slow clients hold connections;
+    the guard's ``max_connections`` counts requests, and the header deadline bounds the rest."""
+    import uvicorn
+
+    return uvicorn.Config(
+        create_app(run, settings),
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=header_deadline_protocol(settings.header_timeout_s),
+        timeout_keep_alive=KEEP_ALIVE_S,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+    )

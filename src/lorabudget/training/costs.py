@@ -215,18 +215,18 @@ def measured_rates(
     cfg: RunConfig, model, shape, work: est.Workload, cap: Optional[int], precision: str, measure: bool = True
 ):
     """The layer probe at the run's typical chunk: the token-weighted mean padded width of the
-    training batches, as many rows of it as the position cap holds (at most a batch). ``measure=False``:
-    only a cached timing (a run's start), else :class:`LorabudgetError`."""
+    training batches, as many rows of it as the position cap holds (at most a batch). ``model``: the
+    run's meta-device model; a probe gives one of its layers weights in place, which changes none of the
+    counts read from it afterwards. ``measure=False``: only a cached timing (a run's start), else
+    :class:`LorabudgetError`."""
     from lorabudget.io import default_cache_dir
-    from lorabudget.model.build import build_model
     from lorabudget.model.layerprobe import cached_layer_probe
 
     first = work.epochs[0] if work.epochs else est.Sums(1.0, 64.0, 1.0)
     width = max(8, int(round(first.positions_sq / first.positions / 8)) * 8) if first.positions else 64
     rows = max(1, min(cfg.training.batch_size, (cap // width) if cap else cfg.training.batch_size))
-    fresh = build_model(cfg, weights=False).model  # the probe gives one of its layers weights in place
     timing = cached_layer_probe(
-        fresh,
+        model,
         shape,
         rows,
         width,
