@@ -70,6 +70,20 @@ def multilabel_rows(n: int, seed: int) -> list[tuple[str, list[str]]]:
     return rows
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _torch_threads_per_module():
+    """Each test module starts at the process's own torch thread count. Loading a run to predict or
+    serve with ``threads`` sets the count for the whole process (as it should); left over, it made
+    test_resume's in-process runs compute at 1 thread against its subprocess's 2, and matrix
+    products summed in another order differ in their last bits."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def multilabel_dir(tmp_path_factory) -> Path:
     """train.csv (240 rows, text,labels with `|`-joined class names), test.csv (80 rows), unlabelled.csv."""

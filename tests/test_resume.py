@@ -33,14 +33,14 @@ sys.exit(main({argv!r}))
 
 
 def _same_adapter(run, ref):
-    """The resumed run's saved adapter equals the uninterrupted one's, tensor by tensor, to float rounding
-    (alone the files are byte-identical; in the full suite the last bits have differed, cause not found)."""
+    """The resumed run's saved adapter equals the uninterrupted one's exactly, tensor by tensor. (Both
+    need the same torch thread count: the in-process runs here and the child's; see conftest.)"""
     from safetensors.torch import load_file
 
     mine, theirs = (load_file(str(d / "adapter" / "adapter_model.safetensors")) for d in (run, ref))
     assert mine.keys() == theirs.keys()
-    for name in mine:
-        torch.testing.assert_close(mine[name], theirs[name], rtol=1e-4, atol=1e-5, msg=name)
+    differ = [name for name in mine if not torch.equal(mine[name], theirs[name])]
+    assert not differ, f"{len(differ)} of {len(mine)} tensors differ, e.g. {differ[0] if differ else ''}"
 
 
 def _lines(run):
@@ -230,3 +230,19 @@ def test_on_eval_stop_checkpoint_every_umask_and_overwrite(tiny_config, tmp_path
     assert summary["steps"] == 4 and "stopped_early" not in summary
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "cfg.yaml", "run"]
     assert not (run / ".lock").exists()
+
+
+def test_training_threads_hold_for_the_run_only(tiny_config, tmp_path):
+    # A run's training.threads must not outlive it in the caller's process: an in-process run left
+    # at 1 thread computed this file's uninterrupted runs otherwise than their 2-thread subprocesses.
+    import lorabudget.training.loop as train_mod
+    from lorabudget.config import from_dict
+
+    before = torch.get_num_threads()
+    want = 2 if before == 1 else 1
+    during = []
+    values = tiny_config(training={"max_steps": 2, "eval_every": 2, "threads": want})
+    train_mod.train(
+        from_dict(values), tmp_path / "run", on_eval=lambda *_: during.append(torch.get_num_threads()), log=print
+    )
+    assert during == [want] and torch.get_num_threads() == before

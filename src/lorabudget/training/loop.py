@@ -113,7 +113,27 @@ def train(
     for a finished run (summary field ``stopped_early``), then the exception is raised again with its
     ``summary`` set. A non-finite loss or gradient norm raises :class:`TrainingDiverged`, keeping the
     best finite adapter and the last finite checkpoint.
+
+    ``training.threads`` holds for the run only: the caller's torch thread count is restored on return.
     """
+    threads = torch.get_num_threads()
+    try:
+        return _train(cfg, run_dir, loss_fn, data, log, extra_summary, on_eval, resume)
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def _train(
+    cfg: RunConfig,
+    run_dir: Path,
+    loss_fn: LossFn,
+    data: Optional[PreparedData],
+    log: Callable[[str], None],
+    extra_summary: Optional[dict[str, Any]],
+    on_eval: Optional[Callable[[int, dict[str, Any]], None]],
+    resume: bool,
+) -> dict[str, Any]:
     checkpoints = Checkpointer(run_dir)
     resumed = checkpoints.load() if resume else None  # before any weights load: a bad checkpoint fails fast
     # A resumed run keeps the precision it started in (`auto` measures, and may measure otherwise now).
