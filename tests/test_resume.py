@@ -246,3 +246,57 @@ def test_training_threads_hold_for_the_run_only(tiny_config, tmp_path):
         from_dict(values), tmp_path / "run", on_eval=lambda *_: during.append(torch.get_num_threads()), log=print
     )
     assert during == [want] and torch.get_num_threads() == before
+
+
+RESUME_THREADS = {
+    # training.threads unset: the resume goes back to the count its run started with, bit for bit.
+    "as-started": (
+        None,
+        "resuming with 1 torch thread(s), as the run started (2 here otherwise), so it ends as it would have",
+    ),
+    # training.threads asking for another count is followed, and the log says what that may change.
+    "asked": (
+        2,
+        "resuming with 2 torch thread(s) (training.threads) where the run started with 1: its weights may "
+        "differ from an uninterrupted run's in the last bits",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_THREADS))
+def test_a_resume_computes_with_the_thread_count_its_run_started_with(tiny_config, tmp_path, monkeypatch, case):
+    """Started at one thread, resumed where the process would use two."""
+    import lorabudget.training.loop as train_mod
+    import lorabudget.training.session as session_mod
+    from lorabudget.config import from_dict
+    from lorabudget.signals import Terminated
+
+    asked, line = RESUME_THREADS[case]
+    before = torch.get_num_threads()
+    values = tiny_config(
+        training={"max_steps": 8, "eval_every": 4},
+        adapter={"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"]},
+    )
+    try:
+        torch.set_num_threads(1)
+        train_mod.train(from_dict(values), tmp_path / "whole", log=lambda *_: None)
+        calls = []
+
+        def stop_at_third_step():
+            calls.append(1)
+            return signal.SIGTERM if len(calls) == 3 else None
+
+        monkeypatch.setattr(session_mod, "stop_pending", stop_at_third_step)
+        with pytest.raises(Terminated):
+            train_mod.train(from_dict(values), tmp_path / "cut", log=lambda *_: None)
+        monkeypatch.setattr(session_mod, "stop_pending", lambda: None)
+        torch.set_num_threads(2)
+        values["training"]["threads"] = asked
+        lines: list[str] = []
+        train_mod.train(from_dict(values), tmp_path / "cut", log=lines.append, resume=True)
+        assert torch.get_num_threads() == 2  # the caller's count is back afterwards
+    finally:
+        torch.set_num_threads(before)
+    assert [x for x in lines if "torch thread" in x] == [line]
+    if asked is None:
+        _same_adapter(tmp_path / "cut", tmp_path / "whole")

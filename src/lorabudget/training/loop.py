@@ -124,6 +124,27 @@ def train(
             torch.set_num_threads(threads)
 
 
+def use_threads(cfg: RunConfig, resumed: Optional[dict[str, Any]], log: Callable[[str], None]) -> None:
+    """``training.threads``; a resumed run keeps the thread count it started with unless
+    ``training.threads`` now asks for another: sums split over another number of threads round
+    otherwise, and the run would not end bit for bit as an uninterrupted one."""
+    started, asked = (resumed or {}).get("threads"), cfg.training.threads
+    if started and asked and asked != started:
+        log(
+            f"resuming with {asked} torch thread(s) (training.threads) where the run started with {started}: "
+            "its weights may differ from an uninterrupted run's in the last bits"
+        )
+    elif started:
+        if started != torch.get_num_threads():
+            log(
+                f"resuming with {started} torch thread(s), as the run started ({torch.get_num_threads()} here "
+                "otherwise), so it ends as it would have"
+            )
+        asked = started
+    if asked:
+        torch.set_num_threads(asked)
+
+
 def _train(
     cfg: RunConfig,
     run_dir: Path,
@@ -141,8 +162,7 @@ def _train(
     main = accelerator.is_main_process
     if not main:
         log = lambda *_: None  # noqa: E731 - only the main process talks and writes
-    if cfg.training.threads:
-        torch.set_num_threads(cfg.training.threads)
+    use_threads(cfg, resumed, log)
     runtime = current_rss()  # before data and weights: the estimate counts those itself
     model, data, live = start_run(cfg, run_dir, data, log, accelerator, resumed is not None)
     if main:  # the estimate beside the measured figures in summary.json

@@ -170,6 +170,7 @@ class Session:
         per_process = gather_object([{"rng": rng_state(), "window": self.window.state_dict()}])
         return {
             "mixed_precision": self.accelerator.mixed_precision,  # a resume trains on in the same precision
+            "threads": torch.get_num_threads(),  # and with as many threads (the same summation order)
             "trainable": trainable_weights(self.unwrapped),
             "head_buffers": head_buffers(self.unwrapped),  # prototype vectors: computed once, never again
             "method_state": registry.training_state(self.unwrapped, self.cfg.adapter.method),
