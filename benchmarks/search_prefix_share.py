@@ -165,7 +165,9 @@ def trial_rows(output: Path) -> list[dict]:
 
 
 def _num(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    """``value`` in ``spec`` (a width first), or ``-`` right-aligned in that width."""
+    width = int("".join(c for c in spec.split(".")[0] if c.isdigit()) or 0)
+    return f"{'-':>{width}}" if value is None else format(value, spec)
 
 
 def table(search: dict) -> list[str]:
@@ -178,7 +180,7 @@ def table(search: dict) -> list[str]:
         placement = "all" if layers is None else f"{min(layers)}-{max(layers)}"
         lines.append(
             f"  {t['number']:>5}  {t['state']:<9}{placement:>11}{_num(layers and min(layers), 'd'):>8}"
-            f"{_num(t['learning_rate'], '9.0e')}  {t['cache']:<12}{t['cache_s']:>9.1f}{_num(t['loop_s'], '8.1f')}"
+            f"{_num(t['learning_rate'], '9.2g')}  {t['cache']:<12}{t['cache_s']:>9.1f}{_num(t['loop_s'], '8.1f')}"
             f"{t['trial_s']:>9.1f}{_num(t['accuracy'], '9.4f')}"
         )
     total = sum(t["trial_s"] for t in search["trials"])

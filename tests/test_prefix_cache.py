@@ -152,6 +152,22 @@ def test_auto_says_why_it_is_off_in_one_line(make_config, tiny_roberta, tmp_path
     assert "not used: adapter.method 'lora' trains parameters in layer 0" in line
 
 
+def test_the_start_of_run_estimate_counts_no_fill_for_a_warm_cache(make_config, tiny_roberta, tmp_path, monkeypatch):
+    import lorabudget.training.costs as costs
+    from lorabudget.model import estimate as est
+
+    monkeypatch.setattr(costs, "measured_rates", lambda *a, **k: est.Throughput(2e9, 1e9))
+    values = top_layer(make_config, tmp_path / "cache", tiny_roberta, True, max_steps=2)
+    said = {}
+    for run in ("cold", "warm"):
+        summary, lines = _train(values, tmp_path / run)
+        (said[run],) = [line for line in lines if line.startswith("estimated training time")]
+        said[run + "_s"] = summary["estimate"]["train_seconds"]
+    assert "(cold: filled first)" in said["cold"] and "filling the prefix cache" in said["cold"]
+    assert "(warm)" in said["warm"] and "filling" not in said["warm"]
+    assert said["warm_s"] < said["cold_s"]
+
+
 def test_auto_counts_the_pass_that_computes_the_head_s_class_vectors(make_config, tiny_roberta, tmp_path):
     """One epoch with ``head.init: prototypes`` goes over the training rows twice: the cache pays."""
     values = top_layer(make_config, tmp_path / "cache", tiny_roberta, "auto", epochs=1)

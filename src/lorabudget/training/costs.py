@@ -269,13 +269,21 @@ def memory_inputs(cfg, model, shape, data: PreparedData, cap, multiple, bf16, k,
 
 
 def announce_estimate(
-    cfg: RunConfig, data: PreparedData, log, precision: str, runtime_bytes: Optional[int] = None
+    cfg: RunConfig,
+    data: PreparedData,
+    log,
+    precision: str,
+    runtime_bytes: Optional[int] = None,
+    warm_cache: bool = False,
 ) -> Optional[dict[str, Any]]:
     """Log the estimate at a run's start (two lines) and return summary.json's ``estimate``; an
-    estimate that cannot be made is one line saying why, never an error."""
+    estimate that cannot be made is one line saying why, never an error. ``warm_cache``: the run's
+    frozen-prefix states are on disk already, so no fill is counted."""
     try:
         with torch.random.fork_rng(devices=[]):  # the run's random draws are the same with or without it
-            estimate = estimate_run(cfg, data, precision=precision, runtime_bytes=runtime_bytes, measure=False)
+            estimate = estimate_run(
+                cfg, data, precision=precision, runtime_bytes=runtime_bytes, warm_cache=warm_cache, measure=False
+            )
     except Exception as err:  # noqa: BLE001 - an estimate never stops a run
         log(f"no time estimate: {err}")
         return None

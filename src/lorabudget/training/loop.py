@@ -29,7 +29,7 @@ from lorabudget.model.flops import training_summary as training_flops
 from lorabudget.rundir.layout import RunDir
 from lorabudget.rundir.lifecycle import requested_run_dir
 from lorabudget.training.costs import announce_estimate, current_rss, peak_rss
-from lorabudget.training.prefix_cache import refuse_prefix_cache
+from lorabudget.training.prefix_cache import refuse_prefix_cache, warm_for
 from lorabudget.training.session import Session
 from lorabudget.training.setup import (
     LossFn,
@@ -167,7 +167,8 @@ def _train(
     model, data, live = start_run(cfg, run_dir, data, log, accelerator, resumed is not None)
     if main:  # the estimate beside the measured figures in summary.json
         precision = "bf16" if accelerator.mixed_precision == "bf16" else "fp32"
-        estimate = announce_estimate(cfg, data, log, precision, runtime)
+        warm = warm_for(cfg, accelerator, model, data)
+        estimate = announce_estimate(cfg, data, log, precision, runtime, warm_cache=warm)
         extra_summary = {**(extra_summary or {}), "estimate": estimate}
     loss_fn = training_loss(cfg, loss_fn, data.train.labels, log)  # distillation weights its own gold term
     run = Session.start_loop(cfg, run_dir, accelerator, model, data, checkpoints, log, resumed)

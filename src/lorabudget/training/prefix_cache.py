@@ -208,6 +208,18 @@ def start_prefix(cfg: RunConfig, accelerator, unwrapped, data, total_steps: int,
     return PrefixRun(unwrapped, depth, stores[0], stores[1], info), info
 
 
+def warm_for(cfg: RunConfig, accelerator, model, data) -> bool:
+    """Whether this run's training and validation states are on disk already (what the start-of-run
+    time estimate needs: a warm cache is not filled). False where the cache cannot or will not be used."""
+    if cfg.training.cache_frozen_layers is False:
+        return False
+    depth, why = unusable(cfg, model)
+    if why is not None:
+        return False
+    root = default_cache_dir(cfg.data.cache_dir)
+    return all(is_warm(root, key) for key in _keys(accelerator, model, data, depth))
+
+
 def _keys(accelerator, unwrapped, data, depth: int) -> list[str]:
     """The keys of the training rows' and the validation rows' stores."""
     fingerprint = prefix_weights_fingerprint(unwrapped, depth)
