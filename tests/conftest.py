@@ -84,6 +84,32 @@ def _torch_threads_per_module():
         torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def sigterm_at_step(monkeypatch):
+    """``cut(run, n)``: call ``run()`` (an in-process training) with SIGTERM pending at its ``n``-th step
+    boundary, as the signal handler would leave it; the run must stop with ``Terminated``."""
+    import signal
+
+    import lorabudget.training.session as session_mod
+    from lorabudget.signals import Terminated
+
+    def cut(run, n: int = 3) -> None:
+        checks = []
+
+        def pending():
+            checks.append(1)
+            return signal.SIGTERM if len(checks) == n else None
+
+        monkeypatch.setattr(session_mod, "stop_pending", pending)
+        try:
+            with pytest.raises(Terminated):
+                run()
+        finally:
+            monkeypatch.setattr(session_mod, "stop_pending", lambda: None)
+
+    return cut
+
+
 @pytest.fixture(scope="session")
 def multilabel_dir(tmp_path_factory) -> Path:
     """train.csv (240 rows, text,labels with `|`-joined class names), test.csv (80 rows), unlabelled.csv."""

@@ -294,26 +294,12 @@ def test_the_cache_with_other_settings_trains_the_same_weights(make_config, stil
 
 
 def test_a_resumed_run_reads_the_cache_and_ends_as_an_uninterrupted_one(
-    make_config, tiny_roberta, tmp_path, monkeypatch
+    make_config, tiny_roberta, tmp_path, sigterm_at_step
 ):
     """Dropout in the upper layers as usual: the resume restores the RNG, so the weights match exactly."""
-    import signal
-
-    import lorabudget.training.session as session_mod
-    from lorabudget.signals import Terminated
-
     values = top_layer(make_config, tmp_path / "cache", tiny_roberta, True, max_steps=8, eval_every=4)
     _train(values, tmp_path / "whole")
-    calls = []
-
-    def stop_once():
-        calls.append(1)
-        return signal.SIGTERM if len(calls) == 3 else None
-
-    monkeypatch.setattr(session_mod, "stop_pending", stop_once)
-    with pytest.raises(Terminated):
-        _train(values, tmp_path / "cut")
-    monkeypatch.setattr(session_mod, "stop_pending", lambda: None)
+    sigterm_at_step(lambda: _train(values, tmp_path / "cut"))
     lines: list[str] = []
     summary = train(from_dict(values), tmp_path / "cut", log=lines.append, resume=True)
     assert summary["frozen_prefix"]["cache_hit"] and any(line.startswith("resuming") for line in lines)

@@ -264,12 +264,10 @@ RESUME_THREADS = {
 
 
 @pytest.mark.parametrize("case", list(RESUME_THREADS))
-def test_a_resume_computes_with_the_thread_count_its_run_started_with(tiny_config, tmp_path, monkeypatch, case):
+def test_a_resume_computes_with_the_thread_count_its_run_started_with(tiny_config, tmp_path, sigterm_at_step, case):
     """Started at one thread, resumed where the process would use two."""
     import lorabudget.training.loop as train_mod
-    import lorabudget.training.session as session_mod
     from lorabudget.config import from_dict
-    from lorabudget.signals import Terminated
 
     asked, line = RESUME_THREADS[case]
     before = torch.get_num_threads()
@@ -280,16 +278,7 @@ def test_a_resume_computes_with_the_thread_count_its_run_started_with(tiny_confi
     try:
         torch.set_num_threads(1)
         train_mod.train(from_dict(values), tmp_path / "whole", log=lambda *_: None)
-        calls = []
-
-        def stop_at_third_step():
-            calls.append(1)
-            return signal.SIGTERM if len(calls) == 3 else None
-
-        monkeypatch.setattr(session_mod, "stop_pending", stop_at_third_step)
-        with pytest.raises(Terminated):
-            train_mod.train(from_dict(values), tmp_path / "cut", log=lambda *_: None)
-        monkeypatch.setattr(session_mod, "stop_pending", lambda: None)
+        sigterm_at_step(lambda: train_mod.train(from_dict(values), tmp_path / "cut", log=lambda *_: None))
         torch.set_num_threads(2)
         values["training"]["threads"] = asked
         lines: list[str] = []
