@@ -168,13 +168,15 @@ def test_the_start_of_run_estimate_counts_no_fill_for_a_warm_cache(make_config, 
     assert said["warm_s"] < said["cold_s"]
 
 
-def test_auto_counts_the_pass_that_computes_the_head_s_class_vectors(make_config, tiny_roberta, tmp_path):
-    """One epoch with ``head.init: prototypes`` goes over the training rows twice: the cache pays."""
+@pytest.mark.parametrize("init, used", [("prototypes", True), ("names", False)])
+def test_auto_counts_the_pass_that_computes_the_head_s_class_vectors(make_config, tiny_roberta, tmp_path, init, used):
+    """One epoch with ``head.init: prototypes`` goes over the training rows twice: the cache pays. The
+    class names' vectors take no pass over the rows: one pass, no cache."""
     values = top_layer(make_config, tmp_path / "cache", tiny_roberta, "auto", epochs=1)
-    values["head"]["init"] = "prototypes"
+    values["head"]["init"] = init
     summary, lines = _train(values, tmp_path / "run")
     (line,) = _prefix_lines(lines)
-    assert "built" in line and summary["frozen_prefix"]["used"]
+    assert ("built" in line) is used and summary["frozen_prefix"]["used"] is used
 
 
 @pytest.mark.parametrize(

@@ -147,7 +147,7 @@ def estimate_run(
     from lorabudget.model.build import build_model
     from lorabudget.model.flops import encoder_shape
     from lorabudget.training.prefix_cache import unusable
-    from lorabudget.training.prototypes import needs_class_vectors
+    from lorabudget.training.prototypes import reads_training_rows
 
     if torch.cuda.is_available() and rates is None:
         raise LorabudgetError("the time estimate is measured for CPU runs; this machine trains on its GPU")
@@ -171,10 +171,10 @@ def estimate_run(
         eval_tokens,
         t.length_grouping,
         multiple,
-        head_init=needs_class_vectors(cfg),
+        head_init=reads_training_rows(cfg),
     )
     depth, why_not = unusable(cfg, model)  # the cache's own rules: the same depth, the same refusals
-    train_passes = len(work.epochs) + int(needs_class_vectors(cfg))
+    train_passes = len(work.epochs) + int(reads_training_rows(cfg))
     k, note = cached_layers_used(
         t.cache_frozen_layers, 0 if why_not else depth, max(train_passes, work.eval_passes), warm_cache
     )

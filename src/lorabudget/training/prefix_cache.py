@@ -27,7 +27,7 @@ from lorabudget.model.layout import encoder_layers
 from lorabudget.model.precision import frozen_base_in
 from lorabudget.model.prefix import frozen_prefix_depth, prefix_weights_fingerprint, split_refusal
 from lorabudget.model.prefix_forward import capture, from_layer
-from lorabudget.training.prototypes import needs_class_vectors
+from lorabudget.training.prototypes import reads_training_rows
 
 BUILD_TOKENS_PER_BATCH = 4096  # eval-mode forward without gradients: bigger batches than training's
 
@@ -111,7 +111,7 @@ def passes(cfg: RunConfig, total_steps: int, num_epochs: int) -> tuple[int, int]
     so it decides as its start did."""
     every = cfg.training.eval_every
     evaluations = (total_steps // every + (1 if total_steps % every else 0)) if every else num_epochs
-    return num_epochs + int(needs_class_vectors(cfg)), max(1, evaluations)
+    return num_epochs + int(reads_training_rows(cfg)), max(1, evaluations)
 
 
 def store_key(model: Any, depth: int, tokens: TokenizedTexts, precision: str, fingerprint: str) -> str:

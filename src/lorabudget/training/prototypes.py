@@ -54,6 +54,11 @@ def needs_class_vectors(cfg: RunConfig) -> bool:
     return cfg.head.type == "prototype" or (cfg.head.type in ("linear", "low_rank") and cfg.head.init != "random")
 
 
+def reads_training_rows(cfg: RunConfig) -> bool:
+    """Whether the class vectors take a pass over the training rows (all but the class names' vectors)."""
+    return needs_class_vectors(cfg) and cfg.head.init != "names"
+
+
 def class_means(embeddings: np.ndarray, targets: np.ndarray, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean embedding per class and row count per class. ``targets``: int class ids ``[N]`` (-1: no gold
     label) or a 0/1 matrix ``[N, C]`` (a multi-label run; rows with a negative entry have no labels)."""
@@ -193,7 +198,7 @@ def init_head(
     apply_class_vectors(model, cfg, vectors)
     what = "prototype vectors" if cfg.head.type == "prototype" else f"{cfg.head.type} head's starting weights"
     seconds = time.perf_counter() - start
-    cached = ", training rows from the frozen-prefix cache" if forward_over is not None else ""
+    cached = ", training rows from the frozen-prefix cache" if forward_over and reads_training_rows(cfg) else ""
     log(f"head: {what} from {how}, frozen encoder{cached}, {seconds:.1f}s")
     return seconds
 
