@@ -64,6 +64,24 @@ def held_out_task(data: Path, work: Path) -> tuple[Path, Path, list[int]] | None
     return train_csv, test_csv, [int(r[-1]) for r in read_rows(test_csv) if r[-1].strip().isdigit()]
 
 
+def paired_table(pairs: list[tuple[str, dict, dict]], rows: str = "the same rows") -> list[str]:
+    """A markdown table of paired comparisons: each ``(name, a, b)`` with ``accuracy`` and per-row ``correct``
+    lists on the same rows; McNemar's exact test on the rows only one of them got right."""
+    from lorabudget.stats import mcnemar
+
+    lines = [
+        f"| paired on {rows} | accuracy A | accuracy B | B − A | only A right | only B right | McNemar p |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, a, b in pairs:
+        test = mcnemar(a["correct"], b["correct"])
+        lines.append(
+            f"| {name} | {a['accuracy']:.2%} | {b['accuracy']:.2%} | {b['accuracy'] - a['accuracy']:+.2%} "
+            f"| {test['only_a']} | {test['only_b']} | {test['p_value']:.3f} |"
+        )
+    return lines
+
+
 def machine() -> str:
     """CPU model, cores, torch version and threads, Python version."""
     import torch

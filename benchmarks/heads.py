@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_DATA, TRAIN_5K, emit, held_out_task, machine, seeded_held_out, train_timed  # noqa: E402
+from common import SHARED_DATA, TRAIN_5K, emit, held_out_task, machine, paired_table, seeded_held_out, train_timed  # noqa: E402
 
 BANKING77 = SHARED_DATA / "banking77" / "train.csv"
 PRESETS = ["minilm-cpu-10k", "minilm-cpu-100k", "minilm-cpu"]
@@ -141,7 +141,7 @@ def run_one(preset: str, head: str, overrides: list[str], train_csv: Path, test_
 
 
 def table(results: list[dict], data: Path, held_out: int, note: str) -> str:
-    from lorabudget.stats import format_interval, mcnemar, wilson_interval
+    from lorabudget.stats import format_interval, wilson_interval
 
     lines = [
         f"<!-- heads{':smoke' if 'SMOKE' in note else ''} -->",
@@ -165,17 +165,8 @@ def table(results: list[dict], data: Path, held_out: int, note: str) -> str:
         )
     pairs = [(a, b) for a, b in itertools.combinations(done, 2) if a["preset"] == b["preset"]]
     if pairs:
-        lines += [
-            "",
-            "| paired on the same held-out rows | accuracy A | accuracy B | B − A | only A right | only B right | McNemar p |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for a, b in pairs:
-            test = mcnemar(a["correct"], b["correct"])
-            lines.append(
-                f"| {a['label']} vs {b['label'].split('/')[1]} | {a['accuracy']:.2%} | {b['accuracy']:.2%} "
-                f"| {b['accuracy'] - a['accuracy']:+.2%} | {test['only_a']} | {test['only_b']} | {test['p_value']:.3f} |"
-            )
+        named = [(f"{a['label']} vs {b['label'].split('/')[1]}", a, b) for a, b in pairs]
+        lines += ["", *paired_table(named, "the same held-out rows")]
     return "\n".join(lines) + "\n"
 
 

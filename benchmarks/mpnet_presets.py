@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TRAIN_5K, emit, held_out_task, machine, train_timed  # noqa: E402
+from common import TRAIN_5K, emit, held_out_task, machine, paired_table, train_timed  # noqa: E402
 
 DEFAULT_RUNS = [
     "minilm-10k=minilm-cpu-10k",
@@ -87,7 +87,7 @@ def score(label: str, preset: str, overrides: list[str], summary: dict, run_dir:
 
 
 def table(results: list[dict], pairs: list[str], held_out: int, quick: bool, data: Path) -> str:
-    from lorabudget.stats import format_interval, mcnemar, wilson_interval
+    from lorabudget.stats import format_interval, wilson_interval
 
     lines = [
         "<!-- mpnet_presets" + (":quick" if quick else "") + " -->",
@@ -117,18 +117,7 @@ def table(results: list[dict], pairs: list[str], held_out: int, quick: bool, dat
     by_label = {r["label"]: r for r in results}
     tests = [p.split(":") for p in pairs if all(side in by_label for side in p.split(":"))]
     if tests:
-        lines += [
-            "",
-            "| paired on the same rows | accuracy A | accuracy B | B − A | only A right | only B right | McNemar p |",
-        ]
-        lines.append("|---|---:|---:|---:|---:|---:|---:|")
-        for a, b in tests:
-            test = mcnemar(by_label[a]["correct"], by_label[b]["correct"])
-            ra, rb = by_label[a], by_label[b]
-            lines.append(
-                f"| {a} vs {b} | {ra['accuracy']:.2%} | {rb['accuracy']:.2%} | {rb['accuracy'] - ra['accuracy']:+.2%} "
-                f"| {test['only_a']} | {test['only_b']} | {test['p_value']:.3f} |"
-            )
+        lines += ["", *paired_table([(f"{a} vs {b}", by_label[a], by_label[b]) for a, b in tests])]
     return "\n".join(lines) + "\n"
 
 
