@@ -1,4 +1,4 @@
-"""The speed benchmark runs end to end in its tiny mode (this proves it works; it times nothing)."""
+"""Benchmarks run end to end in their tiny modes (this proves they work; they time nothing)."""
 
 import subprocess
 import sys
@@ -7,25 +7,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_speed_benchmark_tiny_mode(tmp_path, tiny_roberta, data_dir):
-    out = tmp_path / "bench.md"
+def run_benchmark(script: str, *args: str) -> None:
+    """``benchmarks/SCRIPT ARGS`` in a fresh interpreter; it must exit 0."""
     res = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "speed.py"),
-            "--tiny",
-            "--data",
-            str(data_dir / "train.csv"),
-            "--tokenizer",
-            str(tiny_roberta),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True, timeout=600
     )
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_speed_benchmark_tiny_mode(tmp_path, tiny_roberta, data_dir):
+    out = tmp_path / "bench.md"
+    run_benchmark(
+        "speed.py", "--tiny", "--data", str(data_dir / "train.csv"), "--tokenizer", str(tiny_roberta), "--out", str(out)
+    )
     text = out.read_text()
     assert "training samples/s" in text and "inference samples/s" in text and "Machine:" in text
     assert "\nCPU: " in text and "flags: " in text  # every block names its CPU kind and the flags that matter
@@ -36,25 +30,18 @@ def test_speed_benchmark_tiny_mode(tmp_path, tiny_roberta, data_dir):
 def test_heads_benchmark_smoke_mode(tmp_path):
     """benchmarks/heads.py end to end on a tiny random BERT (two steps per run; measures nothing)."""
     out = tmp_path / "heads.md"
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "heads.py"),
-            "--smoke",
-            "--presets",
-            "minilm-cpu-10k",
-            "--heads",
-            "auto,prototype",
-            "--work",
-            str(tmp_path / "work"),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    run_benchmark(
+        "heads.py",
+        "--smoke",
+        "--presets",
+        "minilm-cpu-10k",
+        "--heads",
+        "auto,prototype",
+        "--work",
+        str(tmp_path / "work"),
+        "--out",
+        str(out),
     )
-    assert res.returncode == 0, res.stderr[-3000:]
     text = out.read_text()
     assert "<!-- heads:smoke -->" in text and "Machine:" in text and "McNemar p" in text
     assert "| minilm-cpu-10k | prototype: prototype | 197 (5) |" in text
