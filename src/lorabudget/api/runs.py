@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,17 +157,9 @@ class Run:
         """Load (and check) the model now; the first use does so itself. With the ``onnx`` engine a run is
         exported to ``RUN/onnx/`` when that export is missing or stale, or with ``export_into_run=False``
         (the run is left exactly as it is) into a temporary folder used for this load only."""
-        from lorabudget.inference.runs import load_run as load_for_inference
+        from lorabudget.export.formats import load_exported
 
-        export = contextlib.nullcontext(None)
-        if self.engine == "onnx" and self.files.is_run():
-            from lorabudget.export.formats import run_onnx_export
-
-            export = run_onnx_export(self.path, into_run=export_into_run)
-        with export as folder:  # ONNX Runtime holds the model once loaded: a temporary folder may go
-            self._loaded = load_for_inference(
-                self.path, threads=self.threads, precision=self.precision, engine=self.engine, onnx_folder=folder
-            )
+        self._loaded = load_exported(self.path, self.threads, self.precision, self.engine, export_into_run)
         return self._loaded
 
     def logits(self, texts: Any, pairs: Any = None, batch_size: Optional[int] = None):

@@ -337,3 +337,19 @@ def run_onnx_export(run_dir: Path, into_run: bool = True) -> Iterator[Path]:
         )
         with tempfile.TemporaryDirectory(prefix="lorabudget-onnx-") as tmp:
             yield export_run(run_dir, Path(tmp) / files.onnx_dir.name, "onnx")
+
+
+def load_exported(
+    run_dir: Path,
+    threads: Optional[int] = None,
+    precision: str = "fp32",
+    engine: str = "torch",
+    export_into_run: bool = True,
+):
+    """:func:`~lorabudget.inference.runs.load_run`, where the ``onnx`` engine on a run directory first gets
+    the run's ONNX export (:func:`run_onnx_export`; ``export_into_run`` as its ``into_run``)."""
+    export = contextlib.nullcontext(None)
+    if engine == "onnx" and RunDir(run_dir).is_run():
+        export = run_onnx_export(Path(run_dir), into_run=export_into_run)
+    with export as folder:  # ONNX Runtime holds the model once loaded: a temporary folder may go
+        return load_run(run_dir, threads=threads, precision=precision, engine=engine, onnx_folder=folder)

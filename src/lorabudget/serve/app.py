@@ -21,7 +21,6 @@ disconnected before its answer ends with 499 in the log; its texts not yet in a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -335,16 +334,11 @@ def load_for_serving(
 ) -> LoadedRun:
     """The run loaded as ``predict`` loads it: integrity checked (``load_run`` verifies the adapter),
     and with ``engine="onnx"`` exported to ``RUN/onnx/`` first when that export is missing or stale."""
-    from lorabudget.inference.runs import check_threads, load_run
+    from lorabudget.export.formats import load_exported
+    from lorabudget.inference.runs import check_threads
 
     check_threads(threads)
-    export = contextlib.nullcontext(None)
-    if engine == "onnx" and RunDir(run_dir).is_run():
-        from lorabudget.export.formats import run_onnx_export
-
-        export = run_onnx_export(run_dir)
-    with export as folder:
-        run = load_run(run_dir, threads=threads, precision=precision, engine=engine, onnx_folder=folder)
+    run = load_exported(run_dir, threads, precision, engine)
     if run.engine == "torch" and run.precision == "bf16" and run.cfg.model.quantization == "none":
         hold_weights_in_bf16(run.model)
     return run
