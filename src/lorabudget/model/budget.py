@@ -143,10 +143,9 @@ _HEAD_PART = re.compile(r"(?:^|\.)head\.(?:modules_to_save\.[^.]+\.)?([^.]+)")
 
 def _pooled_head(model: nn.Module) -> Optional[nn.Module]:
     """lorabudget's pooled head (linear, low_rank, prototype) of ``model``, None for transformers' own."""
-    from lorabudget.model.heads import EncoderWithLinearHead
+    from lorabudget.model.heads import pooled_encoder
 
-    found = next((m for m in model.modules() if isinstance(m, EncoderWithLinearHead)), None)
-    return found.head if found is not None else None
+    return getattr(pooled_encoder(model), "head", None)
 
 
 def breakdown(model: nn.Module) -> Breakdown:

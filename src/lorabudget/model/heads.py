@@ -40,6 +40,12 @@ class EncoderWithLinearHead(nn.Module):
         return ClassifierOutput(logits=self.head(hidden, attention_mask))
 
 
+def pooled_encoder(model: nn.Module) -> Optional[EncoderWithLinearHead]:
+    """The encoder with a lorabudget pooled head (linear, low_rank, prototype) inside ``model`` (PEFT wraps
+    it), None for transformers' own head."""
+    return next((m for m in model.modules() if isinstance(m, EncoderWithLinearHead)), None)
+
+
 def head_module_names(model: nn.Module) -> list[str]:
     """Names of the modules that make up the classification head (trained in full).
 

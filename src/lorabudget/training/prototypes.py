@@ -27,7 +27,7 @@ from torch import nn
 from lorabudget.config import RunConfig
 from lorabudget.data.batching import TokenizedTexts, tokenize
 from lorabudget.inference.batched import predict_logits
-from lorabudget.model.heads import EncoderWithLinearHead
+from lorabudget.model.heads import pooled_encoder
 from lorabudget.model.hf_classifier import PROTOTYPE_SCALE, LowRankHead, PooledLinearHead, PrototypeHead, pool
 from lorabudget.model.precision import frozen_base_in
 
@@ -44,10 +44,6 @@ class _PooledEncoder(nn.Module):
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         return SimpleNamespace(logits=pool(hidden, attention_mask, self.pooling))
-
-
-def pooled_head(model: nn.Module) -> Optional[EncoderWithLinearHead]:
-    return next((m for m in model.modules() if isinstance(m, EncoderWithLinearHead)), None)
 
 
 def needs_class_vectors(cfg: RunConfig) -> bool:
@@ -136,7 +132,7 @@ def _embed(
     accelerator,
     forward_over: Optional[ForwardOver] = None,
 ) -> np.ndarray:
-    inner = pooled_head(model)
+    inner = pooled_encoder(model)
     encoder = _PooledEncoder(inner.backbone, cfg.head.pooling)
     forward = forward_over(encoder) if forward_over is not None else None
     # The frozen encoder: a PEFT model's adapters are switched off (most start as the identity, not all).
@@ -184,7 +180,7 @@ def init_head(
     """Compute the class vectors and put them into the head when the config asks for them (a new run
     only: a resumed run restores them from its checkpoint). Every process calls it. Returns the seconds
     it took, or None where the head needs none."""
-    if not needs_class_vectors(cfg) or pooled_head(model) is None:
+    if not needs_class_vectors(cfg) or pooled_encoder(model) is None:
         return None
     start = time.perf_counter()
     device = accelerator.device if accelerator is not None else torch.device("cpu")
