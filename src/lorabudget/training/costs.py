@@ -160,6 +160,7 @@ def estimate_run(
     shape = encoder_shape(model)
     micro, _, passes = schedule(cfg, len(data.train_tokens))
     eval_tokens = max_tokens_per_batch("cpu", t.eval_batch_size)
+    init_pass = reads_training_rows(cfg)  # the head's class vectors from the training rows, before training
     work = est.run_workload(
         data.train_tokens.lengths,
         data.validation_tokens.lengths,
@@ -171,10 +172,10 @@ def estimate_run(
         eval_tokens,
         t.length_grouping,
         multiple,
-        head_init=reads_training_rows(cfg),
+        head_init=init_pass,
     )
     depth, why_not = unusable(cfg, model)  # the cache's own rules: the same depth, the same refusals
-    train_passes = len(work.epochs) + int(reads_training_rows(cfg))
+    train_passes = len(work.epochs) + int(init_pass)
     k, note = cached_layers_used(
         t.cache_frozen_layers, 0 if why_not else depth, max(train_passes, work.eval_passes), warm_cache
     )
