@@ -1,6 +1,6 @@
-"""Issue 31's check: is `auto` precision never slower than fp32 on this machine?
+"""Is `auto` precision never slower than fp32 on this machine?
 
-The README's main job (`lorabudget train minilm-cpu --data train_5k.csv`) cut to its first
+The README's first training command (`lorabudget train minilm-cpu --data train_5k.csv`) cut to its first
 `--steps` optimizer steps (`--set training.max_steps=N`, 40 by default), run in fresh processes with
 `training.mixed_precision` = `auto`, `no` (fp32) and `bf16` (forced), interleaved: auto, no, bf16,
 auto, no, bf16, ... `--repeats` times each, so drift on a shared host hits all three. One untimed

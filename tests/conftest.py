@@ -24,6 +24,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # come out either way: tests train in one fixed precision (tests of the probe itself unset this).
 os.environ.setdefault("LORABUDGET_AUTO_PRECISION", "fp32")
 
+# the bad-input tables' workspace fixtures (finished, ws, onnx_export, mounts)
+pytest_plugins = ["bad_input_workspace"]
+
 CLASS_WORDS = {
     0: ["president", "election", "minister", "war", "embassy", "treaty", "parliament", "refugees"],
     1: ["game", "team", "score", "match", "coach", "season", "league", "playoff"],
