@@ -22,6 +22,7 @@ from lorabudget.model.budget import breakdown
 from lorabudget.model.build import build_model
 from lorabudget.model.head_choice import choose_head, head_params, low_rank_params
 from lorabudget.training.prototypes import (
+    INIT_SCALE,
     class_means,
     head_buffers,
     linear_init,
@@ -133,6 +134,10 @@ def test_init_from_vectors_is_a_centred_nearest_vector_classifier():
     weight, bias = linear_init(vectors)
     logits = vectors @ weight.T + bias
     assert (logits.argmax(1) == np.arange(5)).all()  # each class vector is its own class
+    # a row at its class vector scores about INIT_SCALE (1): a start that ranks, not a confident one
+    assert 0.5 * INIT_SCALE < np.diag(logits).mean() < 2 * INIT_SCALE
+    weight10, bias10 = linear_init(vectors, scale=10.0)
+    np.testing.assert_allclose(vectors @ weight10.T + bias10, 10 * logits, rtol=1e-4, atol=1e-4)
     down, out, low_bias = low_rank_init(vectors, rank=8)  # rank >= classes: the same map exactly
     np.testing.assert_allclose(vectors @ down.T @ out.T + low_bias, logits, atol=1e-4)
     down2, out2, _ = low_rank_init(vectors, rank=2)  # lower: the best rank-2 approximation
