@@ -42,13 +42,13 @@ from common import SHARED_DATA, TRAIN_5K, emit, held_out_task, machine, paired_t
 
 BANKING77 = SHARED_DATA / "banking77" / "train.csv"
 PRESETS = ["minilm-cpu-10k", "minilm-cpu-100k", "minilm-cpu"]
-# Head label -> overrides (the preset's own head is `auto`).
+# Head label -> overrides (`auto`: the preset's own head and start; the others name their start).
 HEADS = {
     "auto": [],
-    "linear": ["head.type=linear"],
+    "linear": ["head.type=linear", "head.init=random"],
     "linear-prototypes": ["head.type=linear", "head.init=prototypes"],
     "linear-names": ["head.type=linear", "head.init=names"],
-    "low_rank": ["head.type=low_rank"],  # the largest rank that fits, as auto takes it
+    "low_rank": ["head.type=low_rank", "head.init=random"],  # the largest rank that fits, as auto takes it
     "low_rank-prototypes": ["head.type=low_rank", "head.init=prototypes"],
     "prototype": ["head.type=prototype"],
     "prototype-names": ["head.type=prototype", "head.init=names"],
@@ -62,12 +62,16 @@ def split_seeded(source: Path, work: Path, held_out: int, seed: int) -> tuple[Pa
     """``work/train.csv`` and ``work/test.csv``: ``held_out`` rows drawn with ``seed`` are the test rows;
     the training rows keep the drawn order, so a row cap (data.max_train_rows) takes a random subset."""
     with open(source, newline="", encoding="utf-8") as fh:
-        header, *rows = list(csv.reader(fh))
+        rows = list(csv.reader(fh))
+    # A header's label field is no row's label (Banking77's "label"); AG News has no header row, and its
+    # first row must be drawn like the others, not copied into both files.
+    header = rows[:1] if rows and rows[0][-1] not in {r[-1] for r in rows[1:]} else []
+    rows = rows[len(header) :]
     work.mkdir(parents=True, exist_ok=True)
     paths = work / "train.csv", work / "test.csv"
     for path, part in zip(paths, seeded_held_out(len(rows), held_out, seed)):
         with open(path, "w", newline="", encoding="utf-8") as fh:
-            csv.writer(fh).writerows([header, *(rows[i] for i in part)])
+            csv.writer(fh).writerows([*header, *(rows[i] for i in part)])
     return paths
 
 
