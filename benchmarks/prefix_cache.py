@@ -46,7 +46,8 @@ CONFIGS = {
     # MiniLM-L6 with (IA)3 on the top two of its six layers: the cache skips four layers.
     "minilm-top2": ("minilm-cpu-10k", ["adapter.layers=[4, 5]"]),
     # mpnet-cpu-10k with its head started from the class means of the frozen encoder's vectors.
-    "mpnet-cpu-10k-protoinit": ("mpnet-cpu-10k", ["head.init=prototypes"]),
+    # the preset with a random head (it starts from the class means): the check before that start
+    "mpnet-cpu-10k-random": ("mpnet-cpu-10k", ["head.init=random"]),
 }
 SPLIT_SEED = 20261206
 
