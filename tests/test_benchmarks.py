@@ -27,6 +27,25 @@ def test_speed_benchmark_tiny_mode(tmp_path, tiny_roberta, data_dir):
     assert "training GFLOP/s executed" in text and "% of fp32" in text and "Matmul peak of this machine" in text
 
 
+def test_heads_seeded_split_draws_a_headerless_first_row_like_the_others(tmp_path):
+    """AG News' rows have no header: the first row was taken for one and copied into both files."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from heads import split_seeded
+
+    rows = [f"text {i},{i % 4}" for i in range(40)]
+    (tmp_path / "plain.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "named.csv").write_text(
+        "text,label\n" + "\n".join(f"text {i},intent_{i % 4}" for i in range(40)) + "\n"
+    )
+    for name, header in (("plain", []), ("named", ["text,label"])):
+        train, test = (
+            p.read_text().splitlines() for p in split_seeded(tmp_path / f"{name}.csv", tmp_path / name, 10, 7)
+        )
+        assert train[: len(header)] == header and test[: len(header)] == header
+        train, test = train[len(header) :], test[len(header) :]
+        assert len(test) == 10 and len(train) == 30 and not set(train) & set(test)
+
+
 def test_heads_benchmark_smoke_mode(tmp_path):
     """benchmarks/heads.py end to end on a tiny random BERT (two steps per run; measures nothing)."""
     out = tmp_path / "heads.md"
