@@ -45,8 +45,7 @@ CONFIGS = {
     "mpnet-cpu-100k": ("mpnet-cpu-100k", []),
     # MiniLM-L6 with (IA)3 on the top two of its six layers: the cache skips four layers.
     "minilm-top2": ("minilm-cpu-10k", ["adapter.layers=[4, 5]"]),
-    # mpnet-cpu-10k with its head started from the class means of the frozen encoder's vectors.
-    # the preset with a random head (it starts from the class means): the check before that start
+    # mpnet-cpu-10k with a random head, as it shipped before it started from the class means.
     "mpnet-cpu-10k-random": ("mpnet-cpu-10k", ["head.init=random"]),
 }
 SPLIT_SEED = 20261206
