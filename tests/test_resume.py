@@ -51,8 +51,19 @@ def _trajectory(run):
     return [(l["type"], l["step"], l.get("loss"), l.get("accuracy")) for l in _lines(run)]
 
 
-@pytest.mark.parametrize("method,head", [("lora", "linear"), ("adalora", "linear"), ("lora", "prototype")])
-def test_kill_9_and_resume_matches_uninterrupted(tiny_config, tmp_path, method, head):
+KILL_9_CASES = {
+    "lora": ("lora", {"type": "linear"}),
+    "adalora": ("adalora", {"type": "linear"}),
+    "prototype-head": ("lora", {"type": "prototype"}),
+    # started from the class means (as mpnet-cpu-10k is): the start is computed once, before step 1
+    "low-rank-class-mean-start": ("lora", {"type": "low_rank", "rank": 3, "init": "prototypes"}),
+}
+
+
+@pytest.mark.parametrize("case", list(KILL_9_CASES))
+def test_kill_9_and_resume_matches_uninterrupted(tiny_config, tmp_path, case):
+    method, head_spec = KILL_9_CASES[case]
+    head = head_spec["type"]
     # 96 training rows in batches of 16: 6 steps per epoch, 12 in all, so the resumed part skips into
     # the middle of an epoch and crosses into the next; dropout on (the tiny encoder's hidden
     # dropout 0.1), so the restored RNG states matter. AdaLoRA (12 steps: ranks masked from step 2 to
@@ -62,7 +73,7 @@ def test_kill_9_and_resume_matches_uninterrupted(tiny_config, tmp_path, method, 
         training={"epochs": 2, "eval_every": 4, "log_every": 2},
         adapter={"method": method, "r": 4, "alpha": 8, "dropout": 0.0, "modules": ["query", "value"]},
         # prototype: the class vectors are computed once; the resumed part reads them from the checkpoint.
-        head={"type": head, "pooling": "mean"},
+        head={**head_spec, "pooling": "mean"},
     )
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(values))
