@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import gc
 import json
 import re
@@ -14,53 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from search_cases import load_study, search_config_file, trial_rows
 
 from lorabudget.cli import main
 from lorabudget.errors import LorabudgetError
-
-# Tiny RoBERTa (hidden 32, 3 layers): LoRA costs 64*r per module and layer, the linear head 132.
-SPACE = {
-    "r": [1, 2, 4],
-    "modules": {"subsets_of": ["query", "value"]},
-    "layers": ["all", "top"],
-    "learning_rate": {"low": 5.0e-3, "high": 3.0e-2, "log": True},
-}
-
-
-def _config(make_config, tmp_path: Path, budget: int = 600, name: str = "tiny", **training) -> Path:
-    values = make_config(
-        tmp_path / "cache",
-        name=name,
-        model={"labels": None},
-        head={"type": "linear", "pooling": "mean"},
-        training={
-            "max_steps": 4,
-            "eval_every": 2,
-            "learning_rate": 2e-2,
-            "threads": 1,
-            "epochs": 3.0,
-            **training,
-        },
-        budget={"max_trainable_params": budget},
-        search=SPACE,
-    )
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return path
-
-
-def _rows(out: Path) -> list[dict]:
-    with open(out / "trials.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _study(out_or_url, name: str):
-    import optuna
-
-    from lorabudget.search.study import open_storage
-
-    url = out_or_url if isinstance(out_or_url, str) else f"sqlite:///{Path(out_or_url) / 'study.db'}"
-    return optuna.load_study(study_name=name, storage=open_storage(url))
 
 
 def _live_peft_models() -> int:
@@ -76,7 +32,7 @@ def searched(make_config, tmp_path_factory, tiny_roberta, data_dir):
     import lorabudget.training.setup as setup_mod
 
     tmp = tmp_path_factory.mktemp("search")
-    cfg = _config(make_config, tmp)
+    cfg = search_config_file(make_config, tmp)
     calls = []
     original = setup_mod.prepare_data
 
@@ -112,7 +68,7 @@ def searched(make_config, tmp_path_factory, tiny_roberta, data_dir):
 
 def test_search_trains_within_budget_and_writes_outputs(searched):
     tmp, out, prepare_calls, peft_before, peft_after = searched
-    rows = _rows(out)
+    rows = trial_rows(out)
     trained = [r for r in rows if r["state"] in ("complete", "pruned")]
     assert len(trained) == 3 and all(r["state"] == "complete" for r in trained)
     for r in rows:
@@ -155,7 +111,7 @@ def test_search_trains_within_budget_and_writes_outputs(searched):
 def test_best_yaml_trains(searched):
     tmp, out, *_ = searched
     best = yaml.safe_load((out / "best.yaml").read_text())
-    rows = {int(r["number"]): r for r in _rows(out)}
+    rows = {int(r["number"]): r for r in trial_rows(out)}
     header = (out / "best.yaml").read_text().splitlines()[0]
     number = int(header.split("#")[2].split()[0])
     assert rows[number]["state"] == "complete"
@@ -176,12 +132,12 @@ def _header_text(out: Path) -> str:
 
 def test_over_budget_space_rejects_every_sample(make_config, tmp_path, tiny_roberta, data_dir, capsys):
     # The linear head alone is 132 parameters: nothing in the space fits 100.
-    cfg = _config(make_config, tmp_path, budget=100)
+    cfg = search_config_file(make_config, tmp_path, budget=100)
     out = tmp_path / "out"
     rc = main(["search", str(cfg), "--trials", "2", "--output", str(out), "--max-rejections", "4"])
     assert rc == 3
     err = capsys.readouterr().err
-    rows = _rows(out)
+    rows = trial_rows(out)
     # Draws that choose no module at all are invalid; every one that could be planned is over the budget.
     over = [r for r in rows if r["trainable_params"]]
     invalid = len(rows) - len(over)
@@ -214,7 +170,7 @@ def test_pruning_stops_a_trial_and_a_crash_does_not_stop_the_search(
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(train_mod, "train", crash_once)
-    cfg = _config(make_config, tmp_path, max_steps=6, eval_every=2)
+    cfg = search_config_file(make_config, tmp_path, max_steps=6, eval_every=2)
     base, best_base, _ = search_config(str(cfg), None, None, {})
     space = search_space(str(cfg), None)
     # Accuracy can never reach 2.0: the pruner stops each trial at its first evaluation.
@@ -231,7 +187,7 @@ def test_pruning_stops_a_trial_and_a_crash_does_not_stop_the_search(
     summary = run_search(settings, progress=False)
     assert _live_peft_models() == before  # a pruned trial's model goes with its exception
     assert summary["pruned"] == 2 and summary["complete"] == 0 and summary["failed"] == 1
-    rows = [r for r in _rows(tmp_path / "out") if r["state"] != "rejected"]
+    rows = [r for r in trial_rows(tmp_path / "out") if r["state"] != "rejected"]
     assert [r["state"] for r in rows] == ["failed", "pruned", "pruned"]
     assert rows[0]["reason"] == "RuntimeError: boom in the training loop"
     assert all(r["pruned_at_step"] == "2" for r in rows[1:])  # stopped at step 2 of 6
@@ -241,12 +197,12 @@ def test_pruning_stops_a_trial_and_a_crash_does_not_stop_the_search(
 
 
 def test_same_seed_same_trials(make_config, tmp_path, tiny_roberta, data_dir):
-    cfg = _config(make_config, tmp_path, max_steps=2)
+    cfg = search_config_file(make_config, tmp_path, max_steps=2)
     outs = []
     for i in range(2):
         out = tmp_path / f"out{i}"
         assert main(["search", str(cfg), "--trials", "2", "--output", str(out), "--seed", "11"]) == 0
-        outs.append([(r["state"], r["description"], r["trainable_params"], r["value"]) for r in _rows(out)])
+        outs.append([(r["state"], r["description"], r["trainable_params"], r["value"]) for r in trial_rows(out)])
     assert outs[0] == outs[1]
 
 
@@ -255,7 +211,7 @@ def test_search_starts_from_the_base_config_and_the_models_presets(
 ):
     # The base config is LoRA r=4 on query+value of all 3 layers: over the budget of 600 at r=4 (1,668)
     # and r=2 (900); r=1 costs 64*2*3 + 132 = 516.
-    cfg = _config(make_config, tmp_path, max_steps=2)
+    cfg = search_config_file(make_config, tmp_path, max_steps=2)
     presets = tmp_path / "presets"
     presets.mkdir()
     base = yaml.safe_load(cfg.read_text())
@@ -281,7 +237,7 @@ def test_search_starts_from_the_base_config_and_the_models_presets(
     for flag in ([], ["--no-warm-start"]):
         out = tmp_path / ("out" + "".join(flag))
         assert main(["search", str(cfg), "--trials", "6", "--output", str(out), "--seed", "3", *flag]) == 0
-        runs[bool(flag)] = _study(out, "tiny-search").trials
+        runs[bool(flag)] = load_study(out, "tiny-search").trials
     first, second = runs[False][:2]
     assert first.params == {
         "module.query": True,
@@ -304,7 +260,7 @@ def test_search_starts_from_the_base_config_and_the_models_presets(
     assert "search: starting trial, the base config: lora r=1 query+value all layers lr=0.02; 516 trainable" in out
     assert "search: starting trial, preset tiny-small: lora r=1 query all layers lr=0.01; 324 trainable" in out
     assert not any("origin" in t.user_attrs for t in runs[True])
-    rows = _rows(tmp_path / "out")  # trials.csv and search.md say where a starting trial came from
+    rows = trial_rows(tmp_path / "out")  # trials.csv and search.md say where a starting trial came from
     assert [r["origin"] for r in rows[:3]] == ["the base config", "preset tiny-small", ""]
     assert "(starting trial: the base config) |" in (tmp_path / "out" / "search.md").read_text()
 
@@ -430,7 +386,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 def test_killed_search_resumes(make_config, tmp_path, tiny_roberta, data_dir):
     from lorabudget.search.study import done_count, trial_kind
 
-    cfg = _config(make_config, tmp_path, max_steps=6)
+    cfg = search_config_file(make_config, tmp_path, max_steps=6)
     out = tmp_path / "out"
     journal = tmp_path / "study.journal"
     args = [
@@ -452,18 +408,18 @@ def test_killed_search_resumes(make_config, tmp_path, tiny_roberta, data_dir):
 
         def two_done():
             assert proc.poll() is None, proc.stderr.read()[-3000:]
-            return journal.exists() and done_count(_study(f"journal:{journal}", "tiny-search").get_trials()) >= 2
+            return journal.exists() and done_count(load_study(f"journal:{journal}", "tiny-search").get_trials()) >= 2
 
         _wait_for(two_done, 300, "two finished trials")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    before = {t.number: (trial_kind(t), t.values) for t in _study(f"journal:{journal}", "tiny-search").get_trials()}
+    before = {t.number: (trial_kind(t), t.values) for t in load_study(f"journal:{journal}", "tiny-search").get_trials()}
     finished_before = {n: v for n, v in before.items() if v[0] == "complete"}
     assert len(finished_before) >= 2
 
     assert main(args) == 0
-    after = _study(f"journal:{journal}", "tiny-search").get_trials()
+    after = load_study(f"journal:{journal}", "tiny-search").get_trials()
     kinds = {t.number: trial_kind(t) for t in after}
     assert "running" not in kinds.values()
     assert done_count(after) == 4  # finished trials kept, not repeated, and no more than asked
@@ -479,17 +435,17 @@ def test_killed_search_resumes(make_config, tmp_path, tiny_roberta, data_dir):
 def _check_workers(out: Path, storage: str, name: str, trials: int) -> None:
     from lorabudget.search.study import trial_kind
 
-    all_trials = _study(storage, name).get_trials()
+    all_trials = load_study(storage, name).get_trials()
     kinds = [trial_kind(t) for t in all_trials]
     assert kinds.count("complete") == trials and "running" not in kinds and "failed" not in kinds
     assert len({t.user_attrs["worker"] for t in all_trials if trial_kind(t) == "complete"}) == 2
     run_dirs = [t.user_attrs["run_dir"] for t in all_trials if trial_kind(t) == "complete"]
     assert len(set(run_dirs)) == trials and all((Path(d) / "summary.json").is_file() for d in run_dirs)
-    assert len([r for r in _rows(out) if r["state"] == "complete"]) == trials
+    assert len([r for r in trial_rows(out) if r["state"] == "complete"]) == trials
 
 
 def test_two_workers_share_sqlite(make_config, tmp_path, tiny_roberta, data_dir):
-    cfg = _config(make_config, tmp_path, max_steps=2)
+    cfg = search_config_file(make_config, tmp_path, max_steps=2)
     out = tmp_path / "out"
     assert main(["search", str(cfg), "--trials", "4", "--workers", "2", "--output", str(out), "--pruner", "none"]) == 0
     _check_workers(out, f"sqlite:///{out / 'study.db'}", "tiny-search", 4)
@@ -501,7 +457,7 @@ def postgres_url(postgres_server):
 
 
 def test_two_workers_share_postgresql(make_config, tmp_path, tiny_roberta, data_dir, postgres_url):
-    cfg = _config(make_config, tmp_path, max_steps=2)
+    cfg = search_config_file(make_config, tmp_path, max_steps=2)
     out = tmp_path / "out"
     assert (
         main(
@@ -526,237 +482,3 @@ def test_two_workers_share_postgresql(make_config, tmp_path, tiny_roberta, data_
     )
     _check_workers(out, postgres_url, "pg-study", 4)
     assert not (out / "study.db").exists()
-
-
-# --------------------------------------------------------------------------------------------
-# The space
-
-
-def test_search_refuses_a_base_config_that_trains_on_its_validation_rows(tiny_config, tmp_path):
-    from lorabudget.api.studies import search_config
-
-    cfg = tmp_path / "base.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_config()))
-    with pytest.raises(LorabudgetError, match="a search chooses by validation rows its trials do not train on"):
-        search_config(str(cfg), ["data.train_on_validation=true"], None, {})
-
-
-def test_best_yaml_trains_on_the_validation_rows_unless_a_setting_forbids_it(tiny_config):
-    from types import SimpleNamespace
-
-    from lorabudget.search.outputs import best_config_values
-
-    trial = SimpleNamespace(user_attrs={"sample": {"adapter.r": 2}})
-    for data, training, expected in [
-        ({}, {}, True),
-        ({"max_train_rows": 100}, {}, False),
-        ({"validation": "val.csv"}, {}, False),
-        ({}, {"early_stopping_patience": 2}, False),
-    ]:
-        base = tiny_config(data=data, training=training)
-        values = best_config_values(SimpleNamespace(best_base=base, name="s"), trial)
-        assert (values["data"]["train_on_validation"], values["adapter"]["r"]) == (expected, 2)
-
-
-def test_space_errors_and_default_space():
-    from lorabudget.errors import LorabudgetError
-    from lorabudget.search.space import available_methods, default_space_raw, parse_space
-
-    space = parse_space(default_space_raw())
-    assert space.methods() and set(space.methods()) <= set(available_methods()) | {"lora"}
-    parse_space({"method": ["lora", "vera", "ia3"], "options": {"vera": {"d_initial": [0.1, 0.5]}}})
-    for bad, words in [
-        ({"rank": [1]}, "unknown search key 'rank'"),
-        ({"method": ["lora", "magic"]}, "unknown method 'magic'"),
-        ({"modules": {"subsets_of": ["query", "nope"]}}, "unknown module 'nope'"),
-        ({"layers": ["all", "middle"]}, "unknown mode 'middle'"),
-        ({"learning_rate": {"low": 0, "high": 1, "log": True}}, "log range needs low > 0"),
-        ({"alpha": [8], "alpha_ratio": [2]}, "exclude each other"),
-        ({"set": {"warmup_ratio": [0.0]}}, "with its section"),
-        ({"set": {"data.train_on_validation": [True, False]}}, "trials choose by validation rows"),
-    ]:
-        with pytest.raises(LorabudgetError, match=words):
-            parse_space(bad)
-
-
-def test_space_samples_method_options_and_placement():
-    import optuna
-
-    from lorabudget.search.space import apply_sample, parse_space, sample
-
-    space = parse_space(
-        {
-            "method": ["lora", "ia3", "bitfit"],
-            "modules": {"subsets_of": ["query", "value"]},
-            "layers": ["range"],
-            "r": [2, 4],
-            "r_per_module": True,
-            "alpha_ratio": [2],
-            "options": {"ia3": {"init_ia3_weights": [True]}},
-            "head": ["linear-mean"],
-        }
-    )
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    seen = set()
-    for _ in range(30):
-        trial = study.ask()
-        try:
-            out = sample(trial, space, num_layers=3)
-        except Exception:  # an empty module draw is rejected by the caller
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            continue
-        method = out.get("adapter.method", "lora")
-        seen.add(method)
-        if method == "lora":
-            assert set(out["adapter.rank_pattern"]) == set(out["adapter.modules"])
-            assert out["adapter.alpha_pattern"] == {m: 2.0 * r for m, r in out["adapter.rank_pattern"].items()}
-        if method == "ia3":  # no rank drawn: the base config's rank is reset to the method's default
-            assert out["adapter.options"] == {"init_ia3_weights": True} and out["adapter.r"] is None
-        if method == "bitfit":  # placed like any method on linear modules, with no rank
-            assert set(out["adapter.modules"]) <= {"query", "value"} and out["adapter.r"] is None
-        if "adapter.layers" in out:
-            layers = out["adapter.layers"]
-            assert layers == list(range(layers[0], layers[-1] + 1)) and 0 <= layers[0] <= layers[-1] < 3
-        assert out["head.type"] == "linear" and out["head.pooling"] == "mean"
-        values = apply_sample({"adapter": {"r": 8}}, out)
-        assert values["adapter"].get("r", 8) == out.get("adapter.r", 8)
-        study.tell(trial, 0.5)
-    assert seen == {"lora", "ia3", "bitfit"}
-
-
-def test_lr_scale_multiplies_the_base_configs_rate_for_its_own_method():
-    import optuna
-
-    from lorabudget.methods.registry import METHODS
-    from lorabudget.search.space import parse_space, sample
-
-    space = parse_space(
-        {
-            "method": ["lora", "ia3"],
-            "lr_scale": {"low": 0.3, "high": 3.0, "log": True},
-            "head_lr_scale": {"low": 0.3, "high": 3.0, "log": True},
-        }
-    )
-
-    def rates(method, base_rates):
-        trial = optuna.trial.FixedTrial({"method": method, "lr_scale": 3.0, "head_lr_scale": 2.0})
-        out = sample(trial, space, 3, "lora", base_rates=base_rates)
-        return out["training.learning_rate"], out["training.head_learning_rate"]
-
-    # MiniLM's LoRA r=2 measured best at 3e-3 (docs/methods.md): reachable from a 1e-3 base config,
-    # not from LoRA's 5e-4 default (at most 1.5e-3).
-    assert rates("lora", (1e-3, 2e-3)) == pytest.approx((3e-3, 4e-3))
-    lora, ia3 = METHODS["lora"], METHODS["ia3"]
-    assert rates("lora", (1e-3, None)) == pytest.approx((3e-3, 2 * (lora.head_learning_rate or 1e-3)))
-    assert rates("lora", (None, None)) == pytest.approx(
-        (3 * lora.learning_rate, 2 * (lora.head_learning_rate or lora.learning_rate))
-    )
-    # Another method never inherits the base config's rates.
-    assert rates("ia3", (1e-3, 2e-3)) == pytest.approx(
-        (3 * ia3.learning_rate, 2 * (ia3.head_learning_rate or ia3.learning_rate))
-    )
-
-
-def test_default_space_samples_build_for_every_method(tiny_roberta):
-    """Every method the built-in space draws builds on the meta device, each other method with its
-    own defaults (not the base config's LoRA rank or learning rate), and a scaled learning rate."""
-    import collections
-    import copy
-
-    import optuna
-
-    from lorabudget.config import from_dict
-    from lorabudget.methods.registry import METHODS
-    from lorabudget.model.budget import breakdown
-    from lorabudget.model.build import build_model
-    from lorabudget.search.space import apply_sample, default_space_raw, describe, parse_space, sample
-
-    base = {
-        "name": "x",
-        "model": {"name": str(tiny_roberta)},
-        "head": {"type": "linear"},
-        "adapter": {"r": 16, "alpha": 32, "modules": ["query", "value"]},
-        "training": {"learning_rate": 1e-3},
-    }
-    space = parse_space(default_space_raw())
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    built = collections.Counter()
-    for _ in range(40):
-        trial = study.ask()
-        try:
-            overrides = sample(trial, space, 3, "lora", base_rates=(1e-3, None))
-        except Exception as err:  # an empty draw is a rejected sample, nothing else is
-            assert "chosen" in str(err)
-            study.tell(trial, 0.0)
-            continue
-        cfg = from_dict(apply_sample(copy.deepcopy(base), overrides))
-        assert breakdown(build_model(cfg, weights=False).model).total > 0
-        line = describe(overrides, "lora")  # the trial's log line: a method's null defaults are left out
-        assert line.split()[0] == cfg.adapter.method and "None" not in line
-        assert "=False" not in line and "={}" not in line and "=[]" not in line  # resets are not news
-        method = METHODS[cfg.adapter.method]
-        # The base method's rate is scaled from the base config's own (1e-3, not LoRA's 5e-4 default);
-        # another method's from that method's default.
-        reference = 1e-3 if cfg.adapter.method == "lora" else method.learning_rate
-        assert 0.3 * reference <= cfg.training.learning_rate <= 3.0 * reference
-        if cfg.adapter.method in ("vera", "vblora"):
-            assert cfg.adapter.r == method.default_r
-        built[cfg.adapter.method] += 1
-        study.tell(trial, 0.0)
-    assert len(built) >= 6, built
-
-
-def test_the_space_can_vary_the_base_model(make_config, tiny_bert, tiny_roberta, tmp_path):
-    values = make_config(
-        tmp_path / "cache",
-        model={"labels": None},
-        head={"type": "linear", "pooling": "mean"},
-        training={"max_steps": 2, "eval_every": 2, "learning_rate": 2e-2, "threads": 1},
-        search={"model": [str(tiny_roberta), str(tiny_bert)], "r": [1, 2], "layers": ["all", "top"]},
-    )
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(values))
-    out = tmp_path / "out"
-    argv = ["search", str(cfg), "--trials", "4", "--output", str(out), "--seed", "5", "--pruner", "none"]
-    assert main(argv + ["--no-warm-start"]) == 0
-    rows = [r for r in _rows(out) if r["state"] == "complete"]
-    bases = {r["base_model"] for r in rows}
-    assert len(rows) == 4 and bases <= {str(tiny_roberta), str(tiny_bert)} and len(bases) == 2, bases
-    for r in rows:  # the frozen size is the base's own: the budget counts only the trainable parameters
-        frozen = int(r["frozen_params"])
-        assert frozen > 0 and r["param:model"] == r["base_model"]
-    assert {int(r["frozen_params"]) for r in rows if r["base_model"] == str(tiny_bert)} != {
-        int(r["frozen_params"]) for r in rows if r["base_model"] == str(tiny_roberta)
-    }
-    text = (out / "search.md").read_text()
-    assert "| base model | frozen params |" in text and f"`{tiny_bert}`" in text
-
-
-def test_the_data_cache_key_changes_with_every_data_field_and_nothing_a_trial_varies(make_config, tmp_path):
-    """A trial reuses tokenized data only when everything that loading and tokenizing read is the same:
-    every field of the data section (train_on_validation and trust_pickle included), the model's name
-    (its tokenizer), classes, max_length and problem type."""
-    import copy
-    import dataclasses
-
-    from lorabudget.config import from_dict
-    from lorabudget.search.trial import DataCache
-
-    cfg = from_dict(make_config(tmp_path / "cache"))
-    key = DataCache.key(cfg)
-    changed = {f.name: not getattr(cfg.data, f.name) for f in dataclasses.fields(cfg.data)}
-    changed.update({name: f"another {name}" for name, value in changed.items() if not isinstance(value, bool)})
-    for name, value in changed.items():
-        other = copy.deepcopy(cfg)
-        setattr(other.data, name, value)
-        assert DataCache.key(other) != key, f"data.{name}"
-    for name, value in {"name": "another-model", "labels": ["a", "b"], "max_length": 7}.items():
-        other = copy.deepcopy(cfg)
-        setattr(other.model, name, value)
-        assert DataCache.key(other) != key, f"model.{name}"
-    other = copy.deepcopy(cfg)
-    other.model.problem_type = "multi_label"
-    assert DataCache.key(other) != key
-    other = copy.deepcopy(cfg)  # what a trial draws: the same data, one cache entry
-    other.adapter.r, other.training.learning_rate, other.head.type = 3, 0.5, "linear"
-    assert DataCache.key(other) == key
