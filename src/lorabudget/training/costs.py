@@ -146,7 +146,7 @@ def estimate_run(
     from lorabudget.errors import LorabudgetError
     from lorabudget.model.build import build_model
     from lorabudget.model.flops import encoder_shape
-    from lorabudget.training.prefix_cache import unusable
+    from lorabudget.training.prefix_cache import passes, unusable
     from lorabudget.training.prototypes import reads_training_rows
 
     if torch.cuda.is_available() and rates is None:
@@ -158,7 +158,7 @@ def estimate_run(
     cap = position_cap(t.max_batch_positions, "cpu", bf16)
     model = build_model(cfg, weights=False).model
     shape = encoder_shape(model)
-    micro, _, passes = schedule(cfg, len(data.train_tokens))
+    micro, total, evaluations = schedule(cfg, len(data.train_tokens))
     eval_tokens = max_tokens_per_batch("cpu", t.eval_batch_size)
     init_pass = reads_training_rows(cfg)  # the head's class vectors from the training rows, before training
     work = est.run_workload(
@@ -167,7 +167,7 @@ def estimate_run(
         t.batch_size,
         t.seed,
         micro,
-        passes,
+        evaluations,
         t.eval_batch_size,
         eval_tokens,
         t.length_grouping,
@@ -175,10 +175,8 @@ def estimate_run(
         head_init=init_pass,
     )
     depth, why_not = unusable(cfg, model)  # the cache's own rules: the same depth, the same refusals
-    train_passes = len(work.epochs) + int(init_pass)
-    k, note = cached_layers_used(
-        t.cache_frozen_layers, 0 if why_not else depth, max(train_passes, work.eval_passes), warm_cache
-    )
+    most = max(passes(cfg, total, len(work.epochs)))  # over the training or the validation rows, as training counts
+    k, note = cached_layers_used(t.cache_frozen_layers, 0 if why_not else depth, most, warm_cache)
     if rates is None:
         rates = measured_rates(cfg, model, shape, work, cap, precision, measure=measure)
     timing = est.estimate_time(shape, work, rates, cached_layers=k, warm=warm_cache)
